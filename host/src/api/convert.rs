@@ -1,0 +1,122 @@
+//! protobuf ↔ model: `google.protobuf.Struct` ↔ JSON objects, and the
+//! messages the gRPC adapter returns.
+
+use crate::model::{Error, Event, EventKind, Result, State, Values};
+use crate::proto as pb;
+use prost_types::{ListValue, Struct, Value as PbValue, value::Kind};
+use serde_json::{Map, Number, Value};
+
+/// A Struct from the wire as JSON. Struct numbers are doubles: integral ones
+/// become JSON integers again (so `30` round-trips as `30`, not `30.0`), and
+/// NaN or infinity, which JSON cannot hold, are refused.
+pub fn struct_to_json(field: &str, s: Struct) -> Result<Values> {
+    s.fields
+        .into_iter()
+        .map(|(k, v)| Ok((k, value_to_json(field, v)?)))
+        .collect()
+}
+
+fn value_to_json(field: &str, v: PbValue) -> Result<Value> {
+    Ok(match v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(b),
+        Some(Kind::StringValue(s)) => Value::String(s),
+        Some(Kind::NumberValue(n)) => number(field, n)?,
+        Some(Kind::StructValue(s)) => Value::Object(struct_to_json(field, s)?),
+        Some(Kind::ListValue(l)) => Value::Array(
+            l.values
+                .into_iter()
+                .map(|v| value_to_json(field, v))
+                .collect::<Result<_>>()?,
+        ),
+    })
+}
+
+fn number(field: &str, n: f64) -> Result<Value> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    if n.fract() == 0.0 && n.abs() <= EXACT {
+        return Ok(Value::Number(Number::from(n as i64)));
+    }
+    Number::from_f64(n)
+        .map(Value::Number)
+        .ok_or_else(|| Error::invalid(field, format!("{n} is not a finite number")))
+}
+
+pub fn json_to_struct(m: &Map<String, Value>) -> Struct {
+    Struct {
+        fields: m.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
+    }
+}
+
+fn json_to_value(v: &Value) -> PbValue {
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(json_to_value).collect(),
+        }),
+        Value::Object(o) => Kind::StructValue(json_to_struct(o)),
+    };
+    PbValue { kind: Some(kind) }
+}
+
+pub fn state(s: State) -> pb::State {
+    pb::State {
+        domain: s.record.domain,
+        r#type: s.record.ty,
+        key: s.record.key,
+        values: Some(json_to_struct(&s.values)),
+        version: s.version as i64,
+        expected_version: None,
+        idempotency_key: String::new(),
+    }
+}
+
+pub fn event(e: Event) -> pb::Event {
+    pb::Event {
+        id: e.id,
+        state: Some(pb::State {
+            domain: e.record.domain,
+            r#type: e.record.ty,
+            key: e.record.key,
+            values: e.values.as_ref().map(json_to_struct),
+            version: e.version as i64,
+            expected_version: None,
+            idempotency_key: String::new(),
+        }),
+        claims: Some(json_to_struct(&e.claims)),
+        time: e.time,
+        version: e.version as i64,
+        kind: match e.kind {
+            EventKind::Set => pb::EventKind::Set,
+            EventKind::Edit => pb::EventKind::Edit,
+            EventKind::Del => pb::EventKind::Del,
+            EventKind::Revert => pb::EventKind::Revert,
+        } as i32,
+        method: e.method,
+        sequence: e.seq as i64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn struct_round_trip_keeps_integers() {
+        let v = json!({"n": 30, "f": 1.5, "s": "x", "l": [1, null, true], "o": {"a": -2}});
+        let back = struct_to_json("values", json_to_struct(v.as_object().unwrap())).unwrap();
+        assert_eq!(Value::Object(back), v);
+    }
+
+    #[test]
+    fn non_finite_numbers_are_refused() {
+        let s = Struct {
+            fields: [("x".to_owned(), PbValue { kind: Some(Kind::NumberValue(f64::NAN)) })].into(),
+        };
+        assert!(matches!(struct_to_json("values", s), Err(Error::InvalidArgument { .. })));
+    }
+}

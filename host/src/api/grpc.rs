@@ -1,0 +1,207 @@
+//! gRPC: `StateService` and `EventService` on the generated tonic servers,
+//! plus health and reflection.
+
+use super::{convert, measured, metadata, status::to_status};
+use crate::gateway::{self as gw, Gateway, methods};
+use crate::proto as pb;
+use futures::{Stream, StreamExt};
+use std::pin::Pin;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+#[derive(Clone)]
+pub struct GrpcApi {
+    gateway: Arc<Gateway>,
+}
+
+impl GrpcApi {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        GrpcApi { gateway }
+    }
+
+    async fn call<T, R>(
+        &self,
+        method: &str,
+        call: impl Future<Output = crate::model::Result<T>>,
+        wrap: impl FnOnce(T) -> R,
+    ) -> Result<Response<R>, Status> {
+        measured(self.gateway.metrics(), method, call)
+            .await
+            .map(|out| Response::new(wrap(out)))
+            .map_err(to_status)
+    }
+}
+
+fn values(field: &str, s: Option<prost_types::Struct>) -> Result<Option<crate::model::Values>, Status> {
+    s.map(|s| convert::struct_to_json(field, s)).transpose().map_err(to_status)
+}
+
+fn ref_request(r: pb::StateRef) -> gw::RefRequest {
+    gw::RefRequest {
+        domain: r.domain,
+        ty: r.r#type,
+        key: r.key,
+        expected_version: r.expected_version,
+        idempotency_key: r.idempotency_key,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::state_service_server::StateService for GrpcApi {
+    async fn set(&self, request: Request<pb::State>) -> Result<Response<pb::Event>, Status> {
+        let md = metadata(request.metadata().as_ref());
+        let s = request.into_inner();
+        let req = gw::SetRequest {
+            domain: s.domain,
+            ty: s.r#type,
+            key: s.key,
+            values: values("values", s.values)?,
+            version: None,
+            expected_version: s.expected_version,
+            idempotency_key: s.idempotency_key,
+        };
+        self.call(methods::STATE_SET, self.gateway.set(md, req), convert::event).await
+    }
+
+    async fn get(&self, request: Request<pb::StateRef>) -> Result<Response<pb::State>, Status> {
+        let md = metadata(request.metadata().as_ref());
+        let req = ref_request(request.into_inner());
+        self.call(methods::STATE_GET, self.gateway.get(md, req), convert::state).await
+    }
+
+    async fn del(&self, request: Request<pb::StateRef>) -> Result<Response<pb::Event>, Status> {
+        let md = metadata(request.metadata().as_ref());
+        let req = ref_request(request.into_inner());
+        self.call(methods::STATE_DEL, self.gateway.del(md, req), convert::event).await
+    }
+
+    async fn search(&self, request: Request<pb::SearchStateOpts>) -> Result<Response<pb::StateValues>, Status> {
+        let md = metadata(request.metadata().as_ref());
+        let o = request.into_inner();
+        let req = gw::SearchStatesRequest {
+            domain: o.domain,
+            ty: o.r#type,
+            query_string: o.query_string,
+            limit: o.limit,
+            offset: o.offset,
+            sort_by: o.sort_by,
+            sort_descending: o.sort_descending,
+        };
+        self.call(methods::STATE_SEARCH, self.gateway.search_states(md, req), |states| pb::StateValues {
+            state_values: states.into_iter().map(convert::state).collect(),
+        })
+        .await
+    }
+
+    async fn edit(&self, request: Request<pb::EditRequest>) -> Result<Response<pb::Event>, Status> {
+        let md = metadata(request.metadata().as_ref());
+        let e = request.into_inner();
+        let req = gw::EditRequest {
+            domain: e.domain,
+            ty: e.r#type,
+            key: e.key,
+            patch: values("patch", e.patch)?,
+            expected_version: e.expected_version,
+            idempotency_key: e.idempotency_key,
+        };
+        self.call(methods::STATE_EDIT, self.gateway.edit(md, req), convert::event).await
+    }
+
+    async fn revert(&self, request: Request<pb::RevertRequest>) -> Result<Response<pb::Event>, Status> {
+        let md = metadata(request.metadata().as_ref());
+        let r = request.into_inner();
+        let req = gw::RevertRequest {
+            domain: r.domain,
+            ty: r.r#type,
+            key: r.key,
+            event_id: r.event_id,
+            expected_version: r.expected_version,
+            idempotency_key: r.idempotency_key,
+        };
+        self.call(methods::STATE_REVERT, self.gateway.revert(md, req), convert::event).await
+    }
+}
+
+type EventStreamResponse = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::event_service_server::EventService for GrpcApi {
+    type StreamStream = EventStreamResponse;
+
+    async fn stream(&self, request: Request<pb::StreamOpts>) -> Result<Response<Self::StreamStream>, Status> {
+        let md = metadata(request.metadata().as_ref());
+        let o = request.into_inner();
+        let req = gw::StreamRequest {
+            domain: o.domain,
+            ty: o.r#type,
+            after_event_id: o.after_event_id,
+            from_time: o.from_time,
+            key: o.key,
+        };
+        self.call(methods::EVENT_STREAM, self.gateway.stream(md, req), |events| {
+            Box::pin(events.map(|item| item.map(convert::event).map_err(to_status))) as EventStreamResponse
+        })
+        .await
+    }
+
+    async fn search(&self, request: Request<pb::SearchEventOpts>) -> Result<Response<pb::Events>, Status> {
+        let md = metadata(request.metadata().as_ref());
+        let o = request.into_inner();
+        let req = gw::SearchEventsRequest {
+            domain: o.domain,
+            ty: o.r#type,
+            key: o.key,
+            query_string: o.query_string,
+            min: o.min,
+            max: o.max,
+            limit: o.limit,
+            offset: o.offset,
+            claims_query: o.claims_query,
+        };
+        self.call(methods::EVENT_SEARCH, self.gateway.search_events(md, req), |events| pb::Events {
+            events: events.into_iter().map(convert::event).collect(),
+        })
+        .await
+    }
+
+    async fn get(&self, request: Request<pb::EventRef>) -> Result<Response<pb::Event>, Status> {
+        let md = metadata(request.metadata().as_ref());
+        let req = gw::EventRefRequest { id: request.into_inner().id };
+        self.call(methods::EVENT_GET, self.gateway.get_event(md, req), convert::event).await
+    }
+}
+
+/// The gRPC routes: the two stategate services, health and reflection
+/// (v1 and v1alpha, so both current and older grpcurl/Postman can list them).
+pub async fn routes(api: GrpcApi, max_message_bytes: usize) -> tonic::service::Routes {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::state_service_server::StateServiceServer<GrpcApi>>()
+        .await;
+    health
+        .set_serving::<pb::event_service_server::EventServiceServer<GrpcApi>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = reflection().build_v1().expect("embedded descriptors are valid");
+    let v1alpha = reflection().build_v1alpha().expect("embedded descriptors are valid");
+    let mut routes = tonic::service::Routes::builder();
+    routes
+        .add_service(
+            pb::state_service_server::StateServiceServer::new(api.clone())
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        )
+        .add_service(
+            pb::event_service_server::EventServiceServer::new(api)
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        )
+        .add_service(health_service)
+        .add_service(v1)
+        .add_service(v1alpha);
+    routes.routes()
+}

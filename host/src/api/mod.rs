@@ -1,0 +1,48 @@
+//! The transports: thin adapters from the wire to `gateway`. Each turns its
+//! wire format into a gateway request, calls the same gateway function, and
+//! turns the result (or the error, through `status`) back. No logic of their
+//! own lives here.
+
+pub mod convert;
+pub mod grpc;
+pub mod grpc_web;
+pub mod rest;
+pub mod status;
+
+use crate::auth::Metadata;
+use crate::model::Result;
+use crate::telemetry::Metrics;
+use http::HeaderMap;
+use std::future::Future;
+use std::time::Instant;
+
+/// Request headers (or gRPC metadata) as policy input: lower-case names,
+/// first value of each, text values only.
+pub fn metadata(headers: &HeaderMap) -> Metadata {
+    let mut out = Metadata::new();
+    for (name, value) in headers {
+        if name.as_str().ends_with("-bin") {
+            continue;
+        }
+        if let Ok(v) = value.to_str() {
+            out.entry(name.as_str().to_owned()).or_insert_with(|| v.to_owned());
+        }
+    }
+    out
+}
+
+/// Runs a gateway call, recording `requests_total` and its latency.
+pub async fn measured<T>(metrics: &Metrics, method: &str, call: impl Future<Output = Result<T>>) -> Result<T> {
+    let start = Instant::now();
+    let out = call.await;
+    let code = match &out {
+        Ok(_) => "OK",
+        Err(e) => status::grpc_code_name(e),
+    };
+    metrics.requests.with_label_values(&[method, code]).inc();
+    metrics
+        .request_seconds
+        .with_label_values(&[method])
+        .observe(start.elapsed().as_secs_f64());
+    out
+}

@@ -1,0 +1,73 @@
+//! `inmem` (alias `memory`): a broadcast inside one process. Enough for a
+//! single gateway instance; several instances need a real broker.
+
+use super::{Channel, Subscription};
+use crate::model::{Error, Event, Result, Topic};
+use async_trait::async_trait;
+use futures::StreamExt;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+
+/// Events buffered for a subscriber that is behind; past this it is cut off
+/// (its stream ends with an error) and the hub catches it up from storage.
+const CAPACITY: usize = 16 * 1024;
+
+pub struct MemoryChannel {
+    tx: broadcast::Sender<Arc<Event>>,
+}
+
+impl MemoryChannel {
+    pub fn new() -> Self {
+        MemoryChannel {
+            tx: broadcast::channel(CAPACITY).0,
+        }
+    }
+}
+
+impl Default for MemoryChannel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl Channel for MemoryChannel {
+    fn name(&self) -> &str {
+        "inmem"
+    }
+
+    async fn publish(&self, event: &Event) -> Result<()> {
+        // No receiver is not an error: nobody is listening for this event.
+        let _ = self.tx.send(Arc::new(event.clone()));
+        Ok(())
+    }
+
+    async fn subscribe(&self, topic: &Topic) -> Result<Subscription> {
+        let topic = topic.clone();
+        let stream = BroadcastStream::new(self.tx.subscribe())
+            .filter_map(move |item| {
+                let out = match item {
+                    Ok(e) if topic.matches(&e.record) => Some(Ok(Event::clone(&e))),
+                    Ok(_) => None,
+                    Err(BroadcastStreamRecvError::Lagged(n)) => {
+                        Some(Err(Error::ResourceExhausted(format!("subscriber lagged by {n} events"))))
+                    }
+                };
+                futures::future::ready(out)
+            })
+            // The first error ends the subscription, as the trait promises.
+            .scan(false, |failed, item| {
+                let out = if *failed { None } else { Some(item) };
+                if matches!(out, Some(Err(_))) {
+                    *failed = true;
+                }
+                futures::future::ready(out)
+            });
+        Ok(stream.boxed())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}

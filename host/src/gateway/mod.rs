@@ -1,0 +1,451 @@
+//! The event pipeline: the one place where requests become reads, appends
+//! and broadcasts. gRPC, REST and grpc-web all call these functions, so they
+//! validate, authorize and fail the same way.
+//!
+//! A write: authenticate → request policy → validate → `storage.append`
+//! (event + state, atomically, with the expected version and idempotency
+//! key) → `channel.publish` → response policy. The write is acknowledged
+//! once `append` returned; a failed publish is logged and the hub's sweep
+//! delivers the event from storage instead.
+
+pub mod request;
+mod stream;
+
+pub use request::*;
+pub use stream::EventStream;
+
+use crate::auth::{Auth, Metadata, PolicyInput};
+use crate::channel::DynChannel;
+use crate::hub::Hub;
+use crate::model::{
+    AppendRequest, Appended, Change, Error, Event, EventKind, EventQuery, Expect, Filter, Idempotency, RecordRef,
+    Result, Sort, State, StateQuery, json, validate_name,
+};
+use crate::storage::DynStorage;
+use crate::telemetry::Metrics;
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Full gRPC method paths: the `method` of policy input and of events.
+pub mod methods {
+    pub const STATE_SET: &str = "/stategate.StateService/Set";
+    pub const STATE_GET: &str = "/stategate.StateService/Get";
+    pub const STATE_DEL: &str = "/stategate.StateService/Del";
+    pub const STATE_SEARCH: &str = "/stategate.StateService/Search";
+    pub const STATE_EDIT: &str = "/stategate.StateService/Edit";
+    pub const STATE_REVERT: &str = "/stategate.StateService/Revert";
+    pub const EVENT_STREAM: &str = "/stategate.EventService/Stream";
+    pub const EVENT_SEARCH: &str = "/stategate.EventService/Search";
+    pub const EVENT_GET: &str = "/stategate.EventService/Get";
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest `limit` a search may ask for; larger ones are capped.
+    pub max_search_limit: usize,
+    /// How long an idempotency key protects against a second write.
+    pub idempotency_window: Duration,
+    /// Messages buffered between a stream and its client.
+    pub stream_buffer: usize,
+    /// How long a broadcast may take before the write is acknowledged anyway
+    /// (the hub's sweep delivers the event from storage).
+    pub publish_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_search_limit: 1000,
+            idempotency_window: Duration::from_secs(24 * 3600),
+            stream_buffer: 256,
+            publish_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+pub struct Gateway {
+    storage: DynStorage,
+    channel: DynChannel,
+    hub: Arc<Hub>,
+    auth: Arc<dyn Auth>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    shutdown: CancellationToken,
+}
+
+/// An admitted call: who made it and what they asked, for the response
+/// policy and for the event's claims.
+pub struct Caller {
+    input: PolicyInput,
+}
+
+impl Caller {
+    pub fn claims(&self) -> &crate::model::Claims {
+        &self.input.claims
+    }
+}
+
+impl Gateway {
+    pub fn new(
+        storage: DynStorage,
+        channel: DynChannel,
+        hub: Arc<Hub>,
+        auth: Arc<dyn Auth>,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+    ) -> Self {
+        Gateway {
+            storage,
+            channel,
+            hub,
+            auth,
+            metrics,
+            limits,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    pub fn storage(&self) -> &DynStorage {
+        &self.storage
+    }
+
+    pub fn channel(&self) -> &DynChannel {
+        &self.channel
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Ends every open stream with `UNAVAILABLE`; used at shutdown.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Authenticates the caller and runs the request policies.
+    async fn admit(&self, method: &str, metadata: Metadata, body: &impl Serialize, server_stream: bool) -> Result<Caller> {
+        let claims = self.auth.authenticate(&metadata).await.inspect_err(|e| {
+            self.metrics.auth_failures.with_label_values(&[e.kind(), method]).inc();
+        })?;
+        let input = PolicyInput {
+            claims,
+            method: method.to_owned(),
+            metadata,
+            body: serde_json::to_value(body).map_err(Error::internal)?,
+            client_stream: false,
+            server_stream,
+            response: None,
+        };
+        self.auth.authorize_request(&input).await.inspect_err(|_| {
+            self.metrics.policy_denials.with_label_values(&["request", method]).inc();
+        })?;
+        Ok(Caller { input })
+    }
+
+    /// Runs the response policies on a unary response: `body` stays the
+    /// request (as in v0.5.0), `response` is the response. A policy may
+    /// redact the response, which is then read back from its JSON.
+    async fn release<T>(&self, caller: Caller, out: T, to_json: fn(&T) -> Value, from_json: fn(&Value) -> Result<T>) -> Result<T> {
+        let mut input = caller.input;
+        input.response = Some(to_json(&out));
+        match self.auth.authorize_response(&input).await {
+            Ok(None) => Ok(out),
+            Ok(Some(redacted)) => from_json(&redacted),
+            Err(e) => {
+                self.metrics.policy_denials.with_label_values(&["response", &input.method]).inc();
+                Err(e)
+            }
+        }
+    }
+
+    /// Times a provider call for `provider_call_duration_seconds`.
+    async fn observe<T>(&self, provider: &str, op: &str, call: impl Future<Output = Result<T>>) -> Result<T> {
+        let start = Instant::now();
+        let out = call.await;
+        self.metrics
+            .provider_seconds
+            .with_label_values(&[provider, op])
+            .observe(start.elapsed().as_secs_f64());
+        if out.is_err() {
+            self.metrics.provider_errors.with_label_values(&[provider, op]).inc();
+        }
+        out
+    }
+
+    // ---- writes ----
+
+    pub async fn set(&self, metadata: Metadata, req: SetRequest) -> Result<Event> {
+        let caller = self.admit(methods::STATE_SET, metadata, &req, false).await?;
+        let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
+        let values = req.values.clone().ok_or_else(|| Error::invalid("values", "is required"))?;
+        json::check_depth("values", &values)?;
+        let expect = Expect::from_wire("expected_version", req.expected_version)?;
+        let idem = self.idempotency(&caller, &req.idempotency_key, &req);
+        let event = self
+            .append(&caller, record, Change::Put(values), expect, EventKind::Set, idem)
+            .await?;
+        self.release(caller, event, json::event, json::parse_event).await
+    }
+
+    pub async fn del(&self, metadata: Metadata, req: RefRequest) -> Result<Event> {
+        let caller = self.admit(methods::STATE_DEL, metadata, &req, false).await?;
+        let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
+        let expect = Expect::from_wire("expected_version", req.expected_version)?;
+        let idem = self.idempotency(&caller, &req.idempotency_key, &req);
+        let event = self.append(&caller, record, Change::Delete, expect, EventKind::Del, idem).await?;
+        self.release(caller, event, json::event, json::parse_event).await
+    }
+
+    pub async fn edit(&self, metadata: Metadata, req: EditRequest) -> Result<Event> {
+        let caller = self.admit(methods::STATE_EDIT, metadata, &req, false).await?;
+        let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
+        let patch = req.patch.clone().ok_or_else(|| Error::invalid("patch", "is required"))?;
+        json::check_depth("patch", &patch)?;
+        let wanted = Expect::from_wire("expected_version", req.expected_version)?;
+        let idem = self.idempotency(&caller, &req.idempotency_key, &req);
+        // Read, patch, and append expecting the version read. Without a
+        // client expectation a concurrent write only means "read again".
+        let mut attempts = 0;
+        let event = loop {
+            let current = self
+                .observe(self.storage.name(), "get", self.storage.get(&record))
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("state {record}")))?;
+            if !wanted.admits(Some(current.version)) {
+                return Err(crate::storage::conflict_with(&record, wanted, Some(current.version)));
+            }
+            let mut values = current.values;
+            json::merge_patch(&mut values, &patch);
+            json::check_depth("patch", &values)?;
+            let expect = Expect::Version(current.version);
+            match self
+                .append(&caller, record.clone(), Change::Put(values), expect, EventKind::Edit, idem.clone())
+                .await
+            {
+                Err(Error::VersionConflict { .. }) if wanted == Expect::Any && attempts < 16 => attempts += 1,
+                other => break other?,
+            }
+        };
+        self.release(caller, event, json::event, json::parse_event).await
+    }
+
+    pub async fn revert(&self, metadata: Metadata, req: RevertRequest) -> Result<Event> {
+        let caller = self.admit(methods::STATE_REVERT, metadata, &req, false).await?;
+        let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
+        if req.event_id.is_empty() {
+            return Err(Error::invalid("event_id", "must not be empty"));
+        }
+        let expect = Expect::from_wire("expected_version", req.expected_version)?;
+        let target = self
+            .observe(self.storage.name(), "get_event", self.storage.get_event(&req.event_id))
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("event {}", req.event_id)))?;
+        if target.record != record {
+            return Err(Error::invalid(
+                "event_id",
+                format!("event {} belongs to {}, not {record}", req.event_id, target.record),
+            ));
+        }
+        let values = target.values.ok_or_else(|| {
+            Error::invalid("event_id", format!("event {} is a deletion; there are no values to revert to", req.event_id))
+        })?;
+        let idem = self.idempotency(&caller, &req.idempotency_key, &req);
+        let event = self.append(&caller, record, Change::Put(values), expect, EventKind::Revert, idem).await?;
+        self.release(caller, event, json::event, json::parse_event).await
+    }
+
+    /// The idempotency key of a write, from the request field or else the
+    /// `idempotency-key` metadata, bound to a hash of the whole request.
+    fn idempotency(&self, caller: &Caller, field: &str, req: &impl Serialize) -> Option<Idempotency> {
+        let key = if field.is_empty() {
+            caller.input.metadata.get("idempotency-key")?.as_str()
+        } else {
+            field
+        };
+        if key.is_empty() {
+            return None;
+        }
+        let mut hash = Sha256::new();
+        hash.update(caller.input.method.as_bytes());
+        // The key itself is part of the request body: hash the rest.
+        let mut body = serde_json::to_value(req).unwrap_or(Value::Null);
+        if let Some(o) = body.as_object_mut() {
+            o.remove("idempotencyKey");
+        }
+        hash.update(body.to_string().as_bytes());
+        let window = self.limits.idempotency_window.as_nanos() as i64;
+        Some(Idempotency {
+            key: key.to_owned(),
+            fingerprint: hex::encode(hash.finalize()),
+            not_before: now_nanos().saturating_sub(window),
+        })
+    }
+
+    async fn append(
+        &self,
+        caller: &Caller,
+        record: RecordRef,
+        change: Change,
+        expect: Expect,
+        kind: EventKind,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Event> {
+        let req = AppendRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+            record,
+            change,
+            expect,
+            kind,
+            method: caller.input.method.clone(),
+            claims: caller.input.claims.clone(),
+            time: now_nanos(),
+            idempotency,
+        };
+        let Appended { event, replayed } = self.observe(self.storage.name(), "append", self.storage.append(req)).await?;
+        if !replayed {
+            self.metrics.events_appended.with_label_values(&[kind.as_str()]).inc();
+            self.publish(&event).await;
+        }
+        Ok(event)
+    }
+
+    /// Broadcasts a committed event. Failure does not fail the write: it is
+    /// durable, and the hubs deliver it from storage.
+    async fn publish(&self, event: &Event) {
+        let channel = self.channel.name();
+        let publish = self.observe(channel, "publish", self.channel.publish(event));
+        let failed = match tokio::time::timeout(self.limits.publish_timeout, publish).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_owned(),
+        };
+        self.metrics.publish_failures.inc();
+        tracing::warn!(event = %event.id, record = %event.record, channel, error = %failed,
+            "broadcast failed; subscribers will receive the event from storage");
+    }
+
+    // ---- reads ----
+
+    pub async fn get(&self, metadata: Metadata, req: RefRequest) -> Result<State> {
+        let caller = self.admit(methods::STATE_GET, metadata, &req, false).await?;
+        let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
+        let state = self
+            .observe(self.storage.name(), "get", self.storage.get(&record))
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("state {record}")))?;
+        self.release(caller, state, json::state, json::parse_state).await
+    }
+
+    pub async fn search_states(&self, metadata: Metadata, req: SearchStatesRequest) -> Result<Vec<State>> {
+        let caller = self.admit(methods::STATE_SEARCH, metadata, &req, false).await?;
+        validate_name("domain", &req.domain)?;
+        validate_name("type", &req.ty)?;
+        let query = StateQuery {
+            domain: req.domain.clone(),
+            ty: req.ty.clone(),
+            filter: Filter::parse("query_string", &req.query_string)?,
+            sort: Sort::parse("sort_by", &req.sort_by, req.sort_descending)?,
+            limit: self.limit(req.limit)?,
+            offset: offset(req.offset)?,
+        };
+        let states = self
+            .observe(self.storage.name(), "search_states", self.storage.search_states(&query))
+            .await?;
+        self.release(caller, states, |s| states_json(s), parse_states).await
+    }
+
+    pub async fn search_events(&self, metadata: Metadata, req: SearchEventsRequest) -> Result<Vec<Event>> {
+        let caller = self.admit(methods::EVENT_SEARCH, metadata, &req, false).await?;
+        validate_name("domain", &req.domain)?;
+        validate_name("type", &req.ty)?;
+        if !req.key.is_empty() {
+            validate_name("key", &req.key)?;
+        }
+        let bound = |field: &str, v: i64| match v {
+            0 => Ok(None),
+            v if v > 0 => Ok(Some(v)),
+            v => Err(Error::invalid(field, format!("must be >= 0 (Unix nanoseconds), got {v}"))),
+        };
+        let query = EventQuery {
+            domain: req.domain.clone(),
+            ty: req.ty.clone(),
+            key: (!req.key.is_empty()).then(|| req.key.clone()),
+            filter: Filter::parse("query_string", &req.query_string)?,
+            claims_filter: Filter::parse("claims_query", &req.claims_query)?,
+            min_time: bound("min", req.min)?,
+            max_time: bound("max", req.max)?,
+            limit: self.limit(req.limit)?,
+            offset: offset(req.offset)?,
+        };
+        let events = self
+            .observe(self.storage.name(), "search_events", self.storage.search_events(&query))
+            .await?;
+        self.release(caller, events, |e| events_json(e), parse_events).await
+    }
+
+    pub async fn get_event(&self, metadata: Metadata, req: EventRefRequest) -> Result<Event> {
+        let caller = self.admit(methods::EVENT_GET, metadata, &req, false).await?;
+        if req.id.is_empty() {
+            return Err(Error::invalid("id", "must not be empty"));
+        }
+        let event = self
+            .observe(self.storage.name(), "get_event", self.storage.get_event(&req.id))
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("event {}", req.id)))?;
+        self.release(caller, event, json::event, json::parse_event).await
+    }
+
+    /// v0.5.0 required `limit > 0`; anything above the configured maximum is
+    /// capped rather than refused, so old clients asking for "everything"
+    /// still get an answer.
+    fn limit(&self, limit: i64) -> Result<usize> {
+        if limit <= 0 {
+            return Err(Error::invalid("limit", format!("must be > 0, got {limit}")));
+        }
+        Ok((limit as u64).min(self.limits.max_search_limit as u64) as usize)
+    }
+}
+
+fn offset(offset: i64) -> Result<usize> {
+    usize::try_from(offset).map_err(|_| Error::invalid("offset", format!("must be >= 0, got {offset}")))
+}
+
+fn states_json(states: &Vec<State>) -> Value {
+    serde_json::json!({ "stateValues": states.iter().map(json::state).collect::<Vec<_>>() })
+}
+
+fn parse_states(v: &Value) -> Result<Vec<State>> {
+    v.get("stateValues")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::internal("response policy returned no stateValues"))?
+        .iter()
+        .map(json::parse_state)
+        .collect()
+}
+
+fn events_json(events: &Vec<Event>) -> Value {
+    serde_json::json!({ "events": events.iter().map(json::event).collect::<Vec<_>>() })
+}
+
+fn parse_events(v: &Value) -> Result<Vec<Event>> {
+    v.get("events")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::internal("response policy returned no events"))?
+        .iter()
+        .map(json::parse_event)
+        .collect()
+}
+
+/// Now, in Unix nanoseconds.
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+

@@ -1,0 +1,203 @@
+//! The requests of the gateway, as clients send them (not yet validated).
+//!
+//! Each mirrors its protobuf message. Serialized, it is the message's proto3
+//! JSON: the `body` that policies see, whichever transport the call came in
+//! on. Deserialized, it is what the REST API accepts: lowerCamelCase or the
+//! original field names, 64-bit integers as numbers or strings, and no
+//! unknown fields (a typo is an error, not a silently ignored option).
+
+use crate::model::Values;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// `Set` (the `State` message).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct SetRequest {
+    pub domain: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub key: String,
+    pub values: Option<Values>,
+    /// Output only on the wire; accepted and ignored on input, so a client
+    /// can send back a `State` it read.
+    #[serde(with = "int64_opt", skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    #[serde(with = "int64_opt", alias = "expected_version", skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<i64>,
+    #[serde(alias = "idempotency_key")]
+    pub idempotency_key: String,
+}
+
+/// `Get` and `Del` (the `StateRef` message).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct RefRequest {
+    pub domain: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub key: String,
+    #[serde(with = "int64_opt", alias = "expected_version", skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<i64>,
+    #[serde(alias = "idempotency_key")]
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct EditRequest {
+    pub domain: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub key: String,
+    pub patch: Option<Values>,
+    #[serde(with = "int64_opt", alias = "expected_version", skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<i64>,
+    #[serde(alias = "idempotency_key")]
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct RevertRequest {
+    pub domain: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub key: String,
+    #[serde(alias = "event_id")]
+    pub event_id: String,
+    #[serde(with = "int64_opt", alias = "expected_version", skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<i64>,
+    #[serde(alias = "idempotency_key")]
+    pub idempotency_key: String,
+}
+
+/// `StateService.Search` (the `SearchStateOpts` message).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct SearchStatesRequest {
+    pub domain: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    #[serde(alias = "query_string")]
+    pub query_string: String,
+    #[serde(with = "int64")]
+    pub limit: i64,
+    #[serde(with = "int64")]
+    pub offset: i64,
+    #[serde(alias = "sort_by")]
+    pub sort_by: String,
+    #[serde(alias = "sort_descending")]
+    pub sort_descending: bool,
+}
+
+/// `EventService.Search` (the `SearchEventOpts` message).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct SearchEventsRequest {
+    pub domain: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub key: String,
+    #[serde(alias = "query_string")]
+    pub query_string: String,
+    #[serde(with = "int64")]
+    pub min: i64,
+    #[serde(with = "int64")]
+    pub max: i64,
+    #[serde(with = "int64")]
+    pub limit: i64,
+    #[serde(with = "int64")]
+    pub offset: i64,
+    #[serde(alias = "claims_query")]
+    pub claims_query: String,
+}
+
+/// `EventService.Stream` (the `StreamOpts` message).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct StreamRequest {
+    pub domain: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    #[serde(alias = "after_event_id")]
+    pub after_event_id: String,
+    #[serde(with = "int64", alias = "from_time")]
+    pub from_time: i64,
+    pub key: String,
+}
+
+/// `EventService.Get` (the `EventRef` message).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventRefRequest {
+    pub id: String,
+}
+
+/// proto3 JSON int64: printed as a string, read from a number or a string.
+pub mod int64 {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        if v.is_null() {
+            return Ok(0);
+        }
+        crate::model::json::parse_int("integer", &v).map_err(|e| serde::de::Error::custom(e.to_string()))
+    }
+}
+
+/// Like `int64`, for `optional int64` fields.
+pub mod int64_opt {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_str(&v.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        if v.is_null() {
+            return Ok(None);
+        }
+        crate::model::json::parse_int("integer", &v)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn accepts_both_field_name_styles_and_string_ints() {
+        let a: SearchStatesRequest =
+            serde_json::from_value(json!({"domain": "d", "type": "t", "queryString": "{}", "limit": "5"})).unwrap();
+        let b: SearchStatesRequest =
+            serde_json::from_value(json!({"domain": "d", "type": "t", "query_string": "{}", "limit": 5})).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.limit, 5);
+        assert!(serde_json::from_value::<SearchStatesRequest>(json!({"limt": 5})).is_err());
+    }
+
+    #[test]
+    fn serializes_as_proto3_json() {
+        let r = SearchStatesRequest {
+            domain: "d".into(),
+            limit: 3,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["limit"], json!("3"));
+        assert_eq!(v["queryString"], json!(""));
+        assert_eq!(v["type"], json!(""));
+    }
+}

@@ -1,0 +1,243 @@
+//! `EventService.Stream`: history from a position, then live events, with no
+//! gap and no duplicate at the switch.
+//!
+//! A stream keeps a cursor: a seq such that every matching event at or
+//! below it has been handled. It runs one loop:
+//! 1. subscribe to the hub's feed for its topic (from now on, new events
+//!    arrive there);
+//! 2. replay storage after the cursor until the end (storage promises that
+//!    a visible seq implies all smaller seqs are visible, so the end of the
+//!    replay is a correct cursor);
+//! 3. pass on live deliveries, skipping anything at or below the cursor and
+//!    any record version already sent, and advance the cursor to each
+//!    delivery's watermark;
+//! 4. when the feed closes (channel broke) or this stream falls out of its
+//!    buffer (slow client), go back to 1. If the channel is down, the loop
+//!    polls storage instead, so the stream degrades, never stops.
+//!
+//! A v0.5.0 stream (no start position) starts its cursor at the storage head,
+//! read after subscribing and before the response begins: every write the
+//! client makes after the stream opened is delivered.
+
+use super::{Gateway, StreamRequest, methods};
+use crate::auth::{Metadata, PolicyInput};
+use crate::hub::HubSubscription;
+use crate::model::{Error, Event, FeedQuery, RecordRef, Result, Topic, json, validate_name};
+use crate::storage::FEED_PAGE;
+use futures::stream::BoxStream;
+use lru::LruCache;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+
+pub type EventStream = BoxStream<'static, Result<Event>>;
+
+/// Records whose last sent version a stream remembers, to drop duplicates.
+const SEEN_RECORDS: usize = 4096;
+/// Poll interval while the channel is down.
+const DEGRADED_POLL: Duration = Duration::from_millis(500);
+
+impl Gateway {
+    pub async fn stream(self: &Arc<Self>, metadata: Metadata, req: StreamRequest) -> Result<EventStream> {
+        let caller = self.admit(methods::EVENT_STREAM, metadata, &req, true).await?;
+        let part = |field: &str, v: &str| -> Result<Option<String>> {
+            if v == "*" {
+                return Ok(None);
+            }
+            validate_name(field, v)?;
+            Ok(Some(v.to_owned()))
+        };
+        let topic = Topic {
+            domain: part("domain", &req.domain)?,
+            ty: part("type", &req.ty)?,
+        };
+        let key = if req.key.is_empty() {
+            None
+        } else {
+            validate_name("key", &req.key)?;
+            Some(req.key.clone())
+        };
+        if req.from_time < 0 {
+            return Err(Error::invalid("from_time", "must be >= 0 (Unix nanoseconds)"));
+        }
+
+        let storage = self.storage.clone();
+        let subscription = self.hub.subscribe(&topic).await;
+        let (cursor, from_time) = if !req.after_event_id.is_empty() {
+            let event = storage
+                .get_event(&req.after_event_id)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("event {} (after_event_id)", req.after_event_id)))?;
+            (event.seq, None)
+        } else if req.from_time > 0 {
+            (0, Some(req.from_time))
+        } else {
+            // Live only: the cursor must be read after the subscription is
+            // active, so nothing between the two is lost. If the channel is
+            // down we still start; the loop polls storage.
+            (storage.head().await?, None)
+        };
+
+        let (tx, rx) = mpsc::channel(self.limits.stream_buffer);
+        let state = StreamTask {
+            gateway: self.clone(),
+            input: caller.input,
+            topic,
+            key,
+            cursor,
+            from_time,
+            seen: LruCache::new(NonZeroUsize::new(SEEN_RECORDS).unwrap()),
+            tx,
+        };
+        tokio::spawn(state.run(subscription));
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+struct StreamTask {
+    gateway: Arc<Gateway>,
+    input: PolicyInput,
+    topic: Topic,
+    key: Option<String>,
+    cursor: u64,
+    from_time: Option<i64>,
+    seen: LruCache<RecordRef, u64>,
+    tx: mpsc::Sender<Result<Event>>,
+}
+
+/// Why a stream stops.
+enum Stop {
+    ClientGone,
+    Failed(Error),
+}
+
+struct LiveStreamGuard(Arc<Gateway>);
+
+impl Drop for LiveStreamGuard {
+    fn drop(&mut self) {
+        self.0.metrics.live_streams.dec();
+    }
+}
+
+impl StreamTask {
+    async fn run(mut self, first: Result<HubSubscription>) {
+        self.gateway.metrics.live_streams.inc();
+        let _guard = LiveStreamGuard(self.gateway.clone());
+        let shutdown = self.gateway.shutdown.clone();
+        let tx = self.tx.clone();
+        let outcome = tokio::select! {
+            stop = self.serve(first) => stop,
+            _ = tx.closed() => Stop::ClientGone,
+            _ = shutdown.cancelled() => Stop::Failed(Error::unavailable("the gateway is shutting down; reconnect to resume")),
+        };
+        if let Stop::Failed(e) = outcome {
+            let _ = tx.send(Err(e)).await;
+        }
+    }
+
+    async fn serve(&mut self, first: Result<HubSubscription>) -> Stop {
+        let mut subscription = Some(first);
+        loop {
+            let sub = match subscription.take() {
+                Some(s) => s,
+                None => self.gateway.hub.subscribe(&self.topic).await,
+            };
+            if let Err(stop) = self.replay().await {
+                return stop;
+            }
+            self.from_time = None;
+            match sub {
+                Ok(sub) => {
+                    if let Err(stop) = self.live(sub).await {
+                        return stop;
+                    }
+                    self.gateway.metrics.stream_catchups.inc();
+                }
+                Err(e) => {
+                    tracing::debug!(topic = %self.topic, error = %e, "no live feed; polling storage");
+                    tokio::time::sleep(DEGRADED_POLL).await;
+                }
+            }
+        }
+    }
+
+    /// Sends stored events after the cursor, up to the end of the store.
+    async fn replay(&mut self) -> Result<(), Stop> {
+        loop {
+            let page = self
+                .gateway
+                .storage
+                .feed(&FeedQuery {
+                    topic: self.topic.clone(),
+                    key: self.key.clone(),
+                    after_seq: self.cursor,
+                    from_time: self.from_time,
+                    limit: FEED_PAGE,
+                })
+                .await
+                .map_err(Stop::Failed)?;
+            let full = page.len() == FEED_PAGE;
+            for event in page {
+                let seq = event.seq;
+                self.send(Arc::new(event)).await?;
+                self.cursor = seq;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Passes live deliveries on until the feed closes or this stream lags.
+    async fn live(&mut self, mut sub: HubSubscription) -> Result<(), Stop> {
+        loop {
+            match sub.rx.recv().await {
+                Ok(delivery) => {
+                    if delivery.event.seq > self.cursor {
+                        self.send(delivery.event).await?;
+                    }
+                    self.cursor = self.cursor.max(delivery.watermark);
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!(topic = %self.topic, missed = n, "stream fell behind; catching up from storage");
+                    return Ok(());
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
+    }
+
+    /// Sends one event unless it was sent already, is for another key, or the
+    /// caller's response policy withholds it (on a `*` stream that is how a
+    /// caller sees only what it may).
+    async fn send(&mut self, event: Arc<Event>) -> Result<(), Stop> {
+        if self.key.as_ref().is_some_and(|k| *k != event.record.key) {
+            return Ok(());
+        }
+        if self.seen.get(&event.record).is_some_and(|v| *v >= event.version) {
+            return Ok(());
+        }
+        self.seen.put(event.record.clone(), event.version);
+
+        let body = json::event(&event);
+        let mut input = self.input.clone();
+        input.body = body.clone();
+        input.response = Some(body);
+        let event = match self.gateway.auth.authorize_response(&input).await {
+            Ok(None) => Event::clone(&event),
+            Ok(Some(redacted)) => json::parse_event(&redacted).map_err(Stop::Failed)?,
+            Err(Error::PermissionDenied(reason)) => {
+                self.gateway
+                    .metrics
+                    .policy_denials
+                    .with_label_values(&["response", methods::EVENT_STREAM])
+                    .inc();
+                tracing::debug!(event = %event.id, %reason, "response policy withheld a stream event");
+                return Ok(());
+            }
+            Err(e) => return Err(Stop::Failed(e)),
+        };
+        self.tx.send(Ok(event)).await.map_err(|_| Stop::ClientGone)
+    }
+}

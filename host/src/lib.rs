@@ -1,0 +1,21 @@
+//! stategate: an application state gateway. See `../shared/design.md` (or
+//! the README) for the architecture; each module holds one concern.
+
+pub mod api;
+pub mod auth;
+pub mod channel;
+pub mod config;
+pub mod gateway;
+pub mod hub;
+pub mod model;
+pub mod server;
+pub mod storage;
+pub mod telemetry;
+
+/// Code generated from `proto/stategate.proto`.
+pub mod proto {
+    tonic::include_proto!("stategate");
+
+    /// The encoded descriptor set, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stategate_descriptor.bin"));
+}

@@ -1,0 +1,271 @@
+//! The domain types of the gateway: records, states, events, the requests of
+//! the event pipeline and the queries over them. No protobuf and no WIT here:
+//! the API adapters and the wasm host translate to and from these.
+
+mod error;
+pub mod json;
+pub mod query;
+
+pub use error::{Error, Result};
+pub use query::{Filter, Sort};
+
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// The values of a state: always a JSON object.
+pub type Values = Map<String, Value>;
+
+/// The verified claims of a caller's token (empty when auth is disabled).
+pub type Claims = Map<String, Value>;
+
+/// Identifies one record: (domain, type, key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordRef {
+    pub domain: String,
+    pub ty: String,
+    pub key: String,
+}
+
+impl RecordRef {
+    /// Builds a reference from client input, checking each part as v0.5.0
+    /// did (`^\S+$`): non-empty, no white space.
+    pub fn parse(domain: &str, ty: &str, key: &str) -> Result<Self> {
+        validate_name("domain", domain)?;
+        validate_name("type", ty)?;
+        validate_name("key", key)?;
+        Ok(RecordRef {
+            domain: domain.to_owned(),
+            ty: ty.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for RecordRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.domain, self.ty, self.key)
+    }
+}
+
+/// Longest domain, type or key accepted; keeps keys indexable and bounded.
+pub const MAX_NAME_LEN: usize = 1024;
+
+pub fn validate_name(field: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if value.len() > MAX_NAME_LEN {
+        return Err(Error::invalid(field, format!("longer than {MAX_NAME_LEN} bytes")));
+    }
+    if value.chars().any(char::is_whitespace) {
+        return Err(Error::invalid(field, "must not contain white space"));
+    }
+    Ok(())
+}
+
+/// The current state of a record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    pub record: RecordRef,
+    pub values: Values,
+    /// 1 after the first write, +1 on every change.
+    pub version: u64,
+}
+
+/// What a change to a record was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Set,
+    Edit,
+    Del,
+    Revert,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Set => "SET",
+            EventKind::Edit => "EDIT",
+            EventKind::Del => "DEL",
+            EventKind::Revert => "REVERT",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "SET" => EventKind::Set,
+            "EDIT" => EventKind::Edit,
+            "DEL" => EventKind::Del,
+            "REVERT" => EventKind::Revert,
+            _ => return None,
+        })
+    }
+}
+
+/// One immutable change to a record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// A UUID, unique in the store.
+    pub id: String,
+    /// Position in the store's total order; assigned by storage on append.
+    pub seq: u64,
+    pub record: RecordRef,
+    /// The values after the change; `None` for a deletion.
+    pub values: Option<Values>,
+    pub claims: Claims,
+    /// Receive time, Unix nanoseconds.
+    pub time: i64,
+    /// The record's version after this change.
+    pub version: u64,
+    pub kind: EventKind,
+    /// The RPC that made the change, e.g. `/stategate.StateService/Set`.
+    pub method: String,
+}
+
+/// What a write requires of the record's current version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Last write wins (v0.5.0 behaviour).
+    Any,
+    /// The record must have no current state.
+    Absent,
+    /// The record must be at exactly this version.
+    Version(u64),
+}
+
+impl Expect {
+    /// From the wire form: unset = any, 0 = absent, n = version n.
+    pub fn from_wire(field: &str, v: Option<i64>) -> Result<Self> {
+        match v {
+            None => Ok(Expect::Any),
+            Some(0) => Ok(Expect::Absent),
+            Some(n) if n > 0 => Ok(Expect::Version(n as u64)),
+            Some(n) => Err(Error::invalid(field, format!("must be >= 0, got {n}"))),
+        }
+    }
+
+    /// Whether a record currently at `current` (`None` = no state) satisfies
+    /// this expectation.
+    pub fn admits(self, current: Option<u64>) -> bool {
+        match self {
+            Expect::Any => true,
+            Expect::Absent => current.is_none(),
+            Expect::Version(v) => current == Some(v),
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Expect::Any => "any".into(),
+            Expect::Absent => "no state".into(),
+            Expect::Version(v) => format!("version {v}"),
+        }
+    }
+}
+
+/// The change an append makes to the current state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Put(Values),
+    Delete,
+}
+
+/// A retry token: an append carrying a key already used within the window
+/// returns the event of the first append instead of writing again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Idempotency {
+    pub key: String,
+    /// Hash of the request; the same key with another request is an error.
+    pub fingerprint: String,
+    /// Entries older than this (Unix ns) are expired and may be reused.
+    pub not_before: i64,
+}
+
+/// One atomic write: the event and the resulting current state, or nothing.
+#[derive(Debug, Clone)]
+pub struct AppendRequest {
+    pub id: String,
+    pub record: RecordRef,
+    pub change: Change,
+    pub expect: Expect,
+    pub kind: EventKind,
+    pub method: String,
+    pub claims: Claims,
+    pub time: i64,
+    pub idempotency: Option<Idempotency>,
+}
+
+/// The result of an append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    pub event: Event,
+    /// True when an idempotent retry returned the first write's event and
+    /// nothing was written now (so nothing must be published again).
+    pub replayed: bool,
+}
+
+/// Which events a stream or a hub subscription wants: `None` is `*`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Topic {
+    pub domain: Option<String>,
+    pub ty: Option<String>,
+}
+
+impl Topic {
+    pub const ALL: Topic = Topic {
+        domain: None,
+        ty: None,
+    };
+
+    pub fn matches(&self, record: &RecordRef) -> bool {
+        self.domain.as_deref().is_none_or(|d| d == record.domain)
+            && self.ty.as_deref().is_none_or(|t| t == record.ty)
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.domain.as_deref().unwrap_or("*");
+        let t = self.ty.as_deref().unwrap_or("*");
+        write!(f, "{d}/{t}")
+    }
+}
+
+/// A search over current states of one domain and type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateQuery {
+    pub domain: String,
+    pub ty: String,
+    pub filter: Filter,
+    pub sort: Option<Sort>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+/// A search over the event history, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventQuery {
+    pub domain: String,
+    pub ty: String,
+    pub key: Option<String>,
+    pub filter: Filter,
+    pub claims_filter: Filter,
+    /// Inclusive bounds on `Event::time`.
+    pub min_time: Option<i64>,
+    pub max_time: Option<i64>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+/// Events in store order after a position: what catch-up streams replay and
+/// what the hub sweeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedQuery {
+    pub topic: Topic,
+    pub key: Option<String>,
+    /// Only events with `seq > after_seq`.
+    pub after_seq: u64,
+    /// Only events with `time >= from_time`.
+    pub from_time: Option<i64>,
+    pub limit: usize,
+}

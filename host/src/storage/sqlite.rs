@@ -1,0 +1,542 @@
+//! `sqlite`: the embedded durable default. One file in WAL mode, no service
+//! to run.
+//!
+//! Writes go through one writer thread that owns the only write connection:
+//! it takes every append waiting in its queue, runs them in one transaction
+//! (one savepoint each, so a failed version check rolls back only its own
+//! request) and commits once. Concurrent writers thus share one fsync (group
+//! commit) and seqs are assigned in commit order, which is what catch-up
+//! streams need. `synchronous=FULL` makes a commit durable before `append`
+//! returns. Reads use a small pool of connections that WAL lets run
+//! alongside the writer.
+
+use super::{FEED_PAGE, Storage, conflict, idempotency_mismatch};
+use crate::model::{
+    Appended, AppendRequest, Change, Error, Event, EventKind, EventQuery, FeedQuery, Filter, RecordRef, Result,
+    State, StateQuery, Values,
+    query::Op,
+};
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, params_from_iter, types::Value as SqlValue};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most appends committed in one transaction.
+const MAX_BATCH: usize = 512;
+/// Read connections kept open.
+const READERS: usize = 4;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq     INTEGER PRIMARY KEY,
+    id      TEXT NOT NULL UNIQUE,
+    domain  TEXT NOT NULL,
+    type    TEXT NOT NULL,
+    key     TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    kind    TEXT NOT NULL,
+    method  TEXT NOT NULL,
+    time    INTEGER NOT NULL,
+    vals    TEXT,
+    claims  TEXT NOT NULL,
+    UNIQUE (domain, type, key, version)
+);
+CREATE INDEX IF NOT EXISTS events_by_type_seq ON events (domain, type, seq);
+CREATE INDEX IF NOT EXISTS events_by_type_time ON events (domain, type, time);
+-- One row per record ever written; vals is NULL once deleted, and the row
+-- keeps the last version so a recreated record continues its numbering.
+CREATE TABLE IF NOT EXISTS states (
+    domain  TEXT NOT NULL,
+    type    TEXT NOT NULL,
+    key     TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    vals    TEXT,
+    PRIMARY KEY (domain, type, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    key         TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    event_seq   INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+type Job = (AppendRequest, oneshot::Sender<Result<Appended>>);
+
+pub struct SqliteStorage {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl SqliteStorage {
+    /// Opens (creating if needed) the database file and its schema.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::unavailable(format!("sqlite: cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(&path).map_err(|e| db_error(&e))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(|e| db_error(&e))?;
+        conn.execute_batch(SCHEMA).map_err(|e| db_error(&e))?;
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(Error::internal)?;
+        Ok(SqliteStorage {
+            path,
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(thread)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    /// Runs `f` on a pooled read connection in the blocking thread pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let pool = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match pool.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+                Some(c) => c,
+                None => open_reader(&path)?,
+            };
+            let out = f(&conn).map_err(|e| db_error(&e));
+            let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < READERS {
+                pool.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(Error::internal)?
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| db_error(&e))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| db_error(&e))?;
+    Ok(conn)
+}
+
+fn db_error(e: &rusqlite::Error) -> Error {
+    Error::unavailable(format!("sqlite: {e}"))
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(job) = rx.blocking_recv() {
+        batch.push(job);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = commit_batch(&mut conn, batch.iter().map(|(req, _)| req));
+        for ((_, reply), result) in batch.drain(..).zip(results) {
+            let _ = reply.send(result);
+        }
+    }
+    // Every sender is gone: shutdown. Fold the WAL back into the main file so
+    // the database is one self-contained file at rest.
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+        tracing::warn!(error = %e, "sqlite checkpoint at shutdown failed");
+    }
+}
+
+/// Runs a batch of appends in one transaction; returns one result each. If
+/// the commit itself fails, every append of the batch fails.
+fn commit_batch<'a>(conn: &mut Connection, reqs: impl ExactSizeIterator<Item = &'a AppendRequest>) -> Vec<Result<Appended>> {
+    let n = reqs.len();
+    let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return (0..n).map(|_| Err(db_error(&e))).collect(),
+    };
+    let mut results = Vec::with_capacity(n);
+    for req in reqs {
+        let result = (|| {
+            let sp = tx.savepoint().map_err(|e| db_error(&e))?;
+            let out = append_one(&sp, req)?;
+            sp.commit().map_err(|e| db_error(&e))?;
+            Ok(out)
+        })();
+        results.push(result);
+    }
+    if let Err(e) = tx.commit() {
+        let err = db_error(&e);
+        return results.into_iter().map(|_| Err(err.clone())).collect();
+    }
+    results
+}
+
+fn append_one(tx: &Connection, req: &AppendRequest) -> Result<Appended> {
+    let e = |e: rusqlite::Error| db_error(&e);
+    if let Some(idem) = &req.idempotency {
+        let found: Option<(String, i64)> = tx
+            .query_row(
+                "SELECT fingerprint, event_seq FROM idempotency WHERE key = ?1",
+                [&idem.key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(e)?;
+        if let Some((fingerprint, seq)) = found {
+            let first = tx
+                .query_row(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"), [seq], event_from_row)
+                .map_err(e)?;
+            if first.time >= idem.not_before {
+                if fingerprint != idem.fingerprint {
+                    return Err(idempotency_mismatch(&idem.key));
+                }
+                return Ok(Appended {
+                    event: first,
+                    replayed: true,
+                });
+            }
+        }
+    }
+    let r = &req.record;
+    let row: Option<(u64, bool)> = tx
+        .query_row(
+            "SELECT version, vals IS NOT NULL FROM states WHERE domain = ?1 AND type = ?2 AND key = ?3",
+            params![r.domain, r.ty, r.key],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(e)?;
+    let current = row.filter(|(_, live)| *live).map(|(v, _)| v);
+    if !req.expect.admits(current) {
+        return Err(conflict(req, current));
+    }
+    if req.change == Change::Delete && current.is_none() {
+        return Err(Error::NotFound(format!("state {r}")));
+    }
+    let version = row.map_or(0, |(v, _)| v) + 1;
+    let vals = match &req.change {
+        Change::Put(v) => Some(serde_json::to_string(v).map_err(Error::internal)?),
+        Change::Delete => None,
+    };
+    let claims = serde_json::to_string(&req.claims).map_err(Error::internal)?;
+    tx.execute(
+        "INSERT INTO events (id, domain, type, key, version, kind, method, time, vals, claims)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![req.id, r.domain, r.ty, r.key, version, req.kind.as_str(), req.method, req.time, vals, claims],
+    )
+    .map_err(e)?;
+    let seq = tx.last_insert_rowid() as u64;
+    tx.execute(
+        "INSERT INTO states (domain, type, key, version, vals) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (domain, type, key) DO UPDATE SET version = excluded.version, vals = excluded.vals",
+        params![r.domain, r.ty, r.key, version, vals],
+    )
+    .map_err(e)?;
+    if let Some(idem) = &req.idempotency {
+        tx.execute(
+            "INSERT OR REPLACE INTO idempotency (key, fingerprint, event_seq) VALUES (?1, ?2, ?3)",
+            params![idem.key, idem.fingerprint, seq],
+        )
+        .map_err(e)?;
+    }
+    Ok(Appended {
+        event: Event {
+            id: req.id.clone(),
+            seq,
+            record: r.clone(),
+            values: match &req.change {
+                Change::Put(v) => Some(v.clone()),
+                Change::Delete => None,
+            },
+            claims: req.claims.clone(),
+            time: req.time,
+            version,
+            kind: req.kind,
+            method: req.method.clone(),
+        },
+        replayed: false,
+    })
+}
+
+const EVENT_COLUMNS: &str = "seq, id, domain, type, key, version, kind, method, time, vals, claims";
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
+    let bad = |i: usize, e: String| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into());
+    let vals: Option<String> = row.get(9)?;
+    let claims: String = row.get(10)?;
+    let kind: String = row.get(6)?;
+    Ok(Event {
+        seq: row.get(0)?,
+        id: row.get(1)?,
+        record: RecordRef {
+            domain: row.get(2)?,
+            ty: row.get(3)?,
+            key: row.get(4)?,
+        },
+        version: row.get(5)?,
+        kind: EventKind::parse(&kind).ok_or_else(|| bad(6, format!("unknown kind {kind}")))?,
+        method: row.get(7)?,
+        time: row.get(8)?,
+        values: vals
+            .map(|v| parse_values(&v).map_err(|e| bad(9, e)))
+            .transpose()?,
+        claims: parse_values(&claims).map_err(|e| bad(10, e))?,
+    })
+}
+
+fn parse_values(text: &str) -> std::result::Result<Values, String> {
+    serde_json::from_str(text).map_err(|e| format!("stored JSON is corrupt: {e}"))
+}
+
+/// SQL conditions that select a superset of the rows `filter` matches on the
+/// JSON column `column`; `Filter::matches` then decides. Only equality on
+/// strings, numbers and booleans is pushed down, which is what keeps
+/// searches on large tables fast; everything else is checked in Rust.
+fn pushdown(column: &str, filter: &Filter, sql: &mut String, args: &mut Vec<SqlValue>) {
+    for c in &filter.conditions {
+        let Op::Eq(q) = &c.op else { continue };
+        if c.path.iter().any(|s| s.contains(['"', '\\']) || s.bytes().all(|b| b.is_ascii_digit())) {
+            continue;
+        }
+        let path = format!(
+            "$.{}",
+            c.path.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(".")
+        );
+        let ty = format!("json_type({column}, ?{})", args.len() + 1);
+        args.push(SqlValue::Text(path.clone()));
+        match q {
+            Value::String(s) => {
+                sql.push_str(&format!(
+                    " AND (({ty} = 'text' AND json_extract({column}, ?{p}) = ?{v}) OR {ty} = 'array')",
+                    p = args.len(),
+                    v = args.len() + 1
+                ));
+                args.push(SqlValue::Text(s.clone()));
+            }
+            Value::Number(n) => {
+                sql.push_str(&format!(
+                    " AND (({ty} IN ('integer', 'real') AND json_extract({column}, ?{p}) = ?{v}) OR {ty} = 'array')",
+                    p = args.len(),
+                    v = args.len() + 1
+                ));
+                args.push(match n.as_i64() {
+                    Some(i) => SqlValue::Integer(i),
+                    None => SqlValue::Real(n.as_f64().unwrap_or(f64::NAN)),
+                });
+            }
+            Value::Bool(b) => {
+                sql.push_str(&format!(" AND {ty} IN ('{}', 'array')", if *b { "true" } else { "false" }));
+            }
+            _ => {
+                args.pop();
+            }
+        }
+    }
+}
+
+/// Collects rows that pass `keep`, skipping `offset` and stopping at `limit`.
+fn paginate<T>(
+    rows: impl Iterator<Item = rusqlite::Result<T>>,
+    keep: impl Fn(&T) -> bool,
+    offset: usize,
+    limit: usize,
+) -> rusqlite::Result<Vec<T>> {
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for row in rows {
+        let row = row?;
+        if !keep(&row) {
+            continue;
+        }
+        if skipped < offset {
+            skipped += 1;
+            continue;
+        }
+        out.push(row);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    fn name(&self) -> &str {
+        "sqlite"
+    }
+
+    async fn append(&self, req: AppendRequest) -> Result<Appended> {
+        let (reply, done) = oneshot::channel();
+        let sender = self.writer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(sender) = sender else {
+            return Err(Error::unavailable("sqlite: storage is closed"));
+        };
+        sender
+            .send((req, reply))
+            .map_err(|_| Error::unavailable("sqlite: writer stopped"))?;
+        done.await.map_err(|_| Error::unavailable("sqlite: writer stopped"))?
+    }
+
+    async fn get(&self, record: &RecordRef) -> Result<Option<State>> {
+        let r = record.clone();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT version, vals FROM states WHERE domain = ?1 AND type = ?2 AND key = ?3 AND vals IS NOT NULL",
+            )?
+            .query_row(params![r.domain, r.ty, r.key], |row| {
+                let vals: String = row.get(1)?;
+                Ok(State {
+                    record: r.clone(),
+                    version: row.get(0)?,
+                    values: parse_values(&vals).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
+                    })?,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn search_states(&self, q: &StateQuery) -> Result<Vec<State>> {
+        let q = q.clone();
+        self.read(move |c| {
+            let mut sql = String::from("SELECT key, version, vals FROM states WHERE domain = ?1 AND type = ?2 AND vals IS NOT NULL");
+            let mut args = vec![SqlValue::Text(q.domain.clone()), SqlValue::Text(q.ty.clone())];
+            pushdown("vals", &q.filter, &mut sql, &mut args);
+            sql.push_str(" ORDER BY key");
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params_from_iter(args), |row| {
+                let vals: String = row.get(2)?;
+                Ok(State {
+                    record: RecordRef {
+                        domain: q.domain.clone(),
+                        ty: q.ty.clone(),
+                        key: row.get(0)?,
+                    },
+                    version: row.get(1)?,
+                    values: parse_values(&vals).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+                    })?,
+                })
+            })?;
+            match &q.sort {
+                // A field sort uses the one total order of `query::compare_values`
+                // so that every provider returns the same order.
+                Some(sort) => {
+                    let mut all = paginate(rows, |s| q.filter.matches(&s.values), 0, usize::MAX)?;
+                    all.sort_by(|a, b| sort.compare((&a.record.key, &a.values), (&b.record.key, &b.values)));
+                    Ok(all.into_iter().skip(q.offset).take(q.limit).collect())
+                }
+                None => paginate(rows, |s| q.filter.matches(&s.values), q.offset, q.limit),
+            }
+        })
+        .await
+    }
+
+    async fn search_events(&self, q: &EventQuery) -> Result<Vec<Event>> {
+        let q = q.clone();
+        self.read(move |c| {
+            let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE domain = ?1 AND type = ?2");
+            let mut args = vec![SqlValue::Text(q.domain.clone()), SqlValue::Text(q.ty.clone())];
+            for (cond, value) in [
+                (" AND key = ?", q.key.clone().map(SqlValue::Text)),
+                (" AND time >= ?", q.min_time.map(SqlValue::Integer)),
+                (" AND time <= ?", q.max_time.map(SqlValue::Integer)),
+            ] {
+                if let Some(v) = value {
+                    args.push(v);
+                    sql.push_str(&format!("{cond}{}", args.len()));
+                }
+            }
+            pushdown("vals", &q.filter, &mut sql, &mut args);
+            pushdown("claims", &q.claims_filter, &mut sql, &mut args);
+            sql.push_str(" ORDER BY seq");
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params_from_iter(args), event_from_row)?;
+            paginate(
+                rows,
+                |e| {
+                    (q.filter.is_empty() || e.values.as_ref().is_some_and(|v| q.filter.matches(v)))
+                        && q.claims_filter.matches(&e.claims)
+                },
+                q.offset,
+                q.limit,
+            )
+        })
+        .await
+    }
+
+    async fn get_event(&self, id: &str) -> Result<Option<Event>> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"))?
+                .query_row([id], event_from_row)
+                .optional()
+        })
+        .await
+    }
+
+    async fn feed(&self, q: &FeedQuery) -> Result<Vec<Event>> {
+        let q = q.clone();
+        self.read(move |c| {
+            let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1");
+            let mut args = vec![SqlValue::Integer(q.after_seq as i64)];
+            for (cond, value) in [
+                (" AND domain = ?", q.topic.domain.clone().map(SqlValue::Text)),
+                (" AND type = ?", q.topic.ty.clone().map(SqlValue::Text)),
+                (" AND key = ?", q.key.clone().map(SqlValue::Text)),
+                (" AND time >= ?", q.from_time.map(SqlValue::Integer)),
+            ] {
+                if let Some(v) = value {
+                    args.push(v);
+                    sql.push_str(&format!("{cond}{}", args.len()));
+                }
+            }
+            args.push(SqlValue::Integer(q.limit.min(FEED_PAGE * 16) as i64));
+            sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len()));
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params_from_iter(args), event_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn head(&self) -> Result<u64> {
+        self.read(|c| c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0)))
+            .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Dropping the last sender lets the writer finish its queue, checkpoint
+        // and exit; wait for it so the file is complete when we return.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = self.writer_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .map_err(Error::internal)?
+                .map_err(|_| Error::internal("sqlite writer panicked"))?;
+        }
+        self.readers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        Ok(())
+    }
+}

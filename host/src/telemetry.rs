@@ -1,0 +1,123 @@
+//! Logs and metrics.
+//!
+//! Logs are JSON lines through `tracing` (debug level with
+//! `STATEGATE_DEBUG`). Metrics live in one Prometheus registry per gateway,
+//! so tests can run several gateways in one process; `/metrics` on the ops
+//! port serves it.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+pub fn init_logging(debug: bool, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STATEGATE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if debug { "debug,h2=info,hyper=info,tower=info" } else { "info" })
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).with_current_span(false).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Calls by method and outcome code (gRPC code name).
+    pub requests: IntCounterVec,
+    pub request_seconds: HistogramVec,
+    pub events_appended: IntCounterVec,
+    pub live_streams: IntGauge,
+    /// Storage and channel calls by provider and operation.
+    pub provider_seconds: HistogramVec,
+    pub provider_errors: IntCounterVec,
+    pub publish_failures: IntCounter,
+    pub hub_duplicates: IntCounter,
+    pub hub_gap_fills: IntCounter,
+    pub hub_sweep_deliveries: IntCounter,
+    pub stream_catchups: IntCounter,
+    pub auth_failures: IntCounterVec,
+    pub policy_denials: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("stategate".into()), None).expect("static prefix is valid");
+        let latency = vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+        let m = Metrics {
+            requests: IntCounterVec::new(Opts::new("requests_total", "Calls by method and status code"), &["method", "code"]).unwrap(),
+            request_seconds: HistogramVec::new(
+                HistogramOpts::new("request_duration_seconds", "Call latency by method").buckets(latency.clone()),
+                &["method"],
+            )
+            .unwrap(),
+            events_appended: IntCounterVec::new(Opts::new("events_appended_total", "Events appended by kind"), &["kind"]).unwrap(),
+            live_streams: IntGauge::new("live_streams", "Event streams open on this instance").unwrap(),
+            provider_seconds: HistogramVec::new(
+                HistogramOpts::new("provider_call_duration_seconds", "Storage and channel call latency").buckets(latency),
+                &["provider", "op"],
+            )
+            .unwrap(),
+            provider_errors: IntCounterVec::new(
+                Opts::new("provider_errors_total", "Failed storage and channel calls"),
+                &["provider", "op"],
+            )
+            .unwrap(),
+            publish_failures: IntCounter::new(
+                "publish_failures_total",
+                "Events committed but not broadcast (delivered later from storage)",
+            )
+            .unwrap(),
+            hub_duplicates: IntCounter::new("hub_duplicates_total", "Duplicate events dropped by the hub").unwrap(),
+            hub_gap_fills: IntCounter::new("hub_gap_fills_total", "Out-of-order events filled from storage").unwrap(),
+            hub_sweep_deliveries: IntCounter::new(
+                "hub_sweep_deliveries_total",
+                "Events the channel lost, delivered from storage by the sweep",
+            )
+            .unwrap(),
+            stream_catchups: IntCounter::new("stream_catchups_total", "Streams that fell behind and caught up from storage").unwrap(),
+            auth_failures: IntCounterVec::new(
+                Opts::new("auth_failures_total", "Refused credentials by reason and method"),
+                &["reason", "method"],
+            )
+            .unwrap(),
+            policy_denials: IntCounterVec::new(
+                Opts::new("policy_denials_total", "Policy denials by stage and method"),
+                &["stage", "method"],
+            )
+            .unwrap(),
+            registry,
+        };
+        for c in [
+            Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.request_seconds.clone()),
+            Box::new(m.events_appended.clone()),
+            Box::new(m.live_streams.clone()),
+            Box::new(m.provider_seconds.clone()),
+            Box::new(m.provider_errors.clone()),
+            Box::new(m.publish_failures.clone()),
+            Box::new(m.hub_duplicates.clone()),
+            Box::new(m.hub_gap_fills.clone()),
+            Box::new(m.hub_sweep_deliveries.clone()),
+            Box::new(m.stream_catchups.clone()),
+            Box::new(m.auth_failures.clone()),
+            Box::new(m.policy_denials.clone()),
+        ] {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
