@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .compile_well_known_types(false)
+        .codec_path("crate::api::codec::StrictCodec")
         .compile_fds(fds)?;
 
     // The frozen v0.5.0 contract, compiled into its own module for the

@@ -11,7 +11,7 @@ use crate::telemetry::Metrics;
 use crate::{channel, storage};
 use anyhow::Context;
 use axum::{Router, extract::DefaultBodyLimit, response::IntoResponse, routing::get};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
@@ -131,7 +131,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let mut conn = ConnBuilder::new(TokioExecutor::new());
+    conn.http1().timer(TokioTimer::new());
     conn.http2()
+        .timer(TokioTimer::new())
         .max_concurrent_streams(config.max_streams_per_connection)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));

@@ -7,3 +7,12 @@ mod storage_conformance;
 mod channel_conformance;
 
 mod providers;
+mod wire;
+
+mod catch_up;
+mod event_sourcing;
+mod grpc_api;
+mod grpc_web;
+mod rest_api;
+mod restart;
+mod v050_client;

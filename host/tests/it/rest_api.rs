@@ -1,0 +1,165 @@
+//! The REST routes: grpc-gateway's JSON mapping, status codes and error
+//! bodies, and the streaming endpoint in NDJSON and SSE.
+
+use crate::harness::{TestGateway, http};
+use crate::wire::unique;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+async fn body(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn v050_routes_round_trip() {
+    let gw = TestGateway::start().await;
+    let base = gw.url();
+    let c = http();
+    let d = unique("rest");
+    let url = format!("{base}/api/state/ref/{d}/user/alice");
+
+    let (s, set) = body(c.post(&url).json(&json!({"values": {"name": "Alice", "n": 7}})).send().await.unwrap()).await;
+    assert_eq!(s, 200, "{set}");
+    assert_eq!(set["version"], json!("1"), "int64 as a string");
+    assert_eq!(set["kind"], json!("SET"));
+    assert!(set["time"].as_str().unwrap().parse::<i64>().is_ok());
+
+    let (s, got) = body(c.get(&url).send().await.unwrap()).await;
+    assert_eq!(s, 200);
+    assert_eq!(got, json!({"domain": d, "type": "user", "key": "alice", "values": {"name": "Alice", "n": 7}, "version": "1"}));
+
+    // Original field names and camelCase are both accepted, as are int64s as strings.
+    let q = urlencode(r#"{"n": 7}"#);
+    for params in [format!("domain={d}&type=user&query_string={q}&limit=5"), format!("domain={d}&type=user&queryString={q}&limit=\"5\"")] {
+        let params = params.replace('"', "");
+        let (s, found) = body(c.get(format!("{base}/api/state/search?{params}")).send().await.unwrap()).await;
+        assert_eq!(s, 200, "{found}");
+        assert_eq!(found["stateValues"].as_array().unwrap().len(), 1);
+    }
+
+    let (s, del) = body(c.delete(&url).send().await.unwrap()).await;
+    assert_eq!((s, del["kind"].clone()), (200, json!("DEL")));
+    let (s, err) = body(c.get(&url).send().await.unwrap()).await;
+    assert_eq!(s, 404);
+    assert_eq!(err["code"], json!(5));
+    assert!(err["message"].as_str().unwrap().contains("not found"));
+
+    let (s, events) = body(c.get(format!("{base}/api/events/search?domain={d}&type=user&key=alice&limit=10")).send().await.unwrap()).await;
+    assert_eq!(s, 200);
+    let events = events["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    let id = events[0]["id"].as_str().unwrap();
+    let (s, one) = body(c.get(format!("{base}/api/events/ref/{id}")).send().await.unwrap()).await;
+    assert_eq!((s, one["id"].as_str()), (200, Some(id)));
+    gw.stop().await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+#[tokio::test]
+async fn errors_use_grpc_gateway_statuses() {
+    let gw = TestGateway::start().await;
+    let base = gw.url();
+    let c = http();
+    let cases = [
+        (c.post(format!("{base}/api/state/ref/d/t/k")).body("{not json"), 400, "body"),
+        (c.post(format!("{base}/api/state/ref/d/t/k")).body("[1]"), 400, "body"),
+        (c.post(format!("{base}/api/state/ref/d/t/k")).json(&json!({"valuez": {}})), 400, "valuez"),
+        (c.post(format!("{base}/api/state/ref/d/t/k")).json(&json!({})), 400, "values"),
+        (c.get(format!("{base}/api/state/search?domain=d&type=t&limit=0")), 400, "limit"),
+        (c.get(format!("{base}/api/state/search?domain=d&type=t&limit=x")), 400, "integer"),
+        (c.get(format!("{base}/api/state/search?domain=d&type=t&limit=1&bogus=1")), 400, "bogus"),
+        (c.get(format!("{base}/api/state/search?domain=d&type=t&limit=1&query_string=%7B%22a%22%3A%7B%22%24foo%22%3A1%7D%7D")), 400, "$foo"),
+        (c.get(format!("{base}/api/events/search?domain=d&type=t&limit=1&min=%FF")), 400, "min"),
+        (c.get(format!("{base}/api/state/ref/d/t/nothing")), 404, "not found"),
+        (c.post(format!("{base}/api/state/ref/d/t/k")).json(&json!({"values": {}, "expectedVersion": "3"})), 409, "version"),
+    ];
+    for (request, status, needle) in cases {
+        let r = request.send().await.unwrap();
+        let got = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(got, status, "{needle}: {text}");
+        let err: Value = serde_json::from_str(&text).unwrap();
+        assert!(err["code"].is_number() && err["message"].as_str().unwrap().contains(needle), "{needle}: {text}");
+    }
+    // An oversized body is refused before it is read whole.
+    let big = "x".repeat(5 * 1024 * 1024);
+    let r = c.post(format!("{base}/api/state/ref/d/t/k")).json(&json!({"values": {"big": big}})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn stream_as_ndjson_and_sse() {
+    let gw = TestGateway::start().await;
+    let base = gw.url();
+    let c = http();
+    let d = unique("reststream");
+
+    let ndjson = c.get(format!("{base}/api/events/stream?domain={d}&type=t")).send().await.unwrap();
+    assert_eq!(ndjson.headers()["content-type"], "application/x-ndjson");
+    let sse = c
+        .get(format!("{base}/api/events/stream?domain={d}&type=t"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.headers()["content-type"], "text/event-stream");
+
+    let set: Value = c.post(format!("{base}/api/state/ref/{d}/t/k")).json(&json!({"values": {"a": 1}})).send().await.unwrap().json().await.unwrap();
+
+    let mut lines = ndjson.bytes_stream();
+    let chunk = tokio::time::timeout(Duration::from_secs(10), lines.next()).await.unwrap().unwrap().unwrap();
+    let line: Value = serde_json::from_slice(chunk.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(line["result"]["id"], set["id"]);
+    assert_eq!(line["result"]["state"]["values"], json!({"a": 1}));
+
+    let mut frames = sse.bytes_stream();
+    let chunk = tokio::time::timeout(Duration::from_secs(10), frames.next()).await.unwrap().unwrap().unwrap();
+    let text = String::from_utf8(chunk.to_vec()).unwrap();
+    assert!(text.starts_with(&format!("id: {}\nevent: event\ndata: ", set["id"].as_str().unwrap())), "{text}");
+
+    // An SSE client that reconnects with Last-Event-ID resumes after it.
+    c.post(format!("{base}/api/state/ref/{d}/t/k")).json(&json!({"values": {"a": 2}})).send().await.unwrap();
+    let resumed = c
+        .get(format!("{base}/api/events/stream?domain={d}&type=t"))
+        .header("accept", "text/event-stream")
+        .header("last-event-id", set["id"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let mut frames = resumed.bytes_stream();
+    let chunk = tokio::time::timeout(Duration::from_secs(10), frames.next()).await.unwrap().unwrap().unwrap();
+    let text = String::from_utf8(chunk.to_vec()).unwrap();
+    assert!(text.contains("\"a\":2") && !text.contains(set["id"].as_str().unwrap()), "{text}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn ops_endpoints() {
+    let gw = TestGateway::start().await;
+    let c = http();
+    let ops = gw.ops_url();
+    assert_eq!(c.get(format!("{ops}/healthz")).send().await.unwrap().status().as_u16(), 200);
+    let ready: Value = c.get(format!("{ops}/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["ready"], json!(true));
+    assert_eq!(ready["storage"]["provider"], json!("sqlite"));
+    c.post(format!("{}/api/state/ref/m/t/k", gw.url())).json(&json!({"values": {}})).send().await.unwrap();
+    let metrics = c.get(format!("{ops}/metrics")).send().await.unwrap().text().await.unwrap();
+    for name in [
+        "stategate_requests_total{code=\"OK\",method=\"/stategate.StateService/Set\"} 1",
+        "stategate_events_appended_total{kind=\"SET\"} 1",
+        "stategate_request_duration_seconds_bucket",
+        "stategate_provider_call_duration_seconds_bucket{op=\"append\",provider=\"sqlite\"",
+        "stategate_live_streams 0",
+    ] {
+        assert!(metrics.contains(name), "{name} in\n{metrics}");
+    }
+    gw.stop().await;
+}
