@@ -16,3 +16,5 @@ mod grpc_web;
 mod rest_api;
 mod restart;
 mod v050_client;
+mod tls;
+mod binary;
