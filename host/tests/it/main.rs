@@ -18,3 +18,6 @@ mod restart;
 mod v050_client;
 mod tls;
 mod binary;
+mod crash;
+mod openapi;
+mod properties;
