@@ -99,6 +99,20 @@ pub struct Config {
     #[arg(long, env = "STATEGATE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 
+    /// Concurrent event streams one instance serves.
+    #[arg(long, env = "STATEGATE_MAX_STREAMS", default_value_t = 100_000)]
+    pub max_streams: usize,
+
+    /// Requests per second per client (token `sub`, else peer address);
+    /// 0 is unlimited.
+    #[arg(long, env = "STATEGATE_RATE_LIMIT", default_value_t = 0.0)]
+    pub rate_limit: f64,
+
+    /// Requests a client may send at once above its rate (default: one
+    /// second's worth).
+    #[arg(long, env = "STATEGATE_RATE_BURST")]
+    pub rate_burst: Option<f64>,
+
     /// How often live streams check storage for events a broadcast lost, ms.
     #[arg(long, env = "STATEGATE_SWEEP_INTERVAL_MS", default_value_t = 1000)]
     pub sweep_interval_ms: u64,
@@ -156,6 +170,15 @@ impl Config {
         }
         if self.max_search_limit == 0 {
             return Err(ConfigError::new("STATEGATE_MAX_SEARCH_LIMIT", "must be at least 1"));
+        }
+        if self.max_streams == 0 {
+            return Err(ConfigError::new("STATEGATE_MAX_STREAMS", "must be at least 1"));
+        }
+        if !(self.rate_limit.is_finite() && self.rate_limit >= 0.0) {
+            return Err(ConfigError::new("STATEGATE_RATE_LIMIT", "must be a number >= 0 (0 = unlimited)"));
+        }
+        if self.rate_burst.is_some_and(|b| !(b.is_finite() && b >= 1.0)) {
+            return Err(ConfigError::new("STATEGATE_RATE_BURST", "must be a number >= 1"));
         }
         if self.port != 0 && self.ops_port() == self.port {
             return Err(ConfigError::new("STATEGATE_OPS_PORT", "must differ from STATEGATE_PORT"));

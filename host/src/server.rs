@@ -5,7 +5,8 @@
 use crate::api::{self, grpc::GrpcApi};
 use crate::auth::{Auth, NoAuth};
 use crate::config::{Config, ConfigError, provider_spec};
-use crate::gateway::{Gateway, Limits};
+use crate::gateway::{Gateway, Limits, PEER_HEADER};
+use tower::ServiceExt;
 use crate::hub::{Hub, HubConfig};
 use crate::telemetry::Metrics;
 use crate::{channel, storage};
@@ -105,6 +106,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Limits {
             max_search_limit: config.max_search_limit,
             idempotency_window: Duration::from_secs(config.idempotency_window_secs),
+            max_streams: config.max_streams,
+            rate_limit: config.rate_limit,
+            rate_burst: config.rate_burst.unwrap_or(config.rate_limit),
             ..Limits::default()
         },
     ));
@@ -185,7 +189,16 @@ async fn serve(
             _ = shutdown.cancelled() => break,
         };
         let _ = socket.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // Stamp the real peer on every request (replacing any client-sent
+        // value): rate limits and policies may key on it.
+        let peer_value = http::HeaderValue::from_str(&peer.to_string()).ok();
+        let service = TowerToHyperService::new(app.clone().map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.headers_mut().remove(PEER_HEADER);
+            if let Some(v) = &peer_value {
+                req.headers_mut().insert(PEER_HEADER, v.clone());
+            }
+            req
+        }));
         let conn = conn.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();

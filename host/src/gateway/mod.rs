@@ -8,10 +8,12 @@
 //! once `append` returned; a failed publish is logged and the hub's sweep
 //! delivers the event from storage instead.
 
+mod limits;
 pub mod request;
 mod stream;
 
 pub use request::*;
+pub use limits::{Admission, PEER_HEADER};
 pub use stream::EventStream;
 
 use crate::auth::{Auth, Metadata, PolicyInput};
@@ -55,6 +57,12 @@ pub struct Limits {
     /// How long a broadcast may take before the write is acknowledged anyway
     /// (the hub's sweep delivers the event from storage).
     pub publish_timeout: Duration,
+    /// Concurrent streams on this instance.
+    pub max_streams: usize,
+    /// Requests per second per client identity (token `sub`, else peer
+    /// address); 0 is unlimited.
+    pub rate_limit: f64,
+    pub rate_burst: f64,
 }
 
 impl Default for Limits {
@@ -64,6 +72,9 @@ impl Default for Limits {
             idempotency_window: Duration::from_secs(24 * 3600),
             stream_buffer: 256,
             publish_timeout: Duration::from_secs(2),
+            max_streams: 100_000,
+            rate_limit: 0.0,
+            rate_burst: 0.0,
         }
     }
 }
@@ -75,6 +86,7 @@ pub struct Gateway {
     auth: Arc<dyn Auth>,
     metrics: Arc<Metrics>,
     limits: Limits,
+    admission: Admission,
     shutdown: CancellationToken,
 }
 
@@ -100,6 +112,7 @@ impl Gateway {
         limits: Limits,
     ) -> Self {
         Gateway {
+            admission: Admission::new(limits.max_streams, limits.rate_limit, limits.rate_burst),
             storage,
             channel,
             hub,
@@ -122,6 +135,11 @@ impl Gateway {
         &self.metrics
     }
 
+    /// Topics with a live feed on this instance's hub.
+    pub async fn active_topics(&self) -> usize {
+        self.hub.active_topics().await
+    }
+
     /// Ends every open stream with `UNAVAILABLE`; used at shutdown.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
@@ -132,6 +150,7 @@ impl Gateway {
         let claims = self.auth.authenticate(&metadata).await.inspect_err(|e| {
             self.metrics.auth_failures.with_label_values(&[e.kind(), method]).inc();
         })?;
+        self.admission.check_rate(&claims, &metadata)?;
         let input = PolicyInput {
             claims,
             method: method.to_owned(),

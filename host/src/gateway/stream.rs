@@ -41,6 +41,7 @@ const DEGRADED_POLL: Duration = Duration::from_millis(500);
 impl Gateway {
     pub async fn stream(self: &Arc<Self>, metadata: Metadata, req: StreamRequest) -> Result<EventStream> {
         let caller = self.admit(methods::EVENT_STREAM, metadata, &req, true).await?;
+        let slot = self.admission.stream_slot()?;
         let part = |field: &str, v: &str| -> Result<Option<String>> {
             if v == "*" {
                 return Ok(None);
@@ -89,6 +90,7 @@ impl Gateway {
             from_time,
             seen: LruCache::new(NonZeroUsize::new(SEEN_RECORDS).unwrap()),
             tx,
+            _slot: slot,
         };
         tokio::spawn(state.run(subscription));
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
@@ -104,6 +106,8 @@ struct StreamTask {
     from_time: Option<i64>,
     seen: LruCache<RecordRef, u64>,
     tx: mpsc::Sender<Result<Event>>,
+    /// This stream's place under `STATEGATE_MAX_STREAMS`.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Why a stream stops.

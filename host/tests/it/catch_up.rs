@@ -198,3 +198,36 @@ async fn shutdown_ends_streams_with_unavailable() {
     }
     stopping.await.unwrap();
 }
+
+/// A stream whose client goes away is cleaned up: the live-stream gauge
+/// drops back and the hub releases the topic's channel subscription.
+#[tokio::test]
+async fn streams_of_departed_clients_are_cleaned_up() {
+    let gw = TestGateway::start().await;
+    let mut ev = gw.event_client().await;
+    let d = unique("gone");
+    let gateway = gw.running.as_ref().unwrap().gateway.clone();
+    let mut streams = vec![];
+    for _ in 0..5 {
+        streams.push(ev.stream(pb::StreamOpts { domain: d.clone(), r#type: "t".into(), ..Default::default() }).await.unwrap().into_inner());
+    }
+    let live = || gateway.metrics().live_streams.get();
+    for _ in 0..100 {
+        if live() == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(live(), 5);
+    assert_eq!(gateway.active_topics().await, 1);
+    drop(streams);
+    for _ in 0..250 {
+        if live() == 0 && gateway.active_topics().await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(live(), 0, "every stream task ended");
+    assert_eq!(gateway.active_topics().await, 0, "the topic feed was released");
+    gw.stop().await;
+}

@@ -21,3 +21,4 @@ mod binary;
 mod crash;
 mod openapi;
 mod properties;
+mod limits;
