@@ -12,6 +12,9 @@ async fn main() -> std::process::ExitCode {
             "development mode: authentication is disabled and the gateway listens on 127.0.0.1 only; do not use in production"
         );
     }
+    // Installed before serving, so a SIGTERM that comes right after start-up
+    // is a graceful stop, not the default kill.
+    let stop = shutdown_signal();
     let running = match stategate::server::start(config).await {
         Ok(r) => r,
         Err(e) => {
@@ -23,24 +26,29 @@ async fn main() -> std::process::ExitCode {
     tracing::info!(addr = %running.addr, ops_addr = %running.ops_addr, "stategate is serving gRPC, REST and grpc-web");
     let token = running.shutdown_token();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        stop.await;
         token.cancel();
     });
     running.wait().await;
     std::process::ExitCode::SUCCESS
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Registers the SIGINT and SIGTERM handlers now; the returned future
+/// completes when either arrives.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    #[cfg(unix)]
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .expect("installing a SIGINT handler");
+    async move {
+        #[cfg(unix)]
         tokio::select! {
-            _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = int.recv() => {}
         }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
