@@ -32,6 +32,9 @@ use std::time::Duration;
 use tokio::sync::{Mutex, broadcast};
 use tokio::task::JoinHandle;
 
+/// Longest wait for a channel subscription to become active.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct HubConfig {
     /// Deliveries buffered per topic; a stream further behind catches up
@@ -119,10 +122,15 @@ impl Hub {
         topics.retain(|_, f| f.strong_count() > 0);
 
         let since = self.storage.head().await?;
-        let sub = self.channel.subscribe(topic).await.map_err(|e| match e {
-            Error::Unavailable(_) => e,
-            other => Error::unavailable(format!("channel {}: {other}", self.channel.name())),
-        })?;
+        // Bounded: the topics lock is held here, and a channel that hangs
+        // must not hold up every other stream.
+        let sub = tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.channel.subscribe(topic))
+            .await
+            .unwrap_or_else(|_| Err(Error::unavailable(format!("no answer within {SUBSCRIBE_TIMEOUT:?}"))))
+            .map_err(|e| match e {
+                Error::Unavailable(_) => e,
+                other => Error::unavailable(format!("channel {}: {other}", self.channel.name())),
+            })?;
         let (tx, template) = broadcast::channel(self.config.buffer);
         let rx = template.resubscribe();
         let state = FeedState {

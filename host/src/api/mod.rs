@@ -40,10 +40,9 @@ pub async fn measured<T>(metrics: &Metrics, method: &str, call: impl Future<Outp
         Ok(_) => "OK",
         Err(e) => status::grpc_code_name(e),
     };
+    let elapsed = start.elapsed();
     metrics.requests.with_label_values(&[method, code]).inc();
-    metrics
-        .request_seconds
-        .with_label_values(&[method])
-        .observe(start.elapsed().as_secs_f64());
+    metrics.request_seconds.with_label_values(&[method]).observe(elapsed.as_secs_f64());
+    tracing::debug!(method, code, micros = elapsed.as_micros() as u64, "call");
     out
 }
