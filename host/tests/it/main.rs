@@ -22,3 +22,7 @@ mod crash;
 mod openapi;
 mod properties;
 mod limits;
+mod backends;
+mod procs;
+mod multi_instance;
+mod faults;

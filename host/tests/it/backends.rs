@@ -1,0 +1,165 @@
+//! The conformance suites against the real backends (MongoDB-compatible
+//! server, Redis, NATS), each run isolated in its own database, channel
+//! prefix or subject prefix, plus checks specific to those providers.
+
+use crate::harness::backend_url;
+use serde_json::json;
+use stategate::channel::nats::NatsConfig;
+use stategate::channel::redis::RedisConfig;
+use stategate::model::*;
+use stategate::storage::mongo::MongoStorage;
+use std::sync::{Arc, OnceLock};
+
+/// One name per test process, so runs never see each other's data.
+pub fn run_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| format!("sgt{}", &uuid::Uuid::new_v4().simple().to_string()[..12]))
+}
+
+pub async fn mongo() -> Option<MongoStorage> {
+    let url = backend_url("MONGO")?;
+    Some(MongoStorage::open(&url, run_id()).await.expect("mongo storage opens"))
+}
+
+pub fn redis_config(url: &str, prefix: &str) -> RedisConfig {
+    let spec = json!({"name": "redis", "addr": url, "prefix": prefix});
+    RedisConfig::from_spec(spec.as_object()).unwrap()
+}
+
+pub fn nats_config(url: &str, prefix: &str) -> NatsConfig {
+    let spec = json!({"name": "nats", "addr": url, "prefix": prefix});
+    NatsConfig::from_spec(spec.as_object()).unwrap()
+}
+
+storage_conformance!(mongo_storage, async {
+    crate::backends::mongo().await.map(|s| Arc::new(s) as stategate::storage::DynStorage)
+});
+
+channel_conformance!(redis_channel, async {
+    let url = crate::harness::backend_url("REDIS")?;
+    let c = stategate::channel::redis::RedisChannel::open(&crate::backends::redis_config(&url, crate::backends::run_id()))
+        .await
+        .expect("redis channel opens");
+    Some(Arc::new(c) as stategate::channel::DynChannel)
+});
+
+channel_conformance!(nats_channel, async {
+    let url = crate::harness::backend_url("NATS")?;
+    let c = stategate::channel::nats::NatsChannel::open(&crate::backends::nats_config(&url, crate::backends::run_id()))
+        .await
+        .expect("nats channel opens");
+    Some(Arc::new(c) as stategate::channel::DynChannel)
+});
+
+fn values(v: serde_json::Value) -> Values {
+    v.as_object().unwrap().clone()
+}
+
+/// Values BSON cannot hold exactly (dotted and `$` keys, u64 beyond i64)
+/// round-trip unchanged and are still found by queries (the pushdown lets
+/// them through, the shared matcher decides).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_keeps_values_bson_cannot_hold() {
+    let Some(s) = mongo().await else { return };
+    let d = crate::storage_conformance::unique_domain();
+    let odd = json!({"a.b": 1, "$x": "y", "big": u64::MAX, "city": "Paris", "n": {"k": 2}});
+    let plain = json!({"city": "Paris", "n": {"k": 2}});
+    let other = json!({"city": "Lyon", "n": {"k": 2}});
+    for (key, v) in [("odd", &odd), ("plain", &plain), ("other", &other)] {
+        s.append(crate::storage_conformance::put(&RecordRef::parse(&d, "t", key).unwrap(), v.clone()))
+            .await
+            .unwrap();
+    }
+    use stategate::storage::Storage;
+    let got = s.get(&RecordRef::parse(&d, "t", "odd").unwrap()).await.unwrap().unwrap();
+    assert_eq!(serde_json::Value::Object(got.values), odd);
+    let q = |f: &str| StateQuery {
+        domain: d.clone(),
+        ty: "t".into(),
+        filter: Filter::parse("query_string", f).unwrap(),
+        sort: None,
+        limit: 10,
+        offset: 0,
+    };
+    let keys = |v: Vec<State>| v.into_iter().map(|s| s.record.key).collect::<Vec<_>>();
+    assert_eq!(keys(s.search_states(&q(r#"{"city": "Paris", "n.k": 2}"#)).await.unwrap()), ["odd", "plain"]);
+    assert_eq!(keys(s.search_states(&q(r#"{"big": 18446744073709551615}"#)).await.unwrap()), ["odd"]);
+    let events = s
+        .search_events(&EventQuery {
+            domain: d.clone(),
+            ty: "t".into(),
+            key: None,
+            filter: Filter::parse("query_string", r#"{"city": "Lyon"}"#).unwrap(),
+            claims_filter: Filter::parse("claims_query", r#"{"tenant": "acme"}"#).unwrap(),
+            min_time: None,
+            max_time: None,
+            limit: 10,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].record.key, "other");
+}
+
+/// Two storages on one database (two gateway instances) still give one
+/// winner per expected version and one gap-free global order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_two_clients_share_one_order() {
+    let Some(a) = mongo().await else { return };
+    let b = mongo().await.unwrap();
+    let (a, b): (stategate::storage::DynStorage, stategate::storage::DynStorage) = (Arc::new(a), Arc::new(b));
+    let d = crate::storage_conformance::unique_domain();
+    let r = RecordRef::parse(&d, "t", "k").unwrap();
+    a.append(crate::storage_conformance::put(&r, json!({"n": 0}))).await.unwrap();
+    let mut tasks = vec![];
+    for i in 0..8 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let r = r.clone();
+        tasks.push(tokio::spawn(async move {
+            s.append(crate::storage_conformance::req(&r, Change::Put(values(json!({"n": i}))), Expect::Version(1)))
+                .await
+        }));
+    }
+    let results: Vec<_> = futures::future::join_all(tasks).await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert!(results.iter().all(|r| r.is_ok() || matches!(r, Err(Error::VersionConflict { .. }))));
+    let feed = b
+        .feed(&FeedQuery {
+            topic: Topic { domain: Some(d.clone()), ty: None },
+            key: None,
+            after_seq: 0,
+            from_time: None,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(feed.iter().map(|e| e.version).collect::<Vec<_>>(), [1, 2]);
+}
+
+#[tokio::test]
+async fn bad_provider_options_are_named() {
+    let err = |spec: serde_json::Value| {
+        let spec = spec.as_object().unwrap().clone();
+        async move {
+            match stategate::channel::open(Some(&spec)).await {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{spec:?} was accepted"),
+            }
+        }
+    };
+    assert!(err(json!({"name": "redis", "db": -1})).await.contains("db"));
+    assert!(err(json!({"name": "redis", "tls": "yes"})).await.contains("tls"));
+    assert!(err(json!({"name": "nats", "prefix": "a.*"})).await.contains("prefix"));
+    assert!(err(json!({"name": "nats", "user": "u"})).await.contains("password"));
+    let spec = json!({"name": "mongo"});
+    match stategate::storage::open(spec.as_object(), std::path::Path::new(".")).await {
+        Err(e) => assert!(e.to_string().contains("addr"), "{e}"),
+        Ok(_) => panic!("mongo without addr was accepted"),
+    }
+    let spec = json!({"name": "mongo", "addr": "mongodb://127.0.0.1:1", "database": "a.b"});
+    match stategate::storage::open(spec.as_object(), std::path::Path::new(".")).await {
+        Err(e) => assert!(e.to_string().contains("database"), "{e}"),
+        Ok(_) => panic!("a bad database name was accepted"),
+    }
+}
