@@ -64,7 +64,11 @@ pub async fn stream_into(channel: tonic::transport::Channel, domain: &str) -> Re
         while let Some(item) = stream.next().await {
             match item {
                 Ok(e) => sink.0.lock().unwrap().push(e),
-                Err(status) => panic!("the stream failed: {status:?}"),
+                // Reported by `wait_for` as missing events.
+                Err(status) => {
+                    eprintln!("the stream failed: {status:?}");
+                    return;
+                }
             }
         }
     });
@@ -116,7 +120,7 @@ async fn two_instances_share_state(channel_spec: serde_json::Value) {
     assert_eq!(on_b.0.lock().unwrap().len(), written.len(), "no duplicates");
     // The events crossed through the channel: B's storage sweep (the safety
     // net for lost broadcasts) delivered at most a few of them.
-    let swept = metric(&b.ops_url(), "hub_sweep_deliveries_total").await;
+    let swept = metric(&b.ops_url(), "stategate_hub_sweep_deliveries_total").await;
     assert!(swept < written.len() as f64 / 2.0, "{swept} of {} events came from the sweep, not the channel", written.len());
 
     // A stale expected version, made stale on A, is refused on B.
@@ -135,7 +139,7 @@ async fn two_instances_share_state(channel_spec: serde_json::Value) {
         "conflict status: {err:?}"
     );
     let now = st_b.get(state_ref(&domain, "x", key)).await.unwrap().into_inner();
-    assert_eq!((now.version, now.values.map(|v| from_struct(&v))), (v1 + 1, Some(json!({"by": "a", "n": 2}))));
+    assert_eq!((now.version, now.values.map(|v| from_struct(&v))), (v1 + 1, Some(json!({"by": "a", "n": 2.0}))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
