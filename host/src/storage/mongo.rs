@@ -61,11 +61,18 @@ use std::time::{Duration, Instant};
 
 /// How long the driver looks for a usable server before a call fails.
 const SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest an append waits for its turn among this instance's appends.
+const TURN_WAIT: Duration = Duration::from_secs(1);
 /// Longest any one storage call may take, retries included.
 const CALL_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct MongoStorage {
     client: Client,
+    /// Appends of this instance take turns: they would serialize on the
+    /// counter document anyway, and queueing here instead of in the server
+    /// spares them aborted transactions and retries. Other instances still
+    /// contend through the server, which stays the arbiter.
+    turn: tokio::sync::Mutex<()>,
     events: Collection<Document>,
     states: Collection<Document>,
     counters: Collection<Document>,
@@ -115,6 +122,7 @@ impl MongoStorage {
             counters: db.collection("counters"),
             idempotency: db.collection("idempotency"),
             client,
+            turn: tokio::sync::Mutex::new(()),
         };
         storage.create_indexes().await?;
         Ok(storage)
@@ -240,6 +248,9 @@ impl MongoStorage {
     /// failure was transient (write conflicts with a concurrent append).
     async fn append_with_retries(&self, req: &AppendRequest) -> Result<Appended> {
         let started = Instant::now();
+        // Bounded, so a server that hangs cannot queue appends forever: past
+        // the wait, contend without the turn.
+        let _turn = tokio::time::timeout(TURN_WAIT, self.turn.lock()).await.ok();
         let mut session = self.client.start_session().await.map_err(db_error)?;
         let options = TransactionOptions::builder()
             .read_concern(ReadConcern::snapshot())
