@@ -22,15 +22,29 @@
 //! serialized on the counter document; for the throughput a gateway needs
 //! that is acceptable, and it is what makes the feed correct.
 //!
-//! **Why not a standalone server.** Without transactions, event and state
-//! cannot be written atomically; the alternative (event first under the
-//! unique (record, version) index, state derived and repaired later) also
-//! needs a gap-free global order for the feed, which a standalone server
-//! cannot hand out without the same contention plus a repair pass that
-//! readers must wait for. That scheme is more code and more ways to be
-//! wrong than we can prove here, so a server without transactions is
-//! refused at start with an error saying so: run MongoDB as a replica set
-//! (a one-node replica set is enough) or use the embedded `sqlite` default.
+//! **Standalone servers** have no multi-document transactions, so there
+//! the event is the one atomic write and everything else is derived from it:
+//! - the version check reads the record's latest *event* (the log is the
+//!   truth) and the event is inserted under the unique (record, version)
+//!   index: of two racing writers exactly one inserts version v+1, the
+//!   other gets a duplicate key, re-reads and reports the conflict;
+//! - the idempotency key and fingerprint live in the event document itself,
+//!   so they are written in the same atomic step;
+//! - `get` derives the state from the latest event, so it never disagrees
+//!   with the history; the `states` collection (used by searches) is updated
+//!   after the insert and *repaired on read*: before a search, every event
+//!   past the repair watermark is applied to it (idempotently: a state only
+//!   moves to a higher version), so an append that died between its two
+//!   writes is made whole;
+//! - seqs come from the counter but land out of order, so readers only see
+//!   the *stable head*: the longest gap-free run of seqs. A seq whose writer
+//!   lost its insert is filled at once with a `void` document; one whose
+//!   writer vanished is voided by a reader after `VOID_AFTER` (a late insert
+//!   then fails on the duplicate `_id` and retries with a new seq). So a
+//!   reader that sees seq N still sees every smaller seq.
+//!   Limits of this mode: two concurrent appends with the same new
+//!   idempotency key may both be written, and searches pay for the repair.
+//!   A replica set (one node is enough) avoids both.
 //!
 //! **Values.** JSON numbers, key names (`.` and `$`) and nesting do not all
 //! map onto BSON faithfully, so the JSON text is the stored truth (`vals`,
@@ -57,10 +71,14 @@ use mongodb::options::{
 };
 use mongodb::{Client, ClientSession, Collection, IndexModel};
 use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 /// How long the driver looks for a usable server before a call fails.
 const SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a reader waits for an allocated seq's event before voiding it
+/// (standalone servers only).
+const VOID_AFTER: Duration = Duration::from_secs(5);
 /// Longest an append waits for its turn among this instance's appends.
 const TURN_WAIT: Duration = Duration::from_secs(1);
 /// Longest any one storage call may take, retries included.
@@ -73,6 +91,14 @@ pub struct MongoStorage {
     /// spares them aborted transactions and retries. Other instances still
     /// contend through the server, which stays the arbiter.
     turn: tokio::sync::Mutex<()>,
+    /// The server has no transactions: the scheme described above.
+    standalone: bool,
+    /// Standalone: the stable head found so far (it only grows).
+    stable: AtomicU64,
+    /// Standalone: events up to here are applied to `states`.
+    repaired: AtomicU64,
+    /// Standalone: the seq missing at the stable head, and since when.
+    missing: std::sync::Mutex<Option<(u64, Instant)>>,
     events: Collection<Document>,
     states: Collection<Document>,
     counters: Collection<Document>,
@@ -107,13 +133,13 @@ impl MongoStorage {
         let hello = bounded(db.run_command(doc! {"hello": 1})).await?;
         let replica_set = hello.get_str("setName").is_ok();
         let sharded = hello.get_str("msg") == Ok("isdbgrid");
-        if !replica_set && !sharded {
-            return Err(Error::unavailable(format!(
-                "mongo: the server at {addr} is a standalone server, which has no multi-document \
-                 transactions; stategate needs them to write an event and its state atomically. \
-                 Run it as a replica set (one node is enough: mongod --replSet rs0, then rs.initiate()) \
-                 or use the embedded sqlite storage"
-            )));
+        let standalone = !replica_set && !sharded;
+        if standalone {
+            tracing::warn!(
+                addr,
+                "mongo: standalone server, no transactions: events are the atomic writes and states are \
+                 repaired on read; run a replica set (one node is enough) for full transactions"
+            );
         }
 
         let storage = MongoStorage {
@@ -123,8 +149,17 @@ impl MongoStorage {
             idempotency: db.collection("idempotency"),
             client,
             turn: tokio::sync::Mutex::new(()),
+            standalone,
+            stable: AtomicU64::new(0),
+            repaired: AtomicU64::new(0),
+            missing: std::sync::Mutex::new(None),
         };
         storage.create_indexes().await?;
+        if standalone {
+            let mark = bounded(storage.counters.find_one(doc! {"_id": "repaired"})).await?;
+            let n = mark.and_then(|d| d.get_i64("n").ok()).unwrap_or(0);
+            storage.repaired.store(n as u64, AtomicOrdering::SeqCst);
+        }
         Ok(storage)
     }
 
@@ -148,6 +183,13 @@ impl MongoStorage {
         )
         .await?;
         bounded(self.states.create_index(unique(doc! {"d": 1, "t": 1, "k": 1}))).await?;
+        if self.standalone {
+            let sparse = IndexModel::builder()
+                .keys(doc! {"idem": 1, "_id": -1})
+                .options(IndexOptions::builder().sparse(true).build())
+                .build();
+            bounded(self.events.create_index(sparse)).await?;
+        }
         Ok(())
     }
 
@@ -323,6 +365,237 @@ impl MongoStorage {
             }
         }
         Ok(out)
+    }
+}
+
+/// The standalone scheme (see the module comment).
+impl MongoStorage {
+    async fn latest_event(&self, r: &RecordRef) -> Result<Option<Event>> {
+        let found = bounded(
+            self.events
+                .find_one(doc! {"d": &r.domain, "t": &r.ty, "k": &r.key})
+                .sort(doc! {"v": -1}),
+        )
+        .await?;
+        found.as_ref().map(event_from_doc).transpose()
+    }
+
+    async fn append_standalone(&self, req: &AppendRequest) -> Result<Appended> {
+        let started = Instant::now();
+        let _turn = tokio::time::timeout(TURN_WAIT, self.turn.lock()).await.ok();
+        let r = &req.record;
+        let mut attempt = 0u32;
+        loop {
+            if started.elapsed() > CALL_DEADLINE {
+                return Err(Error::unavailable("mongo: append kept colliding with concurrent appends"));
+            }
+            if let Some(idem) = &req.idempotency {
+                let first = bounded(self.events.find_one(doc! {"idem": &idem.key}).sort(doc! {"_id": -1})).await?;
+                if let Some(first) = first {
+                    let fingerprint = first.get_str("fp").unwrap_or("").to_owned();
+                    let first = event_from_doc(&first)?;
+                    if first.time >= idem.not_before {
+                        if fingerprint != idem.fingerprint {
+                            return Err(idempotency_mismatch(&idem.key));
+                        }
+                        return Ok(Appended {
+                            event: first,
+                            replayed: true,
+                        });
+                    }
+                }
+            }
+            let latest = self.latest_event(r).await?;
+            let last = latest.as_ref().map_or(0, |e| e.version);
+            let current = latest.as_ref().filter(|e| e.values.is_some()).map(|e| e.version);
+            if !req.expect.admits(current) {
+                return Err(conflict(req, current));
+            }
+            if req.change == Change::Delete && current.is_none() {
+                return Err(Error::NotFound(format!("state {r}")));
+            }
+            let counter = bounded(
+                self.counters
+                    .find_one_and_update(doc! {"_id": "seq"}, doc! {"$inc": {"n": 1_i64}})
+                    .upsert(true)
+                    .return_document(ReturnDocument::After),
+            )
+            .await?
+            .ok_or_else(|| Error::internal("mongo: the seq counter vanished"))?;
+            let seq = counter.get_i64("n").map_err(|e| Error::internal(format!("mongo: seq counter: {e}")))? as u64;
+            let event = Event {
+                id: req.id.clone(),
+                seq,
+                record: r.clone(),
+                values: match &req.change {
+                    Change::Put(v) => Some(v.clone()),
+                    Change::Delete => None,
+                },
+                claims: req.claims.clone(),
+                time: req.time,
+                version: last + 1,
+                kind: req.kind,
+                method: req.method.clone(),
+            };
+            let mut d = event_to_doc(&event);
+            if let Some(idem) = &req.idempotency {
+                d.insert("idem", &idem.key);
+                d.insert("fp", &idem.fingerprint);
+            }
+            match tokio::time::timeout(CALL_DEADLINE, self.events.insert_one(d).into_future()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if is_duplicate_key(&e) => {
+                    tracing::debug!(seq, error = %e, "mongo: append collided");
+                    // A concurrent append took this version (or a reader
+                    // voided our seq): give the seq up and decide again,
+                    // after a random pause so racing writers spread apart.
+                    self.void(seq).await;
+                    attempt += 1;
+                    let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as u64;
+                    tokio::time::sleep(Duration::from_micros(jitter * u64::from(attempt.min(20)))).await;
+                    continue;
+                }
+                // The outcome is unknown; if the event did not land, a
+                // reader voids its seq after VOID_AFTER.
+                Ok(Err(e)) => return Err(db_error(e)),
+                Err(_) => return Err(Error::unavailable("mongo: append got no answer")),
+            }
+            if let Err(e) = self.apply_state(&event).await {
+                tracing::warn!(error = %e, record = %r, "mongo: state update failed; repaired on the next search");
+            }
+            return Ok(Appended {
+                event,
+                replayed: false,
+            });
+        }
+    }
+
+    /// Fills a seq that will never hold an event, so the stable head can
+    /// pass it. Losing the race to the real event is fine.
+    async fn void(&self, seq: u64) {
+        let marker = format!("void:{seq}");
+        let d = doc! {"_id": seq as i64, "id": &marker, "d": "", "t": "", "k": &marker, "v": 0_i64, "void": true};
+        if let Err(e) = bounded(self.events.insert_one(d)).await {
+            tracing::debug!(seq, error = %e, "mongo: seq not voided");
+        }
+    }
+
+    /// Moves a record's state to `event`, unless it already is at a later
+    /// version. Idempotent.
+    async fn apply_state(&self, event: &Event) -> Result<()> {
+        let r = &event.record;
+        let mut set = doc! {"v": event.version as i64, "live": event.values.is_some()};
+        match &event.values {
+            Some(v) => {
+                set.insert("vals", json_text(v));
+                put_copy(&mut set, "doc", "raw", v);
+            }
+            None => {
+                set.insert("vals", Bson::Null);
+                set.insert("doc", Bson::Null);
+                set.insert("raw", false);
+            }
+        }
+        let filter = doc! {"d": &r.domain, "t": &r.ty, "k": &r.key, "v": {"$lt": event.version as i64}};
+        match tokio::time::timeout(
+            CALL_DEADLINE,
+            self.states.update_one(filter, doc! {"$set": set}).upsert(true).into_future(),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            // The state is already at this version or later: the upsert
+            // found no match and its insert hit the unique index.
+            Ok(Err(e)) if is_duplicate_key(&e) => Ok(()),
+            Ok(Err(e)) => Err(db_error(e)),
+            Err(_) => Err(Error::unavailable("mongo: state update got no answer")),
+        }
+    }
+
+    /// The longest gap-free run of seqs from 1: what readers may see.
+    async fn stable_head(&self) -> Result<u64> {
+        let mut w = self.stable.load(AtomicOrdering::SeqCst);
+        loop {
+            let cursor = bounded(
+                self.events
+                    .find(doc! {"_id": {"$gt": w as i64}})
+                    .sort(doc! {"_id": 1})
+                    .projection(doc! {"_id": 1})
+                    .limit(FEED_PAGE as i64),
+            )
+            .await?;
+            let ids: Vec<Document> = bounded(cursor.try_collect::<Vec<_>>()).await?;
+            let full = ids.len() == FEED_PAGE;
+            let mut gap = false;
+            for d in &ids {
+                let id = d.get_i64("_id").unwrap_or(0) as u64;
+                if id == w + 1 {
+                    w = id;
+                } else {
+                    gap = true;
+                    break;
+                }
+            }
+            if full && !gap {
+                continue;
+            }
+            // Is seq w+1 handed out but not written yet?
+            let counter = bounded(self.counters.find_one(doc! {"_id": "seq"})).await?;
+            let allocated = counter.and_then(|d| d.get_i64("n").ok()).unwrap_or(0) as u64;
+            if allocated > w {
+                let overdue = {
+                    let mut missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
+                    match *missing {
+                        Some((seq, since)) if seq == w + 1 => since.elapsed() > VOID_AFTER,
+                        _ => {
+                            *missing = Some((w + 1, Instant::now()));
+                            false
+                        }
+                    }
+                };
+                if overdue {
+                    tracing::warn!(seq = w + 1, "mongo: an append never wrote its event; voiding its seq");
+                    self.void(w + 1).await;
+                    continue;
+                }
+            }
+            self.stable.fetch_max(w, AtomicOrdering::SeqCst);
+            return Ok(w);
+        }
+    }
+
+    /// Applies every stable event past the repair watermark to `states`.
+    async fn repair(&self) -> Result<()> {
+        let stable = self.stable_head().await?;
+        let mut from = self.repaired.load(AtomicOrdering::SeqCst);
+        while from < stable {
+            let cursor = bounded(
+                self.events
+                    .find(doc! {"_id": {"$gt": from as i64, "$lte": stable as i64}, "void": {"$ne": true}})
+                    .sort(doc! {"_id": 1})
+                    .limit(FEED_PAGE as i64),
+            )
+            .await?;
+            let docs: Vec<Document> = bounded(cursor.try_collect::<Vec<_>>()).await?;
+            if docs.is_empty() {
+                from = stable;
+                break;
+            }
+            for d in &docs {
+                let event = event_from_doc(d)?;
+                self.apply_state(&event).await?;
+                from = event.seq;
+            }
+        }
+        if from > self.repaired.fetch_max(from, AtomicOrdering::SeqCst) {
+            bounded(
+                self.counters
+                    .update_one(doc! {"_id": "repaired"}, doc! {"$max": {"n": from as i64}})
+                    .upsert(true),
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -515,6 +788,9 @@ impl Storage for MongoStorage {
     }
 
     async fn append(&self, req: AppendRequest) -> Result<Appended> {
+        if self.standalone {
+            return self.append_standalone(&req).await;
+        }
         match tokio::time::timeout(CALL_DEADLINE + SELECTION_TIMEOUT, self.append_with_retries(&req)).await {
             Ok(r) => r,
             Err(_) => Err(Error::unavailable(format!("mongo: append got no answer within {CALL_DEADLINE:?}"))),
@@ -522,6 +798,16 @@ impl Storage for MongoStorage {
     }
 
     async fn get(&self, record: &RecordRef) -> Result<Option<State>> {
+        if self.standalone {
+            // The latest event is the state: never out of step with history.
+            return Ok(self.latest_event(record).await?.and_then(|e| {
+                e.values.map(|values| State {
+                    record: e.record,
+                    values,
+                    version: e.version,
+                })
+            }));
+        }
         let found = bounded(
             self.states
                 .find_one(doc! {"d": &record.domain, "t": &record.ty, "k": &record.key, "live": true})
@@ -532,6 +818,9 @@ impl Storage for MongoStorage {
     }
 
     async fn search_states(&self, q: &StateQuery) -> Result<Vec<State>> {
+        if self.standalone {
+            self.repair().await?;
+        }
         let mut and = vec![doc! {"d": &q.domain, "t": &q.ty, "live": true}];
         pushdown("doc", "raw", &q.filter, &mut and);
         let cursor = bounded(self.states.find(doc! {"$and": and}).sort(doc! {"k": 1})).await?;
@@ -583,12 +872,15 @@ impl Storage for MongoStorage {
     }
 
     async fn get_event(&self, id: &str) -> Result<Option<Event>> {
-        let found = bounded(self.events.find_one(doc! {"id": id})).await?;
+        let found = bounded(self.events.find_one(doc! {"id": id, "void": {"$ne": true}})).await?;
         found.as_ref().map(event_from_doc).transpose()
     }
 
     async fn feed(&self, q: &FeedQuery) -> Result<Vec<Event>> {
-        let mut filter = doc! {"_id": {"$gt": q.after_seq as i64}};
+        let mut filter = doc! {"_id": {"$gt": q.after_seq as i64}, "void": {"$ne": true}};
+        if self.standalone {
+            filter.insert("_id", doc! {"$gt": q.after_seq as i64, "$lte": self.stable_head().await? as i64});
+        }
         if let Some(d) = &q.topic.domain {
             filter.insert("d", d);
         }
@@ -622,6 +914,9 @@ impl Storage for MongoStorage {
     }
 
     async fn head(&self) -> Result<u64> {
+        if self.standalone {
+            return self.stable_head().await;
+        }
         let counter = bounded(self.counters.find_one(doc! {"_id": "seq"})).await?;
         Ok(counter.and_then(|d| d.get_i64("n").ok()).unwrap_or(0) as u64)
     }

@@ -35,6 +35,16 @@ storage_conformance!(mongo_storage, async {
     crate::backends::mongo().await.map(|s| Arc::new(s) as stategate::storage::DynStorage)
 });
 
+/// The same provider on a server without transactions (standalone scheme).
+pub async fn mongo_standalone() -> Option<MongoStorage> {
+    let url = backend_url("MONGO_STANDALONE")?;
+    Some(MongoStorage::open(&url, run_id()).await.expect("mongo storage opens on a standalone server"))
+}
+
+storage_conformance!(mongo_standalone_storage, async {
+    crate::backends::mongo_standalone().await.map(|s| Arc::new(s) as stategate::storage::DynStorage)
+});
+
 channel_conformance!(redis_channel, async {
     let url = crate::harness::backend_url("REDIS")?;
     let c = stategate::channel::redis::RedisChannel::open(&crate::backends::redis_config(&url, crate::backends::run_id()))
@@ -107,7 +117,16 @@ async fn mongo_keeps_values_bson_cannot_hold() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongo_two_clients_share_one_order() {
     let Some(a) = mongo().await else { return };
-    let b = mongo().await.unwrap();
+    two_clients_share_one_order(a, mongo().await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_standalone_two_clients_share_one_order() {
+    let Some(a) = mongo_standalone().await else { return };
+    two_clients_share_one_order(a, mongo_standalone().await.unwrap()).await;
+}
+
+async fn two_clients_share_one_order(a: MongoStorage, b: MongoStorage) {
     let (a, b): (stategate::storage::DynStorage, stategate::storage::DynStorage) = (Arc::new(a), Arc::new(b));
     let d = crate::storage_conformance::unique_domain();
     let r = RecordRef::parse(&d, "t", "k").unwrap();
@@ -135,6 +154,36 @@ async fn mongo_two_clients_share_one_order() {
         .await
         .unwrap();
     assert_eq!(feed.iter().map(|e| e.version).collect::<Vec<_>>(), [1, 2]);
+
+    // Last-write-wins appends racing on one record from both clients: every
+    // one lands with its own version, and store order is version order.
+    let hot = RecordRef::parse(&d, "t", "hot").unwrap();
+    let mut tasks = vec![];
+    for i in 0..8 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let hot = hot.clone();
+        tasks.push(tokio::spawn(async move {
+            for j in 0..10 {
+                s.append(crate::storage_conformance::put(&hot, json!({"i": i, "j": j}))).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let feed = a
+        .feed(&FeedQuery {
+            topic: Topic { domain: Some(d.clone()), ty: None },
+            key: Some("hot".into()),
+            after_seq: 0,
+            from_time: None,
+            limit: 1000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(feed.iter().map(|e| e.version).collect::<Vec<_>>(), (1..=80).collect::<Vec<u64>>());
+    assert!(feed.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(b.get(&hot).await.unwrap().unwrap().version, 80);
 }
 
 #[tokio::test]
@@ -162,4 +211,72 @@ async fn bad_provider_options_are_named() {
         Err(e) => assert!(e.to_string().contains("database"), "{e}"),
         Ok(_) => panic!("a bad database name was accepted"),
     }
+}
+
+/// Standalone scheme: an append that died between its event and its state
+/// is repaired on read, and a seq whose writer vanished before writing its
+/// event is voided, so the feed moves past it without losing later events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_standalone_repairs_half_done_appends() {
+    use mongodb::bson::doc;
+    use stategate::storage::Storage;
+    let Some(s) = mongo_standalone().await else { return };
+    let url = backend_url("MONGO_STANDALONE").unwrap();
+    let raw = mongodb::Client::with_uri_str(&url).await.unwrap().database(run_id());
+    let d = crate::storage_conformance::unique_domain();
+    let r = RecordRef::parse(&d, "t", "k").unwrap();
+    let first = s.append(crate::storage_conformance::put(&r, json!({"n": 1}))).await.unwrap().event;
+
+    // A writer takes a seq and vanishes; another writes its event but dies
+    // before updating the state (both done by hand here).
+    let counters = raw.collection::<mongodb::bson::Document>("counters");
+    let vanished = counters
+        .find_one_and_update(doc! {"_id": "seq"}, doc! {"$inc": {"n": 1_i64}})
+        .return_document(mongodb::options::ReturnDocument::After)
+        .await
+        .unwrap()
+        .unwrap()
+        .get_i64("n")
+        .unwrap();
+    let half = counters
+        .find_one_and_update(doc! {"_id": "seq"}, doc! {"$inc": {"n": 1_i64}})
+        .return_document(mongodb::options::ReturnDocument::After)
+        .await
+        .unwrap()
+        .unwrap()
+        .get_i64("n")
+        .unwrap();
+    let two = json!({"n": 2});
+    raw.collection::<mongodb::bson::Document>("events")
+        .insert_one(doc! {
+            "_id": half, "id": uuid::Uuid::new_v4().to_string(), "d": &d, "t": "t", "k": "k", "v": 2_i64,
+            "kind": "SET", "m": "/m", "time": stategate::gateway::now_nanos(), "claims": "{}",
+            "vals": two.to_string(), "doc": {"n": 2_i64}, "raw": false, "cdoc": {}, "craw": false,
+        })
+        .await
+        .unwrap();
+
+    // `get` follows the history at once; the feed waits for the vanished
+    // seq to be voided, then shows the half-done event; searches see the
+    // repaired state.
+    assert_eq!(s.get(&r).await.unwrap().unwrap().version, 2);
+    let feed = FeedQuery { topic: Topic { domain: Some(d.clone()), ty: None }, key: None, after_seq: first.seq, from_time: None, limit: 10 };
+    let mut seen = vec![];
+    for _ in 0..300 {
+        seen = s.feed(&feed).await.unwrap();
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.iter().map(|e| (e.seq, e.version)).collect::<Vec<_>>(), [(half as u64, 2)]);
+    assert!(s.head().await.unwrap() >= half as u64 && (vanished as u64) < half as u64);
+    let found = s
+        .search_states(&StateQuery { domain: d.clone(), ty: "t".into(), filter: Filter::parse("q", r#"{"n": 2}"#).unwrap(), sort: None, limit: 10, offset: 0 })
+        .await
+        .unwrap();
+    assert_eq!(found.iter().map(|s| s.version).collect::<Vec<_>>(), [2], "the state was repaired");
+    // And the record goes on from version 2.
+    let next = s.append(crate::storage_conformance::req(&r, Change::Put(values(json!({"n": 3}))), Expect::Version(2))).await.unwrap();
+    assert_eq!(next.event.version, 3);
 }

@@ -274,28 +274,3 @@ async fn mongo_restart_under_load() {
     stream.wait_for(&acked, "the stream across the outage").await;
     stream.assert_ordered_per_record();
 }
-
-/// A server without transactions is refused at start, with a reason.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mongo_standalone_is_refused() {
-    if !have("secantusd-py") {
-        return;
-    }
-    let port = procs::free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new("secantusd-py")
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path", ":memory:", "--standalone"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    procs::wait_port(port, "secantusd-py --standalone").await;
-    let result = stategate::storage::mongo::MongoStorage::open(&format!("mongodb://127.0.0.1:{port}/?directConnection=true"), "x").await;
-    let _ = child.kill();
-    let _ = child.wait();
-    drop(dir);
-    match result {
-        Err(e) => assert!(e.to_string().contains("standalone") && e.to_string().contains("replica set"), "{e}"),
-        Ok(_) => panic!("a standalone server was accepted"),
-    }
-}
