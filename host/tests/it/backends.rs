@@ -4,8 +4,8 @@
 
 use crate::harness::backend_url;
 use serde_json::json;
-use stategate::channel::nats::NatsConfig;
-use stategate::channel::redis::RedisConfig;
+use stategate::channel::nats::{NatsChannel, NatsConfig};
+use stategate::channel::redis::{RedisChannel, RedisConfig};
 use stategate::model::*;
 use stategate::storage::mongo::MongoStorage;
 use std::sync::{Arc, OnceLock};
@@ -279,4 +279,69 @@ async fn mongo_standalone_repairs_half_done_appends() {
     // And the record goes on from version 2.
     let next = s.append(crate::storage_conformance::req(&r, Change::Put(values(json!({"n": 3}))), Expect::Version(2))).await.unwrap();
     assert_eq!(next.event.version, 3);
+}
+
+/// A publish through `c` reaches a subscription of `c`.
+async fn round_trip(c: &dyn stategate::channel::Channel) {
+    use futures::StreamExt;
+    let d = crate::storage_conformance::unique_domain();
+    let topic = Topic { domain: Some(d.clone()), ty: None };
+    let mut sub = c.subscribe(&topic).await.unwrap();
+    let e = crate::channel_conformance::event(&d, "t", "k", 1);
+    c.publish(&e).await.unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), sub.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(got, e);
+    c.ping().await.unwrap();
+}
+
+/// Redis options: password and database number reach the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_password_and_db() {
+    if !crate::procs::have("redis-server") {
+        return;
+    }
+    let port = crate::procs::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--requirepass", "s3cret:/@"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut server = crate::procs::Server::new("redis-server", port, dir, args);
+    server.start().await;
+    let spec = |password: &str| json!({"name": "redis", "addr": format!("127.0.0.1:{port}"), "password": password, "db": 3});
+    let c = RedisChannel::open(&RedisConfig::from_spec(spec("s3cret:/@").as_object()).unwrap()).await.unwrap();
+    round_trip(&c).await;
+    let wrong = RedisChannel::open(&RedisConfig::from_spec(spec("nope").as_object()).unwrap()).await;
+    assert!(matches!(wrong, Err(Error::Unavailable(_))), "a wrong password is refused");
+}
+
+/// NATS options: TLS with our own CA, and user + password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_tls_and_user() {
+    if !crate::procs::have("nats-server") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let port = crate::procs::free_port();
+    let args = vec![
+        "-a".into(), "127.0.0.1".into(), "-p".into(), port.to_string(),
+        "--tls".into(), "--tlscert".into(), cert_path.display().to_string(), "--tlskey".into(), key_path.display().to_string(),
+        "--user".into(), "gw".into(), "--pass".into(), "pw".into(),
+    ];
+    let mut server = crate::procs::Server::new("nats-server", port, tempfile::tempdir().unwrap(), args);
+    server.start().await;
+    let spec = json!({"name": "nats", "addr": format!("tls://localhost:{port}"), "tls": true,
+        "ca_file": cert_path.display().to_string(), "user": "gw", "password": "pw"});
+    let c = NatsChannel::open(&NatsConfig::from_spec(spec.as_object()).unwrap()).await.unwrap();
+    round_trip(&c).await;
+    let mut bad = spec.clone();
+    bad["password"] = json!("wrong");
+    assert!(NatsChannel::open(&NatsConfig::from_spec(bad.as_object()).unwrap()).await.is_err(), "a wrong password is refused");
+    let mut untrusted = spec.clone();
+    untrusted.as_object_mut().unwrap().remove("ca_file");
+    assert!(NatsChannel::open(&NatsConfig::from_spec(untrusted.as_object()).unwrap()).await.is_err(), "an unknown CA is refused");
 }

@@ -53,7 +53,7 @@ pub struct Server {
 }
 
 impl Server {
-    fn new(program: &'static str, port: u16, dir: tempfile::TempDir, args: Vec<String>) -> Self {
+    pub fn new(program: &'static str, port: u16, dir: tempfile::TempDir, args: Vec<String>) -> Self {
         Server { port, dir, program, args, child: None }
     }
 
