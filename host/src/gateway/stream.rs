@@ -224,6 +224,9 @@ impl StreamTask {
         }
         self.seen.put(event.record.clone(), event.version);
 
+        if !self.gateway.auth.inspects_responses() {
+            return self.tx.send(Ok(Event::clone(&event))).await.map_err(|_| Stop::ClientGone);
+        }
         let body = json::event(&event);
         let mut input = self.input.clone();
         input.body = body.clone();
@@ -231,12 +234,13 @@ impl StreamTask {
         let event = match self.gateway.auth.authorize_response(&input).await {
             Ok(None) => Event::clone(&event),
             Ok(Some(redacted)) => json::parse_event(&redacted).map_err(Stop::Failed)?,
-            Err(Error::PermissionDenied(reason)) => {
+            Err(e @ Error::PermissionDenied(_)) => {
                 self.gateway
                     .metrics
                     .policy_denials
-                    .with_label_values(&["response", methods::EVENT_STREAM])
+                    .with_label_values(&["response", crate::auth::denial_reason(&e), methods::EVENT_STREAM])
                     .inc();
+                let reason = e.to_string();
                 tracing::debug!(event = %event.id, %reason, "response policy withheld a stream event");
                 return Ok(());
             }
