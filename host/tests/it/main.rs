@@ -22,3 +22,4 @@ mod crash;
 mod openapi;
 mod properties;
 mod limits;
+mod auth;
