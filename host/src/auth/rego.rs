@@ -24,6 +24,10 @@ use std::time::{Duration, SystemTime};
 /// The rule every policy answers.
 pub const ENTRYPOINT: &str = "data.stategate.authz.allow";
 
+/// Longest a policy may evaluate before the call is denied (a guard
+/// against a pathological policy holding a thread).
+const EVAL_TIME_LIMIT: Duration = Duration::from_secs(2);
+
 /// Where a policy's modules come from.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -192,6 +196,12 @@ fn read_sources(sources: &[Source]) -> Result<(Vec<(String, String)>, Fingerprin
 /// Compiles modules into a policy answering `ENTRYPOINT`. Each module is
 /// parsed as Rego v1, else as v0; the error is the compiler's message.
 pub fn compile(modules: &[(String, String)]) -> Result<CompiledPolicy, String> {
+    // Compiled policies evaluate in engines of their own, which take the
+    // process-wide limit.
+    regorus::utils::limits::set_fallback_execution_timer_config(Some(regorus::utils::limits::ExecutionTimerConfig {
+        limit: EVAL_TIME_LIMIT,
+        check_interval: std::num::NonZeroU32::new(64).expect("non-zero"),
+    }));
     let mut engine = Engine::new();
     for (name, text) in modules {
         engine.set_rego_v0(false);

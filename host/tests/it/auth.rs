@@ -541,7 +541,7 @@ fn hmac_gateway_config(c: &mut Config) {
 #[tokio::test]
 async fn v050_base64_policies_in_rego_v0_syntax() {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let request = "package stategate.authz\n\ndefault allow = false\n\nallow {\n  input.claims.role == \"admin\"\n}\n\nallow {\n  input.method == \"/stategate.StateService/Get\"\n}\n";
+    let request = "package stategate.authz\n\ndefault allow = false\n\nallow {\n  input.claims.role == \"admin\"\n}\n\nallow {\n  input.method == \"/stategate.StateService/Get\"\n}\n\nallow {\n  input.method == \"/stategate.EventService/Stream\"\n  input.server_stream == true\n  input.client_stream == false\n  input.metadata[\"x-team\"] == \"blue\"\n  regex.match(\"^v050pol-\", input.body.domain)\n}\n";
     // v0.5.0: on a unary call `body` stays the request; `response` (new)
     // is the response message.
     let response = "package stategate.authz\nimport rego.v1\ndefault allow := true\nallow := false if input.response.values.hidden == true\nallow := false if input.body.key == \"forbidden-key\"\n";
@@ -567,6 +567,14 @@ async fn v050_base64_policies_in_rego_v0_syntax() {
     client.set(with_token(state(&d, "t", "forbidden-key", json!({})), &admin)).await.unwrap_err();
     let err = client.get(with_token(state_ref(&d, "t", "forbidden-key"), &admin)).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "the response policy sees the request as body");
+    // The input carries metadata and the stream flags.
+    let mut events = gw.event_client().await;
+    let opts = pb::StreamOpts { domain: d.clone(), r#type: "t".into(), ..Default::default() };
+    let err = events.stream(with_token(opts.clone(), &guest)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let mut req = with_token(opts, &guest);
+    req.metadata_mut().insert("x-team", "blue".parse().unwrap());
+    events.stream(req).await.expect("the stream rule matches on metadata and flags");
     let r = http().post(format!("{}/api/state/ref/{d}/t/k", gw.url())).bearer_auth(&guest).json(&json!({"values": {}})).send().await.unwrap();
     assert_eq!(r.status(), 403);
     let text = metrics(&gw).await;
