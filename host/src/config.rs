@@ -167,7 +167,8 @@ pub struct Config {
     #[arg(long, env = "STATEGATE_RESPONSE_POLICY_PATH", value_delimiter = ',')]
     pub response_policy_path: Vec<PathBuf>,
 
-    /// How often policy files are checked for changes, milliseconds.
+    /// How often policy files and local key files (JWKS, PEM) are checked
+    /// for changes, milliseconds.
     #[arg(long, env = "STATEGATE_POLICY_RELOAD_MS", default_value_t = 1000)]
     pub policy_reload_ms: u64,
     // --- end auth ---

@@ -11,6 +11,7 @@
 //! periodically, and refreshed when a token names an unknown `kid`, at most
 //! once per `min_refresh`, so a flood of bad tokens cannot make the gateway
 //! hammer the identity provider. A failed refresh keeps the previous keys.
+//! Local key files are polled and reloaded when they change.
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -19,8 +20,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 1 << 20;
@@ -56,6 +57,8 @@ pub struct KeyConfig {
     pub refresh: Duration,
     /// Least time between two fetches triggered by unknown `kid`s.
     pub min_refresh: Duration,
+    /// How often local key files are checked for changes.
+    pub file_poll: Duration,
 }
 
 impl KeyConfig {
@@ -74,46 +77,34 @@ struct Remote {
     /// single-flight.
     last_fetch: tokio::sync::Mutex<Instant>,
     min_refresh: Duration,
-    /// Digest of the last fetched key list, to bump the generation only on change.
-    digest: std::sync::Mutex<[u8; 32]>,
+    /// Digest of the last fetched document, to publish only on change.
+    digest: Mutex<[u8; 32]>,
+    keys: Mutex<Vec<Arc<VerifyKey>>>,
 }
 
+/// A local key file's identity for change detection.
+type FileStamp = Vec<(PathBuf, Option<SystemTime>, u64)>;
+
 pub struct KeyStore {
-    static_keys: Vec<Arc<VerifyKey>>,
+    config: KeyConfig,
+    /// Keys from files and the secret.
+    local: Mutex<Vec<Arc<VerifyKey>>>,
+    local_stamp: Mutex<FileStamp>,
     remote: Option<Remote>,
     current: ArcSwap<KeySet>,
     generation: AtomicU64,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl KeyStore {
     /// Loads the configured keys; fetches the remote set once. Errors name
-    /// the variable at fault.
+    /// the variable at fault. Local key files are watched and reloaded when
+    /// they change (a broken replacement is refused, the old keys stay).
     pub async fn open(config: &KeyConfig) -> Result<Arc<Self>, (&'static str, String)> {
-        let mut static_keys = Vec::new();
-        if let Some(path) = &config.jwks_file {
-            let text = std::fs::read(path).map_err(|e| ("STATEGATE_JWKS_FILE", format!("cannot read {}: {e}", path.display())))?;
-            let keys = parse_jwks(&text).map_err(|e| ("STATEGATE_JWKS_FILE", format!("{}: {e}", path.display())))?;
-            if keys.is_empty() {
-                return Err(("STATEGATE_JWKS_FILE", format!("{}: no usable signing key", path.display())));
-            }
-            static_keys.extend(keys);
-        }
-        for path in &config.public_key_files {
-            let text = std::fs::read(path)
-                .map_err(|e| ("STATEGATE_JWT_PUBLIC_KEY_FILES", format!("cannot read {}: {e}", path.display())))?;
-            let keys = parse_pem(&text).map_err(|e| ("STATEGATE_JWT_PUBLIC_KEY_FILES", format!("{}: {e}", path.display())))?;
-            static_keys.extend(keys);
-        }
-        if let Some(secret) = &config.hmac_secret {
-            if secret.len() < 32 {
-                return Err(("STATEGATE_JWT_HMAC_SECRET", "must be at least 32 bytes".into()));
-            }
-            static_keys.push(Arc::new(VerifyKey {
-                kid: None,
-                key: DecodingKey::from_secret(secret),
-                algs: vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
-            }));
-        }
+        let local = load_local(config)?;
         let remote = match &config.jwks_uri {
             None => None,
             Some(uri) => {
@@ -126,16 +117,19 @@ impl KeyStore {
                     client,
                     last_fetch: tokio::sync::Mutex::new(Instant::now()),
                     min_refresh: config.min_refresh,
-                    digest: std::sync::Mutex::new([0; 32]),
+                    digest: Mutex::new([0; 32]),
+                    keys: Mutex::new(Vec::new()),
                 })
             }
         };
         let store = Arc::new(KeyStore {
             current: ArcSwap::from_pointee(KeySet {
-                keys: static_keys.clone(),
+                keys: local.clone(),
                 generation: 0,
             }),
-            static_keys,
+            local: Mutex::new(local),
+            local_stamp: Mutex::new(stamp(config)),
+            config: config.clone(),
             remote,
             generation: AtomicU64::new(0),
         });
@@ -145,11 +139,48 @@ impl KeyStore {
             let weak = Arc::downgrade(&store);
             tokio::spawn(refresh_periodically(weak, config.refresh.max(Duration::from_secs(1))));
         }
+        if config.jwks_file.is_some() || !config.public_key_files.is_empty() {
+            tokio::spawn(watch_files(Arc::downgrade(&store), config.file_poll.max(Duration::from_millis(50))));
+        }
         Ok(store)
     }
 
     pub fn current(&self) -> Arc<KeySet> {
         self.current.load_full()
+    }
+
+    /// Publishes local + remote keys as a new generation.
+    fn publish(&self) {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut keys = lock(&self.local).clone();
+        if let Some(remote) = &self.remote {
+            keys.extend(lock(&remote.keys).iter().cloned());
+        }
+        self.current.store(Arc::new(KeySet { keys, generation }));
+    }
+
+    /// Reloads local key files if they changed.
+    pub fn reload_files_if_changed(&self) -> bool {
+        let now = stamp(&self.config);
+        {
+            let mut seen = lock(&self.local_stamp);
+            if *seen == now {
+                return false;
+            }
+            *seen = now;
+        }
+        match load_local(&self.config) {
+            Ok(keys) => {
+                *lock(&self.local) = keys;
+                self.publish();
+                tracing::info!("local verification keys reloaded");
+                true
+            }
+            Err((var, e)) => {
+                tracing::error!(variable = var, error = %e, "changed key file refused; the previous keys stay in force");
+                false
+            }
+        }
     }
 
     /// A token named a `kid` no key has: refetch the remote set unless one
@@ -198,22 +229,68 @@ impl KeyStore {
         }
         let keys = parse_jwks(&body).map_err(|e| format!("{uri}: {e}"))?;
         let digest: [u8; 32] = Sha256::digest(&body).into();
-        let changed = {
-            let mut last = remote.digest.lock().unwrap_or_else(|p| p.into_inner());
-            let changed = *last != digest;
+        {
+            let mut last = lock(&remote.digest);
+            if *last == digest {
+                return Ok(());
+            }
             *last = digest;
-            changed
-        };
-        if !changed {
-            return Ok(());
         }
-        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut all = self.static_keys.clone();
         let kids: Vec<String> = keys.iter().filter_map(|k| k.kid.clone()).collect();
-        all.extend(keys);
-        self.current.store(Arc::new(KeySet { keys: all, generation }));
-        tracing::info!(uri = %uri, ?kids, generation, "JWKS loaded");
+        *lock(&remote.keys) = keys;
+        self.publish();
+        tracing::info!(uri = %uri, ?kids, "JWKS loaded");
         Ok(())
+    }
+}
+
+/// Keys from the JWKS file, the PEM files and the HMAC secret.
+fn load_local(config: &KeyConfig) -> Result<Vec<Arc<VerifyKey>>, (&'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(path) = &config.jwks_file {
+        let text = std::fs::read(path).map_err(|e| ("STATEGATE_JWKS_FILE", format!("cannot read {}: {e}", path.display())))?;
+        let keys = parse_jwks(&text).map_err(|e| ("STATEGATE_JWKS_FILE", format!("{}: {e}", path.display())))?;
+        if keys.is_empty() {
+            return Err(("STATEGATE_JWKS_FILE", format!("{}: no usable signing key", path.display())));
+        }
+        out.extend(keys);
+    }
+    for path in &config.public_key_files {
+        let text = std::fs::read(path)
+            .map_err(|e| ("STATEGATE_JWT_PUBLIC_KEY_FILES", format!("cannot read {}: {e}", path.display())))?;
+        let keys = parse_pem(&text).map_err(|e| ("STATEGATE_JWT_PUBLIC_KEY_FILES", format!("{}: {e}", path.display())))?;
+        out.extend(keys);
+    }
+    if let Some(secret) = &config.hmac_secret {
+        if secret.len() < 32 {
+            return Err(("STATEGATE_JWT_HMAC_SECRET", "must be at least 32 bytes".into()));
+        }
+        out.push(Arc::new(VerifyKey {
+            kid: None,
+            key: DecodingKey::from_secret(secret),
+            algs: vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+        }));
+    }
+    Ok(out)
+}
+
+fn stamp(config: &KeyConfig) -> FileStamp {
+    config
+        .jwks_file
+        .iter()
+        .chain(config.public_key_files.iter())
+        .map(|p| {
+            let meta = std::fs::metadata(p).ok();
+            (p.clone(), meta.as_ref().and_then(|m| m.modified().ok()), meta.map(|m| m.len()).unwrap_or(0))
+        })
+        .collect()
+}
+
+async fn watch_files(store: Weak<KeyStore>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(store) = store.upgrade() else { return };
+        let _ = tokio::task::spawn_blocking(move || store.reload_files_if_changed()).await;
     }
 }
 

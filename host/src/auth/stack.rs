@@ -92,6 +92,7 @@ pub async fn build(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc
         hmac_secret,
         refresh: Duration::from_secs(config.jwks_refresh_secs),
         min_refresh: Duration::from_secs(config.jwks_min_refresh_secs),
+        file_poll: Duration::from_millis(config.policy_reload_ms),
     };
     if keys.is_empty() {
         return Err(ConfigError::new(

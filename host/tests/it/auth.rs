@@ -387,6 +387,45 @@ async fn every_supported_algorithm_verifies() {
 }
 
 #[tokio::test]
+async fn local_key_files_reload_when_they_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = ec_key("a");
+    let b = ed_key("b");
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, json!({"keys": [a.jwk]}).to_string()).unwrap();
+    let path = jwks_path.clone();
+    let gw = TestGateway::start_with(|c| {
+        auth_on(c);
+        c.jwks_file = Some(path);
+        c.policy_reload_ms = 100;
+    })
+    .await;
+    let d = unique("keyfile");
+    let client = gw.state_client().await;
+    let (ta, tb) = (mint(&a, &claims(json!({}))), mint(&b, &claims(json!({}))));
+    let get = |token: String| {
+        let (mut c, d) = (client.clone(), d.clone());
+        async move { c.get(with_token(state_ref(&d, "t", "k"), &token)).await.map(|_| ()).map_err(|e| e.code()) }
+    };
+    assert_eq!(get(ta.clone()).await, Err(Code::NotFound), "key A verifies");
+    assert_eq!(get(tb.clone()).await, Err(Code::Unauthenticated));
+    // A broken file is refused: A keeps working.
+    std::fs::write(&jwks_path, "{\"keys\": [").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(ta.clone()).await, Err(Code::NotFound), "the previous keys stay in force");
+    // Rotation: B replaces A.
+    std::fs::write(&jwks_path, json!({"keys": [b.jwk]}).to_string()).unwrap();
+    eventually("key B is loaded from the file", || {
+        let t = tb.clone();
+        let get = &get;
+        async move { get(t).await == Err(Code::NotFound) }
+    })
+    .await;
+    assert_eq!(get(ta).await, Err(Code::Unauthenticated), "key A was removed");
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn key_rotation_through_the_jwks() {
     let a = ec_key("key-a");
     let b = ec_key("key-b");
@@ -646,6 +685,14 @@ async fn a_policy_that_does_not_compile_stops_the_start() {
     config.response_policy = Some("!!not base64!!".into());
     let err = stategate::server::start(config).await.err().expect("start refused").to_string();
     assert!(err.contains("STATEGATE_RESPONSE_POLICY"), "{err}");
+
+    // An unreachable JWKS stops the start.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut config = crate::harness::dev_config(dir.path());
+    auth_on(&mut config);
+    config.jwks_uri = Some(format!("http://{closed}/jwks.json"));
+    let err = stategate::server::start(config).await.err().expect("start refused").to_string();
+    assert!(err.contains("STATEGATE_JWKS_URI"), "{err}");
 
     // Auth on without any way to verify tokens is refused too.
     let mut config = crate::harness::dev_config(dir.path());
