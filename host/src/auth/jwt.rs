@@ -187,10 +187,12 @@ impl Verifier {
         })?;
         let alg = header.alg;
         let fits = |k: &&Arc<VerifyKey>| k.algs.contains(&alg);
+        let mut kid_unknown = false;
         let candidates: Vec<&Arc<VerifyKey>> = match header.kid.as_deref() {
             Some(kid) => {
                 let named: Vec<_> = keys.keys.iter().filter(|k| k.kid.as_deref() == Some(kid)).collect();
                 if named.is_empty() {
+                    kid_unknown = true;
                     // No key has this kid: kid-less keys (PEM files, the
                     // HMAC secret) may still verify it.
                     let kidless: Vec<_> = keys.keys.iter().filter(|k| k.kid.is_none()).filter(fits).collect();
@@ -252,6 +254,11 @@ impl Verifier {
                     };
                 }
             }
+        }
+        if kid_unknown && last == Reason::BadSignature {
+            // Kid-less keys did not verify a token naming a kid no key has:
+            // report (and refresh for) the unknown kid.
+            return Err(Reason::UnknownKey);
         }
         Err(last)
     }
