@@ -558,6 +558,32 @@ async fn verified_claims_are_stored_in_events_and_searchable() {
     gw.stop().await;
 }
 
+#[tokio::test]
+async fn a_stream_ends_when_its_token_expires() {
+    let gw = TestGateway::start_with(|c| {
+        auth_on(c);
+        c.jwt_hmac_secret = Some(HMAC_SECRET.into());
+        c.jwt_leeway_secs = 0;
+    })
+    .await;
+    let d = unique("expiry");
+    let short = hmac_token(&claims(json!({"exp": now() + 2})));
+    let long = hmac_token(&claims(json!({})));
+    let mut events = gw.event_client().await;
+    let mut stream = events
+        .stream(with_token(pb::StreamOpts { domain: d.clone(), r#type: "t".into(), ..Default::default() }, &short))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut client = gw.state_client().await;
+    let ev = client.set(with_token(state(&d, "t", "k", json!({})), &long)).await.unwrap().into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(20), stream.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.id, ev.id, "delivers while the token is valid");
+    let end = tokio::time::timeout(Duration::from_secs(20), stream.next()).await.expect("the stream ends").unwrap();
+    assert_eq!(end.unwrap_err().code(), Code::Unauthenticated);
+    gw.stop().await;
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
