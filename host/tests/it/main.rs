@@ -23,3 +23,4 @@ mod openapi;
 mod properties;
 mod limits;
 mod hostile;
+mod auth;
