@@ -148,20 +148,32 @@ impl Gateway {
     /// Authenticates the caller and runs the request policies.
     async fn admit(&self, method: &str, metadata: Metadata, body: &impl Serialize, server_stream: bool) -> Result<Caller> {
         let claims = self.auth.authenticate(&metadata).await.inspect_err(|e| {
-            self.metrics.auth_failures.with_label_values(&[e.kind(), method]).inc();
+            self.metrics
+                .auth_failures
+                .with_label_values(&[crate::auth::failure_reason(e), method])
+                .inc();
         })?;
         self.admission.check_rate(&claims, &metadata)?;
+        // Without policies nothing reads the body: skip serializing it.
+        let body = if self.auth.inspects_bodies() {
+            serde_json::to_value(body).map_err(Error::internal)?
+        } else {
+            Value::Null
+        };
         let input = PolicyInput {
             claims,
             method: method.to_owned(),
             metadata,
-            body: serde_json::to_value(body).map_err(Error::internal)?,
+            body,
             client_stream: false,
             server_stream,
             response: None,
         };
-        self.auth.authorize_request(&input).await.inspect_err(|_| {
-            self.metrics.policy_denials.with_label_values(&["request", method]).inc();
+        self.auth.authorize_request(&input).await.inspect_err(|e| {
+            self.metrics
+                .policy_denials
+                .with_label_values(&["request", crate::auth::denial_reason(e), method])
+                .inc();
         })?;
         Ok(Caller { input })
     }
@@ -170,13 +182,19 @@ impl Gateway {
     /// request (as in v0.5.0), `response` is the response. A policy may
     /// redact the response, which is then read back from its JSON.
     async fn release<T>(&self, caller: Caller, out: T, to_json: fn(&T) -> Value, from_json: fn(&Value) -> Result<T>) -> Result<T> {
+        if !self.auth.inspects_responses() {
+            return Ok(out);
+        }
         let mut input = caller.input;
         input.response = Some(to_json(&out));
         match self.auth.authorize_response(&input).await {
             Ok(None) => Ok(out),
             Ok(Some(redacted)) => from_json(&redacted),
             Err(e) => {
-                self.metrics.policy_denials.with_label_values(&["response", &input.method]).inc();
+                self.metrics
+                    .policy_denials
+                    .with_label_values(&["response", crate::auth::denial_reason(&e), &input.method])
+                    .inc();
                 Err(e)
             }
         }

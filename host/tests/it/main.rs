@@ -26,3 +26,5 @@ mod backends;
 mod procs;
 mod multi_instance;
 mod faults;
+mod hostile;
+mod auth;
