@@ -22,3 +22,8 @@ mod crash;
 mod openapi;
 mod properties;
 mod limits;
+mod cli;
+mod client;
+mod examples;
+mod deploy;
+mod docs;
