@@ -87,7 +87,8 @@ pub async fn run(command: Command) -> Result<()> {
             }
         }
         Command::Stream(a) => {
-            let client = connect(&a.client).await?;
+            // No deadline: a stream runs until stopped.
+            let client = connect(&ClientArgs { timeout: 0, ..a.client.clone() }).await?;
             let mut opts = StreamOpts::new(a.domain, a.ty);
             opts.key = a.key.unwrap_or_default();
             opts.after_event_id = a.after.unwrap_or_default();
