@@ -219,3 +219,32 @@ async fn serve_is_the_default_and_health_checks_it() {
         assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"status": "SERVING"}));
     }
 }
+
+#[tokio::test]
+async fn https_with_a_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let gw = TestGateway::start_with(|c| {
+        c.tls_cert_file = Some(cert_path.clone());
+        c.tls_key_file = Some(key_path.clone());
+    })
+    .await;
+    let url = format!("https://localhost:{}", gw.addr.port());
+    let d = unique("clitls");
+    tokio::task::spawn_blocking(move || {
+        let ca = cert_path.to_str().unwrap();
+        ok(run(stategate(&url).args(["set", &d, "t", "k", r#"{"secure":true}"#, "--ca-file", ca])));
+        let out = ok(run(stategate(&url).args(["get", &d, "t", "k", "--json"]).env("STATEGATE_CA_FILE", ca)));
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["values"], json!({"secure": true}));
+        // Without the CA the server is not trusted.
+        failed(run(stategate(&url).args(["get", &d, "t", "k"])));
+        let err = failed(run(stategate(&url).args(["get", &d, "t", "k", "--ca-file", "/no/such/ca.pem"])));
+        assert!(err.contains("--ca-file /no/such/ca.pem"), "{err}");
+    })
+    .await
+    .unwrap();
+    gw.stop().await;
+}
