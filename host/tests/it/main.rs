@@ -24,3 +24,8 @@ mod properties;
 mod limits;
 mod hostile;
 mod auth;
+mod cli;
+mod client;
+mod examples;
+mod deploy;
+mod docs;
