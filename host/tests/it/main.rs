@@ -28,3 +28,8 @@ mod multi_instance;
 mod faults;
 mod hostile;
 mod auth;
+mod cli;
+mod client;
+mod examples;
+mod deploy;
+mod docs;
