@@ -54,7 +54,7 @@
 //! shared matcher (`Filter::matches`) decides in every case.
 //!
 //! **Faults.** The driver reconnects by itself. Every call is bounded
-//! (server selection and socket timeouts, plus an overall deadline), so
+//! (server selection and connect timeouts, plus an overall deadline), so
 //! while the server is down calls fail fast with `Unavailable`.
 
 use super::{FEED_PAGE, Storage, conflict, idempotency_mismatch};
