@@ -65,6 +65,11 @@ pub struct Args {
     /// Run only scenarios whose name contains one of these (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Where the gateway's sqlite database lives (a fresh temp dir inside
+    /// it). Default: /dev/shm (tmpfs), so the run measures the gateway and
+    /// not the disk of a shared machine; give a disk path to include fsync.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// Soak mode instead of the scenarios: steady writes and streams for this
     /// long (e.g. 10m, 90s), RSS sampled every 10 s, slope reported.
     #[arg(long, value_parser = parse_duration)]
@@ -204,7 +209,11 @@ fn main() -> Result<()> {
 
 async fn run(args: Args, server_rt: tokio::runtime::Runtime) -> Result<()> {
     let started = Instant::now();
-    let data = tempfile::tempdir()?;
+    let base = args.data_dir.clone().unwrap_or_else(|| {
+        let shm = PathBuf::from("/dev/shm");
+        if shm.is_dir() { shm } else { std::env::temp_dir() }
+    });
+    let data = tempfile::Builder::new().prefix("stategate-bench").tempdir_in(&base)?;
     let mut config = Config::defaults();
     config.auth_disabled = true;
     config.bind = "127.0.0.1".into();

@@ -72,11 +72,12 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
     );
     let _ = writeln!(
         md,
-        "Gateway in-process: embedded sqlite (WAL, synchronous=FULL) in a temp dir, `inmem` channel, auth off. \
+        "Gateway in-process: embedded sqlite (WAL, synchronous=FULL) in a temp dir under `{}`, `inmem` channel, auth off. \
          Clients: tonic gRPC over loopback, one connection per client (streams: {} per connection), closed loop, \
          {:.1} s warm-up + {:.1} s measured per step. **Ceiling**: a bare tonic server with the same services answering \
          the same request with the same response message (a copy of the gateway's), and a bare server-streaming \
          broadcast for fan-out; **ratio** = gateway ops/s ÷ ceiling ops/s in the same run.\n",
+        args.data_dir.as_deref().map_or("/dev/shm (tmpfs: fsync is nearly free; pass --data-dir for a disk)".into(), |d| d.display().to_string()),
         crate::STREAMS_PER_CONNECTION, args.warmup, args.secs
     );
     if !seeding.is_empty() {
