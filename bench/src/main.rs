@@ -107,6 +107,9 @@ pub struct Row {
     /// Peak RSS of the bench process during the scenario (VmHWM, reset
     /// before it), MiB.
     pub peak_rss_mib: Option<f64>,
+    /// Anonymous RSS (heap, stacks; without the memory-mapped database
+    /// pages that VmHWM includes) right after the gateway step, MiB.
+    pub anon_rss_mib: Option<f64>,
     /// RSS growth over the scenario, MiB (memory scenarios).
     pub rss_delta_mib: Option<f64>,
     /// Growth of the heap allocated by the server threads (gateway or bare
@@ -367,6 +370,17 @@ pub fn rss_mib() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// RssAnon of this process, MiB.
+pub fn anon_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
 /// Resets VmHWM to the current RSS so the next reading is this scenario's peak.
 fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -612,7 +626,7 @@ impl Bench {
         for &clients in &self.args.clients.clone() {
             reset_peak();
             let g = drive(self.gateway_addr, clients, self.args.warmup, self.args.secs, op).await?;
-            let peak = rss_mib().1;
+            let (peak, anon) = (rss_mib().1, anon_rss_mib());
             let b = drive(self.bare_addr, clients, self.args.warmup, self.args.secs, op).await?;
             if b.errors > 0 {
                 bail!("bare server failed: {:?}", b.first_error);
@@ -632,6 +646,7 @@ impl Bench {
                 target: target.map(|t| format!("ratio >= {t}")),
                 meets_target: target.map(|t| ratio >= t),
                 peak_rss_mib: Some(peak),
+                anon_rss_mib: Some(anon),
                 errors: g.errors,
                 note: g.first_error.map(|e| format!("first error: {e}")).unwrap_or_default(),
                 ..Row::default()
@@ -646,7 +661,7 @@ impl Bench {
             let rate = (self.args.fanout_deliveries / subs as f64).max(1.0);
             reset_peak();
             let g = self.fanout(self.gateway_addr, subs, rate).await?;
-            let peak = rss_mib().1;
+            let (peak, anon) = (rss_mib().1, anon_rss_mib());
             let b = self.fanout(self.bare_addr, subs, rate).await?;
             let target = (subs >= 1000).then_some(50.0);
             rows.push(Row {
@@ -662,6 +677,7 @@ impl Bench {
                 target: target.map(|t| format!("p99 < {t} ms")),
                 meets_target: target.map(|t| g.p(0.99) < t && g.errors == 0),
                 peak_rss_mib: Some(peak),
+                anon_rss_mib: Some(anon),
                 errors: g.errors,
                 note: format!(
                     "{rate:.0} writes/s x {subs} subscribers; ops/s = delivered events/s; latency = write call start to delivery{}",

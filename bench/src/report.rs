@@ -87,8 +87,8 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
         }
         md.push('\n');
     }
-    let _ = writeln!(md, "| scenario | clients | ops/s | p50 ms | p99 ms | ceiling ops/s | ceiling p50/p99 ms | ratio | target | peak RSS MiB |");
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|");
+    let _ = writeln!(md, "| scenario | clients | ops/s | p50 ms | p99 ms | ceiling ops/s | ceiling p50/p99 ms | ratio | target | peak RSS MiB | anon RSS MiB |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
     for r in rows {
         if r.scenario == "idle-streams" || r.note == "not available in this build" {
             continue;
@@ -100,7 +100,7 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
             r.scenario,
             r.clients.map_or(String::new(), |c| c.to_string()),
             f(r.ops_per_sec, 0),
@@ -112,6 +112,7 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
             f(r.ratio, 2),
             target,
             f(r.peak_rss_mib, 0),
+            f(r.anon_rss_mib, 0),
         );
     }
     md.push('\n');
@@ -132,7 +133,9 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
     let _ = writeln!(
         md,
         "- peak RSS: VmHWM of the bench process (gateway, clients and bare server together), reset through \
-         /proc/self/clear_refs before each scenario's gateway step; seeded data and earlier scenarios stay resident."
+         /proc/self/clear_refs before each scenario's gateway step; it includes the pages of the database file that \
+         sqlite memory-maps (in tmpfs or the page cache). anon RSS: RssAnon (heap and stacks, no mapped files) right \
+         after the gateway step. Seeded data and earlier scenarios stay resident."
     );
     let missing: Vec<_> = rows.iter().filter(|r| r.note == "not available in this build").collect();
     if !missing.is_empty() {
