@@ -41,8 +41,13 @@ const MAX_BATCH: usize = 512;
 const READERS_PER_CORE: usize = 2;
 /// Bytes of the database file each connection memory-maps.
 const MMAP_BYTES: u64 = 1 << 30;
-/// How often the checkpoint thread folds the WAL back into the database.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often the checkpoint thread looks at how much was written.
+const CHECKPOINT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// Appends after which it folds the WAL back into the database (about what
+/// sqlite's default of 1000 WAL pages holds)...
+const CHECKPOINT_APPENDS: u64 = 1000;
+/// ...or after this long with any append at all.
+const CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -119,10 +124,19 @@ impl SqliteStorage {
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|e| db_error(&e))?;
         let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
+        let appended = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let written = appended.clone();
         let checkpoint_thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+                let mut last = std::time::Instant::now();
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_POLL) {
+                    let pending = written.load(std::sync::atomic::Ordering::Relaxed);
+                    if pending < CHECKPOINT_APPENDS && (pending == 0 || last.elapsed() < CHECKPOINT_IDLE) {
+                        continue;
+                    }
+                    written.fetch_sub(pending, std::sync::atomic::Ordering::Relaxed);
+                    last = std::time::Instant::now();
                     // PASSIVE: copies what it can without blocking the writer
                     // or readers; the next round does the rest.
                     if let Err(e) = checkpoint_conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
@@ -135,7 +149,7 @@ impl SqliteStorage {
         let (tx, rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, appended))
             .map_err(Error::internal)?;
         Ok(SqliteStorage {
             path,
@@ -215,7 +229,7 @@ fn db_error(e: &rusqlite::Error) -> Error {
     Error::unavailable(format!("sqlite: {e}"))
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
+fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>, appended: Arc<std::sync::atomic::AtomicU64>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(job) = rx.blocking_recv() {
         batch.push(job);
@@ -226,6 +240,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
             }
         }
         let results = commit_batch(&mut conn, &batch);
+        appended.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for (job, result) in batch.drain(..).zip(results) {
             let _ = job.reply.send(result);
         }
