@@ -26,7 +26,6 @@ use crate::telemetry::Metrics;
 use futures::StreamExt;
 use lru::LruCache;
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{Mutex, broadcast};
@@ -63,8 +62,55 @@ impl Default for HubConfig {
 /// One event handed to streams, with the hub's resume point.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    pub event: Arc<Event>,
+    pub event: SharedEvent,
     pub watermark: u64,
+}
+
+/// An event shared by every stream that sends it unchanged. The gRPC
+/// adapter keeps its protobuf encoding in `wire`, so an event is converted
+/// and encoded once per topic, not once per subscriber.
+#[derive(Debug, Clone)]
+pub struct SharedEvent {
+    event: Arc<Event>,
+    wire: Arc<std::sync::OnceLock<bytes::Bytes>>,
+}
+
+impl SharedEvent {
+    pub fn new(event: Event) -> Self {
+        SharedEvent {
+            event: Arc::new(event),
+            wire: Arc::default(),
+        }
+    }
+
+    /// The event's protobuf encoding: `encode` runs for the first caller
+    /// only; everyone else gets the same bytes.
+    pub fn encoded(&self, encode: impl FnOnce(&Event) -> bytes::Bytes) -> bytes::Bytes {
+        self.wire.get_or_init(|| encode(&self.event)).clone()
+    }
+}
+
+impl std::ops::Deref for SharedEvent {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+/// An LRU map bounded at `cap` entries that allocates as it fills (an
+/// `LruCache::new(cap)` allocates room for `cap` entries up front, which
+/// multiplied by thousands of idle streams is most of their memory).
+pub fn bounded_lru<K: std::hash::Hash + Eq, V>() -> LruCache<K, V> {
+    LruCache::unbounded()
+}
+
+/// `put` for a `bounded_lru`: evicts the least recently used entry past `cap`.
+pub fn lru_put<K: std::hash::Hash + Eq, V>(lru: &mut LruCache<K, V>, cap: usize, key: K, value: V) {
+    lru.put(key, value);
+    if lru.len() > cap {
+        lru.pop_lru();
+    }
 }
 
 pub struct Hub {
@@ -140,7 +186,7 @@ impl Hub {
             metrics: self.metrics.clone(),
             since,
             watermark: since,
-            last_version: LruCache::new(NonZeroUsize::new(self.config.remembered_records.max(1)).unwrap()),
+            last_version: bounded_lru(),
             tx,
         };
         let task = tokio::spawn(state.run(sub));
@@ -214,7 +260,7 @@ impl FeedState {
             None if event.version == 1 => {}
             _ => self.fill_gap(&event, last.unwrap_or(0)).await,
         }
-        self.emit(Arc::new(event));
+        self.emit(event);
     }
 
     /// Sends the events of `event`'s record between `last` and it.
@@ -234,7 +280,7 @@ impl FeedState {
                 for missed in history {
                     if missed.version > last && missed.version < event.version {
                         self.metrics.hub_gap_fills.inc();
-                        self.emit(Arc::new(missed));
+                        self.emit(missed);
                     }
                 }
             }
@@ -244,12 +290,19 @@ impl FeedState {
         }
     }
 
-    fn emit(&mut self, event: Arc<Event>) {
-        let v = self.last_version.get_or_insert_mut(event.record.clone(), || 0);
-        *v = (*v).max(event.version);
+    fn emit(&mut self, event: Event) {
+        match self.last_version.get_mut(&event.record) {
+            Some(v) => *v = (*v).max(event.version),
+            None => lru_put(
+                &mut self.last_version,
+                self.config.remembered_records.max(1),
+                event.record.clone(),
+                event.version,
+            ),
+        }
         // An error only means no stream is subscribed right now.
         let _ = self.tx.send(Delivery {
-            event,
+            event: SharedEvent::new(event),
             watermark: self.watermark,
         });
     }

@@ -3,8 +3,11 @@
 //! recursion limit) is the client's fault, `INVALID_ARGUMENT`, where tonic
 //! would answer `INTERNAL`.
 
+use crate::hub::SharedEvent;
+use crate::proto as pb;
+use bytes::BufMut;
 use tonic::Status;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 pub struct StrictCodec<T, U>(ProstCodec<T, U>);
@@ -48,5 +51,39 @@ impl<U: prost::Message + Default> Decoder for StrictDecoder<U> {
 
     fn buffer_settings(&self) -> BufferSettings {
         self.0.buffer_settings()
+    }
+}
+
+/// The codec of `EventService/Stream` (see `grpc::EventRoutes`): requests
+/// decode strictly as everywhere else; responses are shared events whose
+/// protobuf encoding is made once and copied to every stream sending them.
+#[derive(Default)]
+pub struct SharedEventCodec;
+
+impl Codec for SharedEventCodec {
+    type Encode = SharedEvent;
+    type Decode = pb::StreamOpts;
+    type Encoder = SharedEventEncoder;
+    type Decoder = StrictDecoder<pb::StreamOpts>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        SharedEventEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        StrictDecoder(ProstCodec::<pb::Event, pb::StreamOpts>::default().decoder())
+    }
+}
+
+pub struct SharedEventEncoder;
+
+impl Encoder for SharedEventEncoder {
+    type Item = SharedEvent;
+    type Error = Status;
+
+    fn encode(&mut self, item: SharedEvent, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        let bytes = item.encoded(|e| prost::Message::encode_to_vec(&super::convert::event(e.clone())).into());
+        dst.put_slice(&bytes);
+        Ok(())
     }
 }

@@ -3,6 +3,7 @@
 
 use super::{convert, measured, metadata, status::to_status};
 use crate::gateway::{self as gw, Gateway, methods};
+use crate::hub::SharedEvent;
 use crate::proto as pb;
 use futures::{Stream, StreamExt};
 use std::pin::Pin;
@@ -123,12 +124,11 @@ impl pb::state_service_server::StateService for GrpcApi {
 }
 
 type EventStreamResponse = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+type SharedStream = Pin<Box<dyn Stream<Item = Result<SharedEvent, Status>> + Send>>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-#[tonic::async_trait]
-impl pb::event_service_server::EventService for GrpcApi {
-    type StreamStream = EventStreamResponse;
-
-    async fn stream(&self, request: Request<pb::StreamOpts>) -> Result<Response<Self::StreamStream>, Status> {
+impl GrpcApi {
+    async fn open_stream(&self, request: Request<pb::StreamOpts>) -> Result<Response<SharedStream>, Status> {
         let md = metadata(request.metadata().as_ref());
         let o = request.into_inner();
         let req = gw::StreamRequest {
@@ -139,9 +139,74 @@ impl pb::event_service_server::EventService for GrpcApi {
             key: o.key,
         };
         self.call(methods::EVENT_STREAM, self.gateway.stream(md, req), |events| {
-            Box::pin(events.map(|item| item.map(convert::event).map_err(to_status))) as EventStreamResponse
+            Box::pin(events.map(|item| item.map_err(to_status))) as SharedStream
         })
         .await
+    }
+}
+
+/// `EventService` as generated, except `Stream`: it goes through
+/// `SharedEventCodec`, so an event that a thousand streams send is converted
+/// and encoded once, not a thousand times.
+#[derive(Clone)]
+struct EventRoutes {
+    generated: pb::event_service_server::EventServiceServer<GrpcApi>,
+    api: GrpcApi,
+    max_message_bytes: usize,
+}
+
+impl tonic::server::NamedService for EventRoutes {
+    const NAME: &'static str =
+        <pb::event_service_server::EventServiceServer<GrpcApi> as tonic::server::NamedService>::NAME;
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for EventRoutes {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        if req.uri().path() != methods::EVENT_STREAM {
+            return self.generated.call(req);
+        }
+        let api = self.api.clone();
+        let max = self.max_message_bytes;
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(super::codec::SharedEventCodec)
+                .apply_max_message_size_config(Some(max), Some(max));
+            Ok(grpc.server_streaming(SharedStreamSvc(api), req).await)
+        })
+    }
+}
+
+struct SharedStreamSvc(GrpcApi);
+
+impl tonic::server::ServerStreamingService<pb::StreamOpts> for SharedStreamSvc {
+    type Response = SharedEvent;
+    type ResponseStream = SharedStream;
+    type Future = BoxFuture<Result<Response<SharedStream>, Status>>;
+
+    fn call(&mut self, request: Request<pb::StreamOpts>) -> Self::Future {
+        let api = self.0.clone();
+        Box::pin(async move { api.open_stream(request).await })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::event_service_server::EventService for GrpcApi {
+    type StreamStream = EventStreamResponse;
+
+    /// Served by `EventRoutes` through `SharedEventCodec`; this generated
+    /// entry point (per-stream encoding) is kept for completeness.
+    async fn stream(&self, request: Request<pb::StreamOpts>) -> Result<Response<Self::StreamStream>, Status> {
+        let events = self.open_stream(request).await?.into_inner();
+        Ok(Response::new(Box::pin(
+            events.map(|item| item.map(|e| convert::event(crate::model::Event::clone(&e)))),
+        )))
     }
 
     async fn search(&self, request: Request<pb::SearchEventOpts>) -> Result<Response<pb::Events>, Status> {
@@ -195,11 +260,13 @@ pub async fn routes(api: GrpcApi, max_message_bytes: usize) -> tonic::service::R
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes),
         )
-        .add_service(
-            pb::event_service_server::EventServiceServer::new(api)
+        .add_service(EventRoutes {
+            generated: pb::event_service_server::EventServiceServer::new(api.clone())
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes),
-        )
+            api,
+            max_message_bytes,
+        })
         .add_service(health_service)
         .add_service(v1)
         .add_service(v1alpha);

@@ -131,6 +131,6 @@ mod tests {
         let _s2 = a.stream_slot().unwrap();
         assert!(matches!(a.stream_slot(), Err(Error::ResourceExhausted(_))));
         drop(s1);
-        a.stream_slot().unwrap();
+        let _s3 = a.stream_slot().unwrap();
     }
 }

@@ -333,7 +333,7 @@ impl Gateway {
         idempotency: Option<Idempotency>,
     ) -> Result<Event> {
         let req = AppendRequest {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: uuid::Uuid::now_v7().to_string(),
             record,
             change,
             expect,

@@ -21,17 +21,18 @@
 
 use super::{Gateway, StreamRequest, methods};
 use crate::auth::{Metadata, PolicyInput};
-use crate::hub::HubSubscription;
-use crate::model::{Error, Event, FeedQuery, RecordRef, Result, Topic, json, validate_name};
+use crate::hub::{HubSubscription, SharedEvent, bounded_lru, lru_put};
+use crate::model::{Error, FeedQuery, RecordRef, Result, Topic, json, validate_name};
 use crate::storage::FEED_PAGE;
 use futures::stream::BoxStream;
 use lru::LruCache;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
-pub type EventStream = BoxStream<'static, Result<Event>>;
+/// A stream's events; an event sent unchanged is shared with the other
+/// streams of its topic (see `SharedEvent`).
+pub type EventStream = BoxStream<'static, Result<SharedEvent>>;
 
 /// Records whose last sent version a stream remembers, to drop duplicates.
 const SEEN_RECORDS: usize = 4096;
@@ -88,7 +89,7 @@ impl Gateway {
             key,
             cursor,
             from_time,
-            seen: LruCache::new(NonZeroUsize::new(SEEN_RECORDS).unwrap()),
+            seen: bounded_lru(),
             tx,
             _slot: slot,
         };
@@ -105,7 +106,7 @@ struct StreamTask {
     cursor: u64,
     from_time: Option<i64>,
     seen: LruCache<RecordRef, u64>,
-    tx: mpsc::Sender<Result<Event>>,
+    tx: mpsc::Sender<Result<SharedEvent>>,
     /// This stream's place under `STATEGATE_MAX_STREAMS`.
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -203,7 +204,7 @@ impl StreamTask {
             let full = page.len() == FEED_PAGE;
             for event in page {
                 let seq = event.seq;
-                self.send(Arc::new(event)).await?;
+                self.send(SharedEvent::new(event)).await?;
                 self.cursor = seq;
             }
             if !full {
@@ -234,25 +235,25 @@ impl StreamTask {
     /// Sends one event unless it was sent already, is for another key, or the
     /// caller's response policy withholds it (on a `*` stream that is how a
     /// caller sees only what it may).
-    async fn send(&mut self, event: Arc<Event>) -> Result<(), Stop> {
+    async fn send(&mut self, event: SharedEvent) -> Result<(), Stop> {
         if self.key.as_ref().is_some_and(|k| *k != event.record.key) {
             return Ok(());
         }
         if self.seen.get(&event.record).is_some_and(|v| *v >= event.version) {
             return Ok(());
         }
-        self.seen.put(event.record.clone(), event.version);
+        lru_put(&mut self.seen, SEEN_RECORDS, event.record.clone(), event.version);
 
         if !self.gateway.auth.inspects_responses() {
-            return self.tx.send(Ok(Event::clone(&event))).await.map_err(|_| Stop::ClientGone);
+            return self.tx.send(Ok(event)).await.map_err(|_| Stop::ClientGone);
         }
         let body = json::event(&event);
         let mut input = self.input.clone();
         input.body = body.clone();
         input.response = Some(body);
         let event = match self.gateway.auth.authorize_response(&input).await {
-            Ok(None) => Event::clone(&event),
-            Ok(Some(redacted)) => json::parse_event(&redacted).map_err(Stop::Failed)?,
+            Ok(None) => event,
+            Ok(Some(redacted)) => SharedEvent::new(json::parse_event(&redacted).map_err(Stop::Failed)?),
             Err(e @ Error::PermissionDenied(_)) => {
                 self.gateway
                     .metrics

@@ -7,8 +7,20 @@
 //! request) and commits once. Concurrent writers thus share one fsync (group
 //! commit) and seqs are assigned in commit order, which is what catch-up
 //! streams need. `synchronous=FULL` makes a commit durable before `append`
-//! returns. Reads use a small pool of connections that WAL lets run
-//! alongside the writer.
+//! returns. Values are serialized on the caller's task, not on the writer
+//! thread, and every statement is prepared once per connection.
+//!
+//! Reads use a pool of connections that WAL lets run alongside the writer:
+//! a semaphore admits as many reads as there are pooled connections (a few
+//! per core), so a burst of reads waits for a connection instead of opening
+//! new ones; the file is memory-mapped. A point read (`get`, `get_event`)
+//! that finds a connection free runs right on the calling task: an indexed
+//! lookup in mapped pages takes microseconds, less than the hop to the
+//! blocking pool and back.
+//!
+//! Checkpoints (copying the WAL back into the database file) run on their
+//! own thread and connection, not inside a commit, so a writer never waits
+//! for one.
 
 use super::{FEED_PAGE, Storage, conflict, idempotency_mismatch};
 use crate::model::{
@@ -25,8 +37,17 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most appends committed in one transaction.
 const MAX_BATCH: usize = 512;
-/// Read connections kept open.
-const READERS: usize = 4;
+/// Read connections per core (reads block on I/O now and then).
+const READERS_PER_CORE: usize = 2;
+/// Bytes of the database file each connection memory-maps.
+const MMAP_BYTES: u64 = 1 << 30;
+/// How often the checkpoint thread looks at how much was written.
+const CHECKPOINT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// Appends after which it folds the WAL back into the database (about what
+/// sqlite's default of 1000 WAL pages holds)...
+const CHECKPOINT_APPENDS: u64 = 1000;
+/// ...or after this long with any append at all.
+const CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -62,13 +83,23 @@ CREATE TABLE IF NOT EXISTS idempotency (
 ) WITHOUT ROWID;
 ";
 
-type Job = (AppendRequest, oneshot::Sender<Result<Appended>>);
+/// An append with its JSON columns already serialized.
+struct Job {
+    req: AppendRequest,
+    vals: Option<String>,
+    claims: String,
+    reply: oneshot::Sender<Result<Appended>>,
+}
 
 pub struct SqliteStorage {
     path: PathBuf,
     writer: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Dropping the sender stops the checkpoint thread.
+    checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// One permit per pooled read connection.
+    read_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl SqliteStorage {
@@ -80,22 +111,55 @@ impl SqliteStorage {
                 .map_err(|e| Error::unavailable(format!("sqlite: cannot create {}: {e}", dir.display())))?;
         }
         let conn = Connection::open(&path).map_err(|e| db_error(&e))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
-        )
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; \
+             PRAGMA mmap_size = {MMAP_BYTES}; PRAGMA cache_size = -32768;"
+        ))
         .map_err(|e| db_error(&e))?;
         conn.execute_batch(SCHEMA).map_err(|e| db_error(&e))?;
+        // Checkpoints happen on the checkpoint thread, not in commits.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;").map_err(|e| db_error(&e))?;
+        let checkpoint_conn = Connection::open(&path).map_err(|e| db_error(&e))?;
+        checkpoint_conn
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| db_error(&e))?;
+        let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
+        let appended = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let written = appended.clone();
+        let checkpoint_thread = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                let mut last = std::time::Instant::now();
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_POLL) {
+                    let pending = written.load(std::sync::atomic::Ordering::Relaxed);
+                    if pending < CHECKPOINT_APPENDS && (pending == 0 || last.elapsed() < CHECKPOINT_IDLE) {
+                        continue;
+                    }
+                    written.fetch_sub(pending, std::sync::atomic::Ordering::Relaxed);
+                    last = std::time::Instant::now();
+                    // PASSIVE: copies what it can without blocking the writer
+                    // or readers; the next round does the rest.
+                    if let Err(e) = checkpoint_conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                        tracing::debug!(error = %e, "sqlite checkpoint failed; retrying");
+                    }
+                }
+            })
+            .map_err(Error::internal)?;
 
         let (tx, rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, appended))
             .map_err(Error::internal)?;
         Ok(SqliteStorage {
             path,
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
+            checkpointer: Mutex::new(Some((stop_checkpoints, checkpoint_thread))),
             readers: Arc::new(Mutex::new(Vec::new())),
+            read_permits: Arc::new(tokio::sync::Semaphore::new(
+                READERS_PER_CORE * std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
+            )),
         })
     }
 
@@ -106,20 +170,45 @@ impl SqliteStorage {
     ) -> Result<T> {
         let pool = self.readers.clone();
         let path = self.path.clone();
+        // A permit guarantees a pooled connection (or the right to open one
+        // that is then kept), so the pool never grows past the permits.
+        let permit = self
+            .read_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::unavailable("sqlite: storage is closed"))?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let conn = match pool.lock().unwrap_or_else(|p| p.into_inner()).pop() {
                 Some(c) => c,
                 None => open_reader(&path)?,
             };
             let out = f(&conn).map_err(|e| db_error(&e));
-            let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.len() < READERS {
-                pool.push(conn);
-            }
+            pool.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
             out
         })
         .await
         .map_err(Error::internal)?
+    }
+
+    /// `read` for point lookups: runs on the calling task when a connection
+    /// is free right now, else waits its turn like `read`.
+    async fn read_point<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let Ok(_permit) = self.read_permits.try_acquire() else {
+            return self.read(f).await;
+        };
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_reader(&self.path)?,
+        };
+        let out = f(&conn).map_err(|e| db_error(&e));
+        self.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        out
     }
 }
 
@@ -130,6 +219,9 @@ fn open_reader(path: &Path) -> Result<Connection> {
     )
     .map_err(|e| db_error(&e))?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| db_error(&e))?;
+    conn.execute_batch(&format!("PRAGMA mmap_size = {MMAP_BYTES}; PRAGMA cache_size = -16384;"))
+        .map_err(|e| db_error(&e))?;
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
@@ -137,7 +229,7 @@ fn db_error(e: &rusqlite::Error) -> Error {
     Error::unavailable(format!("sqlite: {e}"))
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
+fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>, appended: Arc<std::sync::atomic::AtomicU64>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(job) = rx.blocking_recv() {
         batch.push(job);
@@ -147,9 +239,10 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
                 Err(_) => break,
             }
         }
-        let results = commit_batch(&mut conn, batch.iter().map(|(req, _)| req));
-        for ((_, reply), result) in batch.drain(..).zip(results) {
-            let _ = reply.send(result);
+        let results = commit_batch(&mut conn, &batch);
+        appended.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for (job, result) in batch.drain(..).zip(results) {
+            let _ = job.reply.send(result);
         }
     }
     // Every sender is gone: shutdown. Fold the WAL back into the main file so
@@ -161,21 +254,33 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
 
 /// Runs a batch of appends in one transaction; returns one result each. If
 /// the commit itself fails, every append of the batch fails.
-fn commit_batch<'a>(conn: &mut Connection, reqs: impl ExactSizeIterator<Item = &'a AppendRequest>) -> Vec<Result<Appended>> {
-    let n = reqs.len();
+fn commit_batch(conn: &mut Connection, jobs: &[Job]) -> Vec<Result<Appended>> {
+    let n = jobs.len();
     let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => return (0..n).map(|_| Err(db_error(&e))).collect(),
     };
     let mut results = Vec::with_capacity(n);
-    for req in reqs {
-        let result = (|| {
-            let sp = tx.savepoint().map_err(|e| db_error(&e))?;
-            let out = append_one(&sp, req)?;
-            sp.commit().map_err(|e| db_error(&e))?;
-            Ok(out)
-        })();
-        results.push(result);
+    if let [job] = jobs {
+        // Alone in its transaction: no savepoint needed; a failure rolls
+        // the whole (one-append) transaction back.
+        match append_one(&tx, job) {
+            Ok(out) => results.push(Ok(out)),
+            Err(e) => {
+                drop(tx);
+                return vec![Err(e)];
+            }
+        }
+    } else {
+        for job in jobs {
+            let result = (|| {
+                let sp = tx.savepoint().map_err(|e| db_error(&e))?;
+                let out = append_one(&sp, job)?;
+                sp.commit().map_err(|e| db_error(&e))?;
+                Ok(out)
+            })();
+            results.push(result);
+        }
     }
     if let Err(e) = tx.commit() {
         let err = db_error(&e);
@@ -184,20 +289,21 @@ fn commit_batch<'a>(conn: &mut Connection, reqs: impl ExactSizeIterator<Item = &
     results
 }
 
-fn append_one(tx: &Connection, req: &AppendRequest) -> Result<Appended> {
+fn append_one(tx: &Connection, job: &Job) -> Result<Appended> {
+    let req = &job.req;
     let e = |e: rusqlite::Error| db_error(&e);
     if let Some(idem) = &req.idempotency {
         let found: Option<(String, i64)> = tx
-            .query_row(
-                "SELECT fingerprint, event_seq FROM idempotency WHERE key = ?1",
-                [&idem.key],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached("SELECT fingerprint, event_seq FROM idempotency WHERE key = ?1")
+            .map_err(e)?
+            .query_row([&idem.key], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
             .map_err(e)?;
         if let Some((fingerprint, seq)) = found {
             let first = tx
-                .query_row(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"), [seq], event_from_row)
+                .prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"))
+                .map_err(e)?
+                .query_row([seq], event_from_row)
                 .map_err(e)?;
             if first.time >= idem.not_before {
                 if fingerprint != idem.fingerprint {
@@ -212,11 +318,9 @@ fn append_one(tx: &Connection, req: &AppendRequest) -> Result<Appended> {
     }
     let r = &req.record;
     let row: Option<(u64, bool)> = tx
-        .query_row(
-            "SELECT version, vals IS NOT NULL FROM states WHERE domain = ?1 AND type = ?2 AND key = ?3",
-            params![r.domain, r.ty, r.key],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
+        .prepare_cached("SELECT version, vals IS NOT NULL FROM states WHERE domain = ?1 AND type = ?2 AND key = ?3")
+        .map_err(e)?
+        .query_row(params![r.domain, r.ty, r.key], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()
         .map_err(e)?;
     let current = row.filter(|(_, live)| *live).map(|(v, _)| v);
@@ -227,30 +331,27 @@ fn append_one(tx: &Connection, req: &AppendRequest) -> Result<Appended> {
         return Err(Error::NotFound(format!("state {r}")));
     }
     let version = row.map_or(0, |(v, _)| v) + 1;
-    let vals = match &req.change {
-        Change::Put(v) => Some(serde_json::to_string(v).map_err(Error::internal)?),
-        Change::Delete => None,
-    };
-    let claims = serde_json::to_string(&req.claims).map_err(Error::internal)?;
-    tx.execute(
+    let (vals, claims) = (&job.vals, &job.claims);
+    tx.prepare_cached(
         "INSERT INTO events (id, domain, type, key, version, kind, method, time, vals, claims)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![req.id, r.domain, r.ty, r.key, version, req.kind.as_str(), req.method, req.time, vals, claims],
     )
+    .map_err(e)?
+    .execute(params![req.id, r.domain, r.ty, r.key, version, req.kind.as_str(), req.method, req.time, vals, claims])
     .map_err(e)?;
     let seq = tx.last_insert_rowid() as u64;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO states (domain, type, key, version, vals) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (domain, type, key) DO UPDATE SET version = excluded.version, vals = excluded.vals",
-        params![r.domain, r.ty, r.key, version, vals],
     )
+    .map_err(e)?
+    .execute(params![r.domain, r.ty, r.key, version, vals])
     .map_err(e)?;
     if let Some(idem) = &req.idempotency {
-        tx.execute(
-            "INSERT OR REPLACE INTO idempotency (key, fingerprint, event_seq) VALUES (?1, ?2, ?3)",
-            params![idem.key, idem.fingerprint, seq],
-        )
-        .map_err(e)?;
+        tx.prepare_cached("INSERT OR REPLACE INTO idempotency (key, fingerprint, event_seq) VALUES (?1, ?2, ?3)")
+            .map_err(e)?
+            .execute(params![idem.key, idem.fingerprint, seq])
+            .map_err(e)?;
     }
     Ok(Appended {
         event: Event {
@@ -380,20 +481,27 @@ impl Storage for SqliteStorage {
     }
 
     async fn append(&self, req: AppendRequest) -> Result<Appended> {
+        // Serialized here, in parallel on the callers' tasks, so the one
+        // writer thread only runs SQL.
+        let vals = match &req.change {
+            Change::Put(v) => Some(serde_json::to_string(v).map_err(Error::internal)?),
+            Change::Delete => None,
+        };
+        let claims = serde_json::to_string(&req.claims).map_err(Error::internal)?;
         let (reply, done) = oneshot::channel();
         let sender = self.writer.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(sender) = sender else {
             return Err(Error::unavailable("sqlite: storage is closed"));
         };
         sender
-            .send((req, reply))
+            .send(Job { req, vals, claims, reply })
             .map_err(|_| Error::unavailable("sqlite: writer stopped"))?;
         done.await.map_err(|_| Error::unavailable("sqlite: writer stopped"))?
     }
 
     async fn get(&self, record: &RecordRef) -> Result<Option<State>> {
         let r = record.clone();
-        self.read(move |c| {
+        self.read_point(move |c| {
             c.prepare_cached(
                 "SELECT version, vals FROM states WHERE domain = ?1 AND type = ?2 AND key = ?3 AND vals IS NOT NULL",
             )?
@@ -483,7 +591,7 @@ impl Storage for SqliteStorage {
 
     async fn get_event(&self, id: &str) -> Result<Option<Event>> {
         let id = id.to_owned();
-        self.read(move |c| {
+        self.read_point(move |c| {
             c.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"))?
                 .query_row([id], event_from_row)
                 .optional()
@@ -526,6 +634,16 @@ impl Storage for SqliteStorage {
     }
 
     async fn close(&self) -> Result<()> {
+        // Stop background checkpoints first: the writer's final one must
+        // not find another checkpointer busy.
+        let checkpointer = self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((stop, thread)) = checkpointer {
+            drop(stop);
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .map_err(Error::internal)?
+                .map_err(|_| Error::internal("sqlite checkpoint thread panicked"))?;
+        }
         // Dropping the last sender lets the writer finish its queue, checkpoint
         // and exit; wait for it so the file is complete when we return.
         self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();

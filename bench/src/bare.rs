@@ -1,0 +1,181 @@
+//! The ceiling: a bare tonic server with the stategate services that does no
+//! work beyond the transport. Unary calls answer with a copy of a response
+//! the gateway gave to the same request (same message, same size); `Set`
+//! echoes its request as an event and broadcasts it to every `Stream` of the
+//! same type, so the fan-out ceiling is tonic's own server streaming.
+
+use crate::{Clients, DOMAIN, EVENT_TYPE, Op, RECORD_TYPE, Rng, record_key};
+use anyhow::{Context, Result};
+use futures::{Stream, StreamExt};
+use stategate::proto as pb;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+use tonic::{Request, Response, Status};
+
+#[derive(Default)]
+struct Templates {
+    get: Option<pb::State>,
+    search: Option<pb::StateValues>,
+    events: Option<pb::Events>,
+}
+
+#[derive(Clone)]
+pub struct Bare {
+    templates: Arc<Mutex<Templates>>,
+    tx: broadcast::Sender<pb::Event>,
+}
+
+impl Default for Bare {
+    fn default() -> Self {
+        Bare {
+            templates: Arc::default(),
+            tx: broadcast::channel(16 * 1024).0,
+        }
+    }
+}
+
+impl Bare {
+    pub async fn serve(self) -> Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+            if let Ok(s) = &s {
+                let _ = s.set_nodelay(true);
+            }
+            s
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::state_service_server::StateServiceServer::new(self.clone()))
+                .add_service(pb::event_service_server::EventServiceServer::new(self))
+                .serve_with_incoming(incoming),
+        );
+        Ok(addr)
+    }
+
+    /// Asks the gateway once and keeps its answer as the bare answer.
+    pub async fn learn(&self, op: Op, cl: &mut Clients, rng: &mut Rng) -> Result<()> {
+        match op {
+            Op::Set => {}
+            Op::Get => {
+                let s = cl
+                    .state
+                    .get(pb::StateRef {
+                        domain: DOMAIN.into(),
+                        r#type: RECORD_TYPE.into(),
+                        key: record_key(rng.below(crate::RECORDS.load(std::sync::atomic::Ordering::Relaxed) as usize)),
+                        ..Default::default()
+                    })
+                    .await
+                    .context("template Get")?;
+                self.templates.lock().unwrap().get = Some(s.into_inner());
+            }
+            Op::Search => {
+                let s = cl
+                    .state
+                    .search(pb::SearchStateOpts {
+                        domain: DOMAIN.into(),
+                        r#type: RECORD_TYPE.into(),
+                        query_string: r#"{"group":"g1"}"#.into(),
+                        limit: 10,
+                        ..Default::default()
+                    })
+                    .await
+                    .context("template Search")?;
+                self.templates.lock().unwrap().search = Some(s.into_inner());
+            }
+            Op::EventSearch => {
+                let s = cl
+                    .events
+                    .search(pb::SearchEventOpts {
+                        domain: DOMAIN.into(),
+                        r#type: EVENT_TYPE.into(),
+                        query_string: r#"{"group":"g1"}"#.into(),
+                        limit: 10,
+                        ..Default::default()
+                    })
+                    .await
+                    .context("template event Search")?;
+                self.templates.lock().unwrap().events = Some(s.into_inner());
+            }
+        }
+        Ok(())
+    }
+
+    fn template<T: Clone>(&self, pick: impl FnOnce(&Templates) -> &Option<T>) -> Result<Response<T>, Status> {
+        pick(&self.templates.lock().unwrap())
+            .clone()
+            .map(Response::new)
+            .ok_or_else(|| Status::failed_precondition("no template learned"))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::state_service_server::StateService for Bare {
+    async fn set(&self, request: Request<pb::State>) -> Result<Response<pb::Event>, Status> {
+        let state = request.into_inner();
+        let event = pb::Event {
+            id: "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".into(),
+            claims: Some(Default::default()),
+            time: 1,
+            version: 1,
+            kind: pb::EventKind::Set as i32,
+            method: "/stategate.StateService/Set".into(),
+            sequence: 1,
+            state: Some(state),
+        };
+        let _ = self.tx.send(event.clone());
+        Ok(Response::new(event))
+    }
+
+    async fn get(&self, _: Request<pb::StateRef>) -> Result<Response<pb::State>, Status> {
+        self.template(|t| &t.get)
+    }
+
+    async fn del(&self, _: Request<pb::StateRef>) -> Result<Response<pb::Event>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+
+    async fn search(&self, _: Request<pb::SearchStateOpts>) -> Result<Response<pb::StateValues>, Status> {
+        self.template(|t| &t.search)
+    }
+
+    async fn edit(&self, _: Request<pb::EditRequest>) -> Result<Response<pb::Event>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+
+    async fn revert(&self, _: Request<pb::RevertRequest>) -> Result<Response<pb::Event>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::event_service_server::EventService for Bare {
+    type StreamStream = EventStream;
+
+    async fn stream(&self, request: Request<pb::StreamOpts>) -> Result<Response<EventStream>, Status> {
+        let ty = request.into_inner().r#type;
+        let rx = tokio_stream::wrappers::BroadcastStream::new(self.tx.subscribe());
+        let s = rx.filter_map(move |e| {
+            let out = match e {
+                Ok(e) if e.state.as_ref().is_some_and(|s| s.r#type == ty) => Some(Ok(e)),
+                Ok(_) => None,
+                Err(_) => Some(Err(Status::data_loss("bare stream lagged"))),
+            };
+            futures::future::ready(out)
+        });
+        Ok(Response::new(Box::pin(s)))
+    }
+
+    async fn search(&self, _: Request<pb::SearchEventOpts>) -> Result<Response<pb::Events>, Status> {
+        self.template(|t| &t.events)
+    }
+
+    async fn get(&self, _: Request<pb::EventRef>) -> Result<Response<pb::Event>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+}

@@ -1,0 +1,159 @@
+//! Machine description, console lines and the Markdown report.
+
+use crate::{Args, Row};
+use serde_json::{Value, json};
+use std::fmt::Write;
+use std::path::Path;
+use std::time::Duration;
+
+/// Everything below this line of an existing BENCHMARKS.md is kept when the
+/// file is rewritten (hand-written notes: what was changed, before/after).
+pub const NOTES_MARKER: &str = "<!-- notes: kept across runs -->";
+
+pub fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .map(|kb| format!("{:.1} GiB", kb / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let rustc = std::process::Command::new("rustc")
+        .arg("-V")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let load = std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default();
+    json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": cpu,
+        "memory": mem,
+        "kernel": kernel,
+        "rustc": rustc,
+        "load_average_at_end": load,
+        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+    })
+}
+
+fn f(v: Option<f64>, digits: usize) -> String {
+    v.filter(|x| x.is_finite()).map_or_else(|| "–".into(), |x| format!("{x:.digits$}"))
+}
+
+pub fn line(r: &Row) -> String {
+    format!(
+        "{:<14} n={:<5} {:>9} ops/s p50 {:>7} ms p99 {:>7} ms | ceiling {:>9} ops/s | ratio {} {} rss {} MiB{}",
+        r.scenario,
+        r.clients.map_or("-".into(), |c| c.to_string()),
+        f(r.ops_per_sec, 0),
+        f(r.p50_ms, 2),
+        f(r.p99_ms, 2),
+        f(r.ceiling_ops_per_sec, 0),
+        f(r.ratio, 2),
+        r.meets_target.map_or("", |m| if m { "(target met)" } else { "(BELOW TARGET)" }),
+        f(r.rss_delta_mib.or(r.peak_rss_mib), 1),
+        if r.errors > 0 { format!(" errors={}", r.errors) } else { String::new() },
+    )
+}
+
+pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)], seeding: &[String], args: &Args, total: Duration) -> String {
+    let mut md = String::new();
+    let m = |k: &str| machine[k].as_str().map(str::to_owned).unwrap_or_else(|| machine[k].to_string());
+    let _ = writeln!(md, "# stategate benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Latest run of `cargo run --release -p stategate-bench -- --out bench/results.json --markdown BENCHMARKS.md` \
+         (see docs/bench.md). Machine: {} cores, {}, {} RAM, Linux {}, {}; build profile {}; whole run {:.0} s; \
+         load average at the end {} (the machine is shared: numbers move by ±15% between runs).\n",
+        m("cores"), m("cpu"), m("memory"), m("kernel"), m("rustc"), m("profile"), total.as_secs_f64(), m("load_average_at_end")
+    );
+    let _ = writeln!(
+        md,
+        "Gateway in-process: embedded sqlite (WAL, synchronous=FULL) in a temp dir under `{}`, `inmem` channel, auth off. \
+         Clients: tonic gRPC over loopback, one connection per client (streams: {} per connection), closed loop, \
+         {:.1} s warm-up + {:.1} s measured per step. **Ceiling**: a bare tonic server with the same services answering \
+         the same request with the same response message (a copy of the gateway's), and a bare server-streaming \
+         broadcast for fan-out; **ratio** = gateway ops/s ÷ ceiling ops/s in the same run.\n",
+        args.data_dir.as_deref().map_or("/dev/shm (tmpfs: fsync is nearly free; pass --data-dir for a disk)".into(), |d| d.display().to_string()),
+        crate::STREAMS_PER_CONNECTION, args.warmup, args.secs
+    );
+    if !seeding.is_empty() {
+        let _ = writeln!(md, "Seeding (directly through the `Storage` API, not over gRPC):");
+        for s in seeding {
+            let _ = writeln!(md, "- {s}");
+        }
+        md.push('\n');
+    }
+    let _ = writeln!(md, "| scenario | clients | ops/s | p50 ms | p99 ms | ceiling ops/s | ceiling p50/p99 ms | ratio | target | peak RSS MiB | anon RSS MiB |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+    for r in rows {
+        if r.scenario == "idle-streams" || r.note == "not available in this build" {
+            continue;
+        }
+        let target = match (&r.target, r.meets_target) {
+            (Some(t), Some(true)) => format!("{t}: met"),
+            (Some(t), Some(false)) => format!("{t}: **not met**"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
+            r.scenario,
+            r.clients.map_or(String::new(), |c| c.to_string()),
+            f(r.ops_per_sec, 0),
+            f(r.p50_ms, 2),
+            f(r.p99_ms, 2),
+            f(r.ceiling_ops_per_sec, 0),
+            f(r.ceiling_p50_ms, 2),
+            f(r.ceiling_p99_ms, 2),
+            f(r.ratio, 2),
+            target,
+            f(r.peak_rss_mib, 0),
+            f(r.anon_rss_mib, 0),
+        );
+    }
+    md.push('\n');
+    for r in rows.iter().filter(|r| r.scenario == "fanout") {
+        let _ = writeln!(md, "- fanout {}: {}", r.clients.unwrap_or(0), r.note);
+    }
+    for r in rows.iter().filter(|r| r.scenario == "idle-streams") {
+        let _ = writeln!(
+            md,
+            "- **idle streams**: {} open idle streams cost the gateway **{} MiB** of heap, RSS grew by {} MiB (target < 50 MiB: {}). {}",
+            r.clients.unwrap_or(0),
+            f(r.server_heap_delta_mib, 1),
+            f(r.rss_delta_mib, 1),
+            if r.meets_target == Some(true) { "met" } else { "**not met**" },
+            r.note
+        );
+    }
+    let _ = writeln!(
+        md,
+        "- peak RSS: VmHWM of the bench process (gateway, clients and bare server together), reset through \
+         /proc/self/clear_refs before each scenario's gateway step; it includes the pages of the database file that \
+         sqlite memory-maps (in tmpfs or the page cache). anon RSS: RssAnon (heap and stacks, no mapped files) right \
+         after the gateway step. Seeded data and earlier scenarios stay resident."
+    );
+    let missing: Vec<_> = rows.iter().filter(|r| r.note == "not available in this build").collect();
+    if !missing.is_empty() {
+        md.push_str("\nNot available in this build (the scenario table in bench/src/main.rs has a row for each; it runs once the feature exists):\n\n");
+        for r in missing {
+            let what = described.iter().find(|d| d.0 == r.scenario).map_or("", |d| d.1);
+            let _ = writeln!(md, "- `{}`: {what}: not available in this build", r.scenario);
+        }
+    }
+    md
+}
+
+/// Writes the report, keeping the notes section of an existing file.
+pub fn write_markdown(path: &Path, md: &str) -> anyhow::Result<()> {
+    let notes = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|old| old.find(NOTES_MARKER).map(|i| old[i..].to_owned()))
+        .unwrap_or_else(|| format!("{NOTES_MARKER}\n"));
+    std::fs::write(path, format!("{md}\n{notes}"))?;
+    Ok(())
+}
