@@ -74,6 +74,18 @@ pub struct Args {
     /// long (e.g. 10m, 90s), RSS sampled every 10 s, slope reported.
     #[arg(long, value_parser = parse_duration)]
     pub soak: Option<Duration>,
+    /// Client counts of the auth (JWT + Rego) scenario.
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    pub auth_clients: Vec<usize>,
+    /// Redis server of the cross-instance scenario (skipped if unreachable).
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    pub redis_addr: String,
+    /// NATS server of the cross-instance scenario (skipped if unreachable).
+    #[arg(long, default_value = "127.0.0.1:4222")]
+    pub nats_addr: String,
+    /// Subscribers (on instance B) of the cross-instance scenarios.
+    #[arg(long, default_value_t = 100)]
+    pub cross_subscribers: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -141,10 +153,10 @@ fn scenarios() -> Vec<Scenario> {
         Scenario { name: "search", what: "StateService/Search over the seeded records, equality filter, limit 10", run: Some(|b| Box::pin(b.unary(Op::Search))) },
         Scenario { name: "event-search", what: "EventService/Search over the seeded events, equality filter, limit 10", run: Some(|b| Box::pin(b.unary(Op::EventSearch))) },
         Scenario { name: "fanout", what: "one writer, N Stream subscribers of its topic", run: Some(|b| Box::pin(b.fanout_all())) },
-        Scenario { name: "auth-jwt-rego", what: "Get/Set with JWT HS256 verification and a Rego request policy, relative to auth off", run: None },
+        Scenario { name: "auth-jwt-rego", what: "Get/Set with JWT HS256 verification and a Rego request policy (examples/policies/read_only_role.rego), relative to auth off", run: Some(|b| Box::pin(b.auth_all())) },
         Scenario { name: "wasm-provider", what: "Get/Set on a wasm storage provider and a wasm policy, relative to native", run: None },
-        Scenario { name: "redis-cross-instance", what: "two gateways on the Redis channel, cross-instance delivery latency", run: None },
-        Scenario { name: "nats-cross-instance", what: "two gateways on the NATS channel, cross-instance delivery latency", run: None },
+        Scenario { name: "redis-cross-instance", what: "two gateways on the Redis channel sharing one storage: writer on A, N Stream subscribers on B, relative to one instance with the inmem channel", run: Some(|b| Box::pin(b.cross_instance("redis"))) },
+        Scenario { name: "nats-cross-instance", what: "two gateways on the NATS channel sharing one storage: writer on A, N Stream subscribers on B, relative to one instance with the inmem channel", run: Some(|b| Box::pin(b.cross_instance("nats"))) },
     ]
 }
 
@@ -189,6 +201,8 @@ pub struct Bench {
     server_rt: tokio::runtime::Runtime,
     gateway: stategate::server::Running,
     gateway_addr: SocketAddr,
+    /// The gateway's config, for the extra gateways of some scenarios.
+    config: Config,
     bare: bare::Bare,
     bare_addr: SocketAddr,
     _data: tempfile::TempDir,
@@ -225,7 +239,7 @@ async fn run(args: Args, server_rt: tokio::runtime::Runtime) -> Result<()> {
     config.data_dir = data.path().to_path_buf();
     config.log_format = "text".into();
     let gateway = server_rt
-        .spawn(stategate::server::start(config))
+        .spawn(stategate::server::start(config.clone()))
         .await?
         .context("starting the gateway")?;
     let gateway_addr = gateway.addr;
@@ -238,6 +252,7 @@ async fn run(args: Args, server_rt: tokio::runtime::Runtime) -> Result<()> {
         server_rt,
         gateway,
         gateway_addr,
+        config,
         bare,
         bare_addr,
         _data: data,
@@ -262,7 +277,7 @@ async fn run(args: Args, server_rt: tokio::runtime::Runtime) -> Result<()> {
         if !wanted(s.name) {
             continue;
         }
-        if !seeded && matches!(s.name, "get" | "search" | "event-search") {
+        if !seeded && matches!(s.name, "get" | "search" | "event-search" | "auth-jwt-rego") {
             bench.seed().await?;
             seeded = true;
         }
@@ -422,6 +437,8 @@ async fn connect(addr: SocketAddr) -> Result<Channel> {
 struct Clients {
     state: StateServiceClient<Channel>,
     events: EventServiceClient<Channel>,
+    /// `authorization` header value sent with every call, if any.
+    auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Clients {
@@ -429,16 +446,33 @@ impl Clients {
         Clients {
             state: StateServiceClient::new(ch.clone()).max_decoding_message_size(64 << 20),
             events: EventServiceClient::new(ch).max_decoding_message_size(64 << 20),
+            auth: None,
         }
+    }
+    fn with_token(mut self, token: Option<&str>) -> Self {
+        self.auth = token.map(|t| format!("Bearer {t}").parse().expect("a token is ASCII"));
+        self
+    }
+    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(a) = &self.auth {
+            r.metadata_mut().insert("authorization", a.clone());
+        }
+        r
     }
 }
 
 /// Runs `clients` closed-loop clients (one connection each) for warm-up +
 /// measured time; latencies of the measured part only.
 async fn drive(addr: SocketAddr, clients: usize, warmup: f64, secs: f64, op: Op) -> Result<Measured> {
+    drive_as(addr, clients, warmup, secs, op, None).await
+}
+
+/// [`drive`] with a bearer token on every call.
+async fn drive_as(addr: SocketAddr, clients: usize, warmup: f64, secs: f64, op: Op, token: Option<&str>) -> Result<Measured> {
     let mut conns = Vec::new();
     for _ in 0..clients {
-        conns.push(Clients::new(connect(addr).await?));
+        conns.push(Clients::new(connect(addr).await?).with_token(token));
     }
     let start = Instant::now() + Duration::from_secs_f64(warmup);
     let end = start + Duration::from_secs_f64(secs);
@@ -492,25 +526,27 @@ async fn call(cl: &mut Clients, op: Op, client: usize, i: u64, rng: &mut Rng) ->
     let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
     match op {
         Op::Set => {
+            let r = cl.req(pb::State {
+                domain: DOMAIN.into(),
+                r#type: "set".into(),
+                key: format!("c{client}k{i}"),
+                values: Some(values_1k(i, &[])),
+                ..Default::default()
+            });
             cl.state
-                .set(pb::State {
-                    domain: DOMAIN.into(),
-                    r#type: "set".into(),
-                    key: format!("c{client}k{i}"),
-                    values: Some(values_1k(i, &[])),
-                    ..Default::default()
-                })
+                .set(r)
                 .await
                 .map_err(status)?;
         }
         Op::Get => {
+            let r = cl.req(pb::StateRef {
+                domain: DOMAIN.into(),
+                r#type: RECORD_TYPE.into(),
+                key: record_key(rng.below(RECORDS.load(Ordering::Relaxed) as usize)),
+                ..Default::default()
+            });
             cl.state
-                .get(pb::StateRef {
-                    domain: DOMAIN.into(),
-                    r#type: RECORD_TYPE.into(),
-                    key: record_key(rng.below(RECORDS.load(Ordering::Relaxed) as usize)),
-                    ..Default::default()
-                })
+                .get(r)
                 .await
                 .map_err(status)?;
         }
@@ -660,9 +696,9 @@ impl Bench {
         for &subs in &self.args.subscribers.clone() {
             let rate = (self.args.fanout_deliveries / subs as f64).max(1.0);
             reset_peak();
-            let g = self.fanout(self.gateway_addr, subs, rate).await?;
+            let g = self.fanout(self.gateway_addr, self.gateway_addr, subs, rate).await?;
             let (peak, anon) = (rss_mib().1, anon_rss_mib());
-            let b = self.fanout(self.bare_addr, subs, rate).await?;
+            let b = self.fanout(self.bare_addr, self.bare_addr, subs, rate).await?;
             let target = (subs >= 1000).then_some(50.0);
             rows.push(Row {
                 scenario: "fanout".into(),
@@ -692,9 +728,10 @@ impl Bench {
     /// Opens `subs` streams of one topic, writes at `rate`/s for the
     /// measured time, and measures each delivery's latency from the start of
     /// its write call. `errors` counts events not delivered.
-    async fn fanout(&self, addr: SocketAddr, subs: usize, rate: f64) -> Result<Measured> {
+    /// The writer writes to `addr`, the subscribers read from `sub_addr`.
+    async fn fanout(&self, addr: SocketAddr, sub_addr: SocketAddr, subs: usize, rate: f64) -> Result<Measured> {
         let ty = format!("fan{}", uuid::Uuid::new_v4().simple());
-        let streams = open_streams(addr, subs, &ty).await?;
+        let streams = open_streams(sub_addr, subs, &ty).await?;
         let epoch = self.epoch;
         let delivered = Arc::new(AtomicU64::new(0));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -741,6 +778,10 @@ impl Bench {
             })
             .collect();
 
+        if sub_addr != addr {
+            // Another instance: let its channel subscription settle.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         // The writer: open loop at `rate`, one call in flight at a time at most
         // per tick (a slow write delays the next one, which shows as latency).
         let mut writer = Clients::new(connect(addr).await?);
@@ -791,6 +832,134 @@ impl Bench {
             m.first_error.get_or_insert(format!("{write_errors} writes failed"));
         }
         Ok(m)
+    }
+
+    /// Get and Set with auth on (JWT HS256 + the Rego request policy
+    /// examples/policies/read_only_role.rego: a "reader" token for Get, a
+    /// "writer" token for Set) on a second gateway sharing the first one's
+    /// storage, relative to the first gateway (auth off) in the same run.
+    async fn auth_all(&mut self) -> Result<Vec<Row>> {
+        let dir = tempfile::tempdir()?;
+        let policy = dir.path().join("read_only_role.rego");
+        std::fs::write(&policy, include_str!("../../examples/policies/read_only_role.rego"))?;
+        let secret = format!("bench-{}-{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let mut config = self.config.clone();
+        config.auth_disabled = false;
+        config.jwt_hmac_secret = Some(secret.clone());
+        config.request_policy_path = vec![policy];
+        let storage = self.gateway.gateway.storage().clone();
+        let gw = self
+            .server_rt
+            .spawn(stategate::server::start_with_storage(config, Some(storage)))
+            .await?
+            .context("starting the gateway with auth on")?;
+        let token = |role: &str| -> Result<String> {
+            let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + 3600;
+            let claims = serde_json::json!({"sub": "bench", "roles": [role], "exp": exp});
+            Ok(jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            )?)
+        };
+        let mut rows = Vec::new();
+        for (op, role) in [(Op::Get, "reader"), (Op::Set, "writer")] {
+            let tok = token(role)?;
+            for &clients in &self.args.auth_clients.clone() {
+                reset_peak();
+                let off = drive(self.gateway_addr, clients, self.args.warmup, self.args.secs, op).await?;
+                let on = drive_as(gw.addr, clients, self.args.warmup, self.args.secs, op, Some(&tok)).await?;
+                let (peak, anon) = (rss_mib().1, anon_rss_mib());
+                let ratio = on.ops_per_sec() / off.ops_per_sec();
+                rows.push(Row {
+                    scenario: format!("auth-{}", op.label()),
+                    clients: Some(clients),
+                    ops_per_sec: Some(on.ops_per_sec()),
+                    p50_ms: Some(on.p(0.5)),
+                    p99_ms: Some(on.p(0.99)),
+                    ceiling_ops_per_sec: Some(off.ops_per_sec()),
+                    ceiling_p50_ms: Some(off.p(0.5)),
+                    ceiling_p99_ms: Some(off.p(0.99)),
+                    ratio: Some(ratio),
+                    target: Some("ratio >= 0.8".into()),
+                    meets_target: Some(ratio >= 0.8 && on.errors == 0),
+                    peak_rss_mib: Some(peak),
+                    anon_rss_mib: Some(anon),
+                    errors: on.errors + off.errors,
+                    note: format!(
+                        "\"ceiling\" = the same calls on the gateway with auth off (same storage, same run); HS256 token with roles [{role}], \
+                         request policy read_only_role.rego{}",
+                        on.first_error.or(off.first_error).map(|e| format!("; first error: {e}")).unwrap_or_default()
+                    ),
+                    ..Row::default()
+                });
+            }
+        }
+        self.server_rt.spawn(gw.shutdown()).await?;
+        Ok(rows)
+    }
+
+    /// Two more gateways (A and B) on the `channel` (redis or nats) sharing
+    /// the first gateway's storage (one `DynStorage` in this process): one
+    /// writer on A, N subscribers on B; compared with the same load on the
+    /// first gateway alone (inmem channel).
+    async fn cross_instance(&mut self, channel: &'static str) -> Result<Vec<Row>> {
+        let name = format!("{channel}-cross-instance");
+        let subs = self.args.cross_subscribers;
+        let addr = if channel == "redis" { self.args.redis_addr.clone() } else { self.args.nats_addr.clone() };
+        let skipped = |why: String| {
+            eprintln!("   {name}: skipped: {why}");
+            Ok(vec![Row { scenario: name.clone(), clients: Some(subs), note: format!("skipped: {why}"), ..Row::default() }])
+        };
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(&addr))
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out"))
+            .and_then(|r| r.map_err(anyhow::Error::from))
+        {
+            return skipped(format!("{channel} at {addr} not reachable: {e}"));
+        }
+        let prefix = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let mut config = self.config.clone();
+        config.channel_provider = Some(serde_json::json!({"name": channel, "addr": addr, "prefix": prefix}).to_string());
+        let storage = self.gateway.gateway.storage().clone();
+        let mut started = Vec::new();
+        for _ in 0..2 {
+            let start = stategate::server::start_with_storage(config.clone(), Some(storage.clone()));
+            match self.server_rt.spawn(tokio::time::timeout(Duration::from_secs(10), start)).await? {
+                Ok(Ok(g)) => started.push(g),
+                Ok(Err(e)) => return skipped(format!("starting a gateway on {channel} at {addr}: {e:#}")),
+                Err(_) => return skipped(format!("starting a gateway on {channel} at {addr} timed out")),
+            }
+        }
+        let rate = (self.args.fanout_deliveries / subs as f64).max(1.0);
+        reset_peak();
+        let x = self.fanout(started[0].addr, started[1].addr, subs, rate).await?;
+        let (peak, anon) = (rss_mib().1, anon_rss_mib());
+        let one = self.fanout(self.gateway_addr, self.gateway_addr, subs, rate).await?;
+        for g in started {
+            self.server_rt.spawn(g.shutdown()).await?;
+        }
+        Ok(vec![Row {
+            scenario: name,
+            clients: Some(subs),
+            ops_per_sec: Some(x.ops_per_sec()),
+            p50_ms: Some(x.p(0.5)),
+            p99_ms: Some(x.p(0.99)),
+            ceiling_ops_per_sec: Some(one.ops_per_sec()),
+            ceiling_p50_ms: Some(one.p(0.5)),
+            ceiling_p99_ms: Some(one.p(0.99)),
+            ratio: Some(x.ops_per_sec() / one.ops_per_sec()),
+            peak_rss_mib: Some(peak),
+            anon_rss_mib: Some(anon),
+            errors: x.errors,
+            note: format!(
+                "{rate:.0} writes/s on instance A x {subs} subscribers on instance B ({channel} at {addr}, prefix {prefix}; A and B share one \
+                 sqlite storage in this process); ops/s = delivered events/s; latency = write call start on A to delivery from B; \
+                 \"ceiling\" = the same load on one instance with the inmem channel{}",
+                x.first_error.map(|e| format!("; {e}")).unwrap_or_default()
+            ),
+            ..Row::default()
+        }])
     }
 
     /// RSS growth of holding N idle streams open, on the gateway and (for

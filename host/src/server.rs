@@ -50,6 +50,13 @@ impl Running {
 
 /// Opens providers, binds both ports and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    start_with_storage(config, None).await
+}
+
+/// Like [`start`], but with a storage the caller already opened (several
+/// gateways in one process sharing one storage, e.g. the benchmarks); the
+/// caller closes it, the gateway's shutdown does not.
+pub async fn start_with_storage(config: Config, shared: Option<storage::DynStorage>) -> anyhow::Result<Running> {
     config.validate()?;
     let storage_spec = config
         .storage_provider
@@ -63,9 +70,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .transpose()?;
     let metrics = Arc::new(Metrics::new());
     let auth = crate::auth::stack::build(&config, metrics.clone()).await?;
-    let storage = storage::open(storage_spec.as_ref(), &config.data_dir)
-        .await
-        .map_err(|e| ConfigError::new("STATEGATE_STORAGE_PROVIDER", e.to_string()))?;
+    let owns_storage = shared.is_none();
+    let storage = match shared {
+        Some(s) => s,
+        None => storage::open(storage_spec.as_ref(), &config.data_dir)
+            .await
+            .map_err(|e| ConfigError::new("STATEGATE_STORAGE_PROVIDER", e.to_string()))?,
+    };
     let channel = channel::open(channel_spec.as_ref())
         .await
         .map_err(|e| ConfigError::new("STATEGATE_CHANNEL_PROVIDER", e.to_string()))?;
@@ -138,7 +149,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         gw.shutdown();
         let _ = api_task.await;
         let _ = ops_task.await;
-        if let Err(e) = storage.close().await {
+        if owns_storage && let Err(e) = storage.close().await {
             tracing::error!(error = %e, "closing storage failed");
         }
         tracing::info!("stopped");
