@@ -77,6 +77,11 @@ pub struct Args {
     /// Client counts of the auth (JWT + Rego) scenario.
     #[arg(long, value_delimiter = ',', default_value = "16,64")]
     pub auth_clients: Vec<usize>,
+    /// What the second gateway of the auth scenario checks: `jwt-rego` (the
+    /// scenario), `jwt` (token only, no policy) or `none` (auth off: a
+    /// control for the cost of a second gateway on the same storage).
+    #[arg(long, default_value = "jwt-rego", value_parser = ["jwt-rego", "jwt", "none"])]
+    pub auth_mode: String,
     /// Redis server of the cross-instance scenario (skipped if unreachable).
     #[arg(long, default_value = "127.0.0.1:6379")]
     pub redis_addr: String,
@@ -844,9 +849,11 @@ impl Bench {
         std::fs::write(&policy, include_str!("../../examples/policies/read_only_role.rego"))?;
         let secret = format!("bench-{}-{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
         let mut config = self.config.clone();
-        config.auth_disabled = false;
+        config.auth_disabled = self.args.auth_mode == "none";
         config.jwt_hmac_secret = Some(secret.clone());
-        config.request_policy_path = vec![policy];
+        if self.args.auth_mode == "jwt-rego" {
+            config.request_policy_path = vec![policy];
+        }
         let storage = self.gateway.gateway.storage().clone();
         let gw = self
             .server_rt
