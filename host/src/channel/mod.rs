@@ -10,6 +10,7 @@
 //!   error), so the hub knows to catch up from storage.
 
 pub mod memory;
+pub mod wasm;
 
 use crate::model::{Error, Event, Result, Topic};
 use async_trait::async_trait;
@@ -42,9 +43,10 @@ pub async fn open(spec: Option<&serde_json::Map<String, serde_json::Value>>) -> 
     let name = spec.and_then(|s| s.get("name")).and_then(|n| n.as_str()).unwrap_or("inmem");
     match name {
         "inmem" | "memory" => Ok(Arc::new(memory::MemoryChannel::new())),
+        "wasm" => Ok(Arc::new(wasm::WasmChannel::open(spec.expect("a named provider has a spec")).await?)),
         other => Err(Error::invalid(
             "name",
-            format!("unknown channel provider {other:?}; known: inmem (memory)"),
+            format!("unknown channel provider {other:?}; known: inmem (memory), wasm"),
         )),
     }
 }

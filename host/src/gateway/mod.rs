@@ -88,6 +88,8 @@ pub struct Gateway {
     limits: Limits,
     admission: Admission,
     shutdown: CancellationToken,
+    /// Per-tenant wasm policy hooks, run after the Rego policies.
+    hooks: Option<Arc<crate::wasm::hooks::PolicyHooks>>,
 }
 
 /// An admitted call: who made it and what they asked, for the response
@@ -120,7 +122,13 @@ impl Gateway {
             metrics,
             limits,
             shutdown: CancellationToken::new(),
+            hooks: None,
         }
+    }
+
+    pub fn with_policy_hooks(mut self, hooks: Option<Arc<crate::wasm::hooks::PolicyHooks>>) -> Self {
+        self.hooks = hooks;
+        self
     }
 
     pub fn storage(&self) -> &DynStorage {
@@ -163,6 +171,11 @@ impl Gateway {
         self.auth.authorize_request(&input).await.inspect_err(|_| {
             self.metrics.policy_denials.with_label_values(&["request", method]).inc();
         })?;
+        if let Some(hooks) = &self.hooks {
+            hooks.authorize_request(&input).await.inspect_err(|_| {
+                self.metrics.policy_denials.with_label_values(&["request_hook", method]).inc();
+            })?;
+        }
         Ok(Caller { input })
     }
 
@@ -172,13 +185,28 @@ impl Gateway {
     async fn release<T>(&self, caller: Caller, out: T, to_json: fn(&T) -> Value, from_json: fn(&Value) -> Result<T>) -> Result<T> {
         let mut input = caller.input;
         input.response = Some(to_json(&out));
-        match self.auth.authorize_response(&input).await {
-            Ok(None) => Ok(out),
-            Ok(Some(redacted)) => from_json(&redacted),
+        let mut redacted = match self.auth.authorize_response(&input).await {
+            Ok(r) => r,
             Err(e) => {
                 self.metrics.policy_denials.with_label_values(&["response", &input.method]).inc();
-                Err(e)
+                return Err(e);
             }
+        };
+        if let Some(hooks) = &self.hooks {
+            if let Some(r) = &redacted {
+                input.response = Some(r.clone());
+            }
+            match hooks.authorize_response(&input).await {
+                Ok(r) => redacted = r.or(redacted),
+                Err(e) => {
+                    self.metrics.policy_denials.with_label_values(&["response_hook", &input.method]).inc();
+                    return Err(e);
+                }
+            }
+        }
+        match redacted {
+            None => Ok(out),
+            Some(redacted) => from_json(&redacted),
         }
     }
 

@@ -16,6 +16,7 @@
 
 pub mod memory;
 pub mod sqlite;
+pub mod wasm;
 
 use crate::model::{Appended, AppendRequest, Error, Expect, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery};
 use async_trait::async_trait;
@@ -73,9 +74,10 @@ pub async fn open(spec: Option<&serde_json::Map<String, serde_json::Value>>, dat
             Ok(Arc::new(sqlite::SqliteStorage::open(path)?))
         }
         "inmem" | "memory" => Ok(Arc::new(memory::MemoryStorage::new())),
+        "wasm" => Ok(Arc::new(wasm::WasmStorage::open(spec.expect("a named provider has a spec")).await?)),
         other => Err(Error::invalid(
             "name",
-            format!("unknown storage provider {other:?}; known: sqlite, inmem (memory)"),
+            format!("unknown storage provider {other:?}; known: sqlite, inmem (memory), wasm"),
         )),
     }
 }
