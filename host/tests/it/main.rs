@@ -22,3 +22,5 @@ mod crash;
 mod openapi;
 mod properties;
 mod limits;
+mod wasm_support;
+mod wasm_providers;
