@@ -546,6 +546,9 @@ impl<P: World> Guest<P> {
         }
         let allowed = self.allowed_net.clone();
         let flag = denied.clone();
+        // TCP stays "allowed" so every attempt reaches the address check,
+        // which refuses what is not granted and records it.
+        b.allow_tcp(true);
         b.allow_ip_name_lookup(!allowed.is_empty());
         b.socket_addr_check(move |addr, use_| {
             let ok = match use_ {

@@ -24,3 +24,4 @@ mod properties;
 mod limits;
 mod wasm_support;
 mod wasm_providers;
+mod wasm_sandbox;
