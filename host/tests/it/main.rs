@@ -25,3 +25,4 @@ mod limits;
 mod wasm_support;
 mod wasm_providers;
 mod wasm_sandbox;
+mod wasm_policies;
