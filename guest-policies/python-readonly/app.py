@@ -1,7 +1,7 @@
 """A policy hook in Python (componentize-py): makes a tenant read-only.
 
 Writes (Set, Edit, Del, Revert) are denied unless the token's `role` claim
-is in config `writers` (comma-separated, default "admin"); reads pass, and
+is in config `writers` (comma-separated, default "admin"; "*" = anyone); reads pass, and
 responses are returned unchanged except the fields in config `hide`.
 """
 
@@ -27,7 +27,7 @@ class Policy(exports.Policy):
             return Decision_Allow()
         writers = (host.config("writers") or "admin").split(",")
         role = (doc.get("claims") or {}).get("role")
-        if role in writers:
+        if "*" in writers or role in writers:
             return Decision_Allow()
         return Decision_Deny(f"domain {doc.get('body', {}).get('domain')!r} is read-only (python policy)")
 

@@ -8,8 +8,8 @@
 //! - a directory: `<domain>.wasm` serves that domain, `_default.wasm` every
 //!   other one; files may be added, replaced or removed while running.
 //!
-//! Each call runs on a fresh instance, so nothing leaks between calls or
-//! tenants. A hook that traps, times out, exceeds its memory or uses a
+//! Each hook runs in instances of its own (a few warm ones are reused for
+//! speed; one that failed is discarded), so nothing leaks between tenants. A hook that traps, times out, exceeds its memory or uses a
 //! capability it was not granted fails only that call.
 
 use super::bindings::policy::PolicyHookPre;
@@ -122,7 +122,7 @@ impl PolicyHooks {
         };
         let doc = serde_json::to_string(input).map_err(Error::internal)?;
         let decision = guest
-            .call_fresh("authorize-request", move |store, hook| {
+            .call_pooled("authorize-request", move |store, hook| {
                 hook.stategate_gateway_policy().call_authorize_request(store, &doc)
             })
             .await?;
@@ -140,7 +140,7 @@ impl PolicyHooks {
         };
         let doc = serde_json::to_string(input).map_err(Error::internal)?;
         let decision = guest
-            .call_fresh("authorize-response", move |store, hook| {
+            .call_pooled("authorize-response", move |store, hook| {
                 hook.stategate_gateway_policy().call_authorize_response(store, &doc)
             })
             .await?;

@@ -366,7 +366,12 @@ pub struct Guest<P: World> {
     stamp: Mutex<(Option<SystemTime>, u64)>,
     last_error: Mutex<Option<String>>,
     generations: AtomicU64,
+    /// Warm instances for `call_pooled`, with the generation they run.
+    idle: Mutex<Vec<Live<P>>>,
 }
+
+/// Warm instances kept per guest.
+const IDLE_INSTANCES: usize = 4;
 
 fn stamp(path: &Path) -> (Option<SystemTime>, u64) {
     match std::fs::metadata(path) {
@@ -448,6 +453,7 @@ impl<P: World> Guest<P> {
             stamp: Mutex::new(st),
             last_error: Mutex::new(None),
             generations: AtomicU64::new(1),
+            idle: Mutex::new(Vec::new()),
         });
         let interval = settings().reload_interval;
         if !interval.is_zero() {
@@ -632,6 +638,56 @@ impl<P: World> Guest<P> {
             let started = Instant::now();
             let r = loaded.pre.instantiate(&mut store).and_then(|inst| f(&mut store, &inst));
             guest.finish(op, &store, started, r)
+        })
+        .await
+    }
+}
+
+impl<P: World> Guest<P> {
+    /// Like `call_fresh`, but reuses a warm instance of the current version
+    /// when one is idle (policy hooks: one guest serves one tenant, so what
+    /// a guest keeps between calls stays within that tenant). An instance
+    /// that failed is dropped, never reused.
+    pub async fn call_pooled<T: Send + 'static>(
+        self: &Arc<Self>,
+        op: &'static str,
+        f: impl FnOnce(&mut Store<Ctx>, &P::Instance) -> wasmtime::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let guest = self.clone();
+        blocking(&self.spec.name, move || {
+            let current = guest.current();
+            let warm = {
+                let mut idle = guest.idle.lock().unwrap();
+                idle.retain(|l| l.generation == current.generation);
+                idle.pop()
+            };
+            let mut live = match warm {
+                Some(l) => l,
+                None => {
+                    let mut store = guest.new_store()?;
+                    guest.arm(&mut store);
+                    let started = Instant::now();
+                    let r = current.pre.instantiate(&mut store);
+                    let instance = guest.finish("instantiate", &store, started, r)?;
+                    Live {
+                        store,
+                        instance,
+                        generation: current.generation,
+                    }
+                }
+            };
+            guest.arm(&mut live.store);
+            let started = Instant::now();
+            let r = f(&mut live.store, &live.instance);
+            let ok = r.is_ok();
+            let out = guest.finish(op, &live.store, started, r);
+            if ok && out.is_ok() {
+                let mut idle = guest.idle.lock().unwrap();
+                if idle.len() < IDLE_INSTANCES {
+                    idle.push(live);
+                }
+            }
+            out
         })
         .await
     }
