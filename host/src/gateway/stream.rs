@@ -228,7 +228,16 @@ impl StreamTask {
         let mut input = self.input.clone();
         input.body = body.clone();
         input.response = Some(body);
-        let event = match self.gateway.auth.authorize_response(&input).await {
+        let mut outcome = self.gateway.auth.authorize_response(&input).await;
+        if let (Some(hooks), Ok(prior)) = (&self.gateway.hooks, &outcome) {
+            // The tenant's wasm hook runs after the Rego policies.
+            let prior = prior.clone();
+            if let Some(r) = &prior {
+                input.response = Some(r.clone());
+            }
+            outcome = hooks.authorize_response(&input).await.map(|r| r.or(prior));
+        }
+        let event = match outcome {
             Ok(None) => Event::clone(&event),
             Ok(Some(redacted)) => json::parse_event(&redacted).map_err(Stop::Failed)?,
             Err(Error::PermissionDenied(reason)) => {

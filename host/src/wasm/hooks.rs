@@ -160,7 +160,10 @@ impl PolicyHooks {
 /// The tenant of a call: the request's `domain` (none for calls without one,
 /// which the default hook serves).
 fn domain_of(input: &PolicyInput) -> Option<&str> {
-    input.body.get("domain").and_then(Value::as_str).filter(|d| !d.is_empty())
+    let body = &input.body;
+    // On a streamed event the body is the event: its record is under `state`.
+    let d = body.get("domain").or_else(|| body.get("state").and_then(|s| s.get("domain")));
+    d.and_then(Value::as_str).filter(|d| !d.is_empty() && *d != "*")
 }
 
 /// Removes the paths from every object under a `values` key.

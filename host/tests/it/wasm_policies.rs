@@ -153,3 +153,40 @@ async fn hot_reload_while_calling() {
     }
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_apply_to_unary_and_streamed_responses_per_domain() {
+    use futures::StreamExt;
+    let hooks = json!({"d": {"path": guest("redact"), "config": {"fields": "secret,card.number"}}});
+    let gw = TestGateway::start_with(|c| {
+        c.policy_hooks = Some(hooks.to_string());
+        c.wasm_cache_dir = Some(cache_dir());
+    })
+    .await;
+    let mut stream = gw
+        .event_client()
+        .await
+        .stream(StreamOpts { domain: "d".into(), r#type: "t".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut client = gw.state_client().await;
+    let written = client.set(state("k", json!({"a": 1, "secret": "s", "card": {"number": "4111", "exp": "1"}}))).await.unwrap().into_inner();
+    let shown = |s: Option<State>| stategate::api::convert::struct_to_json("values", s.unwrap().values.unwrap()).unwrap();
+    let expected = json!({"a": 1, "card": {"exp": "1"}});
+    assert_eq!(Value::Object(shown(written.state)), expected, "the Set response is redacted");
+    let got = client
+        .get(StateRef { domain: "d".into(), r#type: "t".into(), key: "k".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(Value::Object(shown(Some(got))), expected, "the Get response is redacted");
+    let streamed = tokio::time::timeout(std::time::Duration::from_secs(20), stream.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(Value::Object(shown(streamed.state)), expected, "the streamed event is redacted");
+    // Another domain has no hook: its values come back whole.
+    let mut other = state("k", json!({"secret": "s"}));
+    other.domain = "e".into();
+    let e = client.set(other).await.unwrap().into_inner();
+    assert_eq!(Value::Object(shown(e.state)), json!({"secret": "s"}));
+    gw.stop().await;
+}
