@@ -95,12 +95,8 @@ impl WasmChannel {
 async fn poller(inner: Weak<Inner>, every: Duration) {
     loop {
         let Some(inner) = inner.upgrade() else { return };
-        let got = if inner.tx.receiver_count() == 0 {
-            // Nobody listens: skip ahead cheaply by polling anyway (keeps
-            // the cursor fresh), but no faster than the idle interval.
-            let mut cursor = inner.cursor.lock().await;
-            inner.poll(&mut cursor).await
-        } else {
+        // Polls even when nobody listens, so the cursor stays fresh.
+        let got = {
             let mut cursor = inner.cursor.lock().await;
             inner.poll(&mut cursor).await
         };

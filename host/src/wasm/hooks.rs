@@ -171,11 +171,11 @@ pub fn redact(v: &mut Value, paths: &[Vec<&str>]) {
     match v {
         Value::Object(o) => {
             for (k, child) in o.iter_mut() {
-                if k == "values" {
-                    if let Value::Object(values) = child {
-                        for p in paths {
-                            remove_path(values, p);
-                        }
+                if k == "values"
+                    && let Value::Object(values) = child
+                {
+                    for p in paths {
+                        remove_path(values, p);
                     }
                 }
                 redact(child, paths);
