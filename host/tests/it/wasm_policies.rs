@@ -190,3 +190,47 @@ async fn hooks_apply_to_unary_and_streamed_responses_per_domain() {
     assert_eq!(Value::Object(shown(e.state)), json!({"secret": "s"}));
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_from_a_directory_are_picked_up_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("redact"), dir.path().join("d.wasm")).unwrap();
+    let gw = TestGateway::start_with(|c| {
+        c.policy_hooks = Some(dir.path().display().to_string());
+        c.wasm_cache_dir = Some(cache_dir());
+    })
+    .await;
+    let mut client = gw.state_client().await;
+    let mut write = |domain: &str| {
+        let mut s = state("k", json!({"a": 1, "secret": "s"}));
+        s.domain = domain.into();
+        let mut c = client.clone();
+        async move {
+            let e = c.set(s).await.unwrap().into_inner();
+            stategate::api::convert::struct_to_json("values", e.state.unwrap().values.unwrap()).unwrap()
+        }
+    };
+    assert!(!write("d").await.contains_key("secret"), "d.wasm serves domain d");
+    assert!(write("e").await.contains_key("secret"), "no hook for e yet");
+    std::fs::copy(guest("redact"), dir.path().join("_default.wasm")).unwrap();
+    assert!(!write("e").await.contains_key("secret"), "_default.wasm now serves e");
+    let _ = &mut client;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_hook_configuration_fails_start_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    for (hooks, says) in [
+        (json!({"d": dir.path().join("missing.wasm")}).to_string(), "cannot read"),
+        (json!({"d": guest("fs_storage")}).to_string(), "does not implement world policy-hook"),
+        (json!({"d": {"path": guest("redact"), "grants": {"disk": "/"}}}).to_string(), "unknown grant"),
+        ("/no/such/dir".to_string(), "not a directory"),
+    ] {
+        let mut config = crate::harness::dev_config(dir.path());
+        config.policy_hooks = Some(hooks.clone());
+        config.wasm_cache_dir = Some(cache_dir());
+        let err = stategate::server::start(config).await.err().expect("start fails").to_string();
+        assert!(err.contains("STATEGATE_POLICY_HOOKS") && err.contains(says), "{hooks}: {err}");
+    }
+}
