@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod channel;
+pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod hub;

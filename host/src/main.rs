@@ -1,11 +1,28 @@
-//! The `stategate` binary: parse configuration, start, stop on a signal.
+//! The `stategate` binary: without a subcommand (or with `serve`) parse the
+//! configuration, start, stop on a signal; other subcommands are clients of
+//! a running gateway (`stategate::cli`).
 
 use clap::Parser;
+use stategate::cli::{Cli, Command};
 use stategate::config::Config;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = Config::parse();
+    let cli = Cli::parse();
+    match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(config)) => serve(*config).await,
+        Some(command) => match stategate::cli::run(command).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("stategate: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+async fn serve(config: Config) -> std::process::ExitCode {
     stategate::telemetry::init_logging(config.debug, config.log_format == "json");
     if config.dev {
         tracing::warn!(

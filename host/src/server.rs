@@ -3,7 +3,6 @@
 //! start-up wiring and graceful shutdown.
 
 use crate::api::{self, grpc::GrpcApi};
-use crate::auth::{Auth, NoAuth};
 use crate::config::{Config, ConfigError, provider_spec};
 use crate::gateway::{Gateway, Limits, PEER_HEADER};
 use tower::ServiceExt;
@@ -49,19 +48,6 @@ impl Running {
     }
 }
 
-/// Builds the authentication and policy stack the configuration asks for.
-fn auth(config: &Config) -> anyhow::Result<Arc<dyn Auth>> {
-    if !config.auth_enabled() {
-        return Ok(Arc::new(NoAuth));
-    }
-    Err(ConfigError::new(
-        "STATEGATE_AUTH_DISABLED",
-        "authentication is enabled but no way to verify tokens is configured; \
-         set STATEGATE_AUTH_DISABLED=true or run `stategate --dev` for local development",
-    )
-    .into())
-}
-
 /// Opens providers, binds both ports and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     config.validate()?;
@@ -75,7 +61,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .as_deref()
         .map(|t| provider_spec("STATEGATE_CHANNEL_PROVIDER", t))
         .transpose()?;
-    let auth = auth(&config)?;
+    let metrics = Arc::new(Metrics::new());
+    let auth = crate::auth::stack::build(&config, metrics.clone()).await?;
+    crate::wasm::metrics::register(&metrics.registry);
     crate::wasm::configure(crate::wasm::Settings {
         call_timeout: Duration::from_millis(config.wasm_call_timeout_ms.max(1)),
         memory_bytes: config.wasm_memory_mb.max(1) << 20,
@@ -96,8 +84,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         _ => None,
     };
 
-    let metrics = Arc::new(Metrics::new());
-    crate::wasm::metrics::register(&metrics.registry);
     let hub = Hub::new(
         storage.clone(),
         channel.clone(),

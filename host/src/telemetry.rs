@@ -38,6 +38,8 @@ pub struct Metrics {
     pub stream_catchups: IntCounter,
     pub auth_failures: IntCounterVec,
     pub policy_denials: IntCounterVec,
+    /// Policy file reloads by stage and result (loaded, refused).
+    pub policy_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -82,8 +84,13 @@ impl Metrics {
             )
             .unwrap(),
             policy_denials: IntCounterVec::new(
-                Opts::new("policy_denials_total", "Policy denials by stage and method"),
-                &["stage", "method"],
+                Opts::new("policy_denials_total", "Policy denials by stage, reason and method"),
+                &["stage", "reason", "method"],
+            )
+            .unwrap(),
+            policy_reloads: IntCounterVec::new(
+                Opts::new("policy_reloads_total", "Policy file reloads by stage and result (loaded, refused)"),
+                &["stage", "result"],
             )
             .unwrap(),
             registry,
@@ -102,6 +109,7 @@ impl Metrics {
             Box::new(m.stream_catchups.clone()),
             Box::new(m.auth_failures.clone()),
             Box::new(m.policy_denials.clone()),
+            Box::new(m.policy_reloads.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

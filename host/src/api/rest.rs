@@ -51,7 +51,19 @@ fn respond<T>(result: Result<T>, to_json: impl FnOnce(&T) -> Value) -> Response 
 
 fn error_response(e: &Error) -> Response {
     let code = status::grpc_code(e);
-    (status::http_status(code), axum::Json(status::error_body(e))).into_response()
+    let mut response = (status::http_status(code), axum::Json(status::error_body(e))).into_response();
+    if let Error::Unauthenticated(_) = e {
+        // RFC 6750: a request without a token gets the bare challenge.
+        let challenge = if crate::auth::failure_reason(e) == "missing" {
+            "Bearer"
+        } else {
+            "Bearer error=\"invalid_token\""
+        };
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static(challenge));
+    }
+    response
 }
 
 /// Reads a JSON object body; an empty body is an empty object.

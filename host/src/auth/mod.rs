@@ -6,7 +6,12 @@
 //! policies, once per message on a stream). Policies see the call as OPA
 //! input (`PolicyInput`), exactly as stategate v0.5.0 built it.
 
-use crate::model::{Claims, Result};
+pub mod jwks;
+pub mod jwt;
+pub mod rego;
+pub mod stack;
+
+use crate::model::{Claims, Error, Result};
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
@@ -46,6 +51,32 @@ pub trait Auth: Send + Sync + 'static {
     /// response through unchanged; `Ok(Some(v))` replaces it with `v` (a hook
     /// that redacted fields); `PermissionDenied` withholds it.
     async fn authorize_response(&self, input: &PolicyInput) -> Result<Option<Value>>;
+
+    /// Whether request or response policies look at `body` (and the other
+    /// input). When not, the gateway skips serializing request bodies.
+    fn inspects_bodies(&self) -> bool {
+        true
+    }
+
+    /// Whether `authorize_response` can do anything; when not, the gateway
+    /// skips it and the JSON form of every response.
+    fn inspects_responses(&self) -> bool {
+        self.inspects_bodies()
+    }
+}
+
+/// The `reason` label of `auth_failures_total` for a refused credential.
+pub fn failure_reason(e: &Error) -> &'static str {
+    jwt::Reason::of(e).map(jwt::Reason::label).unwrap_or_else(|| e.kind())
+}
+
+/// The `reason` label of `policy_denials_total` for a refusal.
+pub fn denial_reason(e: &Error) -> &'static str {
+    match e {
+        Error::PermissionDenied(m) if m.contains("could not be evaluated") => "evaluation_error",
+        Error::PermissionDenied(_) => "denied",
+        other => other.kind(),
+    }
 }
 
 /// Auth disabled (`STATEGATE_AUTH_DISABLED`, `--dev`): no claims, no policies.
@@ -63,5 +94,9 @@ impl Auth for NoAuth {
 
     async fn authorize_response(&self, _input: &PolicyInput) -> Result<Option<Value>> {
         Ok(None)
+    }
+
+    fn inspects_bodies(&self) -> bool {
+        false
     }
 }

@@ -10,6 +10,8 @@
 //!   error), so the hub knows to catch up from storage.
 
 pub mod memory;
+pub mod nats;
+pub mod redis;
 pub mod wasm;
 
 use crate::model::{Error, Event, Result, Topic};
@@ -43,10 +45,73 @@ pub async fn open(spec: Option<&serde_json::Map<String, serde_json::Value>>) -> 
     let name = spec.and_then(|s| s.get("name")).and_then(|n| n.as_str()).unwrap_or("inmem");
     match name {
         "inmem" | "memory" => Ok(Arc::new(memory::MemoryChannel::new())),
+        "redis" => Ok(Arc::new(redis::RedisChannel::open(&redis::RedisConfig::from_spec(spec)?).await?)),
+        "nats" => Ok(Arc::new(nats::NatsChannel::open(&nats::NatsConfig::from_spec(spec)?).await?)),
         "wasm" => Ok(Arc::new(wasm::WasmChannel::open(spec.expect("a named provider has a spec")).await?)),
         other => Err(Error::invalid(
             "name",
-            format!("unknown channel provider {other:?}; known: inmem (memory), wasm"),
+            format!("unknown channel provider {other:?}; known: inmem (memory), redis, nats, wasm"),
         )),
+    }
+}
+
+/// The bytes of an event on a broker: its proto3 JSON form (`model::json`).
+pub fn encode_event(event: &Event) -> Vec<u8> {
+    serde_json::to_vec(&crate::model::json::event(event)).unwrap_or_default()
+}
+
+pub fn decode_event(bytes: &[u8]) -> Result<Event> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::internal(format!("a broker message is not an event: {e}")))?;
+    crate::model::json::parse_event(&value)
+}
+
+/// Escapes a domain or type into a broker name token that holds only
+/// `[A-Za-z0-9_-]` and `%XX` escapes: no separator (`.`, `:`), wildcard
+/// (`*`, `>`, `?`, `[`) or white space of any broker syntax survives, and
+/// distinct names stay distinct.
+pub fn escape_token(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A string option of a provider object, `None` when absent.
+fn option<'a>(spec: Option<&'a serde_json::Map<String, serde_json::Value>>, key: &str) -> Result<Option<&'a str>> {
+    match spec.and_then(|s| s.get(key)) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(Error::invalid(key, format!("must be a string, got {other}"))),
+    }
+}
+
+fn flag(spec: Option<&serde_json::Map<String, serde_json::Value>>, key: &str) -> Result<bool> {
+    match spec.and_then(|s| s.get(key)) {
+        None | Some(serde_json::Value::Null) => Ok(false),
+        Some(serde_json::Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(Error::invalid(key, format!("must be true or false, got {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_tokens_are_safe_and_distinct() {
+        let names = ["a.b", "a%2Eb", "a*", "a>", "a b", "a:b", "é", "a_b-C9"];
+        let escaped: Vec<String> = names.iter().map(|n| escape_token(n)).collect();
+        for e in &escaped {
+            assert!(e.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-%".contains(&b)), "{e}");
+        }
+        let unique: std::collections::HashSet<_> = escaped.iter().collect();
+        assert_eq!(unique.len(), names.len());
+        assert_eq!(escape_token("a_b-C9"), "a_b-C9");
     }
 }

@@ -156,24 +156,37 @@ impl Gateway {
     /// Authenticates the caller and runs the request policies.
     async fn admit(&self, method: &str, metadata: Metadata, body: &impl Serialize, server_stream: bool) -> Result<Caller> {
         let claims = self.auth.authenticate(&metadata).await.inspect_err(|e| {
-            self.metrics.auth_failures.with_label_values(&[e.kind(), method]).inc();
+            self.metrics
+                .auth_failures
+                .with_label_values(&[crate::auth::failure_reason(e), method])
+                .inc();
         })?;
         self.admission.check_rate(&claims, &metadata)?;
+        // Without policies nothing reads the body: skip serializing it.
+        let body = if self.auth.inspects_bodies() {
+            serde_json::to_value(body).map_err(Error::internal)?
+        } else {
+            Value::Null
+        };
         let input = PolicyInput {
             claims,
             method: method.to_owned(),
             metadata,
-            body: serde_json::to_value(body).map_err(Error::internal)?,
+            body,
             client_stream: false,
             server_stream,
             response: None,
         };
-        self.auth.authorize_request(&input).await.inspect_err(|_| {
-            self.metrics.policy_denials.with_label_values(&["request", method]).inc();
+        self.auth.authorize_request(&input).await.inspect_err(|e| {
+            self.metrics
+                .policy_denials
+                .with_label_values(&["request", crate::auth::denial_reason(e), method])
+                .inc();
         })?;
         if let Some(hooks) = &self.hooks {
-            hooks.authorize_request(&input).await.inspect_err(|_| {
-                self.metrics.policy_denials.with_label_values(&["request_hook", method]).inc();
+            hooks.authorize_request(&input).await.inspect_err(|e| {
+                let reason = crate::auth::denial_reason(e);
+                self.metrics.policy_denials.with_label_values(&["request_hook", reason, method]).inc();
             })?;
         }
         Ok(Caller { input })
@@ -183,12 +196,18 @@ impl Gateway {
     /// request (as in v0.5.0), `response` is the response. A policy may
     /// redact the response, which is then read back from its JSON.
     async fn release<T>(&self, caller: Caller, out: T, to_json: fn(&T) -> Value, from_json: fn(&Value) -> Result<T>) -> Result<T> {
+        if !self.auth.inspects_responses() && self.hooks.is_none() {
+            return Ok(out);
+        }
         let mut input = caller.input;
         input.response = Some(to_json(&out));
         let mut redacted = match self.auth.authorize_response(&input).await {
             Ok(r) => r,
             Err(e) => {
-                self.metrics.policy_denials.with_label_values(&["response", &input.method]).inc();
+                self.metrics
+                    .policy_denials
+                    .with_label_values(&["response", crate::auth::denial_reason(&e), &input.method])
+                    .inc();
                 return Err(e);
             }
         };
@@ -199,7 +218,8 @@ impl Gateway {
             match hooks.authorize_response(&input).await {
                 Ok(r) => redacted = r.or(redacted),
                 Err(e) => {
-                    self.metrics.policy_denials.with_label_values(&["response_hook", &input.method]).inc();
+                    let reason = crate::auth::denial_reason(&e);
+                    self.metrics.policy_denials.with_label_values(&["response_hook", reason, &input.method]).inc();
                     return Err(e);
                 }
             }

@@ -116,6 +116,21 @@ enum Stop {
     Failed(Error),
 }
 
+/// Completes when the caller's token expires (its `exp` claim): a stream
+/// outlives no credential. Never, without one (auth disabled).
+async fn token_expiry(exp: Option<f64>) {
+    match exp {
+        Some(exp) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            tokio::time::sleep(Duration::from_secs_f64((exp - now).clamp(0.0, 1e9))).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
 struct LiveStreamGuard(Arc<Gateway>);
 
 impl Drop for LiveStreamGuard {
@@ -130,9 +145,13 @@ impl StreamTask {
         let _guard = LiveStreamGuard(self.gateway.clone());
         let shutdown = self.gateway.shutdown.clone();
         let tx = self.tx.clone();
+        let expiry = token_expiry(self.input.claims.get("exp").and_then(|v| v.as_f64()));
         let outcome = tokio::select! {
             stop = self.serve(first) => stop,
             _ = tx.closed() => Stop::ClientGone,
+            _ = expiry => Stop::Failed(Error::Unauthenticated(
+                "the token has expired; reconnect with a fresh token to resume".into(),
+            )),
             _ = shutdown.cancelled() => Stop::Failed(Error::unavailable("the gateway is shutting down; reconnect to resume")),
         };
         if let Stop::Failed(e) = outcome {
@@ -224,6 +243,9 @@ impl StreamTask {
         }
         self.seen.put(event.record.clone(), event.version);
 
+        if !self.gateway.auth.inspects_responses() && self.gateway.hooks.is_none() {
+            return self.tx.send(Ok(Event::clone(&event))).await.map_err(|_| Stop::ClientGone);
+        }
         let body = json::event(&event);
         let mut input = self.input.clone();
         input.body = body.clone();
@@ -240,12 +262,13 @@ impl StreamTask {
         let event = match outcome {
             Ok(None) => Event::clone(&event),
             Ok(Some(redacted)) => json::parse_event(&redacted).map_err(Stop::Failed)?,
-            Err(Error::PermissionDenied(reason)) => {
+            Err(e @ Error::PermissionDenied(_)) => {
                 self.gateway
                     .metrics
                     .policy_denials
-                    .with_label_values(&["response", methods::EVENT_STREAM])
+                    .with_label_values(&["response", crate::auth::denial_reason(&e), methods::EVENT_STREAM])
                     .inc();
+                let reason = e.to_string();
                 tracing::debug!(event = %event.id, %reason, "response policy withheld a stream event");
                 return Ok(());
             }

@@ -15,6 +15,7 @@
 //! tests) holds the one test suite every provider must pass.
 
 pub mod memory;
+pub mod mongo;
 pub mod sqlite;
 pub mod wasm;
 
@@ -74,10 +75,15 @@ pub async fn open(spec: Option<&serde_json::Map<String, serde_json::Value>>, dat
             Ok(Arc::new(sqlite::SqliteStorage::open(path)?))
         }
         "inmem" | "memory" => Ok(Arc::new(memory::MemoryStorage::new())),
+        "mongo" => {
+            let addr = text("addr").ok_or_else(|| Error::invalid("addr", "the mongo provider needs \"addr\": \"mongodb://host:port\""))?;
+            let database = text("database").unwrap_or("stategate");
+            Ok(Arc::new(mongo::MongoStorage::open(addr, database).await?))
+        }
         "wasm" => Ok(Arc::new(wasm::WasmStorage::open(spec.expect("a named provider has a spec")).await?)),
         other => Err(Error::invalid(
             "name",
-            format!("unknown storage provider {other:?}; known: sqlite, inmem (memory), wasm"),
+            format!("unknown storage provider {other:?}; known: sqlite, inmem (memory), mongo, wasm"),
         )),
     }
 }

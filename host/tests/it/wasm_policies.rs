@@ -201,7 +201,7 @@ async fn hooks_from_a_directory_are_picked_up_while_running() {
     })
     .await;
     let mut client = gw.state_client().await;
-    let mut write = |domain: &str| {
+    let write = |domain: &str| {
         let mut s = state("k", json!({"a": 1, "secret": "s"}));
         s.domain = domain.into();
         let mut c = client.clone();

@@ -1,0 +1,247 @@
+//! `nats`: events cross instances through core NATS subjects.
+//!
+//! `{"name":"nats","addr":"localhost:4222"}`, plus optional credentials
+//! (`"credentials"`: path of a `.creds` file; or `"user"` and `"password"`;
+//! or `"token"`; or `"nkey"`: a seed), TLS (`"tls": true`, `"ca_file"`,
+//! `"cert_file"` + `"key_file"` for a client certificate) and `"prefix"`
+//! (default `stategate`, dot-separated tokens allowed).
+//!
+//! Each event goes to the subject `<prefix>.<domain>.<type>`, domain and
+//! type escaped by `escape_token` so they are always exactly one token with
+//! no `.`, `*` or `>`. A topic subscribes to its subject, with `*` for a
+//! wildcard part: an instance receives only what its streams need.
+//!
+//! The client reconnects by itself and re-subscribes, but messages published
+//! while it was away are lost to it. The trait asks that a broken
+//! connection end the subscription (so the hub catches up from storage), so
+//! every disconnect is counted and ends the subscriptions opened before it.
+//! While disconnected, calls fail fast with `Unavailable` instead of
+//! queueing in the client.
+
+use super::{Channel, Subscription, decode_event, encode_event, escape_token, flag, option};
+use crate::model::{Error, Event, Result, Topic};
+use async_nats::connection::State;
+use async_trait::async_trait;
+use futures::StreamExt;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Longest wait for any NATS call (connect, round trip).
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NatsConfig {
+    /// `host:port`, a `nats://` / `tls://` URL, or several separated by commas.
+    pub addr: String,
+    pub credentials: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub nkey: Option<String>,
+    pub tls: bool,
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub prefix: String,
+}
+
+impl NatsConfig {
+    pub fn from_spec(spec: Option<&serde_json::Map<String, serde_json::Value>>) -> Result<Self> {
+        let text = |k: &str| option(spec, k).map(|v| v.map(str::to_owned));
+        let config = NatsConfig {
+            addr: text("addr")?.unwrap_or_else(|| "localhost:4222".to_owned()),
+            credentials: text("credentials")?,
+            user: text("user")?,
+            password: text("password")?,
+            token: text("token")?,
+            nkey: text("nkey")?,
+            tls: flag(spec, "tls")?,
+            ca_file: text("ca_file")?,
+            cert_file: text("cert_file")?,
+            key_file: text("key_file")?,
+            prefix: text("prefix")?.unwrap_or_else(|| "stategate".to_owned()),
+        };
+        if config.user.is_some() != config.password.is_some() {
+            return Err(Error::invalid("user", "\"user\" and \"password\" go together"));
+        }
+        if config.cert_file.is_some() != config.key_file.is_some() {
+            return Err(Error::invalid("cert_file", "\"cert_file\" and \"key_file\" go together"));
+        }
+        let bad_token = |t: &str| t.is_empty() || t.contains(['*', '>']) || t.chars().any(char::is_whitespace);
+        if config.prefix.split('.').any(bad_token) {
+            return Err(Error::invalid(
+                "prefix",
+                format!("{:?} is not a NATS subject prefix (dot-separated tokens, no wildcards or spaces)", config.prefix),
+            ));
+        }
+        Ok(config)
+    }
+}
+
+pub struct NatsChannel {
+    client: async_nats::Client,
+    prefix: String,
+    /// Disconnects so far; a subscription ends when it changes.
+    disconnects: watch::Receiver<u64>,
+}
+
+impl NatsChannel {
+    /// Connects; fails if the server does not answer within `TIMEOUT`.
+    pub async fn open(config: &NatsConfig) -> Result<Self> {
+        let (count_tx, disconnects) = watch::channel(0u64);
+        let mut options = async_nats::ConnectOptions::new()
+            .name("stategate")
+            .connection_timeout(TIMEOUT)
+            .request_timeout(Some(TIMEOUT))
+            .max_reconnects(None)
+            // Come back quickly once the server is back.
+            .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(1000)))
+            .event_callback(move |event| {
+                let count_tx = count_tx.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("nats: disconnected; reconnecting");
+                            count_tx.send_modify(|n| *n += 1);
+                        }
+                        async_nats::Event::Connected => tracing::info!("nats: connected"),
+                        other => tracing::debug!(event = %other, "nats event"),
+                    }
+                }
+            });
+        if let Some(path) = &config.credentials {
+            options = options
+                .credentials_file(path)
+                .await
+                .map_err(|e| Error::invalid("credentials", format!("{path}: {e}")))?;
+        }
+        if let (Some(u), Some(p)) = (&config.user, &config.password) {
+            options = options.user_and_password(u.clone(), p.clone());
+        }
+        if let Some(t) = &config.token {
+            options = options.token(t.clone());
+        }
+        if let Some(seed) = &config.nkey {
+            options = options.nkey(seed.clone());
+        }
+        if config.tls {
+            options = options.require_tls(true);
+        }
+        if let Some(ca) = &config.ca_file {
+            options = options.add_root_certificates(ca.into());
+        }
+        if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
+            options = options.add_client_certificate(cert.into(), key.into());
+        }
+        let addrs: Vec<async_nats::ServerAddr> = config
+            .addr
+            .split(',')
+            .map(|a| {
+                let a = a.trim();
+                a.parse()
+                    .map_err(|e| Error::invalid("addr", format!("{a:?} is not a NATS address: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        let client = tokio::time::timeout(TIMEOUT * 2, options.connect(addrs))
+            .await
+            .map_err(|_| Error::unavailable(format!("nats: no connection to {} within {:?}", config.addr, TIMEOUT * 2)))?
+            .map_err(|e| Error::unavailable(format!("nats: cannot connect to {}: {e}", config.addr)))?;
+        Ok(NatsChannel {
+            client,
+            prefix: config.prefix.clone(),
+            disconnects,
+        })
+    }
+
+    fn connected(&self) -> Result<()> {
+        match self.client.connection_state() {
+            State::Connected => Ok(()),
+            state => Err(Error::unavailable(format!("nats: {state:?}; reconnecting"))),
+        }
+    }
+
+    /// A round trip through the server: a message to our own inbox comes
+    /// back only after the server processed everything sent before it.
+    async fn round_trip(&self) -> Result<()> {
+        self.connected()?;
+        let run = async {
+            let inbox = self.client.new_inbox();
+            let mut sub = self.client.subscribe(inbox.clone()).await.map_err(|e| e.to_string())?;
+            self.client.publish(inbox, bytes::Bytes::new()).await.map_err(|e| e.to_string())?;
+            self.client.flush().await.map_err(|e| e.to_string())?;
+            sub.next().await.ok_or_else(|| "connection closed".to_owned())?;
+            let _ = sub.unsubscribe().await;
+            Ok::<_, String>(())
+        };
+        match tokio::time::timeout(TIMEOUT, run).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::unavailable(format!("nats: {e}"))),
+            Err(_) => Err(Error::unavailable(format!("nats: no answer within {TIMEOUT:?}"))),
+        }
+    }
+}
+
+#[async_trait]
+impl Channel for NatsChannel {
+    fn name(&self) -> &str {
+        "nats"
+    }
+
+    async fn publish(&self, event: &Event) -> Result<()> {
+        self.connected()?;
+        let subject = format!(
+            "{}.{}.{}",
+            self.prefix,
+            escape_token(&event.record.domain),
+            escape_token(&event.record.ty)
+        );
+        let payload = encode_event(event);
+        match tokio::time::timeout(TIMEOUT, self.client.publish(subject, payload.into())).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::unavailable(format!("nats publish: {e}"))),
+            Err(_) => Err(Error::unavailable(format!("nats publish: no answer within {TIMEOUT:?}"))),
+        }
+    }
+
+    async fn subscribe(&self, topic: &Topic) -> Result<Subscription> {
+        let part = |p: &Option<String>| p.as_deref().map_or_else(|| "*".to_owned(), escape_token);
+        let subject = format!("{}.{}.{}", self.prefix, part(&topic.domain), part(&topic.ty));
+        let mut disconnects = self.disconnects.clone();
+        disconnects.mark_unchanged();
+        self.connected()?;
+        let sub = tokio::time::timeout(TIMEOUT, self.client.subscribe(subject))
+            .await
+            .map_err(|_| Error::unavailable("nats subscribe: no answer"))?
+            .map_err(|e| Error::unavailable(format!("nats subscribe: {e}")))?;
+        // Active only once the server has processed the SUB.
+        self.round_trip().await?;
+        let topic = topic.clone();
+        let stream = futures::stream::unfold(Some((sub, disconnects)), move |state| {
+            let topic = topic.clone();
+            async move {
+                let (mut sub, mut disconnects) = state?;
+                loop {
+                    tokio::select! {
+                        msg = sub.next() => {
+                            let msg = msg?;
+                            match decode_event(&msg.payload) {
+                                Ok(e) if topic.matches(&e.record) => return Some((Ok(e), Some((sub, disconnects)))),
+                                Ok(_) => {}
+                                Err(e) => tracing::warn!(error = %e, subject = %msg.subject, "dropping a malformed nats message"),
+                            }
+                        }
+                        _ = disconnects.changed() => {
+                            let err = Error::unavailable("nats: the connection broke; events may have been missed");
+                            return Some((Err(err), None));
+                        }
+                    }
+                }
+            }
+        });
+        Ok(stream.boxed())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.round_trip().await
+    }
+}

@@ -1,0 +1,168 @@
+//! Each client subcommand: build the request, call, print.
+
+use super::output::{Printer, print_event, print_state};
+use super::{ClientArgs, Command};
+use anyhow::{Context, Result, anyhow, bail};
+use futures::StreamExt;
+use stategate_client::{Client, SearchEventOpts, SearchStateOpts, State, StateRef, StreamOpts, json_to_struct};
+use std::io::Read;
+use std::time::Duration;
+
+/// Runs a client subcommand; the error is printed by the caller.
+pub async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Serve(_) => unreachable!("serve is handled by main"),
+        Command::Set(a) => {
+            let client = connect(&a.client).await?;
+            let values = read_values(&a.values)?;
+            let event = client
+                .set_state(State {
+                    domain: a.domain,
+                    r#type: a.ty,
+                    key: a.key,
+                    values: Some(json_to_struct(&values)),
+                    expected_version: a.expected_version,
+                    idempotency_key: a.idempotency_key.unwrap_or_default(),
+                    ..Default::default()
+                })
+                .await?;
+            print_event(&printer(&a.client), &event);
+        }
+        Command::Get(a) => {
+            let client = connect(&a.client).await?;
+            let state = client.get(&a.domain, &a.ty, &a.key).await?;
+            print_state(&printer(&a.client), &state);
+        }
+        Command::Del(a) => {
+            let client = connect(&a.client).await?;
+            let event = client
+                .state_service()
+                .del(StateRef {
+                    domain: a.domain,
+                    r#type: a.ty,
+                    key: a.key,
+                    expected_version: a.expected_version,
+                    ..Default::default()
+                })
+                .await
+                .map_err(stategate_client::Error::from)?
+                .into_inner();
+            print_event(&printer(&a.client), &event);
+        }
+        Command::Search(a) => {
+            let client = connect(&a.client).await?;
+            let query = json_object("--query", &a.query)?;
+            let mut opts = SearchStateOpts::new(a.domain, a.ty, a.limit).query(&serde_json::Value::Object(query));
+            opts.offset = a.offset;
+            opts.sort_by = a.sort_by.unwrap_or_default();
+            opts.sort_descending = a.desc;
+            let states = client.search(opts).await?;
+            let p = printer(&a.client);
+            if p.json {
+                p.json_value(&serde_json::json!({"stateValues": states.iter().map(State::to_json).collect::<Vec<_>>()}));
+            } else {
+                for s in &states {
+                    print_state(&p, s);
+                }
+                eprintln!("{} state(s)", states.len());
+            }
+        }
+        Command::Events(a) => {
+            let client = connect(&a.client).await?;
+            let query = json_object("--query", &a.query)?;
+            let mut opts = SearchEventOpts::new(a.domain, a.ty, a.limit).query(&serde_json::Value::Object(query));
+            opts.key = a.key.unwrap_or_default();
+            opts.min = a.min;
+            opts.max = a.max;
+            opts.offset = a.offset;
+            let events = client.search_events(opts).await?;
+            let p = printer(&a.client);
+            if p.json {
+                p.json_value(&serde_json::json!({"events": events.iter().map(|e| e.to_json()).collect::<Vec<_>>()}));
+            } else {
+                for e in &events {
+                    print_event(&p, e);
+                }
+                eprintln!("{} event(s)", events.len());
+            }
+        }
+        Command::Stream(a) => {
+            // No deadline: a stream runs until stopped.
+            let client = connect(&ClientArgs { timeout: 0, ..a.client.clone() }).await?;
+            let mut opts = StreamOpts::new(a.domain, a.ty);
+            opts.key = a.key.unwrap_or_default();
+            opts.after_event_id = a.after.unwrap_or_default();
+            opts.from_time = a.from_time.unwrap_or(0);
+            let mut events = client.stream(opts).await?;
+            let p = Printer { json: a.client.json, compact: true };
+            let mut seen = 0u64;
+            while let Some(event) = events.next().await {
+                print_event(&p, &event?);
+                seen += 1;
+                if a.count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+            }
+        }
+        Command::Health(a) => {
+            let client = connect(&a.client).await?;
+            let mut health = tonic_health::pb::health_client::HealthClient::new(client.channel());
+            let reply = health
+                .check(tonic_health::pb::HealthCheckRequest { service: a.service.clone() })
+                .await
+                .map_err(stategate_client::Error::from)?
+                .into_inner();
+            let status = tonic_health::pb::health_check_response::ServingStatus::try_from(reply.status)
+                .map(|s| s.as_str_name())
+                .unwrap_or("UNKNOWN");
+            if a.client.json {
+                println!("{}", serde_json::json!({"status": status}));
+            } else {
+                println!("{} {status}", a.client.addr);
+            }
+            if status != "SERVING" {
+                bail!("the gateway is not serving ({status})");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn printer(c: &ClientArgs) -> Printer {
+    Printer { json: c.json, compact: false }
+}
+
+async fn connect(c: &ClientArgs) -> Result<Client> {
+    let mut builder = Client::builder(c.addr.clone()).token(c.token.clone());
+    if c.timeout > 0 {
+        builder = builder.timeout(Duration::from_secs(c.timeout));
+    }
+    if let Some(path) = &c.ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("--ca-file {}", path.display()))?;
+        builder = builder.ca_certificate(pem);
+    }
+    Ok(builder.connect().await?)
+}
+
+/// A JSON object from an argument, naming the argument when it is not one.
+fn json_object(what: &str, text: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => bail!("{what} must be a JSON object such as '{{\"name\":\"Alice\"}}'"),
+        Err(e) => Err(anyhow!("{what} is not valid JSON: {e}")),
+    }
+}
+
+/// VALUES: inline JSON, `-` for standard input, `@FILE`.
+fn read_values(arg: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let text = if arg == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("reading the values from standard input")?;
+        s
+    } else if let Some(path) = arg.strip_prefix('@') {
+        std::fs::read_to_string(path).with_context(|| format!("reading the values from {path}"))?
+    } else {
+        arg.to_owned()
+    };
+    json_object("VALUES", &text)
+}

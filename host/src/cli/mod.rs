@@ -1,0 +1,185 @@
+//! The `stategate` command line: `serve` (the default: the gateway itself)
+//! and the client subcommands a person uses against a running gateway.
+//! The client subcommands go through the `stategate-client` crate, the one
+//! generated client of the API.
+
+mod commands;
+mod output;
+
+use crate::config::Config;
+use clap::{Args, Parser, Subcommand};
+
+pub use commands::run;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stategate",
+    version,
+    about = "Application state gateway: event-sourced state with live subscriptions over gRPC, REST and grpc-web",
+    long_about = "Application state gateway: event-sourced state with live subscriptions over gRPC, REST and grpc-web.\n\nWithout a subcommand, `stategate` serves (the same as `stategate serve`) with the options below.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// The gateway's options when no subcommand is given.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default when no subcommand is given).
+    Serve(Box<Config>),
+    /// Set the current state of a record: `stategate set users user alice '{"name":"Alice"}'`.
+    Set(SetArgs),
+    /// Print the current state of a record.
+    Get(RecordArgs),
+    /// Remove the current state of a record (its history is kept).
+    Del(RecordArgs),
+    /// Search current states of a domain and type.
+    Search(SearchArgs),
+    /// Search the event history, oldest first.
+    Events(EventsArgs),
+    /// Follow events as they happen (resumes by itself after a disconnect).
+    Stream(StreamArgs),
+    /// Check that the gateway serves (gRPC health check).
+    Health(HealthArgs),
+}
+
+/// How to reach the gateway and how to print; shared by every client subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The gateway's address.
+    #[arg(long, env = "STATEGATE_ADDR", default_value = "http://127.0.0.1:8080")]
+    pub addr: String,
+
+    /// Bearer token (a JWT) sent with every call.
+    #[arg(long, env = "STATEGATE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// CA certificate (PEM) to trust for an https:// address.
+    #[arg(long, env = "STATEGATE_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+
+    /// Print JSON (the REST API's form) instead of text for people.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Deadline of a call, seconds (0 = none; streams never have one).
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    pub domain: String,
+    #[arg(value_name = "TYPE")]
+    pub ty: String,
+    pub key: String,
+    /// Del only when the record is at this version (0: must not exist).
+    #[arg(long)]
+    pub expected_version: Option<i64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    pub domain: String,
+    #[arg(value_name = "TYPE")]
+    pub ty: String,
+    pub key: String,
+    /// The values: a JSON object, `-` to read it from standard input, or
+    /// `@FILE` to read it from a file.
+    pub values: String,
+    /// Write only when the record is at this version (0: must not exist).
+    #[arg(long)]
+    pub expected_version: Option<i64>,
+    /// Retries with the same key within the gateway's window are applied once.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    pub domain: String,
+    #[arg(value_name = "TYPE")]
+    pub ty: String,
+    /// A JSON object the values must hold, e.g. '{"address.city":"Paris"}'.
+    #[arg(long, short, default_value = "{}")]
+    pub query: String,
+    #[arg(long, short, default_value_t = 100)]
+    pub limit: i64,
+    #[arg(long, default_value_t = 0)]
+    pub offset: i64,
+    /// Sort by this field of the values (dot notation); by key otherwise.
+    #[arg(long)]
+    pub sort_by: Option<String>,
+    /// Sort descending.
+    #[arg(long)]
+    pub desc: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    pub domain: String,
+    #[arg(value_name = "TYPE")]
+    pub ty: String,
+    /// Only the history of this record.
+    #[arg(long, short)]
+    pub key: Option<String>,
+    /// A JSON object the event's values must hold.
+    #[arg(long, short, default_value = "{}")]
+    pub query: String,
+    /// Events at or after this time (Unix nanoseconds).
+    #[arg(long, default_value_t = 0)]
+    pub min: i64,
+    /// Events at or before this time (Unix nanoseconds).
+    #[arg(long, default_value_t = 0)]
+    pub max: i64,
+    #[arg(long, short, default_value_t = 100)]
+    pub limit: i64,
+    #[arg(long, default_value_t = 0)]
+    pub offset: i64,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// The domain, or `*` for every domain.
+    pub domain: String,
+    /// The type, or `*` for every type.
+    #[arg(value_name = "TYPE")]
+    pub ty: String,
+    /// Only events of this record.
+    #[arg(long, short)]
+    pub key: Option<String>,
+    /// Replay the history after this event id first.
+    #[arg(long, conflicts_with = "from_time")]
+    pub after: Option<String>,
+    /// Replay the history from this time (Unix nanoseconds; 1 = the beginning) first.
+    #[arg(long)]
+    pub from_time: Option<i64>,
+    /// Stop after this many events.
+    #[arg(long, short = 'n')]
+    pub count: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// A service name to check (default: the whole server).
+    #[arg(long, default_value = "")]
+    pub service: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}

@@ -1,0 +1,207 @@
+//! deploy/ cannot run here (no container runtime, no cluster), so it is
+//! checked statically: the compose file against the Compose specification,
+//! the Kubernetes manifests and the rendered Helm chart against the
+//! Kubernetes OpenAPI schemas (kubernetes-validate, strict), the Dockerfile's
+//! shape, and every STATEGATE_* variable they set against the gateway's
+//! configuration. Each validator is also shown a broken file it must reject.
+
+use crate::examples::{repo, require, succeeds};
+use std::path::Path;
+use std::process::Command;
+
+fn output(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn check_jsonschema() -> Option<()> {
+    require("check-jsonschema (pip)", succeeds("check-jsonschema", &["--version"]))
+}
+
+fn kubernetes_validate() -> Option<()> {
+    require("kubernetes-validate (pip)", succeeds("kubernetes-validate", &["--version"]))
+}
+
+fn k8s_valid(file: &Path) -> (bool, String) {
+    output(Command::new("kubernetes-validate").args(["--strict", "--kubernetes-version", "1.30.0"]).arg(file))
+}
+
+/// Every `STATEGATE_*` name in `text` is a variable the gateway reads.
+fn only_known_variables(what: &str, text: &str) {
+    let known = crate::docs::config_variables();
+    for var in crate::docs::stategate_names(text) {
+        assert!(known.contains(&var), "{what} sets {var}, which the gateway does not read");
+    }
+}
+
+/// The provider JSON values a file sets are accepted by the gateway's parser.
+fn providers_parse(what: &str, text: &str) {
+    let mut n = 0;
+    for line in text.lines() {
+        for var in ["STATEGATE_STORAGE_PROVIDER", "STATEGATE_CHANNEL_PROVIDER"] {
+            if let Some(rest) = line.trim().strip_prefix(&format!("{var}: ")) {
+                let rest = rest.trim();
+                // 'single-quoted' (YAML as written) or "double-quoted" (rendered).
+                let value = if rest.starts_with('"') {
+                    serde_json::from_str::<String>(rest).unwrap_or_else(|e| panic!("{what}: {rest}: {e}"))
+                } else {
+                    rest.trim_matches('\'').to_owned()
+                };
+                let value = value.as_str();
+                stategate::config::provider_spec(var, value).unwrap_or_else(|e| panic!("{what}: {e}"));
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 2, "{what} sets both providers");
+}
+
+#[test]
+fn compose_file_follows_the_compose_spec() {
+    if check_jsonschema().is_none() {
+        return;
+    }
+    let file = repo().join("deploy/docker-compose.yml");
+    let (ok, out) = output(Command::new("check-jsonschema").args(["--builtin-schema", "vendor.compose-spec"]).arg(&file));
+    assert!(ok, "{out}");
+    let text = read("deploy/docker-compose.yml");
+    for service in ["stategate-1:", "stategate-2:", "redis:", "mongo:"] {
+        assert!(text.contains(&format!("\n  {service}")), "compose has service {service}");
+    }
+    assert!(text.contains("dockerfile: deploy/Dockerfile"));
+    only_known_variables("docker-compose.yml", &text);
+    providers_parse("docker-compose.yml", &text);
+
+    // The validator rejects a malformed file.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("compose.yml");
+    std::fs::write(&bad, text.replace("    ports:\n      - \"8080:8080\"", "    ports: 8080")).unwrap();
+    let (ok, _) = output(Command::new("check-jsonschema").args(["--builtin-schema", "vendor.compose-spec"]).arg(&bad));
+    assert!(!ok, "a scalar `ports` must be rejected");
+}
+
+#[test]
+fn kubernetes_manifests_validate() {
+    if kubernetes_validate().is_none() {
+        return;
+    }
+    let file = repo().join("deploy/kubernetes/stategate.yaml");
+    let (ok, out) = k8s_valid(&file);
+    assert!(ok, "{out}");
+    for kind in ["configmap/stategate", "deployment/stategate", "service/stategate", "horizontalpodautoscaler/stategate"] {
+        assert!(out.contains(&format!("passed for resource {kind}")), "{kind} validated:\n{out}");
+    }
+    let text = read("deploy/kubernetes/stategate.yaml");
+    check_pod_spec("stategate.yaml", &text);
+    only_known_variables("stategate.yaml", &text);
+    providers_parse("stategate.yaml", &text);
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, text.replace("containerPort: 8081", "containerPrt: 8081")).unwrap();
+    let (ok, out) = k8s_valid(&bad);
+    assert!(!ok, "a misspelt field must be rejected:\n{out}");
+}
+
+/// Probes on the ops port's /readyz and /healthz, non-root, an HPA target.
+fn check_pod_spec(what: &str, text: &str) {
+    for needle in [
+        "readinessProbe:\n            httpGet:\n              path: /readyz\n              port: ops",
+        "livenessProbe:\n            httpGet:\n              path: /healthz\n              port: ops",
+        "runAsNonRoot: true",
+        "name: ops\n",
+    ] {
+        assert!(text.contains(needle), "{what} lacks {needle:?}");
+    }
+    assert!(text.contains("containerPort: 8081"), "{what}: the ops port is 8081 (port+1)");
+}
+
+fn render_chart(sets: &[&str]) -> String {
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo().join("deploy/helm/render.py")).arg(repo().join("deploy/helm/stategate")).args(["--name", "demo"]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let (ok, out) = output(&mut cmd);
+    assert!(ok, "rendering the chart: {out}");
+    out
+}
+
+#[test]
+fn helm_chart_renders_to_valid_manifests() {
+    if kubernetes_validate().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = render_chart(&[]);
+    let file = dir.path().join("rendered.yaml");
+    std::fs::write(&file, &rendered).unwrap();
+    let (ok, out) = k8s_valid(&file);
+    assert!(ok, "{out}\n{rendered}");
+    for kind in ["configmap", "deployment", "service", "horizontalpodautoscaler"] {
+        assert!(out.contains(&format!("passed for resource {kind}/demo-stategate")), "{kind}:\n{out}");
+    }
+    check_pod_spec("the rendered chart", &rendered);
+    only_known_variables("the chart", &rendered);
+    providers_parse("the chart", &rendered);
+
+    // Values change the output; autoscaling can be turned off.
+    let custom = render_chart(&["autoscaling.enabled=false", "replicaCount=5", "image.tag=9.9.9"]);
+    assert!(!custom.contains("HorizontalPodAutoscaler"));
+    assert!(custom.contains("replicas: 5") && custom.contains("image: \"stategate:9.9.9\""));
+    std::fs::write(&file, &custom).unwrap();
+    let (ok, out) = k8s_valid(&file);
+    assert!(ok, "{out}");
+
+    // Chart and image versions follow the crate's.
+    let chart = read("deploy/helm/stategate/Chart.yaml");
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(chart.contains(&format!("appVersion: \"{version}\"")), "Chart.yaml appVersion is {version}");
+    assert!(read("deploy/helm/stategate/values.yaml").contains(&format!("tag: \"{version}\"")));
+    // An unsupported template construct is an error, not a silent mis-render.
+    let bad = dir.path().join("chart");
+    std::fs::create_dir_all(bad.join("templates")).unwrap();
+    std::fs::copy(repo().join("deploy/helm/stategate/Chart.yaml"), bad.join("Chart.yaml")).unwrap();
+    std::fs::write(bad.join("values.yaml"), "a: 1\n").unwrap();
+    std::fs::write(bad.join("templates/x.yaml"), "x: {{ include \"y\" . }}\n").unwrap();
+    let (ok, out) = output(Command::new("python3").arg(repo().join("deploy/helm/render.py")).arg(&bad));
+    assert!(!ok && out.contains("unsupported"), "{out}");
+}
+
+#[test]
+fn dockerfile_is_multi_stage_small_and_non_root() {
+    let text = read("deploy/Dockerfile");
+    let stages: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert!(stages.len() >= 2, "multi-stage: {stages:?}");
+    assert!(stages[0].contains("rust:") && stages[0].contains(" AS build"), "{stages:?}");
+    let runtime = stages.last().unwrap();
+    assert!(runtime.contains("distroless") || runtime.contains("slim"), "a small runtime base: {runtime}");
+    // The runtime stage runs as a non-root user.
+    let last = &text[text.rfind("\nFROM ").unwrap()..];
+    let user = last.lines().find_map(|l| l.strip_prefix("USER ")).expect("the runtime stage sets USER");
+    assert!(!user.starts_with("root") && !user.starts_with("0"), "USER {user}");
+    assert!(last.contains("COPY --from=build"), "the runtime copies only the build output");
+    assert!(last.contains("ENTRYPOINT [\"/usr/local/bin/stategate\"]"));
+    assert!(last.contains("\"stategate\", \"health\"") || last.contains("stategate\", \"health\""), "HEALTHCHECK uses `stategate health`");
+    // Everything the build stage copies exists.
+    for line in text.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        for src in &parts[1..parts.len() - 1] {
+            assert!(repo().join(src).exists(), "Dockerfile copies {src}, which does not exist");
+        }
+    }
+    // The workspace members are all copied (the build would fail otherwise).
+    let cargo = read("Cargo.toml");
+    let members = cargo.lines().find(|l| l.starts_with("members")).unwrap();
+    for m in members.split('"').skip(1).step_by(2) {
+        assert!(text.contains(&format!("COPY {m} ./{m}")), "Dockerfile copies workspace member {m}");
+    }
+    only_known_variables("Dockerfile", &text);
+    let ignore = read(".dockerignore");
+    assert!(ignore.lines().any(|l| l == "target"), ".dockerignore keeps target/ out of the context");
+}

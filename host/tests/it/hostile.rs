@@ -1,0 +1,178 @@
+//! Hostile input over raw gRPC: bytes that are not a valid message, invalid
+//! UTF-8 in string fields, oversized messages, random bytes, and more
+//! streams on one connection than the server allows. Each must get a client
+//! error status (never INTERNAL or UNKNOWN) and leave the gateway serving.
+
+use crate::harness::TestGateway;
+use crate::wire::*;
+use bytes::{Buf, BufMut, Bytes};
+use proptest::prelude::*;
+use serde_json::json;
+use stategate::proto as pb;
+use std::time::Duration;
+use tonic::Code;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Channel;
+
+/// Sends and receives message bodies as they are, so a test can put any
+/// bytes on the wire under a real method path.
+#[derive(Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+async fn raw_unary(channel: &Channel, path: &'static str, body: Bytes) -> Result<Bytes, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone()).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    grpc.unary(tonic::Request::new(body), http::uri::PathAndQuery::from_static(path), RawCodec).await.map(|r| r.into_inner())
+}
+
+/// A client error: the gateway blamed the request, not itself.
+fn is_client_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument | Code::NotFound | Code::OutOfRange | Code::ResourceExhausted | Code::FailedPrecondition
+    )
+}
+
+/// A protobuf field: tag, then a length-delimited payload.
+fn field(number: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![((number << 3) | 2) as u8];
+    let mut len = payload.len();
+    while len >= 0x80 {
+        out.push((len as u8 & 0x7f) | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
+    out.extend_from_slice(payload);
+    out
+}
+
+#[tokio::test]
+async fn malformed_and_invalid_messages_are_invalid_argument() {
+    let gw = TestGateway::start().await;
+    let channel = gw.channel().await;
+    let cases: Vec<(&str, &'static str, Vec<u8>)> = vec![
+        ("truncated length", "/stategate.StateService/Get", vec![0x0a, 0x7f, b'd']),
+        ("bad wire type", "/stategate.StateService/Set", vec![0x0f, 0x01]),
+        ("invalid UTF-8 in domain", "/stategate.StateService/Get", field(1, &[0xff, 0xfe, 0x80])),
+        ("invalid UTF-8 in query_string", "/stategate.StateService/Search", [field(1, b"d"), field(2, b"t"), field(3, &[0xc3, 0x28])].concat()),
+        ("varint overflow", "/stategate.EventService/Search", vec![0x20, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+    ];
+    for (what, path, body) in cases {
+        let status = raw_unary(&channel, path, Bytes::from(body)).await.expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+    }
+    // A message nested past prost's recursion limit (Struct in Value in Struct…).
+    let mut nested = Vec::new();
+    for _ in 0..200 {
+        // Struct.fields map entry { key = "a", value = Value { struct_value = nested } }
+        let value = field(5, &nested);
+        let entry = [field(1, b"a"), field(2, &value)].concat();
+        nested = field(1, &entry);
+    }
+    let status = raw_unary(&channel, "/stategate.StateService/Set", Bytes::from([field(1, b"d"), field(2, b"t"), field(3, b"k"), field(4, &nested)].concat()))
+        .await
+        .expect_err("nested");
+    assert!(is_client_error(status.code()), "nested: {status:?}");
+    // And the gateway still serves.
+    let mut st = gw.state_client().await;
+    st.set(state("d", "t", "k", json!({"ok": true}))).await.unwrap();
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_messages_are_refused_and_the_limit_is_configurable() {
+    let gw = TestGateway::start_with(|c| c.max_message_bytes = 64 * 1024).await;
+    let mut st = gw.state_client().await;
+    let big = "x".repeat(100 * 1024);
+    let status = st.set(state("d", "t", "k", json!({"big": big}))).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    let small = "x".repeat(10 * 1024);
+    st.set(state("d", "t", "k", json!({"small": small}))).await.unwrap();
+    gw.stop().await;
+}
+
+/// More streams on one connection than `STATEGATE_MAX_STREAMS_PER_CONNECTION`:
+/// HTTP/2 flow control holds the extra one back (the server advertised its
+/// limit) instead of the server failing, and other connections are served.
+#[tokio::test]
+async fn streams_past_the_per_connection_limit_wait_for_a_slot() {
+    let gw = TestGateway::start_with(|c| c.max_streams_per_connection = 4).await;
+    let channel = gw.channel().await;
+    let opts = || pb::StreamOpts { domain: "d".into(), r#type: "t".into(), ..Default::default() };
+    let mut open = vec![];
+    for _ in 0..4 {
+        let mut ev = pb::event_service_client::EventServiceClient::new(channel.clone());
+        open.push(ev.stream(opts()).await.unwrap().into_inner());
+    }
+    let mut ev = pb::event_service_client::EventServiceClient::new(channel.clone());
+    let fifth = tokio::spawn(async move { ev.stream(opts()).await.map(|r| r.into_inner()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!fifth.is_finished(), "the fifth stream waits for a slot on this connection");
+    // Another connection is not affected.
+    let mut other = gw.state_client().await;
+    other.set(state("d", "t", "k", json!({}))).await.unwrap();
+    drop(open.pop());
+    let fifth = tokio::time::timeout(Duration::from_secs(10), fifth).await.expect("a freed slot is reused").unwrap();
+    assert!(fifth.is_ok(), "{:?}", fifth.err());
+    gw.stop().await;
+}
+
+#[test]
+fn random_bytes_get_client_errors_only() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let gw = rt.block_on(TestGateway::start());
+    let channel = rt.block_on(gw.channel());
+    const PATHS: [&str; 7] = [
+        "/stategate.StateService/Set",
+        "/stategate.StateService/Get",
+        "/stategate.StateService/Del",
+        "/stategate.StateService/Search",
+        "/stategate.EventService/Search",
+        "/stategate.EventService/Get",
+        "/stategate.StateService/Edit",
+    ];
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 200, ..ProptestConfig::default() });
+    runner
+        .run(&(0..PATHS.len(), prop::collection::vec(any::<u8>(), 0..256)), |(p, body)| {
+            match rt.block_on(raw_unary(&channel, PATHS[p], Bytes::from(body.clone()))) {
+                Ok(_) => {}
+                Err(s) => prop_assert!(is_client_error(s.code()), "{} {:02x?}: {:?}", PATHS[p], body, s),
+            }
+            Ok(())
+        })
+        .unwrap();
+    rt.block_on(gw.stop());
+}

@@ -1,0 +1,224 @@
+//! Processes the multi-instance and fault tests start: private backend
+//! servers on free ports (so the shared ones are never disturbed) and
+//! gateway processes from the built binary. Every child is killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// Waits (bounded) until something listens on `port`.
+pub async fn wait_port(port: u16, what: &str) {
+    for _ in 0..600 {
+        if port_open(port) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} did not listen on port {port}");
+}
+
+/// Whether a program is installed; tests that need it skip (or fail under
+/// `STATEGATE_TEST_REQUIRE_BACKENDS=1`) without it.
+pub fn have(program: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var("STATEGATE_TEST_REQUIRE_BACKENDS").as_deref() == Ok("1") {
+            panic!("{program} is not installed but STATEGATE_TEST_REQUIRE_BACKENDS=1");
+        }
+        eprintln!("SKIPPED: {program} is not installed");
+    }
+    found
+}
+
+/// A backend server of our own, restartable on the same port and data.
+pub struct Server {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    program: &'static str,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Server {
+    pub fn new(program: &'static str, port: u16, dir: tempfile::TempDir, args: Vec<String>) -> Self {
+        Server { port, dir, program, args, child: None }
+    }
+
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .unwrap();
+        let child = Command::new(self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.program));
+        self.child = Some(child);
+        wait_port(self.port, self.program).await;
+    }
+
+    /// SIGKILL: the server gets no chance to flush or say goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub async fn redis_server() -> Server {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no", "--dir"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([dir.path().display().to_string()])
+        .collect();
+    let mut s = Server::new("redis-server", port, dir, args);
+    s.start().await;
+    s
+}
+
+pub async fn nats_server() -> Server {
+    let port = free_port();
+    let monitor = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let store: PathBuf = dir.path().join("js");
+    let args = vec![
+        "-a".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+        "-m".into(),
+        monitor.to_string(),
+        "-js".into(),
+        "-sd".into(),
+        store.display().to_string(),
+    ];
+    let mut s = Server::new("nats-server", port, dir, args);
+    s.start().await;
+    s
+}
+
+/// The monitoring port of a server from `nats_server` (follows `-m`).
+pub fn nats_monitor_port(s: &Server) -> u16 {
+    let i = s.args.iter().position(|a| a == "-m").unwrap();
+    s.args[i + 1].parse().unwrap()
+}
+
+/// A private MongoDB-compatible server (secantusd-py), durable across a
+/// kill: `--sync-on-commit` makes every acknowledged commit reach the disk.
+pub async fn mongo_server() -> Server {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+        "--storage-path".into(),
+        dir.path().join("data").display().to_string(),
+        "--sync-on-commit".into(),
+    ];
+    let mut s = Server::new("secantusd-py", port, dir, args);
+    s.start().await;
+    s
+}
+
+/// A gateway process from the built binary.
+pub struct Gateway {
+    pub port: u16,
+    pub ops_port: u16,
+    child: Child,
+}
+
+impl Gateway {
+    pub async fn spawn(dir: &Path, storage: &str, channel: &str) -> Gateway {
+        let port = free_port();
+        let ops_port = free_port();
+        let log = std::fs::File::create(dir.join(format!("gateway-{port}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_stategate"))
+            .args(["--dev", "--port", &port.to_string(), "--ops-port", &ops_port.to_string(), "--log-format", "text"])
+            .env("STATEGATE_STORAGE_PROVIDER", storage)
+            .env("STATEGATE_CHANNEL_PROVIDER", channel)
+            .env("STATEGATE_SWEEP_INTERVAL_MS", "200")
+            .env("RUST_LOG", "info")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_port(port, "gateway").await;
+        Gateway { port, ops_port, child }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://127.0.0.1:{}", self.port)).unwrap().connect().await.unwrap()
+    }
+
+    pub fn ops_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ops_port)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `/readyz` as (HTTP status, body).
+pub async fn readyz(ops_url: &str) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .get(format!("{ops_url}/readyz"))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("the ops port answers /readyz");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+/// Polls `/readyz` (bounded) until `want` holds for its body.
+pub async fn wait_readyz(ops_url: &str, what: &str, want: impl Fn(u16, &serde_json::Value) -> bool) -> serde_json::Value {
+    let mut last = None;
+    for _ in 0..300 {
+        let (status, body) = readyz(ops_url).await;
+        if want(status, &body) {
+            return body;
+        }
+        last = Some((status, body));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("/readyz never showed {what}; last answer: {last:?}");
+}
