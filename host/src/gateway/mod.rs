@@ -163,7 +163,7 @@ impl Gateway {
         })?;
         self.admission.check_rate(&claims, &metadata)?;
         // Without policies nothing reads the body: skip serializing it.
-        let body = if self.auth.inspects_bodies() {
+        let body = if self.auth.inspects_bodies() || self.hooks.is_some() {
             serde_json::to_value(body).map_err(Error::internal)?
         } else {
             Value::Null
