@@ -12,6 +12,7 @@
 pub mod memory;
 pub mod nats;
 pub mod redis;
+pub mod wasm;
 
 use crate::model::{Error, Event, Result, Topic};
 use async_trait::async_trait;
@@ -46,9 +47,10 @@ pub async fn open(spec: Option<&serde_json::Map<String, serde_json::Value>>) -> 
         "inmem" | "memory" => Ok(Arc::new(memory::MemoryChannel::new())),
         "redis" => Ok(Arc::new(redis::RedisChannel::open(&redis::RedisConfig::from_spec(spec)?).await?)),
         "nats" => Ok(Arc::new(nats::NatsChannel::open(&nats::NatsConfig::from_spec(spec)?).await?)),
+        "wasm" => Ok(Arc::new(wasm::WasmChannel::open(spec.expect("a named provider has a spec")).await?)),
         other => Err(Error::invalid(
             "name",
-            format!("unknown channel provider {other:?}; known: inmem (memory), redis, nats"),
+            format!("unknown channel provider {other:?}; known: inmem (memory), redis, nats, wasm"),
         )),
     }
 }
