@@ -115,3 +115,30 @@ mod tests {
         assert_eq!(escape_token("a_b-C9"), "a_b-C9");
     }
 }
+
+/// A subscription fed by an in-process broadcast of every event of the
+/// channel: keeps those of `topic`, and ends after the first error (a
+/// subscriber that lagged behind the buffer), as the trait promises.
+pub(crate) fn broadcast_subscription(rx: tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>, topic: Topic) -> Subscription {
+    use futures::StreamExt;
+    use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+    BroadcastStream::new(rx)
+        .filter_map(move |item| {
+            let out = match item {
+                Ok(e) if topic.matches(&e.record) => Some(Ok(Event::clone(&e))),
+                Ok(_) => None,
+                Err(BroadcastStreamRecvError::Lagged(n)) => {
+                    Some(Err(Error::ResourceExhausted(format!("subscriber lagged by {n} events"))))
+                }
+            };
+            futures::future::ready(out)
+        })
+        .scan(false, |failed, item| {
+            let out = if *failed { None } else { Some(item) };
+            if matches!(out, Some(Err(_))) {
+                *failed = true;
+            }
+            futures::future::ready(out)
+        })
+        .boxed()
+}

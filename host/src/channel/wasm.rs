@@ -15,11 +15,9 @@ use crate::wasm::bindings::channel::{ChannelProvider, ChannelProviderPre};
 use crate::wasm::bindings::storage::stategate::gateway::types as wt;
 use crate::wasm::{Ctx, Guest, GuestSpec, Persistent};
 use async_trait::async_trait;
-use futures::StreamExt;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{Mutex, broadcast};
-use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 
 const CAPACITY: usize = 16 * 1024;
 const BATCH: u32 = 512;
@@ -135,26 +133,7 @@ impl Channel for WasmChannel {
             while self.inner.poll(&mut cursor).await? as u32 >= BATCH {}
             self.inner.tx.subscribe()
         };
-        let topic = topic.clone();
-        let stream = BroadcastStream::new(rx)
-            .filter_map(move |item| {
-                let out = match item {
-                    Ok(e) if topic.matches(&e.record) => Some(Ok(Event::clone(&e))),
-                    Ok(_) => None,
-                    Err(BroadcastStreamRecvError::Lagged(n)) => {
-                        Some(Err(Error::ResourceExhausted(format!("subscriber lagged by {n} events"))))
-                    }
-                };
-                futures::future::ready(out)
-            })
-            .scan(false, |failed, item| {
-                let out = if *failed { None } else { Some(item) };
-                if matches!(out, Some(Err(_))) {
-                    *failed = true;
-                }
-                futures::future::ready(out)
-            });
-        Ok(stream.boxed())
+        Ok(super::broadcast_subscription(rx, topic.clone()))
     }
 
     async fn ping(&self) -> Result<()> {
