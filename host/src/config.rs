@@ -176,6 +176,33 @@ pub struct Config {
     /// How often live streams check storage for events a broadcast lost, ms.
     #[arg(long, env = "STATEGATE_SWEEP_INTERVAL_MS", default_value_t = 1000)]
     pub sweep_interval_ms: u64,
+
+    // --- wasm ---
+    /// Per-tenant wasm policy hooks, run after the Rego policies: a JSON
+    /// object {"<domain>"|"*": "hook.wasm" | {"path":…,"config":{…},"grants":{…}}}
+    /// or a directory of <domain>.wasm files (_default.wasm for the rest).
+    #[arg(long, env = "STATEGATE_POLICY_HOOKS")]
+    pub policy_hooks: Option<String>,
+
+    /// Time limit of one wasm guest call, ms (a guest may set limits.timeout_ms).
+    #[arg(long, env = "STATEGATE_WASM_CALL_TIMEOUT_MS", default_value_t = 2000)]
+    pub wasm_call_timeout_ms: u64,
+
+    /// Memory cap of one wasm guest instance, MiB (a guest may set limits.memory_mb).
+    #[arg(long, env = "STATEGATE_WASM_MEMORY_MB", default_value_t = 256)]
+    pub wasm_memory_mb: usize,
+
+    /// Wasm guest calls running at once, all guests together.
+    #[arg(long, env = "STATEGATE_WASM_MAX_INSTANCES", default_value_t = 32)]
+    pub wasm_max_instances: usize,
+
+    /// Cache of compiled wasm components (default: <data dir>/wasm-cache).
+    #[arg(long, env = "STATEGATE_WASM_CACHE_DIR")]
+    pub wasm_cache_dir: Option<PathBuf>,
+
+    /// How often wasm guest files are checked for replacement, ms; 0 = never.
+    #[arg(long, env = "STATEGATE_WASM_RELOAD_MS", default_value_t = 1000)]
+    pub wasm_reload_ms: u64,
 }
 
 /// A configuration value that cannot work, named by its variable.

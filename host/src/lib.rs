@@ -12,6 +12,7 @@ pub mod model;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod wasm;
 
 /// Code generated from `proto/stategate.proto`.
 pub mod proto {

@@ -70,6 +70,16 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
         .transpose()?;
     let metrics = Arc::new(Metrics::new());
     let auth = crate::auth::stack::build(&config, metrics.clone()).await?;
+    crate::wasm::metrics::register(&metrics.registry);
+    crate::wasm::configure(crate::wasm::Settings {
+        call_timeout: Duration::from_millis(config.wasm_call_timeout_ms.max(1)),
+        memory_bytes: config.wasm_memory_mb.max(1) << 20,
+        max_instances: config.wasm_max_instances.max(1),
+        cache_dir: Some(config.wasm_cache_dir.clone().unwrap_or_else(|| config.data_dir.join("wasm-cache"))),
+        reload_interval: Duration::from_millis(config.wasm_reload_ms),
+    });
+    let policy_hooks = crate::wasm::hooks::PolicyHooks::from_config(config.policy_hooks.as_deref().unwrap_or(""))
+        .map_err(|e| ConfigError::new("STATEGATE_POLICY_HOOKS", e.to_string()))?;
     let owns_storage = shared.is_none();
     let storage = match shared {
         Some(s) => s,
@@ -108,7 +118,8 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
             rate_burst: config.rate_burst.unwrap_or(config.rate_limit),
             ..Limits::default()
         },
-    ));
+    )
+    .with_policy_hooks(policy_hooks));
 
     let grpc = api::grpc::routes(GrpcApi::new(gateway.clone()), config.max_message_bytes)
         .await

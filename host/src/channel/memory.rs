@@ -2,12 +2,10 @@
 //! single gateway instance; several instances need a real broker.
 
 use super::{Channel, Subscription};
-use crate::model::{Error, Event, Result, Topic};
+use crate::model::{Event, Result, Topic};
 use async_trait::async_trait;
-use futures::StreamExt;
 use std::sync::Arc;
 use tokio::sync::broadcast;
-use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 
 /// Events buffered for a subscriber that is behind; past this it is cut off
 /// (its stream ends with an error) and the hub catches it up from storage.
@@ -44,27 +42,7 @@ impl Channel for MemoryChannel {
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<Subscription> {
-        let topic = topic.clone();
-        let stream = BroadcastStream::new(self.tx.subscribe())
-            .filter_map(move |item| {
-                let out = match item {
-                    Ok(e) if topic.matches(&e.record) => Some(Ok(Event::clone(&e))),
-                    Ok(_) => None,
-                    Err(BroadcastStreamRecvError::Lagged(n)) => {
-                        Some(Err(Error::ResourceExhausted(format!("subscriber lagged by {n} events"))))
-                    }
-                };
-                futures::future::ready(out)
-            })
-            // The first error ends the subscription, as the trait promises.
-            .scan(false, |failed, item| {
-                let out = if *failed { None } else { Some(item) };
-                if matches!(out, Some(Err(_))) {
-                    *failed = true;
-                }
-                futures::future::ready(out)
-            });
-        Ok(stream.boxed())
+        Ok(super::broadcast_subscription(self.tx.subscribe(), topic.clone()))
     }
 
     async fn ping(&self) -> Result<()> {

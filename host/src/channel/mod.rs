@@ -12,6 +12,7 @@
 pub mod memory;
 pub mod nats;
 pub mod redis;
+pub mod wasm;
 
 use crate::model::{Error, Event, Result, Topic};
 use async_trait::async_trait;
@@ -46,9 +47,10 @@ pub async fn open(spec: Option<&serde_json::Map<String, serde_json::Value>>) -> 
         "inmem" | "memory" => Ok(Arc::new(memory::MemoryChannel::new())),
         "redis" => Ok(Arc::new(redis::RedisChannel::open(&redis::RedisConfig::from_spec(spec)?).await?)),
         "nats" => Ok(Arc::new(nats::NatsChannel::open(&nats::NatsConfig::from_spec(spec)?).await?)),
+        "wasm" => Ok(Arc::new(wasm::WasmChannel::open(spec.expect("a named provider has a spec")).await?)),
         other => Err(Error::invalid(
             "name",
-            format!("unknown channel provider {other:?}; known: inmem (memory), redis, nats"),
+            format!("unknown channel provider {other:?}; known: inmem (memory), redis, nats, wasm"),
         )),
     }
 }
@@ -112,4 +114,31 @@ mod tests {
         assert_eq!(unique.len(), names.len());
         assert_eq!(escape_token("a_b-C9"), "a_b-C9");
     }
+}
+
+/// A subscription fed by an in-process broadcast of every event of the
+/// channel: keeps those of `topic`, and ends after the first error (a
+/// subscriber that lagged behind the buffer), as the trait promises.
+pub(crate) fn broadcast_subscription(rx: tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>, topic: Topic) -> Subscription {
+    use futures::StreamExt;
+    use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+    BroadcastStream::new(rx)
+        .filter_map(move |item| {
+            let out = match item {
+                Ok(e) if topic.matches(&e.record) => Some(Ok(Event::clone(&e))),
+                Ok(_) => None,
+                Err(BroadcastStreamRecvError::Lagged(n)) => {
+                    Some(Err(Error::ResourceExhausted(format!("subscriber lagged by {n} events"))))
+                }
+            };
+            futures::future::ready(out)
+        })
+        .scan(false, |failed, item| {
+            let out = if *failed { None } else { Some(item) };
+            if matches!(out, Some(Err(_))) {
+                *failed = true;
+            }
+            futures::future::ready(out)
+        })
+        .boxed()
 }

@@ -88,6 +88,8 @@ pub struct Gateway {
     limits: Limits,
     admission: Admission,
     shutdown: CancellationToken,
+    /// Per-tenant wasm policy hooks, run after the Rego policies.
+    hooks: Option<Arc<crate::wasm::hooks::PolicyHooks>>,
 }
 
 /// An admitted call: who made it and what they asked, for the response
@@ -120,7 +122,13 @@ impl Gateway {
             metrics,
             limits,
             shutdown: CancellationToken::new(),
+            hooks: None,
         }
+    }
+
+    pub fn with_policy_hooks(mut self, hooks: Option<Arc<crate::wasm::hooks::PolicyHooks>>) -> Self {
+        self.hooks = hooks;
+        self
     }
 
     pub fn storage(&self) -> &DynStorage {
@@ -155,7 +163,7 @@ impl Gateway {
         })?;
         self.admission.check_rate(&claims, &metadata)?;
         // Without policies nothing reads the body: skip serializing it.
-        let body = if self.auth.inspects_bodies() {
+        let body = if self.auth.inspects_bodies() || self.hooks.is_some() {
             serde_json::to_value(body).map_err(Error::internal)?
         } else {
             Value::Null
@@ -175,28 +183,57 @@ impl Gateway {
                 .with_label_values(&["request", crate::auth::denial_reason(e), method])
                 .inc();
         })?;
+        if let Some(hooks) = &self.hooks {
+            hooks.authorize_request(&input).await.inspect_err(|e| {
+                let reason = crate::auth::denial_reason(e);
+                self.metrics.policy_denials.with_label_values(&["request_hook", reason, method]).inc();
+            })?;
+        }
         Ok(Caller { input })
+    }
+
+    /// Whether anything (a Rego response policy or a wasm hook) looks at
+    /// responses; when nothing does, they are not turned into JSON.
+    pub(crate) fn inspects_responses(&self) -> bool {
+        self.auth.inspects_responses() || self.hooks.is_some()
+    }
+
+    /// Runs the response policies on `input.response`: the Rego policy, then
+    /// the tenant's wasm hook on what the policy let through. `Ok(None)`:
+    /// unchanged; `Ok(Some(v))`: redacted to `v`. A deny is counted by stage.
+    pub(crate) async fn authorize_response(&self, input: &mut PolicyInput) -> Result<Option<Value>> {
+        let denied = |stage: &str, method: &str, e: &Error| {
+            let reason = crate::auth::denial_reason(e);
+            self.metrics.policy_denials.with_label_values(&[stage, reason, method]).inc();
+        };
+        let redacted = self
+            .auth
+            .authorize_response(input)
+            .await
+            .inspect_err(|e| denied("response", &input.method, e))?;
+        let Some(hooks) = &self.hooks else { return Ok(redacted) };
+        if let Some(r) = &redacted {
+            input.response = Some(r.clone());
+        }
+        let hooked = hooks
+            .authorize_response(input)
+            .await
+            .inspect_err(|e| denied("response_hook", &input.method, e))?;
+        Ok(hooked.or(redacted))
     }
 
     /// Runs the response policies on a unary response: `body` stays the
     /// request (as in v0.5.0), `response` is the response. A policy may
     /// redact the response, which is then read back from its JSON.
     async fn release<T>(&self, caller: Caller, out: T, to_json: fn(&T) -> Value, from_json: fn(&Value) -> Result<T>) -> Result<T> {
-        if !self.auth.inspects_responses() {
+        if !self.inspects_responses() {
             return Ok(out);
         }
         let mut input = caller.input;
         input.response = Some(to_json(&out));
-        match self.auth.authorize_response(&input).await {
-            Ok(None) => Ok(out),
-            Ok(Some(redacted)) => from_json(&redacted),
-            Err(e) => {
-                self.metrics
-                    .policy_denials
-                    .with_label_values(&["response", crate::auth::denial_reason(&e), &input.method])
-                    .inc();
-                Err(e)
-            }
+        match self.authorize_response(&mut input).await? {
+            None => Ok(out),
+            Some(redacted) => from_json(&redacted),
         }
     }
 

@@ -17,6 +17,7 @@
 pub mod memory;
 pub mod mongo;
 pub mod sqlite;
+pub mod wasm;
 
 use crate::model::{Appended, AppendRequest, Error, Expect, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery};
 use async_trait::async_trait;
@@ -79,9 +80,10 @@ pub async fn open(spec: Option<&serde_json::Map<String, serde_json::Value>>, dat
             let database = text("database").unwrap_or("stategate");
             Ok(Arc::new(mongo::MongoStorage::open(addr, database).await?))
         }
+        "wasm" => Ok(Arc::new(wasm::WasmStorage::open(spec.expect("a named provider has a spec")).await?)),
         other => Err(Error::invalid(
             "name",
-            format!("unknown storage provider {other:?}; known: sqlite, inmem (memory), mongo"),
+            format!("unknown storage provider {other:?}; known: sqlite, inmem (memory), mongo, wasm"),
         )),
     }
 }

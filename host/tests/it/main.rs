@@ -33,3 +33,7 @@ mod client;
 mod examples;
 mod deploy;
 mod docs;
+mod wasm_support;
+mod wasm_providers;
+mod wasm_sandbox;
+mod wasm_policies;

@@ -1,0 +1,146 @@
+//! `wasm`: a channel provider written as a wasm component of the
+//! `channel-provider` world (see `wit/`), e.g.
+//! `{"name":"wasm","path":"dir_channel.wasm","grants":{"dir":"/tmp/sg-bus"}}`.
+//!
+//! The host polls the guest from an opaque cursor (every `poll_ms`
+//! milliseconds of the spec, default 10, while idle) on one task per
+//! provider and fans events out to subscriptions, filtering by topic.
+//! `subscribe` drains what is already published before it registers, so a
+//! subscription receives exactly what is published after it returns.
+
+use super::{Channel, Subscription};
+use crate::model::{Error, Event, Result, Topic};
+use crate::storage::wasm::{event_from_wit, event_to_wit};
+use crate::wasm::bindings::channel::{ChannelProvider, ChannelProviderPre};
+use crate::wasm::bindings::storage::stategate::gateway::types as wt;
+use crate::wasm::{Ctx, Guest, GuestSpec, Persistent};
+use async_trait::async_trait;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::{Mutex, broadcast};
+
+const CAPACITY: usize = 16 * 1024;
+const BATCH: u32 = 512;
+
+pub struct WasmChannel {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    guest: Persistent<ChannelProviderPre<Ctx>>,
+    tx: broadcast::Sender<Arc<Event>>,
+    /// The poll position; held while polling so polls never overlap.
+    cursor: Mutex<String>,
+}
+
+impl Inner {
+    fn error(&self, e: wt::ProviderError) -> Error {
+        crate::wasm::metrics::guest_error(self.guest.guest().name(), "channel");
+        match e {
+            wt::ProviderError::Unavailable(why) => Error::Unavailable(format!("{}: {why}", self.name)),
+            other => Error::Internal(format!("{}: {other:?}", self.name)),
+        }
+    }
+
+    /// Polls once from the cursor and broadcasts what arrived; returns how
+    /// many events arrived.
+    async fn poll(&self, cursor: &mut String) -> Result<usize> {
+        let from = cursor.clone();
+        let batch = self
+            .guest
+            .call("poll", move |s, g: &ChannelProvider| g.stategate_gateway_channel().call_poll(s, &from, BATCH))
+            .await?
+            .map_err(|e| self.error(e))?;
+        let n = batch.events.len();
+        for e in batch.events {
+            match event_from_wit(&self.name, e) {
+                Ok(e) => {
+                    let _ = self.tx.send(Arc::new(e));
+                }
+                Err(e) => tracing::warn!(channel = %self.name, "dropping a malformed event: {e}"),
+            }
+        }
+        *cursor = batch.cursor;
+        Ok(n)
+    }
+}
+
+impl WasmChannel {
+    pub async fn open(spec: &serde_json::Map<String, serde_json::Value>) -> Result<WasmChannel> {
+        let poll_every = Duration::from_millis(spec.get("poll_ms").and_then(|v| v.as_u64()).unwrap_or(10).max(1));
+        let spec = GuestSpec::from_json("STATEGATE_CHANNEL_PROVIDER", spec)?;
+        let guest = tokio::task::spawn_blocking(move || Guest::load(spec))
+            .await
+            .map_err(Error::internal)??;
+        let guest = Persistent::new(guest);
+        let name = format!("wasm:{}", guest.guest().name());
+        let tail = guest
+            .call("tail", |s, g: &ChannelProvider| g.stategate_gateway_channel().call_tail(s))
+            .await?
+            .map_err(|e| Error::Unavailable(format!("{name}: {e:?}")))?;
+        let inner = Arc::new(Inner {
+            name,
+            guest,
+            tx: broadcast::channel(CAPACITY).0,
+            cursor: Mutex::new(tail),
+        });
+        tokio::spawn(poller(Arc::downgrade(&inner), poll_every));
+        Ok(WasmChannel { inner })
+    }
+}
+
+async fn poller(inner: Weak<Inner>, every: Duration) {
+    loop {
+        let Some(inner) = inner.upgrade() else { return };
+        // Polls even when nobody listens, so the cursor stays fresh.
+        let got = {
+            let mut cursor = inner.cursor.lock().await;
+            inner.poll(&mut cursor).await
+        };
+        drop(inner);
+        match got {
+            Ok(n) if n as u32 >= BATCH => continue,
+            Ok(_) => tokio::time::sleep(every).await,
+            Err(e) => {
+                tracing::warn!("wasm channel poll failed: {e}");
+                tokio::time::sleep(every.max(Duration::from_millis(200))).await;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Channel for WasmChannel {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    async fn publish(&self, event: &Event) -> Result<()> {
+        let e = event_to_wit(event);
+        self.inner
+            .guest
+            .call("publish", move |s, g: &ChannelProvider| g.stategate_gateway_channel().call_publish(s, &e))
+            .await?
+            .map_err(|e| self.inner.error(e))
+    }
+
+    async fn subscribe(&self, topic: &Topic) -> Result<Subscription> {
+        let rx = {
+            let mut cursor = self.inner.cursor.lock().await;
+            // Drain everything published so far, then register: the new
+            // subscription sees only what is published after this point.
+            while self.inner.poll(&mut cursor).await? as u32 >= BATCH {}
+            self.inner.tx.subscribe()
+        };
+        Ok(super::broadcast_subscription(rx, topic.clone()))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.inner
+            .guest
+            .call("ping", |s, g: &ChannelProvider| g.stategate_gateway_channel().call_ping(s))
+            .await?
+            .map_err(|e| self.inner.error(e))
+    }
+}

@@ -1,0 +1,303 @@
+//! `wasm`: a storage provider written as a wasm component of the
+//! `storage-provider` world (see `wit/`), e.g.
+//! `{"name":"wasm","path":"fs_storage.wasm","grants":{"dir":"data/store"}}`.
+//!
+//! One long-lived instance serves all calls, one at a time (the guest keeps
+//! its indexes in memory); it is replaced after a trap and on hot reload.
+//! The guest may return supersets for searches: the query's filter, sort,
+//! offset and limit are applied here.
+
+use super::Storage;
+use crate::model::{
+    Appended, AppendRequest, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result, State,
+    StateQuery, Values,
+};
+use crate::wasm::bindings::storage::StorageProviderPre;
+use crate::wasm::bindings::storage::exports::stategate::gateway::storage as wit;
+use crate::wasm::bindings::storage::stategate::gateway::types as wt;
+use crate::wasm::{Ctx, Guest, GuestSpec, Persistent};
+use async_trait::async_trait;
+use std::sync::Arc;
+
+pub struct WasmStorage {
+    name: String,
+    inner: Persistent<StorageProviderPre<Ctx>>,
+}
+
+impl WasmStorage {
+    /// Loads the guest and checks it answers `ping`.
+    pub async fn open(spec: &serde_json::Map<String, serde_json::Value>) -> Result<WasmStorage> {
+        let spec = GuestSpec::from_json("STATEGATE_STORAGE_PROVIDER", spec)?;
+        let guest = tokio::task::spawn_blocking(move || Guest::load(spec))
+            .await
+            .map_err(Error::internal)??;
+        let s = WasmStorage {
+            name: format!("wasm:{}", guest.name()),
+            inner: Persistent::new(guest),
+        };
+        s.ping().await?;
+        Ok(s)
+    }
+
+    pub fn guest(&self) -> &Arc<Guest<StorageProviderPre<Ctx>>> {
+        self.inner.guest()
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut wasmtime::Store<Ctx>, &wit::Guest) -> wasmtime::Result<std::result::Result<T, wt::ProviderError>>
+        + Send
+        + 'static,
+    ) -> Result<std::result::Result<T, wt::ProviderError>> {
+        let r = self
+            .inner
+            .call(op, move |store, inst| f(store, inst.stategate_gateway_storage()))
+            .await?;
+        if r.is_err() {
+            crate::wasm::metrics::guest_error(self.inner.guest().name(), op);
+        }
+        Ok(r)
+    }
+
+    fn error(&self, e: wt::ProviderError) -> Error {
+        match e {
+            wt::ProviderError::NotFound(what) => Error::NotFound(what),
+            wt::ProviderError::Unavailable(why) => Error::Unavailable(format!("{}: {why}", self.name)),
+            wt::ProviderError::Internal(why) => Error::Internal(format!("{}: {why}", self.name)),
+            wt::ProviderError::VersionConflict(_) | wt::ProviderError::IdempotencyMismatch => {
+                Error::Internal(format!("{}: returned a write error from a read", self.name))
+            }
+        }
+    }
+}
+
+pub(crate) fn record_to_wit(r: &RecordRef) -> wt::RecordRef {
+    wt::RecordRef {
+        domain: r.domain.clone(),
+        ty: r.ty.clone(),
+        key: r.key.clone(),
+    }
+}
+
+fn record_from_wit(r: wt::RecordRef) -> RecordRef {
+    RecordRef {
+        domain: r.domain,
+        ty: r.ty,
+        key: r.key,
+    }
+}
+
+pub(crate) fn kind_to_wit(k: EventKind) -> wt::EventKind {
+    match k {
+        EventKind::Set => wt::EventKind::Set,
+        EventKind::Edit => wt::EventKind::Edit,
+        EventKind::Del => wt::EventKind::Del,
+        EventKind::Revert => wt::EventKind::Revert,
+    }
+}
+
+fn kind_from_wit(k: wt::EventKind) -> EventKind {
+    match k {
+        wt::EventKind::Set => EventKind::Set,
+        wt::EventKind::Edit => EventKind::Edit,
+        wt::EventKind::Del => EventKind::Del,
+        wt::EventKind::Revert => EventKind::Revert,
+    }
+}
+
+fn object(guest: &str, what: &str, text: &str) -> Result<Values> {
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        _ => Err(Error::Internal(format!("{guest}: returned {what} that is not a JSON object"))),
+    }
+}
+
+pub(crate) fn event_to_wit(e: &Event) -> wt::Event {
+    wt::Event {
+        id: e.id.clone(),
+        seq: e.seq,
+        record: record_to_wit(&e.record),
+        values: e.values.as_ref().map(|v| serde_json::Value::Object(v.clone()).to_string()),
+        claims: serde_json::Value::Object(e.claims.clone()).to_string(),
+        time: e.time,
+        version: e.version,
+        kind: kind_to_wit(e.kind),
+        method: e.method.clone(),
+    }
+}
+
+pub(crate) fn event_from_wit(guest: &str, e: wt::Event) -> Result<Event> {
+    Ok(Event {
+        values: e.values.as_deref().map(|v| object(guest, "event values", v)).transpose()?,
+        claims: object(guest, "event claims", &e.claims)?,
+        id: e.id,
+        seq: e.seq,
+        record: record_from_wit(e.record),
+        time: e.time,
+        version: e.version,
+        kind: kind_from_wit(e.kind),
+        method: e.method,
+    })
+}
+
+fn state_from_wit(guest: &str, s: wt::State) -> Result<State> {
+    Ok(State {
+        values: object(guest, "state values", &s.values)?,
+        record: record_from_wit(s.record),
+        version: s.version,
+    })
+}
+
+#[async_trait]
+impl Storage for WasmStorage {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn append(&self, req: AppendRequest) -> Result<Appended> {
+        let w = wit::AppendRequest {
+            id: req.id.clone(),
+            record: record_to_wit(&req.record),
+            values: match &req.change {
+                Change::Put(v) => Some(serde_json::Value::Object(v.clone()).to_string()),
+                Change::Delete => None,
+            },
+            expect: match req.expect {
+                crate::model::Expect::Any => wit::Expect::Any,
+                crate::model::Expect::Absent => wit::Expect::Absent,
+                crate::model::Expect::Version(v) => wit::Expect::Version(v),
+            },
+            kind: kind_to_wit(req.kind),
+            method: req.method.clone(),
+            claims: serde_json::Value::Object(req.claims.clone()).to_string(),
+            time: req.time,
+            idempotency: req.idempotency.as_ref().map(|i| wit::Idempotency {
+                key: i.key.clone(),
+                fingerprint: i.fingerprint.clone(),
+                not_before: i.not_before,
+            }),
+        };
+        match self.call("append", move |s, g| g.call_append(s, &w)).await? {
+            Ok(a) => Ok(Appended {
+                event: event_from_wit(&self.name, a.event)?,
+                replayed: a.replayed,
+            }),
+            Err(wt::ProviderError::VersionConflict(current)) => Err(super::conflict(&req, current)),
+            Err(wt::ProviderError::IdempotencyMismatch) => Err(super::idempotency_mismatch(
+                req.idempotency.as_ref().map_or("", |i| i.key.as_str()),
+            )),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    async fn get(&self, record: &RecordRef) -> Result<Option<State>> {
+        let r = record_to_wit(record);
+        match self.call("get", move |s, g| g.call_get(s, &r)).await? {
+            Ok(st) => st.map(|st| state_from_wit(&self.name, st)).transpose(),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    async fn search_states(&self, query: &StateQuery) -> Result<Vec<State>> {
+        let (d, t) = (query.domain.clone(), query.ty.clone());
+        let all = match self.call("search-states", move |s, g| g.call_search_states(s, &d, &t)).await? {
+            Ok(v) => v,
+            Err(e) => return Err(self.error(e)),
+        };
+        let mut states = Vec::new();
+        for s in all {
+            let s = state_from_wit(&self.name, s)?;
+            if s.record.domain == query.domain && s.record.ty == query.ty && query.filter.matches(&s.values) {
+                states.push(s);
+            }
+        }
+        match &query.sort {
+            Some(sort) => states.sort_by(|a, b| sort.compare((&a.record.key, &a.values), (&b.record.key, &b.values))),
+            None => states.sort_by(|a, b| a.record.key.cmp(&b.record.key)),
+        }
+        Ok(states.into_iter().skip(query.offset).take(query.limit).collect())
+    }
+
+    async fn search_events(&self, query: &EventQuery) -> Result<Vec<Event>> {
+        let scan = wit::EventScan {
+            domain: query.domain.clone(),
+            ty: query.ty.clone(),
+            key: query.key.clone(),
+            min_time: query.min_time,
+            max_time: query.max_time,
+        };
+        let all = match self.call("search-events", move |s, g| g.call_search_events(s, &scan)).await? {
+            Ok(v) => v,
+            Err(e) => return Err(self.error(e)),
+        };
+        let empty = Values::new();
+        let mut events = Vec::new();
+        for e in all {
+            let e = event_from_wit(&self.name, e)?;
+            let keep = e.record.domain == query.domain
+                && e.record.ty == query.ty
+                && query.key.as_ref().is_none_or(|k| *k == e.record.key)
+                && query.min_time.is_none_or(|t| e.time >= t)
+                && query.max_time.is_none_or(|t| e.time <= t)
+                && query.filter.matches(e.values.as_ref().unwrap_or(&empty))
+                && query.claims_filter.matches(&e.claims);
+            if keep {
+                events.push(e);
+            }
+        }
+        events.sort_by_key(|e| e.seq);
+        Ok(events.into_iter().skip(query.offset).take(query.limit).collect())
+    }
+
+    async fn get_event(&self, id: &str) -> Result<Option<Event>> {
+        let id = id.to_owned();
+        match self.call("get-event", move |s, g| g.call_get_event(s, &id)).await? {
+            Ok(e) => e.map(|e| event_from_wit(&self.name, e)).transpose(),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    async fn feed(&self, query: &FeedQuery) -> Result<Vec<Event>> {
+        let q = wit::FeedQuery {
+            domain: query.topic.domain.clone(),
+            ty: query.topic.ty.clone(),
+            key: query.key.clone(),
+            after_seq: query.after_seq,
+            from_time: query.from_time,
+            limit: query.limit.min(u32::MAX as usize) as u32,
+        };
+        let events = match self.call("feed", move |s, g| g.call_feed(s, &q)).await? {
+            Ok(v) => v,
+            Err(e) => return Err(self.error(e)),
+        };
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            let e = event_from_wit(&self.name, e)?;
+            let keep = e.seq > query.after_seq
+                && query.topic.matches(&e.record)
+                && query.key.as_ref().is_none_or(|k| *k == e.record.key)
+                && query.from_time.is_none_or(|t| e.time >= t);
+            if keep {
+                out.push(e);
+            }
+        }
+        out.sort_by_key(|e| e.seq);
+        out.truncate(query.limit);
+        Ok(out)
+    }
+
+    async fn head(&self) -> Result<u64> {
+        match self.call("head", |s, g| g.call_head(s)).await? {
+            Ok(h) => Ok(h),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    async fn ping(&self) -> Result<()> {
+        match self.call("ping", |s, g| g.call_ping(s)).await? {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+}

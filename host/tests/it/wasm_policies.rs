@@ -1,0 +1,236 @@
+//! Policy hooks: the Rust tenant-isolation and redaction hooks and the
+//! Python read-only policy decide as written; hot reload swaps a hook while
+//! a client keeps calling (no call fails) and refuses broken replacements.
+
+use crate::harness::TestGateway;
+use crate::wasm_support::{cache_dir, configure, guest};
+use serde_json::{Value, json};
+use stategate::auth::PolicyInput;
+use stategate::model::Error;
+use stategate::proto::*;
+use stategate::wasm::hooks::PolicyHooks;
+
+fn input(claims: Value, method: &str, body: Value, response: Option<Value>) -> PolicyInput {
+    PolicyInput {
+        claims: claims.as_object().unwrap().clone(),
+        method: method.into(),
+        metadata: Default::default(),
+        body,
+        client_stream: false,
+        server_stream: false,
+        response,
+    }
+}
+
+const SET: &str = "/stategate.StateService/Set";
+const GET: &str = "/stategate.StateService/Get";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_isolation_hook() {
+    configure();
+    let hooks = PolicyHooks::from_config(&json!({"*": guest("tenant_isolation")}).to_string()).unwrap().unwrap();
+    let acme = json!({"tenant": "acme"});
+    hooks.authorize_request(&input(acme.clone(), SET, json!({"domain": "acme", "key": "k"}), None)).await.unwrap();
+    let err = hooks
+        .authorize_request(&input(acme.clone(), SET, json!({"domain": "globex", "key": "k"}), None))
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, Error::PermissionDenied(m) if m.contains("may not access domain \"globex\"")), "{err}");
+    let err = hooks.authorize_request(&input(json!({}), GET, json!({"domain": "acme"}), None)).await.unwrap_err();
+    assert!(matches!(&err, Error::PermissionDenied(m) if m.contains("no tenant claim")), "{err}");
+    // A response carrying another tenant's record is withheld.
+    let leak = json!({"stateValues": [{"domain": "acme", "values": {}}, {"domain": "globex", "values": {"domain": "x"}}]});
+    let err = hooks.authorize_response(&input(acme.clone(), GET, json!({}), Some(leak))).await.unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied(_)));
+    let fine = json!({"domain": "acme", "values": {"domain": "stored values are not addressing"}});
+    assert_eq!(hooks.authorize_response(&input(acme, GET, json!({}), Some(fine))).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_read_only_policy() {
+    configure();
+    let spec = json!({"ro": {"path": guest("python_readonly"), "config": {"hide": "card.number,ssn"}, "limits": {"timeout_ms": 30000}}});
+    let hooks = PolicyHooks::from_config(&spec.to_string()).unwrap().unwrap();
+    let body = json!({"domain": "ro", "type": "t", "key": "k"});
+    let err = hooks.authorize_request(&input(json!({"role": "viewer"}), SET, body.clone(), None)).await.unwrap_err();
+    assert!(matches!(&err, Error::PermissionDenied(m) if m.contains("read-only (python policy)") && m.contains("policy:ro")), "{err}");
+    hooks.authorize_request(&input(json!({"role": "admin"}), SET, body.clone(), None)).await.unwrap();
+    hooks.authorize_request(&input(json!({}), GET, body.clone(), None)).await.unwrap();
+    // Other domains have no hook.
+    hooks.authorize_request(&input(json!({}), SET, json!({"domain": "rw"}), None)).await.unwrap();
+    let response = json!({"domain": "ro", "values": {"card": {"number": "4111", "exp": "12/30"}, "ssn": "1", "name": "n"}});
+    let out = hooks.authorize_response(&input(json!({}), GET, body, Some(response))).await.unwrap().unwrap();
+    assert_eq!(out, json!({"domain": "ro", "values": {"card": {"exp": "12/30"}, "name": "n"}}));
+}
+
+fn state(key: &str, v: Value) -> State {
+    State {
+        domain: "d".into(),
+        r#type: "t".into(),
+        key: key.into(),
+        values: Some(stategate::api::convert::json_to_struct(v.as_object().unwrap())),
+        ..Default::default()
+    }
+}
+
+/// Replaces a file the way a deploy should: write aside, rename over.
+fn replace(path: &std::path::Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn refused(gw: &TestGateway) -> u64 {
+    let text = crate::harness::http().get(format!("{}/metrics", gw.ops_url())).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find(|l| l.contains("wasm_guest_loads_total") && l.contains("outcome=\"refused\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_while_calling() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("hook.wasm");
+    std::fs::copy(guest("redact"), &hook).unwrap();
+    // The old version redacts `secret`; the new one (misbehave, mode allow)
+    // lets it through: every answer shows which one served it.
+    let hooks = json!({"*": {"path": hook, "config": {"fields": "secret", "mode": "allow"}}});
+    let gw = TestGateway::start_with(|c| {
+        c.policy_hooks = Some(hooks.to_string());
+        c.wasm_cache_dir = Some(cache_dir());
+        c.wasm_reload_ms = 50;
+    })
+    .await;
+    let mut client = gw.state_client().await;
+    client.set(state("k", json!({"a": 1, "secret": "s"}))).await.unwrap();
+
+    let get = |mut c: StateServiceClient<tonic::transport::Channel>| async move {
+        let s = c
+            .get(StateRef { domain: "d".into(), r#type: "t".into(), key: "k".into(), ..Default::default() })
+            .await
+            .expect("no call fails during a reload")
+            .into_inner();
+        let v = stategate::api::convert::struct_to_json("values", s.values.unwrap()).unwrap();
+        assert_eq!(v["a"], 1);
+        v.contains_key("secret")
+    };
+    use stategate::proto::state_service_client::StateServiceClient;
+    let (mut old, mut new) = (0, 0);
+    for _ in 0..5 {
+        assert!(!get(client.clone()).await, "the first version redacts");
+        old += 1;
+    }
+    replace(&hook, &std::fs::read(guest("misbehave")).unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while new < 20 {
+        // Two calls at once, so some are in flight while the swap happens.
+        let (a, b) = tokio::join!(get(client.clone()), get(client.clone()));
+        for served_by_new in [a, b] {
+            if served_by_new { new += 1 } else { old += 1 }
+        }
+        assert!(std::time::Instant::now() < deadline, "the new version is never swapped in");
+    }
+    assert!(old >= 5);
+
+    // Broken replacements are refused; the current version keeps serving.
+    let before = refused(&gw).await;
+    replace(&hook, b"\0asm definitely not a component");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while refused(&gw).await < before + 1 {
+        assert!(get(client.clone()).await, "the last good version serves");
+        assert!(std::time::Instant::now() < deadline, "the broken file is never refused");
+    }
+    // A valid component of the wrong world is refused too.
+    replace(&hook, &std::fs::read(guest("fs_storage")).unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while refused(&gw).await < before + 2 {
+        assert!(get(client.clone()).await, "the last good version serves");
+        assert!(std::time::Instant::now() < deadline, "the wrong-world file is never refused");
+    }
+    for _ in 0..5 {
+        assert!(get(client.clone()).await);
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_apply_to_unary_and_streamed_responses_per_domain() {
+    use futures::StreamExt;
+    let hooks = json!({"d": {"path": guest("redact"), "config": {"fields": "secret,card.number"}}});
+    let gw = TestGateway::start_with(|c| {
+        c.policy_hooks = Some(hooks.to_string());
+        c.wasm_cache_dir = Some(cache_dir());
+    })
+    .await;
+    let mut stream = gw
+        .event_client()
+        .await
+        .stream(StreamOpts { domain: "d".into(), r#type: "t".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut client = gw.state_client().await;
+    let written = client.set(state("k", json!({"a": 1, "secret": "s", "card": {"number": "4111", "exp": "1"}}))).await.unwrap().into_inner();
+    let shown = |s: Option<State>| stategate::api::convert::struct_to_json("values", s.unwrap().values.unwrap()).unwrap();
+    let expected = json!({"a": 1, "card": {"exp": "1"}});
+    assert_eq!(Value::Object(shown(written.state)), expected, "the Set response is redacted");
+    let got = client
+        .get(StateRef { domain: "d".into(), r#type: "t".into(), key: "k".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(Value::Object(shown(Some(got))), expected, "the Get response is redacted");
+    let streamed = tokio::time::timeout(std::time::Duration::from_secs(20), stream.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(Value::Object(shown(streamed.state)), expected, "the streamed event is redacted");
+    // Another domain has no hook: its values come back whole.
+    let mut other = state("k", json!({"secret": "s"}));
+    other.domain = "e".into();
+    let e = client.set(other).await.unwrap().into_inner();
+    assert_eq!(Value::Object(shown(e.state)), json!({"secret": "s"}));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_from_a_directory_are_picked_up_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("redact"), dir.path().join("d.wasm")).unwrap();
+    let gw = TestGateway::start_with(|c| {
+        c.policy_hooks = Some(dir.path().display().to_string());
+        c.wasm_cache_dir = Some(cache_dir());
+    })
+    .await;
+    let mut client = gw.state_client().await;
+    let write = |domain: &str| {
+        let mut s = state("k", json!({"a": 1, "secret": "s"}));
+        s.domain = domain.into();
+        let mut c = client.clone();
+        async move {
+            let e = c.set(s).await.unwrap().into_inner();
+            stategate::api::convert::struct_to_json("values", e.state.unwrap().values.unwrap()).unwrap()
+        }
+    };
+    assert!(!write("d").await.contains_key("secret"), "d.wasm serves domain d");
+    assert!(write("e").await.contains_key("secret"), "no hook for e yet");
+    std::fs::copy(guest("redact"), dir.path().join("_default.wasm")).unwrap();
+    assert!(!write("e").await.contains_key("secret"), "_default.wasm now serves e");
+    let _ = &mut client;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_hook_configuration_fails_start_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    for (hooks, says) in [
+        (json!({"d": dir.path().join("missing.wasm")}).to_string(), "cannot read"),
+        (json!({"d": guest("fs_storage")}).to_string(), "does not implement world policy-hook"),
+        (json!({"d": {"path": guest("redact"), "grants": {"disk": "/"}}}).to_string(), "unknown grant"),
+        ("/no/such/dir".to_string(), "not a directory"),
+    ] {
+        let mut config = crate::harness::dev_config(dir.path());
+        config.policy_hooks = Some(hooks.clone());
+        config.wasm_cache_dir = Some(cache_dir());
+        let err = stategate::server::start(config).await.err().expect("start fails").to_string();
+        assert!(err.contains("STATEGATE_POLICY_HOOKS") && err.contains(says), "{hooks}: {err}");
+    }
+}

@@ -1,0 +1,98 @@
+//! Sandbox: a policy hook that traps, loops forever, allocates without bound
+//! or uses a capability it was not granted fails only its own call (with
+//! UNAVAILABLE / PERMISSION_DENIED naming the guest), while a client of
+//! another tenant, served by another wasm hook, keeps being served.
+
+use crate::harness::TestGateway;
+use crate::wasm_support::{cache_dir, guest};
+use stategate::proto::*;
+use tonic::Code;
+
+fn state(domain: &str, key: &str, v: serde_json::Value) -> State {
+    State {
+        domain: domain.into(),
+        r#type: "t".into(),
+        key: key.into(),
+        values: Some(stategate::api::convert::json_to_struct(v.as_object().unwrap())),
+        ..Default::default()
+    }
+}
+
+fn json_of(s: &State) -> serde_json::Value {
+    serde_json::Value::Object(stategate::api::convert::struct_to_json("values", s.values.clone().unwrap()).unwrap())
+}
+
+async fn misbehaving(mode: &str, limits: serde_json::Value, code: Code, says: &str) {
+    let hooks = serde_json::json!({
+        "bad": {"path": guest("misbehave"), "config": {"mode": mode}, "limits": limits},
+        "good": {"path": guest("redact"), "config": {"fields": "secret"}},
+    });
+    let gw = TestGateway::start_with(|c| {
+        c.policy_hooks = Some(hooks.to_string());
+        c.wasm_cache_dir = Some(cache_dir());
+    })
+    .await;
+
+    // A client of another tenant keeps writing and reading meanwhile.
+    let mut good = gw.state_client().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || n < 5 {
+                let key = format!("k{}", n % 3);
+                good.set(state("good", &key, serde_json::json!({"n": n, "secret": "s"}))).await.expect("good tenant write");
+                let got = good
+                    .get(StateRef { domain: "good".into(), r#type: "t".into(), key, ..Default::default() })
+                    .await
+                    .expect("good tenant read")
+                    .into_inner();
+                let v = json_of(&got);
+                assert!(v.get("secret").is_none(), "the good tenant's hook still redacts: {v}");
+                n += 1;
+            }
+            n
+        })
+    };
+
+    let mut bad = gw.state_client().await;
+    for _ in 0..3 {
+        let err = bad.set(state("bad", "k", serde_json::json!({"n": 1}))).await.expect_err("the bad hook fails the call");
+        assert_eq!(err.code(), code, "{mode}: {err:?}");
+        assert!(err.message().contains("policy:bad"), "{mode}: the error names the guest: {}", err.message());
+        assert!(err.message().contains(says), "{mode}: the error says what happened: {}", err.message());
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let served = background.await.expect("the good tenant was served throughout");
+    assert!(served >= 5);
+
+    // The gateway still serves both: the bad tenant's next call fails the
+    // same clean way, the good tenant's succeeds.
+    let err = bad.set(state("bad", "k", serde_json::json!({"n": 2}))).await.unwrap_err();
+    assert_eq!(err.code(), code);
+    gw.state_client().await.set(state("good", "after", serde_json::json!({"n": 1}))).await.unwrap();
+    let metrics = crate::harness::http().get(format!("{}/metrics", gw.ops_url())).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("wasm_guest_errors_total{guest=\"policy:bad\""), "per-guest error metrics: {metrics}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trapping_hook_fails_only_its_call() {
+    misbehaving("trap", serde_json::json!({}), Code::Unavailable, "trapped").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looping_hook_hits_its_deadline() {
+    misbehaving("loop", serde_json::json!({"timeout_ms": 300}), Code::Unavailable, "time limit").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bomb_hits_its_cap() {
+    misbehaving("oom", serde_json::json!({"memory_mb": 32}), Code::Unavailable, "memory limit").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ungranted_network_is_denied() {
+    misbehaving("net", serde_json::json!({}), Code::PermissionDenied, "not granted").await;
+}
