@@ -1,5 +1,5 @@
-//! Policy hooks: the Rust tenant-isolation and redaction hooks and the
-//! Python read-only policy decide as written; hot reload swaps a hook while
+//! Policy hooks: the Rust tenant-isolation and redaction hooks, the Python
+//! read-only policy and the JavaScript schema policy decide as written; hot reload swaps a hook while
 //! a client keeps calling (no call fails) and refuses broken replacements.
 
 use crate::harness::TestGateway;
@@ -61,6 +61,36 @@ async fn python_read_only_policy() {
     let response = json!({"domain": "ro", "values": {"card": {"number": "4111", "exp": "12/30"}, "ssn": "1", "name": "n"}});
     let out = hooks.authorize_response(&input(json!({}), GET, body, Some(response))).await.unwrap().unwrap();
     assert_eq!(out, json!({"domain": "ro", "values": {"card": {"exp": "12/30"}, "name": "n"}}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_schema_policy() {
+    configure();
+    let spec = json!({"shop": {
+        "path": guest("js_schema"),
+        "config": {"required": {"order": ["id", "total"]}, "types": {"order": {"total": "number", "id": "string"}}},
+        "limits": {"timeout_ms": 30000},
+    }});
+    let hooks = PolicyHooks::from_config(&spec.to_string()).unwrap().unwrap();
+    let set = |values: Value| input(json!({}), SET, json!({"domain": "shop", "type": "order", "key": "o1", "values": values}), None);
+    hooks.authorize_request(&set(json!({"id": "o1", "total": 12.5, "note": "extra fields pass"}))).await.unwrap();
+    let err = hooks.authorize_request(&set(json!({"id": "o1"}))).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::PermissionDenied(m) if m.contains("missing total") && m.contains("js schema policy") && m.contains("policy:shop")),
+        "{err}"
+    );
+    let err = hooks.authorize_request(&set(json!({"id": 7, "total": "12"}))).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::PermissionDenied(m) if m.contains("total must be number, not string") && m.contains("id must be string, not number")),
+        "{err}"
+    );
+    // Types without rules, reads and other domains pass.
+    let other = input(json!({}), SET, json!({"domain": "shop", "type": "note", "key": "n", "values": {}}), None);
+    hooks.authorize_request(&other).await.unwrap();
+    hooks.authorize_request(&input(json!({}), GET, json!({"domain": "shop", "type": "order"}), None)).await.unwrap();
+    hooks.authorize_request(&input(json!({}), SET, json!({"domain": "elsewhere", "type": "order"}), None)).await.unwrap();
+    let response = json!({"domain": "shop", "values": {"id": "o1"}});
+    assert_eq!(hooks.authorize_response(&input(json!({}), GET, json!({}), Some(response))).await.unwrap(), None);
 }
 
 fn state(key: &str, v: Value) -> State {
