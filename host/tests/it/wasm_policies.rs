@@ -211,6 +211,25 @@ async fn hooks_apply_to_unary_and_streamed_responses_per_domain() {
         .unwrap()
         .into_inner();
     assert_eq!(Value::Object(shown(Some(got))), expected, "the Get response is redacted");
+    // List responses: every state and every event in them.
+    let found = client
+        .search(SearchStateOpts { domain: "d".into(), r#type: "t".into(), limit: 10, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .state_values;
+    assert_eq!(found.len(), 1);
+    assert_eq!(Value::Object(shown(found.into_iter().next())), expected, "the Search response is redacted");
+    let history = gw
+        .event_client()
+        .await
+        .search(SearchEventOpts { domain: "d".into(), r#type: "t".into(), limit: 10, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(history.len(), 1);
+    assert_eq!(Value::Object(shown(history[0].state.clone())), expected, "the event Search response is redacted");
     let streamed = tokio::time::timeout(std::time::Duration::from_secs(20), stream.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(Value::Object(shown(streamed.state)), expected, "the streamed event is redacted");
     // Another domain has no hook: its values come back whole.
