@@ -108,10 +108,10 @@ impl HttpGrant {
         if wildcard && (bracketed || !host.contains(|c: char| c.is_ascii_alphabetic())) {
             return Err("a wildcard needs a domain name after \"*.\"");
         }
-        let port = match (authority.port(), authority.port_u16()) {
-            (None, _) => None,
-            (Some(_), Some(p)) if p > 0 => Some(p),
-            _ => return Err("the port must be 1 to 65535"),
+        // From the text: `Authority::port` hides a port that is not a u16.
+        let port = match authority.as_str().strip_prefix(authority.host()).and_then(|p| p.strip_prefix(':')) {
+            None => None,
+            Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p > 0).ok_or("the port must be 1 to 65535")?),
         };
         Ok(HttpGrant {
             host: if wildcard {

@@ -73,6 +73,7 @@ fn http_get(authority: &str) -> Result<u16, String> {
     let request = OutgoingRequest::new(Fields::new());
     request.set_scheme(Some(&Scheme::Http)).map_err(|()| "scheme")?;
     request.set_authority(Some(authority)).map_err(|()| "authority")?;
+    request.set_path_with_query(Some("/")).map_err(|()| "path")?;
     let pending = wasi::http::outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
     loop {
         match pending.get() {
