@@ -18,8 +18,9 @@
 use super::grants::Grants;
 use http_body_util::BodyExt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::filesystem::WasiFilesystemView;
@@ -77,13 +78,17 @@ pub fn grant_wasi(b: &mut WasiCtxBuilder, grants: &Grants, net: Arc<Vec<SocketAd
 }
 
 /// The wasi:http hooks of one store: sends only requests the grants allow,
-/// within the call's time budget.
+/// and only until the current call's deadline.
 pub struct HttpGate {
     pub grants: Arc<Grants>,
     pub denied: Denied,
-    /// The guest's per-call budget: bounds every wait of one request, since
-    /// a guest blocked in the host is not interrupted by the epoch deadline.
-    pub budget: Duration,
+    /// When the current call's time is up (set as each call starts). A
+    /// guest blocked in the host is not interrupted by the epoch deadline,
+    /// so every wait of a request is bounded by this instead...
+    pub deadline: Instant,
+    /// ... and a request cut short by it marks the call as out of time,
+    /// whatever the guest then makes of the error.
+    pub expired: Arc<AtomicBool>,
 }
 
 type SendResult = wasmtime_wasi_http::Result<(
@@ -105,7 +110,8 @@ impl WasiHttpHooks for HttpGate {
             self.denied.record(format!("outbound HTTP to {authority}"));
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
-        let budget = self.budget;
+        let deadline = self.deadline;
+        let budget = deadline.saturating_duration_since(Instant::now());
         let cap = |asked: Option<Duration>| Some(asked.map_or(budget, |d| d.min(budget)));
         let options = options.unwrap_or_default();
         let options = RequestOptions {
@@ -113,11 +119,23 @@ impl WasiHttpHooks for HttpGate {
             first_byte_timeout: cap(options.first_byte_timeout),
             between_bytes_timeout: cap(options.between_bytes_timeout),
         };
+        // A request or body read that failed once the call's time was up
+        // failed because of it.
+        let expired = self.expired.clone();
+        let out_of_time = move |e: wasmtime_wasi_http::Error| {
+            if Instant::now() >= deadline {
+                expired.store(true, Ordering::SeqCst);
+            }
+            e
+        };
         Box::new(async move {
             let sent = tokio::time::timeout(budget, wasmtime_wasi_http::default_send_request(request, Some(options)));
-            let (response, io) = sent.await.map_err(|_| wasmtime_wasi_http::Error::ConnectionTimeout)??;
+            let (response, io) = match sent.await {
+                Ok(r) => r.map_err(out_of_time.clone())?,
+                Err(_) => return Err(out_of_time(wasmtime_wasi_http::Error::ConnectionTimeout)),
+            };
             Ok((
-                response.map(BodyExt::boxed_unsync),
+                response.map(|body| body.map_err(out_of_time).boxed_unsync()),
                 Box::new(io) as Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
             ))
         })

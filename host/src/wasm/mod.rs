@@ -540,7 +540,8 @@ impl<P: World> Guest<P> {
             http_gate: capabilities::HttpGate {
                 grants: self.grants.clone(),
                 denied: denied.clone(),
-                budget: self.spec.call_timeout,
+                deadline: Instant::now() + self.spec.call_timeout,
+                expired: Arc::default(),
             },
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
@@ -558,6 +559,9 @@ impl<P: World> Guest<P> {
     fn arm(&self, store: &mut Store<Ctx>) {
         let ticks = (self.spec.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64 + 1;
         store.set_epoch_deadline(ticks);
+        let gate = &mut store.data_mut().http_gate;
+        gate.deadline = Instant::now() + self.spec.call_timeout;
+        gate.expired.store(false, Ordering::SeqCst);
         store.data().denied.take();
     }
 
@@ -566,11 +570,13 @@ impl<P: World> Guest<P> {
     fn finish<T>(&self, op: &'static str, store: &Store<Ctx>, started: Instant, r: wasmtime::Result<T>) -> Result<T> {
         let name = &self.spec.name;
         let denied = store.data().denied.take();
+        let expired = store.data().http_gate.expired.load(Ordering::SeqCst);
         let out = match (denied, r) {
             (Some(what), _) => Err((
                 "denied",
                 Error::PermissionDenied(format!("wasm guest {name:?}: {op} used {what}, which is not granted")),
             )),
+            (None, _) if expired => Err(self.out_of_time(op)),
             (None, Ok(v)) => Ok(v),
             (None, Err(e)) => Err(self.classify(op, &e)),
         };
@@ -578,12 +584,16 @@ impl<P: World> Guest<P> {
         out.map_err(|(_, e)| e)
     }
 
+    fn out_of_time(&self, op: &str) -> (&'static str, Error) {
+        let (name, ms) = (&self.spec.name, self.spec.call_timeout.as_millis());
+        ("deadline", Error::Unavailable(format!("wasm guest {name:?}: {op} exceeded its time limit of {ms} ms")))
+    }
+
     fn classify(&self, op: &str, e: &wasmtime::Error) -> (&'static str, Error) {
         let name = &self.spec.name;
         let text = format!("{e:?}");
         if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-            let ms = self.spec.call_timeout.as_millis();
-            return ("deadline", Error::Unavailable(format!("wasm guest {name:?}: {op} exceeded its time limit of {ms} ms")));
+            return self.out_of_time(op);
         }
         if text.contains("growing memory") || text.contains("memory limit") || text.contains("forcing trap when growing") {
             let mb = self.spec.memory_bytes >> 20;

@@ -172,3 +172,17 @@ async fn file_escape_from_the_granted_dir_is_denied() {
     let message = misbehaving_guest(bad, Code::PermissionDenied, &["outside grants.dir", "etc/passwd", "not granted"]).await;
     assert!(!message.contains(PASSWD_LINE), "no file content reaches the client: {message}");
 }
+
+/// A granted service that never answers: the call still ends at its
+/// deadline (the host bounds the guest's wait), UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_http_service_hits_the_call_deadline() {
+    let (service, _) = auth_service().await;
+    let bad = serde_json::json!({
+        "path": guest("webhook"),
+        "config": {"url": format!("http://{service}/slow")},
+        "grants": {"http": [service]},
+        "limits": {"timeout_ms": 300},
+    });
+    misbehaving_guest(bad, Code::Unavailable, &["time limit"]).await;
+}

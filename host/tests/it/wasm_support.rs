@@ -49,7 +49,8 @@ pub type Received = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
 /// local port: POST /authorize with a policy input allows it, except a
 /// request for key "forbidden" (denied with a reason) and key "broken"
 /// (answered with HTTP 500); without `authorization: Bearer t0k` it answers
-/// 401. Returns its `host:port` and the bodies it received.
+/// 401. POST /slow never answers. Returns its `host:port` and the bodies
+/// it received.
 pub async fn auth_service() -> (String, Received) {
     use axum::{Json, Router, extract::State, http::HeaderMap, http::StatusCode, routing::post};
     use serde_json::{Value, json};
@@ -65,7 +66,10 @@ pub async fn auth_service() -> (String, Received) {
         }
     }
     let received = Received::default();
-    let app = Router::new().route("/authorize", post(authorize)).with_state(received.clone());
+    async fn slow() {
+        std::future::pending::<()>().await
+    }
+    let app = Router::new().route("/authorize", post(authorize)).route("/slow", post(slow)).with_state(received.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
