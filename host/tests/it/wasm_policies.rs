@@ -225,6 +225,10 @@ async fn bad_hook_configuration_fails_start_naming_the_variable() {
         (json!({"d": dir.path().join("missing.wasm")}).to_string(), "cannot read"),
         (json!({"d": guest("fs_storage")}).to_string(), "does not implement world policy-hook"),
         (json!({"d": {"path": guest("redact"), "grants": {"disk": "/"}}}).to_string(), "unknown grant"),
+        (
+            json!({"d": {"path": guest("webhook"), "grants": {"http": ["https://authz.example.com/check"]}}}).to_string(),
+            "grants.http entry \"https://authz.example.com/check\": give an authority (host or host:port), not a URL",
+        ),
         ("/no/such/dir".to_string(), "not a directory"),
     ] {
         let mut config = crate::harness::dev_config(dir.path());
