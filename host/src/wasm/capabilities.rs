@@ -56,7 +56,8 @@ pub trait RecordsDenial {
 /// recorded in `denied`.
 pub fn grant_wasi(b: &mut WasiCtxBuilder, grants: &Grants, net: Arc<Vec<SocketAddr>>, denied: &Denied) -> wasmtime::Result<()> {
     if let Some(dir) = &grants.dir {
-        b.preopened_dir(dir, "/data", wasmtime_wasi::FsPerms::ReadWrite)?;
+        b.preopened_dir(dir, "/data", wasmtime_wasi::FsPerms::ReadWrite)
+            .map_err(|e| wasmtime::Error::msg(format!("cannot open grants.dir {}: {e}", dir.display())))?;
     }
     let flag = denied.clone();
     // TCP stays "allowed" so every attempt reaches the address check, which

@@ -532,7 +532,7 @@ impl<P: World> Guest<P> {
         let mut b = WasiCtxBuilder::new();
         b.inherit_stderr();
         capabilities::grant_wasi(&mut b, &self.spec.grants, self.allowed_net.clone(), &denied).map_err(|e| {
-            Error::Unavailable(format!("wasm guest {:?}: cannot set up its grants: {e}", self.spec.name))
+            Error::Unavailable(format!("wasm guest {:?}: {e}", self.spec.name))
         })?;
         let ctx = Ctx {
             wasi: b.build(),
