@@ -9,6 +9,7 @@ pub mod config;
 pub mod gateway;
 pub mod hub;
 pub mod model;
+pub mod profiling;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

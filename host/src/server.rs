@@ -260,13 +260,14 @@ fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result
 }
 
 /// The ops port: `/metrics`, `/healthz` (the process is alive), `/readyz`
-/// (storage and channel answer).
+/// (storage and channel answer), `/debug/pprof/profile` (a CPU profile).
 fn ops_routes(gateway: Arc<Gateway>) -> Router {
     let metrics = gateway.clone();
     Router::new()
         .route("/metrics", get(move || async move { metrics.metrics().render() }))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(move || readyz(gateway.clone())))
+        .route("/debug/pprof/profile", get(crate::profiling::cpu_profile))
 }
 
 async fn readyz(gateway: Arc<Gateway>) -> axum::response::Response {

@@ -430,7 +430,8 @@ impl Gateway {
         let states = self
             .observe(self.storage.name(), "search_states", self.storage.search_states(&query))
             .await?;
-        self.release(caller, states, |s| states_json(s), parse_states).await
+        self.release(caller, states, |s| list_json("stateValues", s, json::state), |v| parse_list("stateValues", v, json::parse_state))
+            .await
     }
 
     pub async fn search_events(&self, metadata: Metadata, req: SearchEventsRequest) -> Result<Vec<Event>> {
@@ -459,7 +460,8 @@ impl Gateway {
         let events = self
             .observe(self.storage.name(), "search_events", self.storage.search_events(&query))
             .await?;
-        self.release(caller, events, |e| events_json(e), parse_events).await
+        self.release(caller, events, |e| list_json("events", e, json::event), |v| parse_list("events", v, json::parse_event))
+            .await
     }
 
     pub async fn get_event(&self, metadata: Metadata, req: EventRefRequest) -> Result<Event> {
@@ -489,29 +491,19 @@ fn offset(offset: i64) -> Result<usize> {
     usize::try_from(offset).map_err(|_| Error::invalid("offset", format!("must be >= 0, got {offset}")))
 }
 
-fn states_json(states: &Vec<State>) -> Value {
-    serde_json::json!({ "stateValues": states.iter().map(json::state).collect::<Vec<_>>() })
+/// A list response as the policies see it: `{"stateValues": [...]}` or
+/// `{"events": [...]}`, the proto3 JSON of the response message.
+fn list_json<T>(field: &str, items: &[T], one: fn(&T) -> Value) -> Value {
+    serde_json::json!({ field: items.iter().map(one).collect::<Vec<_>>() })
 }
 
-fn parse_states(v: &Value) -> Result<Vec<State>> {
-    v.get("stateValues")
+/// Reads a list response back from what a response policy returned.
+fn parse_list<T>(field: &str, v: &Value, one: fn(&Value) -> Result<T>) -> Result<Vec<T>> {
+    v.get(field)
         .and_then(Value::as_array)
-        .ok_or_else(|| Error::internal("response policy returned no stateValues"))?
+        .ok_or_else(|| Error::internal(format!("response policy returned no {field}")))?
         .iter()
-        .map(json::parse_state)
-        .collect()
-}
-
-fn events_json(events: &Vec<Event>) -> Value {
-    serde_json::json!({ "events": events.iter().map(json::event).collect::<Vec<_>>() })
-}
-
-fn parse_events(v: &Value) -> Result<Vec<Event>> {
-    v.get("events")
-        .and_then(Value::as_array)
-        .ok_or_else(|| Error::internal("response policy returned no events"))?
-        .iter()
-        .map(json::parse_event)
+        .map(one)
         .collect()
 }
 

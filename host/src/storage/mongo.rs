@@ -253,20 +253,8 @@ impl MongoStorage {
             method: req.method.clone(),
         };
         self.events.insert_one(event_to_doc(&event)).session(&mut *s).await?;
-        let mut set = doc! {"v": version as i64, "live": event.values.is_some()};
-        match &event.values {
-            Some(v) => {
-                set.insert("vals", json_text(v));
-                put_copy(&mut set, "doc", "raw", v);
-            }
-            None => {
-                set.insert("vals", Bson::Null);
-                set.insert("doc", Bson::Null);
-                set.insert("raw", false);
-            }
-        }
         self.states
-            .update_one(doc! {"d": &r.domain, "t": &r.ty, "k": &r.key}, doc! {"$set": set})
+            .update_one(doc! {"d": &r.domain, "t": &r.ty, "k": &r.key}, doc! {"$set": state_set(&event)})
             .upsert(true)
             .session(&mut *s)
             .await?;
@@ -484,22 +472,10 @@ impl MongoStorage {
     /// version. Idempotent.
     async fn apply_state(&self, event: &Event) -> Result<()> {
         let r = &event.record;
-        let mut set = doc! {"v": event.version as i64, "live": event.values.is_some()};
-        match &event.values {
-            Some(v) => {
-                set.insert("vals", json_text(v));
-                put_copy(&mut set, "doc", "raw", v);
-            }
-            None => {
-                set.insert("vals", Bson::Null);
-                set.insert("doc", Bson::Null);
-                set.insert("raw", false);
-            }
-        }
         let filter = doc! {"d": &r.domain, "t": &r.ty, "k": &r.key, "v": {"$lt": event.version as i64}};
         match tokio::time::timeout(
             CALL_DEADLINE,
-            self.states.update_one(filter, doc! {"$set": set}).upsert(true).into_future(),
+            self.states.update_one(filter, doc! {"$set": state_set(event)}).upsert(true).into_future(),
         )
         .await
         {
@@ -681,6 +657,24 @@ fn to_bson(v: &Value) -> Option<Bson> {
         Value::Array(items) => Bson::Array(items.iter().map(to_bson).collect::<Option<_>>()?),
         Value::Object(m) => Bson::Document(to_bson_doc(m)?),
     })
+}
+
+/// The fields of a record's state document that an event sets: version,
+/// liveness, the values as JSON text and their queryable BSON copy.
+fn state_set(event: &Event) -> Document {
+    let mut set = doc! {"v": event.version as i64, "live": event.values.is_some()};
+    match &event.values {
+        Some(v) => {
+            set.insert("vals", json_text(v));
+            put_copy(&mut set, "doc", "raw", v);
+        }
+        None => {
+            set.insert("vals", Bson::Null);
+            set.insert("doc", Bson::Null);
+            set.insert("raw", false);
+        }
+    }
+    set
 }
 
 fn event_to_doc(e: &Event) -> Document {

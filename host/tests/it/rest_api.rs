@@ -163,3 +163,54 @@ async fn ops_endpoints() {
     }
     gw.stop().await;
 }
+
+/// `/debug/pprof/profile` returns a pprof protobuf CPU profile of the gateway
+/// under load; one profile at a time; a bad `seconds` is a 400 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_profile_in_pprof_format() {
+    use pprof::protos::Message;
+    let gw = TestGateway::start().await;
+    let c = http();
+    let ops = gw.ops_url();
+    for bad in ["0", "301", "ten"] {
+        let r = c.get(format!("{ops}/debug/pprof/profile?seconds={bad}")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 400, "seconds={bad}");
+        assert!(r.text().await.unwrap().contains("seconds must be"));
+    }
+    // Load while the profile is taken, so there is CPU time to sample.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (c, url, stop) = (c.clone(), gw.url(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = c.post(format!("{url}/api/state/ref/prof/t/k{}", n % 50)).json(&json!({"values": {"n": n}})).send().await;
+                assert_eq!(r.unwrap().status().as_u16(), 200);
+                n += 1;
+            }
+            n
+        })
+    };
+    let profile = tokio::spawn({
+        let (c, ops) = (c.clone(), ops.clone());
+        async move { c.get(format!("{ops}/debug/pprof/profile?seconds=2")).send().await.unwrap() }
+    });
+    // A second profile while the first runs is refused, not queued.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let second = c.get(format!("{ops}/debug/pprof/profile?seconds=1")).send().await.unwrap();
+    assert_eq!(second.status().as_u16(), 409);
+    let r = profile.await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(load.await.unwrap() > 0);
+    assert_eq!(r.status().as_u16(), 200);
+    let body = r.bytes().await.unwrap();
+    let p = pprof::protos::Profile::parse_from_bytes(&body).expect("the body is a pprof Profile");
+    let types: Vec<&str> = p.sample_type.iter().map(|t| p.string_table[t.ty as usize].as_str()).collect();
+    assert!(types.contains(&"cpu"), "sample types {types:?}");
+    assert!(!p.sample.is_empty(), "samples were taken under load");
+    assert!(
+        p.string_table.iter().any(|s| s.contains("stategate")),
+        "the gateway's own functions appear in the profile"
+    );
+    gw.stop().await;
+}

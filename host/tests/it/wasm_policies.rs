@@ -1,5 +1,6 @@
-//! Policy hooks: the Rust tenant-isolation, redaction and webhook hooks and
-//! the Python read-only policy decide as written; hot reload swaps a hook while
+//! Policy hooks: the Rust tenant-isolation, redaction and webhook hooks, the
+//! Python read-only policy and the JavaScript schema policy decide as
+//! written; hot reload swaps a hook while
 //! a client keeps calling (no call fails) and refuses broken replacements.
 
 use crate::harness::TestGateway;
@@ -61,6 +62,36 @@ async fn python_read_only_policy() {
     let response = json!({"domain": "ro", "values": {"card": {"number": "4111", "exp": "12/30"}, "ssn": "1", "name": "n"}});
     let out = hooks.authorize_response(&input(json!({}), GET, body, Some(response))).await.unwrap().unwrap();
     assert_eq!(out, json!({"domain": "ro", "values": {"card": {"exp": "12/30"}, "name": "n"}}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_schema_policy() {
+    configure();
+    let spec = json!({"shop": {
+        "path": guest("js_schema"),
+        "config": {"required": {"order": ["id", "total"]}, "types": {"order": {"total": "number", "id": "string"}}},
+        "limits": {"timeout_ms": 30000},
+    }});
+    let hooks = PolicyHooks::from_config(&spec.to_string()).unwrap().unwrap();
+    let set = |values: Value| input(json!({}), SET, json!({"domain": "shop", "type": "order", "key": "o1", "values": values}), None);
+    hooks.authorize_request(&set(json!({"id": "o1", "total": 12.5, "note": "extra fields pass"}))).await.unwrap();
+    let err = hooks.authorize_request(&set(json!({"id": "o1"}))).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::PermissionDenied(m) if m.contains("missing total") && m.contains("js schema policy") && m.contains("policy:shop")),
+        "{err}"
+    );
+    let err = hooks.authorize_request(&set(json!({"id": 7, "total": "12"}))).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::PermissionDenied(m) if m.contains("total must be number, not string") && m.contains("id must be string, not number")),
+        "{err}"
+    );
+    // Types without rules, reads and other domains pass.
+    let other = input(json!({}), SET, json!({"domain": "shop", "type": "note", "key": "n", "values": {}}), None);
+    hooks.authorize_request(&other).await.unwrap();
+    hooks.authorize_request(&input(json!({}), GET, json!({"domain": "shop", "type": "order"}), None)).await.unwrap();
+    hooks.authorize_request(&input(json!({}), SET, json!({"domain": "elsewhere", "type": "order"}), None)).await.unwrap();
+    let response = json!({"domain": "shop", "values": {"id": "o1"}});
+    assert_eq!(hooks.authorize_response(&input(json!({}), GET, json!({}), Some(response))).await.unwrap(), None);
 }
 
 fn state(key: &str, v: Value) -> State {
@@ -181,6 +212,25 @@ async fn hooks_apply_to_unary_and_streamed_responses_per_domain() {
         .unwrap()
         .into_inner();
     assert_eq!(Value::Object(shown(Some(got))), expected, "the Get response is redacted");
+    // List responses: every state and every event in them.
+    let found = client
+        .search(SearchStateOpts { domain: "d".into(), r#type: "t".into(), limit: 10, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .state_values;
+    assert_eq!(found.len(), 1);
+    assert_eq!(Value::Object(shown(found.into_iter().next())), expected, "the Search response is redacted");
+    let history = gw
+        .event_client()
+        .await
+        .search(SearchEventOpts { domain: "d".into(), r#type: "t".into(), limit: 10, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(history.len(), 1);
+    assert_eq!(Value::Object(shown(history[0].state.clone())), expected, "the event Search response is redacted");
     let streamed = tokio::time::timeout(std::time::Duration::from_secs(20), stream.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(Value::Object(shown(streamed.state)), expected, "the streamed event is redacted");
     // Another domain has no hook: its values come back whole.
