@@ -14,13 +14,17 @@
 //!   flight finish on the old component; a broken file is refused (logged,
 //!   counted, kept in [`Guest::last_reload_error`]) and the old one keeps
 //!   serving.
-//! - WASI capabilities only as granted: `grants.dir` is preopened at `/data`,
-//!   `grants.net` lists the `host:port` addresses the guest may connect to.
-//!   Using anything else fails the call with `PERMISSION_DENIED`.
+//! - WASI capabilities only as granted ([`grants`], checked in
+//!   [`capabilities`]): `grants.dir` is preopened at `/data`, `grants.net`
+//!   lists the `host:port` addresses the guest may connect to over TCP,
+//!   `grants.http` the authorities it may send HTTP requests to. Using
+//!   anything else fails the call with `PERMISSION_DENIED`.
 //!
 //! A trap, a deadline, a memory cap or a denied capability fails only that
 //! call (`UNAVAILABLE` / `PERMISSION_DENIED`, naming the guest).
 
+pub mod capabilities;
+pub mod grants;
 pub mod hooks;
 pub mod metrics;
 
@@ -35,8 +39,11 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
-use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+pub use capabilities::Denied;
+pub use grants::{Grants, HttpGrant};
 
 /// Bindings of the WIT worlds.
 pub mod bindings {
@@ -163,15 +170,6 @@ impl Kind {
     }
 }
 
-/// What a guest is allowed to use beyond the host interface.
-#[derive(Debug, Clone, Default)]
-pub struct Grants {
-    /// Host directory preopened at `/data` (read-write).
-    pub dir: Option<PathBuf>,
-    /// `host:port` addresses the guest may open TCP connections to.
-    pub net: Vec<String>,
-}
-
 /// A guest as configured: `{"name":"wasm","path":…,"config":{…},"grants":{…}}`.
 #[derive(Debug, Clone)]
 pub struct GuestSpec {
@@ -203,32 +201,11 @@ impl GuestSpec {
             Some(Value::Object(m)) => m.clone(),
             Some(_) => return Err(Error::invalid(field, "\"config\" must be a JSON object")),
         };
-        let mut grants = Grants::default();
-        match spec.get("grants") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(g)) => {
-                for (k, v) in g {
-                    match (k.as_str(), v) {
-                        ("dir", Value::String(d)) => grants.dir = Some(PathBuf::from(d)),
-                        ("net", Value::Array(list)) => {
-                            for a in list {
-                                let a = a.as_str().ok_or_else(|| {
-                                    Error::invalid(field, "\"grants.net\" must be a list of \"host:port\" strings")
-                                })?;
-                                grants.net.push(a.to_owned());
-                            }
-                        }
-                        _ => {
-                            return Err(Error::invalid(
-                                field,
-                                format!("unknown grant {k:?} (or wrong type); known: dir (string), net (list of host:port)"),
-                            ));
-                        }
-                    }
-                }
-            }
+        let grants = match spec.get("grants") {
+            None | Some(Value::Null) => Grants::default(),
+            Some(Value::Object(g)) => Grants::from_json(g).map_err(|why| Error::invalid(field, why))?,
             Some(_) => return Err(Error::invalid(field, "\"grants\" must be a JSON object")),
-        }
+        };
         let limit = |key: &str| -> Result<Option<u64>> {
             match spec.get("limits").and_then(|l| l.get(key)) {
                 None => Ok(None),
@@ -253,11 +230,13 @@ impl GuestSpec {
 /// The data of every guest store.
 pub struct Ctx {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    http_gate: capabilities::HttpGate,
     table: ResourceTable,
     limits: StoreLimits,
     guest: Arc<GuestInfo>,
     /// Set when the guest tried a capability it was not granted.
-    denied: Arc<Mutex<Option<String>>>,
+    denied: Denied,
 }
 
 struct GuestInfo {
@@ -271,6 +250,22 @@ impl WasiView for Ctx {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl WasiHttpView for Ctx {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_gate,
+        }
+    }
+}
+
+impl capabilities::RecordsDenial for Ctx {
+    fn denied(&self) -> &Denied {
+        &self.denied
     }
 }
 
@@ -310,42 +305,31 @@ pub trait World: Sized + Send + Sync + 'static {
 fn linker() -> wasmtime::Result<Linker<Ctx>> {
     let mut linker = Linker::new(engine());
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    capabilities::record_filesystem_escapes(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
     host_if::add_to_linker::<Ctx, wasmtime::component::HasSelf<Ctx>>(&mut linker, |c| c)?;
     Ok(linker)
 }
 
-impl World for bindings::storage::StorageProviderPre<Ctx> {
-    const KIND: Kind = Kind::Storage;
-    type Instance = bindings::storage::StorageProvider;
-    fn link(component: &Component) -> wasmtime::Result<Self> {
-        Self::new(linker()?.instantiate_pre(component)?)
-    }
-    fn instantiate(&self, store: &mut Store<Ctx>) -> wasmtime::Result<Self::Instance> {
-        self.instantiate(store)
-    }
+/// Implements [`World`] for a bindgen-generated `…Pre` type.
+macro_rules! world {
+    ($pre:ty, $kind:expr, $instance:ty) => {
+        impl World for $pre {
+            const KIND: Kind = $kind;
+            type Instance = $instance;
+            fn link(component: &Component) -> wasmtime::Result<Self> {
+                Self::new(linker()?.instantiate_pre(component)?)
+            }
+            fn instantiate(&self, store: &mut Store<Ctx>) -> wasmtime::Result<Self::Instance> {
+                self.instantiate(store)
+            }
+        }
+    };
 }
 
-impl World for bindings::channel::ChannelProviderPre<Ctx> {
-    const KIND: Kind = Kind::Channel;
-    type Instance = bindings::channel::ChannelProvider;
-    fn link(component: &Component) -> wasmtime::Result<Self> {
-        Self::new(linker()?.instantiate_pre(component)?)
-    }
-    fn instantiate(&self, store: &mut Store<Ctx>) -> wasmtime::Result<Self::Instance> {
-        self.instantiate(store)
-    }
-}
-
-impl World for bindings::policy::PolicyHookPre<Ctx> {
-    const KIND: Kind = Kind::Policy;
-    type Instance = bindings::policy::PolicyHook;
-    fn link(component: &Component) -> wasmtime::Result<Self> {
-        Self::new(linker()?.instantiate_pre(component)?)
-    }
-    fn instantiate(&self, store: &mut Store<Ctx>) -> wasmtime::Result<Self::Instance> {
-        self.instantiate(store)
-    }
-}
+world!(bindings::storage::StorageProviderPre<Ctx>, Kind::Storage, bindings::storage::StorageProvider);
+world!(bindings::channel::ChannelProviderPre<Ctx>, Kind::Channel, bindings::channel::ChannelProvider);
+world!(bindings::policy::PolicyHookPre<Ctx>, Kind::Policy, bindings::policy::PolicyHook);
 
 /// A compiled, linked component version.
 pub struct Loaded<P> {
@@ -361,6 +345,7 @@ pub struct Guest<P: World> {
     spec: GuestSpec,
     info: Arc<GuestInfo>,
     allowed_net: Arc<Vec<SocketAddr>>,
+    grants: Arc<Grants>,
     current: ArcSwap<Loaded<P>>,
     /// (mtime, length) of the file when last looked at.
     stamp: Mutex<(Option<SystemTime>, u64)>,
@@ -448,6 +433,7 @@ impl<P: World> Guest<P> {
                 config: spec.config.clone(),
             }),
             allowed_net: Arc::new(allowed),
+            grants: Arc::new(spec.grants.clone()),
             spec,
             current: ArcSwap::from_pointee(loaded),
             stamp: Mutex::new(st),
@@ -542,36 +528,21 @@ impl<P: World> Guest<P> {
 
     /// A fresh store with the guest's grants and limits.
     fn new_store(&self) -> std::result::Result<Store<Ctx>, Error> {
-        let denied: Arc<Mutex<Option<String>>> = Arc::default();
+        let denied = Denied::default();
         let mut b = WasiCtxBuilder::new();
         b.inherit_stderr();
-        if let Some(dir) = &self.spec.grants.dir {
-            b.preopened_dir(dir, "/data", wasmtime_wasi::FsPerms::ReadWrite).map_err(|e| {
-                Error::Unavailable(format!("wasm guest {:?}: cannot open grants.dir {}: {e}", self.spec.name, dir.display()))
-            })?;
-        }
-        let allowed = self.allowed_net.clone();
-        let flag = denied.clone();
-        // TCP stays "allowed" so every attempt reaches the address check,
-        // which refuses what is not granted and records it.
-        b.allow_tcp(true);
-        b.allow_ip_name_lookup(!allowed.is_empty());
-        b.socket_addr_check(move |addr, use_| {
-            let ok = match use_ {
-                SocketAddrUse::TcpBind => !allowed.is_empty(),
-                SocketAddrUse::TcpConnect => allowed.contains(&addr),
-                _ => false,
-            };
-            if !ok {
-                let mut d = flag.lock().unwrap();
-                if d.is_none() {
-                    *d = Some(format!("network access ({use_:?} {addr})"));
-                }
-            }
-            Box::pin(async move { ok })
-        });
+        capabilities::grant_wasi(&mut b, &self.spec.grants, self.allowed_net.clone(), &denied).map_err(|e| {
+            Error::Unavailable(format!("wasm guest {:?}: {e}", self.spec.name))
+        })?;
         let ctx = Ctx {
             wasi: b.build(),
+            http: WasiHttpCtx::new(),
+            http_gate: capabilities::HttpGate {
+                grants: self.grants.clone(),
+                denied: denied.clone(),
+                deadline: Instant::now() + self.spec.call_timeout,
+                expired: Arc::default(),
+            },
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.spec.memory_bytes)
@@ -588,19 +559,24 @@ impl<P: World> Guest<P> {
     fn arm(&self, store: &mut Store<Ctx>) {
         let ticks = (self.spec.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64 + 1;
         store.set_epoch_deadline(ticks);
-        *store.data().denied.lock().unwrap() = None;
+        let gate = &mut store.data_mut().http_gate;
+        gate.deadline = Instant::now() + self.spec.call_timeout;
+        gate.expired.store(false, Ordering::SeqCst);
+        store.data().denied.take();
     }
 
     /// Turns a call's outcome into the gateway's error model and records
     /// metrics. `Err` from wasmtime is a trap, a deadline or the memory cap.
     fn finish<T>(&self, op: &'static str, store: &Store<Ctx>, started: Instant, r: wasmtime::Result<T>) -> Result<T> {
         let name = &self.spec.name;
-        let denied = store.data().denied.lock().unwrap().take();
+        let denied = store.data().denied.take();
+        let expired = store.data().http_gate.expired.load(Ordering::SeqCst);
         let out = match (denied, r) {
             (Some(what), _) => Err((
                 "denied",
                 Error::PermissionDenied(format!("wasm guest {name:?}: {op} used {what}, which is not granted")),
             )),
+            (None, _) if expired => Err(self.out_of_time(op)),
             (None, Ok(v)) => Ok(v),
             (None, Err(e)) => Err(self.classify(op, &e)),
         };
@@ -608,12 +584,16 @@ impl<P: World> Guest<P> {
         out.map_err(|(_, e)| e)
     }
 
+    fn out_of_time(&self, op: &str) -> (&'static str, Error) {
+        let (name, ms) = (&self.spec.name, self.spec.call_timeout.as_millis());
+        ("deadline", Error::Unavailable(format!("wasm guest {name:?}: {op} exceeded its time limit of {ms} ms")))
+    }
+
     fn classify(&self, op: &str, e: &wasmtime::Error) -> (&'static str, Error) {
         let name = &self.spec.name;
         let text = format!("{e:?}");
         if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-            let ms = self.spec.call_timeout.as_millis();
-            return ("deadline", Error::Unavailable(format!("wasm guest {name:?}: {op} exceeded its time limit of {ms} ms")));
+            return self.out_of_time(op);
         }
         if text.contains("growing memory") || text.contains("memory limit") || text.contains("forcing trap when growing") {
             let mb = self.spec.memory_bytes >> 20;

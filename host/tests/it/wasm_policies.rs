@@ -1,9 +1,10 @@
-//! Policy hooks: the Rust tenant-isolation and redaction hooks, the Python
-//! read-only policy and the JavaScript schema policy decide as written; hot reload swaps a hook while
+//! Policy hooks: the Rust tenant-isolation, redaction and webhook hooks, the
+//! Python read-only policy and the JavaScript schema policy decide as
+//! written; hot reload swaps a hook while
 //! a client keeps calling (no call fails) and refuses broken replacements.
 
 use crate::harness::TestGateway;
-use crate::wasm_support::{cache_dir, configure, guest};
+use crate::wasm_support::{auth_service, cache_dir, configure, guest};
 use serde_json::{Value, json};
 use stategate::auth::PolicyInput;
 use stategate::model::Error;
@@ -274,6 +275,10 @@ async fn bad_hook_configuration_fails_start_naming_the_variable() {
         (json!({"d": dir.path().join("missing.wasm")}).to_string(), "cannot read"),
         (json!({"d": guest("fs_storage")}).to_string(), "does not implement world policy-hook"),
         (json!({"d": {"path": guest("redact"), "grants": {"disk": "/"}}}).to_string(), "unknown grant"),
+        (
+            json!({"d": {"path": guest("webhook"), "grants": {"http": ["https://authz.example.com/check"]}}}).to_string(),
+            "grants.http entry \"https://authz.example.com/check\": give an authority (host or host:port), not a URL",
+        ),
         ("/no/such/dir".to_string(), "not a directory"),
     ] {
         let mut config = crate::harness::dev_config(dir.path());
@@ -282,4 +287,53 @@ async fn bad_hook_configuration_fails_start_naming_the_variable() {
         let err = stategate::server::start(config).await.err().expect("start fails").to_string();
         assert!(err.contains("STATEGATE_POLICY_HOOKS") && err.contains(says), "{hooks}: {err}");
     }
+}
+
+/// The webhook hook asks the tenant's own HTTP service (granted in
+/// `grants.http`) about every request: it sends the policy input and
+/// follows the answer; an error answer denies (fails closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_hook_delegates_to_an_http_service() {
+    let (service, received) = auth_service().await;
+    let hooks = json!({"acme": {
+        "path": guest("webhook"),
+        "config": {"url": format!("http://{service}/authorize"), "authorization": "Bearer t0k"},
+        "grants": {"http": [service]},
+    }});
+    let gw = TestGateway::start_with(|c| {
+        c.policy_hooks = Some(hooks.to_string());
+        c.wasm_cache_dir = Some(cache_dir());
+    })
+    .await;
+    let mut client = gw.state_client().await;
+    let acme = |key: &str| State { domain: "acme".into(), ..state(key, json!({"n": 1})) };
+
+    client.set(acme("ok")).await.expect("the service allows");
+    let err = client.set(acme("forbidden")).await.expect_err("the service denies");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("key is forbidden") && err.message().contains("policy:acme"), "{}", err.message());
+    let err = client.set(acme("broken")).await.expect_err("an error answer denies");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("answered HTTP 500"), "{}", err.message());
+    let got = client
+        .get(StateRef { domain: "acme".into(), r#type: "t".into(), key: "ok".into(), ..Default::default() })
+        .await
+        .expect("reads are asked about too, and allowed")
+        .into_inner();
+    assert_eq!(got.key, "ok");
+    // Another domain has no hook: the service is not asked.
+    client.set(state("k", json!({"n": 1}))).await.unwrap();
+
+    let seen = received.lock().unwrap().clone();
+    let keys: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|doc| (doc["method"].as_str().unwrap_or(""), doc.pointer("/body/key").and_then(Value::as_str).unwrap_or("")))
+        .collect();
+    assert_eq!(
+        keys,
+        [(SET, "ok"), (SET, "forbidden"), (SET, "broken"), (GET, "ok")],
+        "the service received each request's policy input"
+    );
+    assert_eq!(seen[0].pointer("/body/values/n"), Some(&json!(1)), "with the request body: {}", seen[0]);
+    gw.stop().await;
 }

@@ -1,10 +1,11 @@
 //! Sandbox: a policy hook that traps, loops forever, allocates without bound
-//! or uses a capability it was not granted fails only its own call (with
-//! UNAVAILABLE / PERMISSION_DENIED naming the guest), while a client of
-//! another tenant, served by another wasm hook, keeps being served.
+//! or uses a capability it was not granted (TCP, HTTP, files) fails only its
+//! own call (with UNAVAILABLE / PERMISSION_DENIED naming the guest), while a
+//! client of another tenant, served by another wasm hook, keeps being
+//! served. A grant of one kind does not open another.
 
 use crate::harness::TestGateway;
-use crate::wasm_support::{cache_dir, guest};
+use crate::wasm_support::{auth_service, cache_dir, guest};
 use stategate::proto::*;
 use tonic::Code;
 
@@ -23,10 +24,19 @@ fn json_of(s: &State) -> serde_json::Value {
 }
 
 async fn misbehaving(mode: &str, limits: serde_json::Value, code: Code, says: &str) {
+    let bad = serde_json::json!({"path": guest("misbehave"), "config": {"mode": mode}, "limits": limits});
+    misbehaving_guest(bad, code, &[says]).await;
+}
+
+/// Runs the `bad` hook spec against a concurrent client of a well-behaved
+/// tenant; every call of the bad tenant must fail with `code` and a message
+/// naming the guest and containing each of `says`. Returns that message.
+async fn misbehaving_guest(bad: serde_json::Value, code: Code, says: &[&str]) -> String {
     let hooks = serde_json::json!({
-        "bad": {"path": guest("misbehave"), "config": {"mode": mode}, "limits": limits},
+        "bad": bad,
         "good": {"path": guest("redact"), "config": {"fields": "secret"}},
     });
+    let mode = bad.pointer("/config/mode").and_then(|m| m.as_str()).unwrap_or("guest").to_owned();
     let gw = TestGateway::start_with(|c| {
         c.policy_hooks = Some(hooks.to_string());
         c.wasm_cache_dir = Some(cache_dir());
@@ -61,7 +71,9 @@ async fn misbehaving(mode: &str, limits: serde_json::Value, code: Code, says: &s
         let err = bad.set(state("bad", "k", serde_json::json!({"n": 1}))).await.expect_err("the bad hook fails the call");
         assert_eq!(err.code(), code, "{mode}: {err:?}");
         assert!(err.message().contains("policy:bad"), "{mode}: the error names the guest: {}", err.message());
-        assert!(err.message().contains(says), "{mode}: the error says what happened: {}", err.message());
+        for says in says {
+            assert!(err.message().contains(says), "{mode}: the error says {says:?}: {}", err.message());
+        }
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let served = background.await.expect("the good tenant was served throughout");
@@ -71,10 +83,12 @@ async fn misbehaving(mode: &str, limits: serde_json::Value, code: Code, says: &s
     // same clean way, the good tenant's succeeds.
     let err = bad.set(state("bad", "k", serde_json::json!({"n": 2}))).await.unwrap_err();
     assert_eq!(err.code(), code);
+    let message = err.message().to_owned();
     gw.state_client().await.set(state("good", "after", serde_json::json!({"n": 1}))).await.unwrap();
     let metrics = crate::harness::http().get(format!("{}/metrics", gw.ops_url())).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("wasm_guest_errors_total{guest=\"policy:bad\""), "per-guest error metrics: {metrics}");
     gw.stop().await;
+    message
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,4 +109,80 @@ async fn memory_bomb_hits_its_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ungranted_network_is_denied() {
     misbehaving("net", serde_json::json!({}), Code::PermissionDenied, "not granted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ungranted_http_is_denied() {
+    let bad = serde_json::json!({"path": guest("misbehave"), "config": {"mode": "http", "target": "example.com"}});
+    misbehaving_guest(bad, Code::PermissionDenied, &["outbound HTTP to example.com", "not granted"]).await;
+}
+
+/// The webhook policy without an HTTP grant for its service: denied, and the
+/// service never hears of the request. A `grants.net` entry for the same
+/// address does not allow HTTP to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_without_http_grant_is_denied() {
+    let (service, received) = auth_service().await;
+    let bad = serde_json::json!({
+        "path": guest("webhook"),
+        "config": {"url": format!("http://{service}/authorize")},
+        "grants": {"net": [service]},
+    });
+    misbehaving_guest(bad, Code::PermissionDenied, &[&format!("outbound HTTP to {service}"), "not granted"]).await;
+    assert!(received.lock().unwrap().is_empty(), "the service got no request");
+}
+
+/// An HTTP grant does not allow raw TCP to the same address (refused at the
+/// socket's implicit bind already: nothing is granted in `grants.net`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_grant_does_not_open_tcp() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    let bad = serde_json::json!({
+        "path": guest("misbehave"),
+        "config": {"mode": "net", "target": target},
+        "grants": {"http": [target]},
+    });
+    misbehaving_guest(bad, Code::PermissionDenied, &["network access", "not granted"]).await;
+}
+
+const PASSWD_LINE: &str = "root:";
+
+/// No directory granted: wasi-libc refuses `/etc/passwd` inside the guest
+/// (the host never sees the attempt), the guest panics on the error, and
+/// the call fails UNAVAILABLE naming it, without the file's content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ungranted_file_fails_cleanly() {
+    assert!(std::fs::read_to_string("/etc/passwd").unwrap().contains(PASSWD_LINE));
+    let bad = serde_json::json!({"path": guest("misbehave"), "config": {"mode": "fs", "path": "/etc/passwd"}});
+    let message = misbehaving_guest(bad, Code::Unavailable, &["trapped"]).await;
+    assert!(!message.contains(PASSWD_LINE), "no file content reaches the client: {message}");
+}
+
+/// With a directory granted, a path leading out of it reaches the host,
+/// which refuses it and fails the call PERMISSION_DENIED naming the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_escape_from_the_granted_dir_is_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = serde_json::json!({
+        "path": guest("misbehave"),
+        "config": {"mode": "fs", "path": "/data/../../etc/passwd"},
+        "grants": {"dir": dir.path()},
+    });
+    let message = misbehaving_guest(bad, Code::PermissionDenied, &["outside grants.dir", "etc/passwd", "not granted"]).await;
+    assert!(!message.contains(PASSWD_LINE), "no file content reaches the client: {message}");
+}
+
+/// A granted service that never answers: the call still ends at its
+/// deadline (the host bounds the guest's wait), UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_http_service_hits_the_call_deadline() {
+    let (service, _) = auth_service().await;
+    let bad = serde_json::json!({
+        "path": guest("webhook"),
+        "config": {"url": format!("http://{service}/slow")},
+        "grants": {"http": [service]},
+        "limits": {"timeout_ms": 300},
+    });
+    misbehaving_guest(bad, Code::Unavailable, &["time limit"]).await;
 }

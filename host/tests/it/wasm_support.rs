@@ -41,3 +41,37 @@ pub fn spec(path: &std::path::Path, dir: &std::path::Path) -> serde_json::Map<St
         .unwrap()
         .clone()
 }
+
+/// What the test authorization service received (the JSON bodies).
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
+/// A tenant's HTTP authorization service for the `webhook` guest, on a free
+/// local port: POST /authorize with a policy input allows it, except a
+/// request for key "forbidden" (denied with a reason) and key "broken"
+/// (answered with HTTP 500); without `authorization: Bearer t0k` it answers
+/// 401. POST /slow never answers. Returns its `host:port` and the bodies
+/// it received.
+pub async fn auth_service() -> (String, Received) {
+    use axum::{Json, Router, extract::State, http::HeaderMap, http::StatusCode, routing::post};
+    use serde_json::{Value, json};
+    async fn authorize(State(seen): State<Received>, headers: HeaderMap, Json(input): Json<Value>) -> (StatusCode, Json<Value>) {
+        seen.lock().unwrap().push(input.clone());
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer t0k") {
+            return (StatusCode::UNAUTHORIZED, Json(json!({"error": "who are you?"})));
+        }
+        match input.pointer("/body/key").and_then(Value::as_str) {
+            Some("forbidden") => (StatusCode::OK, Json(json!({"allow": false, "reason": "key is forbidden"}))),
+            Some("broken") => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "boom"}))),
+            _ => (StatusCode::OK, Json(json!({"allow": true}))),
+        }
+    }
+    let received = Received::default();
+    async fn slow() {
+        std::future::pending::<()>().await
+    }
+    let app = Router::new().route("/authorize", post(authorize)).route("/slow", post(slow)).with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr.to_string(), received)
+}
