@@ -273,10 +273,13 @@ impl StreamTask {
         if self.key.as_ref().is_some_and(|k| *k != event.record.key) {
             return Ok(());
         }
-        if self.seen.get(&event.record).is_some_and(|v| *v >= event.version) {
-            return Ok(());
+        // In place when the record is known (the usual case on a busy
+        // topic): no copy of its key per delivery.
+        match self.seen.get_mut(&event.record) {
+            Some(sent) if *sent >= event.version => return Ok(()),
+            Some(sent) => *sent = event.version,
+            None => lru_put(&mut self.seen, SEEN_RECORDS, event.record.clone(), event.version),
         }
-        lru_put(&mut self.seen, SEEN_RECORDS, event.record.clone(), event.version);
 
         if !self.gateway.inspects_responses() {
             return self.tx.send(Ok(event)).await.map_err(|_| Stop::ClientGone);
