@@ -4,7 +4,7 @@
 //! echoes its request as an event and broadcasts it to every `Stream` of the
 //! same type, so the fan-out ceiling is tonic's own server streaming.
 
-use crate::{Clients, DOMAIN, EVENT_TYPE, Op, RECORD_TYPE, Rng, record_key};
+use crate::{Clients, Op, Rng, event_search_request, get_request, state_search_request};
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
 use stategate::proto as pb;
@@ -56,49 +56,20 @@ impl Bare {
     }
 
     /// Asks the gateway once and keeps its answer as the bare answer.
-    pub async fn learn(&self, op: Op, cl: &mut Clients, rng: &mut Rng) -> Result<()> {
+    pub async fn learn(&self, op: Op, records: usize, cl: &mut Clients, rng: &mut Rng) -> Result<()> {
         match op {
             Op::Set => {}
             Op::Get => {
-                let s = cl
-                    .state
-                    .get(pb::StateRef {
-                        domain: DOMAIN.into(),
-                        r#type: RECORD_TYPE.into(),
-                        key: record_key(rng.below(crate::RECORDS.load(std::sync::atomic::Ordering::Relaxed) as usize)),
-                        ..Default::default()
-                    })
-                    .await
-                    .context("template Get")?;
-                self.templates.lock().unwrap().get = Some(s.into_inner());
+                let s = cl.state.get(get_request(rng.below(records))).await.context("template Get")?.into_inner();
+                self.templates.lock().unwrap().get = Some(s);
             }
             Op::Search => {
-                let s = cl
-                    .state
-                    .search(pb::SearchStateOpts {
-                        domain: DOMAIN.into(),
-                        r#type: RECORD_TYPE.into(),
-                        query_string: r#"{"group":"g1"}"#.into(),
-                        limit: 10,
-                        ..Default::default()
-                    })
-                    .await
-                    .context("template Search")?;
-                self.templates.lock().unwrap().search = Some(s.into_inner());
+                let s = cl.state.search(state_search_request(1)).await.context("template Search")?.into_inner();
+                self.templates.lock().unwrap().search = Some(s);
             }
             Op::EventSearch => {
-                let s = cl
-                    .events
-                    .search(pb::SearchEventOpts {
-                        domain: DOMAIN.into(),
-                        r#type: EVENT_TYPE.into(),
-                        query_string: r#"{"group":"g1"}"#.into(),
-                        limit: 10,
-                        ..Default::default()
-                    })
-                    .await
-                    .context("template event Search")?;
-                self.templates.lock().unwrap().events = Some(s.into_inner());
+                let s = cl.events.search(event_search_request(1)).await.context("template event Search")?.into_inner();
+                self.templates.lock().unwrap().events = Some(s);
             }
         }
         Ok(())

@@ -10,6 +10,7 @@
 mod alloc;
 mod bare;
 mod report;
+mod wasm;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -91,6 +92,17 @@ pub struct Args {
     /// Subscribers (on instance B) of the cross-instance scenarios.
     #[arg(long, default_value_t = 100)]
     pub cross_subscribers: usize,
+    /// Directory holding the wasm guests of the `wasm-provider` scenario
+    /// (fs_storage.wasm, tenant_isolation.wasm). Default: run
+    /// scripts/build-guests and use ${CARGO_TARGET_DIR:-target}/guests/out.
+    #[arg(long)]
+    pub guests: Option<PathBuf>,
+    /// Records seeded into each storage of the wasm storage comparison.
+    #[arg(long, default_value_t = 10_000)]
+    pub wasm_records: usize,
+    /// Client counts of the `wasm-provider` scenario.
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    pub wasm_clients: Vec<usize>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -159,7 +171,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario { name: "event-search", what: "EventService/Search over the seeded events, equality filter, limit 10", run: Some(|b| Box::pin(b.unary(Op::EventSearch))) },
         Scenario { name: "fanout", what: "one writer, N Stream subscribers of its topic", run: Some(|b| Box::pin(b.fanout_all())) },
         Scenario { name: "auth-jwt-rego", what: "Get/Set with JWT HS256 verification and a Rego request policy (examples/policies/read_only_role.rego), relative to auth off", run: Some(|b| Box::pin(b.auth_all())) },
-        Scenario { name: "wasm-provider", what: "Get/Set on a wasm storage provider and a wasm policy, relative to native", run: None },
+        Scenario { name: "wasm-provider", what: "Get/Set on the wasm storage provider guest (fs-storage) relative to embedded sqlite, and Get with the wasm policy hook tenant-isolation relative to none", run: Some(|b| Box::pin(b.wasm_provider())) },
         Scenario { name: "redis-cross-instance", what: "two gateways on the Redis channel sharing one storage: writer on A, N Stream subscribers on B, relative to one instance with the inmem channel", run: Some(|b| Box::pin(b.cross_instance("redis"))) },
         Scenario { name: "nats-cross-instance", what: "two gateways on the NATS channel sharing one storage: writer on A, N Stream subscribers on B, relative to one instance with the inmem channel", run: Some(|b| Box::pin(b.cross_instance("nats"))) },
     ]
@@ -203,6 +215,8 @@ const STREAMS_PER_CONNECTION: usize = 125;
 
 pub struct Bench {
     args: Args,
+    /// Where the first gateway's data dir was made (tmpfs by default).
+    data_base: PathBuf,
     server_rt: tokio::runtime::Runtime,
     gateway: stategate::server::Running,
     gateway_addr: SocketAddr,
@@ -254,6 +268,7 @@ async fn run(args: Args, server_rt: tokio::runtime::Runtime) -> Result<()> {
 
     let mut bench = Bench {
         args: args.clone(),
+        data_base: base,
         server_rt,
         gateway,
         gateway_addr,
@@ -282,7 +297,7 @@ async fn run(args: Args, server_rt: tokio::runtime::Runtime) -> Result<()> {
         if !wanted(s.name) {
             continue;
         }
-        if !seeded && matches!(s.name, "get" | "search" | "event-search" | "auth-jwt-rego") {
+        if !seeded && matches!(s.name, "get" | "search" | "event-search" | "auth-jwt-rego" | "wasm-provider") {
             bench.seed().await?;
             seeded = true;
         }
@@ -467,18 +482,31 @@ impl Clients {
     }
 }
 
-/// Runs `clients` closed-loop clients (one connection each) for warm-up +
-/// measured time; latencies of the measured part only.
-async fn drive(addr: SocketAddr, clients: usize, warmup: f64, secs: f64, op: Op) -> Result<Measured> {
-    drive_as(addr, clients, warmup, secs, op, None).await
+/// What the closed-loop clients of a step call, and as whom.
+#[derive(Clone, Copy)]
+pub struct Load<'a> {
+    pub op: Op,
+    /// Records seeded under `bench/rec` (keys `record_key(0..records)`):
+    /// `Get` picks one of them at random.
+    pub records: usize,
+    /// Bearer token sent with every call.
+    pub token: Option<&'a str>,
 }
 
-/// [`drive`] with a bearer token on every call.
-async fn drive_as(addr: SocketAddr, clients: usize, warmup: f64, secs: f64, op: Op, token: Option<&str>) -> Result<Measured> {
+impl Load<'_> {
+    fn new(op: Op, records: usize) -> Load<'static> {
+        Load { op, records: records.max(1), token: None }
+    }
+}
+
+/// Runs `clients` closed-loop clients (one connection each) for warm-up +
+/// measured time; latencies of the measured part only.
+async fn drive(addr: SocketAddr, clients: usize, warmup: f64, secs: f64, load: Load<'_>) -> Result<Measured> {
     let mut conns = Vec::new();
     for _ in 0..clients {
-        conns.push(Clients::new(connect(addr).await?).with_token(token));
+        conns.push(Clients::new(connect(addr).await?).with_token(load.token));
     }
+    let (op, records) = (load.op, load.records);
     let start = Instant::now() + Duration::from_secs_f64(warmup);
     let end = start + Duration::from_secs_f64(secs);
     let tasks: Vec<_> = conns
@@ -495,7 +523,7 @@ async fn drive_as(addr: SocketAddr, clients: usize, warmup: f64, secs: f64, op: 
                     if t0 >= end {
                         break;
                     }
-                    let result = call(&mut cl, op, c, i, &mut rng).await;
+                    let result = call(&mut cl, op, records, c, i, &mut rng).await;
                     i += 1;
                     if t0 >= start {
                         match result {
@@ -527,75 +555,134 @@ async fn drive_as(addr: SocketAddr, clients: usize, warmup: f64, secs: f64, op: 
     Ok(m)
 }
 
-async fn call(cl: &mut Clients, op: Op, client: usize, i: u64, rng: &mut Rng) -> Result<(), String> {
+// ---- requests (the same shapes for the gateway, the bare server's
+// templates and every scenario) ----
+
+/// `Set` of a new key per call, 1 KiB of values.
+fn set_request(client: usize, i: u64) -> pb::State {
+    pb::State {
+        domain: DOMAIN.into(),
+        r#type: "set".into(),
+        key: format!("c{client}k{i}"),
+        values: Some(values_1k(i, &[])),
+        ..Default::default()
+    }
+}
+
+/// `Get` of seeded record `i`.
+fn get_request(i: usize) -> pb::StateRef {
+    pb::StateRef {
+        domain: DOMAIN.into(),
+        r#type: RECORD_TYPE.into(),
+        key: record_key(i),
+        ..Default::default()
+    }
+}
+
+/// The filter of both searches: one of GROUPS values (matches 1 in 10),
+/// first 10 results.
+const SEARCH_LIMIT: usize = 10;
+
+fn group_filter(group: usize) -> String {
+    format!(r#"{{"group":"g{group}"}}"#)
+}
+
+fn state_search_request(group: usize) -> pb::SearchStateOpts {
+    pb::SearchStateOpts {
+        domain: DOMAIN.into(),
+        r#type: RECORD_TYPE.into(),
+        query_string: group_filter(group),
+        limit: SEARCH_LIMIT as i64,
+        ..Default::default()
+    }
+}
+
+fn event_search_request(group: usize) -> pb::SearchEventOpts {
+    pb::SearchEventOpts {
+        domain: DOMAIN.into(),
+        r#type: EVENT_TYPE.into(),
+        query_string: group_filter(group),
+        limit: SEARCH_LIMIT as i64,
+        ..Default::default()
+    }
+}
+
+/// A search must return a full page: the seeded data has 10k+ matches.
+fn full_page(what: &str, n: usize) -> Result<(), String> {
+    if n == SEARCH_LIMIT { Ok(()) } else { Err(format!("{what} returned {n} results, not {SEARCH_LIMIT}")) }
+}
+
+async fn call(cl: &mut Clients, op: Op, records: usize, client: usize, i: u64, rng: &mut Rng) -> Result<(), String> {
     let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
     match op {
         Op::Set => {
-            let r = cl.req(pb::State {
-                domain: DOMAIN.into(),
-                r#type: "set".into(),
-                key: format!("c{client}k{i}"),
-                values: Some(values_1k(i, &[])),
-                ..Default::default()
-            });
-            cl.state
-                .set(r)
-                .await
-                .map_err(status)?;
+            let r = cl.req(set_request(client, i));
+            cl.state.set(r).await.map_err(status)?;
         }
         Op::Get => {
-            let r = cl.req(pb::StateRef {
-                domain: DOMAIN.into(),
-                r#type: RECORD_TYPE.into(),
-                key: record_key(rng.below(RECORDS.load(Ordering::Relaxed) as usize)),
-                ..Default::default()
-            });
-            cl.state
-                .get(r)
-                .await
-                .map_err(status)?;
+            let r = cl.req(get_request(rng.below(records)));
+            cl.state.get(r).await.map_err(status)?;
         }
         Op::Search => {
-            let r = cl
-                .state
-                .search(pb::SearchStateOpts {
-                    domain: DOMAIN.into(),
-                    r#type: RECORD_TYPE.into(),
-                    query_string: format!(r#"{{"group":"g{}"}}"#, rng.below(GROUPS)),
-                    limit: 10,
-                    ..Default::default()
-                })
-                .await
-                .map_err(status)?;
-            if r.into_inner().state_values.len() != 10 {
-                return Err("search returned fewer than 10 states".into());
-            }
+            let r = cl.req(state_search_request(rng.below(GROUPS)));
+            let n = cl.state.search(r).await.map_err(status)?.into_inner().state_values.len();
+            full_page("search", n)?;
         }
         Op::EventSearch => {
-            let r = cl
-                .events
-                .search(pb::SearchEventOpts {
-                    domain: DOMAIN.into(),
-                    r#type: EVENT_TYPE.into(),
-                    query_string: format!(r#"{{"group":"g{}"}}"#, rng.below(GROUPS)),
-                    limit: 10,
-                    ..Default::default()
-                })
-                .await
-                .map_err(status)?;
-            if r.into_inner().events.len() != 10 {
-                return Err("event search returned fewer than 10 events".into());
-            }
+            let r = cl.req(event_search_request(rng.below(GROUPS)));
+            let n = cl.events.search(r).await.map_err(status)?.into_inner().events.len();
+            full_page("event search", n)?;
         }
     }
     Ok(())
 }
 
-/// Records seeded (Get picks among them).
-static RECORDS: AtomicU64 = AtomicU64::new(1);
-
 fn record_key(i: usize) -> String {
     format!("r{i:07}")
+}
+
+/// A row comparing two gateways in the same run: `on` (the feature) is
+/// reported against `off` (the "ceiling" columns); target: on/off >= `target`.
+fn relative_row(scenario: String, clients: usize, on: Measured, off: Measured, target: f64, note: &str) -> Row {
+    let (peak, anon) = (rss_mib().1, anon_rss_mib());
+    let ratio = on.ops_per_sec() / off.ops_per_sec();
+    Row {
+        scenario,
+        clients: Some(clients),
+        ops_per_sec: Some(on.ops_per_sec()),
+        p50_ms: Some(on.p(0.5)),
+        p99_ms: Some(on.p(0.99)),
+        ceiling_ops_per_sec: Some(off.ops_per_sec()),
+        ceiling_p50_ms: Some(off.p(0.5)),
+        ceiling_p99_ms: Some(off.p(0.99)),
+        ratio: Some(ratio),
+        target: Some(format!("ratio >= {target}")),
+        meets_target: Some(ratio >= target && on.errors == 0),
+        peak_rss_mib: Some(peak),
+        anon_rss_mib: Some(anon),
+        errors: on.errors + off.errors,
+        note: format!(
+            "{note}{}",
+            on.first_error.or(off.first_error).map(|e| format!("; first error: {e}")).unwrap_or_default()
+        ),
+        ..Row::default()
+    }
+}
+
+/// A fresh random HMAC secret for a gateway started by a scenario.
+fn hmac_secret() -> String {
+    format!("bench-{}-{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+/// An HS256 token with these claims, valid for an hour.
+fn hs256_token(secret: &str, mut claims: serde_json::Value) -> Result<String> {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + 3600;
+    claims["exp"] = exp.into();
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?)
 }
 
 fn now_us(epoch: Instant) -> f64 {
@@ -607,7 +694,6 @@ impl Bench {
     /// gRPC), many appends in flight so the writer commits them in batches.
     async fn seed(&mut self) -> Result<()> {
         let storage = self.gateway.gateway.storage().clone();
-        RECORDS.store(self.args.records.max(1) as u64, Ordering::Relaxed);
         let plan = [
             (RECORD_TYPE, self.args.records, self.args.records.max(1), 950usize),
             (EVENT_TYPE, self.args.events, EVENT_KEYS, 100usize),
@@ -616,43 +702,50 @@ impl Bench {
             if count == 0 {
                 continue;
             }
-            let t0 = Instant::now();
-            let storage = storage.clone();
-            let mut appends = futures::stream::iter(0..count)
-                .map(|i| {
-                    let storage = storage.clone();
-                    let req = AppendRequest {
-                        id: uuid::Uuid::now_v7().to_string(),
-                        record: RecordRef {
-                            domain: DOMAIN.into(),
-                            ty: ty.into(),
-                            key: record_key(i % keys),
-                        },
-                        change: Change::Put(json_values(i as u64, filler)),
-                        expect: Expect::Any,
-                        kind: EventKind::Set,
-                        method: "/stategate.StateService/Set".into(),
-                        claims: Default::default(),
-                        time: stategate::gateway::now_nanos(),
-                        idempotency: None,
-                    };
-                    // Spawned on the server runtime: seeding is not client load.
-                    self.server_rt.spawn(async move { storage.append(req).await })
-                })
-                .buffer_unordered(2048);
-            while let Some(r) = appends.next().await {
-                r?.map_err(|e| anyhow::anyhow!("seeding: {e}"))?;
-            }
-            let secs = t0.elapsed().as_secs_f64();
-            let line = format!(
-                "{count} {} appended through the Storage API (2048 in flight, group commit) in {secs:.1} s ({:.0}/s)",
-                if ty == RECORD_TYPE { "records" } else { "events" },
-                count as f64 / secs
-            );
+            let line = self.seed_into(&storage, ty, count, keys, filler).await?;
             eprintln!("   {line}");
             self.seeding.push(line);
         }
         Ok(())
+    }
+
+    /// Appends `count` events of `bench/<ty>` over `keys` keys
+    /// (`record_key`), `filler` bytes of payload each, 2048 in flight.
+    async fn seed_into(&self, storage: &stategate::storage::DynStorage, ty: &str, count: usize, keys: usize, filler: usize) -> Result<String> {
+        let t0 = Instant::now();
+        let mut appends = futures::stream::iter(0..count)
+            .map(|i| {
+                let storage = storage.clone();
+                let req = AppendRequest {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    record: RecordRef {
+                        domain: DOMAIN.into(),
+                        ty: ty.into(),
+                        key: record_key(i % keys.max(1)),
+                    },
+                    change: Change::Put(json_values(i as u64, filler)),
+                    expect: Expect::Any,
+                    kind: EventKind::Set,
+                    method: "/stategate.StateService/Set".into(),
+                    claims: Default::default(),
+                    time: stategate::gateway::now_nanos(),
+                    idempotency: None,
+                };
+                // Spawned on the server runtime: seeding is not client load.
+                self.server_rt.spawn(async move { storage.append(req).await })
+            })
+            .buffer_unordered(2048);
+        while let Some(r) = appends.next().await {
+            r?.map_err(|e| anyhow::anyhow!("seeding {}: {e}", storage.name()))?;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        Ok(format!(
+            "{count} {} appended through the Storage API of {} (2048 in flight{}) in {secs:.1} s ({:.0}/s)",
+            if ty == EVENT_TYPE { "events" } else { "records" },
+            storage.name(),
+            if storage.name() == "sqlite" { ", group commit" } else { "" },
+            count as f64 / secs
+        ))
     }
 
     /// One unary scenario at each client count: gateway, then the bare
@@ -662,13 +755,14 @@ impl Bench {
         // same bytes.
         let mut cl = Clients::new(connect(self.gateway_addr).await?);
         let mut rng = Rng::new(99);
-        self.bare.learn(op, &mut cl, &mut rng).await?;
+        self.bare.learn(op, self.args.records, &mut cl, &mut rng).await?;
         let mut rows = Vec::new();
         for &clients in &self.args.clients.clone() {
             reset_peak();
-            let g = drive(self.gateway_addr, clients, self.args.warmup, self.args.secs, op).await?;
+            let load = Load::new(op, self.args.records);
+            let g = drive(self.gateway_addr, clients, self.args.warmup, self.args.secs, load).await?;
             let (peak, anon) = (rss_mib().1, anon_rss_mib());
-            let b = drive(self.bare_addr, clients, self.args.warmup, self.args.secs, op).await?;
+            let b = drive(self.bare_addr, clients, self.args.warmup, self.args.secs, load).await?;
             if b.errors > 0 {
                 bail!("bare server failed: {:?}", b.first_error);
             }
@@ -847,7 +941,7 @@ impl Bench {
         let dir = tempfile::tempdir()?;
         let policy = dir.path().join("read_only_role.rego");
         std::fs::write(&policy, include_str!("../../examples/policies/read_only_role.rego"))?;
-        let secret = format!("bench-{}-{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let secret = hmac_secret();
         let mut config = self.config.clone();
         config.auth_disabled = self.args.auth_mode == "none";
         config.jwt_hmac_secret = Some(secret.clone());
@@ -860,46 +954,27 @@ impl Bench {
             .spawn(stategate::server::start_with_storage(config, Some(storage)))
             .await?
             .context("starting the gateway with auth on")?;
-        let token = |role: &str| -> Result<String> {
-            let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + 3600;
-            let claims = serde_json::json!({"sub": "bench", "roles": [role], "exp": exp});
-            Ok(jsonwebtoken::encode(
-                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-                &claims,
-                &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-            )?)
-        };
+        let token = |role: &str| hs256_token(&secret, serde_json::json!({"sub": "bench", "roles": [role]}));
         let mut rows = Vec::new();
         for (op, role) in [(Op::Get, "reader"), (Op::Set, "writer")] {
             let tok = token(role)?;
             for &clients in &self.args.auth_clients.clone() {
                 reset_peak();
-                let off = drive(self.gateway_addr, clients, self.args.warmup, self.args.secs, op).await?;
-                let on = drive_as(gw.addr, clients, self.args.warmup, self.args.secs, op, Some(&tok)).await?;
-                let (peak, anon) = (rss_mib().1, anon_rss_mib());
-                let ratio = on.ops_per_sec() / off.ops_per_sec();
-                rows.push(Row {
-                    scenario: format!("auth-{}", op.label()),
-                    clients: Some(clients),
-                    ops_per_sec: Some(on.ops_per_sec()),
-                    p50_ms: Some(on.p(0.5)),
-                    p99_ms: Some(on.p(0.99)),
-                    ceiling_ops_per_sec: Some(off.ops_per_sec()),
-                    ceiling_p50_ms: Some(off.p(0.5)),
-                    ceiling_p99_ms: Some(off.p(0.99)),
-                    ratio: Some(ratio),
-                    target: Some("ratio >= 0.8".into()),
-                    meets_target: Some(ratio >= 0.8 && on.errors == 0),
-                    peak_rss_mib: Some(peak),
-                    anon_rss_mib: Some(anon),
-                    errors: on.errors + off.errors,
-                    note: format!(
+                let off = Load::new(op, self.args.records);
+                let on = Load { token: Some(&tok), ..off };
+                let off = drive(self.gateway_addr, clients, self.args.warmup, self.args.secs, off).await?;
+                let on = drive(gw.addr, clients, self.args.warmup, self.args.secs, on).await?;
+                rows.push(relative_row(
+                    format!("auth-{}", op.label()),
+                    clients,
+                    on,
+                    off,
+                    0.8,
+                    &format!(
                         "\"ceiling\" = the same calls on the gateway with auth off (same storage, same run); HS256 token with roles [{role}], \
-                         request policy read_only_role.rego{}",
-                        on.first_error.or(off.first_error).map(|e| format!("; first error: {e}")).unwrap_or_default()
+                         request policy read_only_role.rego"
                     ),
-                    ..Row::default()
-                });
+                ));
             }
         }
         self.server_rt.spawn(gw.shutdown()).await?;

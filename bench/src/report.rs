@@ -116,7 +116,7 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
         );
     }
     md.push('\n');
-    for r in rows.iter().filter(|r| r.scenario.starts_with("auth-") || r.scenario.ends_with("cross-instance")) {
+    for r in rows.iter().filter(|r| r.scenario.starts_with("auth-") || r.scenario.starts_with("wasm-") || r.scenario.ends_with("cross-instance")) {
         let _ = writeln!(md, "- {} {}: {}", r.scenario, r.clients.unwrap_or(0), r.note);
     }
     for r in rows.iter().filter(|r| r.scenario == "fanout") {

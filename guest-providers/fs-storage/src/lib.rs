@@ -135,6 +135,8 @@ impl Store {
         if good < text.len() {
             store.file.set_len(good as u64).map_err(|e| unavailable(format!("cannot repair {path}: {e}")))?;
         }
+        // Appends write at the file's cursor, kept at the end of the log.
+        store.file.seek(SeekFrom::Start(good as u64)).map_err(|e| unavailable(format!("cannot seek {path}: {e}")))?;
         store.len = good as u64;
         host::log(Level::Info, &format!("{path}: {} events loaded", store.lines.len()));
         Ok(store)
@@ -210,14 +212,13 @@ impl Store {
         };
         let mut text = serde_json::to_vec(&line).map_err(|e| ProviderError::Internal(e.to_string()))?;
         text.push(b'\n');
-        let written = self
-            .file
-            .seek(SeekFrom::Start(self.len))
-            .and_then(|_| self.file.write_all(&text))
-            .and_then(|_| self.file.sync_data());
+        // One write and one fsync per append: the cursor is at the end of
+        // the log (put back there after a failed write).
+        let written = self.file.write_all(&text).and_then(|_| self.file.sync_data());
         if let Err(e) = written {
             // Leave no partial line behind: nothing was written.
             let _ = self.file.set_len(self.len);
+            let _ = self.file.seek(SeekFrom::Start(self.len));
             return Err(unavailable(format!("cannot write the event log: {e}")));
         }
         self.len += text.len() as u64;

@@ -8,6 +8,7 @@
 
 pub mod jwks;
 pub mod jwt;
+pub mod reads;
 pub mod rego;
 pub mod stack;
 

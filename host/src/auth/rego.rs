@@ -12,11 +12,22 @@
 //! v0.5.0-era modules use Rego v0 syntax (`allow { … }`); each module is
 //! parsed as Rego v1 first and, if that fails, as v0, so both work (and may
 //! be mixed).
+//!
+//! Per call, a policy gets only the input fields its modules name (see
+//! `reads`), and a policy that reads only who calls and which method keeps
+//! its decisions in a bounded cache keyed by exactly that input (dropped
+//! with the policy on reload): the evaluation, not the verification of the
+//! token, is what a request policy costs.
 
+use super::PolicyInput;
+use super::reads::{self, Reads};
 use crate::model::{Error, Result};
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
+use lru::LruCache;
 use regorus::{CompiledPolicy, Engine};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
@@ -37,14 +48,95 @@ pub enum Source {
     Path(PathBuf),
 }
 
+/// Decisions kept per policy version (distinct callers × methods).
+const DECISION_CACHE_ENTRIES: usize = 4096;
+
+/// Inputs longer than this (as JSON) are evaluated but not cached, so the
+/// cache stays within ~`DECISION_CACHE_ENTRIES` × this many bytes.
+const DECISION_CACHE_MAX_KEY: usize = 2048;
+
 /// A file's identity for change detection: path, modification time, length.
 type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
+
+/// One version of a policy: compiled, what it reads, its decisions so far.
+struct Loaded {
+    compiled: CompiledPolicy,
+    reads: Reads,
+    /// Input JSON → allowed; `None` when decisions may not be cached.
+    decisions: Option<Mutex<LruCache<String, bool>>>,
+}
+
+impl Loaded {
+    fn new(compiled: CompiledPolicy, reads: Reads) -> Loaded {
+        let decisions = reads
+            .cacheable()
+            .then(|| Mutex::new(LruCache::new(NonZeroUsize::new(DECISION_CACHE_ENTRIES).expect("non-zero"))));
+        Loaded { compiled, reads, decisions }
+    }
+
+    /// Allowed or not; `Err` is an evaluation error.
+    fn decide(&self, input: &PolicyInput) -> Result<std::result::Result<bool, String>> {
+        let doc = serde_json::to_string(&Visible { input, reads: &self.reads }).map_err(Error::internal)?;
+        let cache = self.decisions.as_ref().filter(|_| doc.len() <= DECISION_CACHE_MAX_KEY);
+        if let Some(cache) = cache
+            && let Some(allowed) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&doc)
+        {
+            return Ok(Ok(*allowed));
+        }
+        let value = regorus::Value::from_json_str(&doc).map_err(Error::internal)?;
+        match self.compiled.eval_with_input(value) {
+            Ok(v) => {
+                let allowed = v == regorus::Value::Bool(true);
+                if let Some(cache) = cache {
+                    cache.lock().unwrap_or_else(|p| p.into_inner()).put(doc, allowed);
+                }
+                Ok(Ok(allowed))
+            }
+            Err(e) => Ok(Err(e.to_string())),
+        }
+    }
+}
+
+/// The input fields a policy reads, serialized as its `input` document.
+struct Visible<'a> {
+    input: &'a PolicyInput,
+    reads: &'a Reads,
+}
+
+impl Serialize for Visible<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let (i, r) = (self.input, self.reads);
+        let mut m = s.serialize_map(None)?;
+        if r.reads("claims") {
+            m.serialize_entry("claims", &i.claims)?;
+        }
+        if r.reads("method") {
+            m.serialize_entry("method", &i.method)?;
+        }
+        if r.reads("metadata") {
+            m.serialize_entry("metadata", &i.metadata)?;
+        }
+        if r.reads("body") {
+            m.serialize_entry("body", &i.body)?;
+        }
+        if r.reads("client_stream") {
+            m.serialize_entry("client_stream", &i.client_stream)?;
+        }
+        if r.reads("server_stream") {
+            m.serialize_entry("server_stream", &i.server_stream)?;
+        }
+        if let Some(resp) = i.response.as_ref().filter(|_| r.reads("response")) {
+            m.serialize_entry("response", resp)?;
+        }
+        m.end()
+    }
+}
 
 pub struct Policy {
     /// "request" or "response": in logs and metrics.
     stage: &'static str,
     sources: Vec<Source>,
-    current: ArcSwap<CompiledPolicy>,
+    current: ArcSwap<Loaded>,
     seen: Mutex<Fingerprint>,
     metrics: Arc<Metrics>,
 }
@@ -54,11 +146,11 @@ impl Policy {
     /// Starts the reload watcher when there are files to watch.
     pub fn open(stage: &'static str, sources: Vec<Source>, reload_every: Duration, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
         let (modules, fingerprint) = read_sources(&sources)?;
-        let compiled = compile(&modules)?;
+        let loaded = load(&modules)?;
         let policy = Arc::new(Policy {
             stage,
             sources,
-            current: ArcSwap::from_pointee(compiled),
+            current: ArcSwap::from_pointee(loaded),
             seen: Mutex::new(fingerprint),
             metrics,
         });
@@ -68,13 +160,25 @@ impl Policy {
         Ok(policy)
     }
 
+    /// Whether the current version of the policy reads `body` (when not,
+    /// callers may leave it `Null`).
+    pub fn reads_body(&self) -> bool {
+        self.current.load().reads.reads("body")
+    }
+
     /// Evaluates the policy: `Ok` when `allow` is `true`; otherwise
     /// `PermissionDenied`. An evaluation error denies and is logged.
-    pub fn check(&self, method: &str, input: regorus::Value) -> Result<()> {
+    pub fn check(&self, input: &PolicyInput) -> Result<()> {
         let policy = self.current.load();
-        match policy.eval_with_input(input) {
-            Ok(regorus::Value::Bool(true)) => Ok(()),
-            Ok(_) => Err(Error::PermissionDenied(format!("{} policy denied {method}", self.stage))),
+        let method = input.method.as_str();
+        // A body left out because the policy did not read it, and a reload
+        // in between to one that does: do not decide on a missing body.
+        if input.body.is_null() && policy.reads.reads("body") {
+            return Err(Error::Unavailable(format!("the {} policy changed during this call; retry", self.stage)));
+        }
+        match policy.decide(input)? {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::PermissionDenied(format!("{} policy denied {method}", self.stage))),
             Err(e) => {
                 tracing::warn!(stage = self.stage, method, error = %e, "policy evaluation failed; denying");
                 Err(Error::PermissionDenied(format!("{} policy could not be evaluated for {method}", self.stage)))
@@ -99,10 +203,10 @@ impl Policy {
             }
             *seen = fingerprint;
         }
-        let outcome = read_sources(&self.sources).and_then(|(modules, _)| compile(&modules));
+        let outcome = read_sources(&self.sources).and_then(|(modules, _)| load(&modules));
         match outcome {
-            Ok(compiled) => {
-                self.current.store(Arc::new(compiled));
+            Ok(loaded) => {
+                self.current.store(Arc::new(loaded));
                 self.metrics.policy_reloads.with_label_values(&[self.stage, "loaded"]).inc();
                 tracing::info!(stage = self.stage, "policy reloaded");
                 true
@@ -193,6 +297,12 @@ fn read_sources(sources: &[Source]) -> Result<(Vec<(String, String)>, Fingerprin
     Ok((modules, fingerprint))
 }
 
+/// Compiles modules and finds what they read.
+fn load(modules: &[(String, String)]) -> Result<Loaded, String> {
+    let compiled = compile(modules)?;
+    Ok(Loaded::new(compiled, reads::scan(modules.iter().map(|(_, text)| text.as_str()))))
+}
+
 /// Compiles modules into a policy answering `ENTRYPOINT`. Each module is
 /// parsed as Rego v1, else as v0; the error is the compiler's message.
 pub fn compile(modules: &[(String, String)]) -> Result<CompiledPolicy, String> {
@@ -241,6 +351,55 @@ mod tests {
     fn compile_errors_carry_the_compiler_message() {
         let e = compile(&[("bad.rego".into(), "package stategate.authz\nallow if {".into())]).err().unwrap();
         assert!(e.contains("bad.rego"), "{e}");
+    }
+
+    fn input(sub: &str, method: &str, body: serde_json::Value) -> PolicyInput {
+        PolicyInput {
+            claims: serde_json::json!({"sub": sub}).as_object().unwrap().clone(),
+            method: method.into(),
+            metadata: Default::default(),
+            body,
+            client_stream: false,
+            server_stream: false,
+            response: None,
+        }
+    }
+
+    fn loaded(text: &str) -> Loaded {
+        load(&[("p.rego".into(), text.into())]).unwrap()
+    }
+
+    #[test]
+    fn cached_decisions_stay_per_caller_and_method() {
+        let p = loaded("package stategate.authz\nimport rego.v1\nallow if { input.claims.sub == \"a\"; input.method == \"/m\" }\n");
+        assert!(p.decisions.is_some(), "reads only claims and method: cacheable");
+        for _ in 0..2 {
+            assert_eq!(p.decide(&input("a", "/m", serde_json::Value::Null)).unwrap(), Ok(true));
+            assert_eq!(p.decide(&input("b", "/m", serde_json::Value::Null)).unwrap(), Ok(false));
+            assert_eq!(p.decide(&input("a", "/n", serde_json::Value::Null)).unwrap(), Ok(false));
+        }
+        assert_eq!(p.decisions.as_ref().unwrap().lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_policy_reading_the_body_sees_it_and_is_not_cached() {
+        let p = loaded("package stategate.authz\nimport rego.v1\nallow if input.body.key != \"secret\"\n");
+        assert!(p.decisions.is_none());
+        assert_eq!(p.decide(&input("a", "/m", serde_json::json!({"key": "k"}))).unwrap(), Ok(true));
+        assert_eq!(p.decide(&input("a", "/m", serde_json::json!({"key": "secret"}))).unwrap(), Ok(false));
+    }
+
+    #[test]
+    fn a_body_left_out_is_never_decided_on() {
+        let text = "package stategate.authz\nimport rego.v1\nallow if input.body.key != \"secret\"\n";
+        let source = Source::Inline { name: "p.rego".into(), text: text.into() };
+        let p = Policy::open("request", vec![source], Duration::from_secs(60), Arc::new(Metrics::new())).unwrap();
+        assert!(p.reads_body());
+        // `Null`: the gateway skipped the body (the policy read none when
+        // the call came in); the policy now reading it must not see "no key".
+        let e = p.check(&input("a", "/m", serde_json::Value::Null)).unwrap_err();
+        assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+        assert!(p.check(&input("a", "/m", serde_json::json!({"key": "k"}))).is_ok());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::jwt::{Verifier, VerifyConfig};
 use super::rego::{Policy, Source};
 use super::{Auth, Metadata, NoAuth, PolicyInput};
 use crate::config::{Config, ConfigError};
-use crate::model::{Claims, Error, Result};
+use crate::model::{Claims, Result};
 use crate::telemetry::Metrics;
 use async_trait::async_trait;
 use base64::Engine;
@@ -21,13 +21,6 @@ pub struct AuthStack {
     response: Option<Arc<Policy>>,
 }
 
-impl AuthStack {
-    fn check(policy: &Policy, input: &PolicyInput) -> Result<()> {
-        let json = serde_json::to_value(input).map_err(Error::internal)?;
-        policy.check(&input.method, regorus::Value::from(json))
-    }
-}
-
 #[async_trait]
 impl Auth for AuthStack {
     async fn authenticate(&self, metadata: &Metadata) -> Result<Claims> {
@@ -36,20 +29,20 @@ impl Auth for AuthStack {
 
     async fn authorize_request(&self, input: &PolicyInput) -> Result<()> {
         match &self.request {
-            Some(p) => Self::check(p, input),
+            Some(p) => p.check(input),
             None => Ok(()),
         }
     }
 
     async fn authorize_response(&self, input: &PolicyInput) -> Result<Option<Value>> {
         match &self.response {
-            Some(p) => Self::check(p, input).map(|()| None),
+            Some(p) => p.check(input).map(|()| None),
             None => Ok(None),
         }
     }
 
     fn inspects_bodies(&self) -> bool {
-        self.request.is_some() || self.response.is_some()
+        [&self.request, &self.response].into_iter().flatten().any(|p| p.reads_body())
     }
 
     fn inspects_responses(&self) -> bool {

@@ -93,8 +93,42 @@ impl Gateway {
             tx,
             _slot: slot,
         };
-        tokio::spawn(state.run(subscription));
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(Box::pin(Driven {
+            task: Some(Box::pin(state.run(subscription))),
+            rx,
+        }))
+    }
+}
+
+/// A stream's events, produced by its `StreamTask` driven from the
+/// stream's own `poll_next` rather than a task of its own: a delivery then
+/// wakes one task (the one sending the response), not two, which is most
+/// of the per-subscriber cost of a fan-out. The task still writes into a
+/// bounded channel, so it can run ahead of the reader by that much; when
+/// the reader stops polling (the client does not read), the task stops too
+/// and its hub subscription lags, as a slow stream's does. Dropping the
+/// stream (the client went away) drops the task.
+struct Driven {
+    task: Option<futures::future::BoxFuture<'static, ()>>,
+    rx: mpsc::Receiver<Result<SharedEvent>>,
+}
+
+impl futures::Stream for Driven {
+    type Item = Result<SharedEvent>;
+
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if let Poll::Ready(Some(item)) = self.rx.poll_recv(cx) {
+            return Poll::Ready(Some(item));
+        }
+        if let Some(task) = self.task.as_mut()
+            && futures::FutureExt::poll_unpin(task, cx).is_ready()
+        {
+            // The task ended (an error was queued, or the gateway stops):
+            // its sender is gone, so `rx` ends after what is queued.
+            self.task = None;
+        }
+        self.rx.poll_recv(cx)
     }
 }
 
@@ -239,10 +273,13 @@ impl StreamTask {
         if self.key.as_ref().is_some_and(|k| *k != event.record.key) {
             return Ok(());
         }
-        if self.seen.get(&event.record).is_some_and(|v| *v >= event.version) {
-            return Ok(());
+        // In place when the record is known (the usual case on a busy
+        // topic): no copy of its key per delivery.
+        match self.seen.get_mut(&event.record) {
+            Some(sent) if *sent >= event.version => return Ok(()),
+            Some(sent) => *sent = event.version,
+            None => lru_put(&mut self.seen, SEEN_RECORDS, event.record.clone(), event.version),
         }
-        lru_put(&mut self.seen, SEEN_RECORDS, event.record.clone(), event.version);
 
         if !self.gateway.inspects_responses() {
             return self.tx.send(Ok(event)).await.map_err(|_| Stop::ClientGone);

@@ -160,7 +160,7 @@ impl Storage for WasmStorage {
             id: req.id.clone(),
             record: record_to_wit(&req.record),
             values: match &req.change {
-                Change::Put(v) => Some(serde_json::Value::Object(v.clone()).to_string()),
+                Change::Put(v) => Some(serde_json::to_string(v).map_err(Error::internal)?),
                 Change::Delete => None,
             },
             expect: match req.expect {
@@ -170,7 +170,7 @@ impl Storage for WasmStorage {
             },
             kind: kind_to_wit(req.kind),
             method: req.method.clone(),
-            claims: serde_json::Value::Object(req.claims.clone()).to_string(),
+            claims: serde_json::to_string(&req.claims).map_err(Error::internal)?,
             time: req.time,
             idempotency: req.idempotency.as_ref().map(|i| wit::Idempotency {
                 key: i.key.clone(),
@@ -179,9 +179,29 @@ impl Storage for WasmStorage {
             }),
         };
         match self.call("append", move |s, g| g.call_append(s, &w)).await? {
+            // A new event holds the values and claims just sent: use them
+            // rather than parse the guest's copy of their JSON back (as the
+            // native providers do).
+            Ok(a) if !a.replayed => Ok(Appended {
+                event: Event {
+                    values: match req.change {
+                        Change::Put(v) => Some(v),
+                        Change::Delete => None,
+                    },
+                    claims: req.claims,
+                    id: a.event.id,
+                    seq: a.event.seq,
+                    record: record_from_wit(a.event.record),
+                    time: a.event.time,
+                    version: a.event.version,
+                    kind: kind_from_wit(a.event.kind),
+                    method: a.event.method,
+                },
+                replayed: false,
+            }),
             Ok(a) => Ok(Appended {
                 event: event_from_wit(&self.name, a.event)?,
-                replayed: a.replayed,
+                replayed: true,
             }),
             Err(wt::ProviderError::VersionConflict(current)) => Err(super::conflict(&req, current)),
             Err(wt::ProviderError::IdempotencyMismatch) => Err(super::idempotency_mismatch(
