@@ -643,6 +643,27 @@ fn record_key(i: usize) -> String {
 
 /// A row comparing two gateways in the same run: `on` (the feature) is
 /// reported against `off` (the "ceiling" columns); target: on/off >= `target`.
+/// The same load driven against a baseline gateway (`off`) and then the
+/// variant (`on`), back to back, as a row of `on` relative to `off`.
+struct Relative<'a> {
+    scenario: String,
+    clients: usize,
+    off: (SocketAddr, Load<'a>),
+    on: (SocketAddr, Load<'a>),
+    target: f64,
+    note: String,
+}
+
+impl Bench {
+    async fn relative(&self, r: Relative<'_>) -> Result<Row> {
+        reset_peak();
+        let (warmup, secs) = (self.args.warmup, self.args.secs);
+        let off = drive(r.off.0, r.clients, warmup, secs, r.off.1).await?;
+        let on = drive(r.on.0, r.clients, warmup, secs, r.on.1).await?;
+        Ok(relative_row(r.scenario, r.clients, on, off, r.target, &r.note))
+    }
+}
+
 fn relative_row(scenario: String, clients: usize, on: Measured, off: Measured, target: f64, note: &str) -> Row {
     let (peak, anon) = (rss_mib().1, anon_rss_mib());
     let ratio = on.ops_per_sec() / off.ops_per_sec();
@@ -959,22 +980,22 @@ impl Bench {
         for (op, role) in [(Op::Get, "reader"), (Op::Set, "writer")] {
             let tok = token(role)?;
             for &clients in &self.args.auth_clients.clone() {
-                reset_peak();
                 let off = Load::new(op, self.args.records);
                 let on = Load { token: Some(&tok), ..off };
-                let off = drive(self.gateway_addr, clients, self.args.warmup, self.args.secs, off).await?;
-                let on = drive(gw.addr, clients, self.args.warmup, self.args.secs, on).await?;
-                rows.push(relative_row(
-                    format!("auth-{}", op.label()),
-                    clients,
-                    on,
-                    off,
-                    0.8,
-                    &format!(
-                        "\"ceiling\" = the same calls on the gateway with auth off (same storage, same run); HS256 token with roles [{role}], \
-                         request policy read_only_role.rego"
-                    ),
-                ));
+                rows.push(
+                    self.relative(Relative {
+                        scenario: format!("auth-{}", op.label()),
+                        clients,
+                        off: (self.gateway_addr, off),
+                        on: (gw.addr, on),
+                        target: 0.8,
+                        note: format!(
+                            "\"ceiling\" = the same calls on the gateway with auth off (same storage, same run); HS256 token with roles [{role}], \
+                             request policy read_only_role.rego"
+                        ),
+                    })
+                    .await?,
+                );
             }
         }
         self.server_rt.spawn(gw.shutdown()).await?;

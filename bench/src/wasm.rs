@@ -9,7 +9,7 @@
 //!   (both verify the same HS256 token, which carries the tenant claim the
 //!   hook checks; both share the first gateway's storage).
 
-use crate::{Bench, DOMAIN, Load, Op, RECORD_TYPE, Row, drive, hmac_secret, hs256_token, relative_row, reset_peak};
+use crate::{Bench, DOMAIN, Load, Op, RECORD_TYPE, Relative, Row, hmac_secret, hs256_token};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -103,21 +103,21 @@ impl Bench {
         let mut rows = Vec::new();
         for op in [Op::Get, Op::Set] {
             for &clients in &self.args.wasm_clients.clone() {
-                reset_peak();
                 let load = Load::new(op, records);
-                let off = drive(native.addr, clients, self.args.warmup, self.args.secs, load).await?;
-                let on = drive(wasm.addr, clients, self.args.warmup, self.args.secs, load).await?;
-                rows.push(relative_row(
-                    format!("wasm-storage-{}", op.label()),
-                    clients,
-                    on,
-                    off,
-                    TARGET,
-                    &format!(
-                        "storage = the {STORAGE_GUEST} guest (one instance, calls one at a time, fsync per append; {records} records); \
-                         \"ceiling\" = the same calls on a gateway with a fresh embedded sqlite holding the same records (same run)"
-                    ),
-                ));
+                rows.push(
+                    self.relative(Relative {
+                        scenario: format!("wasm-storage-{}", op.label()),
+                        clients,
+                        off: (native.addr, load),
+                        on: (wasm.addr, load),
+                        target: TARGET,
+                        note: format!(
+                            "storage = the {STORAGE_GUEST} guest (one instance, calls one at a time, fsync per append; {records} records); \
+                             \"ceiling\" = the same calls on a gateway with a fresh embedded sqlite holding the same records (same run)"
+                        ),
+                    })
+                    .await?,
+                );
             }
         }
         for g in [native, wasm] {
@@ -147,21 +147,21 @@ impl Bench {
         let token = hs256_token(&secret, serde_json::json!({"sub": "bench", "tenant": DOMAIN}))?;
         let mut rows = Vec::new();
         for &clients in &self.args.wasm_clients.clone() {
-            reset_peak();
             let load = Load { token: Some(&token), ..Load::new(Op::Get, self.args.records) };
-            let off = drive(started[0].addr, clients, self.args.warmup, self.args.secs, load).await?;
-            let on = drive(started[1].addr, clients, self.args.warmup, self.args.secs, load).await?;
-            rows.push(relative_row(
-                "wasm-policy-get".into(),
-                clients,
-                on,
-                off,
-                TARGET,
-                &format!(
-                    "hook = the {POLICY_GUEST} guest for domain {DOMAIN} (request and response checks); \"ceiling\" = the same gateway \
-                     without the hook; both verify the same HS256 token (tenant claim {DOMAIN}) and share the first gateway's storage"
-                ),
-            ));
+            rows.push(
+                self.relative(Relative {
+                    scenario: "wasm-policy-get".into(),
+                    clients,
+                    off: (started[0].addr, load),
+                    on: (started[1].addr, load),
+                    target: TARGET,
+                    note: format!(
+                        "hook = the {POLICY_GUEST} guest for domain {DOMAIN} (request and response checks); \"ceiling\" = the same gateway \
+                         without the hook; both verify the same HS256 token (tenant claim {DOMAIN}) and share the first gateway's storage"
+                    ),
+                })
+                .await?,
+            );
         }
         for g in started {
             self.server_rt.spawn(g.shutdown()).await?;
