@@ -9,7 +9,7 @@
 
 use super::Storage;
 use crate::model::{
-    Appended, AppendRequest, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result, State,
+    AppendRequest, Appended, Change, Claims, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result, State,
     StateQuery, Values,
 };
 use crate::wasm::bindings::storage::StorageProviderPre;
@@ -128,9 +128,17 @@ pub(crate) fn event_to_wit(e: &Event) -> wt::Event {
 }
 
 pub(crate) fn event_from_wit(guest: &str, e: wt::Event) -> Result<Event> {
-    Ok(Event {
-        values: e.values.as_deref().map(|v| object(guest, "event values", v)).transpose()?,
-        claims: object(guest, "event claims", &e.claims)?,
+    let values = e.values.as_deref().map(|v| object(guest, "event values", v)).transpose()?;
+    let claims = object(guest, "event claims", &e.claims)?;
+    Ok(event_with(e, values, claims))
+}
+
+/// The event `e` describes, with its values and claims already parsed (or
+/// known: an append's own).
+fn event_with(e: wt::Event, values: Option<Values>, claims: Claims) -> Event {
+    Event {
+        values,
+        claims,
         id: e.id,
         seq: e.seq,
         record: record_from_wit(e.record),
@@ -138,7 +146,7 @@ pub(crate) fn event_from_wit(guest: &str, e: wt::Event) -> Result<Event> {
         version: e.version,
         kind: kind_from_wit(e.kind),
         method: e.method,
-    })
+    }
 }
 
 fn state_from_wit(guest: &str, s: wt::State) -> Result<State> {
@@ -182,23 +190,16 @@ impl Storage for WasmStorage {
             // A new event holds the values and claims just sent: use them
             // rather than parse the guest's copy of their JSON back (as the
             // native providers do).
-            Ok(a) if !a.replayed => Ok(Appended {
-                event: Event {
-                    values: match req.change {
-                        Change::Put(v) => Some(v),
-                        Change::Delete => None,
-                    },
-                    claims: req.claims,
-                    id: a.event.id,
-                    seq: a.event.seq,
-                    record: record_from_wit(a.event.record),
-                    time: a.event.time,
-                    version: a.event.version,
-                    kind: kind_from_wit(a.event.kind),
-                    method: a.event.method,
-                },
-                replayed: false,
-            }),
+            Ok(a) if !a.replayed => {
+                let values = match req.change {
+                    Change::Put(v) => Some(v),
+                    Change::Delete => None,
+                };
+                Ok(Appended {
+                    event: event_with(a.event, values, req.claims),
+                    replayed: false,
+                })
+            }
             Ok(a) => Ok(Appended {
                 event: event_from_wit(&self.name, a.event)?,
                 replayed: true,
