@@ -178,7 +178,8 @@ pub struct GuestSpec {
     pub name: String,
     pub path: PathBuf,
     pub config: Map<String, Value>,
-    pub grants: Grants,
+    /// Shared with every store's HTTP gate.
+    pub grants: Arc<Grants>,
     pub call_timeout: Duration,
     pub memory_bytes: usize,
 }
@@ -202,8 +203,8 @@ impl GuestSpec {
             Some(_) => return Err(Error::invalid(field, "\"config\" must be a JSON object")),
         };
         let grants = match spec.get("grants") {
-            None | Some(Value::Null) => Grants::default(),
-            Some(Value::Object(g)) => Grants::from_json(g).map_err(|why| Error::invalid(field, why))?,
+            None | Some(Value::Null) => Arc::default(),
+            Some(Value::Object(g)) => Arc::new(Grants::from_json(g).map_err(|why| Error::invalid(field, why))?),
             Some(_) => return Err(Error::invalid(field, "\"grants\" must be a JSON object")),
         };
         let limit = |key: &str| -> Result<Option<u64>> {
@@ -345,7 +346,6 @@ pub struct Guest<P: World> {
     spec: GuestSpec,
     info: Arc<GuestInfo>,
     allowed_net: Arc<Vec<SocketAddr>>,
-    grants: Arc<Grants>,
     current: ArcSwap<Loaded<P>>,
     /// (mtime, length) of the file when last looked at.
     stamp: Mutex<(Option<SystemTime>, u64)>,
@@ -433,7 +433,6 @@ impl<P: World> Guest<P> {
                 config: spec.config.clone(),
             }),
             allowed_net: Arc::new(allowed),
-            grants: Arc::new(spec.grants.clone()),
             spec,
             current: ArcSwap::from_pointee(loaded),
             stamp: Mutex::new(st),
@@ -538,7 +537,7 @@ impl<P: World> Guest<P> {
             wasi: b.build(),
             http: WasiHttpCtx::new(),
             http_gate: capabilities::HttpGate {
-                grants: self.grants.clone(),
+                grants: self.spec.grants.clone(),
                 denied: denied.clone(),
                 deadline: Instant::now() + self.spec.call_timeout,
                 expired: Arc::default(),
