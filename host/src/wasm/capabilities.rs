@@ -145,23 +145,16 @@ impl WasiHttpHooks for HttpGate {
 
 /// Replaces wasi:filesystem `open-at` and `stat-at` with versions that
 /// record a path refused for leading out of the preopen. Call after the WASI
-/// interfaces are linked.
+/// interfaces are linked (`add_to_linker_sync`).
 pub fn record_filesystem_escapes<T>(linker: &mut Linker<T>) -> wasmtime::Result<()>
 where
     T: WasiView + RecordsDenial + 'static,
 {
     linker.allow_shadowing(true);
-    let mut types = linker.instance("wasi:filesystem/types@0.2.12")?;
+    let mut types = linker.instance(FS_TYPES)?;
     types.func_wrap(
         "[method]descriptor.open-at",
-        |mut store: StoreContextMut<'_, T>,
-         (fd, path_flags, path, open_flags, flags): (
-            Resource<fs::Descriptor>,
-            fs::PathFlags,
-            String,
-            fs::OpenFlags,
-            fs::DescriptorFlags,
-        )| {
+        |mut store: StoreContextMut<'_, T>, (fd, path_flags, path, open_flags, flags): OpenAt| {
             let shown = path.clone();
             let r = fs::HostDescriptor::open_at(&mut store.data_mut().filesystem(), fd, path_flags, path, open_flags, flags);
             Ok((checked(store, r, &shown)?,))
@@ -169,7 +162,7 @@ where
     )?;
     types.func_wrap(
         "[method]descriptor.stat-at",
-        |mut store: StoreContextMut<'_, T>, (fd, path_flags, path): (Resource<fs::Descriptor>, fs::PathFlags, String)| {
+        |mut store: StoreContextMut<'_, T>, (fd, path_flags, path): StatAt| {
             let shown = path.clone();
             let r = fs::HostDescriptor::stat_at(&mut store.data_mut().filesystem(), fd, path_flags, path);
             Ok((checked(store, r, &shown)?,))
@@ -178,6 +171,52 @@ where
     linker.allow_shadowing(false);
     Ok(())
 }
+
+/// [`record_filesystem_escapes`] for a linker of async calls
+/// (`add_to_linker_async`).
+pub fn record_filesystem_escapes_async<T>(linker: &mut Linker<T>) -> wasmtime::Result<()>
+where
+    T: WasiView + RecordsDenial + Send + 'static,
+{
+    use wasmtime_wasi::p2::bindings::filesystem::types::{self as afs, HostDescriptor};
+    // The async bindings have their own copies of the flag types.
+    type OpenAt = (Resource<afs::Descriptor>, afs::PathFlags, String, afs::OpenFlags, afs::DescriptorFlags);
+    type StatAt = (Resource<afs::Descriptor>, afs::PathFlags, String);
+    linker.allow_shadowing(true);
+    let mut types = linker.instance(FS_TYPES)?;
+    types.func_wrap_async(
+        "[method]descriptor.open-at",
+        |mut store: StoreContextMut<'_, T>, (fd, path_flags, path, open_flags, flags): OpenAt| {
+            Box::new(async move {
+                let shown = path.clone();
+                let r = {
+                    let mut view = store.data_mut().filesystem();
+                    HostDescriptor::open_at(&mut view, fd, path_flags, path, open_flags, flags).await
+                };
+                Ok((checked(store, r, &shown)?,))
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.stat-at",
+        |mut store: StoreContextMut<'_, T>, (fd, path_flags, path): StatAt| {
+            Box::new(async move {
+                let shown = path.clone();
+                let r = {
+                    let mut view = store.data_mut().filesystem();
+                    HostDescriptor::stat_at(&mut view, fd, path_flags, path).await
+                };
+                Ok((checked(store, r, &shown)?,))
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+const FS_TYPES: &str = "wasi:filesystem/types@0.2.12";
+type OpenAt = (Resource<fs::Descriptor>, fs::PathFlags, String, fs::OpenFlags, fs::DescriptorFlags);
+type StatAt = (Resource<fs::Descriptor>, fs::PathFlags, String);
 
 /// The guest-visible result of a filesystem call; `not-permitted` (what
 /// cap-std answers for an escape; writes are always permitted under

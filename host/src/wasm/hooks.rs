@@ -9,8 +9,10 @@
 //!   other one; files may be added, replaced or removed while running.
 //!
 //! Each hook runs in instances of its own (a few warm ones are reused for
-//! speed; one that failed is discarded), so nothing leaks between tenants. A hook that traps, times out, exceeds its memory or uses a
-//! capability it was not granted fails only that call.
+//! speed; one that failed is discarded), so nothing leaks between tenants.
+//! A hook runs on the request's task (see [`super::AsyncWorld`]). A hook
+//! that traps, times out, exceeds its memory or uses a capability it was
+//! not granted fails only that call.
 
 use super::bindings::policy::PolicyHookPre;
 use super::bindings::policy::exports::stategate::gateway::policy::{Decision, ResponseDecision};
@@ -121,11 +123,10 @@ impl PolicyHooks {
             return Ok(());
         };
         let doc = serde_json::to_string(input).map_err(Error::internal)?;
-        let decision = guest
-            .call_pooled("authorize-request", move |store, hook| {
-                hook.stategate_gateway_policy().call_authorize_request(store, &doc)
-            })
-            .await?;
+        let mut lease = guest.lease().await?;
+        let (store, hook) = lease.parts();
+        let r = hook.stategate_gateway_policy().call_authorize_request(store, &doc).await;
+        let decision = guest.give_back("authorize-request", lease, r)?;
         match decision {
             Decision::Allow => Ok(()),
             Decision::Deny(reason) => Err(Error::PermissionDenied(format!("{}: {reason}", guest.name()))),
@@ -139,11 +140,10 @@ impl PolicyHooks {
             return Ok(None);
         };
         let doc = serde_json::to_string(input).map_err(Error::internal)?;
-        let decision = guest
-            .call_pooled("authorize-response", move |store, hook| {
-                hook.stategate_gateway_policy().call_authorize_response(store, &doc)
-            })
-            .await?;
+        let mut lease = guest.lease().await?;
+        let (store, hook) = lease.parts();
+        let r = hook.stategate_gateway_policy().call_authorize_response(store, &doc).await;
+        let decision = guest.give_back("authorize-response", lease, r)?;
         match decision {
             ResponseDecision::Allow => Ok(None),
             ResponseDecision::Deny(reason) => Err(Error::PermissionDenied(format!("{}: {reason}", guest.name()))),

@@ -3,7 +3,15 @@
 //! `wit/`, sandboxed.
 //!
 //! - One shared [`Engine`] with epoch interruption; a ticker thread advances
-//!   the epoch every [`TICK`], and every call gets a deadline in ticks.
+//!   the epoch every [`TICK`], and every call gets a deadline.
+//! - Storage and channel providers ([`SyncWorld`]) run their calls on the
+//!   blocking pool, one call per instance at a time: a call is a whole unit
+//!   of file or network I/O, done with blocking WASI.
+//! - Policy hooks ([`AsyncWorld`]) run on the request's own task: a hook
+//!   call is short and sits on every request, twice, where a hop to the
+//!   blocking pool and back costs more than the guest. The guest runs on a
+//!   fiber that yields to the executor at every tick, so a slow hook never
+//!   holds a worker thread for longer than a tick; WASI is linked async.
 //! - Each store has a memory cap ([`StoreLimits`], growth failure traps).
 //! - A semaphore bounds the instances alive at once.
 //! - Components are compiled once and cached on disk, keyed by the SHA-256
@@ -67,6 +75,7 @@ pub mod bindings {
         wasmtime::component::bindgen!({
             path: "../wit",
             world: "policy-hook",
+            exports: { default: async },
             with: {
                 "stategate:gateway/host": super::storage::stategate::gateway::host,
             },
@@ -294,16 +303,24 @@ impl host_if::Host for Ctx {
     }
 }
 
-/// A world the host can run: how to link a component into it and
-/// instantiate it.
+/// A world the host can run: how to link a component into it.
 pub trait World: Sized + Send + Sync + 'static {
     const KIND: Kind;
     type Instance: Send + 'static;
     fn link(component: &Component) -> wasmtime::Result<Self>;
+}
+
+/// A world whose calls run synchronously on the blocking pool.
+pub trait SyncWorld: World {
     fn instantiate(&self, store: &mut Store<Ctx>) -> wasmtime::Result<Self::Instance>;
 }
 
-fn linker() -> wasmtime::Result<Linker<Ctx>> {
+/// A world whose calls run on the async executor.
+pub trait AsyncWorld: World {
+    fn instantiate_async(&self, store: &mut Store<Ctx>) -> impl Future<Output = wasmtime::Result<Self::Instance>> + Send;
+}
+
+fn linker_sync() -> wasmtime::Result<Linker<Ctx>> {
     let mut linker = Linker::new(engine());
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     capabilities::record_filesystem_escapes(&mut linker)?;
@@ -312,25 +329,51 @@ fn linker() -> wasmtime::Result<Linker<Ctx>> {
     Ok(linker)
 }
 
-/// Implements [`World`] for a bindgen-generated `…Pre` type.
+fn linker_async() -> wasmtime::Result<Linker<Ctx>> {
+    let mut linker = Linker::new(engine());
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    capabilities::record_filesystem_escapes_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    host_if::add_to_linker::<Ctx, wasmtime::component::HasSelf<Ctx>>(&mut linker, |c| c)?;
+    Ok(linker)
+}
+
+/// Implements [`World`] and [`SyncWorld`] or [`AsyncWorld`] for a
+/// bindgen-generated `…Pre` type.
 macro_rules! world {
-    ($pre:ty, $kind:expr, $instance:ty) => {
-        impl World for $pre {
-            const KIND: Kind = $kind;
-            type Instance = $instance;
-            fn link(component: &Component) -> wasmtime::Result<Self> {
-                Self::new(linker()?.instantiate_pre(component)?)
-            }
+    (sync $pre:ty, $kind:expr, $instance:ty) => {
+        world!(@world $pre, $kind, $instance, linker_sync);
+        impl SyncWorld for $pre {
             fn instantiate(&self, store: &mut Store<Ctx>) -> wasmtime::Result<Self::Instance> {
                 self.instantiate(store)
             }
         }
     };
+    (async $pre:ty, $kind:expr, $instance:ty) => {
+        world!(@world $pre, $kind, $instance, linker_async);
+        impl AsyncWorld for $pre {
+            fn instantiate_async(
+                &self,
+                store: &mut Store<Ctx>,
+            ) -> impl Future<Output = wasmtime::Result<Self::Instance>> + Send {
+                self.instantiate_async(store)
+            }
+        }
+    };
+    (@world $pre:ty, $kind:expr, $instance:ty, $linker:ident) => {
+        impl World for $pre {
+            const KIND: Kind = $kind;
+            type Instance = $instance;
+            fn link(component: &Component) -> wasmtime::Result<Self> {
+                Self::new($linker()?.instantiate_pre(component)?)
+            }
+        }
+    };
 }
 
-world!(bindings::storage::StorageProviderPre<Ctx>, Kind::Storage, bindings::storage::StorageProvider);
-world!(bindings::channel::ChannelProviderPre<Ctx>, Kind::Channel, bindings::channel::ChannelProvider);
-world!(bindings::policy::PolicyHookPre<Ctx>, Kind::Policy, bindings::policy::PolicyHook);
+world!(sync bindings::storage::StorageProviderPre<Ctx>, Kind::Storage, bindings::storage::StorageProvider);
+world!(sync bindings::channel::ChannelProviderPre<Ctx>, Kind::Channel, bindings::channel::ChannelProvider);
+world!(async bindings::policy::PolicyHookPre<Ctx>, Kind::Policy, bindings::policy::PolicyHook);
 
 /// A compiled, linked component version.
 pub struct Loaded<P> {
@@ -351,7 +394,7 @@ pub struct Guest<P: World> {
     stamp: Mutex<(Option<SystemTime>, u64)>,
     last_error: Mutex<Option<String>>,
     generations: AtomicU64,
-    /// Warm instances for `call_pooled`, with the generation they run.
+    /// Warm instances for [`Guest::lease`], with the generation they run.
     idle: Mutex<Vec<Live<P>>>,
 }
 
@@ -555,9 +598,22 @@ impl<P: World> Guest<P> {
         Ok(store)
     }
 
+    /// Starts a call's clock: the deadline of a synchronous call is a
+    /// number of ticks, after which it traps.
     fn arm(&self, store: &mut Store<Ctx>) {
         let ticks = (self.spec.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64 + 1;
         store.set_epoch_deadline(ticks);
+        self.reset_call(store);
+    }
+
+    /// Starts an async call's clock: the guest yields at the next tick, and
+    /// at every tick after it until the deadline (see [`yield_until_deadline`]).
+    fn arm_async(&self, store: &mut Store<Ctx>) {
+        store.set_epoch_deadline(1);
+        self.reset_call(store);
+    }
+
+    fn reset_call(&self, store: &mut Store<Ctx>) {
         let gate = &mut store.data_mut().http_gate;
         gate.deadline = Instant::now() + self.spec.call_timeout;
         gate.expired.store(false, Ordering::SeqCst);
@@ -601,74 +657,92 @@ impl<P: World> Guest<P> {
         tracing::warn!(guest = %name, op, "wasm guest trapped: {text}");
         ("trap", Error::Unavailable(format!("wasm guest {name:?}: {op} trapped: {}", first_line(&text))))
     }
+}
 
-    /// Runs `f` on a fresh instance of the current version (policy hooks):
-    /// nothing survives between calls.
-    pub async fn call_fresh<T: Send + 'static>(
-        self: &Arc<Self>,
-        op: &'static str,
-        f: impl FnOnce(&mut Store<Ctx>, &P::Instance) -> wasmtime::Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let guest = self.clone();
-        blocking(&self.spec.name, move || {
-            let loaded = guest.current();
-            let mut store = guest.new_store()?;
-            guest.arm(&mut store);
-            let started = Instant::now();
-            let r = loaded.pre.instantiate(&mut store).and_then(|inst| f(&mut store, &inst));
-            guest.finish(op, &store, started, r)
-        })
-        .await
+/// An instance of an [`AsyncWorld`] guest checked out for one call, with its
+/// place under the instance bound. Handed back with [`Guest::give_back`]; one
+/// dropped instead (the call failed, or its request was cancelled midway) is
+/// discarded, never reused.
+pub struct Lease<P: World> {
+    live: Live<P>,
+    started: Instant,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<P: World> Lease<P> {
+    /// The store and the instance to call.
+    pub fn parts(&mut self) -> (&mut Store<Ctx>, &P::Instance) {
+        (&mut self.live.store, &self.live.instance)
     }
 }
 
-impl<P: World> Guest<P> {
-    /// Like `call_fresh`, but reuses a warm instance of the current version
-    /// when one is idle (policy hooks: one guest serves one tenant, so what
-    /// a guest keeps between calls stays within that tenant). An instance
-    /// that failed is dropped, never reused.
-    pub async fn call_pooled<T: Send + 'static>(
-        self: &Arc<Self>,
-        op: &'static str,
-        f: impl FnOnce(&mut Store<Ctx>, &P::Instance) -> wasmtime::Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let guest = self.clone();
-        blocking(&self.spec.name, move || {
-            let current = guest.current();
-            let warm = {
-                let mut idle = guest.idle.lock().unwrap();
-                idle.retain(|l| l.generation == current.generation);
-                idle.pop()
-            };
-            let mut live = match warm {
-                Some(l) => l,
-                None => {
-                    let mut store = guest.new_store()?;
-                    guest.arm(&mut store);
-                    let started = Instant::now();
-                    let r = current.pre.instantiate(&mut store);
-                    let instance = guest.finish("instantiate", &store, started, r)?;
-                    Live {
-                        store,
-                        instance,
-                        generation: current.generation,
-                    }
-                }
-            };
-            guest.arm(&mut live.store);
-            let started = Instant::now();
-            let r = f(&mut live.store, &live.instance);
-            let ok = r.is_ok();
-            let out = guest.finish(op, &live.store, started, r);
-            if ok && out.is_ok() {
-                let mut idle = guest.idle.lock().unwrap();
-                if idle.len() < IDLE_INSTANCES {
-                    idle.push(live);
+/// The epoch callback of async stores: yield to the executor at every tick
+/// (other requests run on this worker meanwhile), trap once the call's
+/// deadline has passed. tokio's `yield_now` lets the worker poll for I/O
+/// before it resumes the guest; a plain re-queue would leave sockets unread
+/// for dozens of ticks while a busy guest keeps its task ready.
+fn yield_until_deadline(ctx: wasmtime::StoreContextMut<'_, Ctx>) -> wasmtime::Result<wasmtime::UpdateDeadline> {
+    Ok(if Instant::now() >= ctx.data().http_gate.deadline {
+        wasmtime::UpdateDeadline::Interrupt
+    } else {
+        wasmtime::UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+    })
+}
+
+impl<P: AsyncWorld> Guest<P> {
+    /// Checks out a warm instance of the current version, or instantiates
+    /// one (policy hooks: one guest serves one tenant, so what a guest keeps
+    /// between calls stays within that tenant). Waits for a place under the
+    /// instance bound.
+    pub async fn lease(&self) -> Result<Lease<P>> {
+        let permit = runtime()
+            .instances
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Unavailable("wasm runtime shut down".into()))?;
+        let current = self.current();
+        let warm = {
+            let mut idle = self.idle.lock().unwrap();
+            idle.retain(|l| l.generation == current.generation);
+            idle.pop()
+        };
+        let mut live = match warm {
+            Some(l) => l,
+            None => {
+                let mut store = self.new_store()?;
+                store.epoch_deadline_callback(yield_until_deadline);
+                self.arm_async(&mut store);
+                let started = Instant::now();
+                let r = current.pre.instantiate_async(&mut store).await;
+                let instance = self.finish("instantiate", &store, started, r)?;
+                Live {
+                    store,
+                    instance,
+                    generation: current.generation,
                 }
             }
-            out
+        };
+        self.arm_async(&mut live.store);
+        Ok(Lease {
+            live,
+            started: Instant::now(),
+            _permit: permit,
         })
-        .await
+    }
+
+    /// Ends a leased call: its outcome in the gateway's error model, and the
+    /// instance back among the warm ones if the call succeeded.
+    pub fn give_back<T>(&self, op: &'static str, lease: Lease<P>, r: wasmtime::Result<T>) -> Result<T> {
+        let ok = r.is_ok();
+        let out = self.finish(op, &lease.live.store, lease.started, r);
+        if ok && out.is_ok() {
+            let mut idle = self.idle.lock().unwrap();
+            if idle.len() < IDLE_INSTANCES {
+                idle.push(lease.live);
+            }
+        }
+        out
     }
 }
 
@@ -694,12 +768,12 @@ struct Live<P: World> {
 /// One long-lived instance of a guest (storage and channel providers keep
 /// their state in it). Calls are serialized; after a failed call, and after
 /// a reload, the next call starts a new instance of the current version.
-pub struct Persistent<P: World> {
+pub struct Persistent<P: SyncWorld> {
     guest: Arc<Guest<P>>,
     live: Arc<Mutex<Option<Live<P>>>>,
 }
 
-impl<P: World> Clone for Persistent<P> {
+impl<P: SyncWorld> Clone for Persistent<P> {
     fn clone(&self) -> Self {
         Persistent {
             guest: self.guest.clone(),
@@ -708,7 +782,7 @@ impl<P: World> Clone for Persistent<P> {
     }
 }
 
-impl<P: World> Persistent<P> {
+impl<P: SyncWorld> Persistent<P> {
     pub fn new(guest: Arc<Guest<P>>) -> Self {
         Persistent {
             guest,

@@ -101,6 +101,42 @@ async fn looping_hook_hits_its_deadline() {
     misbehaving("loop", serde_json::json!({"timeout_ms": 300}), Code::Unavailable, "time limit").await;
 }
 
+/// A hook runs on its request's task and yields at every epoch tick: with
+/// the gateway and the clients on one thread, another tenant is served
+/// while a hook loops, and cancelling the looping call (the client goes
+/// away) ends it.
+#[tokio::test(flavor = "current_thread")]
+async fn looping_hook_does_not_hold_the_thread() {
+    let hooks = serde_json::json!({
+        "bad": {"path": guest("misbehave"), "config": {"mode": "loop"}, "limits": {"timeout_ms": 120_000}},
+        "good": {"path": guest("redact"), "config": {"fields": "secret"}},
+    });
+    let gw = TestGateway::start_with(|c| {
+        c.policy_hooks = Some(hooks.to_string());
+        c.wasm_cache_dir = Some(cache_dir());
+    })
+    .await;
+    let mut bad = gw.state_client().await;
+    let looping = tokio::spawn(async move { bad.set(state("bad", "k", serde_json::json!({"n": 1}))).await });
+    // Let the bad call reach its hook.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut good = gw.state_client().await;
+    for n in 0..5 {
+        good.set(state("good", "k", serde_json::json!({"n": n, "secret": "s"}))).await.expect("good tenant write");
+        let got = good
+            .get(StateRef { domain: "good".into(), r#type: "t".into(), key: "k".into(), ..Default::default() })
+            .await
+            .expect("good tenant read")
+            .into_inner();
+        assert!(json_of(&got).get("secret").is_none());
+    }
+    assert!(!looping.is_finished(), "the other tenant was served while the hook still looped");
+    looping.abort();
+    let _ = looping.await;
+    good.set(state("good", "after", serde_json::json!({"n": 1}))).await.expect("served after the cancellation");
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bomb_hits_its_cap() {
     misbehaving("oom", serde_json::json!({"memory_mb": 32}), Code::Unavailable, "memory limit").await;
