@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod convert;
+pub mod dispatch;
 pub mod grpc;
 pub mod grpc_web;
 pub mod rest;

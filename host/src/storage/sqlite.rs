@@ -44,10 +44,12 @@ const MMAP_BYTES: u64 = 1 << 30;
 /// How often the checkpoint thread looks at how much was written.
 const CHECKPOINT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// Appends after which it folds the WAL back into the database (about what
-/// sqlite's default of 1000 WAL pages holds)...
+/// sqlite's default of 1000 WAL pages holds), even while writes go on. It
+/// also does so as soon as writes pause for one poll, and retries a
+/// checkpoint that readers kept from finishing: once the WAL is all copied
+/// back, reads come straight from the memory-mapped file instead of looking
+/// up and copying WAL frames.
 const CHECKPOINT_APPENDS: u64 = 1000;
-/// ...or after this long with any append at all.
-const CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -129,19 +131,31 @@ impl SqliteStorage {
         let checkpoint_thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || {
-                let mut last = std::time::Instant::now();
+                // Appends counted at the previous poll, and whether the last
+                // checkpoint left frames behind.
+                let (mut seen, mut unfinished) = (0, false);
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_POLL) {
                     let pending = written.load(std::sync::atomic::Ordering::Relaxed);
-                    if pending < CHECKPOINT_APPENDS && (pending == 0 || last.elapsed() < CHECKPOINT_IDLE) {
+                    let paused = pending > 0 && pending == seen;
+                    seen = pending;
+                    if !(pending >= CHECKPOINT_APPENDS || paused || unfinished) {
                         continue;
                     }
                     written.fetch_sub(pending, std::sync::atomic::Ordering::Relaxed);
-                    last = std::time::Instant::now();
+                    seen = 0;
                     // PASSIVE: copies what it can without blocking the writer
-                    // or readers; the next round does the rest.
-                    if let Err(e) = checkpoint_conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
-                        tracing::debug!(error = %e, "sqlite checkpoint failed; retrying");
-                    }
+                    // or readers; what a reader still needed is copied on the
+                    // next poll.
+                    let frames = checkpoint_conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    });
+                    unfinished = match frames {
+                        Ok((in_wal, copied)) => copied < in_wal,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "sqlite checkpoint failed; retrying");
+                            true
+                        }
+                    };
                 }
             })
             .map_err(Error::internal)?;
