@@ -4,8 +4,8 @@
 
 use crate::api::{self, grpc::GrpcApi};
 use crate::config::{Config, ConfigError, provider_spec};
-use crate::api::dispatch::Dispatch;
-use crate::gateway::{Gateway, Limits};
+use crate::gateway::{Gateway, Limits, PEER_HEADER};
+use tower::ServiceExt;
 use crate::hub::{Hub, HubConfig};
 use crate::telemetry::Metrics;
 use crate::{channel, storage};
@@ -124,17 +124,11 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
     let grpc = api::grpc::routes(GrpcApi::new(gateway.clone()), config.max_message_bytes)
         .await
         .into_axum_router();
-    let app = Dispatch {
-        app: api::grpc_web::wrap(grpc.clone())
-            .merge(api::rest::routes(gateway.clone()))
-            .layer(DefaultBodyLimit::max(config.max_message_bytes))
-            .layer(api::grpc_web::cors(&config.cors_origins)),
-        grpc: Some(grpc),
-    };
-    let ops = Dispatch {
-        app: ops_routes(gateway.clone()),
-        grpc: None,
-    };
+    let app = api::grpc_web::wrap(grpc)
+        .merge(api::rest::routes(gateway.clone()))
+        .layer(DefaultBodyLimit::max(config.max_message_bytes))
+        .layer(api::grpc_web::cors(&config.cors_origins));
+    let ops = ops_routes(gateway.clone());
 
     let host = config.bind_host();
     let listener = TcpListener::bind((host, config.port))
@@ -183,7 +177,7 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
 async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    routes: Dispatch,
+    app: Router,
     conn: ConnBuilder<TokioExecutor>,
     shutdown: CancellationToken,
     grace: Duration,
@@ -203,7 +197,16 @@ async fn serve(
             _ = shutdown.cancelled() => break,
         };
         let _ = socket.set_nodelay(true);
-        let service = TowerToHyperService::new(routes.for_peer(peer));
+        // Stamp the real peer on every request (replacing any client-sent
+        // value): rate limits and policies may key on it.
+        let peer_value = http::HeaderValue::from_str(&peer.to_string()).ok();
+        let service = TowerToHyperService::new(app.clone().map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.headers_mut().remove(PEER_HEADER);
+            if let Some(v) = &peer_value {
+                req.headers_mut().insert(PEER_HEADER, v.clone());
+            }
+            req
+        }));
         let conn = conn.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();

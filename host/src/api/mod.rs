@@ -5,7 +5,6 @@
 
 pub mod codec;
 pub mod convert;
-pub mod dispatch;
 pub mod grpc;
 pub mod grpc_web;
 pub mod rest;

@@ -44,11 +44,12 @@ const MMAP_BYTES: u64 = 1 << 30;
 /// How often the checkpoint thread looks at how much was written.
 const CHECKPOINT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// Appends after which it folds the WAL back into the database (about what
-/// sqlite's default of 1000 WAL pages holds), even while writes go on. It
-/// also does so as soon as writes pause for one poll, and retries a
-/// checkpoint that readers kept from finishing: once the WAL is all copied
-/// back, reads come straight from the memory-mapped file instead of looking
-/// up and copying WAL frames.
+/// sqlite's default of 1000 WAL pages holds) while writes go on. When
+/// writes pause (no append for one poll) it checkpoints what is left, and
+/// retries at every poll until a checkpoint copies the whole WAL: a PASSIVE
+/// checkpoint stops short of pages a reader still needs, and with nothing
+/// written afterwards nothing else would finish the job. Once the WAL is
+/// all copied back, reads come straight from the memory-mapped file.
 const CHECKPOINT_APPENDS: u64 = 1000;
 
 const SCHEMA: &str = "
@@ -136,9 +137,9 @@ impl SqliteStorage {
                 let (mut seen, mut unfinished) = (0, false);
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_POLL) {
                     let pending = written.load(std::sync::atomic::Ordering::Relaxed);
-                    let paused = pending > 0 && pending == seen;
+                    let paused = pending == seen;
                     seen = pending;
-                    if !(pending >= CHECKPOINT_APPENDS || paused || unfinished) {
+                    if !(pending >= CHECKPOINT_APPENDS || (paused && (pending > 0 || unfinished))) {
                         continue;
                     }
                     written.fetch_sub(pending, std::sync::atomic::Ordering::Relaxed);
