@@ -4,7 +4,7 @@
 use crate::model::{Error, Event, EventKind, Result, State, Values};
 use crate::proto as pb;
 use prost_types::{ListValue, Struct, Value as PbValue, value::Kind};
-use serde_json::{Map, Number, Value};
+use serde_json::{Number, Value};
 
 /// A Struct from the wire as JSON. Struct numbers are doubles: integral ones
 /// become JSON integers again (so `30` round-trips as `30`, not `30.0`), and
@@ -42,20 +42,22 @@ fn number(field: &str, n: f64) -> Result<Value> {
         .ok_or_else(|| Error::invalid(field, format!("{n} is not a finite number")))
 }
 
-pub fn json_to_struct(m: &Map<String, Value>) -> Struct {
+/// A JSON object as a Struct. It takes the object by value: responses are
+/// converted once, and the strings move instead of being copied.
+pub fn json_to_struct(m: Values) -> Struct {
     Struct {
-        fields: m.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
+        fields: m.into_iter().map(|(k, v)| (k, json_to_value(v))).collect(),
     }
 }
 
-fn json_to_value(v: &Value) -> PbValue {
+fn json_to_value(v: Value) -> PbValue {
     let kind = match v {
         Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Bool(b) => Kind::BoolValue(b),
         Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::String(s) => Kind::StringValue(s),
         Value::Array(a) => Kind::ListValue(ListValue {
-            values: a.iter().map(json_to_value).collect(),
+            values: a.into_iter().map(json_to_value).collect(),
         }),
         Value::Object(o) => Kind::StructValue(json_to_struct(o)),
     };
@@ -67,7 +69,7 @@ pub fn state(s: State) -> pb::State {
         domain: s.record.domain,
         r#type: s.record.ty,
         key: s.record.key,
-        values: Some(json_to_struct(&s.values)),
+        values: Some(json_to_struct(s.values)),
         version: s.version as i64,
         expected_version: None,
         idempotency_key: String::new(),
@@ -81,12 +83,12 @@ pub fn event(e: Event) -> pb::Event {
             domain: e.record.domain,
             r#type: e.record.ty,
             key: e.record.key,
-            values: e.values.as_ref().map(json_to_struct),
+            values: e.values.map(json_to_struct),
             version: e.version as i64,
             expected_version: None,
             idempotency_key: String::new(),
         }),
-        claims: Some(json_to_struct(&e.claims)),
+        claims: Some(json_to_struct(e.claims)),
         time: e.time,
         version: e.version as i64,
         kind: match e.kind {
@@ -108,7 +110,7 @@ mod tests {
     #[test]
     fn struct_round_trip_keeps_integers() {
         let v = json!({"n": 30, "f": 1.5, "s": "x", "l": [1, null, true], "o": {"a": -2}});
-        let back = struct_to_json("values", json_to_struct(v.as_object().unwrap())).unwrap();
+        let back = struct_to_json("values", json_to_struct(v.as_object().unwrap().clone())).unwrap();
         assert_eq!(Value::Object(back), v);
     }
 

@@ -36,8 +36,11 @@ impl Channel for MemoryChannel {
     }
 
     async fn publish(&self, event: &Event) -> Result<()> {
-        // No receiver is not an error: nobody is listening for this event.
-        let _ = self.tx.send(Arc::new(event.clone()));
+        // No receiver is not an error: nobody is listening for this event,
+        // and then it is not worth copying.
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(Arc::new(event.clone()));
+        }
         Ok(())
     }
 

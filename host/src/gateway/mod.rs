@@ -253,13 +253,14 @@ impl Gateway {
 
     // ---- writes ----
 
-    pub async fn set(&self, metadata: Metadata, req: SetRequest) -> Result<Event> {
+    pub async fn set(&self, metadata: Metadata, mut req: SetRequest) -> Result<Event> {
         let caller = self.admit(methods::STATE_SET, metadata, &req, false).await?;
         let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
-        let values = req.values.clone().ok_or_else(|| Error::invalid("values", "is required"))?;
-        json::check_depth("values", &values)?;
         let expect = Expect::from_wire("expected_version", req.expected_version)?;
+        // The fingerprint covers the values: take it before they move out.
         let idem = self.idempotency(&caller, &req.idempotency_key, &req);
+        let values = req.values.take().ok_or_else(|| Error::invalid("values", "is required"))?;
+        json::check_depth("values", &values)?;
         let event = self
             .append(&caller, record, Change::Put(values), expect, EventKind::Set, idem)
             .await?;
@@ -275,13 +276,13 @@ impl Gateway {
         self.release(caller, event, json::event, json::parse_event).await
     }
 
-    pub async fn edit(&self, metadata: Metadata, req: EditRequest) -> Result<Event> {
+    pub async fn edit(&self, metadata: Metadata, mut req: EditRequest) -> Result<Event> {
         let caller = self.admit(methods::STATE_EDIT, metadata, &req, false).await?;
         let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
-        let patch = req.patch.clone().ok_or_else(|| Error::invalid("patch", "is required"))?;
-        json::check_depth("patch", &patch)?;
         let wanted = Expect::from_wire("expected_version", req.expected_version)?;
         let idem = self.idempotency(&caller, &req.idempotency_key, &req);
+        let patch = req.patch.take().ok_or_else(|| Error::invalid("patch", "is required"))?;
+        json::check_depth("patch", &patch)?;
         // Read, patch, and append expecting the version read. Without a
         // client expectation a concurrent write only means "read again".
         let mut attempts = 0;
