@@ -131,6 +131,10 @@ pub struct Row {
     pub ceiling_p99_ms: Option<f64>,
     /// ops_per_sec / ceiling_ops_per_sec.
     pub ratio: Option<f64>,
+    /// CPU microseconds per call of the whole process (gateway or bare
+    /// server, and the clients) in the measured window (unary scenarios).
+    pub cpu_us_per_op: Option<f64>,
+    pub ceiling_cpu_us_per_op: Option<f64>,
     pub target: Option<String>,
     pub meets_target: Option<bool>,
     /// Peak RSS of the bench process during the scenario (VmHWM, reset
@@ -389,6 +393,16 @@ impl Rng {
     }
 }
 
+/// CPU time (user + system) of this process so far, seconds: fields 14 and
+/// 15 of /proc/self/stat, in USER_HZ ticks (100 per second on Linux).
+fn process_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name (field 2) may hold spaces: count from after it.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: f64 = after.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<f64>().ok()).sum();
+    ticks / 100.0
+}
+
 // ---- memory ----
 
 /// (VmRSS, VmHWM) of this process, MiB.
@@ -429,11 +443,19 @@ struct Measured {
     secs: f64,
     hist: Histogram<u64>,
     first_error: Option<String>,
+    /// CPU seconds the whole bench process used in the measured window.
+    cpu_secs: f64,
 }
 
 impl Measured {
     fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.secs
+    }
+    /// CPU microseconds per call, server, storage and clients together. On a
+    /// shared machine this moves less than ops/s: time the neighbours take
+    /// is not counted.
+    fn cpu_us_per_op(&self) -> f64 {
+        self.cpu_secs * 1e6 / self.ops as f64
     }
     fn p(&self, q: f64) -> f64 {
         self.hist.value_at_quantile(q) as f64 / 1000.0
@@ -542,7 +564,11 @@ async fn drive(addr: SocketAddr, clients: usize, warmup: f64, secs: f64, load: L
             })
         })
         .collect();
-    let mut m = Measured { ops: 0, errors: 0, secs, hist: histogram(), first_error: None };
+    tokio::time::sleep_until(start.into()).await;
+    let cpu_start = process_cpu_secs();
+    tokio::time::sleep_until(end.into()).await;
+    let cpu_secs = process_cpu_secs() - cpu_start;
+    let mut m = Measured { ops: 0, errors: 0, secs, hist: histogram(), first_error: None, cpu_secs };
     for t in tasks {
         let (h, ops, errors, first_error) = t.await?;
         m.hist.add(&h)?;
@@ -677,6 +703,8 @@ fn relative_row(scenario: String, clients: usize, on: Measured, off: Measured, t
         ceiling_p50_ms: Some(off.p(0.5)),
         ceiling_p99_ms: Some(off.p(0.99)),
         ratio: Some(ratio),
+        cpu_us_per_op: Some(on.cpu_us_per_op()),
+        ceiling_cpu_us_per_op: Some(off.cpu_us_per_op()),
         target: Some(format!("ratio >= {target}")),
         meets_target: Some(ratio >= target && on.errors == 0),
         peak_rss_mib: Some(peak),
@@ -799,6 +827,8 @@ impl Bench {
                 ceiling_p50_ms: Some(b.p(0.5)),
                 ceiling_p99_ms: Some(b.p(0.99)),
                 ratio: Some(ratio),
+                cpu_us_per_op: Some(g.cpu_us_per_op()),
+                ceiling_cpu_us_per_op: Some(b.cpu_us_per_op()),
                 target: target.map(|t| format!("ratio >= {t}")),
                 meets_target: target.map(|t| ratio >= t),
                 peak_rss_mib: Some(peak),
@@ -936,7 +966,7 @@ impl Bench {
         }
         let secs = t0.elapsed().as_secs_f64();
         let _ = stop_tx.send(true);
-        let mut m = Measured { ops: 0, errors: 0, secs, hist: histogram(), first_error: None };
+        let mut m = Measured { ops: 0, errors: 0, secs, hist: histogram(), first_error: None, cpu_secs: f64::NAN };
         for t in tasks {
             if let Ok((h, err)) = t.await {
                 m.hist.add(&h)?;

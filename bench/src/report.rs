@@ -45,7 +45,7 @@ fn f(v: Option<f64>, digits: usize) -> String {
 
 pub fn line(r: &Row) -> String {
     format!(
-        "{:<14} n={:<5} {:>9} ops/s p50 {:>7} ms p99 {:>7} ms | ceiling {:>9} ops/s | ratio {} {} rss {} MiB{}",
+        "{:<14} n={:<5} {:>9} ops/s p50 {:>7} ms p99 {:>7} ms | ceiling {:>9} ops/s | ratio {} {} cpu {}/{} us/op rss {} MiB{}",
         r.scenario,
         r.clients.map_or("-".into(), |c| c.to_string()),
         f(r.ops_per_sec, 0),
@@ -54,6 +54,8 @@ pub fn line(r: &Row) -> String {
         f(r.ceiling_ops_per_sec, 0),
         f(r.ratio, 2),
         r.meets_target.map_or("", |m| if m { "(target met)" } else { "(BELOW TARGET)" }),
+        f(r.cpu_us_per_op, 0),
+        f(r.ceiling_cpu_us_per_op, 0),
         f(r.rss_delta_mib.or(r.peak_rss_mib), 1),
         if r.errors > 0 { format!(" errors={}", r.errors) } else { String::new() },
     )
@@ -76,7 +78,9 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
          Clients: tonic gRPC over loopback, one connection per client (streams: {} per connection), closed loop, \
          {:.1} s warm-up + {:.1} s measured per step. **Ceiling**: a bare tonic server with the same services answering \
          the same request with the same response message (a copy of the gateway's), and a bare server-streaming \
-         broadcast for fan-out; **ratio** = gateway ops/s ÷ ceiling ops/s in the same run.\n",
+         broadcast for fan-out; **ratio** = gateway ops/s ÷ ceiling ops/s in the same run. **CPU µs/op**: CPU time of \
+         the whole bench process (server, storage threads and clients) in the measured window per call, gateway \
+         (ceiling); it moves less than ops/s when neighbours take the cores.\n",
         args.data_dir.as_deref().map_or("/dev/shm (tmpfs: fsync is nearly free; pass --data-dir for a disk)".into(), |d| d.display().to_string()),
         crate::STREAMS_PER_CONNECTION, args.warmup, args.secs
     );
@@ -87,8 +91,8 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
         }
         md.push('\n');
     }
-    let _ = writeln!(md, "| scenario | clients | ops/s | p50 ms | p99 ms | ceiling ops/s | ceiling p50/p99 ms | ratio | target | peak RSS MiB | anon RSS MiB |");
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+    let _ = writeln!(md, "| scenario | clients | ops/s | p50 ms | p99 ms | ceiling ops/s | ceiling p50/p99 ms | ratio | CPU µs/op (ceiling) | target | peak RSS MiB | anon RSS MiB |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
     for r in rows {
         if r.scenario == "idle-streams" || r.note == "not available in this build" {
             continue;
@@ -100,7 +104,7 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.clients.map_or(String::new(), |c| c.to_string()),
             f(r.ops_per_sec, 0),
@@ -110,6 +114,10 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
             f(r.ceiling_p50_ms, 2),
             f(r.ceiling_p99_ms, 2),
             f(r.ratio, 2),
+            match (r.cpu_us_per_op, r.ceiling_cpu_us_per_op) {
+                (Some(_), Some(_)) => format!("{} ({})", f(r.cpu_us_per_op, 0), f(r.ceiling_cpu_us_per_op, 0)),
+                _ => String::new(),
+            },
             target,
             f(r.peak_rss_mib, 0),
             f(r.anon_rss_mib, 0),
