@@ -124,10 +124,12 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
     let grpc = api::grpc::routes(GrpcApi::new(gateway.clone()), config.max_message_bytes)
         .await
         .into_axum_router();
-    let app = api::grpc_web::wrap(grpc)
-        .merge(api::rest::routes(gateway.clone()))
-        .layer(DefaultBodyLimit::max(config.max_message_bytes))
-        .layer(api::grpc_web::cors(&config.cors_origins));
+    let app = api::grpc_web::with_cors(
+        api::grpc_web::wrap(grpc)
+            .merge(api::rest::routes(gateway.clone()))
+            .layer(DefaultBodyLimit::max(config.max_message_bytes)),
+        &config.cors_origins,
+    );
     let ops = ops_routes(gateway.clone());
 
     let host = config.bind_host();

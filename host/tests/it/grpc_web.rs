@@ -87,6 +87,7 @@ async fn text_mode_with_server_streaming_and_cors() {
         .unwrap();
     assert_eq!(stream.status().as_u16(), 200);
     assert!(stream.headers()["content-type"].to_str().unwrap().starts_with("application/grpc-web-text"));
+    assert_eq!(stream.headers()["access-control-allow-origin"], "*", "grpc-web from a page gets CORS");
 
     // Write through a unary text-mode call.
     let set = c
@@ -119,4 +120,17 @@ async fn text_mode_with_server_streaming_and_cors() {
     };
     assert_eq!(event.id, written.id);
     gw.stop().await;
+}
+
+/// Native gRPC, which no browser speaks, is served without CORS headers
+/// (grpc-web and REST keep them, above).
+#[tokio::test]
+async fn native_grpc_responses_carry_no_cors_headers() {
+    let gw = TestGateway::start().await;
+    let mut sc = gw.state_client().await;
+    let d = unique("nocors");
+    let reply = sc.set(state(&d, "t", "k", json!({"n": 1}))).await.unwrap();
+    for name in ["access-control-allow-origin", "access-control-expose-headers", "vary"] {
+        assert!(reply.metadata().get(name).is_none(), "{name} on a native gRPC response");
+    }
 }
