@@ -98,7 +98,7 @@ async fn policy_bench(name: &str, hooks: Option<serde_json::Value>) -> Duration 
     let dir = tempfile::tempdir().unwrap();
     let gw = gateway(hooks, dir.path()).await;
     let mut client = StateServiceClient::connect(format!("http://{}", gw.addr)).await.unwrap();
-    let values = stategate::api::convert::json_to_struct(json!({"n": 1, "secret": "s"}).as_object().unwrap());
+    let values = stategate::api::convert::json_to_struct(json!({"n": 1, "secret": "s"}).as_object().unwrap().clone());
     client
         .set(PState { domain: "bench".into(), r#type: "t".into(), key: "k".into(), values: Some(values), ..Default::default() })
         .await

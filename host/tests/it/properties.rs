@@ -70,7 +70,7 @@ proptest! {
 
     #[test]
     fn struct_mapping_round_trips(d in doc()) {
-        let s = stategate::api::convert::json_to_struct(&d);
+        let s = stategate::api::convert::json_to_struct(d.clone());
         let back = stategate::api::convert::struct_to_json("values", s).unwrap();
         // Integral floats come back as integers: compare numerically.
         prop_assert!(stategate::model::query::json_eq(&Value::Object(back), &Value::Object(d)));

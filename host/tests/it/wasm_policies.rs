@@ -99,7 +99,7 @@ fn state(key: &str, v: Value) -> State {
         domain: "d".into(),
         r#type: "t".into(),
         key: key.into(),
-        values: Some(stategate::api::convert::json_to_struct(v.as_object().unwrap())),
+        values: Some(stategate::api::convert::json_to_struct(v.as_object().unwrap().clone())),
         ..Default::default()
     }
 }

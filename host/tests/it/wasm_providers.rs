@@ -85,7 +85,7 @@ async fn two_gateways_share_the_directory_channel() {
         .unwrap()
         .into_inner();
     let mut sc = a.state_client().await;
-    let values = stategate::api::convert::json_to_struct(serde_json::json!({"n": 7}).as_object().unwrap());
+    let values = stategate::api::convert::json_to_struct(serde_json::json!({"n": 7}).as_object().unwrap().clone());
     sc.set(State { domain: d.clone(), r#type: "t".into(), key: "k".into(), values: Some(values), ..Default::default() })
         .await
         .unwrap();
@@ -97,4 +97,29 @@ async fn two_gateways_share_the_directory_channel() {
     assert_eq!(got.state.unwrap().key, "k");
     a.stop().await;
     b.stop().await;
+}
+
+/// A provider (called on the blocking pool, through the synchronous WASI
+/// linker) whose file leads out of its granted directory: the host refuses
+/// the open, the call fails PERMISSION_DENIED naming the path, and nothing
+/// is created outside the directory. The policy-hook counterpart, on the
+/// async linker, is in wasm_sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_file_escape_from_the_granted_dir_is_denied() {
+    configure();
+    let parent = tempfile::tempdir().unwrap();
+    let granted = parent.path().join("granted");
+    std::fs::create_dir(&granted).unwrap();
+    let mut provider = spec(&guest("fs_storage"), &granted);
+    provider.insert("config".into(), serde_json::json!({"file": "../escaped.jsonl"}));
+    let err = match stategate::storage::open(Some(&provider), &granted).await {
+        Err(e) => e,
+        Ok(s) => s.head().await.expect_err("a file outside grants.dir must not open"),
+    };
+    let message = err.to_string();
+    assert!(matches!(err, stategate::model::Error::PermissionDenied(_)), "{err:?}");
+    for part in ["outside grants.dir", "escaped.jsonl", "not granted"] {
+        assert!(message.contains(part), "{message:?} should say {part:?}");
+    }
+    assert!(!parent.path().join("escaped.jsonl").exists(), "nothing was written outside the grant");
 }

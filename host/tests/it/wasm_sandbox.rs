@@ -14,7 +14,7 @@ fn state(domain: &str, key: &str, v: serde_json::Value) -> State {
         domain: domain.into(),
         r#type: "t".into(),
         key: key.into(),
-        values: Some(stategate::api::convert::json_to_struct(v.as_object().unwrap())),
+        values: Some(stategate::api::convert::json_to_struct(v.as_object().unwrap().clone())),
         ..Default::default()
     }
 }
