@@ -445,6 +445,8 @@ struct Measured {
     first_error: Option<String>,
     /// CPU seconds the whole bench process used in the measured window.
     cpu_secs: f64,
+    /// Fan-out: the latency of the writer's own `Set` calls, µs.
+    writes: Option<Histogram<u64>>,
 }
 
 impl Measured {
@@ -459,6 +461,10 @@ impl Measured {
     }
     fn p(&self, q: f64) -> f64 {
         self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+    /// A quantile of the fan-out writer's call latency, ms ("–" if none).
+    fn write_p(&self, q: f64) -> String {
+        self.writes.as_ref().map_or("–".into(), |h| format!("{:.2}", h.value_at_quantile(q) as f64 / 1000.0))
     }
 }
 
@@ -568,7 +574,7 @@ async fn drive(addr: SocketAddr, clients: usize, warmup: f64, secs: f64, load: L
     let cpu_start = process_cpu_secs();
     tokio::time::sleep_until(end.into()).await;
     let cpu_secs = process_cpu_secs() - cpu_start;
-    let mut m = Measured { ops: 0, errors: 0, secs, hist: histogram(), first_error: None, cpu_secs };
+    let mut m = Measured { ops: 0, errors: 0, secs, hist: histogram(), first_error: None, cpu_secs, writes: None };
     for t in tasks {
         let (h, ops, errors, first_error) = t.await?;
         m.hist.add(&h)?;
@@ -860,13 +866,17 @@ impl Bench {
                 ceiling_p50_ms: Some(b.p(0.5)),
                 ceiling_p99_ms: Some(b.p(0.99)),
                 ratio: Some(g.ops_per_sec() / b.ops_per_sec()),
+                cpu_us_per_op: Some(g.cpu_us_per_op()),
+                ceiling_cpu_us_per_op: Some(b.cpu_us_per_op()),
                 target: target.map(|t| format!("p99 < {t} ms")),
                 meets_target: target.map(|t| g.p(0.99) < t && g.errors == 0),
                 peak_rss_mib: Some(peak),
                 anon_rss_mib: Some(anon),
                 errors: g.errors,
                 note: format!(
-                    "{rate:.0} writes/s x {subs} subscribers; ops/s = delivered events/s; latency = write call start to delivery{}",
+                    "{rate:.0} writes/s x {subs} subscribers; ops/s = delivered events/s; latency = write call start to delivery; \
+                     the writer's Set calls took p50 {} / p99 {} ms (bare: {} / {}); CPU µs/op = per delivery{}",
+                    g.write_p(0.5), g.write_p(0.99), b.write_p(0.5), b.write_p(0.99),
                     g.first_error.map(|e| format!("; {e}")).unwrap_or_default()
                 ),
                 ..Row::default()
@@ -876,19 +886,24 @@ impl Bench {
     }
 
     /// Opens `subs` streams of one topic, writes at `rate`/s for the
-    /// measured time, and measures each delivery's latency from the start of
-    /// its write call. `errors` counts events not delivered.
+    /// warm-up and the measured time, and measures the latency of each
+    /// delivery of a write made after the warm-up, from the start of its
+    /// write call. `errors` counts events not delivered.
     /// The writer writes to `addr`, the subscribers read from `sub_addr`.
     async fn fanout(&self, addr: SocketAddr, sub_addr: SocketAddr, subs: usize, rate: f64) -> Result<Measured> {
         let ty = format!("fan{}", uuid::Uuid::new_v4().simple());
         let streams = open_streams(sub_addr, subs, &ty).await?;
         let epoch = self.epoch;
         let delivered = Arc::new(AtomicU64::new(0));
+        // Writes sent before this (µs since the epoch) are the warm-up: they
+        // are delivered and counted, but their latency is not recorded.
+        let measure_from = Arc::new(AtomicU64::new(u64::MAX));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let tasks: Vec<_> = streams
             .into_iter()
             .map(|mut s| {
                 let delivered = delivered.clone();
+                let measure_from = measure_from.clone();
                 let mut stop = stop_rx.clone();
                 tokio::spawn(async move {
                     let mut hist = histogram();
@@ -910,7 +925,9 @@ impl Bench {
                                         _ => None,
                                     });
                                 if let Some(sent) = sent {
-                                    let _ = hist.record((now - sent).max(1.0) as u64);
+                                    if sent >= measure_from.load(Ordering::Relaxed) as f64 {
+                                        let _ = hist.record((now - sent).max(1.0) as u64);
+                                    }
                                     delivered.fetch_add(1, Ordering::Relaxed);
                                 }
                             }
@@ -938,12 +955,17 @@ impl Bench {
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let t0 = Instant::now();
+        let measured = t0 + Duration::from_secs_f64(self.args.warmup);
+        measure_from.store((now_us(epoch) + self.args.warmup * 1e6) as u64, Ordering::Relaxed);
+        let cpu_start = process_cpu_secs();
         let end = t0 + Duration::from_secs_f64(self.args.secs + self.args.warmup);
         let mut writes = 0u64;
         let mut write_errors = 0u64;
+        let mut write_hist = histogram();
         while Instant::now() < end {
             tick.tick().await;
             let sent = now_us(epoch);
+            let call = Instant::now();
             let r = writer
                 .state
                 .set(pb::State {
@@ -954,6 +976,9 @@ impl Bench {
                     ..Default::default()
                 })
                 .await;
+            if call >= measured {
+                let _ = write_hist.record(call.elapsed().as_micros().max(1) as u64);
+            }
             writes += 1;
             if r.is_err() {
                 write_errors += 1;
@@ -965,8 +990,9 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let secs = t0.elapsed().as_secs_f64();
+        let cpu_secs = process_cpu_secs() - cpu_start;
         let _ = stop_tx.send(true);
-        let mut m = Measured { ops: 0, errors: 0, secs, hist: histogram(), first_error: None, cpu_secs: f64::NAN };
+        let mut m = Measured { ops: 0, errors: 0, secs, hist: histogram(), first_error: None, cpu_secs, writes: Some(write_hist) };
         for t in tasks {
             if let Ok((h, err)) = t.await {
                 m.hist.add(&h)?;
