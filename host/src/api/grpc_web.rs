@@ -16,7 +16,7 @@ pub fn wrap(grpc: Router) -> Router {
 /// `app` with CORS on what a browser can send (REST, grpc-web, preflights).
 /// Native gRPC, which no browser speaks, skips it: CORS would add three
 /// response headers to every call that both ends encode and decode for
-/// nothing, about a tenth of the CPU of a `Get` (BENCHMARKS.md, round 5).
+/// nothing, 7–10 % of the CPU of a `Get` (BENCHMARKS.md, round 5).
 /// Its responses are POST responses, never cached, so leaving them without
 /// CORS headers cannot reach a browser through a cache either.
 pub fn with_cors(app: Router, origins: &[String]) -> Router {
