@@ -955,8 +955,8 @@ impl Bench {
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let t0 = Instant::now();
-        let measured = t0 + Duration::from_secs_f64(self.args.warmup);
-        measure_from.store((now_us(epoch) + self.args.warmup * 1e6) as u64, Ordering::Relaxed);
+        let measured_from = now_us(epoch) + self.args.warmup * 1e6;
+        measure_from.store(measured_from as u64, Ordering::Relaxed);
         let cpu_start = process_cpu_secs();
         let end = t0 + Duration::from_secs_f64(self.args.secs + self.args.warmup);
         let mut writes = 0u64;
@@ -965,7 +965,6 @@ impl Bench {
         while Instant::now() < end {
             tick.tick().await;
             let sent = now_us(epoch);
-            let call = Instant::now();
             let r = writer
                 .state
                 .set(pb::State {
@@ -976,8 +975,9 @@ impl Bench {
                     ..Default::default()
                 })
                 .await;
-            if call >= measured {
-                let _ = write_hist.record(call.elapsed().as_micros().max(1) as u64);
+            // The same warm-up rule as the deliveries', on the same clock.
+            if sent >= measured_from {
+                let _ = write_hist.record((now_us(epoch) - sent).max(1.0) as u64);
             }
             writes += 1;
             if r.is_err() {
