@@ -255,7 +255,7 @@ async fn run(args: Args, server_rt: tokio::runtime::Runtime) -> Result<()> {
     });
     let data = tempfile::Builder::new().prefix("stategate-bench").tempdir_in(&base)?;
     let mut config = Config::defaults();
-    config.auth_disabled = true;
+    config.auth.auth_disabled = true;
     config.bind = "127.0.0.1".into();
     config.port = 0;
     config.ops_port = Some(0);
@@ -783,7 +783,7 @@ impl Bench {
                     kind: EventKind::Set,
                     method: "/stategate.StateService/Set".into(),
                     claims: Default::default(),
-                    time: stategate::gateway::now_nanos(),
+                    time: stategate::model::now_nanos(),
                     idempotency: None,
                 };
                 // Spawned on the server runtime: seeding is not client load.
@@ -1020,10 +1020,10 @@ impl Bench {
         std::fs::write(&policy, include_str!("../../examples/policies/read_only_role.rego"))?;
         let secret = hmac_secret();
         let mut config = self.config.clone();
-        config.auth_disabled = self.args.auth_mode == "none";
-        config.jwt_hmac_secret = Some(secret.clone());
+        config.auth.auth_disabled = self.args.auth_mode == "none";
+        config.auth.jwt_hmac_secret = Some(secret.clone());
         if self.args.auth_mode == "jwt-rego" {
-            config.request_policy_path = vec![policy];
+            config.auth.request_policy_path = vec![policy];
         }
         let storage = self.gateway.gateway.storage().clone();
         let gw = self
@@ -1079,7 +1079,9 @@ impl Bench {
         }
         let prefix = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let mut config = self.config.clone();
-        config.channel_provider = Some(serde_json::json!({"name": channel, "addr": addr, "prefix": prefix}).to_string());
+        config.channel_provider = Some(stategate::channel::ChannelSpec::parse(
+            &serde_json::json!({"name": channel, "addr": addr, "prefix": prefix}).to_string(),
+        )?);
         let storage = self.gateway.gateway.storage().clone();
         let mut started = Vec::new();
         for _ in 0..2 {

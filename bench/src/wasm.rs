@@ -86,9 +86,9 @@ impl Bench {
             .await?
             .context("starting the sqlite gateway")?;
         let mut config = self.wasm_config(&wasm_dir);
-        config.storage_provider = Some(
-            serde_json::json!({"name": "wasm", "path": guests.join(STORAGE_GUEST), "grants": {"dir": fs}}).to_string(),
-        );
+        config.storage_provider = Some(stategate::storage::StorageSpec::parse(
+            &serde_json::json!({"name": "wasm", "path": guests.join(STORAGE_GUEST), "grants": {"dir": fs}}).to_string(),
+        )?);
         let wasm = self
             .server_rt
             .spawn(stategate::server::start(config))
@@ -130,10 +130,10 @@ impl Bench {
         let data = tempfile::Builder::new().prefix("stategate-bench-hook").tempdir_in(&self.data_base)?;
         let secret = hmac_secret();
         let mut plain = self.wasm_config(data.path());
-        plain.auth_disabled = false;
-        plain.jwt_hmac_secret = Some(secret.clone());
+        plain.auth.auth_disabled = false;
+        plain.auth.jwt_hmac_secret = Some(secret.clone());
         let mut hooked = plain.clone();
-        hooked.policy_hooks = Some(serde_json::json!({ DOMAIN: {"path": guests.join(POLICY_GUEST)} }).to_string());
+        hooked.auth.policy_hooks = Some(serde_json::json!({ DOMAIN: {"path": guests.join(POLICY_GUEST)} }).to_string());
         let storage = self.gateway.gateway.storage().clone();
         let mut started = Vec::new();
         for c in [plain, hooked] {

@@ -42,6 +42,7 @@ fn input(method: &str, body: serde_json::Value) -> PolicyInput {
         client_stream: false,
         server_stream: false,
         response: None,
+        domain: Some("bench".into()),
     }
 }
 

@@ -31,7 +31,7 @@ fn put(i: usize) -> AppendRequest {
         kind: EventKind::Set,
         method: "/stategate.StateService/Set".into(),
         claims: Default::default(),
-        time: stategate::gateway::now_nanos(),
+        time: stategate::model::now_nanos(),
         idempotency: None,
     }
 }
@@ -90,7 +90,7 @@ async fn gateway(hooks: Option<serde_json::Value>, dir: &std::path::Path) -> sta
     c.data_dir = dir.to_path_buf();
     c.log_format = "text".into();
     c.wasm_cache_dir = Some(guests().join("../cache"));
-    c.policy_hooks = hooks.map(|h| h.to_string());
+    c.auth.policy_hooks = hooks.map(|h| h.to_string());
     stategate::server::start(c).await.unwrap()
 }
 
@@ -131,10 +131,10 @@ async fn main() {
 
     println!("storage (per operation):");
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = stategate::storage::open(None, dir.path()).await.unwrap();
+    let sqlite = stategate::storage::StorageSpec::default().open(dir.path()).await.unwrap();
     let native = storage_bench("sqlite", sqlite).await;
     let spec = json!({"name": "wasm", "path": g.join("fs_storage.wasm"), "grants": {"dir": dir.path().join("fs")}});
-    let wasm = stategate::storage::open(Some(spec.as_object().unwrap()), dir.path()).await.unwrap();
+    let wasm = stategate::storage::StorageSpec::parse(&spec.to_string()).unwrap().open(dir.path()).await.unwrap();
     let w = storage_bench("wasm fs_storage", wasm).await;
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     println!(
@@ -153,10 +153,11 @@ async fn main() {
         client_stream: false,
         server_stream: false,
         response: None,
+        domain: Some("bench".into()),
     };
     for (name, file) in [("rust redact", "redact.wasm"), ("python", "python_readonly.wasm")] {
         let spec = json!({"*": {"path": g.join(file), "limits": {"timeout_ms": 30000}}});
-        let hooks = stategate::wasm::hooks::PolicyHooks::from_config(&spec.to_string()).unwrap().unwrap();
+        let hooks = stategate::auth::hooks::PolicyHooks::from_config(&spec.to_string()).await.unwrap().unwrap();
         hooks.authorize_request(&input).await.unwrap();
         let t = per_op(300, |_| {
             let (h, i) = (hooks.clone(), input.clone());

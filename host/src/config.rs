@@ -3,6 +3,9 @@
 //! Everything is checked at start; a bad value stops the start with a
 //! message naming the variable.
 
+use crate::auth::AuthConfig;
+use crate::channel::ChannelSpec;
+use crate::storage::StorageSpec;
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,10 +38,6 @@ pub struct Config {
     #[arg(long, env = "STATEGATE_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,
 
-    /// Disable authentication and authorization.
-    #[arg(long, env = "STATEGATE_AUTH_DISABLED")]
-    pub auth_disabled: bool,
-
     /// TLS certificate chain (PEM), for both ports.
     #[arg(long, env = "STATEGATE_TLS_CERT_FILE", requires = "tls_key_file")]
     pub tls_cert_file: Option<PathBuf>,
@@ -47,28 +46,18 @@ pub struct Config {
     #[arg(long, env = "STATEGATE_TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<PathBuf>,
 
-    /// Remote JSON Web Key Set used to verify JWT signatures.
-    #[arg(long, env = "STATEGATE_JWKS_URI")]
-    pub jwks_uri: Option<String>,
-
-    /// Request policy: a base64-encoded Rego module (v0.5.0).
-    #[arg(long, env = "STATEGATE_REQUEST_POLICY")]
-    pub request_policy: Option<String>,
-
-    /// Response policy: a base64-encoded Rego module (v0.5.0).
-    #[arg(long, env = "STATEGATE_RESPONSE_POLICY")]
-    pub response_policy: Option<String>,
-
     /// Channel provider as JSON: {"name":"inmem"} (default),
-    /// {"name":"redis","addr":"localhost:6379"}, {"name":"nats","addr":"localhost:4222"}.
-    #[arg(long, env = "STATEGATE_CHANNEL_PROVIDER")]
-    pub channel_provider: Option<String>,
+    /// {"name":"redis","addr":"localhost:6379"}, {"name":"nats","addr":"localhost:4222"},
+    /// {"name":"wasm","path":"x.wasm"}. Unknown keys are refused.
+    #[arg(long, env = "STATEGATE_CHANNEL_PROVIDER", value_name = "JSON", value_parser = parse_channel_spec)]
+    pub channel_provider: Option<ChannelSpec>,
 
     /// Storage provider as JSON: {"name":"sqlite","path":"data/stategate.db"}
     /// (default), {"name":"inmem"},
-    /// {"name":"mongo","addr":"mongodb://localhost:27017","database":"stategate"}.
-    #[arg(long, env = "STATEGATE_STORAGE_PROVIDER")]
-    pub storage_provider: Option<String>,
+    /// {"name":"mongo","addr":"mongodb://localhost:27017","database":"stategate"},
+    /// {"name":"wasm","path":"x.wasm"}. Unknown keys are refused.
+    #[arg(long, env = "STATEGATE_STORAGE_PROVIDER", value_name = "JSON", value_parser = parse_storage_spec)]
+    pub storage_provider: Option<StorageSpec>,
 
     /// Directory of the default sqlite database.
     #[arg(long, env = "STATEGATE_DATA_DIR", default_value = "data")]
@@ -113,77 +102,15 @@ pub struct Config {
     #[arg(long, env = "STATEGATE_RATE_BURST")]
     pub rate_burst: Option<f64>,
 
-    // --- auth ---
-    /// Local JSON Web Key Set file whose keys verify JWT signatures.
-    #[arg(long, env = "STATEGATE_JWKS_FILE")]
-    pub jwks_file: Option<PathBuf>,
-
-    /// PEM public key files (RSA, EC P-256/P-384, Ed25519) that verify JWT
-    /// signatures, comma-separated.
-    #[arg(long, env = "STATEGATE_JWT_PUBLIC_KEY_FILES", value_delimiter = ',')]
-    pub jwt_public_key_files: Vec<PathBuf>,
-
-    /// HMAC secret (at least 32 bytes) for HS256/384/512 tokens; without it
-    /// HS* tokens are refused.
-    #[arg(long, env = "STATEGATE_JWT_HMAC_SECRET", hide_env_values = true)]
-    pub jwt_hmac_secret: Option<String>,
-
-    /// File holding the HMAC secret (instead of STATEGATE_JWT_HMAC_SECRET).
-    #[arg(long, env = "STATEGATE_JWT_HMAC_SECRET_FILE")]
-    pub jwt_hmac_secret_file: Option<PathBuf>,
-
-    /// Accepted token issuers (`iss`), comma-separated; unset accepts any.
-    #[arg(long, env = "STATEGATE_JWT_ISSUER", value_delimiter = ',')]
-    pub jwt_issuers: Vec<String>,
-
-    /// Accepted token audiences (`aud`), comma-separated; unset accepts any.
-    #[arg(long, env = "STATEGATE_JWT_AUDIENCE", value_delimiter = ',')]
-    pub jwt_audiences: Vec<String>,
-
-    /// Clock skew tolerated when checking `exp` and `nbf`, seconds.
-    #[arg(long, env = "STATEGATE_JWT_LEEWAY_SECS", default_value_t = 30)]
-    pub jwt_leeway_secs: u64,
-
-    /// Verified tokens remembered until they expire (0: verify every call).
-    #[arg(long, env = "STATEGATE_JWT_CACHE_SIZE", default_value_t = 10_000)]
-    pub jwt_cache_size: usize,
-
-    /// How often the remote JWKS is fetched again, seconds.
-    #[arg(long, env = "STATEGATE_JWKS_REFRESH_SECS", default_value_t = 300)]
-    pub jwks_refresh_secs: u64,
-
-    /// Least time between two JWKS fetches triggered by tokens naming an
-    /// unknown `kid`, seconds.
-    #[arg(long, env = "STATEGATE_JWKS_MIN_REFRESH_SECS", default_value_t = 30)]
-    pub jwks_min_refresh_secs: u64,
-
-    /// Request policy files or directories of `.rego` files, comma-separated
-    /// (reloaded when they change).
-    #[arg(long, env = "STATEGATE_REQUEST_POLICY_PATH", value_delimiter = ',')]
-    pub request_policy_path: Vec<PathBuf>,
-
-    /// Response policy files or directories of `.rego` files, comma-separated
-    /// (reloaded when they change).
-    #[arg(long, env = "STATEGATE_RESPONSE_POLICY_PATH", value_delimiter = ',')]
-    pub response_policy_path: Vec<PathBuf>,
-
-    /// How often policy files and local key files (JWKS, PEM) are checked
-    /// for changes, milliseconds.
-    #[arg(long, env = "STATEGATE_POLICY_RELOAD_MS", default_value_t = 1000)]
-    pub policy_reload_ms: u64,
-    // --- end auth ---
+    /// Authentication and authorization (`auth::AuthConfig`).
+    #[command(flatten)]
+    pub auth: AuthConfig,
 
     /// How often live streams check storage for events a broadcast lost, ms.
     #[arg(long, env = "STATEGATE_SWEEP_INTERVAL_MS", default_value_t = 1000)]
     pub sweep_interval_ms: u64,
 
     // --- wasm ---
-    /// Per-tenant wasm policy hooks, run after the Rego policies: a JSON
-    /// object {"<domain>"|"*": "hook.wasm" | {"path":…,"config":{…},"grants":{…}}}
-    /// or a directory of <domain>.wasm files (_default.wasm for the rest).
-    #[arg(long, env = "STATEGATE_POLICY_HOOKS")]
-    pub policy_hooks: Option<String>,
-
     /// Time limit of one wasm guest call, ms (a guest may set limits.timeout_ms).
     #[arg(long, env = "STATEGATE_WASM_CALL_TIMEOUT_MS", default_value_t = 2000)]
     pub wasm_call_timeout_ms: u64,
@@ -230,7 +157,7 @@ impl Config {
     }
 
     pub fn auth_enabled(&self) -> bool {
-        !(self.auth_disabled || self.dev)
+        !(self.auth.auth_disabled || self.dev)
     }
 
     /// The address to bind: loopback only in development mode.
@@ -273,43 +200,97 @@ impl Config {
         self.bind_host()
             .parse::<std::net::IpAddr>()
             .map_err(|e| ConfigError::new("STATEGATE_BIND", format!("{:?} is not an IP address: {e}", self.bind)))?;
-        for (variable, value) in [
-            ("STATEGATE_STORAGE_PROVIDER", &self.storage_provider),
-            ("STATEGATE_CHANNEL_PROVIDER", &self.channel_provider),
-        ] {
-            if let Some(text) = value {
-                provider_spec(variable, text)?;
-            }
-        }
         Ok(())
+    }
+
+    /// The storage provider configured, or the embedded default.
+    pub fn storage_spec(&self) -> StorageSpec {
+        self.storage_provider.clone().unwrap_or_default()
+    }
+
+    /// The channel provider configured, or the in-process default.
+    pub fn channel_spec(&self) -> ChannelSpec {
+        self.channel_provider.clone().unwrap_or_default()
     }
 }
 
-/// Parses a provider JSON object and checks it names a provider.
-pub fn provider_spec(variable: &'static str, text: &str) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| ConfigError::new(variable, format!("not valid JSON: {e}")))?;
-    let serde_json::Value::Object(map) = value else {
-        return Err(ConfigError::new(variable, "must be a JSON object such as {\"name\":\"inmem\"}"));
-    };
-    match map.get("name") {
-        Some(serde_json::Value::String(n)) if !n.is_empty() => Ok(map),
-        _ => Err(ConfigError::new(variable, "needs a \"name\" field naming the provider")),
-    }
+/// Provider objects are parsed as the flags are read: a bad one stops the
+/// start with clap's message, which names the flag, and ours, which names
+/// the variable and the offending key.
+fn parse_storage_spec(text: &str) -> Result<StorageSpec, String> {
+    StorageSpec::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_channel_spec(text: &str) -> Result<ChannelSpec, String> {
+    ChannelSpec::parse(text).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn refusal(args: &[&str]) -> String {
+        let mut argv = vec!["stategate"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_provider_objects_name_their_variable_and_the_key() {
+        let e = refusal(&["--storage-provider", r#"{"nam":1}"#]);
+        assert!(e.contains("--storage-provider") && e.contains("STATEGATE_STORAGE_PROVIDER") && e.contains("\"name\""), "{e}");
+        let e = refusal(&["--channel-provider", "redis"]);
+        assert!(e.contains("STATEGATE_CHANNEL_PROVIDER") && e.contains("not valid JSON"), "{e}");
+        // A typo'd key stops the start, naming it and the known ones (it
+        // used to connect to localhost silently).
+        let e = refusal(&["--channel-provider", r#"{"name":"redis","adr":"db:6379"}"#]);
+        assert!(e.contains("unknown field `adr`") && e.contains("`addr`") && e.contains("`prefix`"), "{e}");
+        let e = refusal(&["--storage-provider", r#"{"name":"mongo","addr":"mongodb://x","databse":"d"}"#]);
+        assert!(e.contains("unknown field `databse`") && e.contains("`database`"), "{e}");
+        let e = refusal(&["--storage-provider", r#"{"name":"sqlite","pth":"x.db"}"#]);
+        assert!(e.contains("unknown field `pth`") && e.contains("`path`"), "{e}");
+        let e = refusal(&["--storage-provider", r#"{"name":"inmem","path":"x"}"#]);
+        assert!(e.contains("unknown field `path`"), "{e}");
+        let e = refusal(&["--storage-provider", r#"{"name":"wasm","path":"x.wasm","grant":{}}"#]);
+        assert!(e.contains("unknown field `grant`") && e.contains("`grants`"), "{e}");
+        let e = refusal(&["--channel-provider", r#"{"name":"wasm","path":"x.wasm","poll":5}"#]);
+        assert!(e.contains("unknown field `poll`") && e.contains("poll_ms"), "{e}");
+        let e = refusal(&["--channel-provider", r#"{"name":"nats","user":"u"}"#]);
+        assert!(e.contains("\"user\" and \"password\" go together"), "{e}");
+        let e = refusal(&["--channel-provider", r#"{"name":"kafkaa"}"#]);
+        assert!(e.contains("unknown provider \"kafkaa\"") && e.contains("redis"), "{e}");
+        let e = refusal(&["--storage-provider", r#"{"name":"cassandra","addr":"x"}"#]);
+        assert!(e.contains("not built in") && e.contains("wasm storage provider"), "{e}");
+    }
+
+    #[test]
+    fn provider_objects_take_v050_keys_and_aliases() {
+        let c = Config::parse_from([
+            "stategate",
+            "--channel-provider",
+            r#"{"name":"redis","addr":"r:6379","user":"u","password":"p"}"#,
+            "--storage-provider",
+            r#"{"name":"memory"}"#,
+        ]);
+        match c.channel_spec() {
+            ChannelSpec::Redis(r) => assert_eq!((r.addr.as_str(), r.username.as_deref()), ("r:6379", Some("u"))),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.storage_spec().name(), "inmem");
+        let c = Config::parse_from([
+            "stategate",
+            "--channel-provider",
+            r#"{"name":"nats","addr":"n:4222","client_cert_file":"c.pem","client_key_file":"k.pem"}"#,
+        ]);
+        match c.channel_spec() {
+            ChannelSpec::Nats(n) => assert_eq!(n.cert_file.as_deref(), Some("c.pem")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(Config::defaults().storage_spec().name(), "sqlite");
+    }
+
     #[test]
     fn bad_values_name_their_variable() {
-        let mut c = Config::defaults();
-        c.storage_provider = Some("{\"nam\":1}".into());
-        assert_eq!(c.validate().unwrap_err().variable, "STATEGATE_STORAGE_PROVIDER");
-        let mut c = Config::defaults();
-        c.channel_provider = Some("redis".into());
-        assert_eq!(c.validate().unwrap_err().variable, "STATEGATE_CHANNEL_PROVIDER");
         let mut c = Config::defaults();
         c.bind = "localhost:1".into();
         assert_eq!(c.validate().unwrap_err().variable, "STATEGATE_BIND");

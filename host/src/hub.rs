@@ -323,7 +323,7 @@ impl FeedState {
                 })
                 .await?;
             let full = page.len() == FEED_PAGE;
-            let now = crate::gateway::now_nanos();
+            let now = crate::model::now_nanos();
             for event in page {
                 let delivered = self.last_version.peek(&event.record).is_some_and(|v| *v >= event.version);
                 if !delivered {

@@ -3,12 +3,12 @@
 //! start-up wiring and graceful shutdown.
 
 use crate::api::{self, grpc::GrpcApi};
-use crate::config::{Config, ConfigError, provider_spec};
+use crate::config::{Config, ConfigError};
 use crate::gateway::{Gateway, Limits, PEER_HEADER};
 use tower::ServiceExt;
 use crate::hub::{Hub, HubConfig};
 use crate::telemetry::Metrics;
-use crate::{channel, storage};
+use crate::storage;
 use anyhow::Context;
 use axum::{Router, extract::DefaultBodyLimit, response::IntoResponse, routing::get};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -58,18 +58,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// caller closes it, the gateway's shutdown does not.
 pub async fn start_with_storage(config: Config, shared: Option<storage::DynStorage>) -> anyhow::Result<Running> {
     config.validate()?;
-    let storage_spec = config
-        .storage_provider
-        .as_deref()
-        .map(|t| provider_spec("STATEGATE_STORAGE_PROVIDER", t))
-        .transpose()?;
-    let channel_spec = config
-        .channel_provider
-        .as_deref()
-        .map(|t| provider_spec("STATEGATE_CHANNEL_PROVIDER", t))
-        .transpose()?;
     let metrics = Arc::new(Metrics::new());
-    let auth = crate::auth::stack::build(&config, metrics.clone()).await?;
     crate::wasm::metrics::register(&metrics.registry);
     crate::wasm::configure(crate::wasm::Settings {
         call_timeout: Duration::from_millis(config.wasm_call_timeout_ms.max(1)),
@@ -78,16 +67,20 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
         cache_dir: Some(config.wasm_cache_dir.clone().unwrap_or_else(|| config.data_dir.join("wasm-cache"))),
         reload_interval: Duration::from_millis(config.wasm_reload_ms),
     });
-    let policy_hooks = crate::wasm::hooks::PolicyHooks::from_config(config.policy_hooks.as_deref().unwrap_or(""))
-        .map_err(|e| ConfigError::new("STATEGATE_POLICY_HOOKS", e.to_string()))?;
+    // After the wasm settings: the policy hooks are loaded with them.
+    let auth = crate::auth::stack::build(&config.auth, config.auth_enabled(), metrics.clone()).await?;
     let owns_storage = shared.is_none();
     let storage = match shared {
         Some(s) => s,
-        None => storage::open(storage_spec.as_ref(), &config.data_dir)
+        None => config
+            .storage_spec()
+            .open(&config.data_dir)
             .await
             .map_err(|e| ConfigError::new("STATEGATE_STORAGE_PROVIDER", e.to_string()))?,
     };
-    let channel = channel::open(channel_spec.as_ref())
+    let channel = config
+        .channel_spec()
+        .open()
         .await
         .map_err(|e| ConfigError::new("STATEGATE_CHANNEL_PROVIDER", e.to_string()))?;
     let tls = match (&config.tls_cert_file, &config.tls_key_file) {
@@ -118,8 +111,7 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
             rate_burst: config.rate_burst.unwrap_or(config.rate_limit),
             ..Limits::default()
         },
-    )
-    .with_policy_hooks(policy_hooks));
+    ));
 
     let grpc = api::grpc::routes(GrpcApi::new(gateway.clone()), config.max_message_bytes)
         .await

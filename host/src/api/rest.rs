@@ -52,9 +52,9 @@ fn respond<T>(result: Result<T>, to_json: impl FnOnce(&T) -> Value) -> Response 
 fn error_response(e: &Error) -> Response {
     let code = status::grpc_code(e);
     let mut response = (status::http_status(code), axum::Json(status::error_body(e))).into_response();
-    if let Error::Unauthenticated(_) = e {
+    if let Error::Unauthenticated { reason, .. } = e {
         // RFC 6750: a request without a token gets the bare challenge.
-        let challenge = if crate::auth::failure_reason(e) == "missing" {
+        let challenge = if *reason == crate::model::TokenRefusal::Missing {
             "Bearer"
         } else {
             "Bearer error=\"invalid_token\""

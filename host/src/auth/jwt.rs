@@ -11,86 +11,13 @@
 
 use super::jwks::{KeySet, KeyStore, VerifyKey};
 use super::Metadata;
-use crate::model::{Claims, Error, Result};
+use crate::model::{Claims, Result, TokenRefusal};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Validation, decode, decode_header};
 use lru::LruCache;
 use sha2::{Digest, Sha256};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
-
-/// Why a token was refused: the client-facing message (which never holds
-/// key material) and the `reason` label of `auth_failures_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Missing,
-    Malformed,
-    Algorithm,
-    UnknownKey,
-    BadSignature,
-    Expired,
-    NotYetValid,
-    Issuer,
-    Audience,
-    Claims,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 10] = [
-        Reason::Missing,
-        Reason::Malformed,
-        Reason::Algorithm,
-        Reason::UnknownKey,
-        Reason::BadSignature,
-        Reason::Expired,
-        Reason::NotYetValid,
-        Reason::Issuer,
-        Reason::Audience,
-        Reason::Claims,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Reason::Missing => "missing",
-            Reason::Malformed => "malformed",
-            Reason::Algorithm => "algorithm",
-            Reason::UnknownKey => "unknown_key",
-            Reason::BadSignature => "bad_signature",
-            Reason::Expired => "expired",
-            Reason::NotYetValid => "not_yet_valid",
-            Reason::Issuer => "issuer",
-            Reason::Audience => "audience",
-            Reason::Claims => "claims",
-        }
-    }
-
-    pub fn message(self) -> &'static str {
-        match self {
-            Reason::Missing => "no bearer token (expected the header `authorization: Bearer <JWT>`)",
-            Reason::Malformed => "the token is not a well-formed JWT",
-            Reason::Algorithm => "the token's algorithm is not accepted",
-            Reason::UnknownKey => "the token's key id (kid) is not known",
-            Reason::BadSignature => "the token's signature does not verify",
-            Reason::Expired => "the token has expired",
-            Reason::NotYetValid => "the token is not valid yet (nbf)",
-            Reason::Issuer => "the token's issuer is not accepted",
-            Reason::Audience => "the token's audience is not accepted",
-            Reason::Claims => "the token's claims are invalid",
-        }
-    }
-
-    pub fn error(self) -> Error {
-        Error::Unauthenticated(self.message().to_owned())
-    }
-
-    /// The reason of an `Unauthenticated` error this module made.
-    pub fn of(e: &Error) -> Option<Reason> {
-        match e {
-            Error::Unauthenticated(m) => Reason::ALL.into_iter().find(|r| m.starts_with(r.message())),
-            _ => None,
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct VerifyConfig {
@@ -125,14 +52,14 @@ impl Verifier {
     /// The bearer token of a call: `authorization: Bearer <token>` only
     /// (the scheme is case-insensitive, as RFC 6750 allows).
     pub fn bearer(metadata: &Metadata) -> Result<&str> {
-        let value = metadata.get("authorization").ok_or_else(|| Reason::Missing.error())?;
-        let (scheme, token) = value.trim().split_once(' ').ok_or_else(|| Reason::Missing.error())?;
+        let value = metadata.get("authorization").ok_or_else(|| TokenRefusal::Missing.error())?;
+        let (scheme, token) = value.trim().split_once(' ').ok_or_else(|| TokenRefusal::Missing.error())?;
         if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(Reason::Missing.error());
+            return Err(TokenRefusal::Missing.error());
         }
         let token = token.trim();
         if token.is_empty() {
-            return Err(Reason::Missing.error());
+            return Err(TokenRefusal::Missing.error());
         }
         Ok(token)
     }
@@ -154,12 +81,12 @@ impl Verifier {
         }
         let keys = self.keys.current();
         let (claims, generation) = match self.verify(token, &keys) {
-            Err(Reason::UnknownKey) => {
+            Err(TokenRefusal::UnknownKey) => {
                 self.keys.refresh_for_unknown_kid().await;
                 let keys = self.keys.current();
-                (self.verify(token, &keys).map_err(Reason::error)?, keys.generation)
+                (self.verify(token, &keys).map_err(TokenRefusal::error)?, keys.generation)
             }
-            other => (other.map_err(Reason::error)?, keys.generation),
+            other => (other.map_err(TokenRefusal::error)?, keys.generation),
         };
         if let Some(cache) = &self.cache {
             let exp = claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(0);
@@ -179,11 +106,11 @@ impl Verifier {
     }
 
     /// Verifies the token against the keys that may verify it.
-    fn verify(&self, token: &str, keys: &KeySet) -> std::result::Result<Claims, Reason> {
+    fn verify(&self, token: &str, keys: &KeySet) -> std::result::Result<Claims, TokenRefusal> {
         let header = decode_header(token).map_err(|e| match e.kind() {
             // An algorithm the library does not know ("none" among them).
-            ErrorKind::Json(_) if token_alg_is_foreign(token) => Reason::Algorithm,
-            _ => Reason::Malformed,
+            ErrorKind::Json(_) if token_alg_is_foreign(token) => TokenRefusal::Algorithm,
+            _ => TokenRefusal::Malformed,
         })?;
         let alg = header.alg;
         let fits = |k: &&Arc<VerifyKey>| k.algs.contains(&alg);
@@ -197,7 +124,7 @@ impl Verifier {
                     // HMAC secret) may still verify it.
                     let kidless: Vec<_> = keys.keys.iter().filter(|k| k.kid.is_none()).filter(fits).collect();
                     if kidless.is_empty() {
-                        return Err(Reason::UnknownKey);
+                        return Err(TokenRefusal::UnknownKey);
                     }
                     kidless
                 } else {
@@ -207,7 +134,7 @@ impl Verifier {
             None => keys.keys.iter().filter(fits).collect(),
         };
         if candidates.is_empty() {
-            return Err(Reason::Algorithm);
+            return Err(TokenRefusal::Algorithm);
         }
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];
@@ -225,7 +152,7 @@ impl Verifier {
             validation.set_audience(&self.config.audiences);
             validation.required_spec_claims.insert("aud".into());
         }
-        let mut last = Reason::BadSignature;
+        let mut last = TokenRefusal::BadSignature;
         for key in candidates.into_iter().take(MAX_CANDIDATES) {
             // Defence in depth: the allow-list above already holds.
             debug_assert!(key.algs.contains(&alg));
@@ -237,28 +164,28 @@ impl Verifier {
                         | ErrorKind::InvalidEcdsaKey
                         | ErrorKind::InvalidEddsaKey
                         | ErrorKind::InvalidRsaKey(_)
-                        | ErrorKind::InvalidKeyFormat => Reason::BadSignature,
-                        ErrorKind::InvalidAlgorithm | ErrorKind::UnsupportedAlgorithm => Reason::Algorithm,
-                        ErrorKind::ExpiredSignature => return Err(Reason::Expired),
-                        ErrorKind::ImmatureSignature => return Err(Reason::NotYetValid),
-                        ErrorKind::InvalidIssuer => return Err(Reason::Issuer),
-                        ErrorKind::InvalidAudience => return Err(Reason::Audience),
-                        ErrorKind::MissingRequiredClaim(c) if c == "iss" => return Err(Reason::Issuer),
-                        ErrorKind::MissingRequiredClaim(c) if c == "aud" => return Err(Reason::Audience),
+                        | ErrorKind::InvalidKeyFormat => TokenRefusal::BadSignature,
+                        ErrorKind::InvalidAlgorithm | ErrorKind::UnsupportedAlgorithm => TokenRefusal::Algorithm,
+                        ErrorKind::ExpiredSignature => return Err(TokenRefusal::Expired),
+                        ErrorKind::ImmatureSignature => return Err(TokenRefusal::NotYetValid),
+                        ErrorKind::InvalidIssuer => return Err(TokenRefusal::Issuer),
+                        ErrorKind::InvalidAudience => return Err(TokenRefusal::Audience),
+                        ErrorKind::MissingRequiredClaim(c) if c == "iss" => return Err(TokenRefusal::Issuer),
+                        ErrorKind::MissingRequiredClaim(c) if c == "aud" => return Err(TokenRefusal::Audience),
                         ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) | ErrorKind::InvalidSubject => {
-                            return Err(Reason::Claims);
+                            return Err(TokenRefusal::Claims);
                         }
-                        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => Reason::Malformed,
-                        ErrorKind::Json(_) => Reason::Claims,
-                        _ => Reason::BadSignature,
+                        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => TokenRefusal::Malformed,
+                        ErrorKind::Json(_) => TokenRefusal::Claims,
+                        _ => TokenRefusal::BadSignature,
                     };
                 }
             }
         }
-        if kid_unknown && last == Reason::BadSignature {
+        if kid_unknown && last == TokenRefusal::BadSignature {
             // Kid-less keys did not verify a token naming a kid no key has:
             // report (and refresh for) the unknown kid.
-            return Err(Reason::UnknownKey);
+            return Err(TokenRefusal::UnknownKey);
         }
         Err(last)
     }
@@ -281,13 +208,13 @@ fn token_alg_is_foreign(token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Error;
 
-    #[test]
-    fn reasons_round_trip_through_errors() {
-        for r in Reason::ALL {
-            assert_eq!(Reason::of(&r.error()), Some(r));
+    fn refusal(e: Error) -> Option<TokenRefusal> {
+        match e {
+            Error::Unauthenticated { reason, .. } => Some(reason),
+            _ => None,
         }
-        assert_eq!(Reason::of(&Error::Unauthenticated("other".into())), None);
     }
 
     #[test]
@@ -296,7 +223,7 @@ mod tests {
         assert_eq!(Verifier::bearer(&md("authorization", "Bearer abc")).unwrap(), "abc");
         assert_eq!(Verifier::bearer(&md("authorization", "bearer abc")).unwrap(), "abc");
         for bad in [md("authorization", "Basic abc"), md("authorization", "Bearer "), md("x-token", "Bearer abc"), Metadata::new()] {
-            assert_eq!(Reason::of(&Verifier::bearer(&bad).unwrap_err()), Some(Reason::Missing));
+            assert_eq!(refusal(Verifier::bearer(&bad).unwrap_err()), Some(TokenRefusal::Missing));
         }
     }
 }

@@ -1,18 +1,26 @@
-//! Authentication and authorization.
+//! Authentication and authorization: the whole chain, in one place.
 //!
 //! The gateway asks an `Auth` three things for every call, whatever the
 //! transport: who is calling (verify the token into claims), may they make
-//! this request (request policies), and may they see this response (response
-//! policies, once per message on a stream). Policies see the call as OPA
-//! input (`PolicyInput`), exactly as stategate v0.5.0 built it.
+//! this request, and may they see this response (once per message on a
+//! stream). Behind those questions the chain runs, in order: the JWT
+//! verifier (`jwt`, keys from `jwks`), the Rego request or response policy
+//! (`rego`), then the wasm policy hook of the tenant the call touches
+//! (`hooks`). `stack` builds the chain from `AuthConfig` and counts every
+//! refusal by its typed reason. Policies see the call as OPA input
+//! (`PolicyInput`), exactly as stategate v0.5.0 built it.
 
+pub mod config;
+pub mod hooks;
 pub mod jwks;
 pub mod jwt;
 pub mod reads;
 pub mod rego;
 pub mod stack;
 
-use crate::model::{Claims, Error, Result};
+pub use config::AuthConfig;
+
+use crate::model::{Claims, Result};
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
@@ -37,20 +45,28 @@ pub struct PolicyInput {
     /// On a response policy: the response message as proto3 JSON.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<Value>,
+    /// The domain (tenant) the call touches, which picks its policy hook:
+    /// the request's domain, or on a response the domain of what is
+    /// returned. Not part of the policy document.
+    #[serde(skip)]
+    pub domain: Option<String>,
 }
 
 #[async_trait]
 pub trait Auth: Send + Sync + 'static {
-    /// Verifies the caller's credentials (the `authorization` metadata) and
-    /// returns the token's claims; `Unauthenticated` otherwise.
-    async fn authenticate(&self, metadata: &Metadata) -> Result<Claims>;
+    /// Verifies the caller's credentials (the `authorization` metadata) of
+    /// a call to `method` and returns the token's claims; `Unauthenticated`
+    /// otherwise. Reads headers only, so it runs before a body is decoded.
+    async fn authenticate(&self, method: &str, metadata: &Metadata) -> Result<Claims>;
 
-    /// Request policies: `PermissionDenied` to refuse the call.
+    /// Request policies, then the tenant's hook: `PermissionDenied` to
+    /// refuse the call.
     async fn authorize_request(&self, input: &PolicyInput) -> Result<()>;
 
-    /// Response policies, with `input.response` set. `Ok(None)` lets the
-    /// response through unchanged; `Ok(Some(v))` replaces it with `v` (a hook
-    /// that redacted fields); `PermissionDenied` withholds it.
+    /// Response policies, then the tenant's hook, with `input.response` set.
+    /// `Ok(None)` lets the response through unchanged; `Ok(Some(v))`
+    /// replaces it with `v` (a hook that redacted fields); `PermissionDenied`
+    /// withholds it.
     async fn authorize_response(&self, input: &PolicyInput) -> Result<Option<Value>>;
 
     /// Whether request or response policies look at `body` (and the other
@@ -66,26 +82,13 @@ pub trait Auth: Send + Sync + 'static {
     }
 }
 
-/// The `reason` label of `auth_failures_total` for a refused credential.
-pub fn failure_reason(e: &Error) -> &'static str {
-    jwt::Reason::of(e).map(jwt::Reason::label).unwrap_or_else(|| e.kind())
-}
-
-/// The `reason` label of `policy_denials_total` for a refusal.
-pub fn denial_reason(e: &Error) -> &'static str {
-    match e {
-        Error::PermissionDenied(m) if m.contains("could not be evaluated") => "evaluation_error",
-        Error::PermissionDenied(_) => "denied",
-        other => other.kind(),
-    }
-}
-
-/// Auth disabled (`STATEGATE_AUTH_DISABLED`, `--dev`): no claims, no policies.
+/// Auth disabled (`STATEGATE_AUTH_DISABLED`, `--dev`) and no hooks: no
+/// claims, no policies.
 pub struct NoAuth;
 
 #[async_trait]
 impl Auth for NoAuth {
-    async fn authenticate(&self, _metadata: &Metadata) -> Result<Claims> {
+    async fn authenticate(&self, _method: &str, _metadata: &Metadata) -> Result<Claims> {
         Ok(Claims::new())
     }
 

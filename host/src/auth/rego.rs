@@ -21,7 +21,7 @@
 
 use super::PolicyInput;
 use super::reads::{self, Reads};
-use crate::model::{Error, Result};
+use crate::model::{Denial, Error, Result};
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
 use lru::LruCache;
@@ -178,10 +178,10 @@ impl Policy {
         }
         match policy.decide(input)? {
             Ok(true) => Ok(()),
-            Ok(false) => Err(Error::PermissionDenied(format!("{} policy denied {method}", self.stage))),
+            Ok(false) => Err(Error::denied(Denial::Policy, format!("{} policy denied {method}", self.stage))),
             Err(e) => {
                 tracing::warn!(stage = self.stage, method, error = %e, "policy evaluation failed; denying");
-                Err(Error::PermissionDenied(format!("{} policy could not be evaluated for {method}", self.stage)))
+                Err(Error::denied(Denial::PolicyError, format!("{} policy could not be evaluated for {method}", self.stage)))
             }
         }
     }
@@ -362,6 +362,7 @@ mod tests {
             client_stream: false,
             server_stream: false,
             response: None,
+            domain: None,
         }
     }
 

@@ -1,13 +1,17 @@
-//! The authentication and policy stack the configuration asks for: a JWT
-//! verifier (always, when auth is on) and optional request and response
-//! Rego policies, behind the gateway's `Auth` trait.
+//! The chain the configuration asks for, behind the gateway's `Auth`
+//! trait: a JWT verifier (when auth is on), optional request and response
+//! Rego policies (when auth is on), and optional per-tenant wasm hooks
+//! (always: a hook may be the only authorization a deployment has). Every
+//! refusal is counted here, by stage and by its typed reason, so the
+//! gateway only asks and never interprets an error.
 
+use super::hooks::PolicyHooks;
 use super::jwks::{KeyConfig, KeyStore};
 use super::jwt::{Verifier, VerifyConfig};
 use super::rego::{Policy, Source};
-use super::{Auth, Metadata, NoAuth, PolicyInput};
-use crate::config::{Config, ConfigError};
-use crate::model::{Claims, Result};
+use super::{Auth, AuthConfig, Metadata, NoAuth, PolicyInput};
+use crate::config::ConfigError;
+use crate::model::{Claims, Error, Result};
 use crate::telemetry::Metrics;
 use async_trait::async_trait;
 use base64::Engine;
@@ -16,50 +20,92 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct AuthStack {
-    verifier: Verifier,
+    /// `None` when authentication is off: callers have no claims.
+    verifier: Option<Verifier>,
     request: Option<Arc<Policy>>,
     response: Option<Arc<Policy>>,
+    hooks: Option<Arc<PolicyHooks>>,
+    metrics: Arc<Metrics>,
+}
+
+impl AuthStack {
+    /// Counts a refusal of `stage` in `policy_denials_total`.
+    fn denied(&self, stage: &str, input: &PolicyInput, e: &Error) {
+        let reason = match e {
+            Error::PermissionDenied { reason, .. } => reason.label(),
+            other => other.kind(),
+        };
+        self.metrics.policy_denials.with_label_values(&[stage, reason, &input.method]).inc();
+    }
 }
 
 #[async_trait]
 impl Auth for AuthStack {
-    async fn authenticate(&self, metadata: &Metadata) -> Result<Claims> {
-        self.verifier.authenticate(metadata).await
+    async fn authenticate(&self, method: &str, metadata: &Metadata) -> Result<Claims> {
+        let Some(verifier) = &self.verifier else {
+            return Ok(Claims::new());
+        };
+        verifier.authenticate(metadata).await.inspect_err(|e| {
+            let reason = match e {
+                Error::Unauthenticated { reason, .. } => reason.label(),
+                other => other.kind(),
+            };
+            self.metrics.auth_failures.with_label_values(&[reason, method]).inc();
+        })
     }
 
     async fn authorize_request(&self, input: &PolicyInput) -> Result<()> {
-        match &self.request {
-            Some(p) => p.check(input),
-            None => Ok(()),
+        if let Some(p) = &self.request {
+            p.check(input).inspect_err(|e| self.denied("request", input, e))?;
         }
+        if let Some(h) = &self.hooks {
+            h.authorize_request(input).await.inspect_err(|e| self.denied("request_hook", input, e))?;
+        }
+        Ok(())
     }
 
     async fn authorize_response(&self, input: &PolicyInput) -> Result<Option<Value>> {
-        match &self.response {
-            Some(p) => p.check(input).map(|()| None),
+        if let Some(p) = &self.response {
+            p.check(input).inspect_err(|e| self.denied("response", input, e))?;
+        }
+        match &self.hooks {
+            Some(h) => h.authorize_response(input).await.inspect_err(|e| self.denied("response_hook", input, e)),
             None => Ok(None),
         }
     }
 
     fn inspects_bodies(&self) -> bool {
-        [&self.request, &self.response].into_iter().flatten().any(|p| p.reads_body())
+        self.hooks.is_some() || [&self.request, &self.response].into_iter().flatten().any(|p| p.reads_body())
     }
 
     fn inspects_responses(&self) -> bool {
-        self.response.is_some()
+        self.response.is_some() || self.hooks.is_some()
     }
 }
 
-/// Builds the stack from the configuration; any problem stops the start
-/// with a message naming the variable.
-pub async fn build(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn Auth>> {
+/// Builds the chain from the auth section of the configuration; `enabled`
+/// is false when auth is off (`STATEGATE_AUTH_DISABLED`, `--dev`). Any
+/// problem stops the start with a message naming the variable.
+pub async fn build(config: &AuthConfig, enabled: bool, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn Auth>> {
+    let hooks = PolicyHooks::from_config(config.policy_hooks.as_deref().unwrap_or(""))
+        .await
+        .map_err(|e| ConfigError::new("STATEGATE_POLICY_HOOKS", e.to_string()))?;
     let request = policy_sources("STATEGATE_REQUEST_POLICY", &config.request_policy, &config.request_policy_path)?;
     let response = policy_sources("STATEGATE_RESPONSE_POLICY", &config.response_policy, &config.response_policy_path)?;
-    if !config.auth_enabled() {
+    if !enabled {
         if !request.is_empty() || !response.is_empty() {
             tracing::warn!("authentication and authorization are disabled: the configured policies are not applied");
         }
-        return Ok(Arc::new(NoAuth));
+        return Ok(match hooks {
+            None => Arc::new(NoAuth),
+            Some(hooks) => Arc::new(AuthStack {
+                verifier: None,
+                request: None,
+                response: None,
+                hooks: Some(hooks),
+                metrics,
+            }),
+        });
     }
     let hmac_secret = match (&config.jwt_hmac_secret, &config.jwt_hmac_secret_file) {
         (Some(_), Some(_)) => {
@@ -118,9 +164,11 @@ pub async fn build(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc
     let request = open("request", "STATEGATE_REQUEST_POLICY", request)?;
     let response = open("response", "STATEGATE_RESPONSE_POLICY", response)?;
     Ok(Arc::new(AuthStack {
-        verifier,
+        verifier: Some(verifier),
         request,
         response,
+        hooks,
+        metrics,
     }))
 }
 

@@ -11,6 +11,11 @@ use tokio::sync::broadcast;
 /// (its stream ends with an error) and the hub catches it up from storage.
 const CAPACITY: usize = 16 * 1024;
 
+/// `{"name":"inmem"}` takes no options.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {}
+
 pub struct MemoryChannel {
     tx: broadcast::Sender<Arc<Event>>,
 }

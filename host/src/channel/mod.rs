@@ -39,19 +39,49 @@ pub trait Channel: Send + Sync + 'static {
 
 pub type DynChannel = Arc<dyn Channel>;
 
-/// Connects the provider a `STATEGATE_CHANNEL_PROVIDER` object names; `None`
-/// is `inmem`.
-pub async fn open(spec: Option<&serde_json::Map<String, serde_json::Value>>) -> Result<DynChannel> {
-    let name = spec.and_then(|s| s.get("name")).and_then(|n| n.as_str()).unwrap_or("inmem");
-    match name {
-        "inmem" | "memory" => Ok(Arc::new(memory::MemoryChannel::new())),
-        "redis" => Ok(Arc::new(redis::RedisChannel::open(&redis::RedisConfig::from_spec(spec)?).await?)),
-        "nats" => Ok(Arc::new(nats::NatsChannel::open(&nats::NatsConfig::from_spec(spec)?).await?)),
-        "wasm" => Ok(Arc::new(wasm::WasmChannel::open(spec.expect("a named provider has a spec")).await?)),
-        other => Err(Error::invalid(
-            "name",
-            format!("unknown channel provider {other:?}; known: inmem (memory), redis, nats, wasm"),
-        )),
+crate::provider_spec! {
+    /// `STATEGATE_CHANNEL_PROVIDER`, parsed once when the configuration is read:
+    /// one variant per provider, each with its own typed options, unknown keys
+    /// refused (naming the key and listing the known ones). Each options struct
+    /// builds its provider.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum ChannelSpec {
+        /// In-process only: the default, for one instance.
+        Inmem(memory::MemoryConfig) = "inmem" | "memory",
+        Redis(redis::RedisConfig) = "redis",
+        Nats(nats::NatsConfig) = "nats",
+        Wasm(wasm::WasmChannelConfig) = "wasm",
+    }
+}
+
+impl Default for ChannelSpec {
+    fn default() -> Self {
+        ChannelSpec::Inmem(memory::MemoryConfig::default())
+    }
+}
+
+impl ChannelSpec {
+    /// Parses and checks the JSON object of `STATEGATE_CHANNEL_PROVIDER`.
+    pub fn parse(text: &str) -> Result<ChannelSpec> {
+        let spec: ChannelSpec = crate::model::spec::parse("STATEGATE_CHANNEL_PROVIDER", text, &[])?;
+        let checked = match &spec {
+            ChannelSpec::Redis(c) => c.validate(),
+            ChannelSpec::Nats(c) => c.validate(),
+            ChannelSpec::Inmem(_) | ChannelSpec::Wasm(_) => Ok(()),
+        };
+        checked.map_err(|e| Error::invalid("STATEGATE_CHANNEL_PROVIDER", e.to_string()))?;
+        Ok(spec)
+    }
+
+
+    /// Connects the provider.
+    pub async fn open(&self) -> Result<DynChannel> {
+        Ok(match self {
+            ChannelSpec::Inmem(_) => Arc::new(memory::MemoryChannel::new()),
+            ChannelSpec::Redis(c) => Arc::new(redis::RedisChannel::open(c).await?),
+            ChannelSpec::Nats(c) => Arc::new(nats::NatsChannel::open(c).await?),
+            ChannelSpec::Wasm(c) => Arc::new(wasm::WasmChannel::open(c).await?),
+        })
     }
 }
 
@@ -80,23 +110,6 @@ pub fn escape_token(name: &str) -> String {
         }
     }
     out
-}
-
-/// A string option of a provider object, `None` when absent.
-fn option<'a>(spec: Option<&'a serde_json::Map<String, serde_json::Value>>, key: &str) -> Result<Option<&'a str>> {
-    match spec.and_then(|s| s.get(key)) {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(Error::invalid(key, format!("must be a string, got {other}"))),
-    }
-}
-
-fn flag(spec: Option<&serde_json::Map<String, serde_json::Value>>, key: &str) -> Result<bool> {
-    match spec.and_then(|s| s.get(key)) {
-        None | Some(serde_json::Value::Null) => Ok(false),
-        Some(serde_json::Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(Error::invalid(key, format!("must be true or false, got {other}"))),
-    }
 }
 
 #[cfg(test)]

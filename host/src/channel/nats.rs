@@ -18,18 +18,22 @@
 //! While disconnected, calls fail fast with `Unavailable` instead of
 //! queueing in the client.
 
-use super::{Channel, Subscription, decode_event, encode_event, escape_token, flag, option};
+use super::{Channel, Subscription, decode_event, encode_event, escape_token};
 use crate::model::{Error, Event, Result, Topic};
 use async_nats::connection::State;
 use async_trait::async_trait;
 use futures::StreamExt;
+use serde::Deserialize;
 use std::time::Duration;
 use tokio::sync::watch;
 
 /// Longest wait for any NATS call (connect, round trip).
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Clone, PartialEq, Default)]
+/// `{"name":"nats","addr":…}` and its options; `client_cert_file` and
+/// `client_key_file` are v0.5.0's names for `cert_file` and `key_file`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
     /// `host:port`, a `nats://` / `tls://` URL, or several separated by commas.
     pub addr: String,
@@ -40,41 +44,47 @@ pub struct NatsConfig {
     pub nkey: Option<String>,
     pub tls: bool,
     pub ca_file: Option<String>,
+    #[serde(alias = "client_cert_file")]
     pub cert_file: Option<String>,
+    #[serde(alias = "client_key_file")]
     pub key_file: Option<String>,
     pub prefix: String,
 }
 
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            addr: "localhost:4222".to_owned(),
+            credentials: None,
+            user: None,
+            password: None,
+            token: None,
+            nkey: None,
+            tls: false,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            prefix: "stategate".to_owned(),
+        }
+    }
+}
+
 impl NatsConfig {
-    pub fn from_spec(spec: Option<&serde_json::Map<String, serde_json::Value>>) -> Result<Self> {
-        let text = |k: &str| option(spec, k).map(|v| v.map(str::to_owned));
-        let config = NatsConfig {
-            addr: text("addr")?.unwrap_or_else(|| "localhost:4222".to_owned()),
-            credentials: text("credentials")?,
-            user: text("user")?,
-            password: text("password")?,
-            token: text("token")?,
-            nkey: text("nkey")?,
-            tls: flag(spec, "tls")?,
-            ca_file: text("ca_file")?,
-            cert_file: text("cert_file")?,
-            key_file: text("key_file")?,
-            prefix: text("prefix")?.unwrap_or_else(|| "stategate".to_owned()),
-        };
-        if config.user.is_some() != config.password.is_some() {
+    pub fn validate(&self) -> Result<()> {
+        if self.user.is_some() != self.password.is_some() {
             return Err(Error::invalid("user", "\"user\" and \"password\" go together"));
         }
-        if config.cert_file.is_some() != config.key_file.is_some() {
+        if self.cert_file.is_some() != self.key_file.is_some() {
             return Err(Error::invalid("cert_file", "\"cert_file\" and \"key_file\" go together"));
         }
         let bad_token = |t: &str| t.is_empty() || t.contains(['*', '>']) || t.chars().any(char::is_whitespace);
-        if config.prefix.split('.').any(bad_token) {
+        if self.prefix.split('.').any(bad_token) {
             return Err(Error::invalid(
                 "prefix",
-                format!("{:?} is not a NATS subject prefix (dot-separated tokens, no wildcards or spaces)", config.prefix),
+                format!("{:?} is not a NATS subject prefix (dot-separated tokens, no wildcards or spaces)", self.prefix),
             ));
         }
-        Ok(config)
+        Ok(())
     }
 }
 
@@ -88,6 +98,7 @@ pub struct NatsChannel {
 impl NatsChannel {
     /// Connects; fails if the server does not answer within `TIMEOUT`.
     pub async fn open(config: &NatsConfig) -> Result<Self> {
+        config.validate()?;
         let (count_tx, disconnects) = watch::channel(0u64);
         let mut options = async_nats::ConnectOptions::new()
             .name("stategate")

@@ -20,47 +20,65 @@
 //! reconnecting is lost to it. That is fine here: the channel is not the
 //! source of truth, and the hub delivers such events from storage.
 
-use super::{Channel, Subscription, decode_event, encode_event, escape_token, flag, option};
+use super::{Channel, Subscription, decode_event, encode_event, escape_token};
 use crate::model::{Error, Event, Result, Topic};
 use async_trait::async_trait;
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, IntoConnectionInfo};
+use serde::Deserialize;
 use std::time::Duration;
 
 /// Longest wait for any Redis call (connect, publish, subscribe, ping).
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Clone, PartialEq)]
+/// `{"name":"redis","addr":…}` and its options; `user` is v0.5.0's name
+/// for `username`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// `host:port` (or a full `redis://` / `rediss://` URL).
     pub addr: String,
+    #[serde(alias = "user")]
     pub username: Option<String>,
     pub password: Option<String>,
+    /// The database number (a number, or a string holding one).
+    #[serde(deserialize_with = "database_number")]
     pub db: i64,
     pub tls: bool,
     pub prefix: String,
 }
 
-impl RedisConfig {
-    pub fn from_spec(spec: Option<&serde_json::Map<String, serde_json::Value>>) -> Result<Self> {
-        let db = match spec.and_then(|s| s.get("db")) {
-            None | Some(serde_json::Value::Null) => 0,
-            Some(v) => v
-                .as_i64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| Error::invalid("db", format!("must be a database number >= 0, got {v}")))?,
-        };
-        Ok(RedisConfig {
-            addr: option(spec, "addr")?.unwrap_or("localhost:6379").to_owned(),
-            username: option(spec, "username")?.map(str::to_owned),
-            password: option(spec, "password")?.map(str::to_owned),
-            db,
-            tls: flag(spec, "tls")?,
-            prefix: option(spec, "prefix")?.unwrap_or("stategate").to_owned(),
-        })
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            addr: "localhost:6379".to_owned(),
+            username: None,
+            password: None,
+            db: 0,
+            tls: false,
+            prefix: "stategate".to_owned(),
+        }
     }
+}
+
+impl RedisConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.prefix.is_empty() {
+            return Err(Error::invalid("prefix", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+fn database_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<i64, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    match &v {
+        serde_json::Value::Null => Some(0),
+        other => other.as_i64().or_else(|| other.as_str().and_then(|s| s.parse().ok())),
+    }
+    .filter(|n| *n >= 0)
+    .ok_or_else(|| serde::de::Error::custom(format!("db must be a database number >= 0, got {v}")))
 }
 
 pub struct RedisChannel {
@@ -72,9 +90,7 @@ pub struct RedisChannel {
 impl RedisChannel {
     /// Connects; fails if Redis does not answer within `TIMEOUT`.
     pub async fn open(config: &RedisConfig) -> Result<Self> {
-        if config.prefix.is_empty() {
-            return Err(Error::invalid("prefix", "must not be empty"));
-        }
+        config.validate()?;
         let url = if config.addr.contains("://") {
             config.addr.clone()
         } else {

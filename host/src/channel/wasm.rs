@@ -10,10 +10,10 @@
 
 use super::{Channel, Subscription};
 use crate::model::{Error, Event, Result, Topic};
-use crate::storage::wasm::{event_from_wit, event_to_wit};
 use crate::wasm::bindings::channel::{ChannelProvider, ChannelProviderPre};
 use crate::wasm::bindings::storage::stategate::gateway::types as wt;
-use crate::wasm::{Ctx, Guest, GuestSpec, Persistent};
+use crate::wasm::convert::{event_from_wit, event_to_wit};
+use crate::wasm::{Ctx, Guest, GuestConfig, Persistent};
 use async_trait::async_trait;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -21,6 +21,36 @@ use tokio::sync::{Mutex, broadcast};
 
 const CAPACITY: usize = 16 * 1024;
 const BATCH: u32 = 512;
+
+/// `{"name":"wasm","path":…,"poll_ms":10,…}`: a guest object
+/// ([`GuestConfig`]) plus how often an idle guest is polled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WasmChannelConfig {
+    pub guest: GuestConfig,
+    /// Milliseconds between polls while nothing arrives (default 10).
+    pub poll_ms: u64,
+}
+
+/// Reads `poll_ms`, then the rest as a guest object, so unknown keys are
+/// still refused by `GuestConfig`.
+impl<'de> serde::Deserialize<'de> for WasmChannelConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut object = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let poll_ms = match object.remove("poll_ms") {
+            None | Some(serde_json::Value::Null) => DEFAULT_POLL_MS,
+            Some(v) => v
+                .as_u64()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| D::Error::custom(format!("poll_ms must be a positive number of milliseconds, got {v}")))?,
+        };
+        let guest = GuestConfig::deserialize(serde_json::Value::Object(object))
+            .map_err(|e| D::Error::custom(format!("{e} (a wasm channel also takes `poll_ms`)")))?;
+        Ok(WasmChannelConfig { guest, poll_ms })
+    }
+}
+
+const DEFAULT_POLL_MS: u64 = 10;
 
 pub struct WasmChannel {
     inner: Arc<Inner>,
@@ -67,9 +97,9 @@ impl Inner {
 }
 
 impl WasmChannel {
-    pub async fn open(spec: &serde_json::Map<String, serde_json::Value>) -> Result<WasmChannel> {
-        let poll_every = Duration::from_millis(spec.get("poll_ms").and_then(|v| v.as_u64()).unwrap_or(10).max(1));
-        let spec = GuestSpec::from_json("STATEGATE_CHANNEL_PROVIDER", spec)?;
+    pub async fn open(config: &WasmChannelConfig) -> Result<WasmChannel> {
+        let poll_every = Duration::from_millis(config.poll_ms.max(1));
+        let spec = config.guest.spec();
         let guest = tokio::task::spawn_blocking(move || Guest::load(spec))
             .await
             .map_err(Error::internal)??;

@@ -21,7 +21,7 @@ use crate::channel::DynChannel;
 use crate::hub::Hub;
 use crate::model::{
     AppendRequest, Appended, Change, Error, Event, EventKind, EventQuery, Expect, Filter, Idempotency, RecordRef,
-    Result, Sort, State, StateQuery, json, validate_name,
+    Result, Sort, State, StateQuery, json, now_nanos, validate_name,
 };
 use crate::storage::DynStorage;
 use crate::telemetry::Metrics;
@@ -88,8 +88,6 @@ pub struct Gateway {
     limits: Limits,
     admission: Admission,
     shutdown: CancellationToken,
-    /// Per-tenant wasm policy hooks, run after the Rego policies.
-    hooks: Option<Arc<crate::wasm::hooks::PolicyHooks>>,
 }
 
 /// An admitted call: who made it and what they asked, for the response
@@ -122,13 +120,7 @@ impl Gateway {
             metrics,
             limits,
             shutdown: CancellationToken::new(),
-            hooks: None,
         }
-    }
-
-    pub fn with_policy_hooks(mut self, hooks: Option<Arc<crate::wasm::hooks::PolicyHooks>>) -> Self {
-        self.hooks = hooks;
-        self
     }
 
     pub fn storage(&self) -> &DynStorage {
@@ -153,92 +145,86 @@ impl Gateway {
         self.shutdown.cancel();
     }
 
-    /// Authenticates the caller and runs the request policies.
-    async fn admit(&self, method: &str, metadata: Metadata, body: &impl Serialize, server_stream: bool) -> Result<Caller> {
-        let claims = self.auth.authenticate(&metadata).await.inspect_err(|e| {
-            self.metrics
-                .auth_failures
-                .with_label_values(&[crate::auth::failure_reason(e), method])
-                .inc();
-        })?;
+    /// Authenticates the caller and runs the request authorization (the
+    /// whole chain: `auth`) for a call touching `domain`.
+    async fn admit(&self, method: &str, metadata: Metadata, body: &impl Serialize, server_stream: bool, domain: &str) -> Result<Caller> {
+        let caller = self.authenticate(method, metadata, body, server_stream).await?;
+        self.authorize(caller, Some(domain)).await
+    }
+
+    /// The first half of `admit`: who is calling, and the policy input of
+    /// their call (its body serialized only when a policy reads it).
+    async fn authenticate(&self, method: &str, metadata: Metadata, body: &impl Serialize, server_stream: bool) -> Result<Caller> {
+        let claims = self.auth.authenticate(method, &metadata).await?;
         self.admission.check_rate(&claims, &metadata)?;
-        // Without policies nothing reads the body: skip serializing it.
-        let body = if self.auth.inspects_bodies() || self.hooks.is_some() {
+        let body = if self.auth.inspects_bodies() {
             serde_json::to_value(body).map_err(Error::internal)?
         } else {
             Value::Null
         };
-        let input = PolicyInput {
-            claims,
-            method: method.to_owned(),
-            metadata,
-            body,
-            client_stream: false,
-            server_stream,
-            response: None,
-        };
-        self.auth.authorize_request(&input).await.inspect_err(|e| {
-            self.metrics
-                .policy_denials
-                .with_label_values(&["request", crate::auth::denial_reason(e), method])
-                .inc();
-        })?;
-        if let Some(hooks) = &self.hooks {
-            hooks.authorize_request(&input).await.inspect_err(|e| {
-                let reason = crate::auth::denial_reason(e);
-                self.metrics.policy_denials.with_label_values(&["request_hook", reason, method]).inc();
-            })?;
-        }
-        Ok(Caller { input })
+        Ok(Caller {
+            input: PolicyInput {
+                claims,
+                method: method.to_owned(),
+                metadata,
+                body,
+                client_stream: false,
+                server_stream,
+                response: None,
+                domain: None,
+            },
+        })
+    }
+
+    /// The second half of `admit`: the request authorization, with the
+    /// hook of the tenant `domain` names (`None`: the default hook).
+    async fn authorize(&self, mut caller: Caller, domain: Option<&str>) -> Result<Caller> {
+        caller.input.domain = domain.map(str::to_owned);
+        self.auth.authorize_request(&caller.input).await?;
+        Ok(caller)
     }
 
     /// Whether anything (a Rego response policy or a wasm hook) looks at
     /// responses; when nothing does, they are not turned into JSON.
     pub(crate) fn inspects_responses(&self) -> bool {
-        self.auth.inspects_responses() || self.hooks.is_some()
+        self.auth.inspects_responses()
     }
 
-    /// Runs the response policies on `input.response`: the Rego policy, then
-    /// the tenant's wasm hook on what the policy let through. `Ok(None)`:
-    /// unchanged; `Ok(Some(v))`: redacted to `v`. A deny is counted by stage.
-    pub(crate) async fn authorize_response(&self, input: &mut PolicyInput) -> Result<Option<Value>> {
-        let denied = |stage: &str, method: &str, e: &Error| {
-            let reason = crate::auth::denial_reason(e);
-            self.metrics.policy_denials.with_label_values(&[stage, reason, method]).inc();
-        };
-        let redacted = self
-            .auth
-            .authorize_response(input)
-            .await
-            .inspect_err(|e| denied("response", &input.method, e))?;
-        let Some(hooks) = &self.hooks else { return Ok(redacted) };
-        if let Some(r) = &redacted {
-            input.response = Some(r.clone());
+    /// Runs the response authorization on `input.response`, with the hook
+    /// of the tenant `domain` names: `Ok(None)`: unchanged; `Ok(Some(v))`:
+    /// redacted to `v`.
+    pub(crate) async fn authorize_response(&self, input: &mut PolicyInput, domain: &str) -> Result<Option<Value>> {
+        if input.domain.as_deref() != Some(domain) {
+            input.domain = Some(domain.to_owned());
         }
-        let hooked = hooks
-            .authorize_response(input)
-            .await
-            .inspect_err(|e| denied("response_hook", &input.method, e))?;
-        Ok(hooked.or(redacted))
+        self.auth.authorize_response(input).await
     }
 
-    /// Runs the response policies on a unary response: `body` stays the
-    /// request (as in v0.5.0), `response` is the response. A policy may
-    /// redact the response, which is then read back from its JSON.
-    async fn release<T>(&self, caller: Caller, out: T, to_json: fn(&T) -> Value, from_json: fn(&Value) -> Result<T>) -> Result<T> {
+    /// What the caller may see of a unary response touching `domain`: the
+    /// response authorization runs with `body` the request (as in v0.5.0)
+    /// and `response` the response. A policy may redact the response, which
+    /// is then read back from its JSON.
+    async fn authorized_response<T>(
+        &self,
+        caller: Caller,
+        domain: &str,
+        out: T,
+        to_json: fn(&T) -> Value,
+        from_json: fn(&Value) -> Result<T>,
+    ) -> Result<T> {
         if !self.inspects_responses() {
             return Ok(out);
         }
         let mut input = caller.input;
         input.response = Some(to_json(&out));
-        match self.authorize_response(&mut input).await? {
+        match self.authorize_response(&mut input, domain).await? {
             None => Ok(out),
             Some(redacted) => from_json(&redacted),
         }
     }
 
     /// Times a provider call for `provider_call_duration_seconds`.
-    async fn observe<T>(&self, provider: &str, op: &str, call: impl Future<Output = Result<T>>) -> Result<T> {
+    async fn timed<T>(&self, provider: &str, op: &str, call: impl Future<Output = Result<T>>) -> Result<T> {
         let start = Instant::now();
         let out = call.await;
         self.metrics
@@ -254,7 +240,7 @@ impl Gateway {
     // ---- writes ----
 
     pub async fn set(&self, metadata: Metadata, mut req: SetRequest) -> Result<Event> {
-        let caller = self.admit(methods::STATE_SET, metadata, &req, false).await?;
+        let caller = self.admit(methods::STATE_SET, metadata, &req, false, &req.domain).await?;
         let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
         let expect = Expect::from_wire("expected_version", req.expected_version)?;
         // The fingerprint covers the values: take it before they move out.
@@ -264,20 +250,20 @@ impl Gateway {
         let event = self
             .append(&caller, record, Change::Put(values), expect, EventKind::Set, idem)
             .await?;
-        self.release(caller, event, json::event, json::parse_event).await
+        self.authorized_response(caller, &req.domain, event, json::event, json::parse_event).await
     }
 
     pub async fn del(&self, metadata: Metadata, req: RefRequest) -> Result<Event> {
-        let caller = self.admit(methods::STATE_DEL, metadata, &req, false).await?;
+        let caller = self.admit(methods::STATE_DEL, metadata, &req, false, &req.domain).await?;
         let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
         let expect = Expect::from_wire("expected_version", req.expected_version)?;
         let idem = self.idempotency(&caller, &req.idempotency_key, &req);
         let event = self.append(&caller, record, Change::Delete, expect, EventKind::Del, idem).await?;
-        self.release(caller, event, json::event, json::parse_event).await
+        self.authorized_response(caller, &req.domain, event, json::event, json::parse_event).await
     }
 
     pub async fn edit(&self, metadata: Metadata, mut req: EditRequest) -> Result<Event> {
-        let caller = self.admit(methods::STATE_EDIT, metadata, &req, false).await?;
+        let caller = self.admit(methods::STATE_EDIT, metadata, &req, false, &req.domain).await?;
         let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
         let wanted = Expect::from_wire("expected_version", req.expected_version)?;
         let idem = self.idempotency(&caller, &req.idempotency_key, &req);
@@ -288,7 +274,7 @@ impl Gateway {
         let mut attempts = 0;
         let event = loop {
             let current = self
-                .observe(self.storage.name(), "get", self.storage.get(&record))
+                .timed(self.storage.name(), "get", self.storage.get(&record))
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("state {record}")))?;
             if !wanted.admits(Some(current.version)) {
@@ -306,18 +292,18 @@ impl Gateway {
                 other => break other?,
             }
         };
-        self.release(caller, event, json::event, json::parse_event).await
+        self.authorized_response(caller, &req.domain, event, json::event, json::parse_event).await
     }
 
     pub async fn revert(&self, metadata: Metadata, req: RevertRequest) -> Result<Event> {
-        let caller = self.admit(methods::STATE_REVERT, metadata, &req, false).await?;
+        let caller = self.admit(methods::STATE_REVERT, metadata, &req, false, &req.domain).await?;
         let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
         if req.event_id.is_empty() {
             return Err(Error::invalid("event_id", "must not be empty"));
         }
         let expect = Expect::from_wire("expected_version", req.expected_version)?;
         let target = self
-            .observe(self.storage.name(), "get_event", self.storage.get_event(&req.event_id))
+            .timed(self.storage.name(), "get_event", self.storage.get_event(&req.event_id))
             .await?
             .ok_or_else(|| Error::NotFound(format!("event {}", req.event_id)))?;
         if target.record != record {
@@ -331,7 +317,7 @@ impl Gateway {
         })?;
         let idem = self.idempotency(&caller, &req.idempotency_key, &req);
         let event = self.append(&caller, record, Change::Put(values), expect, EventKind::Revert, idem).await?;
-        self.release(caller, event, json::event, json::parse_event).await
+        self.authorized_response(caller, &req.domain, event, json::event, json::parse_event).await
     }
 
     /// The idempotency key of a write, from the request field or else the
@@ -381,7 +367,7 @@ impl Gateway {
             time: now_nanos(),
             idempotency,
         };
-        let Appended { event, replayed } = self.observe(self.storage.name(), "append", self.storage.append(req)).await?;
+        let Appended { event, replayed } = self.timed(self.storage.name(), "append", self.storage.append(req)).await?;
         if !replayed {
             self.metrics.events_appended.with_label_values(&[kind.as_str()]).inc();
             self.publish(&event).await;
@@ -393,7 +379,7 @@ impl Gateway {
     /// durable, and the hubs deliver it from storage.
     async fn publish(&self, event: &Event) {
         let channel = self.channel.name();
-        let publish = self.observe(channel, "publish", self.channel.publish(event));
+        let publish = self.timed(channel, "publish", self.channel.publish(event));
         let failed = match tokio::time::timeout(self.limits.publish_timeout, publish).await {
             Ok(Ok(())) => return,
             Ok(Err(e)) => e.to_string(),
@@ -407,17 +393,17 @@ impl Gateway {
     // ---- reads ----
 
     pub async fn get(&self, metadata: Metadata, req: RefRequest) -> Result<State> {
-        let caller = self.admit(methods::STATE_GET, metadata, &req, false).await?;
+        let caller = self.admit(methods::STATE_GET, metadata, &req, false, &req.domain).await?;
         let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
         let state = self
-            .observe(self.storage.name(), "get", self.storage.get(&record))
+            .timed(self.storage.name(), "get", self.storage.get(&record))
             .await?
             .ok_or_else(|| Error::NotFound(format!("state {record}")))?;
-        self.release(caller, state, json::state, json::parse_state).await
+        self.authorized_response(caller, &req.domain, state, json::state, json::parse_state).await
     }
 
     pub async fn search_states(&self, metadata: Metadata, req: SearchStatesRequest) -> Result<Vec<State>> {
-        let caller = self.admit(methods::STATE_SEARCH, metadata, &req, false).await?;
+        let caller = self.admit(methods::STATE_SEARCH, metadata, &req, false, &req.domain).await?;
         validate_name("domain", &req.domain)?;
         validate_name("type", &req.ty)?;
         let query = StateQuery {
@@ -429,14 +415,14 @@ impl Gateway {
             offset: offset(req.offset)?,
         };
         let states = self
-            .observe(self.storage.name(), "search_states", self.storage.search_states(&query))
+            .timed(self.storage.name(), "search_states", self.storage.search_states(&query))
             .await?;
-        self.release(caller, states, |s| list_json("stateValues", s, json::state), |v| parse_list("stateValues", v, json::parse_state))
+        self.authorized_response(caller, &req.domain, states, |s| list_json("stateValues", s, json::state), |v| parse_list("stateValues", v, json::parse_state))
             .await
     }
 
     pub async fn search_events(&self, metadata: Metadata, req: SearchEventsRequest) -> Result<Vec<Event>> {
-        let caller = self.admit(methods::EVENT_SEARCH, metadata, &req, false).await?;
+        let caller = self.admit(methods::EVENT_SEARCH, metadata, &req, false, &req.domain).await?;
         validate_name("domain", &req.domain)?;
         validate_name("type", &req.ty)?;
         if !req.key.is_empty() {
@@ -459,22 +445,28 @@ impl Gateway {
             offset: offset(req.offset)?,
         };
         let events = self
-            .observe(self.storage.name(), "search_events", self.storage.search_events(&query))
+            .timed(self.storage.name(), "search_events", self.storage.search_events(&query))
             .await?;
-        self.release(caller, events, |e| list_json("events", e, json::event), |v| parse_list("events", v, json::parse_event))
+        self.authorized_response(caller, &req.domain, events, |e| list_json("events", e, json::event), |v| parse_list("events", v, json::parse_event))
             .await
     }
 
     pub async fn get_event(&self, metadata: Metadata, req: EventRefRequest) -> Result<Event> {
-        let caller = self.admit(methods::EVENT_GET, metadata, &req, false).await?;
+        // The request names no domain: authorize it once the event (and so
+        // its tenant) is known, so the tenant's hook decides. An unknown id
+        // is authorized too (with the default hook) before NOT_FOUND, so a
+        // refused caller cannot probe which ids exist.
+        let caller = self.authenticate(methods::EVENT_GET, metadata, &req, false).await?;
         if req.id.is_empty() {
             return Err(Error::invalid("id", "must not be empty"));
         }
         let event = self
-            .observe(self.storage.name(), "get_event", self.storage.get_event(&req.id))
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("event {}", req.id)))?;
-        self.release(caller, event, json::event, json::parse_event).await
+            .timed(self.storage.name(), "get_event", self.storage.get_event(&req.id))
+            .await?;
+        let caller = self.authorize(caller, event.as_ref().map(|e| e.record.domain.as_str())).await?;
+        let event = event.ok_or_else(|| Error::NotFound(format!("event {}", req.id)))?;
+        let domain = event.record.domain.clone();
+        self.authorized_response(caller, &domain, event, json::event, json::parse_event).await
     }
 
     /// v0.5.0 required `limit > 0`; anything above the configured maximum is
@@ -506,13 +498,5 @@ fn parse_list<T>(field: &str, v: &Value, one: fn(&Value) -> Result<T>) -> Result
         .iter()
         .map(one)
         .collect()
-}
-
-/// Now, in Unix nanoseconds.
-pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 

@@ -41,7 +41,7 @@ const DEGRADED_POLL: Duration = Duration::from_millis(500);
 
 impl Gateway {
     pub async fn stream(self: &Arc<Self>, metadata: Metadata, req: StreamRequest) -> Result<EventStream> {
-        let caller = self.admit(methods::EVENT_STREAM, metadata, &req, true).await?;
+        let caller = self.admit(methods::EVENT_STREAM, metadata, &req, true, &req.domain).await?;
         let slot = self.admission.stream_slot()?;
         let part = |field: &str, v: &str| -> Result<Option<String>> {
             if v == "*" {
@@ -184,9 +184,10 @@ impl StreamTask {
         let outcome = tokio::select! {
             stop = self.serve(first) => stop,
             _ = tx.closed() => Stop::ClientGone,
-            _ = expiry => Stop::Failed(Error::Unauthenticated(
-                "the token has expired; reconnect with a fresh token to resume".into(),
-            )),
+            _ = expiry => Stop::Failed(Error::Unauthenticated {
+                reason: crate::model::TokenRefusal::Expired,
+                message: "the token has expired; reconnect with a fresh token to resume".into(),
+            }),
             _ = shutdown.cancelled() => Stop::Failed(Error::unavailable("the gateway is shutting down; reconnect to resume")),
         };
         if let Stop::Failed(e) = outcome {
@@ -288,10 +289,10 @@ impl StreamTask {
         let mut input = self.input.clone();
         input.body = body.clone();
         input.response = Some(body);
-        let event = match self.gateway.authorize_response(&mut input).await {
+        let event = match self.gateway.authorize_response(&mut input, &event.record.domain).await {
             Ok(None) => event,
             Ok(Some(redacted)) => SharedEvent::new(json::parse_event(&redacted).map_err(Stop::Failed)?),
-            Err(e @ Error::PermissionDenied(_)) => {
+            Err(e @ Error::PermissionDenied { .. }) => {
                 tracing::debug!(event = %event.id, reason = %e, "response policy withheld a stream event");
                 return Ok(());
             }

@@ -23,11 +23,14 @@ pub enum Error {
         current: String,
     },
 
-    #[error("unauthenticated: {0}")]
-    Unauthenticated(String),
+    /// The caller's credential was refused; `reason` says why, for metrics
+    /// and the `WWW-Authenticate` challenge.
+    #[error("unauthenticated: {message}")]
+    Unauthenticated { reason: TokenRefusal, message: String },
 
-    #[error("permission denied: {0}")]
-    PermissionDenied(String),
+    /// The caller may not do this; `reason` says who decided.
+    #[error("permission denied: {message}")]
+    PermissionDenied { reason: Denial, message: String },
 
     /// A limit was reached (rate, concurrent streams, a slow consumer).
     #[error("resource exhausted: {0}")]
@@ -54,6 +57,13 @@ impl Error {
         }
     }
 
+    pub fn denied(reason: Denial, message: impl Into<String>) -> Self {
+        Error::PermissionDenied {
+            reason,
+            message: message.into(),
+        }
+    }
+
     pub fn unavailable(what: impl std::fmt::Display) -> Self {
         Error::Unavailable(what.to_string())
     }
@@ -68,12 +78,105 @@ impl Error {
             Error::InvalidArgument { .. } => "invalid_argument",
             Error::NotFound(_) => "not_found",
             Error::VersionConflict { .. } => "version_conflict",
-            Error::Unauthenticated(_) => "unauthenticated",
-            Error::PermissionDenied(_) => "permission_denied",
+            Error::Unauthenticated { .. } => "unauthenticated",
+            Error::PermissionDenied { .. } => "permission_denied",
             Error::ResourceExhausted(_) => "resource_exhausted",
             Error::Unavailable(_) => "unavailable",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
             Error::Internal(_) => "internal",
+        }
+    }
+}
+
+/// Why a token was refused: the client-facing message (which never holds
+/// key material) and the `reason` label of `auth_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    Missing,
+    Malformed,
+    Algorithm,
+    UnknownKey,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    Issuer,
+    Audience,
+    Claims,
+}
+
+impl TokenRefusal {
+    pub const ALL: [TokenRefusal; 10] = [
+        TokenRefusal::Missing,
+        TokenRefusal::Malformed,
+        TokenRefusal::Algorithm,
+        TokenRefusal::UnknownKey,
+        TokenRefusal::BadSignature,
+        TokenRefusal::Expired,
+        TokenRefusal::NotYetValid,
+        TokenRefusal::Issuer,
+        TokenRefusal::Audience,
+        TokenRefusal::Claims,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TokenRefusal::Missing => "missing",
+            TokenRefusal::Malformed => "malformed",
+            TokenRefusal::Algorithm => "algorithm",
+            TokenRefusal::UnknownKey => "unknown_key",
+            TokenRefusal::BadSignature => "bad_signature",
+            TokenRefusal::Expired => "expired",
+            TokenRefusal::NotYetValid => "not_yet_valid",
+            TokenRefusal::Issuer => "issuer",
+            TokenRefusal::Audience => "audience",
+            TokenRefusal::Claims => "claims",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            TokenRefusal::Missing => "no bearer token (expected the header `authorization: Bearer <JWT>`)",
+            TokenRefusal::Malformed => "the token is not a well-formed JWT",
+            TokenRefusal::Algorithm => "the token's algorithm is not accepted",
+            TokenRefusal::UnknownKey => "the token's key id (kid) is not known",
+            TokenRefusal::BadSignature => "the token's signature does not verify",
+            TokenRefusal::Expired => "the token has expired",
+            TokenRefusal::NotYetValid => "the token is not valid yet (nbf)",
+            TokenRefusal::Issuer => "the token's issuer is not accepted",
+            TokenRefusal::Audience => "the token's audience is not accepted",
+            TokenRefusal::Claims => "the token's claims are invalid",
+        }
+    }
+
+    /// The error carrying this refusal and its standard message.
+    pub fn error(self) -> Error {
+        Error::Unauthenticated {
+            reason: self,
+            message: self.message().to_owned(),
+        }
+    }
+}
+
+/// Who refused a call: the `reason` label of `policy_denials_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// A Rego policy's `allow` was not true (or no policy allows anything:
+    /// deny by default).
+    Policy,
+    /// A Rego policy failed to evaluate; the call is denied and it is logged.
+    PolicyError,
+    /// A tenant's wasm policy hook denied.
+    Hook,
+    /// A wasm guest used a capability it was not granted.
+    NotGranted,
+}
+
+impl Denial {
+    pub fn label(self) -> &'static str {
+        match self {
+            Denial::Policy | Denial::Hook => "denied",
+            Denial::PolicyError => "evaluation_error",
+            Denial::NotGranted => "not_granted",
         }
     }
 }

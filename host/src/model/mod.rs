@@ -5,12 +5,22 @@
 mod error;
 pub mod json;
 pub mod query;
+pub mod spec;
 
-pub use error::{Error, Result};
+pub use error::{Denial, Error, Result, TokenRefusal};
 pub use query::{Filter, Sort};
 
 use serde_json::{Map, Value};
 use std::fmt;
+
+/// Now, in Unix nanoseconds: the clock of event times and idempotency
+/// windows, and the `now-nanos` a wasm guest reads.
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
 
 /// The values of a state: always a JSON object.
 pub type Values = Map<String, Value>;

@@ -10,6 +10,11 @@ use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+/// `{"name":"inmem"}` takes no options.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {}
+
 #[derive(Default)]
 pub struct MemoryStorage {
     inner: Mutex<Inner>,

@@ -105,6 +105,26 @@ pub struct MongoStorage {
     idempotency: Collection<Document>,
 }
 
+/// `{"name":"mongo","addr":"mongodb://…","database":"…"}`, v0.5.0's keys.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoConfig {
+    /// A `mongodb://` (or `mongodb+srv://`) connection string.
+    pub addr: String,
+    #[serde(default = "default_database")]
+    pub database: String,
+}
+
+fn default_database() -> String {
+    "stategate".to_owned()
+}
+
+impl MongoConfig {
+    pub async fn build(&self) -> Result<MongoStorage> {
+        MongoStorage::open(&self.addr, &self.database).await
+    }
+}
+
 /// What an append's transaction decided.
 enum Outcome {
     Done(Appended),

@@ -101,6 +101,20 @@ struct Job {
     reply: oneshot::Sender<Result<Appended>>,
 }
 
+/// `{"name":"sqlite","path":"data/stategate.db"}`; without `path` the file
+/// is `stategate.db` in `STATEGATE_DATA_DIR`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteConfig {
+    pub path: Option<PathBuf>,
+}
+
+impl SqliteConfig {
+    pub fn build(&self, data_dir: &Path) -> Result<SqliteStorage> {
+        SqliteStorage::open(self.path.clone().unwrap_or_else(|| data_dir.join("stategate.db")))
+    }
+}
+
 pub struct SqliteStorage {
     path: PathBuf,
     writer: Mutex<Option<mpsc::UnboundedSender<Job>>>,

@@ -9,13 +9,13 @@
 
 use super::Storage;
 use crate::model::{
-    AppendRequest, Appended, Change, Claims, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result, State,
-    StateQuery, Values,
+    AppendRequest, Appended, Change, Error, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery, Values,
 };
+use crate::wasm::convert::{event_from_wit, event_with, kind_to_wit, record_to_wit, state_from_wit};
 use crate::wasm::bindings::storage::StorageProviderPre;
 use crate::wasm::bindings::storage::exports::stategate::gateway::storage as wit;
 use crate::wasm::bindings::storage::stategate::gateway::types as wt;
-use crate::wasm::{Ctx, Guest, GuestSpec, Persistent};
+use crate::wasm::{Ctx, Guest, GuestConfig, Persistent};
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -26,8 +26,8 @@ pub struct WasmStorage {
 
 impl WasmStorage {
     /// Loads the guest and checks it answers `ping`.
-    pub async fn open(spec: &serde_json::Map<String, serde_json::Value>) -> Result<WasmStorage> {
-        let spec = GuestSpec::from_json("STATEGATE_STORAGE_PROVIDER", spec)?;
+    pub async fn open(config: &GuestConfig) -> Result<WasmStorage> {
+        let spec = config.spec();
         let guest = tokio::task::spawn_blocking(move || Guest::load(spec))
             .await
             .map_err(Error::internal)??;
@@ -70,91 +70,6 @@ impl WasmStorage {
             }
         }
     }
-}
-
-pub(crate) fn record_to_wit(r: &RecordRef) -> wt::RecordRef {
-    wt::RecordRef {
-        domain: r.domain.clone(),
-        ty: r.ty.clone(),
-        key: r.key.clone(),
-    }
-}
-
-fn record_from_wit(r: wt::RecordRef) -> RecordRef {
-    RecordRef {
-        domain: r.domain,
-        ty: r.ty,
-        key: r.key,
-    }
-}
-
-pub(crate) fn kind_to_wit(k: EventKind) -> wt::EventKind {
-    match k {
-        EventKind::Set => wt::EventKind::Set,
-        EventKind::Edit => wt::EventKind::Edit,
-        EventKind::Del => wt::EventKind::Del,
-        EventKind::Revert => wt::EventKind::Revert,
-    }
-}
-
-fn kind_from_wit(k: wt::EventKind) -> EventKind {
-    match k {
-        wt::EventKind::Set => EventKind::Set,
-        wt::EventKind::Edit => EventKind::Edit,
-        wt::EventKind::Del => EventKind::Del,
-        wt::EventKind::Revert => EventKind::Revert,
-    }
-}
-
-fn object(guest: &str, what: &str, text: &str) -> Result<Values> {
-    match serde_json::from_str(text) {
-        Ok(serde_json::Value::Object(m)) => Ok(m),
-        _ => Err(Error::Internal(format!("{guest}: returned {what} that is not a JSON object"))),
-    }
-}
-
-pub(crate) fn event_to_wit(e: &Event) -> wt::Event {
-    wt::Event {
-        id: e.id.clone(),
-        seq: e.seq,
-        record: record_to_wit(&e.record),
-        values: e.values.as_ref().map(|v| serde_json::Value::Object(v.clone()).to_string()),
-        claims: serde_json::Value::Object(e.claims.clone()).to_string(),
-        time: e.time,
-        version: e.version,
-        kind: kind_to_wit(e.kind),
-        method: e.method.clone(),
-    }
-}
-
-pub(crate) fn event_from_wit(guest: &str, e: wt::Event) -> Result<Event> {
-    let values = e.values.as_deref().map(|v| object(guest, "event values", v)).transpose()?;
-    let claims = object(guest, "event claims", &e.claims)?;
-    Ok(event_with(e, values, claims))
-}
-
-/// The event `e` describes, with its values and claims already parsed (or
-/// known: an append's own).
-fn event_with(e: wt::Event, values: Option<Values>, claims: Claims) -> Event {
-    Event {
-        values,
-        claims,
-        id: e.id,
-        seq: e.seq,
-        record: record_from_wit(e.record),
-        time: e.time,
-        version: e.version,
-        kind: kind_from_wit(e.kind),
-        method: e.method,
-    }
-}
-
-fn state_from_wit(guest: &str, s: wt::State) -> Result<State> {
-    Ok(State {
-        values: object(guest, "state values", &s.values)?,
-        record: record_from_wit(s.record),
-        version: s.version,
-    })
 }
 
 #[async_trait]

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use std::path::PathBuf;
 
 /// The capabilities one guest is granted.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Grants {
     /// Host directory preopened at `/data` (read-write).
     pub dir: Option<PathBuf>,
@@ -61,6 +61,13 @@ impl Grants {
             None => 80,
         };
         self.http.iter().any(|g| g.allows(&host, port))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Grants {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = Map::<String, Value>::deserialize(d)?;
+        Grants::from_json(&map).map_err(serde::de::Error::custom)
     }
 }
 

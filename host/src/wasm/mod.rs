@@ -32,8 +32,9 @@
 //! call (`UNAVAILABLE` / `PERMISSION_DENIED`, naming the guest).
 
 pub mod capabilities;
+pub mod convert;
 pub mod grants;
-pub mod hooks;
+pub mod spec;
 pub mod metrics;
 
 use crate::model::{Error, Result};
@@ -52,6 +53,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub use capabilities::Denied;
 pub use grants::{Grants, HttpGrant};
+pub use spec::{GuestConfig, GuestLimits, GuestSpec};
 
 /// Bindings of the WIT worlds.
 pub mod bindings {
@@ -179,64 +181,6 @@ impl Kind {
     }
 }
 
-/// A guest as configured: `{"name":"wasm","path":…,"config":{…},"grants":{…}}`.
-#[derive(Debug, Clone)]
-pub struct GuestSpec {
-    /// For errors, logs and metrics: the file's stem unless configured
-    /// (`"guest": "…"`).
-    pub name: String,
-    pub path: PathBuf,
-    pub config: Map<String, Value>,
-    /// Shared with every store's HTTP gate.
-    pub grants: Arc<Grants>,
-    pub call_timeout: Duration,
-    pub memory_bytes: usize,
-}
-
-impl GuestSpec {
-    /// Reads a provider / hook object; `field` names it in errors.
-    pub fn from_json(field: &str, spec: &Map<String, Value>) -> Result<GuestSpec> {
-        let s = settings();
-        let path = spec
-            .get("path")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::invalid(field, "a wasm guest needs \"path\": the .wasm component file"))?;
-        let path = PathBuf::from(path);
-        let name = match spec.get("guest").and_then(Value::as_str) {
-            Some(n) => n.to_owned(),
-            None => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "guest".into()),
-        };
-        let config = match spec.get("config") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => m.clone(),
-            Some(_) => return Err(Error::invalid(field, "\"config\" must be a JSON object")),
-        };
-        let grants = match spec.get("grants") {
-            None | Some(Value::Null) => Arc::default(),
-            Some(Value::Object(g)) => Arc::new(Grants::from_json(g).map_err(|why| Error::invalid(field, why))?),
-            Some(_) => return Err(Error::invalid(field, "\"grants\" must be a JSON object")),
-        };
-        let limit = |key: &str| -> Result<Option<u64>> {
-            match spec.get("limits").and_then(|l| l.get(key)) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .filter(|n| *n > 0)
-                    .map(Some)
-                    .ok_or_else(|| Error::invalid(field, format!("\"limits.{key}\" must be a positive integer"))),
-            }
-        };
-        Ok(GuestSpec {
-            name,
-            path,
-            config,
-            grants,
-            call_timeout: limit("timeout_ms")?.map(Duration::from_millis).unwrap_or(s.call_timeout),
-            memory_bytes: limit("memory_mb")?.map(|m| (m as usize) << 20).unwrap_or(s.memory_bytes),
-        })
-    }
-}
-
 /// The data of every guest store.
 pub struct Ctx {
     wasi: WasiCtx,
@@ -292,7 +236,7 @@ impl host_if::Host for Ctx {
     }
 
     fn now_nanos(&mut self) -> i64 {
-        crate::gateway::now_nanos()
+        crate::model::now_nanos()
     }
 
     fn config(&mut self, key: String) -> Option<String> {
@@ -629,7 +573,7 @@ impl<P: World> Guest<P> {
         let out = match (denied, r) {
             (Some(what), _) => Err((
                 "denied",
-                Error::PermissionDenied(format!("wasm guest {name:?}: {op} used {what}, which is not granted")),
+                Error::denied(crate::model::Denial::NotGranted, format!("wasm guest {name:?}: {op} used {what}, which is not granted")),
             )),
             (None, _) if expired => Err(self.out_of_time(op)),
             (None, Ok(v)) => Ok(v),

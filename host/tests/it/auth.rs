@@ -12,7 +12,7 @@ use base64::Engine;
 use futures::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use stategate::auth::jwt::Reason;
+use stategate::model::TokenRefusal as Reason;
 use stategate::config::Config;
 use stategate::proto as pb;
 use std::net::SocketAddr;
@@ -168,7 +168,7 @@ impl Drop for JwksServer {
 /// Auth on (not development mode), loopback only.
 fn auth_on(c: &mut Config) {
     c.dev = false;
-    c.auth_disabled = false;
+    c.auth.auth_disabled = false;
     c.bind = "127.0.0.1".into();
 }
 
@@ -216,10 +216,10 @@ async fn hostile_tokens_are_unauthenticated_over_grpc_and_rest() {
     let uri = jwks.uri();
     let gw = TestGateway::start_with(|c| {
         auth_on(c);
-        c.jwks_uri = Some(uri);
-        c.jwt_issuers = vec![ISS.into()];
-        c.jwt_audiences = vec![AUD.into()];
-        c.jwt_leeway_secs = 5;
+        c.auth.jwks_uri = Some(uri);
+        c.auth.jwt_issuers = vec![ISS.into()];
+        c.auth.jwt_audiences = vec![AUD.into()];
+        c.auth.jwt_leeway_secs = 5;
     })
     .await;
     let d = unique("hostile");
@@ -348,9 +348,9 @@ async fn every_supported_algorithm_verifies() {
     std::fs::write(&pem_path, &ed.public_pem).unwrap();
     let gw = TestGateway::start_with(|c| {
         auth_on(c);
-        c.jwks_file = Some(jwks_path);
-        c.jwt_public_key_files = vec![pem_path];
-        c.jwt_hmac_secret = Some(HMAC_SECRET.into());
+        c.auth.jwks_file = Some(jwks_path);
+        c.auth.jwt_public_key_files = vec![pem_path];
+        c.auth.jwt_hmac_secret = Some(HMAC_SECRET.into());
     })
     .await;
     let d = unique("algs");
@@ -396,8 +396,8 @@ async fn local_key_files_reload_when_they_change() {
     let path = jwks_path.clone();
     let gw = TestGateway::start_with(|c| {
         auth_on(c);
-        c.jwks_file = Some(path);
-        c.policy_reload_ms = 100;
+        c.auth.jwks_file = Some(path);
+        c.auth.policy_reload_ms = 100;
     })
     .await;
     let d = unique("keyfile");
@@ -433,9 +433,9 @@ async fn key_rotation_through_the_jwks() {
     let uri = jwks.uri();
     let gw = TestGateway::start_with(|c| {
         auth_on(c);
-        c.jwks_uri = Some(uri);
-        c.jwks_refresh_secs = 1;
-        c.jwks_min_refresh_secs = 0;
+        c.auth.jwks_uri = Some(uri);
+        c.auth.jwks_refresh_secs = 1;
+        c.auth.jwks_min_refresh_secs = 0;
     })
     .await;
     let d = unique("rotate");
@@ -474,9 +474,9 @@ async fn unknown_kid_storm_does_not_hammer_the_jwks_server() {
     let uri = jwks.uri();
     let gw = TestGateway::start_with(|c| {
         auth_on(c);
-        c.jwks_uri = Some(uri);
-        c.jwks_refresh_secs = 3600;
-        c.jwks_min_refresh_secs = 3600;
+        c.auth.jwks_uri = Some(uri);
+        c.auth.jwks_refresh_secs = 3600;
+        c.auth.jwks_min_refresh_secs = 3600;
     })
     .await;
     let at_start = jwks.hits();
@@ -507,7 +507,7 @@ async fn unknown_kid_storm_does_not_hammer_the_jwks_server() {
 async fn verified_claims_are_stored_in_events_and_searchable() {
     let gw = TestGateway::start_with(|c| {
         auth_on(c);
-        c.jwt_hmac_secret = Some(HMAC_SECRET.into());
+        c.auth.jwt_hmac_secret = Some(HMAC_SECRET.into());
     })
     .await;
     let d = unique("claims");
@@ -562,8 +562,8 @@ async fn verified_claims_are_stored_in_events_and_searchable() {
 async fn a_stream_ends_when_its_token_expires() {
     let gw = TestGateway::start_with(|c| {
         auth_on(c);
-        c.jwt_hmac_secret = Some(HMAC_SECRET.into());
-        c.jwt_leeway_secs = 0;
+        c.auth.jwt_hmac_secret = Some(HMAC_SECRET.into());
+        c.auth.jwt_leeway_secs = 0;
     })
     .await;
     let d = unique("expiry");
@@ -599,8 +599,8 @@ fn example(name: &str) -> std::path::PathBuf {
 
 fn hmac_gateway_config(c: &mut Config) {
     auth_on(c);
-    c.jwt_hmac_secret = Some(HMAC_SECRET.into());
-    c.policy_reload_ms = 100;
+    c.auth.jwt_hmac_secret = Some(HMAC_SECRET.into());
+    c.auth.policy_reload_ms = 100;
 }
 
 #[tokio::test]
@@ -612,8 +612,8 @@ async fn v050_base64_policies_in_rego_v0_syntax() {
     let response = "package stategate.authz\nimport rego.v1\ndefault allow := true\nallow := false if input.response.values.hidden == true\nallow := false if input.body.key == \"forbidden-key\"\n";
     let gw = TestGateway::start_with(|c| {
         hmac_gateway_config(c);
-        c.request_policy = Some(b64(request));
-        c.response_policy = Some(b64(response));
+        c.auth.request_policy = Some(b64(request));
+        c.auth.response_policy = Some(b64(response));
     })
     .await;
     let d = unique("v050pol");
@@ -657,7 +657,7 @@ async fn policy_files_reload_and_a_broken_policy_is_refused() {
     let dir_path = policies.clone();
     let gw = TestGateway::start_with(|c| {
         hmac_gateway_config(c);
-        c.request_policy_path = vec![dir_path];
+        c.auth.request_policy_path = vec![dir_path];
     })
     .await;
     let d = unique("reload");
@@ -702,13 +702,13 @@ async fn a_policy_that_does_not_compile_stops_the_start() {
     std::fs::write(&file, "package stategate.authz\n\nallow if {\n  input.x ==\n").unwrap();
     let mut config = crate::harness::dev_config(dir.path());
     hmac_gateway_config(&mut config);
-    config.request_policy_path = vec![file];
+    config.auth.request_policy_path = vec![file];
     let err = stategate::server::start(config).await.err().expect("start refused").to_string();
     assert!(err.contains("STATEGATE_REQUEST_POLICY") && err.contains("bad.rego"), "{err}");
 
     let mut config = crate::harness::dev_config(dir.path());
     hmac_gateway_config(&mut config);
-    config.response_policy = Some("!!not base64!!".into());
+    config.auth.response_policy = Some("!!not base64!!".into());
     let err = stategate::server::start(config).await.err().expect("start refused").to_string();
     assert!(err.contains("STATEGATE_RESPONSE_POLICY"), "{err}");
 
@@ -716,7 +716,7 @@ async fn a_policy_that_does_not_compile_stops_the_start() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut config = crate::harness::dev_config(dir.path());
     auth_on(&mut config);
-    config.jwks_uri = Some(format!("http://{closed}/jwks.json"));
+    config.auth.jwks_uri = Some(format!("http://{closed}/jwks.json"));
     let err = stategate::server::start(config).await.err().expect("start refused").to_string();
     assert!(err.contains("STATEGATE_JWKS_URI"), "{err}");
 
@@ -731,8 +731,8 @@ async fn a_policy_that_does_not_compile_stops_the_start() {
 async fn example_allow_all() {
     let gw = TestGateway::start_with(|c| {
         hmac_gateway_config(c);
-        c.request_policy_path = vec![example("allow_all.rego")];
-        c.response_policy_path = vec![example("allow_all.rego")];
+        c.auth.request_policy_path = vec![example("allow_all.rego")];
+        c.auth.response_policy_path = vec![example("allow_all.rego")];
     })
     .await;
     let d = unique("allowall");
@@ -750,7 +750,7 @@ async fn example_allow_all() {
 async fn example_read_only_role() {
     let gw = TestGateway::start_with(|c| {
         hmac_gateway_config(c);
-        c.request_policy_path = vec![example("read_only_role.rego")];
+        c.auth.request_policy_path = vec![example("read_only_role.rego")];
     })
     .await;
     let d = unique("roles");
@@ -794,8 +794,8 @@ async fn next_ndjson(lines: &mut (impl futures::Stream<Item = reqwest::Result<by
 async fn example_tenant_isolation_on_every_transport() {
     let gw = TestGateway::start_with(|c| {
         hmac_gateway_config(c);
-        c.request_policy_path = vec![example("tenant_isolation.rego")];
-        c.response_policy_path = vec![example("tenant_isolation.rego")];
+        c.auth.request_policy_path = vec![example("tenant_isolation.rego")];
+        c.auth.response_policy_path = vec![example("tenant_isolation.rego")];
     })
     .await;
     let (da, db) = (unique("tenant-a"), unique("tenant-b"));

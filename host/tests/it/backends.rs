@@ -21,14 +21,20 @@ pub async fn mongo() -> Option<MongoStorage> {
     Some(MongoStorage::open(&url, run_id()).await.expect("mongo storage opens"))
 }
 
+/// A provider object's options: the object without its `"name"`.
+pub fn spec_options(mut spec: serde_json::Value) -> serde_json::Value {
+    spec.as_object_mut().unwrap().remove("name");
+    spec
+}
+
 pub fn redis_config(url: &str, prefix: &str) -> RedisConfig {
     let spec = json!({"name": "redis", "addr": url, "prefix": prefix});
-    RedisConfig::from_spec(spec.as_object()).unwrap()
+    serde_json::from_value(spec_options(spec)).unwrap()
 }
 
 pub fn nats_config(url: &str, prefix: &str) -> NatsConfig {
     let spec = json!({"name": "nats", "addr": url, "prefix": prefix});
-    NatsConfig::from_spec(spec.as_object()).unwrap()
+    serde_json::from_value(spec_options(spec)).unwrap()
 }
 
 storage_conformance!(mongo_storage, async {
@@ -188,26 +194,26 @@ async fn two_clients_share_one_order(a: MongoStorage, b: MongoStorage) {
 
 #[tokio::test]
 async fn bad_provider_options_are_named() {
-    let err = |spec: serde_json::Value| {
-        let spec = spec.as_object().unwrap().clone();
-        async move {
-            match stategate::channel::open(Some(&spec)).await {
-                Err(e) => e.to_string(),
-                Ok(_) => panic!("{spec:?} was accepted"),
-            }
-        }
+    let channel_err = |spec: serde_json::Value| match stategate::channel::ChannelSpec::parse(&spec.to_string()) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("{spec} was accepted"),
     };
-    assert!(err(json!({"name": "redis", "db": -1})).await.contains("db"));
-    assert!(err(json!({"name": "redis", "tls": "yes"})).await.contains("tls"));
-    assert!(err(json!({"name": "nats", "prefix": "a.*"})).await.contains("prefix"));
-    assert!(err(json!({"name": "nats", "user": "u"})).await.contains("password"));
-    let spec = json!({"name": "mongo"});
-    match stategate::storage::open(spec.as_object(), std::path::Path::new(".")).await {
-        Err(e) => assert!(e.to_string().contains("addr"), "{e}"),
-        Ok(_) => panic!("mongo without addr was accepted"),
-    }
-    let spec = json!({"name": "mongo", "addr": "mongodb://127.0.0.1:1", "database": "a.b"});
-    match stategate::storage::open(spec.as_object(), std::path::Path::new(".")).await {
+    assert!(channel_err(json!({"name": "redis", "db": -1})).contains("db"));
+    assert!(channel_err(json!({"name": "redis", "tls": "yes"})).contains("tls"));
+    assert!(channel_err(json!({"name": "redis", "adr": "x:1"})).contains("unknown field `adr`"));
+    assert!(channel_err(json!({"name": "nats", "prefix": "a.*"})).contains("prefix"));
+    assert!(channel_err(json!({"name": "nats", "user": "u"})).contains("password"));
+    let storage_err = |spec: serde_json::Value| match stategate::storage::StorageSpec::parse(&spec.to_string()) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("{spec} was accepted"),
+    };
+    assert!(storage_err(json!({"name": "mongo"})).contains("missing field `addr`"));
+    // A well-formed object whose value the provider refuses when it opens.
+    let spec = stategate::storage::StorageSpec::parse(
+        &json!({"name": "mongo", "addr": "mongodb://127.0.0.1:1", "database": "a.b"}).to_string(),
+    )
+    .unwrap();
+    match spec.open(std::path::Path::new(".")).await {
         Err(e) => assert!(e.to_string().contains("database"), "{e}"),
         Ok(_) => panic!("a bad database name was accepted"),
     }
@@ -250,7 +256,7 @@ async fn mongo_standalone_repairs_half_done_appends() {
     raw.collection::<mongodb::bson::Document>("events")
         .insert_one(doc! {
             "_id": half, "id": uuid::Uuid::new_v4().to_string(), "d": &d, "t": "t", "k": "k", "v": 2_i64,
-            "kind": "SET", "m": "/m", "time": stategate::gateway::now_nanos(), "claims": "{}",
+            "kind": "SET", "m": "/m", "time": stategate::model::now_nanos(), "claims": "{}",
             "vals": two.to_string(), "doc": {"n": 2_i64}, "raw": false, "cdoc": {}, "craw": false,
         })
         .await
@@ -309,9 +315,9 @@ async fn redis_password_and_db() {
     let mut server = crate::procs::Server::new("redis-server", port, dir, args);
     server.start().await;
     let spec = |password: &str| json!({"name": "redis", "addr": format!("127.0.0.1:{port}"), "password": password, "db": 3});
-    let c = RedisChannel::open(&RedisConfig::from_spec(spec("s3cret:/@").as_object()).unwrap()).await.unwrap();
+    let c = RedisChannel::open(&serde_json::from_value::<RedisConfig>(spec_options(spec("s3cret:/@"))).unwrap()).await.unwrap();
     round_trip(&c).await;
-    let wrong = RedisChannel::open(&RedisConfig::from_spec(spec("nope").as_object()).unwrap()).await;
+    let wrong = RedisChannel::open(&serde_json::from_value::<RedisConfig>(spec_options(spec("nope"))).unwrap()).await;
     assert!(matches!(wrong, Err(Error::Unavailable(_))), "a wrong password is refused");
 }
 
@@ -336,12 +342,12 @@ async fn nats_tls_and_user() {
     server.start().await;
     let spec = json!({"name": "nats", "addr": format!("tls://localhost:{port}"), "tls": true,
         "ca_file": cert_path.display().to_string(), "user": "gw", "password": "pw"});
-    let c = NatsChannel::open(&NatsConfig::from_spec(spec.as_object()).unwrap()).await.unwrap();
+    let c = NatsChannel::open(&serde_json::from_value::<NatsConfig>(spec_options(spec.clone())).unwrap()).await.unwrap();
     round_trip(&c).await;
     let mut bad = spec.clone();
     bad["password"] = json!("wrong");
-    assert!(NatsChannel::open(&NatsConfig::from_spec(bad.as_object()).unwrap()).await.is_err(), "a wrong password is refused");
+    assert!(NatsChannel::open(&serde_json::from_value::<NatsConfig>(spec_options(bad)).unwrap()).await.is_err(), "a wrong password is refused");
     let mut untrusted = spec.clone();
     untrusted.as_object_mut().unwrap().remove("ca_file");
-    assert!(NatsChannel::open(&NatsConfig::from_spec(untrusted.as_object()).unwrap()).await.is_err(), "an unknown CA is refused");
+    assert!(NatsChannel::open(&serde_json::from_value::<NatsConfig>(spec_options(untrusted)).unwrap()).await.is_err(), "an unknown CA is refused");
 }

@@ -18,7 +18,7 @@ pub fn event(domain: &str, ty: &str, key: &str, version: u64) -> Event {
         record: RecordRef::parse(domain, ty, key).unwrap(),
         values: Some(values(json!({"v": version, "nested": {"s": "✓"}}))),
         claims: values(json!({"sub": "tester"})),
-        time: stategate::gateway::now_nanos(),
+        time: stategate::model::now_nanos(),
         version,
         kind: EventKind::Set,
         method: "/stategate.StateService/Set".into(),

@@ -53,7 +53,12 @@ fn providers_parse(what: &str, text: &str) {
                     rest.trim_matches('\'').to_owned()
                 };
                 let value = value.as_str();
-                stategate::config::provider_spec(var, value).unwrap_or_else(|e| panic!("{what}: {e}"));
+                let parsed = if var == "STATEGATE_STORAGE_PROVIDER" {
+                    stategate::storage::StorageSpec::parse(value).map(drop)
+                } else {
+                    stategate::channel::ChannelSpec::parse(value).map(drop)
+                };
+                parsed.unwrap_or_else(|e| panic!("{what}: {e}"));
                 n += 1;
             }
         }

@@ -215,7 +215,7 @@ async fn mongo_restart_under_load() {
     let gw = Gateway::spawn(dir.path(), &storage.to_string(), r#"{"name":"inmem"}"#).await;
     wait_readyz(&gw.ops_url(), "ready at start", all_ready).await;
     let domain = unique("fault");
-    let t0 = stategate::gateway::now_nanos();
+    let t0 = stategate::model::now_nanos();
     let stream = resuming_stream(gw.channel().await, &domain, t0);
     let (load, tasks) = start_load(gw.channel().await, &domain);
     load.wait("writes before the outage", |l| l.acked() >= 30).await;

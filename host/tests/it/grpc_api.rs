@@ -14,7 +14,7 @@ async fn set_get_del_search_over_grpc() {
     let mut st = gw.state_client().await;
     let mut ev = gw.event_client().await;
     let d = unique("grpc");
-    let before = stategate::gateway::now_nanos();
+    let before = stategate::model::now_nanos();
 
     let event = st.set(state(&d, "user", "alice", json!({"name": "Alice", "address": {"city": "Paris"}, "age": 30})))
         .await
@@ -24,7 +24,7 @@ async fn set_get_del_search_over_grpc() {
     assert_eq!(event.version, 1);
     assert_eq!(event.kind, pb::EventKind::Set as i32);
     assert_eq!(event.method, "/stategate.StateService/Set");
-    assert!(event.time >= before && event.time <= stategate::gateway::now_nanos(), "receive time in ns");
+    assert!(event.time >= before && event.time <= stategate::model::now_nanos(), "receive time in ns");
     st.set(state(&d, "user", "bob", json!({"name": "Bob", "address": {"city": "Lyon"}}))).await.unwrap();
 
     let got = st.get(state_ref(&d, "user", "alice")).await.unwrap().into_inner();

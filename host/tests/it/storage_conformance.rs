@@ -29,7 +29,7 @@ pub fn req(record: &RecordRef, change: Change, expect: Expect) -> AppendRequest 
         expect,
         method: "/stategate.StateService/Set".into(),
         claims: values(json!({"sub": "tester", "tenant": "acme"})),
-        time: stategate::gateway::now_nanos(),
+        time: stategate::model::now_nanos(),
         idempotency: None,
     }
 }
@@ -221,7 +221,7 @@ pub async fn search_states(s: DynStorage) {
 pub async fn search_events(s: DynStorage) {
     let d = unique_domain();
     let r = rec(&d, "person", "ann");
-    let t0 = stategate::gateway::now_nanos();
+    let t0 = stategate::model::now_nanos();
     let mut times = vec![];
     for i in 0..5 {
         let mut q = put(&r, json!({"i": i, "even": i % 2 == 0}));

@@ -9,9 +9,12 @@ use serde_json::{Value, json};
 use stategate::auth::PolicyInput;
 use stategate::model::Error;
 use stategate::proto::*;
-use stategate::wasm::hooks::PolicyHooks;
+use stategate::auth::hooks::PolicyHooks;
 
+/// A policy input; the tenant is the body's domain, as the gateway sets it
+/// for a request naming one.
 fn input(claims: Value, method: &str, body: Value, response: Option<Value>) -> PolicyInput {
+    let domain = body.get("domain").and_then(Value::as_str).map(str::to_owned);
     PolicyInput {
         claims: claims.as_object().unwrap().clone(),
         method: method.into(),
@@ -20,6 +23,7 @@ fn input(claims: Value, method: &str, body: Value, response: Option<Value>) -> P
         client_stream: false,
         server_stream: false,
         response,
+        domain,
     }
 }
 
@@ -29,20 +33,20 @@ const GET: &str = "/stategate.StateService/Get";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_isolation_hook() {
     configure();
-    let hooks = PolicyHooks::from_config(&json!({"*": guest("tenant_isolation")}).to_string()).unwrap().unwrap();
+    let hooks = PolicyHooks::from_config(&json!({"*": guest("tenant_isolation")}).to_string()).await.unwrap().unwrap();
     let acme = json!({"tenant": "acme"});
     hooks.authorize_request(&input(acme.clone(), SET, json!({"domain": "acme", "key": "k"}), None)).await.unwrap();
     let err = hooks
         .authorize_request(&input(acme.clone(), SET, json!({"domain": "globex", "key": "k"}), None))
         .await
         .unwrap_err();
-    assert!(matches!(&err, Error::PermissionDenied(m) if m.contains("may not access domain \"globex\"")), "{err}");
+    assert!(matches!(&err, Error::PermissionDenied { message: m, .. } if m.contains("may not access domain \"globex\"")), "{err}");
     let err = hooks.authorize_request(&input(json!({}), GET, json!({"domain": "acme"}), None)).await.unwrap_err();
-    assert!(matches!(&err, Error::PermissionDenied(m) if m.contains("no tenant claim")), "{err}");
+    assert!(matches!(&err, Error::PermissionDenied { message: m, .. } if m.contains("no tenant claim")), "{err}");
     // A response carrying another tenant's record is withheld.
     let leak = json!({"stateValues": [{"domain": "acme", "values": {}}, {"domain": "globex", "values": {"domain": "x"}}]});
     let err = hooks.authorize_response(&input(acme.clone(), GET, json!({}), Some(leak))).await.unwrap_err();
-    assert!(matches!(err, Error::PermissionDenied(_)));
+    assert!(matches!(err, Error::PermissionDenied { .. }));
     let fine = json!({"domain": "acme", "values": {"domain": "stored values are not addressing"}});
     assert_eq!(hooks.authorize_response(&input(acme, GET, json!({}), Some(fine))).await.unwrap(), None);
 }
@@ -51,10 +55,10 @@ async fn tenant_isolation_hook() {
 async fn python_read_only_policy() {
     configure();
     let spec = json!({"ro": {"path": guest("python_readonly"), "config": {"hide": "card.number,ssn"}, "limits": {"timeout_ms": 30000}}});
-    let hooks = PolicyHooks::from_config(&spec.to_string()).unwrap().unwrap();
+    let hooks = PolicyHooks::from_config(&spec.to_string()).await.unwrap().unwrap();
     let body = json!({"domain": "ro", "type": "t", "key": "k"});
     let err = hooks.authorize_request(&input(json!({"role": "viewer"}), SET, body.clone(), None)).await.unwrap_err();
-    assert!(matches!(&err, Error::PermissionDenied(m) if m.contains("read-only (python policy)") && m.contains("policy:ro")), "{err}");
+    assert!(matches!(&err, Error::PermissionDenied { message: m, .. } if m.contains("read-only (python policy)") && m.contains("policy:ro")), "{err}");
     hooks.authorize_request(&input(json!({"role": "admin"}), SET, body.clone(), None)).await.unwrap();
     hooks.authorize_request(&input(json!({}), GET, body.clone(), None)).await.unwrap();
     // Other domains have no hook.
@@ -72,17 +76,17 @@ async fn javascript_schema_policy() {
         "config": {"required": {"order": ["id", "total"]}, "types": {"order": {"total": "number", "id": "string"}}},
         "limits": {"timeout_ms": 30000},
     }});
-    let hooks = PolicyHooks::from_config(&spec.to_string()).unwrap().unwrap();
+    let hooks = PolicyHooks::from_config(&spec.to_string()).await.unwrap().unwrap();
     let set = |values: Value| input(json!({}), SET, json!({"domain": "shop", "type": "order", "key": "o1", "values": values}), None);
     hooks.authorize_request(&set(json!({"id": "o1", "total": 12.5, "note": "extra fields pass"}))).await.unwrap();
     let err = hooks.authorize_request(&set(json!({"id": "o1"}))).await.unwrap_err();
     assert!(
-        matches!(&err, Error::PermissionDenied(m) if m.contains("missing total") && m.contains("js schema policy") && m.contains("policy:shop")),
+        matches!(&err, Error::PermissionDenied { message: m, .. } if m.contains("missing total") && m.contains("js schema policy") && m.contains("policy:shop")),
         "{err}"
     );
     let err = hooks.authorize_request(&set(json!({"id": 7, "total": "12"}))).await.unwrap_err();
     assert!(
-        matches!(&err, Error::PermissionDenied(m) if m.contains("total must be number, not string") && m.contains("id must be string, not number")),
+        matches!(&err, Error::PermissionDenied { message: m, .. } if m.contains("total must be number, not string") && m.contains("id must be string, not number")),
         "{err}"
     );
     // Types without rules, reads and other domains pass.
@@ -128,7 +132,7 @@ async fn hot_reload_while_calling() {
     // lets it through: every answer shows which one served it.
     let hooks = json!({"*": {"path": hook, "config": {"fields": "secret", "mode": "allow"}}});
     let gw = TestGateway::start_with(|c| {
-        c.policy_hooks = Some(hooks.to_string());
+        c.auth.policy_hooks = Some(hooks.to_string());
         c.wasm_cache_dir = Some(cache_dir());
         c.wasm_reload_ms = 50;
     })
@@ -190,7 +194,7 @@ async fn hooks_apply_to_unary_and_streamed_responses_per_domain() {
     use futures::StreamExt;
     let hooks = json!({"d": {"path": guest("redact"), "config": {"fields": "secret,card.number"}}});
     let gw = TestGateway::start_with(|c| {
-        c.policy_hooks = Some(hooks.to_string());
+        c.auth.policy_hooks = Some(hooks.to_string());
         c.wasm_cache_dir = Some(cache_dir());
     })
     .await;
@@ -246,7 +250,7 @@ async fn hooks_from_a_directory_are_picked_up_while_running() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(guest("redact"), dir.path().join("d.wasm")).unwrap();
     let gw = TestGateway::start_with(|c| {
-        c.policy_hooks = Some(dir.path().display().to_string());
+        c.auth.policy_hooks = Some(dir.path().display().to_string());
         c.wasm_cache_dir = Some(cache_dir());
     })
     .await;
@@ -282,7 +286,7 @@ async fn bad_hook_configuration_fails_start_naming_the_variable() {
         ("/no/such/dir".to_string(), "not a directory"),
     ] {
         let mut config = crate::harness::dev_config(dir.path());
-        config.policy_hooks = Some(hooks.clone());
+        config.auth.policy_hooks = Some(hooks.clone());
         config.wasm_cache_dir = Some(cache_dir());
         let err = stategate::server::start(config).await.err().expect("start fails").to_string();
         assert!(err.contains("STATEGATE_POLICY_HOOKS") && err.contains(says), "{hooks}: {err}");
@@ -301,7 +305,7 @@ async fn webhook_hook_delegates_to_an_http_service() {
         "grants": {"http": [service]},
     }});
     let gw = TestGateway::start_with(|c| {
-        c.policy_hooks = Some(hooks.to_string());
+        c.auth.policy_hooks = Some(hooks.to_string());
         c.wasm_cache_dir = Some(cache_dir());
     })
     .await;

@@ -2,18 +2,18 @@
 //! providers (guest-providers/), plus durability across restarts and two
 //! gateways sharing the directory channel.
 
-use crate::wasm_support::{configure, guest, spec};
+use crate::wasm_support::{channel_spec, configure, guest, spec, storage_spec};
 use stategate::channel::DynChannel;
 use stategate::storage::DynStorage;
 
 async fn fs_storage(dir: &std::path::Path) -> DynStorage {
     configure();
-    stategate::storage::open(Some(&spec(&guest("fs_storage"), dir)), dir).await.expect("wasm storage opens")
+    storage_spec(&spec(&guest("fs_storage"), dir)).open(dir).await.expect("wasm storage opens")
 }
 
 async fn dir_channel(dir: &std::path::Path) -> DynChannel {
     configure();
-    stategate::channel::open(Some(&spec(&guest("dir_channel"), dir))).await.expect("wasm channel opens")
+    channel_spec(&spec(&guest("dir_channel"), dir)).open().await.expect("wasm channel opens")
 }
 
 storage_conformance!(wasm_fs_storage, async {
@@ -58,11 +58,14 @@ async fn two_gateways_share_the_directory_channel() {
     use futures::StreamExt;
     use stategate::proto::*;
     let bus = tempfile::tempdir().unwrap();
-    let provider = serde_json::json!({"name": "wasm", "path": guest("dir_channel"), "grants": {"dir": bus.path()}}).to_string();
+    let provider = channel_spec(&spec(&guest("dir_channel"), bus.path()));
     let cache = crate::wasm_support::cache_dir();
     // One sqlite file for both; b's storage sweep is effectively off, so
     // only the channel can bring a's event to b's stream in time.
-    let storage = serde_json::json!({"name": "sqlite", "path": bus.path().join("shared.db")}).to_string();
+    let storage = stategate::storage::StorageSpec::parse(
+        &serde_json::json!({"name": "sqlite", "path": bus.path().join("shared.db")}).to_string(),
+    )
+    .unwrap();
     let a = TestGateway::start_with(|c| {
         c.channel_provider = Some(provider.clone());
         c.storage_provider = Some(storage.clone());
@@ -112,12 +115,12 @@ async fn provider_file_escape_from_the_granted_dir_is_denied() {
     std::fs::create_dir(&granted).unwrap();
     let mut provider = spec(&guest("fs_storage"), &granted);
     provider.insert("config".into(), serde_json::json!({"file": "../escaped.jsonl"}));
-    let err = match stategate::storage::open(Some(&provider), &granted).await {
+    let err = match storage_spec(&provider).open(&granted).await {
         Err(e) => e,
         Ok(s) => s.head().await.expect_err("a file outside grants.dir must not open"),
     };
     let message = err.to_string();
-    assert!(matches!(err, stategate::model::Error::PermissionDenied(_)), "{err:?}");
+    assert!(matches!(err, stategate::model::Error::PermissionDenied { .. }), "{err:?}");
     for part in ["outside grants.dir", "escaped.jsonl", "not granted"] {
         assert!(message.contains(part), "{message:?} should say {part:?}");
     }

@@ -38,7 +38,7 @@ async fn misbehaving_guest(bad: serde_json::Value, code: Code, says: &[&str]) ->
     });
     let mode = bad.pointer("/config/mode").and_then(|m| m.as_str()).unwrap_or("guest").to_owned();
     let gw = TestGateway::start_with(|c| {
-        c.policy_hooks = Some(hooks.to_string());
+        c.auth.policy_hooks = Some(hooks.to_string());
         c.wasm_cache_dir = Some(cache_dir());
     })
     .await;
@@ -112,7 +112,7 @@ async fn looping_hook_does_not_hold_the_thread() {
         "good": {"path": guest("redact"), "config": {"fields": "secret"}},
     });
     let gw = TestGateway::start_with(|c| {
-        c.policy_hooks = Some(hooks.to_string());
+        c.auth.policy_hooks = Some(hooks.to_string());
         c.wasm_cache_dir = Some(cache_dir());
     })
     .await;

@@ -34,12 +34,22 @@ pub fn configure() {
     });
 }
 
-/// A provider spec object for `storage::open` / `channel::open`.
+/// A wasm provider object (`{"name":"wasm",…}`) granted `dir`.
 pub fn spec(path: &std::path::Path, dir: &std::path::Path) -> serde_json::Map<String, serde_json::Value> {
     serde_json::json!({"name": "wasm", "path": path, "grants": {"dir": dir}})
         .as_object()
         .unwrap()
         .clone()
+}
+
+/// The storage provider a `{"name":…}` object describes.
+pub fn storage_spec(object: &serde_json::Map<String, serde_json::Value>) -> stategate::storage::StorageSpec {
+    stategate::storage::StorageSpec::parse(&serde_json::Value::Object(object.clone()).to_string()).expect("a valid storage object")
+}
+
+/// The channel provider a `{"name":…}` object describes.
+pub fn channel_spec(object: &serde_json::Map<String, serde_json::Value>) -> stategate::channel::ChannelSpec {
+    stategate::channel::ChannelSpec::parse(&serde_json::Value::Object(object.clone()).to_string()).expect("a valid channel object")
 }
 
 /// What the test authorization service received (the JSON bodies).

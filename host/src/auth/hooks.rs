@@ -1,5 +1,7 @@
 //! Per-tenant policy hooks: wasm components of the `policy-hook` world,
-//! chosen by the request's domain and run after the Rego policies.
+//! chosen by the domain a call touches (`PolicyInput::domain`: the request's
+//! domain, or the domain of what is returned when the request names none,
+//! as `EventService.Get` by id) and run after the Rego policies.
 //!
 //! `STATEGATE_POLICY_HOOKS` is either
 //! - a JSON object mapping a domain (or `"*"` for every domain without its
@@ -10,19 +12,24 @@
 //!
 //! Each hook runs in instances of its own (a few warm ones are reused for
 //! speed; one that failed is discarded), so nothing leaks between tenants.
-//! A hook runs on the request's task (see [`super::AsyncWorld`]). A hook
-//! that traps, times out, exceeds its memory or uses a capability it was
-//! not granted fails only that call.
+//! A hook runs on the request's task (see [`crate::wasm::AsyncWorld`]). A
+//! hook that traps, times out, exceeds its memory or uses a capability it
+//! was not granted fails only that call.
+//!
+//! Loading a hook compiles a component (up to seconds for a Python guest),
+//! so it never runs on a request's task: it runs on the blocking pool, once
+//! per file however many calls wait for it (single flight).
 
-use super::bindings::policy::PolicyHookPre;
-use super::bindings::policy::exports::stategate::gateway::policy::{Decision, ResponseDecision};
-use super::{Ctx, Guest, GuestSpec};
-use crate::auth::PolicyInput;
-use crate::model::{Error, Result};
+use super::PolicyInput;
+use crate::model::{Denial, Error, Result};
+use crate::wasm::bindings::policy::PolicyHookPre;
+use crate::wasm::bindings::policy::exports::stategate::gateway::policy::{Decision, ResponseDecision};
+use crate::wasm::{Ctx, Guest, GuestConfig};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use tokio::sync::OnceCell;
 
 pub type PolicyGuest = Guest<PolicyHookPre<Ctx>>;
 
@@ -34,7 +41,10 @@ enum Source {
     Map(HashMap<String, Arc<PolicyGuest>>),
     Dir {
         dir: PathBuf,
-        loaded: Mutex<HashMap<String, Arc<PolicyGuest>>>,
+        /// One cell per file stem: the first call for a stem loads it, the
+        /// others wait for that load; a failed load leaves the cell empty,
+        /// so the next call tries again.
+        loaded: Mutex<HashMap<String, Arc<OnceCell<Arc<PolicyGuest>>>>>,
     },
 }
 
@@ -42,8 +52,8 @@ const DEFAULT_FILE: &str = "_default";
 
 impl PolicyHooks {
     /// From the `STATEGATE_POLICY_HOOKS` text; `None` when empty. Hooks of a
-    /// map are loaded now (a broken one fails start-up).
-    pub fn from_config(text: &str) -> Result<Option<Arc<PolicyHooks>>> {
+    /// map are loaded now, on the blocking pool (a broken one fails start-up).
+    pub async fn from_config(text: &str) -> Result<Option<Arc<PolicyHooks>>> {
         let text = text.trim();
         if text.is_empty() {
             return Ok(None);
@@ -54,18 +64,17 @@ impl PolicyHooks {
                 serde_json::from_str(text).map_err(|e| Error::invalid(FIELD, format!("not a JSON object: {e}")))?;
             let mut guests = HashMap::new();
             for (domain, v) in map {
-                let mut spec = match v {
-                    Value::String(path) => {
-                        let mut m = Map::new();
-                        m.insert("path".into(), Value::String(path));
-                        m
+                let config = match v {
+                    Value::String(path) => GuestConfig::at(path, format!("policy:{domain}")),
+                    object @ Value::Object(_) => {
+                        let mut c: GuestConfig = serde_json::from_value(object)
+                            .map_err(|e| Error::invalid(FIELD, format!("hook of {domain:?}: {e}")))?;
+                        c.guest.get_or_insert_with(|| format!("policy:{domain}"));
+                        c
                     }
-                    Value::Object(m) => m,
                     _ => return Err(Error::invalid(FIELD, format!("hook of {domain:?} must be a path or an object"))),
                 };
-                spec.entry("guest").or_insert_with(|| Value::String(format!("policy:{domain}")));
-                let spec = GuestSpec::from_json(FIELD, &spec)?;
-                guests.insert(domain, Guest::load(spec)?);
+                guests.insert(domain, load(config).await?);
             }
             Source::Map(guests)
         } else {
@@ -89,7 +98,7 @@ impl PolicyHooks {
     }
 
     /// The hook serving a domain, if any.
-    pub fn guest_for(&self, domain: Option<&str>) -> Result<Option<Arc<PolicyGuest>>> {
+    pub async fn guest_for(&self, domain: Option<&str>) -> Result<Option<Arc<PolicyGuest>>> {
         match &self.source {
             Source::Map(m) => Ok(domain.and_then(|d| m.get(d)).or_else(|| m.get("*")).map(Arc::clone)),
             Source::Dir { dir, loaded } => {
@@ -99,18 +108,12 @@ impl PolicyHooks {
                     if !path.is_file() {
                         continue;
                     }
-                    if let Some(g) = loaded.lock().unwrap().get(stem) {
-                        return Ok(Some(g.clone()));
-                    }
-                    let mut spec = Map::new();
-                    spec.insert("path".into(), Value::String(path.to_string_lossy().into_owned()));
-                    spec.insert("guest".into(), Value::String(format!("policy:{stem}")));
-                    let spec = GuestSpec::from_json("STATEGATE_POLICY_HOOKS", &spec)?;
-                    let guest = Guest::load(spec).map_err(|e| {
-                        Error::Unavailable(format!("policy hook for {stem:?} cannot be loaded: {e}"))
-                    })?;
-                    loaded.lock().unwrap().insert(stem.to_owned(), guest.clone());
-                    return Ok(Some(guest));
+                    let cell = loaded.lock().unwrap().entry(stem.to_owned()).or_default().clone();
+                    let guest = cell
+                        .get_or_try_init(|| load(GuestConfig::at(path, format!("policy:{stem}"))))
+                        .await
+                        .map_err(|e| Error::Unavailable(format!("policy hook for {stem:?} cannot be loaded: {e}")))?;
+                    return Ok(Some(guest.clone()));
                 }
                 Ok(None)
             }
@@ -119,7 +122,7 @@ impl PolicyHooks {
 
     /// Request hook: `PermissionDenied` (naming the hook) to refuse.
     pub async fn authorize_request(&self, input: &PolicyInput) -> Result<()> {
-        let Some(guest) = self.guest_for(domain_of(input))? else {
+        let Some(guest) = self.guest_for(tenant(input)).await? else {
             return Ok(());
         };
         let doc = serde_json::to_string(input).map_err(Error::internal)?;
@@ -129,14 +132,14 @@ impl PolicyHooks {
         let decision = guest.give_back("authorize-request", lease, r)?;
         match decision {
             Decision::Allow => Ok(()),
-            Decision::Deny(reason) => Err(Error::PermissionDenied(format!("{}: {reason}", guest.name()))),
+            Decision::Deny(reason) => Err(Error::denied(Denial::Hook, format!("{}: {reason}", guest.name()))),
         }
     }
 
     /// Response hook on `input.response`: `Ok(None)` unchanged,
     /// `Ok(Some(v))` redacted, `PermissionDenied` withheld.
     pub async fn authorize_response(&self, input: &PolicyInput) -> Result<Option<Value>> {
-        let Some(guest) = self.guest_for(domain_of(input))? else {
+        let Some(guest) = self.guest_for(tenant(input)).await? else {
             return Ok(None);
         };
         let doc = serde_json::to_string(input).map_err(Error::internal)?;
@@ -146,7 +149,7 @@ impl PolicyHooks {
         let decision = guest.give_back("authorize-response", lease, r)?;
         match decision {
             ResponseDecision::Allow => Ok(None),
-            ResponseDecision::Deny(reason) => Err(Error::PermissionDenied(format!("{}: {reason}", guest.name()))),
+            ResponseDecision::Deny(reason) => Err(Error::denied(Denial::Hook, format!("{}: {reason}", guest.name()))),
             ResponseDecision::Redact(paths) => {
                 let mut response = input.response.clone().unwrap_or(Value::Null);
                 let paths: Vec<Vec<&str>> = paths.iter().map(|p| p.split('.').collect()).collect();
@@ -157,13 +160,17 @@ impl PolicyHooks {
     }
 }
 
-/// The tenant of a call: the request's `domain` (none for calls without one,
-/// which the default hook serves).
-fn domain_of(input: &PolicyInput) -> Option<&str> {
-    let body = &input.body;
-    // On a streamed event the body is the event: its record is under `state`.
-    let d = body.get("domain").or_else(|| body.get("state").and_then(|s| s.get("domain")));
-    d.and_then(Value::as_str).filter(|d| !d.is_empty() && *d != "*")
+/// Compiles a hook on the blocking pool: never on a request's task.
+async fn load(config: GuestConfig) -> Result<Arc<PolicyGuest>> {
+    tokio::task::spawn_blocking(move || Guest::load(config.spec()))
+        .await
+        .map_err(|e| Error::internal(format!("loading a policy hook: {e}")))?
+}
+
+/// The tenant of a call: the domain it touches (none for calls that name
+/// no domain and return nothing yet, which the default hook serves).
+fn tenant(input: &PolicyInput) -> Option<&str> {
+    input.domain.as_deref().filter(|d| !d.is_empty() && *d != "*")
 }
 
 /// Removes the paths from every object under a `values` key.

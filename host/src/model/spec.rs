@@ -1,0 +1,146 @@
+//! Provider objects: `{"name":"redis","addr":…}`, the JSON of
+//! `STATEGATE_STORAGE_PROVIDER`, `STATEGATE_CHANNEL_PROVIDER` and the like.
+//! The `"name"` picks a provider, the other keys are that provider's typed
+//! options, read with unknown keys refused.
+//!
+//! [`provider_spec!`](crate::provider_spec) declares such an enum, one
+//! variant per provider and the options struct of each, so the list of
+//! names, the parser and `name()` cannot disagree. It reads the name first
+//! and then the options on their own (instead of serde's internally tagged
+//! enums, whose errors lose the key): an error names the key it is about
+//! (`tls: invalid type: string "yes", expected a boolean`), and an unknown
+//! key is named with the known ones listed.
+
+use super::{Error, Result};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+/// An enum of providers picked by `"name"`; see [`provider_spec!`](crate::provider_spec).
+pub trait ProviderSpec: Sized {
+    /// The accepted names, each provider's first.
+    const NAMES: &'static [&'static str];
+    /// The variant `name` picks, with `options` (the object without its name).
+    fn from_options(name: &str, options: Map<String, Value>) -> std::result::Result<Self, String>;
+}
+
+/// Parses the text of `variable`. `not_built_in` names providers that are
+/// known but deliberately absent, with the reason, so a user gets that
+/// reason instead of "unknown provider".
+pub fn parse<T: ProviderSpec>(variable: &str, text: &str, not_built_in: &[(&str, &str)]) -> Result<T> {
+    let value: Value = serde_json::from_str(text).map_err(|e| Error::invalid(variable, format!("not valid JSON: {e}")))?;
+    let Value::Object(mut object) = value else {
+        return Err(Error::invalid(variable, "must be a JSON object such as {\"name\":\"inmem\"}"));
+    };
+    let name = match object.remove("name") {
+        Some(Value::String(name)) => name,
+        _ => return Err(Error::invalid(variable, "needs a \"name\" field (a string) naming the provider")),
+    };
+    if let Some((_, why)) = not_built_in.iter().find(|(n, _)| *n == name) {
+        return Err(Error::invalid(variable, format!("provider {name:?} is not built in: {why}")));
+    }
+    if !T::NAMES.contains(&name.as_str()) {
+        return Err(Error::invalid(
+            variable,
+            format!("unknown provider {name:?}; known: {}", T::NAMES.join(", ")),
+        ));
+    }
+    T::from_options(&name, object).map_err(|why| Error::invalid(variable, format!("{name}: {why}")))
+}
+
+/// Reads one provider's options; the error names the key at fault.
+pub fn options<T: DeserializeOwned>(options: Map<String, Value>) -> std::result::Result<T, String> {
+    serde_path_to_error::deserialize(Value::Object(options)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match path.as_str() {
+            "." | "?" => inner.to_string(),
+            path => format!("{path}: {inner}"),
+        }
+    })
+}
+
+/// Declares a provider enum: `Variant(Options) = "name" | "alias"`, each
+/// `Options` a `Deserialize` struct (with `deny_unknown_fields`).
+#[macro_export]
+macro_rules! provider_spec {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $Enum:ident {
+            $( $(#[$vmeta:meta])* $Variant:ident($Options:ty) = $name:literal $(| $alias:literal)* ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        $vis enum $Enum {
+            $( $(#[$vmeta])* $Variant($Options) ),*
+        }
+
+        impl $crate::model::spec::ProviderSpec for $Enum {
+            const NAMES: &'static [&'static str] = &[$($name $(, $alias)*),*];
+
+            fn from_options(
+                name: &str,
+                options: serde_json::Map<String, serde_json::Value>,
+            ) -> std::result::Result<Self, String> {
+                match name {
+                    $( $name $(| $alias)* => Ok($Enum::$Variant($crate::model::spec::options(options)?)), )*
+                    other => Err(format!("unknown provider {other:?}")),
+                }
+            }
+        }
+
+        impl $Enum {
+            /// The provider's name, for logs and `/readyz`.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( $Enum::$Variant(_) => $name ),*
+                }
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Opts {
+        #[serde(default)]
+        tls: bool,
+        #[serde(alias = "user")]
+        username: Option<String>,
+    }
+
+    crate::provider_spec! {
+        #[derive(Debug, PartialEq)]
+        enum Spec {
+            Plain(Opts) = "plain" | "simple",
+        }
+    }
+
+    fn err(text: &str) -> String {
+        parse::<Spec>("VAR", text, &[("gone", "not here")]).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_variable_the_provider_and_the_key() {
+        assert_eq!(
+            parse::<Spec>("VAR", r#"{"name":"simple","user":"u"}"#, &[]).unwrap(),
+            Spec::Plain(Opts { tls: false, username: Some("u".into()) })
+        );
+        let e = err(r#"{"name":"plain","tls":"yes"}"#);
+        assert!(e.contains("VAR") && e.contains("plain: tls: invalid type"), "{e}");
+        let e = err(r#"{"name":"plain","tsl":true}"#);
+        assert!(e.contains("unknown field `tsl`") && e.contains("`tls`"), "{e}");
+        let e = err(r#"{"name":"plane"}"#);
+        assert!(e.contains("unknown provider \"plane\"; known: plain, simple"), "{e}");
+        assert!(err(r#"{"name":"gone"}"#).contains("not built in: not here"));
+        assert!(err(r#"{"nam":"plain"}"#).contains("needs a \"name\""));
+        assert!(err("[]").contains("must be a JSON object"));
+        assert!(err("{").contains("not valid JSON"));
+        let spec: Spec = parse("VAR", r#"{"name":"plain"}"#, &[]).unwrap();
+        assert_eq!(spec.name(), "plain");
+    }
+}
