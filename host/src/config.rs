@@ -212,6 +212,17 @@ impl Config {
     pub fn channel_spec(&self) -> ChannelSpec {
         self.channel_provider.clone().unwrap_or_default()
     }
+
+    /// The wasm sandbox settings (`STATEGATE_WASM_*`).
+    pub fn wasm_settings(&self) -> crate::wasm::Settings {
+        crate::wasm::Settings {
+            call_timeout: Duration::from_millis(self.wasm_call_timeout_ms.max(1)),
+            memory_bytes: self.wasm_memory_mb.max(1) << 20,
+            max_instances: self.wasm_max_instances.max(1),
+            cache_dir: Some(self.wasm_cache_dir.clone().unwrap_or_else(|| self.data_dir.join("wasm-cache"))),
+            reload_interval: Duration::from_millis(self.wasm_reload_ms),
+        }
+    }
 }
 
 /// Provider objects are parsed as the flags are read: a bad one stops the

@@ -1,0 +1,60 @@
+//! How a guest call's outcome becomes the gateway's error model, and the
+//! per-guest call metrics.
+//!
+//! Invariants:
+//! - A call that used a capability it was not granted is `PERMISSION_DENIED`
+//!   whatever the guest made of the refusal; one whose time ran out (in the
+//!   guest or in a wait in the host) is "exceeded its time limit"; one that
+//!   hit a sandbox cap says which; anything else that failed in wasmtime is
+//!   a trap. All but denials are `UNAVAILABLE`, and every message names the
+//!   guest.
+//! - The reason is decided from what the store recorded during the call,
+//!   never by reading an error's text.
+
+use super::GuestSpec;
+use super::metrics;
+use super::store::Ctx;
+use crate::model::{Denial, Error, Result};
+use std::time::Instant;
+use wasmtime::Trap;
+
+/// Turns a call's outcome into the gateway's error model and records
+/// metrics. `Err` from wasmtime is a trap, a deadline or a cap.
+pub(super) fn finish<T>(spec: &GuestSpec, op: &'static str, ctx: &Ctx, started: Instant, r: wasmtime::Result<T>) -> Result<T> {
+    let name = &spec.name;
+    let denied = ctx.denied.take();
+    let out = match (denied, r) {
+        (Some(what), _) => Err((
+            "denied",
+            Error::denied(Denial::NotGranted, format!("wasm guest {name:?}: {op} used {what}, which is not granted")),
+        )),
+        (None, _) if ctx.expired() => Err(("deadline", out_of_time(spec, op))),
+        (None, Ok(v)) => Ok(v),
+        (None, Err(e)) => Err(classify(spec, op, &e)),
+    };
+    metrics::call(name, op, started.elapsed(), out.as_ref().err().map(|(reason, _)| *reason));
+    out.map_err(|(_, e)| e)
+}
+
+pub(super) fn out_of_time(spec: &GuestSpec, op: &str) -> Error {
+    let (name, ms) = (&spec.name, spec.call_timeout.as_millis());
+    Error::Unavailable(format!("wasm guest {name:?}: {op} exceeded its time limit of {ms} ms"))
+}
+
+fn classify(spec: &GuestSpec, op: &str, e: &wasmtime::Error) -> (&'static str, Error) {
+    let name = &spec.name;
+    let text = format!("{e:?}");
+    if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return ("deadline", out_of_time(spec, op));
+    }
+    if text.contains("growing memory") || text.contains("memory limit") || text.contains("forcing trap when growing") {
+        let mb = spec.memory_bytes >> 20;
+        return ("memory", Error::Unavailable(format!("wasm guest {name:?}: {op} exceeded its memory limit of {mb} MiB")));
+    }
+    tracing::warn!(guest = %name, op, "wasm guest trapped: {text}");
+    ("trap", Error::Unavailable(format!("wasm guest {name:?}: {op} trapped: {}", first_line(&text))))
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text)
+}
