@@ -8,7 +8,8 @@
 //! - [`spec`]: a guest's configuration ([`GuestConfig`]) and the resolved
 //!   [`GuestSpec`]; [`grants`] and [`capabilities`]: what a guest may use
 //!   beyond the host interface, and how each use is checked;
-//! - [`store`]: the data of a store and the host functions;
+//! - [`store`]: the data of a store and the host functions; [`limits`]: the
+//!   store's caps, which record what they refused;
 //! - [`worlds`]: the bindings and how a component links into a world;
 //! - [`cache`]: compiling through the on-disk compile cache;
 //! - [`guest`]: a guest's lifecycle (load, reload, instantiate) and the
@@ -28,6 +29,7 @@ pub mod convert;
 pub mod grants;
 pub mod guest;
 pub mod lease;
+pub mod limits;
 pub mod metrics;
 pub mod outcome;
 pub mod persistent;

@@ -13,6 +13,7 @@
 
 use super::GuestSpec;
 use super::metrics;
+use super::limits::Cap;
 use super::store::Ctx;
 use crate::model::{Denial, Error, Result};
 use std::time::Instant;
@@ -30,7 +31,7 @@ pub(super) fn finish<T>(spec: &GuestSpec, op: &'static str, ctx: &Ctx, started: 
         )),
         (None, _) if ctx.expired() => Err(("deadline", out_of_time(spec, op))),
         (None, Ok(v)) => Ok(v),
-        (None, Err(e)) => Err(classify(spec, op, &e)),
+        (None, Err(e)) => Err(classify(spec, op, ctx, &e)),
     };
     metrics::call(name, op, started.elapsed(), out.as_ref().err().map(|(reason, _)| *reason));
     out.map_err(|(_, e)| e)
@@ -41,20 +42,56 @@ pub(super) fn out_of_time(spec: &GuestSpec, op: &str) -> Error {
     Error::Unavailable(format!("wasm guest {name:?}: {op} exceeded its time limit of {ms} ms"))
 }
 
-fn classify(spec: &GuestSpec, op: &str, e: &wasmtime::Error) -> (&'static str, Error) {
+fn classify(spec: &GuestSpec, op: &str, ctx: &Ctx, e: &wasmtime::Error) -> (&'static str, Error) {
     let name = &spec.name;
-    let text = format!("{e:?}");
+    match ctx.refused() {
+        Some(Cap::Memory) => {
+            let mb = spec.memory_bytes >> 20;
+            return ("memory", Error::Unavailable(format!("wasm guest {name:?}: {op} exceeded its memory limit of {mb} MiB")));
+        }
+        None => {}
+    }
     if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         return ("deadline", out_of_time(spec, op));
     }
-    if text.contains("growing memory") || text.contains("memory limit") || text.contains("forcing trap when growing") {
-        let mb = spec.memory_bytes >> 20;
-        return ("memory", Error::Unavailable(format!("wasm guest {name:?}: {op} exceeded its memory limit of {mb} MiB")));
-    }
+    let text = format!("{e:?}");
     tracing::warn!(guest = %name, op, "wasm guest trapped: {text}");
     ("trap", Error::Unavailable(format!("wasm guest {name:?}: {op} trapped: {}", first_line(&text))))
 }
 
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wasm::{GuestConfig, Settings, WasmRuntime};
+    use std::sync::Arc;
+    use wasmtime::ResourceLimiter;
+
+    /// The reason comes from what the store recorded: a trap whose text
+    /// talks about growing memory is a trap, a refused growth is the
+    /// memory cap whatever the error says.
+    #[test]
+    fn wasm_a_cap_is_named_from_the_limiter_record_not_the_text() {
+        let runtime = WasmRuntime::new(Settings::default()).unwrap();
+        let spec = GuestConfig::at("x.wasm", "g").spec(runtime.settings());
+        let info = Arc::new(crate::wasm::store::GuestInfo {
+            name: "g".into(),
+            config: Default::default(),
+        });
+        let mut store = crate::wasm::store::new_store(runtime.engine(), &spec, &info, &Arc::default()).unwrap();
+        let lookalike = || Err::<(), _>(wasmtime::Error::msg("forcing trap when growing memory to 1 bytes"));
+        let err = finish(&spec, "op", store.data(), Instant::now(), lookalike()).unwrap_err().to_string();
+        assert!(err.contains("trapped") && !err.contains("memory limit"), "{err}");
+
+        let refused = store.data_mut().limits.memory_growing(0, spec.memory_bytes + 1, None);
+        let err = finish(&spec, "op", store.data(), Instant::now(), refused).unwrap_err().to_string();
+        assert!(err.contains("exceeded its memory limit of 256 MiB"), "{err}");
+
+        store.data_mut().start_call(Instant::now());
+        let err = finish(&spec, "op", store.data(), Instant::now(), lookalike()).unwrap_err().to_string();
+        assert!(err.contains("trapped"), "a new call starts with a clean record: {err}");
+    }
 }

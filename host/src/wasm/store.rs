@@ -4,9 +4,10 @@
 //! Invariants:
 //! - One store holds one instance of one guest; its WASI context carries
 //!   only what the guest's grants give it (see [`super::capabilities`]).
-//! - The call clock ([`Ctx::deadline`], [`Ctx::expired`]) and the denial
-//!   record are reset as each call starts ([`Ctx::start_call`]), so what
-//!   they say after a call is about that call alone.
+//! - The call clock ([`Ctx::deadline`], [`Ctx::expired`]), the denial
+//!   record and the limiter's record of a refused growth are reset as each
+//!   call starts ([`Ctx::start_call`]), so what they say after a call is
+//!   about that call alone.
 
 use super::bindings::storage::stategate::gateway::host as host_if;
 use super::GuestSpec;
@@ -17,7 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use super::limits::{Cap, Limiter};
+use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -27,7 +29,7 @@ pub struct Ctx {
     pub(super) http: WasiHttpCtx,
     pub(super) http_gate: capabilities::HttpGate,
     pub(super) table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    pub(super) limits: Limiter,
     pub(super) guest: Arc<GuestInfo>,
     /// Set when the guest tried a capability it was not granted.
     pub(super) denied: Denied,
@@ -56,6 +58,12 @@ impl Ctx {
         self.http_gate.deadline = deadline;
         self.http_gate.expired.store(false, Ordering::SeqCst);
         self.denied.take();
+        self.limits.start_call();
+    }
+
+    /// The sandbox cap that refused a growth during the current call.
+    pub(super) fn refused(&self) -> Option<Cap> {
+        self.limits.refused()
     }
 }
 
@@ -80,7 +88,7 @@ pub(super) fn new_store(
             expired: Arc::new(AtomicBool::new(false)),
         },
         table: ResourceTable::new(),
-        limits: StoreLimitsBuilder::new().memory_size(spec.memory_bytes).trap_on_grow_failure(true).build(),
+        limits: Limiter::new(spec.memory_bytes),
         guest: guest.clone(),
         denied,
     };
