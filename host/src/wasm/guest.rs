@@ -22,7 +22,9 @@
 
 use super::store::{Ctx, GuestInfo, new_store};
 use super::worlds::World;
+use super::outcome::{self, Busy};
 use super::{GuestSpec, TICK, WasmRuntime, cache, metrics};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::model::{Error, Result};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
@@ -61,6 +63,15 @@ pub struct Guest<P: World> {
     generations: AtomicU64,
     /// Warm instances for leases, with the generation they run.
     pub(super) idle: Mutex<Vec<Instance<P>>>,
+    /// This guest's share of the runtime's instance bound.
+    places: Arc<Semaphore>,
+}
+
+/// A call's places: one of its guest's share and one under the runtime's
+/// bound, held for as long as the call's instance is in use.
+pub(super) struct Place {
+    _guest: OwnedSemaphorePermit,
+    _runtime: OwnedSemaphorePermit,
 }
 
 fn stamp(path: &Path) -> (Option<SystemTime>, u64) {
@@ -109,6 +120,7 @@ impl<P: World> Guest<P> {
             last_error: Mutex::new(None),
             generations: AtomicU64::new(1),
             idle: Mutex::new(Vec::new()),
+            places: Arc::new(Semaphore::new(runtime.settings().max_instances_per_guest.max(1))),
         });
         guest.watch();
         Ok(guest)
@@ -200,6 +212,29 @@ impl<P: World> Guest<P> {
         tracing::warn!(guest = %self.spec.name, "wasm guest reload refused, the current version keeps serving: {reason}");
         metrics::reloaded(&self.spec.name, "refused");
         *self.last_error.lock().unwrap() = Some(reason);
+    }
+
+    /// Waits for a call's places, at most the call's time limit: first one
+    /// of the guest's own share (so a guest whose calls pile up waits on
+    /// itself, not on the others), then one under the runtime's bound.
+    pub(super) async fn place(&self, op: &'static str) -> Result<Place> {
+        let started = Instant::now();
+        let until = tokio::time::Instant::now() + self.spec.call_timeout;
+        let closed = |_| Error::Unavailable("wasm runtime shut down".into());
+        let own = self.places.clone().acquire_owned();
+        let own = match tokio::time::timeout_at(until, own).await {
+            Ok(p) => p.map_err(closed)?,
+            Err(_) => return Err(outcome::busy(&self.spec, op, started, Busy::Guest(self.runtime.settings().max_instances_per_guest))),
+        };
+        let shared = self.runtime.instances().clone().acquire_owned();
+        let shared = match tokio::time::timeout_at(until, shared).await {
+            Ok(p) => p.map_err(closed)?,
+            Err(_) => return Err(outcome::busy(&self.spec, op, started, Busy::Runtime(self.runtime.settings().max_instances))),
+        };
+        Ok(Place {
+            _guest: own,
+            _runtime: shared,
+        })
     }
 
     /// A fresh store with the guest's grants and limits.

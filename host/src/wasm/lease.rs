@@ -11,14 +11,18 @@
 //! - Only an instance whose call succeeded goes back among the warm ones;
 //!   one whose call failed, or whose call was dropped midway (the request
 //!   was cancelled), is discarded.
-//! - A lease holds a place under the runtime's instance bound until it is
-//!   released or dropped.
+//! - A lease holds its places (its guest's share and the runtime's bound)
+//!   until it is released or dropped.
+//! - The whole call, instantiation included, is bounded by a timer at its
+//!   deadline: a guest blocked in the host (a sleep, a pollable, a slow
+//!   host call) is cut off there like one that loops, and its instance
+//!   discarded.
 
-use super::guest::{Guest, Instance};
-use super::outcome::finish;
+use super::guest::{Guest, Instance, Place};
+use super::outcome::{abandoned, finish};
 use super::store::Ctx;
 use super::worlds::AsyncWorld;
-use crate::model::{Error, Result};
+use crate::model::Result;
 use futures::future::BoxFuture;
 use std::time::Instant;
 use wasmtime::Store;
@@ -31,7 +35,7 @@ const IDLE_INSTANCES: usize = 4;
 struct Lease<P: AsyncWorld> {
     instance: Instance<P>,
     started: Instant,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _place: Place,
 }
 
 /// The epoch callback of async stores: yield to the executor at every tick
@@ -54,22 +58,21 @@ impl<P: AsyncWorld> Guest<P> {
         op: &'static str,
         f: impl for<'a> FnOnce(&'a mut Store<Ctx>, &'a P::Instance) -> BoxFuture<'a, wasmtime::Result<T>>,
     ) -> Result<T> {
-        let mut lease = self.lease().await?;
+        let place = self.place(op).await?;
+        let mut lease = self.lease(place).await?;
+        let deadline = tokio::time::Instant::from_std(lease.instance.store.data().deadline());
         let Instance { store, instance, .. } = &mut lease.instance;
-        let r = f(store, instance).await;
-        self.release(op, lease, r)
+        let r = tokio::time::timeout_at(deadline, f(store, instance)).await;
+        match r {
+            Ok(r) => self.release(op, lease, r),
+            // Dropped, not released: discarded.
+            Err(_) => Err(abandoned(&self.spec, op, lease.started)),
+        }
     }
 
     /// Checks out a warm instance of the current version, or instantiates
-    /// one. Waits for a place under the instance bound.
-    async fn lease(&self) -> Result<Lease<P>> {
-        let permit = self
-            .runtime
-            .instances()
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Unavailable("wasm runtime shut down".into()))?;
+    /// one.
+    async fn lease(&self, place: Place) -> Result<Lease<P>> {
         let current = self.current();
         let warm = {
             let mut idle = self.idle.lock().unwrap();
@@ -83,7 +86,11 @@ impl<P: AsyncWorld> Guest<P> {
                 store.epoch_deadline_callback(yield_until_deadline);
                 self.arm_async(&mut store);
                 let started = Instant::now();
-                let r = current.pre.instantiate_async(&mut store).await;
+                let deadline = tokio::time::Instant::from_std(store.data().deadline());
+                let r = match tokio::time::timeout_at(deadline, current.pre.instantiate_async(&mut store)).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(abandoned(&self.spec, "instantiate", started)),
+                };
                 let instance = finish(&self.spec, "instantiate", store.data(), started, r)?;
                 Instance {
                     store,
@@ -96,7 +103,7 @@ impl<P: AsyncWorld> Guest<P> {
         Ok(Lease {
             instance,
             started: Instant::now(),
-            _permit: permit,
+            _place: place,
         })
     }
 

@@ -16,6 +16,7 @@
 //!   words used for it;
 //! - [`persistent`] and [`lease`]: the two instance strategies, one
 //!   long-lived instance per provider, leased instances per hook call;
+//! - [`deadline`]: how a call's deadline covers its waits in the host;
 //! - [`outcome`]: how a call's outcome becomes the gateway's error model;
 //! - [`convert`]: the WIT conversions both provider adapters use;
 //! - [`metrics`]: per-guest metrics.
@@ -26,6 +27,7 @@
 pub mod cache;
 pub mod capabilities;
 pub mod convert;
+pub mod deadline;
 pub mod grants;
 pub mod guest;
 pub mod lease;

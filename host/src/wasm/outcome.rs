@@ -37,6 +37,32 @@ pub(super) fn finish<T>(spec: &GuestSpec, op: &'static str, ctx: &Ctx, started: 
     out.map_err(|(_, e)| e)
 }
 
+/// A call the host gave up on at its deadline (the guest was blocked in
+/// the host, or never came back): counted, and reported as out of time.
+pub(super) fn abandoned(spec: &GuestSpec, op: &'static str, started: Instant) -> Error {
+    metrics::call(&spec.name, op, started.elapsed(), Some("deadline"));
+    out_of_time(spec, op)
+}
+
+/// Which bound a call found full.
+pub(super) enum Busy {
+    /// The guest's own share, of this many.
+    Guest(usize),
+    /// The runtime's bound, of this many.
+    Runtime(usize),
+}
+
+/// A call that found no place within its time limit.
+pub(super) fn busy(spec: &GuestSpec, op: &'static str, started: Instant, full: Busy) -> Error {
+    metrics::call(&spec.name, op, started.elapsed(), Some("busy"));
+    let (name, ms) = (&spec.name, spec.call_timeout.as_millis());
+    let which = match full {
+        Busy::Guest(n) => format!("all {n} of its instances (STATEGATE_WASM_MAX_INSTANCES_PER_GUEST) stayed busy"),
+        Busy::Runtime(n) => format!("all {n} wasm instances (STATEGATE_WASM_MAX_INSTANCES) stayed busy"),
+    };
+    Error::Unavailable(format!("wasm guest {name:?}: {op} found no free instance: {which} for {ms} ms"))
+}
+
 pub(super) fn out_of_time(spec: &GuestSpec, op: &str) -> Error {
     let (name, ms) = (&spec.name, spec.call_timeout.as_millis());
     Error::Unavailable(format!("wasm guest {name:?}: {op} exceeded its time limit of {ms} ms"))

@@ -13,9 +13,10 @@
 //!   [`TICK`] for as long as the engine lives (it holds only a weak
 //!   reference), so every store can be given a deadline in ticks.
 //! - The instance bound counts guest calls in flight (instances checked out
-//!   or running a call), all guests of this runtime together. A call holds
-//!   its place until its instance is given back or, for a call abandoned at
-//!   its deadline, until the blocked thread returns.
+//!   or running a call), all guests of this runtime together; each guest
+//!   also has its own bound, its share (`Guest::place`). A call holds its
+//!   places until its instance is released or, for a provider call
+//!   abandoned at its deadline, until the blocked thread returns.
 
 use crate::model::{Error, Result};
 use std::path::PathBuf;
@@ -36,6 +37,10 @@ pub struct Settings {
     pub memory_bytes: usize,
     /// Guest calls in flight at once, all guests together.
     pub max_instances: usize,
+    /// Guest calls in flight at once for one guest: its share of
+    /// `max_instances`, so a guest whose calls block cannot take the places
+    /// the others need.
+    pub max_instances_per_guest: usize,
     /// Where compiled components are cached; `None` = no disk cache.
     pub cache_dir: Option<PathBuf>,
     /// How often guest files are checked for changes; zero = never.
@@ -48,6 +53,7 @@ impl Default for Settings {
             call_timeout: Duration::from_secs(5),
             memory_bytes: 256 << 20,
             max_instances: 32,
+            max_instances_per_guest: 8,
             cache_dir: None,
             reload_interval: Duration::from_secs(1),
         }

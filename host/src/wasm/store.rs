@@ -53,6 +53,11 @@ impl Ctx {
         self.http_gate.expired.load(Ordering::SeqCst)
     }
 
+    /// Records that a wait in the host was cut short by the deadline.
+    pub(super) fn mark_expired(&self) {
+        self.http_gate.expired.store(true, Ordering::SeqCst);
+    }
+
     /// Starts a call's clock and clears what the previous call recorded.
     pub(super) fn start_call(&mut self, deadline: Instant) {
         self.http_gate.deadline = deadline;

@@ -11,7 +11,7 @@
 //!   loaded; instantiating the linked `…Pre` later cannot fail for a
 //!   missing import.
 
-use super::capabilities;
+use super::{capabilities, deadline};
 use super::store::Ctx;
 use wasmtime::Store;
 use wasmtime::component::{Component, Linker};
@@ -86,6 +86,7 @@ pub trait AsyncWorld: World {
 fn linker_sync(component: &Component) -> wasmtime::Result<Linker<Ctx>> {
     let mut linker = Linker::new(component.engine());
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    deadline::bound_waits(&mut linker)?;
     capabilities::record_filesystem_escapes(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
     host_if::add_to_linker::<Ctx, wasmtime::component::HasSelf<Ctx>>(&mut linker, |c| c)?;
