@@ -120,6 +120,11 @@ pub struct Config {
     #[arg(long, env = "STATEGATE_WASM_MEMORY_MB", default_value_t = 256)]
     pub wasm_memory_mb: usize,
 
+    /// Byte quota of a wasm guest's grants.dir, MiB (a guest may set
+    /// limits.disk_mb).
+    #[arg(long, env = "STATEGATE_WASM_DISK_MB", default_value_t = 1024)]
+    pub wasm_disk_mb: u64,
+
     /// Wasm guest calls running at once, all guests together.
     #[arg(long, env = "STATEGATE_WASM_MAX_INSTANCES", default_value_t = 32)]
     pub wasm_max_instances: usize,
@@ -224,6 +229,7 @@ impl Config {
         crate::wasm::Settings {
             call_timeout: Duration::from_millis(self.wasm_call_timeout_ms.max(1)),
             memory_bytes: self.wasm_memory_mb.max(1) << 20,
+            disk_bytes: self.wasm_disk_mb.max(1) << 20,
             max_instances: self.wasm_max_instances.max(1),
             max_instances_per_guest: match self.wasm_max_instances_per_guest {
                 0 => self.wasm_max_instances.div_ceil(4).max(1),

@@ -13,11 +13,20 @@
 //! - TCP (wasi:sockets): only the `grants.net` addresses.
 //! - HTTP (wasi:http): only the `grants.http` authorities. Requests are sent
 //!   by the host, not through wasi:sockets, so `grants.net` does not allow
-//!   HTTP and `grants.http` does not allow raw TCP.
+//!   HTTP and `grants.http` does not allow raw TCP. A host given by name is
+//!   resolved first, and refused if any of its addresses is not public
+//!   (loopback, private, link-local, …: [`super::grants::is_public`]) unless
+//!   the grants say `http_private`; a plain-HTTP request then goes to the
+//!   address that was checked (the `Host` header keeps the name), so a
+//!   second lookup cannot lead it elsewhere. An HTTPS request connects by
+//!   name (its certificate is verified for that name), after the same
+//!   check. A host given as an IP address can only match an entry that
+//!   names that address, and is taken as meant.
 
-use super::grants::Grants;
+use super::grants::{Grants, is_public};
+use http::Uri;
 use http_body_util::BodyExt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -106,11 +115,16 @@ impl WasiHttpHooks for HttpGate {
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         // The check uses the parsed URI, the one the request is sent to (so
         // userinfo or a Host header cannot redirect it).
+        let authority = request.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
         if !self.grants.allows_http(request.uri()) {
-            let authority = request.uri().authority().map(|a| a.as_str()).unwrap_or("");
             self.denied.record(format!("outbound HTTP to {authority}"));
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        let host = request.uri().host().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_owned();
+        let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+        let port = request.uri().port_u16().unwrap_or(if https { 443 } else { 80 });
+        let check = !self.grants.http_private && host.parse::<IpAddr>().is_err();
+        let denied = self.denied.clone();
         let deadline = self.deadline;
         let budget = deadline.saturating_duration_since(Instant::now());
         let cap = |asked: Option<Duration>| Some(asked.map_or(budget, |d| d.min(budget)));
@@ -130,6 +144,24 @@ impl WasiHttpHooks for HttpGate {
             e
         };
         Box::new(async move {
+            let mut request = request;
+            if check {
+                let resolved = match tokio::time::timeout(budget, tokio::net::lookup_host((host.as_str(), port))).await {
+                    Ok(Ok(addrs)) => addrs.collect::<Vec<_>>(),
+                    Ok(Err(_)) => return Err(wasmtime_wasi_http::Error::DestinationNotFound),
+                    Err(_) => return Err(out_of_time(wasmtime_wasi_http::Error::DnsTimeout)),
+                };
+                if let Some(inside) = resolved.iter().find(|a| !is_public(a.ip())) {
+                    denied.record(format!(
+                        "outbound HTTP to {authority}, which resolves to the non-public address {} (grant http_private to allow it)",
+                        inside.ip()
+                    ));
+                    return Err(wasmtime_wasi_http::Error::DestinationIpProhibited);
+                }
+                if !https && let Some(checked) = resolved.first() {
+                    pin(&mut request, *checked)?;
+                }
+            }
             let sent = tokio::time::timeout(budget, wasmtime_wasi_http::default_send_request(request, Some(options)));
             let (response, io) = match sent.await {
                 Ok(r) => r.map_err(out_of_time.clone())?,
@@ -141,6 +173,15 @@ impl WasiHttpHooks for HttpGate {
             ))
         })
     }
+}
+
+/// Points a plain-HTTP request at the address its host name was checked
+/// at (the `Host` header, set from the name, stays).
+fn pin(request: &mut http::Request<WasiBody>, addr: SocketAddr) -> wasmtime_wasi_http::Result<()> {
+    let mut parts = request.uri().clone().into_parts();
+    parts.authority = Some(addr.to_string().parse().map_err(|_| wasmtime_wasi_http::Error::HttpRequestUriInvalid)?);
+    *request.uri_mut() = Uri::from_parts(parts).map_err(|_| wasmtime_wasi_http::Error::HttpRequestUriInvalid)?;
+    Ok(())
 }
 
 /// Replaces wasi:filesystem `open-at` and `stat-at` with versions that

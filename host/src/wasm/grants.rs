@@ -6,6 +6,7 @@
 
 use http::uri::{Authority, Scheme, Uri};
 use serde_json::{Map, Value};
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 /// The capabilities one guest is granted.
@@ -19,6 +20,11 @@ pub struct Grants {
     /// Authorities the guest may send HTTP requests to (wasi:http). They do
     /// not allow raw TCP connections.
     pub http: Vec<HttpGrant>,
+    /// Whether an `http` entry given by name may reach a loopback, private,
+    /// link-local or otherwise non-public address (`"http_private": true`);
+    /// without it such a name is refused once resolved. An entry given as
+    /// an IP address is taken as meant.
+    pub http_private: bool,
 }
 
 impl Grants {
@@ -34,6 +40,7 @@ impl Grants {
                         out.net.push(a.to_owned());
                     }
                 }
+                ("http_private", Value::Bool(b)) => out.http_private = *b,
                 ("http", Value::Array(list)) => {
                     for a in list {
                         let a = a.as_str().ok_or("\"grants.http\" must be a list of authority strings")?;
@@ -43,7 +50,7 @@ impl Grants {
                 _ => {
                     return Err(format!(
                         "unknown grant {k:?} (or wrong type); known: dir (string), net (list of host:port), \
-                         http (list of host, host:port or *.domain[:port])"
+                         http (list of host, host:port or *.domain[:port]), http_private (bool)"
                     ));
                 }
             }
@@ -61,6 +68,48 @@ impl Grants {
             None => 80,
         };
         self.http.iter().any(|g| g.allows(&host, port))
+    }
+}
+
+/// Whether an address is one any host on the internet could have: not
+/// loopback, private (RFC 1918, unique local), link-local, shared
+/// (100.64/10), unspecified, broadcast, multicast, documentation or
+/// reserved, including IPv4 addresses carried in IPv6 (mapped, NAT64).
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            !(v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+                let v4 = std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+                return is_public(IpAddr::V4(v4));
+            }
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || s[0..6] == [0, 0, 0, 0, 0, 0])
+        }
     }
 }
 
@@ -176,6 +225,24 @@ mod tests {
         assert!(allows(&g, "http://[::1]:81/"));
         // userinfo does not change the host the request goes to
         assert!(!allows(&g, "http://api.example.com@evil.net/"));
+    }
+
+    #[test]
+    fn wasm_public_addresses_are_told_from_internal_ones() {
+        for internal in [
+            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "255.255.255.255",
+            "224.0.0.1", "::1", "::", "fe80::1", "fc00::1", "fd12::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::a00:1",
+            "::127.0.0.1",
+        ] {
+            assert!(!is_public(internal.parse().unwrap()), "{internal}");
+        }
+        for public in ["93.184.216.34", "1.1.1.1", "2606:4700::1111", "::ffff:1.1.1.1", "64:ff9b::101:101"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+        let g = Grants::from_json(serde_json::json!({"http": ["localhost:8080"], "http_private": true}).as_object().unwrap()).unwrap();
+        assert!(g.http_private);
+        let err = Grants::from_json(serde_json::json!({"http_private": "yes"}).as_object().unwrap()).unwrap_err();
+        assert!(err.contains("http_private (bool)"), "{err}");
     }
 
     #[test]

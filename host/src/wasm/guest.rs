@@ -23,6 +23,7 @@
 use super::store::{Ctx, GuestInfo, new_store};
 use super::worlds::World;
 use super::dirs::DirHold;
+use super::quota::DiskQuota;
 use super::outcome::{self, Busy};
 use super::{GuestSpec, TICK, WasmRuntime, cache, metrics};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -68,6 +69,8 @@ pub struct Guest<P: World> {
     places: Arc<Semaphore>,
     /// Its `grants.dir`, kept from the cache and from other guests.
     _dir_hold: Option<DirHold>,
+    /// The byte quota of its `grants.dir`.
+    quota: Option<Arc<DiskQuota>>,
 }
 
 /// A call's places: one of its guest's share and one under the runtime's
@@ -102,6 +105,7 @@ impl<P: World> Guest<P> {
             }
             None => None,
         };
+        let quota = spec.grants.dir.as_deref().map(|dir| Arc::new(DiskQuota::new(dir, spec.disk_bytes)));
         let mut allowed = Vec::new();
         for a in &spec.grants.net {
             use std::net::ToSocketAddrs;
@@ -133,6 +137,7 @@ impl<P: World> Guest<P> {
             idle: Mutex::new(Vec::new()),
             places: Arc::new(Semaphore::new(runtime.settings().max_instances_per_guest.max(1))),
             _dir_hold: dir_hold,
+            quota,
         });
         guest.watch();
         Ok(guest)
@@ -251,7 +256,7 @@ impl<P: World> Guest<P> {
 
     /// A fresh store with the guest's grants and limits.
     pub(super) fn new_store(&self) -> Result<Store<Ctx>> {
-        new_store(self.runtime.engine(), &self.spec, &self.info, &self.allowed_net)
+        new_store(self.runtime.engine(), &self.spec, &self.info, &self.allowed_net, self.quota.as_ref())
             .map_err(|e| Error::Unavailable(format!("wasm guest {:?}: {e}", self.spec.name)))
     }
 

@@ -9,7 +9,9 @@
 //!   [`GuestSpec`]; [`grants`] and [`capabilities`]: what a guest may use
 //!   beyond the host interface, and how each use is checked;
 //! - [`store`]: the data of a store and the host functions; [`limits`]: the
-//!   store's caps, which record what they refused;
+//!   store's caps, which record what they refused; [`quota`]: the disk
+//!   quota of a granted directory; [`stderr`]: a guest's stderr, logged
+//!   within a budget;
 //! - [`worlds`]: the bindings and how a component links into a world;
 //! - [`cache`]: compiling through the on-disk compile cache, and what an
 //!   entry must pass to be loaded; [`dirs`]: granted directories stay off
@@ -38,8 +40,10 @@ pub mod limits;
 pub mod metrics;
 pub mod outcome;
 pub mod persistent;
+pub mod quota;
 pub mod runtime;
 pub mod spec;
+pub mod stderr;
 pub mod store;
 pub mod worlds;
 

@@ -29,6 +29,13 @@ pub(super) fn finish<T>(spec: &GuestSpec, op: &'static str, ctx: &Ctx, started: 
             "denied",
             Error::denied(Denial::NotGranted, format!("wasm guest {name:?}: {op} used {what}, which is not granted")),
         )),
+        (None, _) if let Some(limit) = ctx.over_quota() => Err((
+            "disk",
+            Error::ResourceExhausted(format!(
+                "wasm guest {name:?}: {op} exceeded its disk quota of {} MiB under grants.dir",
+                limit >> 20
+            )),
+        )),
         (None, _) if ctx.expired() => Err(("deadline", out_of_time(spec, op))),
         (None, Ok(v)) => Ok(v),
         (None, Err(e)) => Err(classify(spec, op, ctx, &e)),
@@ -111,7 +118,7 @@ mod tests {
             name: "g".into(),
             config: Default::default(),
         });
-        let mut store = crate::wasm::store::new_store(runtime.engine(), &spec, &info, &Arc::default()).unwrap();
+        let mut store = crate::wasm::store::new_store(runtime.engine(), &spec, &info, &Arc::default(), None).unwrap();
         let lookalike = || Err::<(), _>(wasmtime::Error::msg("forcing trap when growing memory to 1 bytes"));
         let err = finish(&spec, "op", store.data(), Instant::now(), lookalike()).unwrap_err().to_string();
         assert!(err.contains("trapped") && !err.contains("memory limit"), "{err}");

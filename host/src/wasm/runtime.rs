@@ -37,6 +37,8 @@ pub struct Settings {
     pub call_timeout: Duration,
     /// Memory cap of one instance: all its linear memories together.
     pub memory_bytes: usize,
+    /// Byte quota of a guest's `grants.dir`.
+    pub disk_bytes: u64,
     /// Guest calls in flight at once, all guests together.
     pub max_instances: usize,
     /// Guest calls in flight at once for one guest: its share of
@@ -54,6 +56,7 @@ impl Default for Settings {
         Settings {
             call_timeout: Duration::from_secs(5),
             memory_bytes: 256 << 20,
+            disk_bytes: 1 << 30,
             max_instances: 32,
             max_instances_per_guest: 8,
             cache_dir: None,

@@ -45,6 +45,8 @@ pub struct GuestLimits {
     /// Memory cap of one instance, all its linear memories together
     /// (default `STATEGATE_WASM_MEMORY_MB`).
     pub memory_mb: Option<NonZeroU64>,
+    /// Byte quota of `grants.dir` (default `STATEGATE_WASM_DISK_MB`).
+    pub disk_mb: Option<NonZeroU64>,
 }
 
 impl GuestConfig {
@@ -77,6 +79,7 @@ impl GuestConfig {
             grants: Arc::new(self.grants.clone()),
             call_timeout: self.limits.timeout_ms.map_or(s.call_timeout, |ms| Duration::from_millis(ms.get())),
             memory_bytes: self.limits.memory_mb.map_or(s.memory_bytes, |mb| (mb.get() as usize) << 20),
+            disk_bytes: self.limits.disk_mb.map_or(s.disk_bytes, |mb| mb.get().saturating_mul(1 << 20)),
         }
     }
 }
@@ -92,6 +95,7 @@ pub struct GuestSpec {
     pub grants: Arc<Grants>,
     pub call_timeout: Duration,
     pub memory_bytes: usize,
+    pub disk_bytes: u64,
 }
 
 /// `null` reads as the field's default, as an absent field does.

@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use super::limits::{Cap, Limiter};
+use super::quota::{DiskQuota, StoreQuota};
+use super::stderr::GuestStderr;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -33,6 +35,9 @@ pub struct Ctx {
     pub(super) guest: Arc<GuestInfo>,
     /// Set when the guest tried a capability it was not granted.
     pub(super) denied: Denied,
+    pub(super) stderr: GuestStderr,
+    /// The quota of `grants.dir`, when there is one.
+    pub(super) quota: Option<StoreQuota>,
 }
 
 /// What the host functions of every store of one guest read.
@@ -64,6 +69,15 @@ impl Ctx {
         self.http_gate.expired.store(false, Ordering::SeqCst);
         self.denied.take();
         self.limits.start_call();
+        self.stderr.start_call();
+        if let Some(q) = &self.quota {
+            q.exceeded.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether a write of the current call was refused by the disk quota.
+    pub(super) fn over_quota(&self) -> Option<u64> {
+        self.quota.as_ref().filter(|q| q.exceeded.load(Ordering::SeqCst)).map(|q| q.quota.limit())
     }
 
     /// The sandbox cap that refused a growth during the current call.
@@ -78,10 +92,12 @@ pub(super) fn new_store(
     spec: &GuestSpec,
     guest: &Arc<GuestInfo>,
     net: &Arc<Vec<SocketAddr>>,
+    quota: Option<&Arc<DiskQuota>>,
 ) -> wasmtime::Result<Store<Ctx>> {
     let denied = Denied::default();
+    let stderr = GuestStderr::new(&spec.name);
     let mut b = WasiCtxBuilder::new();
-    b.inherit_stderr();
+    b.stderr(stderr.clone());
     capabilities::grant_wasi(&mut b, &spec.grants, net.clone(), &denied)?;
     let ctx = Ctx {
         wasi: b.build(),
@@ -96,6 +112,11 @@ pub(super) fn new_store(
         limits: Limiter::new(spec.memory_bytes),
         guest: guest.clone(),
         denied,
+        stderr,
+        quota: quota.map(|q| StoreQuota {
+            quota: q.clone(),
+            exceeded: Arc::default(),
+        }),
     };
     let mut store = Store::new(engine, ctx);
     store.limiter(|c| &mut c.limits);

@@ -5,13 +5,14 @@
 //!
 //! Invariants:
 //! - Every linker links WASI (with the filesystem escape recorder of
-//!   [`super::capabilities`]), `wasi:http` and the `host` interface, so a
-//!   world and its `-http` variant link the same way.
+//!   [`super::capabilities`] and the disk quota of [`super::quota`]),
+//!   `wasi:http` and the `host` interface, so a world and its `-http`
+//!   variant link the same way.
 //! - Linking checks a component against its world once, when a version is
 //!   loaded; instantiating the linked `…Pre` later cannot fail for a
 //!   missing import.
 
-use super::{capabilities, deadline};
+use super::{capabilities, deadline, quota};
 use super::store::Ctx;
 use wasmtime::Store;
 use wasmtime::component::{Component, Linker};
@@ -88,6 +89,7 @@ fn linker_sync(component: &Component) -> wasmtime::Result<Linker<Ctx>> {
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     deadline::bound_waits(&mut linker)?;
     capabilities::record_filesystem_escapes(&mut linker)?;
+    quota::charge_writes(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
     host_if::add_to_linker::<Ctx, wasmtime::component::HasSelf<Ctx>>(&mut linker, |c| c)?;
     Ok(linker)
@@ -97,6 +99,7 @@ fn linker_async(component: &Component) -> wasmtime::Result<Linker<Ctx>> {
     let mut linker = Linker::new(component.engine());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     capabilities::record_filesystem_escapes_async(&mut linker)?;
+    quota::charge_writes_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     host_if::add_to_linker::<Ctx, wasmtime::component::HasSelf<Ctx>>(&mut linker, |c| c)?;
     Ok(linker)

@@ -43,7 +43,10 @@ async fn ping(p: &Stall) -> Result<(), String> {
     match tokio::time::timeout(TIMEOUT * 100, call).await {
         Err(_) => panic!("ping did not end within 100 times its time limit"),
         Ok(Err(e)) => Err(e.to_string()),
-        Ok(Ok(r)) => Ok(r.expect("stall-storage's ping answers ok")),
+        Ok(Ok(r)) => {
+            r.expect("stall-storage's ping answers ok");
+            Ok(())
+        }
     }
 }
 

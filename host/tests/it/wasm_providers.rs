@@ -123,3 +123,30 @@ async fn provider_file_escape_from_the_granted_dir_is_denied() {
     }
     assert!(!parent.path().join("escaped.jsonl").exists(), "nothing was written outside the grant");
 }
+
+/// A provider (the synchronous WASI linker) writing past its disk quota:
+/// the append that would pass it fails RESOURCE_EXHAUSTED naming the quota,
+/// and the log on disk stays within it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_disk_quota_stops_appends() {
+    use crate::storage_conformance::put;
+    let dir = tempfile::tempdir().unwrap();
+    let mut provider = spec(&guest("fs_storage"), dir.path());
+    provider.insert("limits".into(), serde_json::json!({"disk_mb": 1}));
+    let storage = storage_spec(&provider).open(dir.path(), &runtime()).await.expect("opens");
+    let r = stategate::model::RecordRef::parse("d", "t", "k").unwrap();
+    let blob = "x".repeat(20_000);
+    let mut appended = 0;
+    let err = loop {
+        match storage.append(put(&r, serde_json::json!({"blob": blob}))).await {
+            Ok(_) => appended += 1,
+            Err(e) => break e,
+        }
+        assert!(appended < 100, "2 MB appended under a 1 MiB quota");
+    };
+    assert!(matches!(err, stategate::model::Error::ResourceExhausted(_)), "{err:?}");
+    assert!(err.to_string().contains("exceeded its disk quota of 1 MiB"), "{err}");
+    assert!(appended > 10, "appends within the quota succeeded: {appended}");
+    let size = std::fs::metadata(dir.path().join("events.jsonl")).unwrap().len();
+    assert!(size <= 1 << 20, "{size} bytes on disk");
+}

@@ -329,3 +329,98 @@ async fn too_many_memories_fail_instantiation() {
     let bad = serde_json::json!({"path": path});
     misbehaving_guest(bad, Code::Unavailable, &["instantiate", "memory count"]).await;
 }
+
+/// An HTTP grant given by name that resolves to a loopback address (the
+/// same is true of private and link-local ones) is refused once resolved:
+/// naming an internal service takes its IP address, or `http_private`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_grant_by_name_to_an_internal_address_is_denied() {
+    let (service, received) = auth_service().await;
+    let port = service.rsplit(':').next().unwrap();
+    let by_name = format!("localhost:{port}");
+    let hook = |private: bool| {
+        serde_json::json!({
+            "path": guest("webhook"),
+            "config": {"url": format!("http://{by_name}/authorize"), "authorization": "Bearer t0k"},
+            "grants": {"http": [by_name], "http_private": private},
+        })
+    };
+    let message = misbehaving_guest(hook(false), Code::PermissionDenied, &["resolves to the non-public address", "not granted"]).await;
+    assert!(message.contains(&format!("outbound HTTP to {by_name}")), "{message}");
+    assert!(received.lock().unwrap().is_empty(), "the service got no request");
+
+    // With http_private the same grant reaches the service.
+    let hooks = serde_json::json!({"acme": hook(true)});
+    let hooks = stategate::auth::hooks::PolicyHooks::from_config(&hooks.to_string(), &crate::wasm_support::runtime())
+        .await
+        .unwrap()
+        .unwrap();
+    let input = stategate::auth::PolicyInput {
+        claims: Default::default(),
+        method: "/stategate.StateService/Set".into(),
+        metadata: Default::default(),
+        body: serde_json::json!({"domain": "acme", "type": "t", "key": "k"}),
+        client_stream: false,
+        server_stream: false,
+        response: None,
+        domain: Some("acme".into()),
+    };
+    hooks.authorize_request(&input).await.expect("allowed by the service");
+    assert_eq!(received.lock().unwrap().len(), 1);
+}
+
+/// A guest writing past its disk quota under grants.dir: the write is
+/// refused before it lands, the call fails RESOURCE_EXHAUSTED naming the
+/// quota, and the directory holds no more than the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_quota_stops_writes_under_grants_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = serde_json::json!({
+        "path": guest("misbehave"),
+        "config": {"mode": "fill", "bytes": 8 << 20},
+        "grants": {"dir": dir.path()},
+        "limits": {"disk_mb": 1},
+    });
+    misbehaving_guest(bad, Code::ResourceExhausted, &["exceeded its disk quota of 1 MiB under grants.dir"]).await;
+    let size = std::fs::metadata(dir.path().join("fill.bin")).unwrap().len();
+    assert!(size > 0 && size <= 1 << 20, "the writes within the quota landed, none past it: {size} bytes");
+}
+
+/// A guest's stderr goes to the gateway's log, within a budget per call:
+/// three calls writing 2 MiB each leave the log a small fraction of that,
+/// with the guest's first lines in it, named, and the drop reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_stderr_is_logged_within_a_budget() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let per_call = 2usize << 20;
+    let hooks = serde_json::json!({"bad": {"path": guest("misbehave"), "config": {"mode": "stderr", "bytes": per_call}}});
+    let (port, ops) = (crate::procs::free_port(), crate::procs::free_port());
+    let log_path = dir.path().join("gateway.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stategate"))
+        .args(["--dev", "--port", &port.to_string(), "--ops-port", &ops.to_string(), "--log-format", "text"])
+        .env("STATEGATE_POLICY_HOOKS", hooks.to_string())
+        .env("STATEGATE_WASM_CACHE_DIR", cache_dir())
+        .env("RUST_LOG", "info")
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    crate::procs::wait_port(port, "gateway").await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
+    let mut client = stategate::proto::state_service_client::StateServiceClient::new(channel);
+    for n in 0..3 {
+        client.set(state("bad", "k", serde_json::json!({"n": n}))).await.expect("the hook allows");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let written = 3 * per_call;
+    assert!(text.len() * 20 < written, "the log holds {} bytes of {written} written to stderr", text.len());
+    assert!(text.contains("misbehave stderr line 0 "), "the first lines are logged: {text}");
+    assert!(text.contains("policy:bad"), "with the guest's name: {text}");
+    assert!(text.contains("the rest was dropped"), "the drop is reported: {text}");
+}

@@ -4,8 +4,11 @@
 //! `http` (sends an HTTP request to an authority it was not granted),
 //! `fs` (reads a file outside what it was granted and, should that work,
 //! leaks it in the deny reason), `sleep` (sleeps config `ms` milliseconds,
-//! default 60000, blocked in the host on a WASI clock, then allows);
-//! anything else allows.
+//! default 60000, blocked in the host on a WASI clock, then allows),
+//! `fill` (writes config `bytes`, default 64 MiB, to `/data/fill.bin` in
+//! 64 KiB writes, stops at the first error, then allows), `stderr` (writes
+//! config `bytes`, default 4 MiB, of numbered lines to stderr, then
+//! allows); anything else allows.
 
 wit_bindgen::generate!({
     path: "../../../wit",
@@ -64,6 +67,35 @@ impl Guest for Misbehave {
             Some("sleep") => {
                 let ms = host::config("ms").and_then(|m| m.parse::<u64>().ok()).unwrap_or(60_000);
                 std::thread::sleep(std::time::Duration::from_millis(ms));
+                Decision::Allow
+            }
+            Some("fill") => {
+                use std::io::Write;
+                let total = host::config("bytes").and_then(|b| b.parse::<usize>().ok()).unwrap_or(64 << 20);
+                let chunk = vec![7u8; 64 * 1024];
+                let mut written = 0;
+                let outcome = std::fs::File::create("/data/fill.bin").and_then(|mut f| {
+                    while written < total {
+                        let n = chunk.len().min(total - written);
+                        f.write_all(&chunk[..n])?;
+                        written += n;
+                    }
+                    f.flush()
+                });
+                host::log(host::Level::Info, &format!("fill: wrote {written} bytes: {outcome:?}"));
+                Decision::Allow
+            }
+            Some("stderr") => {
+                use std::io::Write;
+                let total = host::config("bytes").and_then(|b| b.parse::<usize>().ok()).unwrap_or(4 << 20);
+                let mut err = std::io::stderr();
+                let (mut written, mut n) = (0, 0);
+                while written < total {
+                    let line = format!("misbehave stderr line {n} {}\n", "x".repeat(100));
+                    let _ = err.write_all(line.as_bytes());
+                    written += line.len();
+                    n += 1;
+                }
                 Decision::Allow
             }
             _ => Decision::Allow,
