@@ -244,7 +244,7 @@ impl Gateway {
         let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
         let expect = Expect::from_wire("expected_version", req.expected_version)?;
         // The fingerprint covers the values: take it before they move out.
-        let idem = self.idempotency(&caller, &req.idempotency_key, &req);
+        let idem = self.idempotency(&caller, &record, &req.idempotency_key, &req);
         let values = req.values.take().ok_or_else(|| Error::invalid("values", "is required"))?;
         json::check_depth("values", &values)?;
         let event = self
@@ -257,7 +257,7 @@ impl Gateway {
         let caller = self.admit(methods::STATE_DEL, metadata, &req, false, &req.domain).await?;
         let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
         let expect = Expect::from_wire("expected_version", req.expected_version)?;
-        let idem = self.idempotency(&caller, &req.idempotency_key, &req);
+        let idem = self.idempotency(&caller, &record, &req.idempotency_key, &req);
         let event = self.append(&caller, record, Change::Delete, expect, EventKind::Del, idem).await?;
         self.authorized_response(caller, &req.domain, event, json::event, json::parse_event).await
     }
@@ -266,7 +266,7 @@ impl Gateway {
         let caller = self.admit(methods::STATE_EDIT, metadata, &req, false, &req.domain).await?;
         let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
         let wanted = Expect::from_wire("expected_version", req.expected_version)?;
-        let idem = self.idempotency(&caller, &req.idempotency_key, &req);
+        let idem = self.idempotency(&caller, &record, &req.idempotency_key, &req);
         let patch = req.patch.take().ok_or_else(|| Error::invalid("patch", "is required"))?;
         json::check_depth("patch", &patch)?;
         // Read, patch, and append expecting the version read. Without a
@@ -306,23 +306,28 @@ impl Gateway {
             .timed(self.storage.name(), "get_event", self.storage.get_event(&req.event_id))
             .await?
             .ok_or_else(|| Error::NotFound(format!("event {}", req.event_id)))?;
+        // Another record's event is answered as an unknown id: which record
+        // an id belongs to (maybe another tenant's) is not the caller's to learn.
         if target.record != record {
-            return Err(Error::invalid(
-                "event_id",
-                format!("event {} belongs to {}, not {record}", req.event_id, target.record),
-            ));
+            return Err(Error::NotFound(format!("event {} of {record}", req.event_id)));
         }
         let values = target.values.ok_or_else(|| {
             Error::invalid("event_id", format!("event {} is a deletion; there are no values to revert to", req.event_id))
         })?;
-        let idem = self.idempotency(&caller, &req.idempotency_key, &req);
+        let idem = self.idempotency(&caller, &record, &req.idempotency_key, &req);
         let event = self.append(&caller, record, Change::Put(values), expect, EventKind::Revert, idem).await?;
         self.authorized_response(caller, &req.domain, event, json::event, json::parse_event).await
     }
 
     /// The idempotency key of a write, from the request field or else the
     /// `idempotency-key` metadata, bound to a hash of the whole request.
-    fn idempotency(&self, caller: &Caller, field: &str, req: &impl Serialize) -> Option<Idempotency> {
+    ///
+    /// A key is scoped to the caller (token issuer and subject) and the
+    /// record: two tenants who pick the same key do not collide, and a
+    /// replay never hands one caller the event (and claims) another caller
+    /// wrote. The stored key reads `<key> @<scope>`, so an error naming it
+    /// still shows the client's key.
+    fn idempotency(&self, caller: &Caller, record: &RecordRef, field: &str, req: &impl Serialize) -> Option<Idempotency> {
         let key = if field.is_empty() {
             caller.input.metadata.get("idempotency-key")?.as_str()
         } else {
@@ -331,6 +336,13 @@ impl Gateway {
         if key.is_empty() {
             return None;
         }
+        let claim = |name: &str| caller.input.claims.get(name).map(|v| v.to_string()).unwrap_or_default();
+        let mut scope = Sha256::new();
+        for part in [&claim("iss"), &claim("sub"), &record.domain, &record.ty, &record.key] {
+            scope.update(part.as_bytes());
+            scope.update([0]);
+        }
+        let scope = hex::encode(&scope.finalize()[..8]);
         let mut hash = Sha256::new();
         hash.update(caller.input.method.as_bytes());
         // The key itself is part of the request body: hash the rest.
@@ -341,7 +353,7 @@ impl Gateway {
         hash.update(body.to_string().as_bytes());
         let window = self.limits.idempotency_window.as_nanos() as i64;
         Some(Idempotency {
-            key: key.to_owned(),
+            key: format!("{key} @{scope}"),
             fingerprint: hex::encode(hash.finalize()),
             not_before: now_nanos().saturating_sub(window),
         })

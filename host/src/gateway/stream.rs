@@ -67,9 +67,12 @@ impl Gateway {
         let storage = self.storage.clone();
         let subscription = self.hub.subscribe(&topic).await;
         let (cursor, from_time) = if !req.after_event_id.is_empty() {
+            // An event outside the stream's topic (maybe another tenant's)
+            // is answered as an unknown id, so a stream cannot probe ids.
             let event = storage
                 .get_event(&req.after_event_id)
                 .await?
+                .filter(|e| topic.matches(&e.record) && key.as_ref().is_none_or(|k| *k == e.record.key))
                 .ok_or_else(|| Error::NotFound(format!("event {} (after_event_id)", req.after_event_id)))?;
             (event.seq, None)
         } else if req.from_time > 0 {
