@@ -98,18 +98,52 @@ impl std::ops::Deref for SharedEvent {
     }
 }
 
-/// An LRU map bounded at `cap` entries that allocates as it fills (an
-/// `LruCache::new(cap)` allocates room for `cap` entries up front, which
-/// multiplied by thousands of idle streams is most of their memory).
-pub fn bounded_lru<K: std::hash::Hash + Eq, V>() -> LruCache<K, V> {
-    LruCache::unbounded()
+/// The last version handled of each of the most recently seen records, at
+/// most `cap` records (the least recently seen is forgotten first). It
+/// allocates as it fills: an `LruCache::new(cap)` reserves room for `cap`
+/// entries up front, which, multiplied by thousands of idle streams, was
+/// most of their memory.
+pub struct LastVersions {
+    map: LruCache<RecordRef, u64>,
+    cap: usize,
 }
 
-/// `put` for a `bounded_lru`: evicts the least recently used entry past `cap`.
-pub fn lru_put<K: std::hash::Hash + Eq, V>(lru: &mut LruCache<K, V>, cap: usize, key: K, value: V) {
-    lru.put(key, value);
-    if lru.len() > cap {
-        lru.pop_lru();
+impl LastVersions {
+    pub fn new(cap: usize) -> Self {
+        LastVersions {
+            map: LruCache::unbounded(),
+            cap: cap.max(1),
+        }
+    }
+
+    /// The last version of `record`, marking it recently seen.
+    pub fn get(&mut self, record: &RecordRef) -> Option<u64> {
+        self.map.get(record).copied()
+    }
+
+    /// The last version of `record`, leaving the order alone.
+    pub fn peek(&self, record: &RecordRef) -> Option<u64> {
+        self.map.peek(record).copied()
+    }
+
+    /// Records `version` of `record` if it is newer than the last one;
+    /// returns whether it was. In place when the record is known (the
+    /// usual case on a busy topic): no copy of its key.
+    pub fn advance(&mut self, record: &RecordRef, version: u64) -> bool {
+        match self.map.get_mut(record) {
+            Some(last) if *last >= version => false,
+            Some(last) => {
+                *last = version;
+                true
+            }
+            None => {
+                self.map.put(record.clone(), version);
+                if self.map.len() > self.cap {
+                    self.map.pop_lru();
+                }
+                true
+            }
+        }
     }
 }
 
@@ -186,7 +220,7 @@ impl Hub {
             metrics: self.metrics.clone(),
             since,
             watermark: since,
-            last_version: bounded_lru(),
+            last_version: LastVersions::new(self.config.remembered_records),
             tx,
         };
         let task = tokio::spawn(state.run(sub));
@@ -213,7 +247,7 @@ struct FeedState {
     /// below it is history that streams replay themselves.
     since: u64,
     watermark: u64,
-    last_version: LruCache<RecordRef, u64>,
+    last_version: LastVersions,
     tx: broadcast::Sender<Delivery>,
 }
 
@@ -250,7 +284,7 @@ impl FeedState {
         if event.seq <= self.since || !self.topic.matches(&event.record) {
             return;
         }
-        let last = self.last_version.get(&event.record).copied();
+        let last = self.last_version.get(&event.record);
         match last {
             Some(l) if event.version <= l => {
                 self.metrics.hub_duplicates.inc();
@@ -291,15 +325,7 @@ impl FeedState {
     }
 
     fn emit(&mut self, event: Event) {
-        match self.last_version.get_mut(&event.record) {
-            Some(v) => *v = (*v).max(event.version),
-            None => lru_put(
-                &mut self.last_version,
-                self.config.remembered_records.max(1),
-                event.record.clone(),
-                event.version,
-            ),
-        }
+        self.last_version.advance(&event.record, event.version);
         // An error only means no stream is subscribed right now.
         let _ = self.tx.send(Delivery {
             event: SharedEvent::new(event),
@@ -325,7 +351,7 @@ impl FeedState {
             let full = page.len() == FEED_PAGE;
             let now = crate::model::now_nanos();
             for event in page {
-                let delivered = self.last_version.peek(&event.record).is_some_and(|v| *v >= event.version);
+                let delivered = self.last_version.peek(&event.record).is_some_and(|v| v >= event.version);
                 if !delivered {
                     if now - event.time < grace {
                         // It may still be on its way through the channel.

@@ -115,7 +115,8 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
 
     let grpc = api::grpc::routes(GrpcApi::new(gateway.clone()), config.max_message_bytes)
         .await
-        .into_axum_router();
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(gateway.clone(), api::grpc::authenticate_first));
     let app = api::grpc_web::with_cors(
         api::grpc_web::wrap(grpc)
             .merge(api::rest::routes(gateway.clone()))

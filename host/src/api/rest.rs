@@ -71,6 +71,7 @@ fn body(bytes: &Bytes) -> Result<Map<String, Value>> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
+    json::check_value_count("body", bytes)?;
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(other) => Err(Error::invalid(
@@ -145,8 +146,10 @@ fn event_json(e: &Event) -> Value {
 
 async fn set(State(gw): Api, Path(rec): RecordPath, headers: HeaderMap, bytes: Bytes) -> Response {
     let call = async {
+        let md = metadata(&headers);
+        gw.check_credentials(methods::STATE_SET, &md).await?;
         let req: gw::SetRequest = request(body(&bytes)?, Some(rec))?;
-        gw.set(metadata(&headers), req).await
+        gw.set(md, req).await
     };
     respond(measured(gw.metrics(), methods::STATE_SET, call).await, event_json)
 }
@@ -171,18 +174,22 @@ async fn del(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery, heade
 /// fields come as query parameters.
 async fn edit(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery, headers: HeaderMap, bytes: Bytes) -> Response {
     let call = async {
+        let md = metadata(&headers);
+        gw.check_credentials(methods::STATE_EDIT, &md).await?;
         let mut fields = query_map(q.as_deref())?;
         fields.insert("patch".into(), Value::Object(body(&bytes)?));
         let req: gw::EditRequest = request(fields, Some(rec))?;
-        gw.edit(metadata(&headers), req).await
+        gw.edit(md, req).await
     };
     respond(measured(gw.metrics(), methods::STATE_EDIT, call).await, event_json)
 }
 
 async fn revert(State(gw): Api, Path(rec): RecordPath, headers: HeaderMap, bytes: Bytes) -> Response {
     let call = async {
+        let md = metadata(&headers);
+        gw.check_credentials(methods::STATE_REVERT, &md).await?;
         let req: gw::RevertRequest = request(body(&bytes)?, Some(rec))?;
-        gw.revert(metadata(&headers), req).await
+        gw.revert(md, req).await
     };
     respond(measured(gw.metrics(), methods::STATE_REVERT, call).await, event_json)
 }

@@ -13,7 +13,7 @@ pub mod request;
 mod stream;
 
 pub use request::*;
-pub use limits::{Admission, PEER_HEADER};
+pub use limits::{Admission, Limits, PEER_HEADER};
 pub use stream::EventStream;
 
 use crate::auth::{Auth, Metadata, PolicyInput};
@@ -30,7 +30,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Full gRPC method paths: the `method` of policy input and of events.
@@ -44,39 +44,11 @@ pub mod methods {
     pub const EVENT_STREAM: &str = "/stategate.EventService/Stream";
     pub const EVENT_SEARCH: &str = "/stategate.EventService/Search";
     pub const EVENT_GET: &str = "/stategate.EventService/Get";
-}
 
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest `limit` a search may ask for; larger ones are capped.
-    pub max_search_limit: usize,
-    /// How long an idempotency key protects against a second write.
-    pub idempotency_window: Duration,
-    /// Messages buffered between a stream and its client.
-    pub stream_buffer: usize,
-    /// How long a broadcast may take before the write is acknowledged anyway
-    /// (the hub's sweep delivers the event from storage).
-    pub publish_timeout: Duration,
-    /// Concurrent streams on this instance.
-    pub max_streams: usize,
-    /// Requests per second per client identity (token `sub`, else peer
-    /// address); 0 is unlimited.
-    pub rate_limit: f64,
-    pub rate_burst: f64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_search_limit: 1000,
-            idempotency_window: Duration::from_secs(24 * 3600),
-            stream_buffer: 256,
-            publish_timeout: Duration::from_secs(2),
-            max_streams: 100_000,
-            rate_limit: 0.0,
-            rate_burst: 0.0,
-        }
-    }
+    /// Every method of the two services.
+    pub const ALL: [&str; 9] = [
+        STATE_SET, STATE_GET, STATE_DEL, STATE_SEARCH, STATE_EDIT, STATE_REVERT, EVENT_STREAM, EVENT_SEARCH, EVENT_GET,
+    ];
 }
 
 pub struct Gateway {
@@ -150,6 +122,14 @@ impl Gateway {
     async fn admit(&self, method: &str, metadata: Metadata, body: &impl Serialize, server_stream: bool, domain: &str) -> Result<Caller> {
         let caller = self.authenticate(method, metadata, body, server_stream).await?;
         self.authorize(caller, Some(domain)).await
+    }
+
+    /// Checks the caller's token from the headers alone, so a transport can
+    /// refuse an unauthenticated call before it decodes its body (decoding
+    /// costs memory an anonymous peer must not be able to spend). The call
+    /// itself authenticates again, from the verifier's cache.
+    pub async fn check_credentials(&self, method: &str, metadata: &Metadata) -> Result<()> {
+        self.auth.authenticate(method, metadata).await.map(drop)
     }
 
     /// The first half of `admit`: who is calling, and the policy input of

@@ -16,7 +16,7 @@ const WRITERS: usize = 8;
 const RECORDS: usize = 16;
 
 fn spawn(dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_stategate"))
+    Command::new(crate::procs::stategate_bin())
         .args(["--dev", "--port", &port.to_string(), "--ops-port", "0", "--log-format", "text"])
         .current_dir(dir)
         .stdout(Stdio::null())

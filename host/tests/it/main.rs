@@ -27,6 +27,7 @@ mod procs;
 mod multi_instance;
 mod faults;
 mod hostile;
+mod pre_auth;
 mod auth;
 mod cli;
 mod client;

@@ -7,6 +7,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tonic::transport::Channel;
 
+/// The gateway binary the process tests run: cargo's build of it, or the
+/// file `STATEGATE_TEST_BIN` names. Several worktrees that share one cargo
+/// target directory overwrite each other's `target/debug/stategate`; each
+/// copies its build aside and points this variable at the copy.
+pub fn stategate_bin() -> std::path::PathBuf {
+    std::env::var_os("STATEGATE_TEST_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_stategate").into())
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -165,7 +175,7 @@ impl Gateway {
         let port = free_port();
         let ops_port = free_port();
         let log = std::fs::File::create(dir.join(format!("gateway-{port}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_stategate"))
+        let child = Command::new(crate::procs::stategate_bin())
             .args(["--dev", "--port", &port.to_string(), "--ops-port", &ops_port.to_string(), "--log-format", "text"])
             .env("STATEGATE_STORAGE_PROVIDER", storage)
             .env("STATEGATE_CHANNEL_PROVIDER", channel)
