@@ -36,7 +36,6 @@ pub fn routes(gateway: Arc<Gateway>) -> Router {
         .route("/api/events/search", get(search_events))
         .route("/api/events/stream", get(stream))
         .route("/api/events/ref/{id}", get(get_event))
-        .route("/openapi.json", get(openapi))
         .with_state(gateway)
 }
 
@@ -49,7 +48,7 @@ fn respond<T>(result: Result<T>, to_json: impl FnOnce(&T) -> Value) -> Response 
     }
 }
 
-fn error_response(e: &Error) -> Response {
+pub(crate) fn error_response(e: &Error) -> Response {
     let code = status::grpc_code(e);
     let mut response = (status::http_status(code), axum::Json(status::error_body(e))).into_response();
     if let Error::Unauthenticated { reason, .. } = e {
@@ -127,16 +126,6 @@ fn request<T: DeserializeOwned>(mut fields: Map<String, Value>, record: Option<(
         fields.insert("key".into(), key.into());
     }
     serde_json::from_value(Value::Object(fields)).map_err(|e| Error::invalid("request", e.to_string()))
-}
-
-/// The OpenAPI description of these routes (kept beside them, checked by
-/// the schemathesis test).
-async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        include_str!("openapi.json"),
-    )
-        .into_response()
 }
 
 fn event_json(e: &Event) -> Value {

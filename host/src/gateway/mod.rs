@@ -145,6 +145,19 @@ impl Gateway {
         self.shutdown.cancel();
     }
 
+    /// A slot of STATEGATE_MAX_STREAMS for a stream the gateway does not
+    /// serve itself (gRPC health `Watch`, reflection), held while it is open.
+    pub fn stream_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.admission.stream_slot()
+    }
+
+    /// Verifies the caller's token, without policies: for the service
+    /// descriptions that STATEGATE_PUBLIC_METADATA=false keeps from
+    /// anonymous callers. Counted in `auth_failures_total` like any call.
+    pub async fn verify_token(&self, method: &str, metadata: &Metadata) -> Result<crate::model::Claims> {
+        self.auth.authenticate(method, metadata).await
+    }
+
     /// Authenticates the caller and runs the request authorization (the
     /// whole chain: `auth`) for a call touching `domain`.
     async fn admit(&self, method: &str, metadata: Metadata, body: &impl Serialize, server_stream: bool, domain: &str) -> Result<Caller> {
