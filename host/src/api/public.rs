@@ -8,7 +8,8 @@
 //! streams: each takes a slot of STATEGATE_MAX_STREAMS, and, because
 //! anyone can open them, one of STATEGATE_MAX_PUBLIC_STREAMS too, so
 //! anonymous callers can take at most that share of the instance's streams.
-//! A refused call is `RESOURCE_EXHAUSTED` (or `UNAUTHENTICATED`) like any other.
+//! A refused call is `RESOURCE_EXHAUSTED` (or `UNAUTHENTICATED`) like any
+//! other; at shutdown they end with `UNAVAILABLE` as event streams do.
 
 use super::{metadata, status};
 use crate::gateway::Gateway;
@@ -20,10 +21,12 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, Either};
 use http::{Request, header};
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
 const REFLECTION: [&str; 2] = [
@@ -118,9 +121,11 @@ impl Guard {
             Ok(r) => r,
             Err(never) => match never {},
         };
+        let shutdown = Box::pin(self.gateway.shutting_down().clone().cancelled_owned());
         response.map(|body| {
             Body::new(Holding {
                 body,
+                shutdown: Some(shutdown),
                 _slots: (public, instance),
             })
         })
@@ -132,9 +137,12 @@ fn refuse(e: Error) -> Response {
     status::to_status(e).into_http::<Body>()
 }
 
-/// A response body that keeps its stream slots until it ends.
+/// A response body that keeps its stream slots until it ends, and ends
+/// with `UNAVAILABLE` trailers when the gateway shuts down.
 struct Holding {
     body: Body,
+    /// `None` once the shutdown trailers were sent.
+    shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     _slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
@@ -146,11 +154,21 @@ impl http_body::Body for Holding {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let Some(shutdown) = self.shutdown.as_mut() else { return Poll::Ready(None) };
+        if shutdown.as_mut().poll(cx).is_ready() {
+            self.shutdown = None;
+            let status = tonic::Status::unavailable("the gateway is shutting down; reconnect to resume");
+            let mut trailers = http::HeaderMap::new();
+            if status.add_header(&mut trailers).is_ok() {
+                return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+            }
+            return Poll::Ready(None);
+        }
         Pin::new(&mut self.body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.shutdown.is_none() || self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

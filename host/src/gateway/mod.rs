@@ -151,6 +151,12 @@ impl Gateway {
         self.admission.stream_slot()
     }
 
+    /// Cancelled by [`Gateway::shutdown`]: streams served outside the
+    /// gateway end on it too.
+    pub fn shutting_down(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
     /// Verifies the caller's token, without policies: for the service
     /// descriptions that STATEGATE_PUBLIC_METADATA=false keeps from
     /// anonymous callers. Counted in `auth_failures_total` like any call.
