@@ -203,9 +203,9 @@ async fn service_descriptions_need_a_token_unless_public() {
     let auth_on = |public: bool| {
         move |c: &mut stategate::config::Config| {
             c.dev = false;
-            c.auth_disabled = false;
+            c.auth.auth_disabled = false;
             c.bind = "127.0.0.1".into();
-            c.jwt_hmac_secret = Some(SECRET.into());
+            c.auth.jwt_hmac_secret = Some(SECRET.into());
             c.public_metadata = public;
         }
     };

@@ -312,9 +312,9 @@ async fn dev_mode_serves_loopback_pages_only_and_writes_need_json() {
 async fn with_auth_on_cors_is_open_and_writes_still_need_json() {
     let gw = TestGateway::start_with(|c| {
         c.dev = false;
-        c.auth_disabled = false;
+        c.auth.auth_disabled = false;
         c.bind = "127.0.0.1".into();
-        c.jwt_hmac_secret = Some("0123456789abcdef0123456789abcdef-test-secret".into());
+        c.auth.jwt_hmac_secret = Some("0123456789abcdef0123456789abcdef-test-secret".into());
     })
     .await;
     let url = format!("{}/api/state/ref/d/t/k", gw.url());

@@ -186,7 +186,7 @@ async fn the_ops_port_has_its_own_address_and_an_optional_token() {
     // on loopback unless told otherwise.
     let gw = TestGateway::start_with(|c| {
         c.dev = false;
-        c.auth_disabled = true;
+        c.auth.auth_disabled = true;
         c.bind = "0.0.0.0".into();
     })
     .await;
