@@ -113,7 +113,7 @@ impl Policy {
 
     /// The refusal for a request the rules do not let through.
     fn check(&self, req: &Request<Body>) -> Option<Response> {
-        let grpc = content_type(req).is_some_and(|ct| ct.starts_with("application/grpc"));
+        let grpc = content_type(req).is_some_and(is_grpc);
         if let Some(extra) = &self.hosts
             && let Some(host) = request_host(req)
             && !is_loopback_host(&host)
@@ -143,13 +143,13 @@ impl Policy {
         if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
             let rest = req.uri().path().starts_with("/api/");
             let ok = match content_type(req) {
-                Some(ct) if rest => is_json(&ct),
-                Some(ct) => ct.starts_with("application/grpc"),
+                Some(ct) if rest => is_json(ct),
+                Some(ct) => is_grpc(ct),
                 None => false,
             };
             if !ok {
                 let want = if rest { "application/json" } else { "application/grpc (or grpc-web)" };
-                let got = content_type(req).unwrap_or_else(|| "none".into());
+                let got = content_type(req).unwrap_or("none");
                 return Some(refuse(
                     false,
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -162,13 +162,28 @@ impl Policy {
 }
 
 /// The lower-case media type of the request, without parameters.
-fn content_type(req: &Request<Body>) -> Option<String> {
+/// The media type of the request, without parameters (checked on every
+/// call, so compared without allocating; media types ignore case).
+fn content_type(req: &Request<Body>) -> Option<&str> {
     let value = req.headers().get(CONTENT_TYPE)?.to_str().ok()?;
-    Some(value.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+    Some(value.split(';').next().unwrap_or("").trim())
+}
+
+/// Whether `text` starts with `prefix`, ignoring ASCII case.
+fn starts_with_ignoring_case(text: &str, prefix: &str) -> bool {
+    text.len() >= prefix.len() && text.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+fn is_grpc(media_type: &str) -> bool {
+    starts_with_ignoring_case(media_type, "application/grpc")
 }
 
 fn is_json(media_type: &str) -> bool {
-    media_type == "application/json" || (media_type.starts_with("application/") && media_type.ends_with("+json"))
+    let suffix = media_type.len().saturating_sub("+json".len());
+    media_type.eq_ignore_ascii_case("application/json")
+        || (starts_with_ignoring_case(media_type, "application/")
+            && media_type.len() > "application/+json".len()
+            && media_type.as_bytes()[suffix..].eq_ignore_ascii_case(b"+json"))
 }
 
 /// The host the request names (`:authority` or `Host`), lower case,
@@ -322,6 +337,9 @@ mod tests {
         assert_eq!(refused(request("PATCH", "/api/state/ref/d/t/k", &[("content-type", "application/merge-patch+json")])), None);
         assert_eq!(refused(request("POST", "/stategate.StateService/Set", &[("content-type", "text/plain")])), Some(415));
         assert_eq!(refused(request("POST", "/stategate.StateService/Set", &[("content-type", "application/grpc-web-text")])), None);
+        assert_eq!(refused(request("POST", "/api/state/ref/d/t/k", &[("content-type", "application/+json")])), Some(415));
+        assert_eq!(refused(request("POST", "/api/state/ref/d/t/k", &[("content-type", "text/json")])), Some(415));
+        assert_eq!(refused(request("POST", "/stategate.StateService/Set", &[("content-type", "Application/GRPC")])), None);
         assert_eq!(refused(request("DELETE", "/api/state/ref/d/t/k", &[])), None);
         assert_eq!(refused(request("GET", "/api/state/ref/d/t/k", &[])), None);
     }
