@@ -248,7 +248,7 @@ pub async fn authenticate_first(
     let path = request.uri().path();
     if let Some(method) = methods::ALL.iter().find(|m| **m == path) {
         let md = metadata(request.headers());
-        if let Err(e) = measured(gateway.metrics(), method, gateway.check_credentials(method, &md)).await {
+        if let Err(e) = measured(gateway.metrics(), method, gateway.verify_token(method, &md)).await {
             return to_status(e).into_http();
         }
     }

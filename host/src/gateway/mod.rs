@@ -117,19 +117,33 @@ impl Gateway {
         self.shutdown.cancel();
     }
 
+    /// A slot of STATEGATE_MAX_STREAMS for a stream the gateway does not
+    /// serve itself (gRPC health `Watch`, reflection), held while it is open.
+    pub fn stream_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.admission.stream_slot()
+    }
+
+    /// Cancelled by [`Gateway::shutdown`]: streams served outside the
+    /// gateway end on it too.
+    pub fn shutting_down(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Verifies the caller's token from the headers alone, without
+    /// policies: a transport refuses an unauthenticated call with it before
+    /// it decodes the body (decoding costs memory an anonymous peer must not
+    /// be able to spend; the call then authenticates again, from the
+    /// verifier's cache), and STATEGATE_PUBLIC_METADATA=false guards the
+    /// service descriptions with it. Counted in `auth_failures_total`.
+    pub async fn verify_token(&self, method: &str, metadata: &Metadata) -> Result<crate::model::Claims> {
+        self.auth.authenticate(method, metadata).await
+    }
+
     /// Authenticates the caller and runs the request authorization (the
     /// whole chain: `auth`) for a call touching `domain`.
     async fn admit(&self, method: &str, metadata: Metadata, body: &impl Serialize, server_stream: bool, domain: &str) -> Result<Caller> {
         let caller = self.authenticate(method, metadata, body, server_stream).await?;
         self.authorize(caller, Some(domain)).await
-    }
-
-    /// Checks the caller's token from the headers alone, so a transport can
-    /// refuse an unauthenticated call before it decodes its body (decoding
-    /// costs memory an anonymous peer must not be able to spend). The call
-    /// itself authenticates again, from the verifier's cache.
-    pub async fn check_credentials(&self, method: &str, metadata: &Metadata) -> Result<()> {
-        self.auth.authenticate(method, metadata).await.map(drop)
     }
 
     /// The first half of `admit`: who is calling, and the policy input of

@@ -169,6 +169,9 @@ pub enum Denial {
     Hook,
     /// A wasm guest used a capability it was not granted.
     NotGranted,
+    /// A browser rule (`api::browser`): a foreign origin or host name while
+    /// authentication is off.
+    Browser,
 }
 
 impl Denial {
@@ -177,6 +180,7 @@ impl Denial {
             Denial::Policy | Denial::Hook => "denied",
             Denial::PolicyError => "evaluation_error",
             Denial::NotGranted => "not_granted",
+            Denial::Browser => "browser",
         }
     }
 }

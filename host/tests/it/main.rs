@@ -22,6 +22,7 @@ mod crash;
 mod openapi;
 mod properties;
 mod limits;
+mod server;
 mod backends;
 mod procs;
 mod multi_instance;
