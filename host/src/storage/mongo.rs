@@ -51,7 +51,7 @@
 //! `claims`) and a BSON copy (`doc`, `cdoc`) exists only to push equality
 //! conditions of a query down to the server. A value the copy cannot
 //! represent exactly is flagged `raw` and always passes the pushdown; the
-//! shared matcher (`Filter::matches`) decides in every case.
+//! query's shared matcher (`model::query`) decides in every case.
 //!
 //! **Faults.** The driver reconnects by itself. Every call is bounded
 //! (server selection and connect timeouts, plus an overall deadline), so
@@ -59,8 +59,8 @@
 
 use super::{FEED_PAGE, Storage, conflict, idempotency_mismatch};
 use crate::model::{
-    Appended, AppendRequest, Change, Error, Event, EventKind, EventQuery, FeedQuery, Filter, RecordRef, Result,
-    State, StateQuery, Values, query::Op,
+    Appended, AppendRequest, Arrival, Change, Error, Event, EventKind, EventQuery, FeedQuery, Filter, RecordRef,
+    Result, Select, State, StateQuery, Values, query::Op,
 };
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -343,36 +343,21 @@ impl MongoStorage {
         }
     }
 
-    /// Collects documents of `cursor` that pass `keep`, after `offset`, up to
-    /// `limit`.
-    async fn collect<T>(
-        cursor: mongodb::Cursor<Document>,
-        parse: impl Fn(&Document) -> Result<T>,
-        keep: impl Fn(&T) -> bool,
-        offset: usize,
-        limit: usize,
-    ) -> Result<Vec<T>> {
-        let mut cursor = cursor;
-        let mut out = Vec::new();
-        let mut skipped = 0;
-        if limit == 0 {
-            return Ok(out);
-        }
+    /// Streams the documents of `cursor` into the query's page; stops
+    /// reading once the page is full.
+    async fn select<Q: Select>(
+        query: &Q,
+        arrival: Arrival,
+        mut cursor: mongodb::Cursor<Document>,
+        parse: impl Fn(&Document) -> Result<Q::Item>,
+    ) -> Result<Vec<Q::Item>> {
+        let mut page = query.page(arrival);
         while let Some(d) = cursor.try_next().await.map_err(db_error)? {
-            let item = parse(&d)?;
-            if !keep(&item) {
-                continue;
-            }
-            if skipped < offset {
-                skipped += 1;
-                continue;
-            }
-            out.push(item);
-            if out.len() >= limit {
+            if !page.offer(parse(&d)?) {
                 break;
             }
         }
-        Ok(out)
+        Ok(page.finish())
     }
 }
 
@@ -775,7 +760,8 @@ fn state_from_doc(d: &Document) -> Result<State> {
 fn pushdown(field: &str, flag: &str, filter: &Filter, and: &mut Vec<Document>) {
     for c in &filter.conditions {
         let Op::Eq(q) = &c.op else { continue };
-        if c.path.iter().any(|s| s.is_empty() || s.starts_with('$') || s.bytes().all(|b| b.is_ascii_digit())) {
+        let unsafe_key = |s: &str| s.is_empty() || s.starts_with('$') || s.chars().any(char::is_control);
+        if c.path.iter().any(|s| unsafe_key(s) || s.bytes().all(|b| b.is_ascii_digit())) {
             continue;
         }
         let value = match q {
@@ -838,17 +824,14 @@ impl Storage for MongoStorage {
         let mut and = vec![doc! {"d": &q.domain, "t": &q.ty, "live": true}];
         pushdown("doc", "raw", &q.filter, &mut and);
         let cursor = bounded(self.states.find(doc! {"$and": and}).sort(doc! {"k": 1})).await?;
-        let keep = |s: &State| q.filter.matches(&s.values);
-        let run = async {
-            match &q.sort {
-                Some(sort) => {
-                    let mut all = Self::collect(cursor, state_from_doc, keep, 0, usize::MAX).await?;
-                    all.sort_by(|a, b| sort.compare((&a.record.key, &a.values), (&b.record.key, &b.values)));
-                    Ok(all.into_iter().skip(q.offset).take(q.limit).collect())
-                }
-                None => Self::collect(cursor, state_from_doc, keep, q.offset, q.limit).await,
-            }
-        };
+        // Documents come by key (the unique index's order). A field sort is
+        // not pushed to the server: MongoDB orders arrays by their least or
+        // greatest element and objects field by field, and values without
+        // an exact BSON copy not at all, unlike `query::compare_values`, the
+        // one order every provider answers in. So the page keeps the top
+        // offset + limit states as they stream past, never the whole type.
+        let arrival = if q.sort.is_some() { Arrival::AnyOrder } else { Arrival::InOrder };
+        let run = Self::select(q, arrival, cursor, state_from_doc);
         tokio::time::timeout(CALL_DEADLINE, run)
             .await
             .unwrap_or_else(|_| Err(Error::unavailable("mongo: search took too long")))
@@ -869,18 +852,13 @@ impl Storage for MongoStorage {
         if !time.is_empty() {
             first.insert("time", time);
         }
+        // Equality pushed down never matches a deletion (no `doc`), and
+        // neither does the matcher: a deletion's values are `{}`.
         let mut and = vec![first];
-        if !q.filter.is_empty() {
-            and.push(doc! {"vals": {"$ne": Bson::Null}});
-        }
         pushdown("doc", "raw", &q.filter, &mut and);
         pushdown("cdoc", "craw", &q.claims_filter, &mut and);
         let cursor = bounded(self.events.find(doc! {"$and": and}).sort(doc! {"_id": 1})).await?;
-        let keep = |e: &Event| {
-            (q.filter.is_empty() || e.values.as_ref().is_some_and(|v| q.filter.matches(v)))
-                && q.claims_filter.matches(&e.claims)
-        };
-        tokio::time::timeout(CALL_DEADLINE, Self::collect(cursor, event_from_doc, keep, q.offset, q.limit))
+        tokio::time::timeout(CALL_DEADLINE, Self::select(q, Arrival::InOrder, cursor, event_from_doc))
             .await
             .unwrap_or_else(|_| Err(Error::unavailable("mongo: search took too long")))
     }
