@@ -11,8 +11,14 @@
 //! reader, so is every event with a smaller seq.** (Assign seqs in commit
 //! order: one writer, or a counter updated inside the transaction.)
 //!
-//! Each provider lives in its own file; `conformance` (in the integration
-//! tests) holds the one test suite every provider must pass.
+//! Searches mean the same on every provider because none decides them
+//! alone: a provider translates a query exactly or reads a superset from its
+//! backend and lets the query choose (`model::query`: `matches`, and
+//! `Select` for the page, which holds at most offset + limit items).
+//!
+//! Each provider lives in its own module (a file, or a folder for mongo);
+//! `conformance` (in the integration tests) holds the one test suite every
+//! provider must pass.
 
 pub mod memory;
 pub mod mongo;

@@ -334,3 +334,45 @@ async fn body_of(r: reqwest::Response) -> (u16, Value) {
     let text = r.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text)))
 }
+
+/// The hostile queries of `hostile::hostile_queries_are_invalid_argument`
+/// over REST: 400 naming the field, never a 503 the client would retry.
+#[tokio::test]
+async fn hostile_queries_are_bad_requests() {
+    let gw = TestGateway::start().await;
+    let base = gw.url();
+    let c = http();
+    // sqlite evaluates the paths per row: give it one.
+    let r = c.post(format!("{base}/api/state/ref/d/t/k")).json(&json!({"values": {"a": 1}})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let many = crate::hostile::equalities(1001);
+    let nul = r#"{"a\u0000": 1}"#;
+    let cases: [(&str, &str, &str); 6] = [
+        ("state", "query_string", nul),
+        ("events", "query_string", nul),
+        ("events", "claims_query", nul),
+        ("state", "sort_by", "a\u{0}b"),
+        ("state", "query_string", &many),
+        ("events", "claims_query", &many),
+    ];
+    for (what, field, value) in cases {
+        let r = c
+            .get(format!("{base}/api/{what}/search"))
+            .query(&[("domain", "d"), ("type", "t"), ("limit", "5"), (field, value)])
+            .send()
+            .await
+            .unwrap();
+        let (status, err) = body(r).await;
+        assert_eq!(status, 400, "{what} {field}: {err}");
+        assert!(err["message"].as_str().unwrap().contains(field), "{what} {field}: {err}");
+    }
+    let most = crate::hostile::equalities(stategate::model::query::MAX_CONDITIONS);
+    let r = c
+        .get(format!("{base}/api/events/search"))
+        .query(&[("domain", "d"), ("type", "t"), ("limit", "5"), ("query_string", &most), ("claims_query", &most)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(r).await.0, 200, "a query at the bounds runs");
+    gw.stop().await;
+}
