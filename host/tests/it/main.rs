@@ -7,9 +7,11 @@ mod storage_conformance;
 mod channel_conformance;
 
 mod providers;
+mod chaos_channel;
 mod wire;
 
 mod catch_up;
+mod hub_repairs;
 mod event_sourcing;
 mod grpc_api;
 mod grpc_web;
