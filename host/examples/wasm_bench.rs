@@ -124,17 +124,18 @@ async fn main() {
     let g = guests();
     let profile = if cfg!(debug_assertions) { "debug build (wasmtime/cranelift at opt-level 2)" } else { "release build" };
     println!("wasm_bench: {profile}, guests from {}", g.display());
-    stategate::wasm::configure(stategate::wasm::Settings {
+    let runtime = stategate::wasm::WasmRuntime::new(stategate::wasm::Settings {
         cache_dir: Some(g.join("../cache")),
         ..Default::default()
-    });
+    })
+    .unwrap();
 
     println!("storage (per operation):");
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = stategate::storage::StorageSpec::default().open(dir.path()).await.unwrap();
+    let sqlite = stategate::storage::StorageSpec::default().open(dir.path(), &runtime).await.unwrap();
     let native = storage_bench("sqlite", sqlite).await;
     let spec = json!({"name": "wasm", "path": g.join("fs_storage.wasm"), "grants": {"dir": dir.path().join("fs")}});
-    let wasm = stategate::storage::StorageSpec::parse(&spec.to_string()).unwrap().open(dir.path()).await.unwrap();
+    let wasm = stategate::storage::StorageSpec::parse(&spec.to_string()).unwrap().open(dir.path(), &runtime).await.unwrap();
     let w = storage_bench("wasm fs_storage", wasm).await;
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     println!(
@@ -157,7 +158,7 @@ async fn main() {
     };
     for (name, file) in [("rust redact", "redact.wasm"), ("python", "python_readonly.wasm")] {
         let spec = json!({"*": {"path": g.join(file), "limits": {"timeout_ms": 30000}}});
-        let hooks = stategate::auth::hooks::PolicyHooks::from_config(&spec.to_string()).await.unwrap().unwrap();
+        let hooks = stategate::auth::hooks::PolicyHooks::from_config(&spec.to_string(), &runtime).await.unwrap().unwrap();
         hooks.authorize_request(&input).await.unwrap();
         let t = per_op(300, |_| {
             let (h, i) = (hooks.clone(), input.clone());

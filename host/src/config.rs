@@ -123,6 +123,11 @@ pub struct Config {
     #[arg(long, env = "STATEGATE_WASM_MAX_INSTANCES", default_value_t = 32)]
     pub wasm_max_instances: usize,
 
+    /// Wasm guest calls running at once for one guest; 0 = a quarter of
+    /// STATEGATE_WASM_MAX_INSTANCES (at least 1).
+    #[arg(long, env = "STATEGATE_WASM_MAX_INSTANCES_PER_GUEST", default_value_t = 0)]
+    pub wasm_max_instances_per_guest: usize,
+
     /// Cache of compiled wasm components (default: <data dir>/wasm-cache).
     #[arg(long, env = "STATEGATE_WASM_CACHE_DIR")]
     pub wasm_cache_dir: Option<PathBuf>,
@@ -285,6 +290,21 @@ impl Config {
     /// The channel provider configured, or the in-process default.
     pub fn channel_spec(&self) -> ChannelSpec {
         self.channel_provider.clone().unwrap_or_default()
+    }
+
+    /// The wasm sandbox settings (`STATEGATE_WASM_*`).
+    pub fn wasm_settings(&self) -> crate::wasm::Settings {
+        crate::wasm::Settings {
+            call_timeout: Duration::from_millis(self.wasm_call_timeout_ms.max(1)),
+            memory_bytes: self.wasm_memory_mb.max(1) << 20,
+            max_instances: self.wasm_max_instances.max(1),
+            max_instances_per_guest: match self.wasm_max_instances_per_guest {
+                0 => self.wasm_max_instances.div_ceil(4).max(1),
+                n => n.min(self.wasm_max_instances.max(1)),
+            },
+            cache_dir: Some(self.wasm_cache_dir.clone().unwrap_or_else(|| self.data_dir.join("wasm-cache"))),
+            reload_interval: Duration::from_millis(self.wasm_reload_ms),
+        }
     }
 }
 

@@ -64,27 +64,21 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
     config.validate()?;
     let metrics = Arc::new(Metrics::new());
     crate::wasm::metrics::register(&metrics.registry);
-    crate::wasm::configure(crate::wasm::Settings {
-        call_timeout: Duration::from_millis(config.wasm_call_timeout_ms.max(1)),
-        memory_bytes: config.wasm_memory_mb.max(1) << 20,
-        max_instances: config.wasm_max_instances.max(1),
-        cache_dir: Some(config.wasm_cache_dir.clone().unwrap_or_else(|| config.data_dir.join("wasm-cache"))),
-        reload_interval: Duration::from_millis(config.wasm_reload_ms),
-    });
-    // After the wasm settings: the policy hooks are loaded with them.
-    let auth = crate::auth::stack::build(&config.auth, config.auth_enabled(), metrics.clone()).await?;
+    // The runtime every wasm guest of this gateway (hooks, providers) runs in.
+    let wasm = crate::wasm::WasmRuntime::new(config.wasm_settings())?;
+    let auth = crate::auth::stack::build(&config.auth, config.auth_enabled(), metrics.clone(), &wasm).await?;
     let owns_storage = shared.is_none();
     let storage = match shared {
         Some(s) => s,
         None => config
             .storage_spec()
-            .open(&config.data_dir)
+            .open(&config.data_dir, &wasm)
             .await
             .map_err(|e| ConfigError::new("STATEGATE_STORAGE_PROVIDER", e.to_string()))?,
     };
     let channel = config
         .channel_spec()
-        .open()
+        .open(&wasm)
         .await
         .map_err(|e| ConfigError::new("STATEGATE_CHANNEL_PROVIDER", e.to_string()))?;
     let tls = match (&config.tls_cert_file, &config.tls_key_file) {

@@ -24,7 +24,7 @@ use super::PolicyInput;
 use crate::model::{Denial, Error, Result};
 use crate::wasm::bindings::policy::PolicyHookPre;
 use crate::wasm::bindings::policy::exports::stategate::gateway::policy::{Decision, ResponseDecision};
-use crate::wasm::{Ctx, Guest, GuestConfig};
+use crate::wasm::{Ctx, Guest, GuestConfig, WasmRuntime};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -41,6 +41,8 @@ enum Source {
     Map(HashMap<String, Arc<PolicyGuest>>),
     Dir {
         dir: PathBuf,
+        /// What the hooks, loaded on first use, run in.
+        runtime: WasmRuntime,
         /// One cell per file stem: the first call for a stem loads it, the
         /// others wait for that load; a failed load leaves the cell empty,
         /// so the next call tries again.
@@ -51,9 +53,10 @@ enum Source {
 const DEFAULT_FILE: &str = "_default";
 
 impl PolicyHooks {
-    /// From the `STATEGATE_POLICY_HOOKS` text; `None` when empty. Hooks of a
-    /// map are loaded now, on the blocking pool (a broken one fails start-up).
-    pub async fn from_config(text: &str) -> Result<Option<Arc<PolicyHooks>>> {
+    /// From the `STATEGATE_POLICY_HOOKS` text; `None` when empty. Hooks run
+    /// in `runtime`. Hooks of a map are loaded now, on the blocking pool (a
+    /// broken one fails start-up).
+    pub async fn from_config(text: &str, runtime: &WasmRuntime) -> Result<Option<Arc<PolicyHooks>>> {
         let text = text.trim();
         if text.is_empty() {
             return Ok(None);
@@ -74,7 +77,7 @@ impl PolicyHooks {
                     }
                     _ => return Err(Error::invalid(FIELD, format!("hook of {domain:?} must be a path or an object"))),
                 };
-                guests.insert(domain, load(config).await?);
+                guests.insert(domain, load(runtime, config).await?);
             }
             Source::Map(guests)
         } else {
@@ -84,6 +87,7 @@ impl PolicyHooks {
             }
             Source::Dir {
                 dir,
+                runtime: runtime.clone(),
                 loaded: Mutex::default(),
             }
         };
@@ -101,7 +105,7 @@ impl PolicyHooks {
     pub async fn guest_for(&self, domain: Option<&str>) -> Result<Option<Arc<PolicyGuest>>> {
         match &self.source {
             Source::Map(m) => Ok(domain.and_then(|d| m.get(d)).or_else(|| m.get("*")).map(Arc::clone)),
-            Source::Dir { dir, loaded } => {
+            Source::Dir { dir, runtime, loaded } => {
                 let own = domain.filter(|d| !d.contains(['/', '\\']) && !d.starts_with('.') && *d != DEFAULT_FILE);
                 for stem in own.into_iter().chain([DEFAULT_FILE]) {
                     let path = dir.join(format!("{stem}.wasm"));
@@ -110,7 +114,7 @@ impl PolicyHooks {
                     }
                     let cell = loaded.lock().unwrap().entry(stem.to_owned()).or_default().clone();
                     let guest = cell
-                        .get_or_try_init(|| load(GuestConfig::at(path, format!("policy:{stem}"))))
+                        .get_or_try_init(|| load(runtime, GuestConfig::at(path, format!("policy:{stem}"))))
                         .await
                         .map_err(|e| Error::Unavailable(format!("policy hook for {stem:?} cannot be loaded: {e}")))?;
                     return Ok(Some(guest.clone()));
@@ -126,10 +130,11 @@ impl PolicyHooks {
             return Ok(());
         };
         let doc = serde_json::to_string(input).map_err(Error::internal)?;
-        let mut lease = guest.lease().await?;
-        let (store, hook) = lease.parts();
-        let r = hook.stategate_gateway_policy().call_authorize_request(store, &doc).await;
-        let decision = guest.give_back("authorize-request", lease, r)?;
+        let decision = guest
+            .call("authorize-request", move |store, hook| {
+                Box::pin(async move { hook.stategate_gateway_policy().call_authorize_request(store, &doc).await })
+            })
+            .await?;
         match decision {
             Decision::Allow => Ok(()),
             Decision::Deny(reason) => Err(Error::denied(Denial::Hook, format!("{}: {reason}", guest.name()))),
@@ -143,10 +148,11 @@ impl PolicyHooks {
             return Ok(None);
         };
         let doc = serde_json::to_string(input).map_err(Error::internal)?;
-        let mut lease = guest.lease().await?;
-        let (store, hook) = lease.parts();
-        let r = hook.stategate_gateway_policy().call_authorize_response(store, &doc).await;
-        let decision = guest.give_back("authorize-response", lease, r)?;
+        let decision = guest
+            .call("authorize-response", move |store, hook| {
+                Box::pin(async move { hook.stategate_gateway_policy().call_authorize_response(store, &doc).await })
+            })
+            .await?;
         match decision {
             ResponseDecision::Allow => Ok(None),
             ResponseDecision::Deny(reason) => Err(Error::denied(Denial::Hook, format!("{}: {reason}", guest.name()))),
@@ -161,8 +167,10 @@ impl PolicyHooks {
 }
 
 /// Compiles a hook on the blocking pool: never on a request's task.
-async fn load(config: GuestConfig) -> Result<Arc<PolicyGuest>> {
-    tokio::task::spawn_blocking(move || Guest::load(config.spec()))
+async fn load(runtime: &WasmRuntime, config: GuestConfig) -> Result<Arc<PolicyGuest>> {
+    let spec = config.spec(runtime.settings());
+    let runtime = runtime.clone();
+    tokio::task::spawn_blocking(move || Guest::load(&runtime, spec))
         .await
         .map_err(|e| Error::internal(format!("loading a policy hook: {e}")))?
 }

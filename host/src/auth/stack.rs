@@ -13,6 +13,7 @@ use super::{Auth, AuthConfig, Metadata, NoAuth, PolicyInput};
 use crate::config::ConfigError;
 use crate::model::{Claims, Error, Result};
 use crate::telemetry::Metrics;
+use crate::wasm::WasmRuntime;
 use async_trait::async_trait;
 use base64::Engine;
 use serde_json::Value;
@@ -84,10 +85,11 @@ impl Auth for AuthStack {
 }
 
 /// Builds the chain from the auth section of the configuration; `enabled`
-/// is false when auth is off (`STATEGATE_AUTH_DISABLED`, `--dev`). Any
+/// is false when auth is off (`STATEGATE_AUTH_DISABLED`, `--dev`); policy
+/// hooks run in `wasm`. Any
 /// problem stops the start with a message naming the variable.
-pub async fn build(config: &AuthConfig, enabled: bool, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn Auth>> {
-    let hooks = PolicyHooks::from_config(config.policy_hooks.as_deref().unwrap_or(""))
+pub async fn build(config: &AuthConfig, enabled: bool, metrics: Arc<Metrics>, wasm: &WasmRuntime) -> anyhow::Result<Arc<dyn Auth>> {
+    let hooks = PolicyHooks::from_config(config.policy_hooks.as_deref().unwrap_or(""), wasm)
         .await
         .map_err(|e| ConfigError::new("STATEGATE_POLICY_HOOKS", e.to_string()))?;
     let request = policy_sources("STATEGATE_REQUEST_POLICY", &config.request_policy, &config.request_policy_path)?;

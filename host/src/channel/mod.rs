@@ -15,6 +15,7 @@ pub mod redis;
 pub mod wasm;
 
 use crate::model::{Error, Event, Result, Topic};
+use crate::wasm::WasmRuntime;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use std::sync::Arc;
@@ -74,13 +75,13 @@ impl ChannelSpec {
     }
 
 
-    /// Connects the provider.
-    pub async fn open(&self) -> Result<DynChannel> {
+    /// Connects the provider; `wasm` runs a wasm provider.
+    pub async fn open(&self, wasm: &WasmRuntime) -> Result<DynChannel> {
         Ok(match self {
             ChannelSpec::Inmem(_) => Arc::new(memory::MemoryChannel::new()),
             ChannelSpec::Redis(c) => Arc::new(redis::RedisChannel::open(c).await?),
             ChannelSpec::Nats(c) => Arc::new(nats::NatsChannel::open(c).await?),
-            ChannelSpec::Wasm(c) => Arc::new(wasm::WasmChannel::open(c).await?),
+            ChannelSpec::Wasm(c) => Arc::new(wasm::WasmChannel::open(c, wasm).await?),
         })
     }
 }

@@ -13,7 +13,7 @@ use crate::model::{Error, Event, Result, Topic};
 use crate::wasm::bindings::channel::{ChannelProvider, ChannelProviderPre};
 use crate::wasm::bindings::storage::stategate::gateway::types as wt;
 use crate::wasm::convert::{event_from_wit, event_to_wit};
-use crate::wasm::{Ctx, Guest, GuestConfig, Persistent};
+use crate::wasm::{Ctx, Guest, GuestConfig, Persistent, WasmRuntime};
 use async_trait::async_trait;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -97,10 +97,11 @@ impl Inner {
 }
 
 impl WasmChannel {
-    pub async fn open(config: &WasmChannelConfig) -> Result<WasmChannel> {
+    pub async fn open(config: &WasmChannelConfig, runtime: &WasmRuntime) -> Result<WasmChannel> {
         let poll_every = Duration::from_millis(config.poll_ms.max(1));
-        let spec = config.guest.spec();
-        let guest = tokio::task::spawn_blocking(move || Guest::load(spec))
+        let spec = config.guest.spec(runtime.settings());
+        let runtime = runtime.clone();
+        let guest = tokio::task::spawn_blocking(move || Guest::load(&runtime, spec))
             .await
             .map_err(Error::internal)??;
         let guest = Persistent::new(guest);

@@ -26,6 +26,7 @@ pub mod sqlite;
 pub mod wasm;
 
 use crate::model::{Appended, AppendRequest, Error, Expect, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery};
+use crate::wasm::WasmRuntime;
 use async_trait::async_trait;
 use std::path::Path;
 use std::sync::Arc;
@@ -104,13 +105,14 @@ impl StorageSpec {
         crate::model::spec::parse("STATEGATE_STORAGE_PROVIDER", text, NOT_BUILT_IN)
     }
 
-    /// Opens the provider; `data_dir` holds the default sqlite file.
-    pub async fn open(&self, data_dir: &Path) -> Result<DynStorage> {
+    /// Opens the provider; `data_dir` holds the default sqlite file, `wasm`
+    /// runs a wasm provider.
+    pub async fn open(&self, data_dir: &Path, wasm: &WasmRuntime) -> Result<DynStorage> {
         Ok(match self {
             StorageSpec::Sqlite(c) => Arc::new(c.build(data_dir)?),
             StorageSpec::Inmem(_) => Arc::new(memory::MemoryStorage::new()),
             StorageSpec::Mongo(c) => Arc::new(c.build().await?),
-            StorageSpec::Wasm(c) => Arc::new(wasm::WasmStorage::open(c).await?),
+            StorageSpec::Wasm(c) => Arc::new(wasm::WasmStorage::open(c, wasm).await?),
         })
     }
 }

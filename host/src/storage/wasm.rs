@@ -16,7 +16,7 @@ use crate::wasm::convert::{event_from_wit, event_with, kind_to_wit, record_to_wi
 use crate::wasm::bindings::storage::StorageProviderPre;
 use crate::wasm::bindings::storage::exports::stategate::gateway::storage as wit;
 use crate::wasm::bindings::storage::stategate::gateway::types as wt;
-use crate::wasm::{Ctx, Guest, GuestConfig, Persistent};
+use crate::wasm::{Ctx, Guest, GuestConfig, Persistent, WasmRuntime};
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -27,9 +27,10 @@ pub struct WasmStorage {
 
 impl WasmStorage {
     /// Loads the guest and checks it answers `ping`.
-    pub async fn open(config: &GuestConfig) -> Result<WasmStorage> {
-        let spec = config.spec();
-        let guest = tokio::task::spawn_blocking(move || Guest::load(spec))
+    pub async fn open(config: &GuestConfig, runtime: &WasmRuntime) -> Result<WasmStorage> {
+        let spec = config.spec(runtime.settings());
+        let runtime = runtime.clone();
+        let guest = tokio::task::spawn_blocking(move || Guest::load(&runtime, spec))
             .await
             .map_err(Error::internal)??;
         let s = WasmStorage {

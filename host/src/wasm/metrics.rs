@@ -18,7 +18,7 @@ fn m() -> &'static M {
     M_.get_or_init(|| M {
         calls: IntCounterVec::new(Opts::new("wasm_guest_calls_total", "Calls into wasm guests"), &["guest", "op"]).unwrap(),
         errors: IntCounterVec::new(
-            Opts::new("wasm_guest_errors_total", "Failed wasm guest calls by reason (trap, deadline, memory, denied)"),
+            Opts::new("wasm_guest_errors_total", "Failed wasm guest calls by reason (trap, deadline, memory, denied, busy)"),
             &["guest", "op", "reason"],
         )
         .unwrap(),
@@ -55,7 +55,7 @@ pub(crate) fn call(guest: &str, op: &str, took: Duration, error: Option<&str>) {
     m.seconds.with_label_values(&[guest, op]).observe(took.as_secs_f64());
     if let Some(reason) = error {
         m.errors.with_label_values(&[guest, op, reason]).inc();
-        if reason != "denied" {
+        if !matches!(reason, "denied" | "busy") {
             m.traps.with_label_values(&[guest]).inc();
         }
     }

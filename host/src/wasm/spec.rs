@@ -5,10 +5,10 @@
 //! [`GuestConfig`] is what the configuration says, parsed once when the
 //! configuration is read, with unknown keys refused (a typo such as
 //! `"grant"` stops the start instead of silently granting nothing).
-//! [`GuestSpec`] is the same guest with the process-wide defaults filled in:
+//! [`GuestSpec`] is the same guest with the runtime's defaults filled in:
 //! what the host loads.
 
-use super::{Grants, settings};
+use super::{Grants, Settings};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use std::num::NonZeroU64;
@@ -36,7 +36,7 @@ pub struct GuestConfig {
     pub limits: GuestLimits,
 }
 
-/// `limits` of a guest: each overrides the process-wide setting.
+/// `limits` of a guest: each overrides the runtime's setting.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestLimits {
@@ -58,10 +58,9 @@ impl GuestConfig {
         }
     }
 
-    /// The guest to load: this configuration with the process-wide limits
+    /// The guest to load: this configuration with the runtime's limits
     /// filled in where it sets none.
-    pub fn spec(&self) -> GuestSpec {
-        let s = settings();
+    pub fn spec(&self, s: &Settings) -> GuestSpec {
         let name = match &self.guest {
             Some(n) => n.clone(),
             None => self
@@ -125,10 +124,14 @@ mod tests {
         let c: GuestConfig = serde_json::from_value(json!({"path": "dir/fs_storage.wasm", "config": null,
             "grants": {"dir": "/tmp/x"}, "limits": {"timeout_ms": 250}}))
         .unwrap();
-        let spec = c.spec();
+        let settings = Settings {
+            memory_bytes: 3 << 20,
+            ..Settings::default()
+        };
+        let spec = c.spec(&settings);
         assert_eq!(spec.name, "fs_storage");
         assert_eq!(spec.call_timeout, Duration::from_millis(250));
-        assert_eq!(spec.memory_bytes, settings().memory_bytes);
+        assert_eq!(spec.memory_bytes, 3 << 20);
         assert_eq!(spec.grants.dir.as_deref(), Some(std::path::Path::new("/tmp/x")));
     }
 }

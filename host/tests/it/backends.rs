@@ -213,7 +213,8 @@ async fn bad_provider_options_are_named() {
         &json!({"name": "mongo", "addr": "mongodb://127.0.0.1:1", "database": "a.b"}).to_string(),
     )
     .unwrap();
-    match spec.open(std::path::Path::new(".")).await {
+    let wasm = stategate::wasm::WasmRuntime::new(stategate::wasm::Settings::default()).unwrap();
+    match spec.open(std::path::Path::new("."), &wasm).await {
         Err(e) => assert!(e.to_string().contains("database"), "{e}"),
         Ok(_) => panic!("a bad database name was accepted"),
     }

@@ -40,4 +40,5 @@ mod docs;
 mod wasm_support;
 mod wasm_providers;
 mod wasm_sandbox;
+mod wasm_deadlines;
 mod wasm_policies;

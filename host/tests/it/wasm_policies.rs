@@ -4,7 +4,7 @@
 //! a client keeps calling (no call fails) and refuses broken replacements.
 
 use crate::harness::TestGateway;
-use crate::wasm_support::{auth_service, cache_dir, configure, guest};
+use crate::wasm_support::{auth_service, cache_dir, guest, runtime};
 use serde_json::{Value, json};
 use stategate::auth::PolicyInput;
 use stategate::model::Error;
@@ -32,8 +32,7 @@ const GET: &str = "/stategate.StateService/Get";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_isolation_hook() {
-    configure();
-    let hooks = PolicyHooks::from_config(&json!({"*": guest("tenant_isolation")}).to_string()).await.unwrap().unwrap();
+    let hooks = PolicyHooks::from_config(&json!({"*": guest("tenant_isolation")}).to_string(), &runtime()).await.unwrap().unwrap();
     let acme = json!({"tenant": "acme"});
     hooks.authorize_request(&input(acme.clone(), SET, json!({"domain": "acme", "key": "k"}), None)).await.unwrap();
     let err = hooks
@@ -53,9 +52,8 @@ async fn tenant_isolation_hook() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_read_only_policy() {
-    configure();
     let spec = json!({"ro": {"path": guest("python_readonly"), "config": {"hide": "card.number,ssn"}, "limits": {"timeout_ms": 30000}}});
-    let hooks = PolicyHooks::from_config(&spec.to_string()).await.unwrap().unwrap();
+    let hooks = PolicyHooks::from_config(&spec.to_string(), &runtime()).await.unwrap().unwrap();
     let body = json!({"domain": "ro", "type": "t", "key": "k"});
     let err = hooks.authorize_request(&input(json!({"role": "viewer"}), SET, body.clone(), None)).await.unwrap_err();
     assert!(matches!(&err, Error::PermissionDenied { message: m, .. } if m.contains("read-only (python policy)") && m.contains("policy:ro")), "{err}");
@@ -70,13 +68,12 @@ async fn python_read_only_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn javascript_schema_policy() {
-    configure();
     let spec = json!({"shop": {
         "path": guest("js_schema"),
         "config": {"required": {"order": ["id", "total"]}, "types": {"order": {"total": "number", "id": "string"}}},
         "limits": {"timeout_ms": 30000},
     }});
-    let hooks = PolicyHooks::from_config(&spec.to_string()).await.unwrap().unwrap();
+    let hooks = PolicyHooks::from_config(&spec.to_string(), &runtime()).await.unwrap().unwrap();
     let set = |values: Value| input(json!({}), SET, json!({"domain": "shop", "type": "order", "key": "o1", "values": values}), None);
     hooks.authorize_request(&set(json!({"id": "o1", "total": 12.5, "note": "extra fields pass"}))).await.unwrap();
     let err = hooks.authorize_request(&set(json!({"id": "o1"}))).await.unwrap_err();

@@ -2,18 +2,16 @@
 //! providers (guest-providers/), plus durability across restarts and two
 //! gateways sharing the directory channel.
 
-use crate::wasm_support::{channel_spec, configure, guest, spec, storage_spec};
+use crate::wasm_support::{channel_spec, guest, runtime, spec, storage_spec};
 use stategate::channel::DynChannel;
 use stategate::storage::DynStorage;
 
 async fn fs_storage(dir: &std::path::Path) -> DynStorage {
-    configure();
-    storage_spec(&spec(&guest("fs_storage"), dir)).open(dir).await.expect("wasm storage opens")
+    storage_spec(&spec(&guest("fs_storage"), dir)).open(dir, &runtime()).await.expect("wasm storage opens")
 }
 
 async fn dir_channel(dir: &std::path::Path) -> DynChannel {
-    configure();
-    channel_spec(&spec(&guest("dir_channel"), dir)).open().await.expect("wasm channel opens")
+    channel_spec(&spec(&guest("dir_channel"), dir)).open(&runtime()).await.expect("wasm channel opens")
 }
 
 storage_conformance!(wasm_fs_storage, async {
@@ -109,13 +107,12 @@ async fn two_gateways_share_the_directory_channel() {
 /// async linker, is in wasm_sandbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_file_escape_from_the_granted_dir_is_denied() {
-    configure();
     let parent = tempfile::tempdir().unwrap();
     let granted = parent.path().join("granted");
     std::fs::create_dir(&granted).unwrap();
     let mut provider = spec(&guest("fs_storage"), &granted);
     provider.insert("config".into(), serde_json::json!({"file": "../escaped.jsonl"}));
-    let err = match storage_spec(&provider).open(&granted).await {
+    let err = match storage_spec(&provider).open(&granted, &runtime()).await {
         Err(e) => e,
         Ok(s) => s.head().await.expect_err("a file outside grants.dir must not open"),
     };

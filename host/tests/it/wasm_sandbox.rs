@@ -137,6 +137,54 @@ async fn looping_hook_does_not_hold_the_thread() {
     gw.stop().await;
 }
 
+/// A hook blocked in the host (a sleep: a WASI clock pollable, where no
+/// epoch deadline reaches) fails at its deadline like one that loops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleeping_hook_hits_its_deadline() {
+    misbehaving("sleep", serde_json::json!({"timeout_ms": 300}), Code::Unavailable, "time limit").await;
+}
+
+/// One tenant's hook calls blocked in the host take at most their guest's
+/// share of the instance bound: with 4 places, 2 per guest, six blocked
+/// calls of one tenant leave another tenant served, and are all still
+/// blocked when it has been.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_hook_calls_leave_other_tenants_their_places() {
+    let hooks = serde_json::json!({
+        "bad": {"path": guest("misbehave"), "config": {"mode": "sleep", "ms": 60_000}, "limits": {"timeout_ms": 600_000}},
+        "good": {"path": guest("redact"), "config": {"fields": "secret"}},
+    });
+    let gw = TestGateway::start_with(|c| {
+        c.auth.policy_hooks = Some(hooks.to_string());
+        c.wasm_cache_dir = Some(cache_dir());
+        c.wasm_max_instances = 4;
+        c.wasm_max_instances_per_guest = 2;
+    })
+    .await;
+    let mut blocked = Vec::new();
+    for n in 0..6 {
+        let mut bad = gw.state_client().await;
+        blocked.push(tokio::spawn(async move { bad.set(state("bad", &format!("k{n}"), serde_json::json!({"n": n}))).await }));
+    }
+    // Let the blocked calls take what they can.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut good = gw.state_client().await;
+    for n in 0..5 {
+        good.set(state("good", "k", serde_json::json!({"n": n, "secret": "s"}))).await.expect("good tenant write");
+        let got = good
+            .get(StateRef { domain: "good".into(), r#type: "t".into(), key: "k".into(), ..Default::default() })
+            .await
+            .expect("good tenant read")
+            .into_inner();
+        assert!(json_of(&got).get("secret").is_none());
+    }
+    assert!(blocked.iter().all(|b| !b.is_finished()), "the other tenant was served while every blocked call still waited");
+    for b in &blocked {
+        b.abort();
+    }
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bomb_hits_its_cap() {
     misbehaving("oom", serde_json::json!({"memory_mb": 32}), Code::Unavailable, "memory limit").await;

@@ -26,12 +26,17 @@ pub fn cache_dir() -> PathBuf {
 }
 
 /// Sandbox settings for tests: the shared cache, fast reload checks.
-pub fn configure() {
-    stategate::wasm::configure(stategate::wasm::Settings {
+pub fn settings() -> stategate::wasm::Settings {
+    stategate::wasm::Settings {
         cache_dir: Some(cache_dir()),
         reload_interval: std::time::Duration::from_millis(50),
         ..stategate::wasm::Settings::default()
-    });
+    }
+}
+
+/// A wasm runtime with the test [`settings`].
+pub fn runtime() -> stategate::wasm::WasmRuntime {
+    stategate::wasm::WasmRuntime::new(settings()).expect("a wasm runtime")
 }
 
 /// A wasm provider object (`{"name":"wasm",…}`) granted `dir`.

@@ -3,7 +3,9 @@
 //! without bound), `net` (opens a TCP connection it was not granted),
 //! `http` (sends an HTTP request to an authority it was not granted),
 //! `fs` (reads a file outside what it was granted and, should that work,
-//! leaks it in the deny reason); anything else allows.
+//! leaks it in the deny reason), `sleep` (sleeps config `ms` milliseconds,
+//! default 60000, blocked in the host on a WASI clock, then allows);
+//! anything else allows.
 
 wit_bindgen::generate!({
     path: "../../../wit",
@@ -58,6 +60,11 @@ impl Guest for Misbehave {
                     Ok(text) => Decision::Deny(format!("{path}: {text}")),
                     Err(e) => panic!("misbehave: cannot read {path}: {e}"),
                 }
+            }
+            Some("sleep") => {
+                let ms = host::config("ms").and_then(|m| m.parse::<u64>().ok()).unwrap_or(60_000);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                Decision::Allow
             }
             _ => Decision::Allow,
         }

@@ -1,0 +1,259 @@
+//! A guest's lifecycle, in the words used throughout `wasm/`:
+//!
+//! - **load**: read the `.wasm` file, compile it (through the cache) and
+//!   link it against its world, giving a [`Version`]. [`Guest::load`] loads
+//!   the first version and starts the file watcher.
+//! - **reload**: load the file again if it changed and swap the new
+//!   version in ([`Guest::reload`]); a file that does not load is refused
+//!   and the current version keeps serving.
+//! - **instantiate**: a fresh store with the guest's grants and limits, and
+//!   an instance of a version in it ([`Instance`]).
+//! - **call**: run one export on an instance under the call's deadline
+//!   (`Persistent::call` for providers, `Guest::call` for policy hooks).
+//! - **lease** / **release**: check an instance out for one call and hand
+//!   it back (policy hooks keep a few warm ones, see `lease.rs`);
+//!   **discard**: drop an instance that failed or was abandoned, never to
+//!   enter it again.
+//!
+//! Invariants:
+//! - A version is immutable; calls in flight finish on the version they
+//!   started on, new instances use the current one.
+//! - Generations count successful loads: 1 for the first, +1 per swap.
+
+use super::store::{Ctx, GuestInfo, new_store};
+use super::worlds::World;
+use super::outcome::{self, Busy};
+use super::{GuestSpec, TICK, WasmRuntime, cache, metrics};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use crate::model::{Error, Result};
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Instant, SystemTime};
+use wasmtime::Store;
+
+/// A compiled, linked component version.
+pub struct Version<P> {
+    pub pre: P,
+    /// SHA-256 of the `.wasm` file.
+    pub hash: String,
+    /// 1 for the first load, +1 per successful reload.
+    pub generation: u64,
+}
+
+/// An instance of a guest version, in its own store.
+pub(super) struct Instance<P: World> {
+    pub(super) store: Store<Ctx>,
+    pub(super) instance: P::Instance,
+    pub(super) generation: u64,
+}
+
+/// A guest component: the current version, swapped on reload.
+pub struct Guest<P: World> {
+    pub(super) runtime: WasmRuntime,
+    pub(super) spec: GuestSpec,
+    info: Arc<GuestInfo>,
+    allowed_net: Arc<Vec<SocketAddr>>,
+    current: ArcSwap<Version<P>>,
+    /// (mtime, length) of the file when last looked at.
+    stamp: Mutex<(Option<SystemTime>, u64)>,
+    last_error: Mutex<Option<String>>,
+    generations: AtomicU64,
+    /// Warm instances for leases, with the generation they run.
+    pub(super) idle: Mutex<Vec<Instance<P>>>,
+    /// This guest's share of the runtime's instance bound.
+    places: Arc<Semaphore>,
+}
+
+/// A call's places: one of its guest's share and one under the runtime's
+/// bound, held for as long as the call's instance is in use.
+pub(super) struct Place {
+    _guest: OwnedSemaphorePermit,
+    _runtime: OwnedSemaphorePermit,
+}
+
+fn stamp(path: &Path) -> (Option<SystemTime>, u64) {
+    match std::fs::metadata(path) {
+        Ok(m) => (m.modified().ok(), m.len()),
+        Err(_) => (None, 0),
+    }
+}
+
+impl<P: World> Guest<P> {
+    /// Loads the guest's first version; fails naming the guest and the
+    /// reason. Starts its file watcher. Blocking (compiles): call it on the
+    /// blocking pool.
+    pub fn load(runtime: &WasmRuntime, spec: GuestSpec) -> Result<Arc<Self>> {
+        let field = format!("wasm guest {:?}", spec.name);
+        if let Some(dir) = &spec.grants.dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::invalid(&field, format!("cannot create grants.dir {}: {e}", dir.display())))?;
+        }
+        let mut allowed = Vec::new();
+        for a in &spec.grants.net {
+            use std::net::ToSocketAddrs;
+            let addrs = a
+                .to_socket_addrs()
+                .map_err(|e| Error::invalid(&field, format!("grants.net entry {a:?} is not a reachable host:port: {e}")))?;
+            allowed.extend(addrs);
+        }
+        let st = stamp(&spec.path);
+        let bytes = std::fs::read(&spec.path)
+            .map_err(|e| Error::invalid(&field, format!("cannot read {}: {e}", spec.path.display())))?;
+        let started = Instant::now();
+        let version = Self::version(runtime, &bytes, 1).map_err(|reason| Error::invalid(&field, reason))?;
+        tracing::info!(guest = %spec.name, world = P::KIND.world(), hash = %&version.hash[..12],
+            ms = started.elapsed().as_millis() as u64, "wasm guest loaded");
+        metrics::reloaded(&spec.name, "loaded");
+        let guest = Arc::new(Guest {
+            runtime: runtime.clone(),
+            info: Arc::new(GuestInfo {
+                name: spec.name.clone(),
+                config: spec.config.clone(),
+            }),
+            allowed_net: Arc::new(allowed),
+            spec,
+            current: ArcSwap::from_pointee(version),
+            stamp: Mutex::new(st),
+            last_error: Mutex::new(None),
+            generations: AtomicU64::new(1),
+            idle: Mutex::new(Vec::new()),
+            places: Arc::new(Semaphore::new(runtime.settings().max_instances_per_guest.max(1))),
+        });
+        guest.watch();
+        Ok(guest)
+    }
+
+    /// Starts the thread that reloads the guest when its file changes; it
+    /// ends when the guest is dropped.
+    fn watch(self: &Arc<Self>) {
+        let interval = self.runtime.settings().reload_interval;
+        if interval.is_zero() {
+            return;
+        }
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let _ = std::thread::Builder::new()
+            .name(format!("wasm-watch-{}", self.spec.name))
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(interval);
+                    let Some(g) = weak.upgrade() else { break };
+                    g.reload();
+                }
+            });
+    }
+
+    /// Compiles and links the bytes of a `.wasm` file.
+    fn version(runtime: &WasmRuntime, bytes: &[u8], generation: u64) -> std::result::Result<Version<P>, String> {
+        let (component, hash) = cache::compile(runtime, bytes)?;
+        let pre = P::link(&component).map_err(|e| format!("does not implement world {}: {e:?}", P::KIND.world()))?;
+        Ok(Version { pre, hash, generation })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn spec(&self) -> &GuestSpec {
+        &self.spec
+    }
+
+    /// The version new instances use.
+    pub fn current(&self) -> Arc<Version<P>> {
+        self.current.load_full()
+    }
+
+    /// Why the last reload was refused (cleared by a successful one).
+    pub fn last_reload_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap().clone()
+    }
+
+    /// Checks the file now; swaps in a changed version that loads. Returns
+    /// whether a new version was swapped in.
+    pub fn reload(&self) -> bool {
+        let now = stamp(&self.spec.path);
+        {
+            let mut st = self.stamp.lock().unwrap();
+            if *st == now {
+                return false;
+            }
+            *st = now;
+        }
+        let bytes = match std::fs::read(&self.spec.path) {
+            Ok(b) => b,
+            Err(e) => {
+                self.refuse(format!("cannot read {}: {e}", self.spec.path.display()));
+                return false;
+            }
+        };
+        if cache::hash(&bytes) == self.current().hash {
+            return false;
+        }
+        let generation = self.generations.load(Ordering::SeqCst) + 1;
+        match Self::version(&self.runtime, &bytes, generation) {
+            Ok(version) => {
+                self.generations.store(generation, Ordering::SeqCst);
+                tracing::info!(guest = %self.spec.name, generation, hash = %&version.hash[..12], "wasm guest reloaded");
+                self.current.store(Arc::new(version));
+                *self.last_error.lock().unwrap() = None;
+                metrics::reloaded(&self.spec.name, "swapped");
+                true
+            }
+            Err(reason) => {
+                self.refuse(reason);
+                false
+            }
+        }
+    }
+
+    fn refuse(&self, reason: String) {
+        tracing::warn!(guest = %self.spec.name, "wasm guest reload refused, the current version keeps serving: {reason}");
+        metrics::reloaded(&self.spec.name, "refused");
+        *self.last_error.lock().unwrap() = Some(reason);
+    }
+
+    /// Waits for a call's places, at most the call's time limit: first one
+    /// of the guest's own share (so a guest whose calls pile up waits on
+    /// itself, not on the others), then one under the runtime's bound.
+    pub(super) async fn place(&self, op: &'static str) -> Result<Place> {
+        let started = Instant::now();
+        let until = tokio::time::Instant::now() + self.spec.call_timeout;
+        let closed = |_| Error::Unavailable("wasm runtime shut down".into());
+        let own = self.places.clone().acquire_owned();
+        let own = match tokio::time::timeout_at(until, own).await {
+            Ok(p) => p.map_err(closed)?,
+            Err(_) => return Err(outcome::busy(&self.spec, op, started, Busy::Guest(self.runtime.settings().max_instances_per_guest))),
+        };
+        let shared = self.runtime.instances().clone().acquire_owned();
+        let shared = match tokio::time::timeout_at(until, shared).await {
+            Ok(p) => p.map_err(closed)?,
+            Err(_) => return Err(outcome::busy(&self.spec, op, started, Busy::Runtime(self.runtime.settings().max_instances))),
+        };
+        Ok(Place {
+            _guest: own,
+            _runtime: shared,
+        })
+    }
+
+    /// A fresh store with the guest's grants and limits.
+    pub(super) fn new_store(&self) -> Result<Store<Ctx>> {
+        new_store(self.runtime.engine(), &self.spec, &self.info, &self.allowed_net)
+            .map_err(|e| Error::Unavailable(format!("wasm guest {:?}: {e}", self.spec.name)))
+    }
+
+    /// Starts a synchronous call's clock: it traps after a number of ticks.
+    pub(super) fn arm(&self, store: &mut Store<Ctx>) {
+        let ticks = (self.spec.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        store.data_mut().start_call(Instant::now() + self.spec.call_timeout);
+    }
+
+    /// Starts an async call's clock: the guest yields at the next tick, and
+    /// at every tick after it until the deadline (see `lease.rs`).
+    pub(super) fn arm_async(&self, store: &mut Store<Ctx>) {
+        store.set_epoch_deadline(1);
+        store.data_mut().start_call(Instant::now() + self.spec.call_timeout);
+    }
+}

@@ -1,0 +1,121 @@
+//! The wasm runtime of one gateway: the sandbox settings, one [`Engine`]
+//! with its epoch ticker, and the bound on guest calls running at once.
+//!
+//! A [`WasmRuntime`] is a value, created by `server::start` from the
+//! configuration and handed to everything that loads a guest (the storage
+//! and channel specs' `open`, the policy hook loader). Cloning it is cheap
+//! (an `Arc`); every clone shares the engine and the bound. Nothing here is
+//! process-global, so two gateways in one process (the tests, the
+//! benchmarks) each run guests under their own settings.
+//!
+//! Invariants:
+//! - The engine has epoch interruption on; a thread advances its epoch every
+//!   [`TICK`] for as long as the engine lives (it holds only a weak
+//!   reference), so every store can be given a deadline in ticks.
+//! - The instance bound counts guest calls in flight (instances checked out
+//!   or running a call), all guests of this runtime together; each guest
+//!   also has its own bound, its share (`Guest::place`). A call holds its
+//!   places until its instance is released or, for a provider call
+//!   abandoned at its deadline, until the blocked thread returns.
+
+use crate::model::{Error, Result};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use wasmtime::Engine;
+
+/// Epoch tick: the granularity of call deadlines.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// Sandbox settings (from the `STATEGATE_WASM_*` options).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Wall-clock budget of one guest call.
+    pub call_timeout: Duration,
+    /// Memory cap of one instance.
+    pub memory_bytes: usize,
+    /// Guest calls in flight at once, all guests together.
+    pub max_instances: usize,
+    /// Guest calls in flight at once for one guest: its share of
+    /// `max_instances`, so a guest whose calls block cannot take the places
+    /// the others need.
+    pub max_instances_per_guest: usize,
+    /// Where compiled components are cached; `None` = no disk cache.
+    pub cache_dir: Option<PathBuf>,
+    /// How often guest files are checked for changes; zero = never.
+    pub reload_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            call_timeout: Duration::from_secs(5),
+            memory_bytes: 256 << 20,
+            max_instances: 32,
+            max_instances_per_guest: 8,
+            cache_dir: None,
+            reload_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The engine, the settings and the instance bound guests run under.
+#[derive(Clone)]
+pub struct WasmRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    settings: Settings,
+    instances: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for WasmRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmRuntime").field("settings", &self.inner.settings).finish_non_exhaustive()
+    }
+}
+
+impl WasmRuntime {
+    /// A runtime with its own engine and epoch ticker.
+    pub fn new(settings: Settings) -> Result<WasmRuntime> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| Error::Internal(format!("wasm engine: {e}")))?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .map_err(|e| Error::Internal(format!("cannot start the wasm epoch ticker: {e}")))?;
+        let instances = Arc::new(Semaphore::new(settings.max_instances.max(1)));
+        Ok(WasmRuntime {
+            inner: Arc::new(Inner {
+                engine,
+                settings,
+                instances,
+            }),
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The bound on guest calls in flight.
+    pub(crate) fn instances(&self) -> &Arc<Semaphore> {
+        &self.inner.instances
+    }
+}
