@@ -200,22 +200,10 @@ pub struct Config {
     // --- end connections and exposure ---
 }
 
-/// A configuration value that cannot work, named by its variable.
-#[derive(Debug, thiserror::Error)]
-#[error("{variable}: {problem}")]
-pub struct ConfigError {
-    pub variable: &'static str,
-    pub problem: String,
-}
-
-impl ConfigError {
-    pub fn new(variable: &'static str, problem: impl Into<String>) -> Self {
-        ConfigError {
-            variable,
-            problem: problem.into(),
-        }
-    }
-}
+/// A configuration value that cannot work, named by its variable (defined
+/// in `model` so that the sections `auth` and the providers read can use it
+/// without importing this module).
+pub use crate::model::ConfigError;
 
 impl Config {
     /// A configuration with every default, as if no flag or variable was

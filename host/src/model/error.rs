@@ -184,3 +184,21 @@ impl Denial {
         }
     }
 }
+
+/// A configuration value that cannot work, named by its variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(variable: &'static str, problem: impl Into<String>) -> Self {
+        ConfigError {
+            variable,
+            problem: problem.into(),
+        }
+    }
+}
+

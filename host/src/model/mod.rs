@@ -7,7 +7,7 @@ pub mod json;
 pub mod query;
 pub mod spec;
 
-pub use error::{Denial, Error, Result, TokenRefusal};
+pub use error::{ConfigError, Denial, Error, Result, TokenRefusal};
 pub use query::{Arrival, EventQuery, FeedQuery, Filter, Page, Select, Sort, StateQuery};
 
 use serde_json::{Map, Value};

@@ -21,6 +21,10 @@
 //!   answer while the API port has used up the process's descriptors.
 //! - Shutdown: stop accepting, ask every connection to finish (graceful),
 //!   wait up to the grace period for them, then drop the rest.
+//!
+//! Over 500 lines on purpose: the caps, the timeouts and the accept loop
+//! share one connection lifecycle, and each invariant above is kept only
+//! by all of them together.
 
 use super::fds::{self, Spares};
 use crate::gateway::PEER_HEADER;

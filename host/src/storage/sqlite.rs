@@ -21,6 +21,10 @@
 //! Checkpoints (copying the WAL back into the database file) run on their
 //! own thread and connection, not inside a commit, so a writer never waits
 //! for one.
+//!
+//! Over 500 lines on purpose: the writer, the read pool and the checkpoint
+//! thread share the connection setup and the row codecs, and each is only
+//! correct together with the others (the WAL and checkpoint rules above).
 
 use super::{FEED_PAGE, Storage, conflict, idempotency_mismatch};
 use crate::model::{
