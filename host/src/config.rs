@@ -115,7 +115,8 @@ pub struct Config {
     #[arg(long, env = "STATEGATE_WASM_CALL_TIMEOUT_MS", default_value_t = 2000)]
     pub wasm_call_timeout_ms: u64,
 
-    /// Memory cap of one wasm guest instance, MiB (a guest may set limits.memory_mb).
+    /// Memory cap of one wasm guest instance (all its linear memories together),
+    /// MiB (a guest may set limits.memory_mb).
     #[arg(long, env = "STATEGATE_WASM_MEMORY_MB", default_value_t = 256)]
     pub wasm_memory_mb: usize,
 

@@ -18,7 +18,7 @@ fn m() -> &'static M {
     M_.get_or_init(|| M {
         calls: IntCounterVec::new(Opts::new("wasm_guest_calls_total", "Calls into wasm guests"), &["guest", "op"]).unwrap(),
         errors: IntCounterVec::new(
-            Opts::new("wasm_guest_errors_total", "Failed wasm guest calls by reason (trap, deadline, memory, denied, busy)"),
+            Opts::new("wasm_guest_errors_total", "Failed wasm guest calls by reason (trap, deadline, memory, table, denied, busy)"),
             &["guest", "op", "reason"],
         )
         .unwrap(),

@@ -75,6 +75,10 @@ fn classify(spec: &GuestSpec, op: &str, ctx: &Ctx, e: &wasmtime::Error) -> (&'st
             let mb = spec.memory_bytes >> 20;
             return ("memory", Error::Unavailable(format!("wasm guest {name:?}: {op} exceeded its memory limit of {mb} MiB")));
         }
+        Some(Cap::TableElements) => {
+            let n = super::limits::TABLE_ELEMENTS;
+            return ("table", Error::Unavailable(format!("wasm guest {name:?}: {op} exceeded its limit of {n} table elements")));
+        }
         None => {}
     }
     if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {

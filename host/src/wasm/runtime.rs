@@ -33,7 +33,7 @@ pub const TICK: Duration = Duration::from_millis(10);
 pub struct Settings {
     /// Wall-clock budget of one guest call.
     pub call_timeout: Duration,
-    /// Memory cap of one instance.
+    /// Memory cap of one instance: all its linear memories together.
     pub memory_bytes: usize,
     /// Guest calls in flight at once, all guests together.
     pub max_instances: usize,

@@ -42,7 +42,8 @@ pub struct GuestConfig {
 pub struct GuestLimits {
     /// Time limit of one call (default `STATEGATE_WASM_CALL_TIMEOUT_MS`).
     pub timeout_ms: Option<NonZeroU64>,
-    /// Memory cap of one instance (default `STATEGATE_WASM_MEMORY_MB`).
+    /// Memory cap of one instance, all its linear memories together
+    /// (default `STATEGATE_WASM_MEMORY_MB`).
     pub memory_mb: Option<NonZeroU64>,
 }
 

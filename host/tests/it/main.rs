@@ -38,6 +38,7 @@ mod examples;
 mod deploy;
 mod docs;
 mod wasm_support;
+mod wasm_forge;
 mod wasm_providers;
 mod wasm_sandbox;
 mod wasm_deadlines;

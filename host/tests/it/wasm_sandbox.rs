@@ -270,3 +270,62 @@ async fn hanging_http_service_hits_the_call_deadline() {
     });
     misbehaving_guest(bad, Code::Unavailable, &["time limit"]).await;
 }
+
+/// Whether a forged hook allows a request when its limits are `limits`
+/// (the forged hooks below do allow, within the caps: what fails them in
+/// those tests is the cap, not the forging).
+async fn forged_hook_allows(path: &std::path::Path, limits: serde_json::Value) -> bool {
+    let hooks = serde_json::json!({"*": {"path": path, "limits": limits}});
+    let hooks = stategate::auth::hooks::PolicyHooks::from_config(&hooks.to_string(), &crate::wasm_support::runtime())
+        .await
+        .unwrap()
+        .unwrap();
+    let input = stategate::auth::PolicyInput {
+        claims: Default::default(),
+        method: "/stategate.StateService/Set".into(),
+        metadata: Default::default(),
+        body: serde_json::json!({"domain": "d", "type": "t", "key": "k"}),
+        client_stream: false,
+        server_stream: false,
+        response: None,
+        domain: Some("d".into()),
+    };
+    hooks.authorize_request(&input).await.is_ok()
+}
+
+/// Three extra memories of 10 MiB each under a 16 MiB cap: the cap is a
+/// total over the instance's memories, not a cap per memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memories_together_hit_the_memory_cap() {
+    use crate::wasm_forge::{Forge, write_policy_hook};
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_policy_hook(dir.path(), "memories", Forge { extra_memories: 3, grow_pages: 160, ..Forge::default() });
+    assert!(forged_hook_allows(&path, serde_json::json!({"memory_mb": 64})).await, "30 MiB fit under 64");
+    let bad = serde_json::json!({"path": path, "limits": {"memory_mb": 16}});
+    misbehaving_guest(bad, Code::Unavailable, &["exceeded its memory limit of 16 MiB"]).await;
+}
+
+/// A table grown by two million elements (memory of the host's, outside
+/// every linear memory) hits the table-element cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_growth_hits_the_table_cap() {
+    use crate::wasm_forge::{Forge, write_policy_hook};
+    let dir = tempfile::tempdir().unwrap();
+    let small = write_policy_hook(dir.path(), "small", Forge { table_grow: 1000, ..Forge::default() });
+    assert!(forged_hook_allows(&small, serde_json::json!({})).await);
+    let path = write_policy_hook(dir.path(), "tables", Forge { table_grow: 2_000_000, ..Forge::default() });
+    let bad = serde_json::json!({"path": path});
+    misbehaving_guest(bad, Code::Unavailable, &["exceeded its limit of 1048576 table elements"]).await;
+}
+
+/// More memories than an instance may have: it never starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_memories_fail_instantiation() {
+    use crate::wasm_forge::{Forge, write_policy_hook};
+    let dir = tempfile::tempdir().unwrap();
+    let eight = write_policy_hook(dir.path(), "eight", Forge { extra_memories: 7, ..Forge::default() });
+    assert!(forged_hook_allows(&eight, serde_json::json!({})).await, "8 memories are allowed");
+    let path = write_policy_hook(dir.path(), "nine", Forge { extra_memories: 8, ..Forge::default() });
+    let bad = serde_json::json!({"path": path});
+    misbehaving_guest(bad, Code::Unavailable, &["instantiate", "memory count"]).await;
+}
