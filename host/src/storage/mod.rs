@@ -22,6 +22,8 @@
 
 pub mod memory;
 pub mod mongo;
+pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 pub mod wasm;
 
@@ -82,6 +84,7 @@ crate::provider_spec! {
         Sqlite(sqlite::SqliteConfig) = "sqlite",
         Inmem(memory::MemoryConfig) = "inmem" | "memory",
         Mongo(mongo::MongoConfig) = "mongo",
+        Postgres(postgres::PostgresConfig) = "postgres" | "postgresql",
         Wasm(crate::wasm::GuestConfig) = "wasm",
     }
 }
@@ -112,6 +115,7 @@ impl StorageSpec {
             StorageSpec::Sqlite(c) => Arc::new(c.build(data_dir)?),
             StorageSpec::Inmem(_) => Arc::new(memory::MemoryStorage::new()),
             StorageSpec::Mongo(c) => Arc::new(c.build().await?),
+            StorageSpec::Postgres(c) => Arc::new(c.build().await?),
             StorageSpec::Wasm(c) => Arc::new(wasm::WasmStorage::open(c, wasm).await?),
         })
     }

@@ -26,6 +26,7 @@ mod properties;
 mod limits;
 mod server;
 mod backends;
+mod sql_backends;
 mod procs;
 mod multi_instance;
 mod faults;
