@@ -22,6 +22,7 @@
 
 pub mod memory;
 pub mod mongo;
+pub mod mysql;
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;
@@ -85,6 +86,7 @@ crate::provider_spec! {
         Inmem(memory::MemoryConfig) = "inmem" | "memory",
         Mongo(mongo::MongoConfig) = "mongo",
         Postgres(postgres::PostgresConfig) = "postgres" | "postgresql",
+        Mysql(mysql::MysqlConfig) = "mysql" | "mariadb",
         Wasm(crate::wasm::GuestConfig) = "wasm",
     }
 }
@@ -116,6 +118,8 @@ impl StorageSpec {
             StorageSpec::Inmem(_) => Arc::new(memory::MemoryStorage::new()),
             StorageSpec::Mongo(c) => Arc::new(c.build().await?),
             StorageSpec::Postgres(c) => Arc::new(c.build().await?),
+            StorageSpec::Postgres(c) => Arc::new(c.build().await?),
+            StorageSpec::Mysql(c) => Arc::new(c.build().await?),
             StorageSpec::Wasm(c) => Arc::new(wasm::WasmStorage::open(c, wasm).await?),
         })
     }

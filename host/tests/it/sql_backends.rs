@@ -331,3 +331,23 @@ async fn migrations(scratch: Scratch, bump: &str) {
         }
     }
 }
+
+storage_conformance!(mysql_storage, async { crate::sql_backends::scoped(crate::sql_backends::Kind::Mysql).await });
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_two_clients_share_one_order() {
+    let Some(s) = several(Kind::Mysql, 2).await else { return };
+    crate::backends::two_clients_share_one_order(s[0].clone(), s[1].clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_readers_never_see_a_seq_before_a_smaller_one() {
+    let Some(s) = several(Kind::Mysql, 3).await else { return };
+    readers_never_see_a_gap(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_migrations_take_turns_and_refuse_a_newer_schema() {
+    let Some(scratch) = Scratch::new(Kind::Mysql) else { return };
+    migrations(scratch, "UPDATE schema_version SET version = version + 1").await;
+}

@@ -21,6 +21,7 @@
 //!   `storage::sql`).
 
 use crate::model::{Error, Result};
+use crate::storage::sql::{gateway_version, newer_schema};
 use sqlx::{Connection, PgConnection, Row};
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
@@ -114,7 +115,7 @@ pub async fn migrate(conn: &mut PgConnection, schema: &str) -> Result<()> {
         .map_err(e)?;
     let (current, writer) = found.unwrap_or((0, String::new()));
     if current > LATEST {
-        return Err(newer_schema(schema, current, &writer));
+        return Err(newer_schema(&format!("schema {schema}"), current, &writer, LATEST));
     }
     for (i, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         sqlx::raw_sql(sqlx::AssertSqlSafe(*migration)).execute(&mut *tx).await.map_err(|err| {
@@ -134,17 +135,4 @@ pub async fn migrate(conn: &mut PgConnection, schema: &str) -> Result<()> {
         tracing::info!(schema, from = current, to = LATEST, "postgres: schema migrated");
     }
     tx.commit().await.map_err(e)
-}
-
-pub fn gateway_version() -> String {
-    format!("stategate {}", env!("CARGO_PKG_VERSION"))
-}
-
-/// The refusal to run on a database a newer gateway migrated.
-pub fn newer_schema(place: &str, found: i64, writer: &str) -> Error {
-    Error::unavailable(format!(
-        "{place} is at schema version {found} (written by {writer}), newer than this gateway's {LATEST} ({}): \
-         upgrade the gateway, or point it at another database",
-        gateway_version()
-    ))
 }

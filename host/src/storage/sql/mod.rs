@@ -107,3 +107,59 @@ pub fn corrupt(provider: &str, what: impl std::fmt::Display) -> Error {
 pub fn parse_values(provider: &str, text: &str) -> Result<Values, Error> {
     serde_json::from_str(text).map_err(|e| corrupt(provider, format!("JSON: {e}")))
 }
+
+/// Who wrote a schema version, as recorded in `schema_version`.
+pub fn gateway_version() -> String {
+    format!("stategate {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The refusal to run on a database a newer gateway migrated.
+pub fn newer_schema(place: &str, found: i64, writer: &str, latest: i64) -> Error {
+    Error::unavailable(format!(
+        "{place} is at schema version {found} (written by {writer}), newer than this gateway's {latest} ({}): \
+         upgrade the gateway, or point it at another database",
+        gateway_version()
+    ))
+}
+
+/// Reads rows of a search: decodes each, keeps those the shared matcher
+/// accepts (`keep`), skips `offset` of them and stops after `limit` (`None`:
+/// all, for a sort finished in Rust). When the SQL was exact (`exact`), the
+/// matcher rejecting a row means the pushdown and the matcher disagree: a
+/// bug, logged.
+pub async fn collect<R, T>(
+    provider: &str,
+    mut rows: impl futures::Stream<Item = Result<R, sqlx::Error>> + Unpin,
+    decode: impl Fn(&R) -> Result<T, sqlx::Error>,
+    keep: impl Fn(&T) -> bool,
+    exact: bool,
+    offset: usize,
+    limit: Option<usize>,
+) -> Result<Vec<T>, sqlx::Error> {
+    use futures::TryStreamExt;
+    let mut out = vec![];
+    let mut skipped = 0;
+    while let Some(row) = rows.try_next().await? {
+        let item = decode(&row)?;
+        if !keep(&item) {
+            if exact {
+                tracing::error!(provider, "a pushed-down query selected a row the shared matcher rejects");
+            }
+            continue;
+        }
+        if skipped < offset {
+            skipped += 1;
+            continue;
+        }
+        out.push(item);
+        if limit.is_some_and(|l| out.len() >= l) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// A decoding failure of a stored row, as a driver error.
+pub fn decode_error(e: Error) -> sqlx::Error {
+    sqlx::Error::Decode(e.to_string().into())
+}
