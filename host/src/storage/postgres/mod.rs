@@ -27,14 +27,13 @@ use super::sql::batch::{self, Current, Remembered};
 use super::sql::options::{Settings, SslMode};
 use super::sql::pool::Pool;
 use super::sql::writer::{self, Committer, Failure, Job};
-use super::sql::{corrupt, idempotency_hash, is_connection_error, parse_values, type_hash, values_have_nul};
+use super::sql::{collect, corrupt, decode_error, idempotency_hash, is_connection_error, parse_values, type_hash, values_have_nul};
 use super::{FEED_PAGE, Storage};
 use crate::model::{
     AppendRequest, Appended, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result, State,
     StateQuery,
 };
 use async_trait::async_trait;
-use futures::TryStreamExt;
 use query::{Arg, Sql};
 use sqlx::postgres::{PgConnectOptions, PgRow, PgSslMode};
 use sqlx::{Connection, PgConnection, Row};
@@ -213,18 +212,17 @@ fn transient(e: &sqlx::Error) -> bool {
 const EVENT_COLUMNS: &str = "seq, id, domain, type, key, version, kind, method, time, vals, claims";
 
 fn event_from_row(row: &PgRow) -> std::result::Result<Event, sqlx::Error> {
-    let bad = |e: Error| sqlx::Error::Decode(e.to_string().into());
     let kind: &str = row.try_get(6)?;
     Ok(Event {
         seq: row.try_get::<i64, _>(0)? as u64,
         id: row.try_get(1)?,
         record: RecordRef { domain: row.try_get(2)?, ty: row.try_get(3)?, key: row.try_get(4)? },
         version: row.try_get::<i64, _>(5)? as u64,
-        kind: EventKind::parse(kind).ok_or_else(|| bad(corrupt(NAME, format!("event kind {kind:?}"))))?,
+        kind: EventKind::parse(kind).ok_or_else(|| decode_error(corrupt(NAME, format!("event kind {kind:?}"))))?,
         method: row.try_get(7)?,
         time: row.try_get(8)?,
-        values: row.try_get::<Option<&str>, _>(9)?.map(|t| parse_values(NAME, t)).transpose().map_err(bad)?,
-        claims: parse_values(NAME, row.try_get(10)?).map_err(bad)?,
+        values: row.try_get::<Option<&str>, _>(9)?.map(|t| parse_values(NAME, t)).transpose().map_err(decode_error)?,
+        claims: parse_values(NAME, row.try_get(10)?).map_err(decode_error)?,
     })
 }
 
@@ -318,35 +316,20 @@ impl Storage for PostgresStorage {
             Ok(State {
                 record: RecordRef { domain: q.domain.clone(), ty: q.ty.clone(), key: row.try_get(0)? },
                 version: row.try_get::<i64, _>(1)? as u64,
-                values: parse_values(NAME, row.try_get(2)?).map_err(|e| sqlx::Error::Decode(e.to_string().into()))?,
+                values: parse_values(NAME, row.try_get(2)?).map_err(decode_error)?,
             })
         };
-        let (offset, limit) = if in_sql { (0, q.limit) } else { (q.offset, q.limit) };
-        let collect_all = !exact_sort;
+        let keep = |s: &State| q.filter.matches(&s.values);
+        let (offset, limit) = match (in_sql, exact_sort) {
+            (true, _) => (0, Some(q.limit)),
+            (false, true) => (q.offset, Some(q.limit)),
+            (false, false) => (0, None),
+        };
         let mut found = read!(self, |c| {
-                let mut rows = sql.bind(sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str()))).fetch(c);
-                let mut out = vec![];
-                let mut skipped = 0;
-                while let Some(row) = rows.try_next().await? {
-                    let s = state(&row)?;
-                    if !q.filter.matches(&s.values) {
-                        if in_sql {
-                            tracing::error!(query = ?q.filter, key = %s.record.key, "postgres: pushed-down filter selected a row the matcher rejects");
-                        }
-                        continue;
-                    }
-                    if !collect_all && skipped < offset {
-                        skipped += 1;
-                        continue;
-                    }
-                    out.push(s);
-                    if !collect_all && out.len() >= limit {
-                        break;
-                    }
-                }
-                Ok(out)
-            })?;
-        if collect_all {
+            let rows = sql.bind(sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str()))).fetch(c);
+            collect(NAME, rows, state, keep, in_sql, offset, limit).await
+        })?;
+        if !exact_sort {
             let sort = q.sort.as_ref().expect("only a sort can be inexact");
             found.sort_by(|a, b| sort.compare((&a.record.key, &a.values), (&b.record.key, &b.values)));
             found = found.into_iter().skip(q.offset).take(q.limit).collect();
@@ -392,27 +375,8 @@ impl Storage for PostgresStorage {
         };
         let offset = if exact { 0 } else { q.offset };
         read!(self, |c| {
-            let mut rows = sql.bind(sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str()))).fetch(c);
-            let mut out = vec![];
-            let mut skipped = 0;
-            while let Some(row) = rows.try_next().await? {
-                let e = event_from_row(&row)?;
-                if !keep(&e) {
-                    if exact {
-                        tracing::error!(id = %e.id, "postgres: pushed-down event filter selected a row the matcher rejects");
-                    }
-                    continue;
-                }
-                if skipped < offset {
-                    skipped += 1;
-                    continue;
-                }
-                out.push(e);
-                if out.len() >= q.limit {
-                    break;
-                }
-            }
-            Ok(out)
+            let rows = sql.bind(sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str()))).fetch(c);
+            collect(NAME, rows, event_from_row, keep, exact, offset, Some(q.limit)).await
         })
     }
 

@@ -32,7 +32,7 @@ pub enum Decision {
     /// the batch (its seq is the batch's first seq + ordinal).
     New { version: u64, ordinal: usize },
     /// Returns the key's earlier event again, writing nothing.
-    Replay(Event),
+    Replay(Box<Event>),
     /// Returns the event that append `index` of this batch writes.
     ReplayOf(usize),
     Refused(Error),
@@ -100,7 +100,7 @@ fn decide(
             if entry.fingerprint != idem.fingerprint {
                 return Decision::Refused(idempotency_mismatch(&idem.key));
             }
-            return Decision::Replay(entry.first.clone());
+            return Decision::Replay(Box::new(entry.first.clone()));
         }
     }
     let row = current.entry(req.record.clone()).or_insert(Current { version: 0, live: false });
@@ -149,7 +149,7 @@ pub fn outcomes(reqs: Vec<AppendRequest>, decisions: Vec<Decision>, first_seq: u
             }
             Decision::Replay(event) => {
                 events.push(None);
-                out.push(Some(Ok(Appended { event, replayed: true })));
+                out.push(Some(Ok(Appended { event: *event, replayed: true })));
             }
             Decision::ReplayOf(first) => {
                 events.push(None);
