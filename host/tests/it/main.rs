@@ -27,6 +27,7 @@ mod limits;
 mod server;
 mod backends;
 mod sql_backends;
+mod sql_pushdown;
 mod procs;
 mod multi_instance;
 mod faults;

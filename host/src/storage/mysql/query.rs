@@ -5,8 +5,9 @@
 //! JSON string, so quotes, backslashes, `$`, `*` and unicode stay inside
 //! it) that is *bound* as a parameter of `JSON_EXTRACT`, never written into
 //! the SQL. Values are bound too. A segment that is a number is not pushed
-//! down: the matcher reads it as an array index, a quoted JSON path as an
-//! object key.
+//! down (the matcher reads it as an array index, a quoted JSON path as an
+//! object key), nor one starting with `-` (MariaDB's path parser finds no
+//! such key, quoted or not).
 //!
 //! Each condition selects exactly the rows `Filter::matches` selects:
 //! - equality is `JSON_OVERLAPS` of the field with `[q]` (the field equals
@@ -100,7 +101,8 @@ pub fn bind<'q>(
 pub fn json_path(path: &[String]) -> Option<String> {
     let mut out = String::from("$");
     for segment in path {
-        if segment.parse::<usize>().is_ok() {
+        // MariaDB finds no key that starts with '-', even quoted.
+        if segment.parse::<usize>().is_ok() || segment.starts_with('-') {
             return None;
         }
         out.push('.');

@@ -22,19 +22,19 @@
 
 pub mod query;
 pub mod schema;
+pub mod statements;
 
 use super::sql::batch::{self, Current, Remembered};
 use super::sql::options::{Settings, SslMode};
 use super::sql::pool::Pool;
 use super::sql::writer::{self, Committer, Failure, Job};
 use super::sql::{collect, corrupt, decode_error, idempotency_hash, is_connection_error, parse_values, type_hash, values_have_nul};
-use super::{FEED_PAGE, Storage};
+use super::Storage;
 use crate::model::{
     AppendRequest, Appended, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result, State,
     StateQuery,
 };
 use async_trait::async_trait;
-use query::{Arg, Sql};
 use sqlx::postgres::{PgConnectOptions, PgRow, PgSslMode};
 use sqlx::{Connection, PgConnection, Row};
 use std::collections::HashMap;
@@ -209,7 +209,7 @@ fn transient(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| matches!(&*c, "40P01" | "40001" | "23505")))
 }
 
-const EVENT_COLUMNS: &str = "seq, id, domain, type, key, version, kind, method, time, vals, claims";
+use statements::EVENT_COLUMNS;
 
 fn event_from_row(row: &PgRow) -> std::result::Result<Event, sqlx::Error> {
     let kind: &str = row.try_get(6)?;
@@ -273,10 +273,7 @@ impl Storage for PostgresStorage {
         }
         let dt = type_hash(&record.domain, &record.ty);
         let found = read!(self, |c| {
-                sqlx::query(
-                    "SELECT version, vals FROM states \
-                     WHERE dt = $1 AND key = $2 AND domain = $3 AND type = $4 AND vals IS NOT NULL",
-                )
+                sqlx::query(statements::GET)
                 .bind(&dt)
                 .bind(&record.key)
                 .bind(&record.domain)
@@ -297,21 +294,7 @@ impl Storage for PostgresStorage {
         if has_nul(&[&q.domain, &q.ty]) || q.limit == 0 {
             return Ok(vec![]);
         }
-        let mut sql = Sql::new("SELECT key, version, vals FROM states WHERE dt = ");
-        let dt = sql.arg(Arg::Bytes(type_hash(&q.domain, &q.ty)));
-        let d = sql.arg(Arg::Text(q.domain.clone()));
-        let t = sql.arg(Arg::Text(q.ty.clone()));
-        sql.push(&format!("{dt} AND domain = {d} AND type = {t} AND vals IS NOT NULL"));
-        let exact_filter = query::filter(&mut sql, "doc", &q.filter);
-        let exact_sort = query::order_by(&mut sql, q.sort.as_ref());
-        // Exact SQL: offset and limit run in the database. Otherwise the
-        // matcher (and, for a sort SQL cannot express, the sort) finishes.
-        let in_sql = exact_filter && exact_sort;
-        if in_sql {
-            let l = sql.arg(Arg::I64(q.limit.min(i64::MAX as usize) as i64));
-            let o = sql.arg(Arg::I64(q.offset.min(i64::MAX as usize) as i64));
-            sql.push(&format!(" LIMIT {l} OFFSET {o}"));
-        }
+        let statements::StateSearch { sql, exact_filter: _, exact_sort, in_sql } = statements::search_states(q);
         let state = |row: &PgRow| -> std::result::Result<State, sqlx::Error> {
             Ok(State {
                 record: RecordRef { domain: q.domain.clone(), ty: q.ty.clone(), key: row.try_get(0)? },
@@ -341,35 +324,7 @@ impl Storage for PostgresStorage {
         if has_nul(&[&q.domain, &q.ty]) || q.key.as_deref().is_some_and(|k| k.contains('\0')) || q.limit == 0 {
             return Ok(vec![]);
         }
-        let mut sql = Sql::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE dt = "));
-        let dt = sql.arg(Arg::Bytes(type_hash(&q.domain, &q.ty)));
-        let d = sql.arg(Arg::Text(q.domain.clone()));
-        let t = sql.arg(Arg::Text(q.ty.clone()));
-        sql.push(&format!("{dt} AND domain = {d} AND type = {t}"));
-        if let Some(key) = &q.key {
-            let k = sql.arg(Arg::Text(key.clone()));
-            sql.push(&format!(" AND key = {k}"));
-        }
-        if let Some(min) = q.min_time {
-            let m = sql.arg(Arg::I64(min));
-            sql.push(&format!(" AND time >= {m}"));
-        }
-        if let Some(max) = q.max_time {
-            let m = sql.arg(Arg::I64(max));
-            sql.push(&format!(" AND time <= {m}"));
-        }
-        if !q.filter.is_empty() {
-            sql.push(" AND doc IS NOT NULL");
-        }
-        let exact = query::filter(&mut sql, "doc", &q.filter) & query::filter(&mut sql, "cdoc", &q.claims_filter);
-        // One record's events: version order is seq order, and its index
-        // serves it.
-        sql.push(if q.key.is_some() { " ORDER BY version" } else { " ORDER BY seq" });
-        if exact {
-            let l = sql.arg(Arg::I64(q.limit.min(i64::MAX as usize) as i64));
-            let o = sql.arg(Arg::I64(q.offset.min(i64::MAX as usize) as i64));
-            sql.push(&format!(" LIMIT {l} OFFSET {o}"));
-        }
+        let (sql, exact) = statements::search_events(q);
         let keep = |e: &Event| {
             (q.filter.is_empty() || e.values.as_ref().is_some_and(|v| q.filter.matches(v))) && q.claims_filter.matches(&e.claims)
         };
@@ -385,7 +340,7 @@ impl Storage for PostgresStorage {
             return Ok(None);
         }
         read!(self, |c| {
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1")))
+            let row = sqlx::query(statements::GET_EVENT)
                 .bind(id)
                 .fetch_optional(c)
                 .await?;
@@ -398,37 +353,7 @@ impl Storage for PostgresStorage {
         if names.iter().flatten().any(|n| n.contains('\0')) || q.limit == 0 {
             return Ok(vec![]);
         }
-        let mut sql = Sql::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > "));
-        let after = sql.arg(Arg::I64(q.after_seq.min(i64::MAX as u64) as i64));
-        sql.push(&after);
-        match (&q.topic.domain, &q.topic.ty) {
-            (Some(d), Some(t)) => {
-                let dt = sql.arg(Arg::Bytes(type_hash(d, t)));
-                let d = sql.arg(Arg::Text(d.clone()));
-                let t = sql.arg(Arg::Text(t.clone()));
-                sql.push(&format!(" AND dt = {dt} AND domain = {d} AND type = {t}"));
-            }
-            (domain, ty) => {
-                if let Some(d) = domain {
-                    let d = sql.arg(Arg::Text(d.clone()));
-                    sql.push(&format!(" AND domain = {d}"));
-                }
-                if let Some(t) = ty {
-                    let t = sql.arg(Arg::Text(t.clone()));
-                    sql.push(&format!(" AND type = {t}"));
-                }
-            }
-        }
-        if let Some(key) = &q.key {
-            let k = sql.arg(Arg::Text(key.clone()));
-            sql.push(&format!(" AND key = {k}"));
-        }
-        if let Some(from) = q.from_time {
-            let f = sql.arg(Arg::I64(from));
-            sql.push(&format!(" AND time >= {f}"));
-        }
-        let l = sql.arg(Arg::I64(q.limit.min(FEED_PAGE * 16) as i64));
-        sql.push(&format!(" ORDER BY seq LIMIT {l}"));
+        let sql = statements::feed(q);
         read!(self, |c| {
             let rows = sql.bind(sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str()))).fetch_all(c).await?;
             rows.iter().map(event_from_row).collect()

@@ -85,12 +85,18 @@ impl Sql {
 pub fn filter(sql: &mut Sql, column: &str, filter: &Filter) -> bool {
     let mut exact = true;
     for c in &filter.conditions {
+        let bound = sql.args.len();
         match condition(sql, column, c) {
             Some(expr) => {
                 sql.push(" AND ");
                 sql.push(&expr);
             }
-            None => exact = false,
+            None => {
+                // Unbind what the abandoned condition bound: a statement's
+                // parameters must be exactly those its text uses.
+                sql.args.truncate(bound);
+                exact = false;
+            }
         }
     }
     exact
@@ -178,9 +184,12 @@ fn range(sql: &mut Sql, x: &str, op: &str, q: &Value) -> Option<String> {
         "number" => format!("({e})::numeric {op} {v}{cast}"),
         _ => format!("({e} #>> '{{}}') COLLATE \"C\" {op} {v}"),
     };
+    // CASE, not AND: PostgreSQL may evaluate the operands of AND in any
+    // order, and the cast fails on other kinds.
     Some(format!(
         "COALESCE(CASE jsonb_typeof({x}) WHEN '{kind}' THEN {} \
-         WHEN 'array' THEN EXISTS (SELECT 1 FROM jsonb_array_elements({x}) e WHERE jsonb_typeof(e) = '{kind}' AND {}) \
+         WHEN 'array' THEN EXISTS (SELECT 1 FROM jsonb_array_elements({x}) e \
+         WHERE CASE WHEN jsonb_typeof(e) = '{kind}' THEN {} ELSE false END) \
          ELSE false END, false)",
         scalar(x),
         scalar("e")
@@ -237,6 +246,8 @@ mod tests {
         assert!(sql.args.contains(&Arg::Texts(vec![hostile.to_owned()])));
         // Numbers beyond 2^53 are left to the matcher.
         let f = Filter::parse("q", r#"{"n": 9007199254740993}"#).unwrap();
-        assert!(!filter(&mut Sql::new(""), "doc", &f));
+        let mut sql = Sql::new("");
+        assert!(!filter(&mut sql, "doc", &f));
+        assert!(sql.args.is_empty(), "an abandoned condition leaves nothing bound");
     }
 }
