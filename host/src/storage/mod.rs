@@ -22,6 +22,9 @@
 
 pub mod memory;
 pub mod mongo;
+pub mod mysql;
+pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 pub mod wasm;
 
@@ -82,6 +85,8 @@ crate::provider_spec! {
         Sqlite(sqlite::SqliteConfig) = "sqlite",
         Inmem(memory::MemoryConfig) = "inmem" | "memory",
         Mongo(mongo::MongoConfig) = "mongo",
+        Postgres(postgres::PostgresConfig) = "postgres" | "postgresql",
+        Mysql(mysql::MysqlConfig) = "mysql" | "mariadb",
         Wasm(crate::wasm::GuestConfig) = "wasm",
     }
 }
@@ -112,6 +117,9 @@ impl StorageSpec {
             StorageSpec::Sqlite(c) => Arc::new(c.build(data_dir)?),
             StorageSpec::Inmem(_) => Arc::new(memory::MemoryStorage::new()),
             StorageSpec::Mongo(c) => Arc::new(c.build().await?),
+            StorageSpec::Postgres(c) => Arc::new(c.build().await?),
+            StorageSpec::Postgres(c) => Arc::new(c.build().await?),
+            StorageSpec::Mysql(c) => Arc::new(c.build().await?),
             StorageSpec::Wasm(c) => Arc::new(wasm::WasmStorage::open(c, wasm).await?),
         })
     }

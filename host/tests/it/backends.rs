@@ -123,17 +123,18 @@ async fn mongo_keeps_values_bson_cannot_hold() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongo_two_clients_share_one_order() {
     let Some(a) = mongo().await else { return };
-    two_clients_share_one_order(a, mongo().await.unwrap()).await;
+    two_clients_share_one_order(Arc::new(a), Arc::new(mongo().await.unwrap())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongo_standalone_two_clients_share_one_order() {
     let Some(a) = mongo_standalone().await else { return };
-    two_clients_share_one_order(a, mongo_standalone().await.unwrap()).await;
+    two_clients_share_one_order(Arc::new(a), Arc::new(mongo_standalone().await.unwrap())).await;
 }
 
-async fn two_clients_share_one_order(a: MongoStorage, b: MongoStorage) {
-    let (a, b): (stategate::storage::DynStorage, stategate::storage::DynStorage) = (Arc::new(a), Arc::new(b));
+/// Two storages on one database (two gateway instances): one winner per
+/// expected version, one gap-free order.
+pub async fn two_clients_share_one_order(a: stategate::storage::DynStorage, b: stategate::storage::DynStorage) {
     let d = crate::storage_conformance::unique_domain();
     let r = RecordRef::parse(&d, "t", "k").unwrap();
     a.append(crate::storage_conformance::put(&r, json!({"n": 0}))).await.unwrap();

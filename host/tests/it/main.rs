@@ -26,6 +26,8 @@ mod properties;
 mod limits;
 mod server;
 mod backends;
+mod sql_backends;
+mod sql_pushdown;
 mod procs;
 mod multi_instance;
 mod faults;
