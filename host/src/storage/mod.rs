@@ -118,7 +118,6 @@ impl StorageSpec {
             StorageSpec::Inmem(_) => Arc::new(memory::MemoryStorage::new()),
             StorageSpec::Mongo(c) => Arc::new(c.build().await?),
             StorageSpec::Postgres(c) => Arc::new(c.build().await?),
-            StorageSpec::Postgres(c) => Arc::new(c.build().await?),
             StorageSpec::Mysql(c) => Arc::new(c.build().await?),
             StorageSpec::Wasm(c) => Arc::new(wasm::WasmStorage::open(c, wasm).await?),
         })

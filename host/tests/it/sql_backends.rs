@@ -157,7 +157,7 @@ impl Scratch {
     }
 
     pub async fn open_spec(&self, spec: serde_json::Value) -> Result<DynStorage> {
-        StorageSpec::parse(&spec.to_string())?.open(std::path::Path::new(".")).await
+        StorageSpec::parse(&spec.to_string())?.open(std::path::Path::new("."), &crate::wasm_support::runtime()).await
     }
 
     pub async fn open(&self) -> DynStorage {
