@@ -46,7 +46,7 @@ async fn same_states(stores: &(DynStorage, DynStorage), q: &StateQuery) -> Vec<S
     got
 }
 
-const HOSTILE: &[&str] = &["a'); DROP TABLE events; --", "`x`; DROP TABLE states", "a$where", "x$.a[0]", "-lead", "naïve ✓ 名前", "\"quoted\"", "back\\slash", "*", "tab\tnew\nline"];
+const HOSTILE: &[&str] = &["a'); DROP TABLE events; --", "`x`; DROP TABLE states", "a$where", "x$.a[0]", "-lead", "naïve ✓ 名前", "\"quoted\"", "back\\slash", "*"];
 
 async fn hostile_names(kind: Kind) {
     let Some(stores) = pair(kind).await else { return };

@@ -326,7 +326,7 @@ impl Storage for PostgresStorage {
         }
         let (sql, exact) = statements::search_events(q);
         let keep = |e: &Event| {
-            (q.filter.is_empty() || e.values.as_ref().is_some_and(|v| q.filter.matches(v))) && q.claims_filter.matches(&e.claims)
+            q.matches(e)
         };
         let offset = if exact { 0 } else { q.offset };
         read!(self, |c| {
