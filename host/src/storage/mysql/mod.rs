@@ -25,10 +25,10 @@ use super::sql::batch::{self, Current, Remembered};
 use super::sql::options::{Settings, SslMode};
 use super::sql::pool::Pool;
 use super::sql::writer::{self, Committer, Failure, Job};
-use super::sql::{collect, corrupt, decode_error, idempotency_hash, is_connection_error, parse_values, type_hash};
+use super::sql::{select, corrupt, decode_error, idempotency_hash, is_connection_error, parse_values, type_hash};
 use super::{FEED_PAGE, Storage};
 use crate::model::{
-    AppendRequest, Appended, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result, State,
+    AppendRequest, Arrival, Appended, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result, State,
     StateQuery,
 };
 use async_trait::async_trait;
@@ -307,22 +307,11 @@ impl Storage for MysqlStorage {
                 values: parse_values(NAME, &text(row, 2)?).map_err(decode_error)?,
             })
         };
-        let keep = |s: &State| q.filter.matches(&s.values);
-        let (offset, limit) = match (in_sql, exact_sort) {
-            (true, _) => (0, Some(q.limit)),
-            (false, true) => (q.offset, Some(q.limit)),
-            (false, false) => (0, None),
-        };
-        let mut found = read!(self, |c| {
+        let arrival = if exact_sort { Arrival::InOrder } else { Arrival::AnyOrder };
+        read!(self, |c| {
             let rows = query::bind(sqlx::query(sqlx::AssertSqlSafe(text_sql.as_str())), &args).fetch(c);
-            collect(NAME, rows, decode, keep, in_sql, offset, limit).await
-        })?;
-        if !exact_sort {
-            let sort = q.sort.as_ref().expect("only a sort can be inexact");
-            found.sort_by(|a, b| sort.compare((&a.record.key, &a.values), (&b.record.key, &b.values)));
-            found = found.into_iter().skip(q.offset).take(q.limit).collect();
-        }
-        Ok(found)
+            select(NAME, rows, decode, q, in_sql, arrival).await
+        })
     }
 
     async fn search_events(&self, q: &EventQuery) -> Result<Vec<Event>> {
@@ -346,11 +335,9 @@ impl Storage for MysqlStorage {
             let m = sql.arg(Arg::I64(max));
             sql.push(&format!(" AND time <= {m}"));
         }
-        // A deletion matches a value filter as the empty document
-        // (model::query), which a pushdown over its NULL column cannot express:
-        // a value filter on events is decided by the shared matcher on the rows
-        // the other conditions select.
-        let exact = q.filter.is_empty() & query::filter(&mut sql, "claims", &q.claims_filter);
+        // A deletion has no values; filters see it as the empty object.
+        let exact = query::filter(&mut sql, "COALESCE(vals, '{}')", &q.filter)
+            & query::filter(&mut sql, "claims", &q.claims_filter);
         sql.push(if q.key.is_some() { " ORDER BY version" } else { " ORDER BY seq" });
         if exact {
             let l = sql.arg(limit_arg(q.limit));
@@ -358,13 +345,9 @@ impl Storage for MysqlStorage {
             sql.push(&format!(" LIMIT {l} OFFSET {o}"));
         }
         let (text_sql, args) = sql.finish();
-        let keep = |e: &Event| {
-            q.matches(e)
-        };
-        let offset = if exact { 0 } else { q.offset };
         read!(self, |c| {
             let rows = query::bind(sqlx::query(sqlx::AssertSqlSafe(text_sql.as_str())), &args).fetch(c);
-            collect(NAME, rows, event_from_row, keep, exact, offset, Some(q.limit)).await
+            select(NAME, rows, event_from_row, q, exact, Arrival::InOrder).await
         })
     }
 

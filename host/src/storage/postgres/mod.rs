@@ -28,10 +28,10 @@ use super::sql::batch::{self, Current, Remembered};
 use super::sql::options::{Settings, SslMode};
 use super::sql::pool::Pool;
 use super::sql::writer::{self, Committer, Failure, Job};
-use super::sql::{collect, corrupt, decode_error, idempotency_hash, is_connection_error, parse_values, type_hash, values_have_nul};
+use super::sql::{select, corrupt, decode_error, idempotency_hash, is_connection_error, parse_values, type_hash, values_have_nul};
 use super::Storage;
 use crate::model::{
-    AppendRequest, Appended, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result, State,
+    AppendRequest, Arrival, Appended, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result, State,
     StateQuery,
 };
 use async_trait::async_trait;
@@ -302,22 +302,11 @@ impl Storage for PostgresStorage {
                 values: parse_values(NAME, row.try_get(2)?).map_err(decode_error)?,
             })
         };
-        let keep = |s: &State| q.filter.matches(&s.values);
-        let (offset, limit) = match (in_sql, exact_sort) {
-            (true, _) => (0, Some(q.limit)),
-            (false, true) => (q.offset, Some(q.limit)),
-            (false, false) => (0, None),
-        };
-        let mut found = read!(self, |c| {
+        let arrival = if exact_sort { Arrival::InOrder } else { Arrival::AnyOrder };
+        read!(self, |c| {
             let rows = sql.bind(sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str()))).fetch(c);
-            collect(NAME, rows, state, keep, in_sql, offset, limit).await
-        })?;
-        if !exact_sort {
-            let sort = q.sort.as_ref().expect("only a sort can be inexact");
-            found.sort_by(|a, b| sort.compare((&a.record.key, &a.values), (&b.record.key, &b.values)));
-            found = found.into_iter().skip(q.offset).take(q.limit).collect();
-        }
-        Ok(found)
+            select(NAME, rows, state, q, in_sql, arrival).await
+        })
     }
 
     async fn search_events(&self, q: &EventQuery) -> Result<Vec<Event>> {
@@ -325,13 +314,9 @@ impl Storage for PostgresStorage {
             return Ok(vec![]);
         }
         let (sql, exact) = statements::search_events(q);
-        let keep = |e: &Event| {
-            q.matches(e)
-        };
-        let offset = if exact { 0 } else { q.offset };
         read!(self, |c| {
             let rows = sql.bind(sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str()))).fetch(c);
-            collect(NAME, rows, event_from_row, keep, exact, offset, Some(q.limit)).await
+            select(NAME, rows, event_from_row, q, exact, Arrival::InOrder).await
         })
     }
 

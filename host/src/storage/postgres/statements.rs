@@ -68,11 +68,9 @@ pub fn search_events(q: &EventQuery) -> (Sql, bool) {
         let m = sql.arg(Arg::I64(max));
         sql.push(&format!(" AND time <= {m}"));
     }
-    // A deletion matches a value filter as the empty document
-    // (model::query), which a pushdown over its NULL column cannot express:
-    // a value filter on events is decided by the shared matcher on the rows
-    // the other conditions select.
-    let exact = q.filter.is_empty() & query::filter(&mut sql, "cdoc", &q.claims_filter);
+    // A deletion has no values; filters see it as the empty object.
+    let exact = query::filter(&mut sql, "COALESCE(doc, '{}'::jsonb)", &q.filter)
+        & query::filter(&mut sql, "cdoc", &q.claims_filter);
     // One record's events: version order is seq order, and its index
     // serves it.
     sql.push(if q.key.is_some() { " ORDER BY version" } else { " ORDER BY seq" });

@@ -32,7 +32,7 @@ pub mod options;
 pub mod pool;
 pub mod writer;
 
-use crate::model::{Error, Values};
+use crate::model::{Arrival, Error, Select, Values};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -122,41 +122,40 @@ pub fn newer_schema(place: &str, found: i64, writer: &str, latest: i64) -> Error
     ))
 }
 
-/// Reads rows of a search: decodes each, keeps those the shared matcher
-/// accepts (`keep`), skips `offset` of them and stops after `limit` (`None`:
-/// all, for a sort finished in Rust). When the SQL was exact (`exact`), the
-/// matcher rejecting a row means the pushdown and the matcher disagree: a
-/// bug, logged.
-pub async fn collect<R, T>(
+/// Reads the rows of a search into its page. When the SQL did everything
+/// (`exact`: filter, order, offset and limit), the rows are the page, and
+/// each is still checked by the query: one it rejects means the pushdown
+/// and the shared matcher disagree, a bug, logged and left out. Otherwise
+/// the rows are candidates (a superset, arriving as `arrival` says) from
+/// which the query picks its page, reading no further than it needs.
+pub async fn select<Q: Select, R>(
     provider: &str,
     mut rows: impl futures::Stream<Item = Result<R, sqlx::Error>> + Unpin,
-    decode: impl Fn(&R) -> Result<T, sqlx::Error>,
-    keep: impl Fn(&T) -> bool,
+    decode: impl Fn(&R) -> Result<Q::Item, sqlx::Error>,
+    query: &Q,
     exact: bool,
-    offset: usize,
-    limit: Option<usize>,
-) -> Result<Vec<T>, sqlx::Error> {
+    arrival: Arrival,
+) -> Result<Vec<Q::Item>, sqlx::Error> {
     use futures::TryStreamExt;
-    let mut out = vec![];
-    let mut skipped = 0;
-    while let Some(row) = rows.try_next().await? {
-        let item = decode(&row)?;
-        if !keep(&item) {
-            if exact {
+    if exact {
+        let mut out = vec![];
+        while let Some(row) = rows.try_next().await? {
+            let item = decode(&row)?;
+            if query.keeps(&item) {
+                out.push(item);
+            } else {
                 tracing::error!(provider, "a pushed-down query selected a row the shared matcher rejects");
             }
-            continue;
         }
-        if skipped < offset {
-            skipped += 1;
-            continue;
-        }
-        out.push(item);
-        if limit.is_some_and(|l| out.len() >= l) {
+        return Ok(out);
+    }
+    let mut page = query.page(arrival);
+    while let Some(row) = rows.try_next().await? {
+        if !page.offer(decode(&row)?) {
             break;
         }
     }
-    Ok(out)
+    Ok(page.finish())
 }
 
 /// A decoding failure of a stored row, as a driver error.
