@@ -22,6 +22,7 @@
 
 use super::store::{Ctx, GuestInfo, new_store};
 use super::worlds::World;
+use super::dirs::DirHold;
 use super::outcome::{self, Busy};
 use super::{GuestSpec, TICK, WasmRuntime, cache, metrics};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -65,6 +66,8 @@ pub struct Guest<P: World> {
     pub(super) idle: Mutex<Vec<Instance<P>>>,
     /// This guest's share of the runtime's instance bound.
     places: Arc<Semaphore>,
+    /// Its `grants.dir`, kept from the cache and from other guests.
+    _dir_hold: Option<DirHold>,
 }
 
 /// A call's places: one of its guest's share and one under the runtime's
@@ -87,10 +90,18 @@ impl<P: World> Guest<P> {
     /// blocking pool.
     pub fn load(runtime: &WasmRuntime, spec: GuestSpec) -> Result<Arc<Self>> {
         let field = format!("wasm guest {:?}", spec.name);
-        if let Some(dir) = &spec.grants.dir {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::invalid(&field, format!("cannot create grants.dir {}: {e}", dir.display())))?;
-        }
+        let dir_hold = match &spec.grants.dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::invalid(&field, format!("cannot create grants.dir {}: {e}", dir.display())))?;
+                // Opens (creates) the cache directory first, so both paths
+                // compare resolved.
+                let _ = runtime.disk_cache();
+                let cache = runtime.settings().cache_dir.as_deref();
+                Some(runtime.dirs().hold(&spec.name, dir, cache).map_err(|why| Error::invalid(&field, why))?)
+            }
+            None => None,
+        };
         let mut allowed = Vec::new();
         for a in &spec.grants.net {
             use std::net::ToSocketAddrs;
@@ -121,6 +132,7 @@ impl<P: World> Guest<P> {
             generations: AtomicU64::new(1),
             idle: Mutex::new(Vec::new()),
             places: Arc::new(Semaphore::new(runtime.settings().max_instances_per_guest.max(1))),
+            _dir_hold: dir_hold,
         });
         guest.watch();
         Ok(guest)

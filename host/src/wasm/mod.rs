@@ -11,7 +11,9 @@
 //! - [`store`]: the data of a store and the host functions; [`limits`]: the
 //!   store's caps, which record what they refused;
 //! - [`worlds`]: the bindings and how a component links into a world;
-//! - [`cache`]: compiling through the on-disk compile cache;
+//! - [`cache`]: compiling through the on-disk compile cache, and what an
+//!   entry must pass to be loaded; [`dirs`]: granted directories stay off
+//!   the cache and off each other;
 //! - [`guest`]: a guest's lifecycle (load, reload, instantiate) and the
 //!   words used for it;
 //! - [`persistent`] and [`lease`]: the two instance strategies, one
@@ -28,6 +30,7 @@ pub mod cache;
 pub mod capabilities;
 pub mod convert;
 pub mod deadline;
+pub mod dirs;
 pub mod grants;
 pub mod guest;
 pub mod lease;

@@ -18,9 +18,11 @@
 //!   places until its instance is released or, for a provider call
 //!   abandoned at its deadline, until the blocked thread returns.
 
+use super::cache::DiskCache;
+use super::dirs::GrantedDirs;
 use crate::model::{Error, Result};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use wasmtime::Engine;
@@ -60,7 +62,8 @@ impl Default for Settings {
     }
 }
 
-/// The engine, the settings and the instance bound guests run under.
+/// The engine, the settings, the instance bound, the compile cache and the
+/// granted directories of the guests of one gateway.
 #[derive(Clone)]
 pub struct WasmRuntime {
     inner: Arc<Inner>,
@@ -70,6 +73,10 @@ struct Inner {
     engine: Engine,
     settings: Settings,
     instances: Arc<Semaphore>,
+    /// Opened when the first guest loads; `None` when no cache is
+    /// configured or it cannot be trusted.
+    disk_cache: OnceLock<Option<DiskCache>>,
+    dirs: Arc<GrantedDirs>,
 }
 
 impl std::fmt::Debug for WasmRuntime {
@@ -102,6 +109,8 @@ impl WasmRuntime {
                 engine,
                 settings,
                 instances,
+                disk_cache: OnceLock::new(),
+                dirs: Arc::default(),
             }),
         })
     }
@@ -112,6 +121,17 @@ impl WasmRuntime {
 
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// The compile cache, when there is one that can be trusted.
+    pub(crate) fn disk_cache(&self) -> Option<&DiskCache> {
+        let dir = self.inner.settings.cache_dir.as_deref();
+        self.inner.disk_cache.get_or_init(|| dir.and_then(DiskCache::open)).as_ref()
+    }
+
+    /// The directories this runtime's guests hold.
+    pub(crate) fn dirs(&self) -> &Arc<GrantedDirs> {
+        &self.inner.dirs
     }
 
     /// The bound on guest calls in flight.

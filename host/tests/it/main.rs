@@ -44,4 +44,5 @@ mod wasm_forge;
 mod wasm_providers;
 mod wasm_sandbox;
 mod wasm_deadlines;
+mod wasm_cache;
 mod wasm_policies;
