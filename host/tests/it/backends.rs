@@ -209,6 +209,10 @@ async fn bad_provider_options_are_named() {
         Ok(_) => panic!("{spec} was accepted"),
     };
     assert!(storage_err(json!({"name": "mongo"})).contains("missing field `addr`"));
+    assert!(storage_err(json!({"name": "postgres", "addr": "postgres://h/db", "sslmode": "sometimes"})).contains("sslmode"));
+    assert!(storage_err(json!({"name": "postgresql", "adr": "postgres://h/db"})).contains("unknown field `adr`"));
+    assert!(storage_err(json!({"name": "mariadb", "addr": "mysql://h/db", "pool_size": -1})).contains("pool_size"));
+    assert!(storage_err(json!({"name": "cassandra"})).contains("not built in"));
     // A well-formed object whose value the provider refuses when it opens.
     let spec = stategate::storage::StorageSpec::parse(
         &json!({"name": "mongo", "addr": "mongodb://127.0.0.1:1", "database": "a.b"}).to_string(),

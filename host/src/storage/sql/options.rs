@@ -81,3 +81,28 @@ impl Settings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_comes_from_a_file_or_a_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret:/@ \n").unwrap();
+        let s = Settings::resolve(None, None, None, Some(&file), None).unwrap();
+        assert_eq!(s.password.as_deref(), Some("s3cret:/@ "), "only the trailing newline goes");
+        assert_eq!((s.pool_size, s.call_timeout), (DEFAULT_POOL_SIZE as usize, Duration::from_millis(DEFAULT_CALL_TIMEOUT_MS)));
+        let missing = Settings::resolve(None, None, None, Some(&dir.path().join("nope")), None).unwrap_err();
+        assert!(missing.to_string().contains("password_file"), "{missing}");
+        let var = "STATEGATE_UNIT_TEST_UNSET_PASSWORD_VARIABLE";
+        let unset = Settings::resolve(None, None, None, None, Some(var)).unwrap_err();
+        assert!(unset.to_string().contains(var), "{unset}");
+        let home = Settings::resolve(None, None, None, None, Some("HOME")).unwrap();
+        assert_eq!(home.password, std::env::var("HOME").ok());
+        assert!(Settings::resolve(None, None, None, Some(&file), Some("HOME")).is_err(), "not both");
+        assert!(Settings::resolve(Some(0), None, None, None, None).unwrap_err().to_string().contains("pool_size"));
+        assert!(Settings::resolve(None, Some(0), None, None, None).unwrap_err().to_string().contains("connect_timeout_ms"));
+    }
+}
