@@ -4,7 +4,8 @@
 //! echoes its request as an event and broadcasts it to every `Stream` of the
 //! same type, so the fan-out ceiling is tonic's own server streaming.
 
-use crate::{Clients, Op, Rng, event_search_request, get_request, state_search_request};
+use crate::load::{Clients, Rng};
+use crate::requests::{Op, event_search_request, get_request, state_search_request};
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
 use stategate::proto as pb;

@@ -1,10 +1,49 @@
-//! Machine description, console lines and the Markdown report.
+//! The results: one `Row` per scenario and load level, the machine they
+//! were measured on, the console lines, the JSON results and the Markdown
+//! report.
 
-use crate::{Args, Row};
+use crate::args::Args;
+use crate::load::STREAMS_PER_CONNECTION;
+use serde::Serialize;
 use serde_json::{Value, json};
 use std::fmt::Write;
 use std::path::Path;
 use std::time::Duration;
+
+/// One line of the results: a scenario at one load level.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Row {
+    pub scenario: String,
+    /// Concurrent clients (unary) or subscribers (fan-out / idle streams).
+    pub clients: Option<usize>,
+    pub ops_per_sec: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub ceiling_ops_per_sec: Option<f64>,
+    pub ceiling_p50_ms: Option<f64>,
+    pub ceiling_p99_ms: Option<f64>,
+    /// ops_per_sec / ceiling_ops_per_sec.
+    pub ratio: Option<f64>,
+    /// CPU microseconds per call of the whole process (gateway or bare
+    /// server, and the clients) in the measured window (unary scenarios).
+    pub cpu_us_per_op: Option<f64>,
+    pub ceiling_cpu_us_per_op: Option<f64>,
+    pub target: Option<String>,
+    pub meets_target: Option<bool>,
+    /// Peak RSS of the bench process during the scenario (VmHWM, reset
+    /// before it), MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// Anonymous RSS (heap, stacks; without the memory-mapped database
+    /// pages that VmHWM includes) right after the gateway step, MiB.
+    pub anon_rss_mib: Option<f64>,
+    /// RSS growth over the scenario, MiB (memory scenarios).
+    pub rss_delta_mib: Option<f64>,
+    /// Growth of the heap allocated by the server threads (gateway or bare
+    /// server), MiB (memory scenarios).
+    pub server_heap_delta_mib: Option<f64>,
+    pub errors: u64,
+    pub note: String,
+}
 
 /// Everything below this line of an existing BENCHMARKS.md is kept when the
 /// file is rewritten (hand-written notes: what was changed, before/after).
@@ -82,7 +121,7 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
          the whole bench process (server, storage threads and clients) in the measured window per call, gateway \
          (ceiling); it moves less than ops/s when neighbours take the cores.\n",
         args.data_dir.as_deref().map_or("/dev/shm (tmpfs: fsync is nearly free; pass --data-dir for a disk)".into(), |d| d.display().to_string()),
-        crate::STREAMS_PER_CONNECTION, args.warmup, args.secs
+        STREAMS_PER_CONNECTION, args.warmup, args.secs
     );
     if !seeding.is_empty() {
         let _ = writeln!(md, "Seeding (directly through the `Storage` API, not over gRPC):");
@@ -150,13 +189,42 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
     );
     let missing: Vec<_> = rows.iter().filter(|r| r.note == "not available in this build").collect();
     if !missing.is_empty() {
-        md.push_str("\nNot available in this build (the scenario table in bench/src/main.rs has a row for each; it runs once the feature exists):\n\n");
+        md.push_str("\nNot available in this build (the scenario table in bench/src/scenarios/mod.rs has a row for each; it runs once the feature exists):\n\n");
         for r in missing {
             let what = described.iter().find(|d| d.0 == r.scenario).map_or("", |d| d.1);
             let _ = writeln!(md, "- `{}`: {what}: not available in this build", r.scenario);
         }
     }
     md
+}
+
+/// The machine-readable results of a scenario run (`--out`).
+pub fn results(machine: &Value, total: Duration, args: &Args, seeding: &[String], described: &[(&str, &str, bool)], rows: &[Row]) -> Value {
+    json!({
+        "machine": machine,
+        "total_seconds": total.as_secs_f64(),
+        "settings": {
+            "secs_per_step": args.secs, "warmup_secs": args.warmup, "records": args.records,
+            "events": args.events, "fanout_deliveries_per_sec": args.fanout_deliveries,
+        },
+        "seeding": seeding,
+        "scenarios": described.iter().map(|(n, w, a)| json!({"name": n, "what": w, "available": a})).collect::<Vec<_>>(),
+        "rows": rows,
+    })
+}
+
+/// The results of a soak run (`--soak`).
+pub fn soak_results(soak: Value) -> Value {
+    json!({ "machine": machine(), "soak": soak })
+}
+
+/// Writes results as pretty JSON, creating the file's directory.
+pub fn write_json(path: &Path, results: &Value) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(results)?)?;
+    Ok(())
 }
 
 /// Writes the report, keeping the notes section of an existing file.

@@ -65,6 +65,7 @@ try {
   for (const [key, values] of [['alice', { name: 'Alice', city: 'Paris' }], ['bob', { name: 'Bob', city: 'Lyon' }], ['carol', { name: 'Carol', n: 3 }]]) {
     const res = await fetch(`${args.gateway}/api/state/ref/${args.domain}/${args.type}/${key}`, {
       method: 'POST',
+      headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ values }),
     });
     if (!res.ok) throw new Error(`REST set ${key}: ${res.status} ${await res.text()}`);

@@ -141,24 +141,75 @@ pub struct Config {
     /// How often wasm guest files are checked for replacement, ms; 0 = never.
     #[arg(long, env = "STATEGATE_WASM_RELOAD_MS", default_value_t = 1000)]
     pub wasm_reload_ms: u64,
+
+    // --- connections and exposure (docs/security.md) ---
+    /// Address the ops port listens on (metrics, health, profiles):
+    /// loopback unless set (in dev mode always loopback).
+    #[arg(long, env = "STATEGATE_OPS_BIND", default_value = "127.0.0.1")]
+    pub ops_bind: String,
+
+    /// Bearer token required on /metrics and /debug/pprof of the ops port
+    /// (/healthz and /readyz stay open); at least 16 characters.
+    #[arg(long, env = "STATEGATE_OPS_TOKEN", hide_env_values = true)]
+    pub ops_token: Option<String>,
+
+    /// File holding the ops token (instead of STATEGATE_OPS_TOKEN).
+    #[arg(long, env = "STATEGATE_OPS_TOKEN_FILE")]
+    pub ops_token_file: Option<PathBuf>,
+
+    /// Connections the API port holds at once; more are closed on accept
+    /// (default: from the open-file limit, at most 10000).
+    #[arg(long, env = "STATEGATE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Connections one peer address holds on the API port at once
+    /// (default: a quarter of the connection limit).
+    #[arg(long, env = "STATEGATE_MAX_CONNECTIONS_PER_PEER")]
+    pub max_connections_per_peer: Option<usize>,
+
+    /// Connections the ops port holds at once.
+    #[arg(long, env = "STATEGATE_OPS_MAX_CONNECTIONS", default_value_t = 32)]
+    pub ops_max_connections: usize,
+
+    /// Time a new connection has to finish its TLS handshake and start
+    /// talking HTTP (a whole request or the HTTP/2 preface), ms.
+    #[arg(long, env = "STATEGATE_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+
+    /// A connection with no call open for this long is closed (HTTP/2:
+    /// GOAWAY), seconds; 0 = never.
+    #[arg(long, env = "STATEGATE_IDLE_TIMEOUT_SECS", default_value_t = 300)]
+    pub idle_timeout_secs: u64,
+
+    /// How often an HTTP/2 connection is pinged, seconds; 0 = never.
+    #[arg(long, env = "STATEGATE_HTTP2_KEEPALIVE_INTERVAL_SECS", default_value_t = 30)]
+    pub http2_keepalive_interval_secs: u64,
+
+    /// A ping not answered within this closes the connection, seconds.
+    #[arg(long, env = "STATEGATE_HTTP2_KEEPALIVE_TIMEOUT_SECS", default_value_t = 20)]
+    pub http2_keepalive_timeout_secs: u64,
+
+    /// Streams that need no token (gRPC health Watch, reflection) open at
+    /// once; they also count against STATEGATE_MAX_STREAMS.
+    #[arg(long, env = "STATEGATE_MAX_PUBLIC_STREAMS", default_value_t = 1024)]
+    pub max_public_streams: usize,
+
+    /// Whether reflection and /openapi.json answer without a token (health
+    /// always does); false requires a valid token for them.
+    #[arg(long, env = "STATEGATE_PUBLIC_METADATA", default_value_t = true, action = clap::ArgAction::Set)]
+    pub public_metadata: bool,
+
+    /// Host names accepted besides loopback ones when authentication is off
+    /// on a loopback address (the DNS-rebinding guard), comma-separated.
+    #[arg(long, env = "STATEGATE_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    // --- end connections and exposure ---
 }
 
-/// A configuration value that cannot work, named by its variable.
-#[derive(Debug, thiserror::Error)]
-#[error("{variable}: {problem}")]
-pub struct ConfigError {
-    pub variable: &'static str,
-    pub problem: String,
-}
-
-impl ConfigError {
-    pub fn new(variable: &'static str, problem: impl Into<String>) -> Self {
-        ConfigError {
-            variable,
-            problem: problem.into(),
-        }
-    }
-}
+/// A configuration value that cannot work, named by its variable (defined
+/// in `model` so that the sections `auth` and the providers read can use it
+/// without importing this module).
+pub use crate::model::ConfigError;
 
 impl Config {
     /// A configuration with every default, as if no flag or variable was
@@ -182,6 +233,16 @@ impl Config {
             None if self.port == 0 => 0,
             None => self.port.saturating_add(1),
         }
+    }
+
+    /// The ops port's address: loopback in development mode.
+    pub fn ops_bind_host(&self) -> &str {
+        if self.dev { "127.0.0.1" } else { &self.ops_bind }
+    }
+
+    /// Whether the API listens on a loopback address only.
+    pub fn binds_loopback(&self) -> bool {
+        self.bind_host().parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 
     pub fn sweep_interval(&self) -> Duration {
@@ -211,6 +272,7 @@ impl Config {
         self.bind_host()
             .parse::<std::net::IpAddr>()
             .map_err(|e| ConfigError::new("STATEGATE_BIND", format!("{:?} is not an IP address: {e}", self.bind)))?;
+        self.validate_exposure()?;
         Ok(())
     }
 
@@ -251,6 +313,80 @@ fn parse_storage_spec(text: &str) -> Result<StorageSpec, String> {
 fn parse_channel_spec(text: &str) -> Result<ChannelSpec, String> {
     ChannelSpec::parse(text).map_err(|e| e.to_string())
 }
+
+// --- connections and exposure ---
+impl Config {
+    fn validate_exposure(&self) -> Result<(), ConfigError> {
+        self.ops_bind_host()
+            .parse::<std::net::IpAddr>()
+            .map_err(|e| ConfigError::new("STATEGATE_OPS_BIND", format!("{:?} is not an IP address: {e}", self.ops_bind)))?;
+        if self.ops_token.is_some() && self.ops_token_file.is_some() {
+            return Err(ConfigError::new("STATEGATE_OPS_TOKEN_FILE", "set either STATEGATE_OPS_TOKEN or STATEGATE_OPS_TOKEN_FILE, not both"));
+        }
+        if let Some(token) = &self.ops_token {
+            check_ops_token("STATEGATE_OPS_TOKEN", token)?;
+        }
+        for (variable, value) in [
+            ("STATEGATE_MAX_CONNECTIONS", self.max_connections),
+            ("STATEGATE_MAX_CONNECTIONS_PER_PEER", self.max_connections_per_peer),
+            ("STATEGATE_OPS_MAX_CONNECTIONS", Some(self.ops_max_connections)),
+            ("STATEGATE_MAX_PUBLIC_STREAMS", Some(self.max_public_streams)),
+        ] {
+            if value == Some(0) {
+                return Err(ConfigError::new(variable, "must be at least 1"));
+            }
+        }
+        if self.handshake_timeout_ms == 0 {
+            return Err(ConfigError::new("STATEGATE_HANDSHAKE_TIMEOUT_MS", "must be at least 1"));
+        }
+        if self.http2_keepalive_interval_secs > 0 && self.http2_keepalive_timeout_secs == 0 {
+            return Err(ConfigError::new("STATEGATE_HTTP2_KEEPALIVE_TIMEOUT_SECS", "must be at least 1 while pings are on"));
+        }
+        for host in &self.allowed_hosts {
+            if host.is_empty() || host.contains(['/', ' ', '@']) {
+                return Err(ConfigError::new("STATEGATE_ALLOWED_HOSTS", format!("{host:?} is not a host name")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The ops token from STATEGATE_OPS_TOKEN or the file
+    /// STATEGATE_OPS_TOKEN_FILE names (one trailing newline dropped).
+    pub fn ops_token(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(token) = &self.ops_token {
+            return Ok(Some(token.clone()));
+        }
+        let Some(path) = &self.ops_token_file else { return Ok(None) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("STATEGATE_OPS_TOKEN_FILE", format!("{}: {e}", path.display())))?;
+        let token = text.strip_suffix('\n').unwrap_or(&text);
+        let token = token.strip_suffix('\r').unwrap_or(token);
+        check_ops_token("STATEGATE_OPS_TOKEN_FILE", token)?;
+        Ok(Some(token.to_owned()))
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// `None`: idle connections stay open.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs))
+    }
+}
+
+/// A token short enough to guess, or one that cannot travel in a header, is
+/// refused rather than mistaken for protection.
+fn check_ops_token(variable: &'static str, token: &str) -> Result<(), ConfigError> {
+    if token.len() < 16 {
+        return Err(ConfigError::new(variable, "must be at least 16 characters"));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::new(variable, "must be printable ASCII without spaces"));
+    }
+    Ok(())
+}
+// --- end connections and exposure ---
 
 #[cfg(test)]
 mod tests {
@@ -321,6 +457,37 @@ mod tests {
         let mut c = Config::defaults();
         c.bind = "localhost:1".into();
         assert_eq!(c.validate().unwrap_err().variable, "STATEGATE_BIND");
+    }
+
+    #[test]
+    fn connection_and_exposure_settings_are_checked() {
+        let refused = |args: &[&str]| Config::parse_from([&["stategate"], args].concat()).validate().unwrap_err().variable;
+        assert_eq!(refused(&["--ops-bind", "localhost"]), "STATEGATE_OPS_BIND");
+        assert_eq!(refused(&["--ops-token", "short"]), "STATEGATE_OPS_TOKEN");
+        assert_eq!(refused(&["--ops-token", "has a space in it, sixteen+"]), "STATEGATE_OPS_TOKEN");
+        assert_eq!(refused(&["--ops-token", "0123456789abcdef", "--ops-token-file", "/x"]), "STATEGATE_OPS_TOKEN_FILE");
+        assert_eq!(refused(&["--max-connections", "0"]), "STATEGATE_MAX_CONNECTIONS");
+        assert_eq!(refused(&["--max-connections-per-peer", "0"]), "STATEGATE_MAX_CONNECTIONS_PER_PEER");
+        assert_eq!(refused(&["--max-public-streams", "0"]), "STATEGATE_MAX_PUBLIC_STREAMS");
+        assert_eq!(refused(&["--handshake-timeout-ms", "0"]), "STATEGATE_HANDSHAKE_TIMEOUT_MS");
+        assert_eq!(refused(&["--allowed-hosts", "a/b"]), "STATEGATE_ALLOWED_HOSTS");
+
+        let c = Config::defaults();
+        assert_eq!(c.ops_bind_host(), "127.0.0.1", "the ops port is loopback unless set");
+        assert!(c.public_metadata);
+        assert_eq!(c.idle_timeout(), Some(Duration::from_secs(300)));
+        let c = Config::parse_from(["stategate", "--dev", "--ops-bind", "0.0.0.0", "--public-metadata", "false", "--idle-timeout-secs", "0"]);
+        assert_eq!(c.ops_bind_host(), "127.0.0.1", "dev mode keeps the ops port on loopback");
+        assert!(!c.public_metadata);
+        assert_eq!(c.idle_timeout(), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "0123456789abcdef-ops\n").unwrap();
+        let c = Config::parse_from(["stategate", "--ops-token-file", file.to_str().unwrap()]);
+        assert_eq!(c.ops_token().unwrap().as_deref(), Some("0123456789abcdef-ops"));
+        std::fs::write(&file, "short\n").unwrap();
+        assert_eq!(c.ops_token().unwrap_err().variable, "STATEGATE_OPS_TOKEN_FILE");
     }
 
     #[test]

@@ -98,18 +98,67 @@ impl std::ops::Deref for SharedEvent {
     }
 }
 
-/// An LRU map bounded at `cap` entries that allocates as it fills (an
-/// `LruCache::new(cap)` allocates room for `cap` entries up front, which
-/// multiplied by thousands of idle streams is most of their memory).
-pub fn bounded_lru<K: std::hash::Hash + Eq, V>() -> LruCache<K, V> {
-    LruCache::unbounded()
+/// The last version handled of each of the most recently seen records, at
+/// most `cap` records (the least recently seen is forgotten first), and with
+/// it a payload `P` of the caller's (the hub keeps the version's seq, where
+/// a gap fill starts reading; a stream keeps nothing, `()`, which takes no
+/// room). It allocates as it fills: an `LruCache::new(cap)` reserves room
+/// for `cap` entries up front, which, multiplied by thousands of idle
+/// streams, was most of their memory.
+pub struct LastVersions<P = ()> {
+    map: LruCache<RecordRef, (u64, P)>,
+    cap: usize,
 }
 
-/// `put` for a `bounded_lru`: evicts the least recently used entry past `cap`.
-pub fn lru_put<K: std::hash::Hash + Eq, V>(lru: &mut LruCache<K, V>, cap: usize, key: K, value: V) {
-    lru.put(key, value);
-    if lru.len() > cap {
-        lru.pop_lru();
+impl<P: Copy> LastVersions<P> {
+    pub fn new(cap: usize) -> Self {
+        LastVersions {
+            map: LruCache::unbounded(),
+            cap: cap.max(1),
+        }
+    }
+
+    /// The last version of `record`, marking it recently seen.
+    pub fn get(&mut self, record: &RecordRef) -> Option<u64> {
+        self.get_with(record).map(|(version, _)| version)
+    }
+
+    /// The last version of `record` and its payload, marking it recently seen.
+    pub fn get_with(&mut self, record: &RecordRef) -> Option<(u64, P)> {
+        self.map.get(record).copied()
+    }
+
+    /// The last version of `record`, leaving the order alone.
+    pub fn peek(&self, record: &RecordRef) -> Option<u64> {
+        self.map.peek(record).map(|(version, _)| *version)
+    }
+
+    /// Records `version` of `record`, with `payload`, if it is newer than
+    /// the last one; returns whether it was. In place when the record is
+    /// known (the usual case on a busy topic): no copy of its key.
+    pub fn advance_with(&mut self, record: &RecordRef, version: u64, payload: P) -> bool {
+        match self.map.get_mut(record) {
+            Some((last, _)) if *last >= version => false,
+            Some(last) => {
+                *last = (version, payload);
+                true
+            }
+            None => {
+                self.map.put(record.clone(), (version, payload));
+                if self.map.len() > self.cap {
+                    self.map.pop_lru();
+                }
+                true
+            }
+        }
+    }
+}
+
+impl LastVersions {
+    /// Records `version` of `record` if it is newer than the last one;
+    /// returns whether it was.
+    pub fn advance(&mut self, record: &RecordRef, version: u64) -> bool {
+        self.advance_with(record, version, ())
     }
 }
 
@@ -186,7 +235,7 @@ impl Hub {
             metrics: self.metrics.clone(),
             since,
             watermark: since,
-            last_version: bounded_lru(),
+            last_version: LastVersions::new(self.config.remembered_records),
             tx,
         };
         let task = tokio::spawn(state.run(sub));
@@ -213,7 +262,8 @@ struct FeedState {
     /// below it is history that streams replay themselves.
     since: u64,
     watermark: u64,
-    last_version: LruCache<RecordRef, u64>,
+    /// Per record, the last version sent and its seq.
+    last_version: LastVersions<u64>,
     tx: broadcast::Sender<Delivery>,
 }
 
@@ -250,56 +300,66 @@ impl FeedState {
         if event.seq <= self.since || !self.topic.matches(&event.record) {
             return;
         }
-        let last = self.last_version.get(&event.record).copied();
-        match last {
+        let last = self.last_version.get_with(&event.record);
+        match last.map(|(version, _)| version) {
             Some(l) if event.version <= l => {
                 self.metrics.hub_duplicates.inc();
                 return;
             }
             Some(l) if event.version == l + 1 => {}
             None if event.version == 1 => {}
-            _ => self.fill_gap(&event, last.unwrap_or(0)).await,
+            _ => self.fill_gap(&event, last).await,
         }
         self.emit(event);
     }
 
-    /// Sends the events of `event`'s record between `last` and it.
-    async fn fill_gap(&mut self, event: &Event, last: u64) {
-        let query = FeedQuery {
+    /// Sends the events of `event`'s record between the last one sent
+    /// (`last`: its version and seq) and it, read from storage after that
+    /// last one (or after `since`), page by page: a storage caps what one
+    /// read returns, and a long gap must still be filled whole.
+    async fn fill_gap(&mut self, event: &Event, last: Option<(u64, u64)>) {
+        let from_version = last.map_or(0, |(version, _)| version);
+        let mut query = FeedQuery {
             topic: Topic {
                 domain: Some(event.record.domain.clone()),
                 ty: Some(event.record.ty.clone()),
             },
             key: Some(event.record.key.clone()),
-            after_seq: self.since,
+            after_seq: last.map_or(self.since, |(_, seq)| seq.max(self.since)),
             from_time: None,
-            limit: usize::MAX,
+            limit: FEED_PAGE,
         };
-        match self.storage.feed(&query).await {
-            Ok(history) => {
-                for missed in history {
-                    if missed.version > last && missed.version < event.version {
-                        self.metrics.hub_gap_fills.inc();
-                        self.emit(missed);
-                    }
+        loop {
+            let page = match self.storage.feed(&query).await {
+                Ok(page) => page,
+                // Delivering out of order beats not delivering: streams still
+                // get the event, and the gap is logged.
+                Err(e) => {
+                    tracing::warn!(record = %event.record, error = %e, "could not fill an event gap from storage");
+                    return;
+                }
+            };
+            let full = page.len() == FEED_PAGE;
+            for missed in page {
+                // A record's versions grow with its seqs: past the event's
+                // own version, the gap is behind us.
+                if missed.version >= event.version {
+                    return;
+                }
+                query.after_seq = missed.seq;
+                if missed.version > from_version {
+                    self.metrics.hub_gap_fills.inc();
+                    self.emit(missed);
                 }
             }
-            // Delivering out of order beats not delivering: streams still get
-            // the event, and the gap is logged.
-            Err(e) => tracing::warn!(record = %event.record, error = %e, "could not fill an event gap from storage"),
+            if !full {
+                return;
+            }
         }
     }
 
     fn emit(&mut self, event: Event) {
-        match self.last_version.get_mut(&event.record) {
-            Some(v) => *v = (*v).max(event.version),
-            None => lru_put(
-                &mut self.last_version,
-                self.config.remembered_records.max(1),
-                event.record.clone(),
-                event.version,
-            ),
-        }
+        self.last_version.advance_with(&event.record, event.version, event.seq);
         // An error only means no stream is subscribed right now.
         let _ = self.tx.send(Delivery {
             event: SharedEvent::new(event),
@@ -325,7 +385,7 @@ impl FeedState {
             let full = page.len() == FEED_PAGE;
             let now = crate::model::now_nanos();
             for event in page {
-                let delivered = self.last_version.peek(&event.record).is_some_and(|v| *v >= event.version);
+                let delivered = self.last_version.peek(&event.record).is_some_and(|v| v >= event.version);
                 if !delivered {
                     if now - event.time < grace {
                         // It may still be on its way through the channel.

@@ -1,5 +1,6 @@
-//! stategate: an application state gateway. See `../shared/design.md` (or
-//! the README) for the architecture; each module holds one concern.
+//! stategate: an application state gateway. `docs/architecture.md` in the
+//! repository maps the code (layers, a write's and a stream's path, how to
+//! add a provider); each module holds one concern.
 
 pub mod api;
 pub mod auth;

@@ -24,6 +24,10 @@ async fn main() -> std::process::ExitCode {
 
 async fn serve(config: Config) -> std::process::ExitCode {
     stategate::telemetry::init_logging(config.debug, config.log_format == "json");
+    // Each connection costs a descriptor: lift a low soft limit to the hard
+    // one (the API's connection cap is derived from it).
+    let open_files = stategate::server::fds::raise_open_file_limit();
+    tracing::debug!(?open_files, "open-file limit");
     if config.dev {
         tracing::warn!(
             "development mode: authentication is disabled and the gateway listens on 127.0.0.1 only; do not use in production"

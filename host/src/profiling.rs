@@ -4,9 +4,11 @@
 //! and other pprof viewers keep working.
 //!
 //! The profiler samples every thread with `SIGPROF` (pprof-rs) for the
-//! requested time. Only one profile runs at a time: a second request gets
-//! `409 Conflict` instead of waiting. When no profile is being taken the
-//! profiler costs nothing.
+//! requested time, at most a minute. Only one profile runs at a time: a
+//! second request gets `409 Conflict` instead of waiting, so one caller can
+//! hold the profiler for at most a minute. Errors are JSON
+//! (`{"error": "..."}`). When no profile is being taken the profiler costs
+//! nothing.
 
 use axum::extract::Query;
 use axum::response::{IntoResponse, Response};
@@ -16,9 +18,9 @@ use std::time::Duration;
 
 /// Go's default profile length.
 const DEFAULT_SECONDS: u64 = 30;
-/// Longest profile served; a longer one would hold an HTTP call open for
-/// longer than any proxy in front of the ops port would wait.
-const MAX_SECONDS: u64 = 300;
+/// Longest profile served: long enough to see a steady load, short enough
+/// that one caller cannot keep the profiler (and its sampling cost) busy.
+pub const MAX_SECONDS: u64 = 60;
 /// Samples per second: 99 rather than 100 so sampling does not run in
 /// lockstep with periodic work (Go's default is 100).
 const FREQUENCY: i32 = 99;
@@ -40,10 +42,10 @@ pub struct ProfileParams {
 pub async fn cpu_profile(Query(params): Query<ProfileParams>) -> Response {
     let seconds = match parse_seconds(params.seconds.as_deref()) {
         Ok(s) => s,
-        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let Ok(_running) = RUNNING.try_lock() else {
-        return (StatusCode::CONFLICT, "a CPU profile is already being taken; try again when it is done\n").into_response();
+        return error(StatusCode::CONFLICT, "a CPU profile is already being taken; try again when it is done");
     };
     // The profiler guard is not `Send`, and building the report resolves
     // symbols (CPU-bound): the whole profile runs on a blocking thread.
@@ -61,11 +63,11 @@ pub async fn cpu_profile(Query(params): Query<ProfileParams>) -> Response {
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "CPU profile failed");
-            (StatusCode::SERVICE_UNAVAILABLE, format!("the CPU profile could not be taken: {e}\n")).into_response()
+            error(StatusCode::SERVICE_UNAVAILABLE, format!("the CPU profile could not be taken: {e}"))
         }
         Err(e) => {
             tracing::error!(error = %e, "CPU profile task failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "the CPU profile could not be taken\n").into_response()
+            error(StatusCode::SERVICE_UNAVAILABLE, "the CPU profile could not be taken")
         }
     }
 }
@@ -74,8 +76,12 @@ fn parse_seconds(raw: Option<&str>) -> Result<u64, String> {
     let Some(raw) = raw else { return Ok(DEFAULT_SECONDS) };
     match raw.trim().parse::<u64>() {
         Ok(s) if (1..=MAX_SECONDS).contains(&s) => Ok(s),
-        _ => Err(format!("seconds must be a whole number from 1 to {MAX_SECONDS}, got {raw:?}\n")),
+        _ => Err(format!("seconds must be a whole number from 1 to {MAX_SECONDS}, got {raw:?}")),
     }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
 /// Samples for `length`, then encodes the profile as pprof protobuf.
@@ -101,7 +107,8 @@ mod tests {
     fn seconds_default_to_go_and_are_bounded() {
         assert_eq!(parse_seconds(None), Ok(30));
         assert_eq!(parse_seconds(Some("5")), Ok(5));
-        for bad in ["0", "301", "-1", "1.5", "ten", ""] {
+        assert_eq!(parse_seconds(Some("60")), Ok(60));
+        for bad in ["0", "61", "301", "-1", "1.5", "ten", ""] {
             let e = parse_seconds(Some(bad)).unwrap_err();
             assert!(e.contains("seconds must be"), "{bad}: {e}");
         }

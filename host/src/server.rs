@@ -1,19 +1,23 @@
 //! Listeners: the API port (gRPC, REST and grpc-web on one socket, HTTP/1.1
-//! and HTTP/2, optionally TLS) and the ops port (metrics, health). Also the
-//! start-up wiring and graceful shutdown.
+//! and HTTP/2, optionally TLS) and the ops port (metrics, health, profiles;
+//! `ops`). Also the start-up wiring and graceful shutdown. How each
+//! listener bounds its connections is `conn`; the descriptor budget behind
+//! its caps is `fds`.
+
+mod conn;
+pub mod fds;
+mod ops;
 
 use crate::api::{self, grpc::GrpcApi};
 use crate::config::{Config, ConfigError};
-use crate::gateway::{Gateway, Limits, PEER_HEADER};
-use tower::ServiceExt;
+use crate::gateway::{Gateway, Limits};
 use crate::hub::{Hub, HubConfig};
 use crate::telemetry::Metrics;
 use crate::storage;
 use anyhow::Context;
-use axum::{Router, extract::DefaultBodyLimit, response::IntoResponse, routing::get};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use axum::extract::DefaultBodyLimit;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
-use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +85,7 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
         _ => None,
     };
+    let ops_token = config.ops_token()?;
 
     let hub = Hub::new(
         storage.clone(),
@@ -107,39 +112,64 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
         },
     ));
 
+    let public = api::public::Settings {
+        public_metadata: config.public_metadata,
+        max_public_streams: config.max_public_streams,
+    };
     let grpc = api::grpc::routes(GrpcApi::new(gateway.clone()), config.max_message_bytes)
         .await
-        .into_axum_router();
-    let app = api::grpc_web::with_cors(
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(gateway.clone(), api::grpc::authenticate_first));
+    let grpc = api::public::guard_grpc(grpc, gateway.clone(), &public);
+    let app = api::browser::guard(
         api::grpc_web::wrap(grpc)
             .merge(api::rest::routes(gateway.clone()))
+            .merge(api::public::openapi(gateway.clone(), &public))
             .layer(DefaultBodyLimit::max(config.max_message_bytes)),
-        &config.cors_origins,
+        &api::browser::Rules {
+            origins: config.cors_origins.clone(),
+            auth_enabled: config.auth_enabled(),
+            check_host: !config.auth_enabled() && config.binds_loopback(),
+            allowed_hosts: config.allowed_hosts.clone(),
+        },
     );
-    let ops = ops_routes(gateway.clone());
+    let ops = ops::routes(gateway.clone(), ops_token.clone());
 
     let host = config.bind_host();
     let listener = TcpListener::bind((host, config.port))
         .await
         .with_context(|| format!("STATEGATE_PORT: cannot listen on {host}:{}", config.port))?;
-    let ops_listener = TcpListener::bind((host, config.ops_port()))
+    let ops_host = config.ops_bind_host();
+    let ops_listener = TcpListener::bind((ops_host, config.ops_port()))
         .await
-        .with_context(|| format!("STATEGATE_OPS_PORT: cannot listen on {host}:{}", config.ops_port()))?;
+        .with_context(|| format!("STATEGATE_OPS_PORT: cannot listen on {ops_host}:{}", config.ops_port()))?;
     let addr = listener.local_addr()?;
     let ops_addr = ops_listener.local_addr()?;
+    warn_about_exposure(&config, addr, ops_addr, ops_token.is_some());
 
     let shutdown = CancellationToken::new();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let mut conn = ConnBuilder::new(TokioExecutor::new());
     conn.http1().timer(TokioTimer::new());
+    let keepalive = (config.http2_keepalive_interval_secs > 0).then(|| Duration::from_secs(config.http2_keepalive_interval_secs));
     conn.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(config.max_streams_per_connection)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_interval(keepalive)
+        .keep_alive_timeout(Duration::from_secs(config.http2_keepalive_timeout_secs.max(1)));
 
-    let api_task = tokio::spawn(serve(listener, tls.clone(), app, conn.clone(), shutdown.clone(), grace));
-    let ops_task = tokio::spawn(serve(ops_listener, tls, ops, conn, shutdown.clone(), grace));
+    let conn_metrics = conn::Metrics::register(&gateway.metrics().registry);
+    let (api_limits, ops_limits) = connection_limits(&config, grace);
+    let api_task = tokio::spawn(conn::serve(
+        listener,
+        tls.clone(),
+        app,
+        conn.clone(),
+        api_limits,
+        conn_metrics.clone(),
+        shutdown.clone(),
+    ));
+    let ops_task = tokio::spawn(conn::serve(ops_listener, tls, ops, conn, ops_limits, conn_metrics, shutdown.clone()));
     let gw = gateway.clone();
     let token = shutdown.clone();
     let done = tokio::spawn(async move {
@@ -162,68 +192,51 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
     })
 }
 
-async fn serve(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    app: Router,
-    conn: ConnBuilder<TokioExecutor>,
-    shutdown: CancellationToken,
-    grace: Duration,
-) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let (socket, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let _ = socket.set_nodelay(true);
-        // Stamp the real peer on every request (replacing any client-sent
-        // value): rate limits and policies may key on it.
-        let peer_value = http::HeaderValue::from_str(&peer.to_string()).ok();
-        let service = TowerToHyperService::new(app.clone().map_request(move |mut req: http::Request<hyper::body::Incoming>| {
-            req.headers_mut().remove(PEER_HEADER);
-            if let Some(v) = &peer_value {
-                req.headers_mut().insert(PEER_HEADER, v.clone());
-            }
-            req
-        }));
-        let conn = conn.clone();
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let result = match tls {
-                Some(tls) => match tls.accept(socket).await {
-                    Ok(stream) => {
-                        watcher
-                            .watch(conn.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned())
-                            .await
-                    }
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                },
-                None => {
-                    watcher
-                        .watch(conn.serve_connection_with_upgrades(TokioIo::new(socket), service).into_owned())
-                        .await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+/// The connection bounds of the API and ops listeners (docs/security.md).
+fn connection_limits(config: &Config, grace: Duration) -> (conn::Settings, conn::Settings) {
+    let max = config
+        .max_connections
+        .unwrap_or_else(|| fds::auto_max_connections(fds::open_file_limit(), config.ops_max_connections));
+    let api = conn::Settings {
+        name: "api",
+        max_connections_variable: "STATEGATE_MAX_CONNECTIONS",
+        max_connections: max,
+        max_per_peer: config.max_connections_per_peer.unwrap_or((max / 4).max(1)),
+        handshake_timeout: config.handshake_timeout(),
+        idle_timeout: config.idle_timeout(),
+        spare_descriptors: 0,
+        grace,
+    };
+    let ops = conn::Settings {
+        name: "ops",
+        max_connections_variable: "STATEGATE_OPS_MAX_CONNECTIONS",
+        max_connections: config.ops_max_connections,
+        max_per_peer: config.ops_max_connections,
+        spare_descriptors: fds::OPS_SPARES,
+        ..api.clone()
+    };
+    tracing::debug!(
+        max_connections = api.max_connections,
+        max_per_peer = api.max_per_peer,
+        open_file_limit = fds::open_file_limit(),
+        "API connection limits"
+    );
+    (api, ops)
+}
+
+/// Says so at start when anyone who can reach a port can use it freely.
+fn warn_about_exposure(config: &Config, addr: SocketAddr, ops_addr: SocketAddr, ops_token: bool) {
+    if !config.auth_enabled() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "authentication is disabled (STATEGATE_AUTH_DISABLED) on a non-loopback address: anyone who can reach it can read and write every record"
+        );
     }
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!("shutdown grace period over; dropping remaining connections");
+    if !ops_token && !ops_addr.ip().is_loopback() {
+        tracing::warn!(
+            %ops_addr,
+            "the ops port listens on a non-loopback address without STATEGATE_OPS_TOKEN: anyone who can reach it can read /metrics and take CPU profiles"
+        );
     }
 }
 
@@ -245,40 +258,4 @@ fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result
         .map_err(|e| ConfigError::new("STATEGATE_TLS_KEY_FILE", format!("does not match the certificate: {e}")))?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(tls)))
-}
-
-/// The ops port: `/metrics`, `/healthz` (the process is alive), `/readyz`
-/// (storage and channel answer), `/debug/pprof/profile` (a CPU profile).
-fn ops_routes(gateway: Arc<Gateway>) -> Router {
-    let metrics = gateway.clone();
-    Router::new()
-        .route("/metrics", get(move || async move { metrics.metrics().render() }))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(move || readyz(gateway.clone())))
-        .route("/debug/pprof/profile", get(crate::profiling::cpu_profile))
-}
-
-async fn readyz(gateway: Arc<Gateway>) -> axum::response::Response {
-    const TIMEOUT: Duration = Duration::from_secs(2);
-    let check = |name: String, ping: futures::future::BoxFuture<'static, crate::model::Result<()>>| async move {
-        let error = match tokio::time::timeout(TIMEOUT, ping).await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some(format!("no answer within {TIMEOUT:?}")),
-        };
-        serde_json::json!({ "provider": name, "ready": error.is_none(), "error": error })
-    };
-    let storage = gateway.storage().clone();
-    let channel = gateway.channel().clone();
-    let (s, c) = tokio::join!(
-        check(storage.name().to_owned(), Box::pin(async move { storage.ping().await })),
-        check(channel.name().to_owned(), Box::pin(async move { channel.ping().await })),
-    );
-    let ready = s["ready"] == true && c["ready"] == true;
-    let status = if ready {
-        http::StatusCode::OK
-    } else {
-        http::StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, axum::Json(serde_json::json!({ "ready": ready, "storage": s, "channel": c }))).into_response()
 }

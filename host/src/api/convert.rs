@@ -1,34 +1,46 @@
 //! protobuf ↔ model: `google.protobuf.Struct` ↔ JSON objects, and the
 //! messages the gRPC adapter returns.
 
-use crate::model::{Error, Event, EventKind, Result, State, Values};
+use crate::model::{Error, Event, EventKind, Result, State, Values, json};
 use crate::proto as pb;
 use prost_types::{ListValue, Struct, Value as PbValue, value::Kind};
 use serde_json::{Number, Value};
 
 /// A Struct from the wire as JSON. Struct numbers are doubles: integral ones
 /// become JSON integers again (so `30` round-trips as `30`, not `30.0`), and
-/// NaN or infinity, which JSON cannot hold, are refused.
+/// NaN or infinity, which JSON cannot hold, are refused. More than
+/// `json::MAX_VALUES` values are refused too, before they are copied.
 pub fn struct_to_json(field: &str, s: Struct) -> Result<Values> {
+    let mut budget = json::MAX_VALUES;
+    object(field, s, &mut budget)
+}
+
+fn object(field: &str, s: Struct, budget: &mut usize) -> Result<Values> {
     s.fields
         .into_iter()
-        .map(|(k, v)| Ok((k, value_to_json(field, v)?)))
+        .map(|(k, v)| Ok((k, value_to_json(field, v, budget)?)))
         .collect()
 }
 
-fn value_to_json(field: &str, v: PbValue) -> Result<Value> {
+fn value_to_json(field: &str, v: PbValue, budget: &mut usize) -> Result<Value> {
+    *budget = budget.checked_sub(1).ok_or_else(|| json::too_many_values(field))?;
     Ok(match v.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
         Some(Kind::BoolValue(b)) => Value::Bool(b),
         Some(Kind::StringValue(s)) => Value::String(s),
         Some(Kind::NumberValue(n)) => number(field, n)?,
-        Some(Kind::StructValue(s)) => Value::Object(struct_to_json(field, s)?),
-        Some(Kind::ListValue(l)) => Value::Array(
-            l.values
-                .into_iter()
-                .map(|v| value_to_json(field, v))
-                .collect::<Result<_>>()?,
-        ),
+        Some(Kind::StructValue(s)) => Value::Object(object(field, s, budget)?),
+        Some(Kind::ListValue(l)) => {
+            if l.values.len() > *budget {
+                return Err(json::too_many_values(field));
+            }
+            Value::Array(
+                l.values
+                    .into_iter()
+                    .map(|v| value_to_json(field, v, budget))
+                    .collect::<Result<_>>()?,
+            )
+        }
     })
 }
 

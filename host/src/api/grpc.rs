@@ -236,6 +236,25 @@ impl pb::event_service_server::EventService for GrpcApi {
     }
 }
 
+/// Refuses a stategate call whose token does not verify before its body is
+/// read or decoded: only the headers are looked at, so an anonymous peer
+/// cannot make the gateway spend memory on a message it will refuse anyway.
+/// Health and reflection are not stategate calls and pass.
+pub async fn authenticate_first(
+    axum::extract::State(gateway): axum::extract::State<Arc<Gateway>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path();
+    if let Some(method) = methods::ALL.iter().find(|m| **m == path) {
+        let md = metadata(request.headers());
+        if let Err(e) = measured(gateway.metrics(), method, gateway.verify_token(method, &md)).await {
+            return to_status(e).into_http();
+        }
+    }
+    next.run(request).await
+}
+
 /// The gRPC routes: the two stategate services, health and reflection
 /// (v1 and v1alpha, so both current and older grpcurl/Postman can list them).
 pub async fn routes(api: GrpcApi, max_message_bytes: usize) -> tonic::service::Routes {

@@ -3,10 +3,12 @@
 //! turns the result (or the error, through `status`) back. No logic of their
 //! own lives here.
 
+pub mod browser;
 pub mod codec;
 pub mod convert;
 pub mod grpc;
 pub mod grpc_web;
+pub mod public;
 pub mod rest;
 pub mod status;
 

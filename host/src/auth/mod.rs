@@ -14,7 +14,7 @@ pub mod config;
 pub mod hooks;
 pub mod jwks;
 pub mod jwt;
-pub mod reads;
+pub mod input_scan;
 pub mod rego;
 pub mod stack;
 

@@ -20,7 +20,7 @@
 //! token, is what a request policy costs.
 
 use super::PolicyInput;
-use super::reads::{self, Reads};
+use super::input_scan::{self, Reads};
 use crate::model::{Denial, Error, Result};
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
@@ -300,7 +300,7 @@ fn read_sources(sources: &[Source]) -> Result<(Vec<(String, String)>, Fingerprin
 /// Compiles modules and finds what they read.
 fn load(modules: &[(String, String)]) -> Result<Loaded, String> {
     let compiled = compile(modules)?;
-    Ok(Loaded::new(compiled, reads::scan(modules.iter().map(|(_, text)| text.as_str()))))
+    Ok(Loaded::new(compiled, input_scan::scan(modules.iter().map(|(_, text)| text.as_str()))))
 }
 
 /// Compiles modules into a policy answering `ENTRYPOINT`. Each module is

@@ -1,4 +1,5 @@
-//! Admission limits: concurrent streams on this instance and the request rate
+//! The gateway's limits (`Limits`, from the configuration) and admission:
+//! concurrent streams on this instance and the request rate
 //! of each client identity. Both answer `RESOURCE_EXHAUSTED` when exceeded,
 //! so a client can back off, and neither grows without bound.
 
@@ -6,8 +7,41 @@ use crate::auth::Metadata;
 use crate::model::{Claims, Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest `limit` a search may ask for; larger ones are capped.
+    pub max_search_limit: usize,
+    /// How long an idempotency key protects against a second write.
+    pub idempotency_window: Duration,
+    /// Messages buffered between a stream and its client.
+    pub stream_buffer: usize,
+    /// How long a broadcast may take before the write is acknowledged anyway
+    /// (the hub's sweep delivers the event from storage).
+    pub publish_timeout: Duration,
+    /// Concurrent streams on this instance.
+    pub max_streams: usize,
+    /// Requests per second per client identity (token `sub`, else peer
+    /// address); 0 is unlimited.
+    pub rate_limit: f64,
+    pub rate_burst: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_search_limit: 1000,
+            idempotency_window: Duration::from_secs(24 * 3600),
+            stream_buffer: 256,
+            publish_timeout: Duration::from_secs(2),
+            max_streams: 100_000,
+            rate_limit: 0.0,
+            rate_burst: 0.0,
+        }
+    }
+}
 
 /// The header the server sets to the TCP peer of each request (any value a
 /// client sends under that name is replaced).

@@ -13,7 +13,7 @@ pub mod request;
 mod stream;
 
 pub use request::*;
-pub use limits::{Admission, PEER_HEADER};
+pub use limits::{Admission, Limits, PEER_HEADER};
 pub use stream::EventStream;
 
 use crate::auth::{Auth, Metadata, PolicyInput};
@@ -30,7 +30,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Full gRPC method paths: the `method` of policy input and of events.
@@ -44,39 +44,11 @@ pub mod methods {
     pub const EVENT_STREAM: &str = "/stategate.EventService/Stream";
     pub const EVENT_SEARCH: &str = "/stategate.EventService/Search";
     pub const EVENT_GET: &str = "/stategate.EventService/Get";
-}
 
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest `limit` a search may ask for; larger ones are capped.
-    pub max_search_limit: usize,
-    /// How long an idempotency key protects against a second write.
-    pub idempotency_window: Duration,
-    /// Messages buffered between a stream and its client.
-    pub stream_buffer: usize,
-    /// How long a broadcast may take before the write is acknowledged anyway
-    /// (the hub's sweep delivers the event from storage).
-    pub publish_timeout: Duration,
-    /// Concurrent streams on this instance.
-    pub max_streams: usize,
-    /// Requests per second per client identity (token `sub`, else peer
-    /// address); 0 is unlimited.
-    pub rate_limit: f64,
-    pub rate_burst: f64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_search_limit: 1000,
-            idempotency_window: Duration::from_secs(24 * 3600),
-            stream_buffer: 256,
-            publish_timeout: Duration::from_secs(2),
-            max_streams: 100_000,
-            rate_limit: 0.0,
-            rate_burst: 0.0,
-        }
-    }
+    /// Every method of the two services.
+    pub const ALL: [&str; 9] = [
+        STATE_SET, STATE_GET, STATE_DEL, STATE_SEARCH, STATE_EDIT, STATE_REVERT, EVENT_STREAM, EVENT_SEARCH, EVENT_GET,
+    ];
 }
 
 pub struct Gateway {
@@ -143,6 +115,28 @@ impl Gateway {
     /// Ends every open stream with `UNAVAILABLE`; used at shutdown.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
+    }
+
+    /// A slot of STATEGATE_MAX_STREAMS for a stream the gateway does not
+    /// serve itself (gRPC health `Watch`, reflection), held while it is open.
+    pub fn stream_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.admission.stream_slot()
+    }
+
+    /// Cancelled by [`Gateway::shutdown`]: streams served outside the
+    /// gateway end on it too.
+    pub fn shutting_down(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Verifies the caller's token from the headers alone, without
+    /// policies: a transport refuses an unauthenticated call with it before
+    /// it decodes the body (decoding costs memory an anonymous peer must not
+    /// be able to spend; the call then authenticates again, from the
+    /// verifier's cache), and STATEGATE_PUBLIC_METADATA=false guards the
+    /// service descriptions with it. Counted in `auth_failures_total`.
+    pub async fn verify_token(&self, method: &str, metadata: &Metadata) -> Result<crate::model::Claims> {
+        self.auth.authenticate(method, metadata).await
     }
 
     /// Authenticates the caller and runs the request authorization (the
@@ -244,7 +238,7 @@ impl Gateway {
         let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
         let expect = Expect::from_wire("expected_version", req.expected_version)?;
         // The fingerprint covers the values: take it before they move out.
-        let idem = self.idempotency(&caller, &req.idempotency_key, &req);
+        let idem = self.idempotency(&caller, &record, &req.idempotency_key, &req);
         let values = req.values.take().ok_or_else(|| Error::invalid("values", "is required"))?;
         json::check_depth("values", &values)?;
         let event = self
@@ -257,7 +251,7 @@ impl Gateway {
         let caller = self.admit(methods::STATE_DEL, metadata, &req, false, &req.domain).await?;
         let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
         let expect = Expect::from_wire("expected_version", req.expected_version)?;
-        let idem = self.idempotency(&caller, &req.idempotency_key, &req);
+        let idem = self.idempotency(&caller, &record, &req.idempotency_key, &req);
         let event = self.append(&caller, record, Change::Delete, expect, EventKind::Del, idem).await?;
         self.authorized_response(caller, &req.domain, event, json::event, json::parse_event).await
     }
@@ -266,7 +260,7 @@ impl Gateway {
         let caller = self.admit(methods::STATE_EDIT, metadata, &req, false, &req.domain).await?;
         let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
         let wanted = Expect::from_wire("expected_version", req.expected_version)?;
-        let idem = self.idempotency(&caller, &req.idempotency_key, &req);
+        let idem = self.idempotency(&caller, &record, &req.idempotency_key, &req);
         let patch = req.patch.take().ok_or_else(|| Error::invalid("patch", "is required"))?;
         json::check_depth("patch", &patch)?;
         // Read, patch, and append expecting the version read. Without a
@@ -306,23 +300,28 @@ impl Gateway {
             .timed(self.storage.name(), "get_event", self.storage.get_event(&req.event_id))
             .await?
             .ok_or_else(|| Error::NotFound(format!("event {}", req.event_id)))?;
+        // Another record's event is answered as an unknown id: which record
+        // an id belongs to (maybe another tenant's) is not the caller's to learn.
         if target.record != record {
-            return Err(Error::invalid(
-                "event_id",
-                format!("event {} belongs to {}, not {record}", req.event_id, target.record),
-            ));
+            return Err(Error::NotFound(format!("event {} of {record}", req.event_id)));
         }
         let values = target.values.ok_or_else(|| {
             Error::invalid("event_id", format!("event {} is a deletion; there are no values to revert to", req.event_id))
         })?;
-        let idem = self.idempotency(&caller, &req.idempotency_key, &req);
+        let idem = self.idempotency(&caller, &record, &req.idempotency_key, &req);
         let event = self.append(&caller, record, Change::Put(values), expect, EventKind::Revert, idem).await?;
         self.authorized_response(caller, &req.domain, event, json::event, json::parse_event).await
     }
 
     /// The idempotency key of a write, from the request field or else the
     /// `idempotency-key` metadata, bound to a hash of the whole request.
-    fn idempotency(&self, caller: &Caller, field: &str, req: &impl Serialize) -> Option<Idempotency> {
+    ///
+    /// A key is scoped to the caller (token issuer and subject) and the
+    /// record: two tenants who pick the same key do not collide, and a
+    /// replay never hands one caller the event (and claims) another caller
+    /// wrote. The stored key reads `<key> @<scope>`, so an error naming it
+    /// still shows the client's key.
+    fn idempotency(&self, caller: &Caller, record: &RecordRef, field: &str, req: &impl Serialize) -> Option<Idempotency> {
         let key = if field.is_empty() {
             caller.input.metadata.get("idempotency-key")?.as_str()
         } else {
@@ -331,6 +330,13 @@ impl Gateway {
         if key.is_empty() {
             return None;
         }
+        let claim = |name: &str| caller.input.claims.get(name).map(|v| v.to_string()).unwrap_or_default();
+        let mut scope = Sha256::new();
+        for part in [&claim("iss"), &claim("sub"), &record.domain, &record.ty, &record.key] {
+            scope.update(part.as_bytes());
+            scope.update([0]);
+        }
+        let scope = hex::encode(&scope.finalize()[..8]);
         let mut hash = Sha256::new();
         hash.update(caller.input.method.as_bytes());
         // The key itself is part of the request body: hash the rest.
@@ -341,7 +347,7 @@ impl Gateway {
         hash.update(body.to_string().as_bytes());
         let window = self.limits.idempotency_window.as_nanos() as i64;
         Some(Idempotency {
-            key: key.to_owned(),
+            key: format!("{key} @{scope}"),
             fingerprint: hex::encode(hash.finalize()),
             not_before: now_nanos().saturating_sub(window),
         })

@@ -21,11 +21,10 @@
 
 use super::{Gateway, StreamRequest, methods};
 use crate::auth::{Metadata, PolicyInput};
-use crate::hub::{HubSubscription, SharedEvent, bounded_lru, lru_put};
-use crate::model::{Error, FeedQuery, RecordRef, Result, Topic, json, validate_name};
+use crate::hub::{HubSubscription, LastVersions, SharedEvent};
+use crate::model::{Error, FeedQuery, Result, Topic, json, validate_name};
 use crate::storage::FEED_PAGE;
 use futures::stream::BoxStream;
-use lru::LruCache;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
@@ -67,9 +66,12 @@ impl Gateway {
         let storage = self.storage.clone();
         let subscription = self.hub.subscribe(&topic).await;
         let (cursor, from_time) = if !req.after_event_id.is_empty() {
+            // An event outside the stream's topic (maybe another tenant's)
+            // is answered as an unknown id, so a stream cannot probe ids.
             let event = storage
                 .get_event(&req.after_event_id)
                 .await?
+                .filter(|e| topic.matches(&e.record) && key.as_ref().is_none_or(|k| *k == e.record.key))
                 .ok_or_else(|| Error::NotFound(format!("event {} (after_event_id)", req.after_event_id)))?;
             (event.seq, None)
         } else if req.from_time > 0 {
@@ -89,7 +91,7 @@ impl Gateway {
             key,
             cursor,
             from_time,
-            seen: bounded_lru(),
+            seen: LastVersions::new(SEEN_RECORDS),
             tx,
             _slot: slot,
         };
@@ -139,7 +141,7 @@ struct StreamTask {
     key: Option<String>,
     cursor: u64,
     from_time: Option<i64>,
-    seen: LruCache<RecordRef, u64>,
+    seen: LastVersions,
     tx: mpsc::Sender<Result<SharedEvent>>,
     /// This stream's place under `STATEGATE_MAX_STREAMS`.
     _slot: tokio::sync::OwnedSemaphorePermit,
@@ -274,12 +276,8 @@ impl StreamTask {
         if self.key.as_ref().is_some_and(|k| *k != event.record.key) {
             return Ok(());
         }
-        // In place when the record is known (the usual case on a busy
-        // topic): no copy of its key per delivery.
-        match self.seen.get_mut(&event.record) {
-            Some(sent) if *sent >= event.version => return Ok(()),
-            Some(sent) => *sent = event.version,
-            None => lru_put(&mut self.seen, SEEN_RECORDS, event.record.clone(), event.version),
+        if !self.seen.advance(&event.record, event.version) {
+            return Ok(());
         }
 
         if !self.gateway.inspects_responses() {

@@ -169,6 +169,9 @@ pub enum Denial {
     Hook,
     /// A wasm guest used a capability it was not granted.
     NotGranted,
+    /// A browser rule (`api::browser`): a foreign origin or host name while
+    /// authentication is off.
+    Browser,
 }
 
 impl Denial {
@@ -177,6 +180,25 @@ impl Denial {
             Denial::Policy | Denial::Hook => "denied",
             Denial::PolicyError => "evaluation_error",
             Denial::NotGranted => "not_granted",
+            Denial::Browser => "browser",
         }
     }
 }
+
+/// A configuration value that cannot work, named by its variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(variable: &'static str, problem: impl Into<String>) -> Self {
+        ConfigError {
+            variable,
+            problem: problem.into(),
+        }
+    }
+}
+

@@ -113,6 +113,44 @@ pub fn parse_int(name: &str, v: &Value) -> Result<i64> {
     }
 }
 
+/// Most JSON values (scalars, arrays and objects, at any depth) one request
+/// may carry. Decoded, a value costs a few dozen bytes whatever its text
+/// costs (`0,` is two bytes), so a bound on the count, not only on the
+/// bytes, keeps the memory of a request a small multiple of its size.
+pub const MAX_VALUES: usize = 256 * 1024;
+
+/// Refuses JSON text holding more than [`MAX_VALUES`] values, before any
+/// of it is decoded: a linear scan that counts the commas and the opening
+/// brackets outside strings (an upper bound on the number of values).
+pub fn check_value_count(field: &str, text: &[u8]) -> Result<()> {
+    let (mut count, mut in_string, mut escaped) = (1usize, false, false);
+    for &b in text {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b',' | b'[' | b'{' => count += 1,
+            _ => {}
+        }
+    }
+    if count > MAX_VALUES {
+        return Err(too_many_values(field));
+    }
+    Ok(())
+}
+
+/// The error for a request carrying more than [`MAX_VALUES`] values.
+pub fn too_many_values(field: &str) -> Error {
+    Error::invalid(field, format!("holds more than {MAX_VALUES} JSON values (the limit per request)"))
+}
+
 /// Refuses values nested deeper than `MAX_DEPTH`; `field` names them.
 pub fn check_depth(field: &str, values: &Values) -> Result<()> {
     fn depth(v: &Value) -> usize {
@@ -178,6 +216,17 @@ mod tests {
             method: "/m".into(),
         };
         assert_eq!(parse_event(&event(&e)).unwrap(), e);
+    }
+
+    #[test]
+    fn value_count_limit() {
+        let many = format!("{{\"a\":[{}0]}}", "0,".repeat(MAX_VALUES));
+        assert!(check_value_count("values", many.as_bytes()).is_err());
+        let fine = format!("{{\"a\":[{}0]}}", "0,".repeat(MAX_VALUES / 2));
+        check_value_count("values", fine.as_bytes()).unwrap();
+        // Commas and brackets inside strings (escaped quotes too) are text.
+        let text = format!("{{\"a\":\"{}\\\"\"}}", ",[{".repeat(MAX_VALUES));
+        check_value_count("values", text.as_bytes()).unwrap();
     }
 
     #[test]

@@ -7,8 +7,8 @@ pub mod json;
 pub mod query;
 pub mod spec;
 
-pub use error::{Denial, Error, Result, TokenRefusal};
-pub use query::{Filter, Sort};
+pub use error::{ConfigError, Denial, Error, Result, TokenRefusal};
+pub use query::{Arrival, EventQuery, FeedQuery, Filter, Page, Select, Sort, StateQuery};
 
 use serde_json::{Map, Value};
 use std::fmt;
@@ -239,43 +239,4 @@ impl fmt::Display for Topic {
         let t = self.ty.as_deref().unwrap_or("*");
         write!(f, "{d}/{t}")
     }
-}
-
-/// A search over current states of one domain and type.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StateQuery {
-    pub domain: String,
-    pub ty: String,
-    pub filter: Filter,
-    pub sort: Option<Sort>,
-    pub limit: usize,
-    pub offset: usize,
-}
-
-/// A search over the event history, oldest first.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventQuery {
-    pub domain: String,
-    pub ty: String,
-    pub key: Option<String>,
-    pub filter: Filter,
-    pub claims_filter: Filter,
-    /// Inclusive bounds on `Event::time`.
-    pub min_time: Option<i64>,
-    pub max_time: Option<i64>,
-    pub limit: usize,
-    pub offset: usize,
-}
-
-/// Events in store order after a position: what catch-up streams replay and
-/// what the hub sweeps.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FeedQuery {
-    pub topic: Topic,
-    pub key: Option<String>,
-    /// Only events with `seq > after_seq`.
-    pub after_seq: u64,
-    /// Only events with `time >= from_time`.
-    pub from_time: Option<i64>,
-    pub limit: usize,
 }

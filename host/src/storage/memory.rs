@@ -4,7 +4,8 @@
 
 use super::{Storage, conflict, idempotency_mismatch};
 use crate::model::{
-    Appended, AppendRequest, Change, Error, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery,
+    Appended, AppendRequest, Arrival, Change, Error, Event, EventQuery, FeedQuery, RecordRef, Result, Select, State,
+    StateQuery,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
@@ -131,37 +132,19 @@ impl Storage for MemoryStorage {
             ty: q.ty.clone(),
             key: String::new(),
         };
-        let mut found: Vec<&State> = inner
+        // One domain and type is a contiguous range, in key order.
+        let candidates = inner
             .states
             .range(start..)
             .take_while(|(r, _)| r.domain == q.domain && r.ty == q.ty)
-            .map(|(_, s)| s)
-            .filter(|s| q.filter.matches(&s.values))
-            .collect();
-        if let Some(sort) = &q.sort {
-            found.sort_by(|a, b| sort.compare((&a.record.key, &a.values), (&b.record.key, &b.values)));
-        }
-        Ok(found.into_iter().skip(q.offset).take(q.limit).cloned().collect())
+            .map(|(_, s)| s);
+        let arrival = if q.sort.is_some() { Arrival::AnyOrder } else { Arrival::InOrder };
+        Ok(q.select(arrival, candidates).into_iter().cloned().collect())
     }
 
     async fn search_events(&self, q: &EventQuery) -> Result<Vec<Event>> {
         let inner = self.lock();
-        Ok(inner
-            .events
-            .iter()
-            .filter(|e| {
-                e.record.domain == q.domain
-                    && e.record.ty == q.ty
-                    && q.key.as_ref().is_none_or(|k| *k == e.record.key)
-                    && q.min_time.is_none_or(|t| e.time >= t)
-                    && q.max_time.is_none_or(|t| e.time <= t)
-                    && (q.filter.is_empty() || e.values.as_ref().is_some_and(|v| q.filter.matches(v)))
-                    && q.claims_filter.matches(&e.claims)
-            })
-            .skip(q.offset)
-            .take(q.limit)
-            .cloned()
-            .collect())
+        Ok(q.select(Arrival::InOrder, &inner.events).into_iter().cloned().collect())
     }
 
     async fn get_event(&self, id: &str) -> Result<Option<Event>> {
@@ -172,16 +155,7 @@ impl Storage for MemoryStorage {
     async fn feed(&self, q: &FeedQuery) -> Result<Vec<Event>> {
         let inner = self.lock();
         let start = (q.after_seq as usize).min(inner.events.len());
-        Ok(inner.events[start..]
-            .iter()
-            .filter(|e| {
-                q.topic.matches(&e.record)
-                    && q.key.as_ref().is_none_or(|k| *k == e.record.key)
-                    && q.from_time.is_none_or(|t| e.time >= t)
-            })
-            .take(q.limit)
-            .cloned()
-            .collect())
+        Ok(inner.events[start..].iter().filter(|e| q.matches(e)).take(q.limit).cloned().collect())
     }
 
     async fn head(&self) -> Result<u64> {

@@ -11,11 +11,20 @@
 //! reader, so is every event with a smaller seq.** (Assign seqs in commit
 //! order: one writer, or a counter updated inside the transaction.)
 //!
-//! Each provider lives in its own file; `conformance` (in the integration
-//! tests) holds the one test suite every provider must pass.
+//! Searches mean the same on every provider because none decides them
+//! alone: a provider translates a query exactly or reads a superset from its
+//! backend and lets the query choose (`model::query`: `matches`, and
+//! `Select` for the page, which holds at most offset + limit items).
+//!
+//! Each provider lives in its own module (a file, or a folder for mongo);
+//! `conformance` (in the integration tests) holds the one test suite every
+//! provider must pass.
 
 pub mod memory;
 pub mod mongo;
+pub mod mysql;
+pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 pub mod wasm;
 
@@ -76,6 +85,8 @@ crate::provider_spec! {
         Sqlite(sqlite::SqliteConfig) = "sqlite",
         Inmem(memory::MemoryConfig) = "inmem" | "memory",
         Mongo(mongo::MongoConfig) = "mongo",
+        Postgres(postgres::PostgresConfig) = "postgres" | "postgresql",
+        Mysql(mysql::MysqlConfig) = "mysql" | "mariadb",
         Wasm(crate::wasm::GuestConfig) = "wasm",
     }
 }
@@ -106,6 +117,8 @@ impl StorageSpec {
             StorageSpec::Sqlite(c) => Arc::new(c.build(data_dir)?),
             StorageSpec::Inmem(_) => Arc::new(memory::MemoryStorage::new()),
             StorageSpec::Mongo(c) => Arc::new(c.build().await?),
+            StorageSpec::Postgres(c) => Arc::new(c.build().await?),
+            StorageSpec::Mysql(c) => Arc::new(c.build().await?),
             StorageSpec::Wasm(c) => Arc::new(wasm::WasmStorage::open(c, wasm).await?),
         })
     }

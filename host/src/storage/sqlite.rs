@@ -21,11 +21,15 @@
 //! Checkpoints (copying the WAL back into the database file) run on their
 //! own thread and connection, not inside a commit, so a writer never waits
 //! for one.
+//!
+//! Over 500 lines on purpose: the writer, the read pool and the checkpoint
+//! thread share the connection setup and the row codecs, and each is only
+//! correct together with the others (the WAL and checkpoint rules above).
 
 use super::{FEED_PAGE, Storage, conflict, idempotency_mismatch};
 use crate::model::{
-    Appended, AppendRequest, Change, Error, Event, EventKind, EventQuery, FeedQuery, Filter, RecordRef, Result,
-    State, StateQuery, Values,
+    Appended, AppendRequest, Arrival, Change, Error, Event, EventKind, EventQuery, FeedQuery, Filter, RecordRef,
+    Result, Select, State, StateQuery, Values,
     query::Op,
 };
 use async_trait::async_trait;
@@ -35,6 +39,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
+/// Most equality conditions of one filter pushed down into SQL (the rest are
+/// checked in Rust only).
+const MAX_PUSHDOWN: usize = 32;
 /// Most appends committed in one transaction.
 const MAX_BATCH: usize = 512;
 /// Read connections per core (reads block on I/O now and then).
@@ -466,75 +473,54 @@ fn parse_values(text: &str) -> std::result::Result<Values, String> {
 }
 
 /// SQL conditions that select a superset of the rows `filter` matches on the
-/// JSON column `column`; `Filter::matches` then decides. Only equality on
-/// strings, numbers and booleans is pushed down, which is what keeps
-/// searches on large tables fast; everything else is checked in Rust.
+/// JSON column `column`; the query's shared matcher then decides. Only
+/// equality on strings, numbers and booleans is pushed down, which is what
+/// keeps searches on large tables fast; everything else is checked in Rust.
+///
+/// Any filter the parser accepted must run: paths are bound as parameters,
+/// never pasted into the SQL; a segment sqlite's JSON path syntax cannot
+/// quote (a `"` or `\`, a control character) or would read as an array
+/// index (all digits) is not pushed down; and at most `MAX_PUSHDOWN`
+/// conditions are, so the expression stays far below sqlite's depth limit
+/// (`SQLITE_MAX_EXPR_DEPTH`, 1000) and bound-parameter count.
 fn pushdown(column: &str, filter: &Filter, sql: &mut String, args: &mut Vec<SqlValue>) {
+    let mut pushed = 0;
     for c in &filter.conditions {
         let Op::Eq(q) = &c.op else { continue };
-        if c.path.iter().any(|s| s.contains(['"', '\\']) || s.bytes().all(|b| b.is_ascii_digit())) {
-            continue;
-        }
-        let path = format!(
-            "$.{}",
-            c.path.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(".")
-        );
-        let ty = format!("json_type({column}, ?{})", args.len() + 1);
-        args.push(SqlValue::Text(path.clone()));
-        match q {
-            Value::String(s) => {
-                sql.push_str(&format!(
-                    " AND (({ty} = 'text' AND json_extract({column}, ?{p}) = ?{v}) OR {ty} = 'array')",
-                    p = args.len(),
-                    v = args.len() + 1
-                ));
-                args.push(SqlValue::Text(s.clone()));
-            }
-            Value::Number(n) => {
-                sql.push_str(&format!(
-                    " AND (({ty} IN ('integer', 'real') AND json_extract({column}, ?{p}) = ?{v}) OR {ty} = 'array')",
-                    p = args.len(),
-                    v = args.len() + 1
-                ));
-                args.push(match n.as_i64() {
+        // The JSON types a stored value equal to `q` can have (an array may
+        // hold it as an element), and the value json_extract must equal.
+        let (types, value) = match q {
+            Value::String(s) => ("'text'", Some(SqlValue::Text(s.clone()))),
+            Value::Number(n) => (
+                "'integer', 'real'",
+                Some(match n.as_i64() {
                     Some(i) => SqlValue::Integer(i),
                     None => SqlValue::Real(n.as_f64().unwrap_or(f64::NAN)),
-                });
-            }
-            Value::Bool(b) => {
-                sql.push_str(&format!(" AND {ty} IN ('{}', 'array')", if *b { "true" } else { "false" }));
-            }
-            _ => {
-                args.pop();
-            }
-        }
-    }
-}
-
-/// Collects rows that pass `keep`, skipping `offset` and stopping at `limit`.
-fn paginate<T>(
-    rows: impl Iterator<Item = rusqlite::Result<T>>,
-    keep: impl Fn(&T) -> bool,
-    offset: usize,
-    limit: usize,
-) -> rusqlite::Result<Vec<T>> {
-    let mut out = Vec::new();
-    let mut skipped = 0;
-    for row in rows {
-        let row = row?;
-        if !keep(&row) {
+                }),
+            ),
+            Value::Bool(true) => ("'true'", None),
+            Value::Bool(false) => ("'false'", None),
+            _ => continue,
+        };
+        let unquotable = |s: &str| s.contains(['"', '\\']) || s.chars().any(char::is_control);
+        if pushed == MAX_PUSHDOWN || c.path.iter().any(|s| unquotable(s) || s.bytes().all(|b| b.is_ascii_digit())) {
             continue;
         }
-        if skipped < offset {
-            skipped += 1;
-            continue;
-        }
-        out.push(row);
-        if out.len() >= limit {
-            break;
+        pushed += 1;
+        let path = format!("$.{}", c.path.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join("."));
+        args.push(SqlValue::Text(path));
+        let (p, ty) = (args.len(), format!("json_type({column}, ?{})", args.len()));
+        match value {
+            Some(v) => {
+                args.push(v);
+                sql.push_str(&format!(
+                    " AND (({ty} IN ({types}) AND json_extract({column}, ?{p}) = ?{}) OR {ty} = 'array')",
+                    args.len()
+                ));
+            }
+            None => sql.push_str(&format!(" AND {ty} IN ({types}, 'array')")),
         }
     }
-    Ok(out)
 }
 
 #[async_trait]
@@ -594,16 +580,13 @@ impl Storage for SqliteStorage {
                     values: json_column(row, 2)?,
                 })
             })?;
-            match &q.sort {
-                // A field sort uses the one total order of `query::compare_values`
-                // so that every provider returns the same order.
-                Some(sort) => {
-                    let mut all = paginate(rows, |s| q.filter.matches(&s.values), 0, usize::MAX)?;
-                    all.sort_by(|a, b| sort.compare((&a.record.key, &a.values), (&b.record.key, &b.values)));
-                    Ok(all.into_iter().skip(q.offset).take(q.limit).collect())
-                }
-                None => paginate(rows, |s| q.filter.matches(&s.values), q.offset, q.limit),
-            }
+            // Rows come by key (the primary key's order). A field sort is
+            // not pushed into SQL: ORDER BY json_extract orders mixed kinds,
+            // arrays and objects otherwise than `query::compare_values`, the
+            // one order every provider answers in. So the page keeps the top
+            // offset + limit rows as they stream past, never the whole type.
+            let arrival = if q.sort.is_some() { Arrival::AnyOrder } else { Arrival::InOrder };
+            q.try_select(arrival, rows)
         })
         .await
     }
@@ -628,15 +611,7 @@ impl Storage for SqliteStorage {
             sql.push_str(" ORDER BY seq");
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(params_from_iter(args), event_from_row)?;
-            paginate(
-                rows,
-                |e| {
-                    (q.filter.is_empty() || e.values.as_ref().is_some_and(|v| q.filter.matches(v)))
-                        && q.claims_filter.matches(&e.claims)
-                },
-                q.offset,
-                q.limit,
-            )
+            q.try_select(Arrival::InOrder, rows)
         })
         .await
     }

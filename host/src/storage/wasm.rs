@@ -4,12 +4,13 @@
 //!
 //! One long-lived instance serves all calls, one at a time (the guest keeps
 //! its indexes in memory); it is replaced after a trap and on hot reload.
-//! The guest may return supersets for searches: the query's filter, sort,
-//! offset and limit are applied here.
+//! The guest may return supersets for searches, in any order: the query
+//! chooses the result here (`model::query`), as for every provider.
 
 use super::Storage;
 use crate::model::{
-    AppendRequest, Appended, Change, Error, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery, Values,
+    AppendRequest, Appended, Arrival, Change, Error, Event, EventQuery, FeedQuery, RecordRef, Result, Select, State,
+    StateQuery,
 };
 use crate::wasm::convert::{event_from_wit, event_with, kind_to_wit, record_to_wit, state_from_wit};
 use crate::wasm::bindings::storage::StorageProviderPre;
@@ -142,18 +143,8 @@ impl Storage for WasmStorage {
             Ok(v) => v,
             Err(e) => return Err(self.error(e)),
         };
-        let mut states = Vec::new();
-        for s in all {
-            let s = state_from_wit(&self.name, s)?;
-            if s.record.domain == query.domain && s.record.ty == query.ty && query.filter.matches(&s.values) {
-                states.push(s);
-            }
-        }
-        match &query.sort {
-            Some(sort) => states.sort_by(|a, b| sort.compare((&a.record.key, &a.values), (&b.record.key, &b.values))),
-            None => states.sort_by(|a, b| a.record.key.cmp(&b.record.key)),
-        }
-        Ok(states.into_iter().skip(query.offset).take(query.limit).collect())
+        let states = all.into_iter().map(|s| state_from_wit(&self.name, s));
+        query.try_select(Arrival::AnyOrder, states)
     }
 
     async fn search_events(&self, query: &EventQuery) -> Result<Vec<Event>> {
@@ -168,23 +159,8 @@ impl Storage for WasmStorage {
             Ok(v) => v,
             Err(e) => return Err(self.error(e)),
         };
-        let empty = Values::new();
-        let mut events = Vec::new();
-        for e in all {
-            let e = event_from_wit(&self.name, e)?;
-            let keep = e.record.domain == query.domain
-                && e.record.ty == query.ty
-                && query.key.as_ref().is_none_or(|k| *k == e.record.key)
-                && query.min_time.is_none_or(|t| e.time >= t)
-                && query.max_time.is_none_or(|t| e.time <= t)
-                && query.filter.matches(e.values.as_ref().unwrap_or(&empty))
-                && query.claims_filter.matches(&e.claims);
-            if keep {
-                events.push(e);
-            }
-        }
-        events.sort_by_key(|e| e.seq);
-        Ok(events.into_iter().skip(query.offset).take(query.limit).collect())
+        let events = all.into_iter().map(|e| event_from_wit(&self.name, e));
+        query.try_select(Arrival::AnyOrder, events)
     }
 
     async fn get_event(&self, id: &str) -> Result<Option<Event>> {
@@ -211,11 +187,7 @@ impl Storage for WasmStorage {
         let mut out = Vec::with_capacity(events.len());
         for e in events {
             let e = event_from_wit(&self.name, e)?;
-            let keep = e.seq > query.after_seq
-                && query.topic.matches(&e.record)
-                && query.key.as_ref().is_none_or(|k| *k == e.record.key)
-                && query.from_time.is_none_or(|t| e.time >= t);
-            if keep {
+            if query.matches(&e) {
                 out.push(e);
             }
         }

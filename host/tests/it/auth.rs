@@ -870,3 +870,116 @@ async fn example_tenant_isolation_on_every_transport() {
     );
     gw.stop().await;
 }
+
+/// Issue 17 point 3: a tenant's policy hook (here a redaction hook serving
+/// only domain `acme`) also decides `EventService.Get` by id, whose request
+/// names no domain, on gRPC, REST and grpc-web alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_hook_decides_event_get_by_id_on_every_surface() {
+    let acme = unique("acme");
+    let hooks = json!({ acme.clone(): {"path": crate::wasm_support::guest("redact"), "config": {"fields": "secret"}} });
+    let gw = TestGateway::start_with(|c| {
+        hmac_gateway_config(c);
+        c.auth.request_policy_path = vec![example("allow_all.rego")];
+        c.auth.policy_hooks = Some(hooks.to_string());
+        c.wasm_cache_dir = Some(crate::wasm_support::cache_dir());
+    })
+    .await;
+    let token = hmac_token(&claims(json!({"sub": "a"})));
+    let written = gw
+        .state_client()
+        .await
+        .set(with_token(state(&acme, "t", "k", json!({"shown": "yes", "secret": "s"})), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let id = pb::EventRef { id: written.id.clone() };
+    let shown = |e: pb::Event| from_struct(e.state.unwrap().values.as_ref().unwrap());
+    let expected = json!({"shown": "yes"});
+    assert_eq!(shown(written), expected, "the Set response is redacted");
+    let grpc = gw.event_client().await.get(with_token(id.clone(), &token)).await.unwrap().into_inner();
+    assert_eq!(shown(grpc), expected, "gRPC EventService.Get");
+    let mut web = grpc_web!(pb::event_service_client::EventServiceClient<_>, gw);
+    let web = web.get(with_token(id.clone(), &token)).await.unwrap().into_inner();
+    assert_eq!(shown(web), expected, "grpc-web EventService.Get");
+    let rest: Value = http()
+        .get(format!("{}/api/events/ref/{}", gw.url(), id.id))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rest["state"]["values"], expected, "REST GET /api/events/ref/{{id}}: {rest}");
+    gw.stop().await;
+}
+
+/// Issue 17 point 4: idempotency keys are scoped to the caller and the
+/// record. Tenant B's use of a key neither blocks tenant A's write with the
+/// same key, nor hands A's event (and claims) to B when B replays it.
+#[tokio::test]
+async fn idempotency_keys_are_scoped_to_the_caller() {
+    let gw = TestGateway::start_with(|c| {
+        hmac_gateway_config(c);
+        c.auth.request_policy_path = vec![example("allow_all.rego")];
+    })
+    .await;
+    let (a, b) = (hmac_token(&claims(json!({"sub": "a"}))), hmac_token(&claims(json!({"sub": "b"}))));
+    let d = unique("idem");
+    let keyed = |key: &str, v: Value| pb::State { idempotency_key: "order-2024-0001".into(), ..state(&d, "t", key, v) };
+    let mut client = gw.state_client().await;
+    let by_b = client.set(with_token(keyed("kb", json!({"n": 1})), &b)).await.unwrap().into_inner();
+    let by_a = client
+        .set(with_token(keyed("ka", json!({"n": 1})), &a))
+        .await
+        .expect("A's write with a key B used first happens")
+        .into_inner();
+    assert_ne!(by_a.id, by_b.id);
+    assert_eq!(client.get(with_token(state_ref(&d, "t", "ka"), &a)).await.unwrap().into_inner().version, 1);
+    // A's retry is still a replay of A's own write.
+    let again = client.set(with_token(keyed("ka", json!({"n": 1})), &a)).await.unwrap().into_inner();
+    assert_eq!(again.id, by_a.id);
+    // B sending A's exact request with the same key writes anew, as B.
+    let replayed_by_b = client.set(with_token(keyed("ka", json!({"n": 1})), &b)).await.unwrap().into_inner();
+    assert_ne!(replayed_by_b.id, by_a.id, "B does not get A's event back");
+    assert_eq!(replayed_by_b.claims.as_ref().and_then(|c| c.fields.get("sub")).and_then(|v| match &v.kind {
+        Some(prost_types::value::Kind::StringValue(s)) => Some(s.as_str()),
+        _ => None,
+    }), Some("b"));
+    gw.stop().await;
+}
+
+/// Issue 17 point 5: an event id of another record (maybe another tenant's)
+/// is answered as an unknown id, by Revert and by a stream's
+/// `after_event_id`, so neither tells which record an id belongs to.
+#[tokio::test]
+async fn another_records_event_id_is_answered_as_not_found() {
+    let gw = TestGateway::start().await;
+    let (mine, theirs) = (unique("mine"), unique("theirs"));
+    let mut client = gw.state_client().await;
+    client.set(state(&mine, "t", "k", json!({"n": 1}))).await.unwrap();
+    let foreign = client.set(state(&theirs, "t", "k", json!({"secret": 1}))).await.unwrap().into_inner();
+    let revert = |event_id: &str| pb::RevertRequest {
+        domain: mine.clone(),
+        r#type: "t".into(),
+        key: "k".into(),
+        event_id: event_id.into(),
+        ..Default::default()
+    };
+    let unknown = client.revert(revert("no-such-event")).await.unwrap_err();
+    let other = client.revert(revert(&foreign.id)).await.unwrap_err();
+    assert_eq!((unknown.code(), other.code()), (Code::NotFound, Code::NotFound));
+    assert!(!other.message().contains(&theirs), "names no other record: {}", other.message());
+    let stream = |after: &str| pb::StreamOpts {
+        domain: mine.clone(),
+        r#type: "t".into(),
+        after_event_id: after.into(),
+        ..Default::default()
+    };
+    let mut events = gw.event_client().await;
+    let unknown = events.stream(stream("no-such-event")).await.unwrap_err();
+    let other = events.stream(stream(&foreign.id)).await.unwrap_err();
+    assert_eq!((unknown.code(), other.code()), (Code::NotFound, Code::NotFound));
+    gw.stop().await;
+}

@@ -123,17 +123,18 @@ async fn mongo_keeps_values_bson_cannot_hold() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongo_two_clients_share_one_order() {
     let Some(a) = mongo().await else { return };
-    two_clients_share_one_order(a, mongo().await.unwrap()).await;
+    two_clients_share_one_order(Arc::new(a), Arc::new(mongo().await.unwrap())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongo_standalone_two_clients_share_one_order() {
     let Some(a) = mongo_standalone().await else { return };
-    two_clients_share_one_order(a, mongo_standalone().await.unwrap()).await;
+    two_clients_share_one_order(Arc::new(a), Arc::new(mongo_standalone().await.unwrap())).await;
 }
 
-async fn two_clients_share_one_order(a: MongoStorage, b: MongoStorage) {
-    let (a, b): (stategate::storage::DynStorage, stategate::storage::DynStorage) = (Arc::new(a), Arc::new(b));
+/// Two storages on one database (two gateway instances): one winner per
+/// expected version, one gap-free order.
+pub async fn two_clients_share_one_order(a: stategate::storage::DynStorage, b: stategate::storage::DynStorage) {
     let d = crate::storage_conformance::unique_domain();
     let r = RecordRef::parse(&d, "t", "k").unwrap();
     a.append(crate::storage_conformance::put(&r, json!({"n": 0}))).await.unwrap();
@@ -208,6 +209,10 @@ async fn bad_provider_options_are_named() {
         Ok(_) => panic!("{spec} was accepted"),
     };
     assert!(storage_err(json!({"name": "mongo"})).contains("missing field `addr`"));
+    assert!(storage_err(json!({"name": "postgres", "addr": "postgres://h/db", "sslmode": "sometimes"})).contains("sslmode"));
+    assert!(storage_err(json!({"name": "postgresql", "adr": "postgres://h/db"})).contains("unknown field `adr`"));
+    assert!(storage_err(json!({"name": "mariadb", "addr": "mysql://h/db", "pool_size": -1})).contains("pool_size"));
+    assert!(storage_err(json!({"name": "cassandra"})).contains("not built in"));
     // A well-formed object whose value the provider refuses when it opens.
     let spec = stategate::storage::StorageSpec::parse(
         &json!({"name": "mongo", "addr": "mongodb://127.0.0.1:1", "database": "a.b"}).to_string(),

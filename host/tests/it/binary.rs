@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn stategate(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stategate"));
+    let mut cmd = Command::new(crate::procs::stategate_bin());
     cmd.current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -67,4 +67,31 @@ fn dev_mode_says_so_first_and_sigterm_stops_gracefully() {
     // The WAL was folded back into the database file at close.
     let wal = dir.path().join("data/stategate.db-wal");
     assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
+}
+
+/// Authentication off on a non-loopback address is said at start; the ops
+/// port stays on loopback (no warning about it).
+#[test]
+fn auth_off_on_a_public_address_warns_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = stategate(dir.path())
+        .args(["--auth-disabled", "--bind", "0.0.0.0", "--port", "0", "--ops-port", "0"])
+        .spawn()
+        .unwrap();
+    let mut before_serving = vec![];
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.contains("serving") {
+            assert!(line.contains("\"ops_addr\":\"127.0.0.1:"), "the ops port is on loopback: {line}");
+            break;
+        }
+        before_serving.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        before_serving.iter().any(|l| l.contains("authentication is disabled") && l.contains("0.0.0.0")),
+        "{before_serving:?}"
+    );
+    assert!(!before_serving.iter().any(|l| l.contains("ops port listens")), "{before_serving:?}");
 }

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 
 fn stategate(addr: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stategate"));
+    let mut cmd = Command::new(crate::procs::stategate_bin());
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("STATEGATE_ADDR", addr)

@@ -1,6 +1,7 @@
-//! Crash consistency on the embedded default: concurrent writers, SIGKILL
-//! mid-load, restart, and then every acknowledged write is present with its
-//! event, state and history agree, and versions have no gaps. Repeated at
+//! Crash consistency (on the embedded default, PostgreSQL and MySQL):
+//! concurrent writers, SIGKILL of the gateway mid-load, restart, and then
+//! every acknowledged write is present with its event, state and history
+//! agree, and versions have no gaps. Repeated at
 //! several kill points (counted in acknowledged writes, not in time).
 
 use crate::wire::*;
@@ -15,9 +16,14 @@ use tonic::transport::Channel;
 const WRITERS: usize = 8;
 const RECORDS: usize = 16;
 
-fn spawn(dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_stategate"))
-        .args(["--dev", "--port", &port.to_string(), "--ops-port", "0", "--log-format", "text"])
+/// A gateway on `storage` (a provider object; `None`: the default sqlite
+/// file in `dir`).
+fn spawn(dir: &std::path::Path, port: u16, storage: Option<&str>) -> Child {
+    let mut cmd = Command::new(crate::procs::stategate_bin());
+    if let Some(spec) = storage {
+        cmd.env("STATEGATE_STORAGE_PROVIDER", spec);
+    }
+    cmd.args(["--dev", "--port", &port.to_string(), "--ops-port", "0", "--log-format", "text"])
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -45,9 +51,9 @@ struct Acked {
     events: HashMap<String, (String, i64)>,
 }
 
-async fn run_until_killed(dir: &std::path::Path, domain: &str, kill_after: usize) -> Acked {
+async fn run_until_killed(dir: &std::path::Path, storage: Option<&str>, domain: &str, kill_after: usize) -> Acked {
     let port = free_port();
-    let mut child = spawn(dir, port);
+    let mut child = spawn(dir, port, storage);
     let channel = connect(port).await;
     let acked = Arc::new(Mutex::new(Acked::default()));
     let (kill_tx, mut kill_rx) = tokio::sync::mpsc::channel::<()>(1);
@@ -90,9 +96,9 @@ async fn run_until_killed(dir: &std::path::Path, domain: &str, kill_after: usize
     Arc::try_unwrap(acked).ok().unwrap().into_inner().unwrap()
 }
 
-async fn check_consistency(dir: &std::path::Path, domain: &str, acked: &Acked) {
+async fn check_consistency(dir: &std::path::Path, storage: Option<&str>, domain: &str, acked: &Acked) {
     let port = free_port();
-    let mut child = spawn(dir, port);
+    let mut child = spawn(dir, port, storage);
     let channel = connect(port).await;
     let mut st = StateServiceClient::new(channel.clone());
     let mut ev = EventServiceClient::new(channel);
@@ -142,13 +148,31 @@ async fn check_consistency(dir: &std::path::Path, domain: &str, acked: &Acked) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_load_loses_no_acknowledged_write() {
+    kill_repeatedly(None).await;
+}
+
+/// The same on the SQL providers: the gateway is killed, the database is
+/// not, and what the gateway acknowledged was committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_load_loses_no_acknowledged_write_on_postgres() {
+    let Some(scratch) = crate::sql_backends::Scratch::new(crate::sql_backends::Kind::Postgres) else { return };
+    kill_repeatedly(Some(&scratch.spec().to_string())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_load_loses_no_acknowledged_write_on_mysql() {
+    let Some(scratch) = crate::sql_backends::Scratch::new(crate::sql_backends::Kind::Mysql) else { return };
+    kill_repeatedly(Some(&scratch.spec().to_string())).await;
+}
+
+async fn kill_repeatedly(storage: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let domain = unique("crash");
     let mut all = Acked::default();
     for kill_after in [1, 40, 400, 1500] {
-        let acked = run_until_killed(dir.path(), &domain, kill_after).await;
+        let acked = run_until_killed(dir.path(), storage, &domain, kill_after).await;
         assert!(acked.events.len() >= kill_after);
         all.events.extend(acked.events);
-        check_consistency(dir.path(), &domain, &all).await;
+        check_consistency(dir.path(), storage, &domain, &all).await;
     }
 }

@@ -81,11 +81,21 @@ fn compose_file_follows_the_compose_spec() {
     assert!(text.contains("dockerfile: deploy/Dockerfile"));
     only_known_variables("docker-compose.yml", &text);
     providers_parse("docker-compose.yml", &text);
+    // Authentication is off in the demo: the API is published on the host's
+    // loopback only, and the ops port not at all.
+    let published: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("- \"") && l.contains(':')).collect();
+    assert!(!published.is_empty());
+    for line in &published {
+        assert!(line.contains("\"127.0.0.1:"), "published beyond loopback: {line}");
+        assert!(!line.contains(":8081\""), "the ops port is published: {line}");
+    }
 
     // The validator rejects a malformed file.
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("compose.yml");
-    std::fs::write(&bad, text.replace("    ports:\n      - \"8080:8080\"", "    ports: 8080")).unwrap();
+    let broken = text.replace("    ports:\n      - \"127.0.0.1:8080:8080\"", "    ports: 8080");
+    assert_ne!(broken, text);
+    std::fs::write(&bad, broken).unwrap();
     let (ok, _) = output(Command::new("check-jsonschema").args(["--builtin-schema", "vendor.compose-spec"]).arg(&bad));
     assert!(!ok, "a scalar `ports` must be rejected");
 }
@@ -103,6 +113,7 @@ fn kubernetes_manifests_validate() {
     }
     let text = read("deploy/kubernetes/stategate.yaml");
     check_pod_spec("stategate.yaml", &text);
+    assert!(text.contains("- name: STATEGATE_OPS_TOKEN\n              valueFrom:\n                secretKeyRef:"), "an optional ops token");
     only_known_variables("stategate.yaml", &text);
     providers_parse("stategate.yaml", &text);
 
@@ -113,8 +124,15 @@ fn kubernetes_manifests_validate() {
     assert!(!ok, "a misspelt field must be rejected:\n{out}");
 }
 
-/// Probes on the ops port's /readyz and /healthz, non-root, an HPA target.
+/// Probes on the ops port's /readyz and /healthz, which listens on the
+/// pod's address (loopback would hide it from the kubelet) but is not
+/// routed by the Service; non-root; an HPA target.
 fn check_pod_spec(what: &str, text: &str) {
+    let bind = ["STATEGATE_OPS_BIND: \"0.0.0.0\"", "- name: STATEGATE_OPS_BIND\n              value: \"0.0.0.0\""];
+    assert!(bind.iter().any(|b| text.contains(b)), "{what}: the ops port listens on the pod's address");
+    let service = &text[text.find("kind: Service").expect("a Service")..];
+    let service = &service[..service.find("\n---").unwrap_or(service.len())];
+    assert!(!service.contains("targetPort: ops"), "{what}: the Service routes to the ops port:\n{service}");
     for needle in [
         "readinessProbe:\n            httpGet:\n              path: /readyz\n              port: ops",
         "livenessProbe:\n            httpGet:\n              path: /healthz\n              port: ops",
@@ -155,8 +173,12 @@ fn helm_chart_renders_to_valid_manifests() {
     only_known_variables("the chart", &rendered);
     providers_parse("the chart", &rendered);
 
-    // Values change the output; autoscaling can be turned off.
-    let custom = render_chart(&["autoscaling.enabled=false", "replicaCount=5", "image.tag=9.9.9"]);
+    assert!(!rendered.contains("STATEGATE_OPS_TOKEN"), "no ops token unless a Secret is named");
+
+    // Values change the output; autoscaling can be turned off; a Secret
+    // can guard the ops port.
+    let custom = render_chart(&["autoscaling.enabled=false", "replicaCount=5", "image.tag=9.9.9", "ops.tokenSecret=gw-ops"]);
+    assert!(custom.contains("- name: STATEGATE_OPS_TOKEN\n              valueFrom:\n                secretKeyRef:\n                  name: \"gw-ops\""), "{custom}");
     assert!(!custom.contains("HorizontalPodAutoscaler"));
     assert!(custom.contains("replicas: 5") && custom.contains("image: \"stategate:9.9.9\""));
     std::fs::write(&file, &custom).unwrap();
@@ -192,6 +214,8 @@ fn dockerfile_is_multi_stage_small_and_non_root() {
     assert!(!user.starts_with("root") && !user.starts_with("0"), "USER {user}");
     assert!(last.contains("COPY --from=build"), "the runtime copies only the build output");
     assert!(last.contains("ENTRYPOINT [\"/usr/local/bin/stategate\"]"));
+    let exposed: Vec<&str> = last.lines().filter(|l| l.starts_with("EXPOSE ")).collect();
+    assert!(exposed.iter().all(|l| !l.contains("8081")), "the ops port (loopback in the image) is not exposed: {exposed:?}");
     assert!(last.contains("\"stategate\", \"health\"") || last.contains("stategate\", \"health\""), "HEALTHCHECK uses `stategate health`");
     // Everything the build stage copies exists.
     for line in text.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {

@@ -68,7 +68,7 @@ fn every_config_variable_is_documented() {
 
 #[test]
 fn docs_name_only_existing_cli_subcommands() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stategate")).arg("--help").output().unwrap();
+    let out = std::process::Command::new(crate::procs::stategate_bin()).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout).into_owned();
     for page in ["docs/quickstart.md", "docs/clients.md", "README.md"] {
         let text = std::fs::read_to_string(repo().join(page)).unwrap();

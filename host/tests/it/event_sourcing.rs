@@ -142,7 +142,8 @@ async fn edit_revert_and_event_get() {
     assert_eq!(from_struct(got.values.as_ref().unwrap()), json!({"a": 1.0, "b": {"c": 2.0, "d": 3.0}}));
     assert_eq!(st.revert(revert("missing")).await.unwrap_err().code(), Code::NotFound);
     let elsewhere = st.set(state(&d, "t", "other", json!({}))).await.unwrap().into_inner();
-    assert_eq!(st.revert(revert(&elsewhere.id)).await.unwrap_err().code(), Code::InvalidArgument);
+    // Another record's event is an unknown id here (issue 17 point 5).
+    assert_eq!(st.revert(revert(&elsewhere.id)).await.unwrap_err().code(), Code::NotFound);
 
     let fetched = ev.get(pb::EventRef { id: v2.id.clone() }).await.unwrap().into_inner();
     assert_eq!(fetched.version, 2);

@@ -1,5 +1,5 @@
-//! Backend faults: each backend (Redis, NATS, the MongoDB-compatible server)
-//! is killed under load and started again, on a private server of its own
+//! Backend faults: each backend (Redis, NATS, the MongoDB-compatible server,
+//! PostgreSQL, MariaDB) is killed under load and started again, on a private server of its own
 //! so the shared test services are untouched. Checked: writes during the
 //! outage fail fast with UNAVAILABLE (or succeed, when only the channel is
 //! down), `/readyz` names the provider that is down and then recovers, the
@@ -209,9 +209,43 @@ async fn mongo_restart_under_load() {
     if !have("secantusd-py") {
         return;
     }
-    let mut server = procs::mongo_server().await;
-    let dir = tempfile::tempdir().unwrap();
+    let server = procs::mongo_server().await;
     let storage = json!({"name": "mongo", "addr": format!("mongodb://127.0.0.1:{}/?directConnection=true", server.port), "database": "faults"});
+    storage_restart_under_load(server, storage, "mongo").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_under_load() {
+    if !procs::have_postgres_server() {
+        return;
+    }
+    let server = procs::postgres_server().await;
+    let storage = json!({"name": "postgres", "addr": format!("postgres://postgres@127.0.0.1:{}/postgres", server.port),
+        "schema": "faults", "connect_timeout_ms": 2000});
+    storage_restart_under_load(server, storage, "postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_restart_under_load() {
+    if !procs::have_mariadb_server() {
+        return;
+    }
+    let server = procs::mariadb_server().await;
+    let admin = format!("mysql://root@127.0.0.1:{}/mysql", server.port);
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::MySqlConnection::connect(&admin).await.expect("root connects to the private MariaDB");
+        sqlx::query("CREATE DATABASE faults").execute(&mut c).await.unwrap();
+    }
+    let storage = json!({"name": "mariadb", "addr": format!("mysql://root@127.0.0.1:{}/faults", server.port), "connect_timeout_ms": 2000});
+    storage_restart_under_load(server, storage, "mysql").await;
+}
+
+/// Kills a storage server under load, restarts it, and checks recovery:
+/// writes fail fast with UNAVAILABLE meanwhile, `/readyz` names `provider`,
+/// the gateway recovers by itself and no acknowledged write is lost.
+async fn storage_restart_under_load(mut server: Server, storage: serde_json::Value, provider: &'static str) {
+    let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::spawn(dir.path(), &storage.to_string(), r#"{"name":"inmem"}"#).await;
     wait_readyz(&gw.ops_url(), "ready at start", all_ready).await;
     let domain = unique("fault");
@@ -221,7 +255,7 @@ async fn mongo_restart_under_load() {
     load.wait("writes before the outage", |l| l.acked() >= 30).await;
 
     server.kill();
-    let body = wait_readyz(&gw.ops_url(), "the storage down", provider_down("storage", "mongo")).await;
+    let body = wait_readyz(&gw.ops_url(), "the storage down", provider_down("storage", provider)).await;
     assert_eq!(body["channel"]["ready"], true, "{body}");
     let before = load.errors();
     load.wait("writes failing during the outage", |l| l.errors() >= before + 8).await;
@@ -241,7 +275,7 @@ async fn mongo_restart_under_load() {
     // Every acknowledged write survived the kill of the server, with its
     // state, and versions have no gaps.
     let acked = load.acked.lock().unwrap().clone();
-    eprintln!("mongo restart: {} writes acknowledged, {} failed with UNAVAILABLE", acked.len(), errors.len());
+    eprintln!("{provider} restart: {} writes acknowledged, {} failed with UNAVAILABLE", acked.len(), errors.len());
     let channel = gw.channel().await;
     let mut ev = EventServiceClient::new(channel.clone());
     let mut st = StateServiceClient::new(channel);

@@ -177,3 +177,80 @@ async fn health_and_reflection_are_served() {
     assert!(responses.next().await.unwrap().is_ok(), "v1alpha reflection answers");
     gw.stop().await;
 }
+
+/// STATEGATE_PUBLIC_METADATA=false: reflection and /openapi.json need a
+/// valid token; health stays open (probes carry none). The default keeps
+/// them public.
+#[tokio::test]
+async fn service_descriptions_need_a_token_unless_public() {
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest};
+    use tonic_reflection::pb::v1alpha::{server_reflection_client::ServerReflectionClient as AlphaClient, ServerReflectionRequest as AlphaRequest, server_reflection_request::MessageRequest as AlphaMessage};
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-test-secret";
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "dev", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    let with_token = |msg| {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert("authorization", bearer.clone());
+        r
+    };
+    let list = || ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let auth_on = |public: bool| {
+        move |c: &mut stategate::config::Config| {
+            c.dev = false;
+            c.auth.auth_disabled = false;
+            c.bind = "127.0.0.1".into();
+            c.auth.jwt_hmac_secret = Some(SECRET.into());
+            c.public_metadata = public;
+        }
+    };
+
+    let gw = TestGateway::start_with(auth_on(true)).await;
+    let mut reflection = ServerReflectionClient::new(gw.channel().await);
+    let mut answers = reflection.server_reflection_info(futures::stream::iter([list()])).await.unwrap().into_inner();
+    assert!(answers.next().await.unwrap().is_ok(), "public by default");
+    let r = reqwest::get(format!("{}/openapi.json", gw.url())).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    gw.stop().await;
+
+    let gw = TestGateway::start_with(auth_on(false)).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(gw.channel().await);
+    let status = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "health stays open");
+
+    let mut reflection = ServerReflectionClient::new(gw.channel().await);
+    let err = reflection.server_reflection_info(futures::stream::iter([list()])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let mut alpha = AlphaClient::new(gw.channel().await);
+    let alpha_list = AlphaRequest { host: String::new(), message_request: Some(AlphaMessage::ListServices(String::new())) };
+    let err = alpha.server_reflection_info(futures::stream::iter([alpha_list])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "v1alpha too");
+    let mut answers = reflection
+        .server_reflection_info(with_token(futures::stream::iter([list()])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answers.next().await.unwrap().is_ok(), "a valid token lists the services");
+
+    let c = reqwest::Client::new();
+    let url = format!("{}/openapi.json", gw.url());
+    for presented in [None, Some("not-a-jwt")] {
+        let mut req = c.get(&url);
+        if let Some(t) = presented {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{presented:?}");
+        assert!(r.headers().contains_key("www-authenticate"));
+        let err: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(err["code"], json!(16), "{err}");
+    }
+    let spec: serde_json::Value = c.get(&url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(spec["openapi"], "3.0.3");
+    gw.stop().await;
+}

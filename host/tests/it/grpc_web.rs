@@ -63,10 +63,11 @@ async fn text_mode_with_server_streaming_and_cors() {
     let d = unique("webtext");
     let b64 = base64::engine::general_purpose::STANDARD;
 
-    // A CORS preflight as a browser on another origin sends it.
+    // A CORS preflight as a browser on another (loopback: authentication
+    // is off) origin sends it.
     let pre = c
         .request(reqwest::Method::OPTIONS, format!("{}/stategate.EventService/Stream", gw.url()))
-        .header("origin", "http://example.test")
+        .header("origin", "http://localhost:5173")
         .header("access-control-request-method", "POST")
         .header("access-control-request-headers", "content-type,x-grpc-web")
         .send()
@@ -80,14 +81,18 @@ async fn text_mode_with_server_streaming_and_cors() {
         .header("content-type", "application/grpc-web-text")
         .header("accept", "application/grpc-web-text")
         .header("x-grpc-web", "1")
-        .header("origin", "http://example.test")
+        .header("origin", "http://localhost:5173")
         .body(b64.encode(frame(&pb::StreamOpts { domain: d.clone(), r#type: "t".into(), ..Default::default() })))
         .send()
         .await
         .unwrap();
     assert_eq!(stream.status().as_u16(), 200);
     assert!(stream.headers()["content-type"].to_str().unwrap().starts_with("application/grpc-web-text"));
-    assert_eq!(stream.headers()["access-control-allow-origin"], "*", "grpc-web from a page gets CORS");
+    assert_eq!(
+        stream.headers()["access-control-allow-origin"],
+        "http://localhost:5173",
+        "grpc-web from a page gets CORS"
+    );
 
     // Write through a unary text-mode call.
     let set = c
@@ -133,4 +138,61 @@ async fn native_grpc_responses_carry_no_cors_headers() {
     for name in ["access-control-allow-origin", "access-control-expose-headers", "vary"] {
         assert!(reply.metadata().get(name).is_none(), "{name} on a native gRPC response");
     }
+}
+
+/// What a web page can make a browser send, over grpc-web
+/// (docs/security.md): with authentication off a foreign page or host name
+/// is refused with a gRPC status, and a POST without a gRPC content type
+/// (what a page sends without a preflight) is 415; nothing is written.
+#[tokio::test]
+async fn dev_mode_refuses_foreign_pages_hosts_and_plain_posts() {
+    let gw = TestGateway::start().await;
+    let c = http();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let d = unique("webguard");
+    let set = format!("{}/stategate.StateService/Set", gw.url());
+    let body = || b64.encode(frame(&state(&d, "t", "k", json!({"csrf": true}))));
+    let web = |origin: &str, host: Option<String>| {
+        let mut req = c
+            .post(&set)
+            .header("content-type", "application/grpc-web-text")
+            .header("accept", "application/grpc-web-text")
+            .header("x-grpc-web", "1")
+            .header("origin", origin)
+            .body(body());
+        if let Some(h) = host {
+            req = req.header("host", h);
+        }
+        req
+    };
+
+    // Another origin, or a rebound host name: PERMISSION_DENIED.
+    let port = gw.addr.port();
+    for (origin, host) in [("http://evil.test", None), ("http://localhost:3000", Some(format!("evil.test:{port}")))] {
+        let r = web(origin, host.clone()).send().await.unwrap();
+        assert_eq!(r.headers().get("grpc-status").map(|v| v.to_str().unwrap()), Some("7"), "{origin} {host:?}");
+    }
+    // A text/plain POST carrying a grpc-web frame (no preflight needed).
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let r = c
+            .post(&set)
+            .header("content-type", content_type)
+            .header("origin", "http://localhost:3000")
+            .body(body())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 415, "{content_type}");
+        let err: serde_json::Value = r.json().await.unwrap();
+        assert!(err["message"].as_str().unwrap().contains("content-type"), "{err}");
+    }
+    let missing = gw.state_client().await.get(state_ref(&d, "t", "k")).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "nothing was written");
+
+    // The same call from a loopback page succeeds.
+    let r = web("http://127.0.0.1:8000", None).send().await.unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "http://127.0.0.1:8000");
+    let reply = frames(&decode_text(&r.bytes().await.unwrap()));
+    assert!(String::from_utf8_lossy(&reply[1].1).contains("grpc-status:0"));
+    gw.stop().await;
 }

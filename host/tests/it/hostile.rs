@@ -176,3 +176,63 @@ fn random_bytes_get_client_errors_only() {
         .unwrap();
     rt.block_on(gw.stop());
 }
+
+/// `{"f0": 0, "f1": 1, …}`: `n` equality conditions (each one sqlite could
+/// push down into SQL).
+pub fn equalities(n: usize) -> String {
+    serde_json::Value::Object((0..n).map(|i| (format!("f{i}"), json!(i))).collect()).to_string()
+}
+
+/// Queries the store cannot run are the client's mistake, not an outage
+/// (issue 17, point 10): a NUL in a field path made sqlite fail with "bad
+/// JSON path", a thousand conditions with "Expression tree is too large",
+/// both reported as UNAVAILABLE, which clients retry. Each is
+/// INVALID_ARGUMENT naming the field, and a query at the bounds runs.
+#[tokio::test]
+async fn hostile_queries_are_invalid_argument() {
+    let gw = TestGateway::start().await;
+    let mut st = gw.state_client().await;
+    let mut ev = gw.event_client().await;
+    st.set(state("d", "t", "k", json!({"a": 1}))).await.unwrap();
+    let states = |query_string: &str, sort_by: &str| pb::SearchStateOpts {
+        domain: "d".into(),
+        r#type: "t".into(),
+        limit: 10,
+        query_string: query_string.into(),
+        sort_by: sort_by.into(),
+        ..Default::default()
+    };
+    let events = |query_string: &str, claims_query: &str| pb::SearchEventOpts {
+        domain: "d".into(),
+        r#type: "t".into(),
+        limit: 10,
+        query_string: query_string.into(),
+        claims_query: claims_query.into(),
+        ..Default::default()
+    };
+    let nul = r#"{"a\u0000": 1}"#;
+    let deep = format!(r#"{{"{}": 1}}"#, vec!["a"; 40].join("."));
+    let long_in = format!(r#"{{"a": {{"$in": {}}}}}"#, json!((0..2000).collect::<Vec<_>>()));
+    let cases: Vec<(&str, tonic::Status)> = vec![
+        ("query_string", st.search(states(nul, "")).await.unwrap_err()),
+        ("query_string", ev.search(events(nul, "")).await.unwrap_err()),
+        ("claims_query", ev.search(events("", nul)).await.unwrap_err()),
+        ("sort_by", st.search(states("", "a\u{0}b")).await.unwrap_err()),
+        ("query_string", st.search(states(&equalities(1001), "")).await.unwrap_err()),
+        ("query_string", ev.search(events(&equalities(1001), "")).await.unwrap_err()),
+        ("claims_query", ev.search(events("", &equalities(1001))).await.unwrap_err()),
+        ("query_string", st.search(states(&deep, "")).await.unwrap_err()),
+        ("query_string", st.search(states(&long_in, "")).await.unwrap_err()),
+    ];
+    for (field, status) in cases {
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(status.message().contains(field), "the message names {field}: {}", status.message());
+    }
+    // At the bounds, in both filters at once, the store runs the query.
+    let most = equalities(stategate::model::query::MAX_CONDITIONS);
+    st.search(states(&most, "f0")).await.unwrap();
+    ev.search(events(&most, &most)).await.unwrap();
+    let found = st.search(states(r#"{"a": 1}"#, "")).await.unwrap().into_inner();
+    assert_eq!(found.state_values.len(), 1, "and the gateway still serves");
+    gw.stop().await;
+}

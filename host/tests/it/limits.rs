@@ -56,6 +56,61 @@ async fn stream_cap() {
     gw.stop().await;
 }
 
+/// Health `Watch` streams need no token: each takes a slot of
+/// STATEGATE_MAX_STREAMS (shared with event streams) and one of
+/// STATEGATE_MAX_PUBLIC_STREAMS, so anonymous callers cannot hold more.
+#[tokio::test]
+async fn health_watch_streams_are_counted_and_capped() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let watch = || HealthCheckRequest { service: String::new() };
+    let gw = TestGateway::start_with(|c| c.max_streams = 3).await;
+    let mut health = HealthClient::new(gw.channel().await);
+    let mut open = vec![];
+    for _ in 0..3 {
+        let mut s = health.watch(watch()).await.unwrap().into_inner();
+        assert!(s.next().await.unwrap().is_ok(), "the first status arrives");
+        open.push(s);
+    }
+    let err = health.watch(watch()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert!(err.message().contains("STATEGATE_MAX_STREAMS"), "{}", err.message());
+    let mut ev = gw.event_client().await;
+    let opts = || pb::StreamOpts { domain: "d".into(), r#type: "t".into(), ..Default::default() };
+    assert_eq!(ev.stream(opts()).await.unwrap_err().code(), tonic::Code::ResourceExhausted, "the budget is shared");
+    drop(open.pop());
+    let mut reopened = None;
+    for _ in 0..100 {
+        if let Ok(s) = ev.stream(opts()).await {
+            reopened = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reopened.is_some(), "a closed Watch gives its slot back");
+    gw.stop().await;
+
+    // Within a large budget, streams that need no token have their own cap.
+    let gw = TestGateway::start_with(|c| c.max_public_streams = 2).await;
+    let mut health = HealthClient::new(gw.channel().await);
+    let _a = health.watch(watch()).await.unwrap().into_inner();
+    let _b = health.watch(watch()).await.unwrap().into_inner();
+    let err = health.watch(watch()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert!(err.message().contains("STATEGATE_MAX_PUBLIC_STREAMS"), "{}", err.message());
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest};
+    let list = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let err = ServerReflectionClient::new(gw.channel().await)
+        .server_reflection_info(futures::stream::iter([list]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "reflection streams share the public cap");
+    let mut ev = gw.event_client().await;
+    ev.stream(pb::StreamOpts { domain: "d".into(), r#type: "t".into(), ..Default::default() })
+        .await
+        .expect("event streams are not held back by the public cap");
+    gw.stop().await;
+}
+
 /// 10,000 concurrent streams on one instance, over 20 connections, each
 /// receiving the same write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,9 +7,11 @@ mod storage_conformance;
 mod channel_conformance;
 
 mod providers;
+mod chaos_channel;
 mod wire;
 
 mod catch_up;
+mod hub_repairs;
 mod event_sourcing;
 mod grpc_api;
 mod grpc_web;
@@ -22,11 +24,15 @@ mod crash;
 mod openapi;
 mod properties;
 mod limits;
+mod server;
 mod backends;
+mod sql_backends;
+mod sql_pushdown;
 mod procs;
 mod multi_instance;
 mod faults;
 mod hostile;
+mod pre_auth;
 mod auth;
 mod cli;
 mod client;

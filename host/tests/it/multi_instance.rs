@@ -1,6 +1,7 @@
-//! Two gateway processes sharing one Mongo storage and one channel (Redis,
-//! then NATS): a stream on B receives every write made on A, in order per
-//! record, and a write on B with a version made stale on A is refused.
+//! Two gateway processes sharing one storage and one channel (Mongo over
+//! Redis and over NATS, PostgreSQL over NATS, MySQL over Redis): a stream
+//! on B receives every write made on A, in order per record, and a write on
+//! B with a version made stale on A is refused.
 
 use crate::harness::backend_url;
 use crate::procs::{Gateway, readyz};
@@ -77,8 +78,14 @@ pub async fn stream_into(channel: tonic::transport::Channel, domain: &str) -> Re
 
 async fn two_instances_share_state(channel_spec: serde_json::Value) {
     let Some(mongo) = backend_url("MONGO") else { return };
+    let storage = json!({"name": "mongo", "addr": mongo, "database": unique("sgmulti").replace('-', "_")});
+    two_instances_share(storage, channel_spec).await;
+}
+
+/// Two gateways on one storage (`storage_spec`) and one channel.
+async fn two_instances_share(storage_spec: serde_json::Value, channel_spec: serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
-    let storage = json!({"name": "mongo", "addr": mongo, "database": unique("sgmulti").replace('-', "_")}).to_string();
+    let storage = storage_spec.to_string();
     let channel = channel_spec.to_string();
     let a = Gateway::spawn(dir.path(), &storage, &channel).await;
     let b = Gateway::spawn(dir.path(), &storage, &channel).await;
@@ -152,6 +159,22 @@ async fn two_instances_over_redis() {
 async fn two_instances_over_nats() {
     let Some(url) = backend_url("NATS") else { return };
     two_instances_share_state(json!({"name": "nats", "addr": url, "prefix": unique("sgmulti")})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_postgres_over_nats() {
+    use crate::sql_backends::{Kind, Scratch};
+    let Some(url) = backend_url("NATS") else { return };
+    let Some(scratch) = Scratch::new(Kind::Postgres) else { return };
+    two_instances_share(scratch.spec(), json!({"name": "nats", "addr": url, "prefix": unique("sgmulti")})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_mysql_over_redis() {
+    use crate::sql_backends::{Kind, Scratch};
+    let Some(url) = backend_url("REDIS") else { return };
+    let Some(scratch) = Scratch::new(Kind::Mysql) else { return };
+    two_instances_share(scratch.spec(), json!({"name": "redis", "addr": url, "prefix": unique("sgmulti")})).await;
 }
 
 /// A counter from an instance's `/metrics` (0 when absent).

@@ -7,6 +7,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tonic::transport::Channel;
 
+/// The gateway binary the process tests run: cargo's build of it, or the
+/// file `STATEGATE_TEST_BIN` names. Several worktrees that share one cargo
+/// target directory overwrite each other's `target/debug/stategate`; each
+/// copies its build aside and points this variable at the copy.
+pub fn stategate_bin() -> std::path::PathBuf {
+    std::env::var_os("STATEGATE_TEST_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_stategate").into())
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -59,20 +69,36 @@ impl Server {
 
     pub async fn start(&mut self) {
         assert!(self.child.is_none());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("server.log"))
-            .unwrap();
-        let child = Command::new(self.program)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.program));
-        self.child = Some(child);
-        wait_port(self.port, self.program).await;
+        // A server restarted right after a SIGKILL may refuse to start while
+        // the old process's children still hold its files: try again.
+        for _ in 0..50 {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join("server.log"))
+                .unwrap();
+            let mut child = Command::new(self.program)
+                .args(&self.args)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.program));
+            for _ in 0..600 {
+                if port_open(self.port) {
+                    self.child = Some(child);
+                    return;
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("{} did not listen on port {}; log:\n{}", self.program, self.port, self.log());
     }
 
     /// SIGKILL: the server gets no chance to flush or say goodbye.
@@ -153,6 +179,89 @@ pub async fn mongo_server() -> Server {
     s
 }
 
+/// Runs `program` as `user` (servers that refuse to run as root), with
+/// `setpriv`, which execs it: the child is the server itself, so a kill
+/// reaches it.
+fn as_user(user: &str, program: &str, args: &[String]) -> Vec<String> {
+    ["--reuid", user, "--regid", user, "--init-groups", "--", program].iter().map(|s| s.to_string()).chain(args.iter().cloned()).collect()
+}
+
+fn chown(path: &Path, user: &str) {
+    let ok = Command::new("chown").args(["-R", &format!("{user}:{user}"), &path.display().to_string()]).status().unwrap().success();
+    assert!(ok, "chown {}", path.display());
+}
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// Whether a private PostgreSQL can be started (server binaries and the
+/// `postgres` user).
+pub fn have_postgres_server() -> bool {
+    have(&format!("{PG_BIN}/initdb")) && have("setpriv")
+}
+
+/// A private PostgreSQL 15 in a temp dir (trust auth on loopback, fsync
+/// on), run as `postgres`, which it requires.
+pub async fn postgres_server() -> Server {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    chown(dir.path(), "postgres");
+    let init = Command::new("setpriv")
+        .args(as_user("postgres", &format!("{PG_BIN}/initdb"), &["-D".into(), data.display().to_string(), "-U".into(), "postgres".into(), "--auth=trust".into()]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(init.success(), "initdb failed");
+    let args = as_user(
+        "postgres",
+        &format!("{PG_BIN}/postgres"),
+        &["-D", &data.display().to_string(), "-p", &port.to_string(), "-k", &dir.path().display().to_string(), "-c", "listen_addresses=127.0.0.1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+    );
+    let mut s = Server::new("setpriv", port, dir, args);
+    s.start().await;
+    s
+}
+
+/// Whether a private MariaDB can be started.
+pub fn have_mariadb_server() -> bool {
+    have("mariadb-install-db") && have("mariadbd")
+}
+
+/// A private MariaDB in a temp dir (run as `mysql`; root without a
+/// password over TCP, durable commits).
+pub async fn mariadb_server() -> Server {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    chown(dir.path(), "mysql");
+    let init = Command::new("mariadb-install-db")
+        .args(["--user=mysql", &format!("--datadir={}", data.display()), "--auth-root-authentication-method=normal", "--skip-test-db"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(init.success(), "mariadb-install-db failed");
+    let args = [
+        "--no-defaults".to_owned(),
+        "--user=mysql".to_owned(),
+        format!("--datadir={}", data.display()),
+        format!("--port={port}"),
+        "--bind-address=127.0.0.1".to_owned(),
+        format!("--socket={}", dir.path().join("mysqld.sock").display()),
+        format!("--pid-file={}", dir.path().join("mysqld.pid").display()),
+        "--innodb-flush-log-at-trx-commit=1".to_owned(),
+    ]
+    .to_vec();
+    let mut s = Server::new("mariadbd", port, dir, args);
+    s.start().await;
+    s
+}
+
 /// A gateway process from the built binary.
 pub struct Gateway {
     pub port: u16,
@@ -165,7 +274,7 @@ impl Gateway {
         let port = free_port();
         let ops_port = free_port();
         let log = std::fs::File::create(dir.join(format!("gateway-{port}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_stategate"))
+        let child = Command::new(crate::procs::stategate_bin())
             .args(["--dev", "--port", &port.to_string(), "--ops-port", &ops_port.to_string(), "--log-format", "text"])
             .env("STATEGATE_STORAGE_PROVIDER", storage)
             .env("STATEGATE_CHANNEL_PROVIDER", channel)

@@ -68,8 +68,9 @@ async fn errors_use_grpc_gateway_statuses() {
     let base = gw.url();
     let c = http();
     let cases = [
-        (c.post(format!("{base}/api/state/ref/d/t/k")).body("{not json"), 400, "body"),
-        (c.post(format!("{base}/api/state/ref/d/t/k")).body("[1]"), 400, "body"),
+        (c.post(format!("{base}/api/state/ref/d/t/k")).header("content-type", "application/json").body("{not json"), 400, "body"),
+        (c.post(format!("{base}/api/state/ref/d/t/k")).header("content-type", "application/json").body("[1]"), 400, "body"),
+        (c.post(format!("{base}/api/state/ref/d/t/k")).body("{\"values\":{}}"), 415, "content-type"),
         (c.post(format!("{base}/api/state/ref/d/t/k")).json(&json!({"valuez": {}})), 400, "valuez"),
         (c.post(format!("{base}/api/state/ref/d/t/k")).json(&json!({})), 400, "values"),
         (c.get(format!("{base}/api/state/search?domain=d&type=t&limit=0")), 400, "limit"),
@@ -172,10 +173,11 @@ async fn cpu_profile_in_pprof_format() {
     let gw = TestGateway::start().await;
     let c = http();
     let ops = gw.ops_url();
-    for bad in ["0", "301", "ten"] {
+    for bad in ["0", "61", "301", "ten"] {
         let r = c.get(format!("{ops}/debug/pprof/profile?seconds={bad}")).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 400, "seconds={bad}");
-        assert!(r.text().await.unwrap().contains("seconds must be"));
+        let err: Value = r.json().await.unwrap();
+        assert!(err["error"].as_str().unwrap().contains("seconds must be a whole number from 1 to 60"), "{err}");
     }
     // Load while the profile is taken, so there is CPU time to sample.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -199,6 +201,8 @@ async fn cpu_profile_in_pprof_format() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let second = c.get(format!("{ops}/debug/pprof/profile?seconds=1")).send().await.unwrap();
     assert_eq!(second.status().as_u16(), 409);
+    let err: Value = second.json().await.unwrap();
+    assert!(err["error"].as_str().unwrap().contains("already being taken"), "{err}");
     let r = profile.await.unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(load.await.unwrap() > 0);
@@ -212,5 +216,163 @@ async fn cpu_profile_in_pprof_format() {
         p.string_table.iter().any(|s| s.contains("stategate")),
         "the gateway's own functions appear in the profile"
     );
+    gw.stop().await;
+}
+
+/// What a web page can make a browser send, over REST (docs/security.md):
+/// with authentication off only loopback pages and host names are served,
+/// and writes need a JSON content type (always).
+#[tokio::test]
+async fn dev_mode_serves_loopback_pages_only_and_writes_need_json() {
+    let gw = TestGateway::start_with(|c| c.allowed_hosts = vec!["gw.test".into()]).await;
+    let base = gw.url();
+    let port = gw.addr.port();
+    let c = http();
+    let d = unique("browser");
+    let url = format!("{base}/api/state/ref/{d}/t/k");
+    let not_written = || async { assert_eq!(c.get(&url).send().await.unwrap().status().as_u16(), 404, "nothing was written") };
+
+    // The simple requests a page sends without a preflight: refused with
+    // the error envelope, nothing written.
+    for (content_type, body) in [
+        (Some("text/plain;charset=UTF-8"), r#"{"values":{"csrf":true}}"#),
+        (Some("application/x-www-form-urlencoded"), "values=1"),
+        (Some("multipart/form-data; boundary=x"), "--x--"),
+        (None, r#"{"values":{"csrf":true}}"#),
+    ] {
+        let mut req = c.post(&url).header("origin", "http://localhost:3000").body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let (s, err) = body_of(req.send().await.unwrap()).await;
+        assert_eq!(s, 415, "{content_type:?}: {err}");
+        assert_eq!(err["code"], json!(3));
+        assert!(err["message"].as_str().unwrap().contains("content-type"), "{err}");
+    }
+    let (s, _) = body_of(c.patch(&url).header("content-type", "text/plain").body("{}").send().await.unwrap()).await;
+    assert_eq!(s, 415, "PATCH too");
+    not_written().await;
+
+    // A page on another origin: refused, preflight included.
+    let (s, err) = body_of(c.post(&url).header("origin", "http://evil.test").json(&json!({"values": {"x": 1}})).send().await.unwrap()).await;
+    assert_eq!((s, err["code"].clone()), (403, json!(7)), "{err}");
+    let pre = c
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "http://evil.test")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.status().as_u16(), 403);
+    assert!(!pre.headers().contains_key("access-control-allow-origin"));
+    not_written().await;
+
+    // DNS rebinding: the page's own host name re-pointed at 127.0.0.1.
+    for host in [format!("evil.test:{port}"), "evil.test".into(), format!("127.0.0.1.evil.test:{port}")] {
+        let (s, err) = body_of(c.get(&url).header("host", host.clone()).send().await.unwrap()).await;
+        assert_eq!(s, 403, "{host}: {err}");
+        assert!(err["message"].as_str().unwrap().contains("loopback"), "{err}");
+    }
+
+    // A loopback page (any port) may call, with CORS naming it.
+    let pre = c
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "http://localhost:5173")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(pre.status().is_success());
+    assert_eq!(pre.headers()["access-control-allow-origin"], "http://localhost:5173");
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}"), format!("[::1]:{port}"), "gw.test".into()] {
+        let r = c
+            .post(&url)
+            .header("host", host.clone())
+            .header("origin", "http://127.0.0.1:8000")
+            .header("content-type", "application/json; charset=utf-8")
+            .body(r#"{"values":{"from":"a loopback page"}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{host}");
+        assert_eq!(r.headers()["access-control-allow-origin"], "http://127.0.0.1:8000");
+    }
+    let (s, _) = body_of(
+        c.patch(&url).header("content-type", "application/merge-patch+json").body(r#"{"more":1}"#).send().await.unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200, "+json types are JSON");
+    gw.stop().await;
+}
+
+/// With authentication on, any origin may call (tokens travel in a header a
+/// page cannot set without a preflight), but writes still need JSON.
+#[tokio::test]
+async fn with_auth_on_cors_is_open_and_writes_still_need_json() {
+    let gw = TestGateway::start_with(|c| {
+        c.dev = false;
+        c.auth.auth_disabled = false;
+        c.bind = "127.0.0.1".into();
+        c.auth.jwt_hmac_secret = Some("0123456789abcdef0123456789abcdef-test-secret".into());
+    })
+    .await;
+    let url = format!("{}/api/state/ref/d/t/k", gw.url());
+    let c = http();
+    let r = c.get(&url).header("origin", "http://app.example").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401, "no token");
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let r = c.get(&url).header("host", "gw.example.com").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401, "any host name: the token decides");
+    let (s, err) = body_of(c.post(&url).header("content-type", "text/plain").body("{}").send().await.unwrap()).await;
+    assert_eq!(s, 415, "{err}");
+    gw.stop().await;
+}
+
+async fn body_of(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text)))
+}
+
+/// The hostile queries of `hostile::hostile_queries_are_invalid_argument`
+/// over REST: 400 naming the field, never a 503 the client would retry.
+#[tokio::test]
+async fn hostile_queries_are_bad_requests() {
+    let gw = TestGateway::start().await;
+    let base = gw.url();
+    let c = http();
+    // sqlite evaluates the paths per row: give it one.
+    let r = c.post(format!("{base}/api/state/ref/d/t/k")).json(&json!({"values": {"a": 1}})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let many = crate::hostile::equalities(1001);
+    let nul = r#"{"a\u0000": 1}"#;
+    let cases: [(&str, &str, &str); 6] = [
+        ("state", "query_string", nul),
+        ("events", "query_string", nul),
+        ("events", "claims_query", nul),
+        ("state", "sort_by", "a\u{0}b"),
+        ("state", "query_string", &many),
+        ("events", "claims_query", &many),
+    ];
+    for (what, field, value) in cases {
+        let r = c
+            .get(format!("{base}/api/{what}/search"))
+            .query(&[("domain", "d"), ("type", "t"), ("limit", "5"), (field, value)])
+            .send()
+            .await
+            .unwrap();
+        let (status, err) = body(r).await;
+        assert_eq!(status, 400, "{what} {field}: {err}");
+        assert!(err["message"].as_str().unwrap().contains(field), "{what} {field}: {err}");
+    }
+    let most = crate::hostile::equalities(stategate::model::query::MAX_CONDITIONS);
+    let r = c
+        .get(format!("{base}/api/events/search"))
+        .query(&[("domain", "d"), ("type", "t"), ("limit", "5"), ("query_string", &most), ("claims_query", &most)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(r).await.0, 200, "a query at the bounds runs");
     gw.stop().await;
 }

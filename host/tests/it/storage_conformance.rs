@@ -266,6 +266,68 @@ pub async fn search_events(s: DynStorage) {
     assert_eq!(by_claims[0].claims["sub"], json!("someone-else"));
 }
 
+/// A deletion event has no values; for matching they are the empty object,
+/// as a MongoDB document without the field: `$ne`, `$nin`, `$exists: false`
+/// and equality with null match it, equality with a value does not.
+pub async fn deletions_under_filters(s: DynStorage) {
+    let d = unique_domain();
+    let (gone, kept, other) = (rec(&d, "t", "gone"), rec(&d, "t", "kept"), rec(&d, "t", "other"));
+    s.append(put(&gone, json!({"x": 1}))).await.unwrap();
+    let mut del = req(&gone, Change::Delete, Expect::Any);
+    del.claims = values(json!({"sub": "remover"}));
+    s.append(del).await.unwrap();
+    s.append(put(&kept, json!({"x": 2}))).await.unwrap();
+    s.append(put(&other, json!({"y": 1}))).await.unwrap();
+    let search = |filter: &str, claims: &str, limit: usize, offset: usize| {
+        let s = s.clone();
+        let q = EventQuery {
+            domain: d.clone(),
+            ty: "t".into(),
+            key: None,
+            filter: Filter::parse("query_string", filter).unwrap(),
+            claims_filter: Filter::parse("claims_query", claims).unwrap(),
+            min_time: None,
+            max_time: None,
+            limit,
+            offset,
+        };
+        async move {
+            let found = s.search_events(&q).await.unwrap();
+            found.iter().map(|e| format!("{}:{}", e.record.key, e.kind.as_str())).collect::<Vec<_>>()
+        }
+    };
+    let all = ["gone:SET", "gone:DEL", "kept:SET", "other:SET"];
+    assert_eq!(search("", "", 100, 0).await, all);
+    assert_eq!(search(r#"{"x": {"$ne": 1}}"#, "", 100, 0).await, ["gone:DEL", "kept:SET", "other:SET"]);
+    assert_eq!(search(r#"{"x": {"$nin": [1]}}"#, "", 100, 0).await, ["gone:DEL", "kept:SET", "other:SET"]);
+    assert_eq!(search(r#"{"x": {"$exists": false}}"#, "", 100, 0).await, ["gone:DEL", "other:SET"]);
+    assert_eq!(search(r#"{"x": null}"#, "", 100, 0).await, ["gone:DEL", "other:SET"]);
+    assert_eq!(search(r#"{"x": 1}"#, "", 100, 0).await, ["gone:SET"], "a value never matches a deletion");
+    assert_eq!(search(r#"{"x": {"$exists": true}}"#, "", 100, 0).await, ["gone:SET", "kept:SET"]);
+    assert_eq!(search(r#"{"x": {"$in": [1, 2]}}"#, "", 100, 0).await, ["gone:SET", "kept:SET"]);
+    // Pages count deletions like any other event.
+    assert_eq!(search(r#"{"x": {"$ne": 1}}"#, "", 1, 0).await, ["gone:DEL"]);
+    assert_eq!(search(r#"{"x": {"$ne": 1}}"#, "", 1, 1).await, ["kept:SET"]);
+    // The claims filter applies to deletions too, alone or with a values filter.
+    assert_eq!(search("", r#"{"sub": "remover"}"#, 100, 0).await, ["gone:DEL"]);
+    assert_eq!(search(r#"{"x": {"$exists": false}}"#, r#"{"sub": "remover"}"#, 100, 0).await, ["gone:DEL"]);
+    assert_eq!(search(r#"{"x": {"$exists": false}}"#, r#"{"sub": {"$ne": "remover"}}"#, 100, 0).await, ["other:SET"]);
+    assert!(search(r#"{"x": 1}"#, r#"{"sub": "remover"}"#, 100, 0).await.is_empty());
+    // A deleted record has no state, whatever the filter.
+    let states = s
+        .search_states(&StateQuery {
+            domain: d.clone(),
+            ty: "t".into(),
+            filter: Filter::parse("query_string", r#"{"x": {"$ne": 1}}"#).unwrap(),
+            sort: None,
+            limit: 100,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(keys(&states), ["kept", "other"]);
+}
+
 pub async fn feed_and_head(s: DynStorage) {
     let d = unique_domain();
     let start = s.head().await.unwrap();
@@ -356,6 +418,7 @@ macro_rules! storage_conformance {
             check!(idempotent_appends);
             check!(search_states);
             check!(search_events);
+            check!(deletions_under_filters);
             check!(feed_and_head);
             check!(many_concurrent_appends_keep_order);
         }

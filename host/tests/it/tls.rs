@@ -62,3 +62,33 @@ async fn serves_grpc_and_ops_over_tls() {
     assert!(format!("{err:#}").contains("STATEGATE_TLS_KEY_FILE"), "{err:#}");
     gw.stop().await;
 }
+
+/// A TLS handshake that never finishes (nothing sent, or half a
+/// ClientHello) is cut at the handshake timeout, on both ports.
+#[tokio::test]
+async fn stalled_tls_handshakes_are_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let gw = TestGateway::start_with(|c| {
+        c.tls_cert_file = Some(cert_path.clone());
+        c.tls_key_file = Some(key_path.clone());
+        c.handshake_timeout_ms = 500;
+    })
+    .await;
+    // A TLS record header announcing a ClientHello of 512 bytes, then 5 of them.
+    let half_hello: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03];
+    for addr in [gw.addr, gw.ops_addr] {
+        for sent in [&[][..], half_hello] {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(sent).await.unwrap();
+            let mut buf = [0u8; 64];
+            let read = tokio::time::timeout(std::time::Duration::from_secs(120), s.read(&mut buf)).await;
+            assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{addr} with {} bytes sent: still open", sent.len());
+        }
+    }
+    gw.stop().await;
+}

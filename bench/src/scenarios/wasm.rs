@@ -9,7 +9,12 @@
 //!   (both verify the same HS256 token, which carries the tenant claim the
 //!   hook checks; both share the first gateway's storage).
 
-use crate::{Bench, DOMAIN, Load, Op, RECORD_TYPE, Relative, Row, hmac_secret, hs256_token};
+use super::Relative;
+use crate::bench::Bench;
+use crate::load::Load;
+use crate::report::Row;
+use crate::requests::{DOMAIN, Op, RECORD_TYPE};
+use crate::tokens::{hmac_secret, hs256_token};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -48,7 +53,7 @@ fn guests(given: Option<&Path>) -> Result<PathBuf, String> {
 }
 
 impl Bench {
-    pub(crate) async fn wasm_provider(&mut self) -> Result<Vec<Row>> {
+    pub(super) async fn wasm_provider(&mut self) -> Result<Vec<Row>> {
         let dir = match guests(self.args.guests.as_deref()) {
             Ok(d) => d,
             Err(why) => {

@@ -1,0 +1,93 @@
+//! The command line (see docs/bench.md for what each option changes).
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "stategate-bench", about = "Benchmarks stategate against a bare tonic server (see docs/bench.md)")]
+pub struct Args {
+    /// Machine-readable results.
+    #[arg(long, default_value = "bench/results.json")]
+    pub out: PathBuf,
+    /// Also write the Markdown report here (e.g. BENCHMARKS.md).
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Measured seconds per load step (after the warm-up).
+    #[arg(long, default_value_t = 3.0)]
+    pub secs: f64,
+    /// Warm-up seconds per load step (not measured).
+    #[arg(long, default_value_t = 0.5)]
+    pub warmup: f64,
+    /// Concurrent clients of the unary scenarios.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub clients: Vec<usize>,
+    /// Records seeded for state Search (and read by Get).
+    #[arg(long, default_value_t = 100_000)]
+    pub records: usize,
+    /// Events seeded for event Search.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: usize,
+    /// Subscriber counts of the fan-out scenario.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    pub subscribers: Vec<usize>,
+    /// Events delivered per second in total by the fan-out writer
+    /// (writes/s = this / subscribers).
+    #[arg(long, default_value_t = 20_000.0)]
+    pub fanout_deliveries: f64,
+    /// Idle streams held open for the memory scenario.
+    #[arg(long, default_value_t = 1000)]
+    pub idle_streams: usize,
+    /// Run only scenarios whose name contains one of these (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Where the gateway's sqlite database lives (a fresh temp dir inside
+    /// it). Default: /dev/shm (tmpfs), so the run measures the gateway and
+    /// not the disk of a shared machine; give a disk path to include fsync.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Soak mode instead of the scenarios: steady writes and streams for this
+    /// long (e.g. 10m, 90s), RSS sampled every 10 s, slope reported.
+    #[arg(long, value_parser = parse_duration)]
+    pub soak: Option<Duration>,
+    /// Client counts of the auth (JWT + Rego) scenario.
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    pub auth_clients: Vec<usize>,
+    /// What the second gateway of the auth scenario checks: `jwt-rego` (the
+    /// scenario), `jwt` (token only, no policy) or `none` (auth off: a
+    /// control for the cost of a second gateway on the same storage).
+    #[arg(long, default_value = "jwt-rego", value_parser = ["jwt-rego", "jwt", "none"])]
+    pub auth_mode: String,
+    /// Redis server of the cross-instance scenario (skipped if unreachable).
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    pub redis_addr: String,
+    /// NATS server of the cross-instance scenario (skipped if unreachable).
+    #[arg(long, default_value = "127.0.0.1:4222")]
+    pub nats_addr: String,
+    /// Subscribers (on instance B) of the cross-instance scenarios.
+    #[arg(long, default_value_t = 100)]
+    pub cross_subscribers: usize,
+    /// Directory holding the wasm guests of the `wasm-provider` scenario
+    /// (fs_storage.wasm, tenant_isolation.wasm). Default: run
+    /// scripts/build-guests and use ${CARGO_TARGET_DIR:-target}/guests/out.
+    #[arg(long)]
+    pub guests: Option<PathBuf>,
+    /// Records seeded into each storage of the wasm storage comparison.
+    #[arg(long, default_value_t = 10_000)]
+    pub wasm_records: usize,
+    /// Client counts of the `wasm-provider` scenario.
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    pub wasm_clients: Vec<usize>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let n: f64 = num.parse().map_err(|_| format!("{s:?}: expected e.g. 10m, 90s, 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unit must be s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}

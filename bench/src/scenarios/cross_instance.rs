@@ -1,0 +1,76 @@
+//! The `redis-cross-instance` and `nats-cross-instance` scenarios: a writer
+//! on one gateway, subscribers on another, the two joined by a real broker,
+//! relative to the same fan-out on one gateway with the `inmem` channel.
+
+use crate::bench::Bench;
+use crate::measure::{anon_rss_mib, reset_peak, rss_mib};
+use crate::report::Row;
+use anyhow::Result;
+use std::time::Duration;
+
+impl Bench {
+    /// Two more gateways (A and B) on the `channel` (redis or nats) sharing
+    /// the first gateway's storage (one `DynStorage` in this process): one
+    /// writer on A, N subscribers on B; compared with the same load on the
+    /// first gateway alone (inmem channel).
+    pub(super) async fn cross_instance(&mut self, channel: &'static str) -> Result<Vec<Row>> {
+        let name = format!("{channel}-cross-instance");
+        let subs = self.args.cross_subscribers;
+        let addr = if channel == "redis" { self.args.redis_addr.clone() } else { self.args.nats_addr.clone() };
+        let skipped = |why: String| {
+            eprintln!("   {name}: skipped: {why}");
+            Ok(vec![Row { scenario: name.clone(), clients: Some(subs), note: format!("skipped: {why}"), ..Row::default() }])
+        };
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(&addr))
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out"))
+            .and_then(|r| r.map_err(anyhow::Error::from))
+        {
+            return skipped(format!("{channel} at {addr} not reachable: {e}"));
+        }
+        let prefix = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let mut config = self.config.clone();
+        config.channel_provider = Some(stategate::channel::ChannelSpec::parse(
+            &serde_json::json!({"name": channel, "addr": addr, "prefix": prefix}).to_string(),
+        )?);
+        let storage = self.gateway.gateway.storage().clone();
+        let mut started = Vec::new();
+        for _ in 0..2 {
+            let start = stategate::server::start_with_storage(config.clone(), Some(storage.clone()));
+            match self.server_rt.spawn(tokio::time::timeout(Duration::from_secs(10), start)).await? {
+                Ok(Ok(g)) => started.push(g),
+                Ok(Err(e)) => return skipped(format!("starting a gateway on {channel} at {addr}: {e:#}")),
+                Err(_) => return skipped(format!("starting a gateway on {channel} at {addr} timed out")),
+            }
+        }
+        let rate = (self.args.fanout_deliveries / subs as f64).max(1.0);
+        reset_peak();
+        let x = self.fanout(started[0].addr, started[1].addr, subs, rate).await?;
+        let (peak, anon) = (rss_mib().1, anon_rss_mib());
+        let one = self.fanout(self.gateway_addr, self.gateway_addr, subs, rate).await?;
+        for g in started {
+            self.server_rt.spawn(g.shutdown()).await?;
+        }
+        Ok(vec![Row {
+            scenario: name,
+            clients: Some(subs),
+            ops_per_sec: Some(x.ops_per_sec()),
+            p50_ms: Some(x.p(0.5)),
+            p99_ms: Some(x.p(0.99)),
+            ceiling_ops_per_sec: Some(one.ops_per_sec()),
+            ceiling_p50_ms: Some(one.p(0.5)),
+            ceiling_p99_ms: Some(one.p(0.99)),
+            ratio: Some(x.ops_per_sec() / one.ops_per_sec()),
+            peak_rss_mib: Some(peak),
+            anon_rss_mib: Some(anon),
+            errors: x.errors,
+            note: format!(
+                "{rate:.0} writes/s on instance A x {subs} subscribers on instance B ({channel} at {addr}, prefix {prefix}; A and B share one \
+                 sqlite storage in this process); ops/s = delivered events/s; latency = write call start on A to delivery from B; \
+                 \"ceiling\" = the same load on one instance with the inmem channel{}",
+                x.first_error.map(|e| format!("; {e}")).unwrap_or_default()
+            ),
+            ..Row::default()
+        }])
+    }
+}

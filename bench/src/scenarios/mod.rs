@@ -1,0 +1,147 @@
+//! The scenarios: the table `main` runs (one file per scenario below), and
+//! the comparison of two gateways under the same load that several of them
+//! report.
+
+mod auth;
+mod cross_instance;
+mod fanout;
+mod idle_streams;
+mod unary;
+mod wasm;
+
+use crate::bench::Bench;
+use crate::load::{Load, drive};
+use crate::measure::{Measured, anon_rss_mib, reset_peak, rss_mib};
+use crate::report::{self, Row};
+use crate::requests::Op;
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// What a run of the table produced: the rows, and each scenario that was
+/// selected (name, description, whether this build has it).
+pub struct Ran {
+    pub rows: Vec<Row>,
+    pub described: Vec<(&'static str, &'static str, bool)>,
+}
+
+/// Runs the scenarios `--only` selects (all by default) in table order,
+/// seeding the data first if one of them reads it.
+pub async fn run(bench: &mut Bench, started: Instant) -> Result<Ran> {
+    let only = bench.args.only.clone();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
+    let mut seeded = false;
+    let mut ran = Ran { rows: Vec::new(), described: Vec::new() };
+    for s in table() {
+        if !wanted(s.name) {
+            continue;
+        }
+        if !seeded && needs_seed(s.name) {
+            bench.seed().await?;
+            seeded = true;
+        }
+        ran.described.push((s.name, s.what, s.run.is_some()));
+        match s.run {
+            Some(run) => {
+                eprintln!("== {} ({:.0}s elapsed)", s.name, started.elapsed().as_secs_f64());
+                let out = run(bench).await.with_context(|| format!("scenario {}", s.name))?;
+                for r in &out {
+                    eprintln!("   {}", report::line(r));
+                }
+                ran.rows.extend(out);
+            }
+            None => ran.rows.push(Row {
+                scenario: s.name.into(),
+                note: "not available in this build".into(),
+                ..Row::default()
+            }),
+        }
+    }
+    Ok(ran)
+}
+
+/// Scenarios whose steps read the seeded records or events: the data is
+/// seeded once, before the first of them runs.
+fn needs_seed(name: &str) -> bool {
+    matches!(name, "get" | "search" | "event-search" | "auth-jwt-rego" | "wasm-provider")
+}
+
+/// The scenario table. A scenario whose feature this build lacks has no
+/// runner and prints as "not available in this build"; adding one is a new
+/// entry whose runner configures the gateway through `Config` (the same
+/// fields as its STATEGATE_* variables) and reuses `unary`, `fanout` or
+/// `relative`.
+struct Scenario {
+    name: &'static str,
+    what: &'static str,
+    run: Option<Runner>,
+}
+
+type Runner = for<'a> fn(&'a mut Bench) -> futures::future::BoxFuture<'a, Result<Vec<Row>>>;
+
+fn table() -> Vec<Scenario> {
+    vec![
+        // First, while the process is small and quiet: its RSS delta means something.
+        Scenario { name: "idle-streams", what: "memory of N open, idle streams", run: Some(|b| Box::pin(b.idle_streams())) },
+        Scenario { name: "set", what: "StateService/Set, 1 KiB values, a new key per call", run: Some(|b| Box::pin(b.unary(Op::Set))) },
+        Scenario { name: "get", what: "StateService/Get of a random seeded record (1 KiB)", run: Some(|b| Box::pin(b.unary(Op::Get))) },
+        Scenario { name: "search", what: "StateService/Search over the seeded records, equality filter, limit 10", run: Some(|b| Box::pin(b.unary(Op::Search))) },
+        Scenario { name: "event-search", what: "EventService/Search over the seeded events, equality filter, limit 10", run: Some(|b| Box::pin(b.unary(Op::EventSearch))) },
+        Scenario { name: "fanout", what: "one writer, N Stream subscribers of its topic", run: Some(|b| Box::pin(b.fanout_all())) },
+        Scenario { name: "auth-jwt-rego", what: "Get/Set with JWT HS256 verification and a Rego request policy (examples/policies/read_only_role.rego), relative to auth off", run: Some(|b| Box::pin(b.auth_all())) },
+        Scenario { name: "wasm-provider", what: "Get/Set on the wasm storage provider guest (fs-storage) relative to embedded sqlite, and Get with the wasm policy hook tenant-isolation relative to none", run: Some(|b| Box::pin(b.wasm_provider())) },
+        Scenario { name: "redis-cross-instance", what: "two gateways on the Redis channel sharing one storage: writer on A, N Stream subscribers on B, relative to one instance with the inmem channel", run: Some(|b| Box::pin(b.cross_instance("redis"))) },
+        Scenario { name: "nats-cross-instance", what: "two gateways on the NATS channel sharing one storage: writer on A, N Stream subscribers on B, relative to one instance with the inmem channel", run: Some(|b| Box::pin(b.cross_instance("nats"))) },
+    ]
+}
+
+/// A row comparing two gateways in the same run: `on` (the feature) is
+/// reported against `off` (the "ceiling" columns); target: on/off >= `target`.
+/// The same load driven against a baseline gateway (`off`) and then the
+/// variant (`on`), back to back, as a row of `on` relative to `off`.
+struct Relative<'a> {
+    scenario: String,
+    clients: usize,
+    off: (SocketAddr, Load<'a>),
+    on: (SocketAddr, Load<'a>),
+    target: f64,
+    note: String,
+}
+
+impl Bench {
+    async fn relative(&self, r: Relative<'_>) -> Result<Row> {
+        reset_peak();
+        let (warmup, secs) = (self.args.warmup, self.args.secs);
+        let off = drive(r.off.0, r.clients, warmup, secs, r.off.1).await?;
+        let on = drive(r.on.0, r.clients, warmup, secs, r.on.1).await?;
+        Ok(relative_row(r.scenario, r.clients, on, off, r.target, &r.note))
+    }
+}
+
+fn relative_row(scenario: String, clients: usize, on: Measured, off: Measured, target: f64, note: &str) -> Row {
+    let (peak, anon) = (rss_mib().1, anon_rss_mib());
+    let ratio = on.ops_per_sec() / off.ops_per_sec();
+    Row {
+        scenario,
+        clients: Some(clients),
+        ops_per_sec: Some(on.ops_per_sec()),
+        p50_ms: Some(on.p(0.5)),
+        p99_ms: Some(on.p(0.99)),
+        ceiling_ops_per_sec: Some(off.ops_per_sec()),
+        ceiling_p50_ms: Some(off.p(0.5)),
+        ceiling_p99_ms: Some(off.p(0.99)),
+        ratio: Some(ratio),
+        cpu_us_per_op: Some(on.cpu_us_per_op()),
+        ceiling_cpu_us_per_op: Some(off.cpu_us_per_op()),
+        target: Some(format!("ratio >= {target}")),
+        meets_target: Some(ratio >= target && on.errors == 0),
+        peak_rss_mib: Some(peak),
+        anon_rss_mib: Some(anon),
+        errors: on.errors + off.errors,
+        note: format!(
+            "{note}{}",
+            on.first_error.or(off.first_error).map(|e| format!("; first error: {e}")).unwrap_or_default()
+        ),
+        ..Row::default()
+    }
+}

@@ -1,0 +1,347 @@
+//! `mongo`: events and current states in MongoDB (or a server speaking its
+//! wire protocol), through the official `mongodb` driver. Configured as in
+//! v0.5.0: `{"name":"mongo","addr":"mongodb://…","database":"…"}`.
+//!
+//! Collections:
+//! - `events`: one document per event, `_id` = its seq; unique indexes on
+//!   the event id and on (domain, type, key, version);
+//! - `states`: one document per record ever written (kept after deletion
+//!   with `live: false`, so a recreated record continues its numbering);
+//! - `counters`: the global seq counter, `{_id: "seq", n}`;
+//! - `idempotency`: `{_id: key, fp, seq}`.
+//!
+//! **Atomicity.** `append` is one multi-document transaction: read the
+//! idempotency entry and the state, check the expected version, `$inc` the
+//! seq counter, insert the event, upsert the state and the idempotency entry,
+//! commit. Two transactions touching the same record (or the counter, which
+//! every append touches) conflict, and the loser is retried from the start,
+//! so it re-reads the state and reports the version conflict properly.
+//! Because every append increments the one counter, seqs are handed out in
+//! commit order: a reader that sees seq N sees every smaller seq, the
+//! promise catch-up streams rely on. The price is that appends are
+//! serialized on the counter document; for the throughput a gateway needs
+//! that is acceptable, and it is what makes the feed correct.
+//!
+//! **Standalone servers** have no multi-document transactions, so there
+//! the event is the one atomic write and everything else is derived from it:
+//! - the version check reads the record's latest *event* (the log is the
+//!   truth) and the event is inserted under the unique (record, version)
+//!   index: of two racing writers exactly one inserts version v+1, the
+//!   other gets a duplicate key, re-reads and reports the conflict;
+//! - the idempotency key and fingerprint live in the event document itself,
+//!   so they are written in the same atomic step;
+//! - `get` derives the state from the latest event, so it never disagrees
+//!   with the history; the `states` collection (used by searches) is updated
+//!   after the insert and *repaired on read*: before a search, every event
+//!   past the repair watermark is applied to it (idempotently: a state only
+//!   moves to a higher version), so an append that died between its two
+//!   writes is made whole;
+//! - seqs come from the counter but land out of order, so readers only see
+//!   the *stable head*: the longest gap-free run of seqs. A seq whose writer
+//!   lost its insert is filled at once with a `void` document; one whose
+//!   writer vanished is voided by a reader after `VOID_AFTER` (a late insert
+//!   then fails on the duplicate `_id` and retries with a new seq). So a
+//!   reader that sees seq N still sees every smaller seq.
+//!   Limits of this mode: two concurrent appends with the same new
+//!   idempotency key may both be written, and searches pay for the repair.
+//!   A replica set (one node is enough) avoids both.
+//!
+//! **Values.** JSON numbers, key names (`.` and `$`) and nesting do not all
+//! map onto BSON faithfully, so the JSON text is the stored truth (`vals`,
+//! `claims`) and a BSON copy (`doc`, `cdoc`) exists only to push equality
+//! conditions of a query down to the server. A value the copy cannot
+//! represent exactly is flagged `raw` and always passes the pushdown; the
+//! query's shared matcher (`model::query`) decides in every case.
+//!
+//! **Faults.** The driver reconnects by itself. Every call is bounded
+//! (server selection and connect timeouts, plus an overall deadline), so
+//! while the server is down calls fail fast with `Unavailable`.
+//!
+//! Files, one idea each: `transaction` (the append on a replica set),
+//! `standalone` (the append without transactions), `repair` (the stable
+//! head and states repaired from events, standalone only), `codec` (events
+//! and states as BSON documents), `query` (searches and the feed as server
+//! filters, and their pages).
+
+mod codec;
+mod query;
+mod repair;
+mod standalone;
+mod transaction;
+
+use super::{FEED_PAGE, Storage};
+use crate::model::{
+    Appended, AppendRequest, Arrival, Error, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery,
+};
+use async_trait::async_trait;
+use codec::{event_from_doc, state_from_doc};
+use futures::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, IndexModel};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::time::{Duration, Instant};
+
+/// How long the driver looks for a usable server before a call fails.
+const SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a reader waits for an allocated seq's event before voiding it
+/// (standalone servers only).
+const VOID_AFTER: Duration = Duration::from_secs(5);
+/// Longest an append waits for its turn among this instance's appends.
+const TURN_WAIT: Duration = Duration::from_secs(1);
+/// Longest any one storage call may take, retries included.
+const CALL_DEADLINE: Duration = Duration::from_secs(10);
+
+pub struct MongoStorage {
+    client: Client,
+    /// Appends of this instance take turns: they would serialize on the
+    /// counter document anyway, and queueing here instead of in the server
+    /// spares them aborted transactions and retries. Other instances still
+    /// contend through the server, which stays the arbiter.
+    turn: tokio::sync::Mutex<()>,
+    /// The server has no transactions: the scheme described above.
+    standalone: bool,
+    /// Standalone: the stable head found so far (it only grows).
+    stable: AtomicU64,
+    /// Standalone: events up to here are applied to `states`.
+    repaired: AtomicU64,
+    /// Standalone: the seq missing at the stable head, and since when.
+    missing: std::sync::Mutex<Option<(u64, Instant)>>,
+    events: Collection<Document>,
+    states: Collection<Document>,
+    counters: Collection<Document>,
+    idempotency: Collection<Document>,
+}
+
+/// `{"name":"mongo","addr":"mongodb://…","database":"…"}`, v0.5.0's keys.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoConfig {
+    /// A `mongodb://` (or `mongodb+srv://`) connection string.
+    pub addr: String,
+    #[serde(default = "default_database")]
+    pub database: String,
+}
+
+fn default_database() -> String {
+    "stategate".to_owned()
+}
+
+impl MongoConfig {
+    pub async fn build(&self) -> Result<MongoStorage> {
+        MongoStorage::open(&self.addr, &self.database).await
+    }
+}
+
+impl MongoStorage {
+    /// Connects, checks that the server runs transactions, and creates the
+    /// indexes. `addr` is a `mongodb://` connection string.
+    pub async fn open(addr: &str, database: &str) -> Result<Self> {
+        if database.is_empty() || database.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
+            return Err(Error::invalid(
+                "database",
+                format!("{database:?} is not a valid MongoDB database name"),
+            ));
+        }
+        let mut options = ClientOptions::parse(addr)
+            .await
+            .map_err(|e| Error::invalid("addr", format!("not a usable MongoDB connection string: {e}")))?;
+        options.server_selection_timeout.get_or_insert(SELECTION_TIMEOUT);
+        options.connect_timeout.get_or_insert(SELECTION_TIMEOUT);
+        options.app_name.get_or_insert_with(|| "stategate".to_owned());
+        let client = Client::with_options(options).map_err(|e| Error::invalid("addr", e.to_string()))?;
+        let db = client.database(database);
+
+        let hello = bounded(db.run_command(doc! {"hello": 1})).await?;
+        let replica_set = hello.get_str("setName").is_ok();
+        let sharded = hello.get_str("msg") == Ok("isdbgrid");
+        let standalone = !replica_set && !sharded;
+        if standalone {
+            tracing::warn!(
+                addr,
+                "mongo: standalone server, no transactions: events are the atomic writes and states are \
+                 repaired on read; run a replica set (one node is enough) for full transactions"
+            );
+        }
+
+        let storage = MongoStorage {
+            events: db.collection("events"),
+            states: db.collection("states"),
+            counters: db.collection("counters"),
+            idempotency: db.collection("idempotency"),
+            client,
+            turn: tokio::sync::Mutex::new(()),
+            standalone,
+            stable: AtomicU64::new(0),
+            repaired: AtomicU64::new(0),
+            missing: std::sync::Mutex::new(None),
+        };
+        storage.create_indexes().await?;
+        if standalone {
+            let mark = bounded(storage.counters.find_one(doc! {"_id": "repaired"})).await?;
+            let n = mark.and_then(|d| d.get_i64("n").ok()).unwrap_or(0);
+            storage.repaired.store(n as u64, AtomicOrdering::SeqCst);
+        }
+        Ok(storage)
+    }
+
+    async fn create_indexes(&self) -> Result<()> {
+        let unique = |keys: Document| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().unique(true).build())
+                .build()
+        };
+        let plain = |keys: Document| IndexModel::builder().keys(keys).build();
+        bounded(
+            self.events
+                .create_indexes([
+                    unique(doc! {"id": 1}),
+                    unique(doc! {"d": 1, "t": 1, "k": 1, "v": 1}),
+                    plain(doc! {"d": 1, "t": 1, "_id": 1}),
+                    plain(doc! {"d": 1, "t": 1, "time": 1}),
+                ])
+                ,
+        )
+        .await?;
+        bounded(self.states.create_index(unique(doc! {"d": 1, "t": 1, "k": 1}))).await?;
+        if self.standalone {
+            let sparse = IndexModel::builder()
+                .keys(doc! {"idem": 1, "_id": -1})
+                .options(IndexOptions::builder().sparse(true).build())
+                .build();
+            bounded(self.events.create_index(sparse)).await?;
+        }
+        Ok(())
+    }
+}
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    match &*e.kind {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => false,
+    }
+}
+
+fn db_error(e: mongodb::error::Error) -> Error {
+    Error::unavailable(format!("mongo: {e}"))
+}
+
+fn corrupt(e: impl std::fmt::Display) -> mongodb::error::Error {
+    mongodb::error::Error::custom(format!("stored document is corrupt: {e}"))
+}
+
+/// Bounds a driver future by the call deadline.
+async fn bounded<T>(f: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>) -> Result<T> {
+    match tokio::time::timeout(CALL_DEADLINE, f.into_future()).await {
+        Ok(r) => r.map_err(db_error),
+        Err(_) => Err(Error::unavailable(format!("mongo: no answer within {CALL_DEADLINE:?}"))),
+    }
+}
+#[async_trait]
+impl Storage for MongoStorage {
+    fn name(&self) -> &str {
+        "mongo"
+    }
+
+    async fn append(&self, req: AppendRequest) -> Result<Appended> {
+        if self.standalone {
+            return self.append_standalone(&req).await;
+        }
+        match tokio::time::timeout(CALL_DEADLINE + SELECTION_TIMEOUT, self.append_with_retries(&req)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::unavailable(format!("mongo: append got no answer within {CALL_DEADLINE:?}"))),
+        }
+    }
+
+    async fn get(&self, record: &RecordRef) -> Result<Option<State>> {
+        if self.standalone {
+            // The latest event is the state: never out of step with history.
+            return Ok(self.latest_event(record).await?.and_then(|e| {
+                e.values.map(|values| State {
+                    record: e.record,
+                    values,
+                    version: e.version,
+                })
+            }));
+        }
+        let found = bounded(
+            self.states
+                .find_one(doc! {"d": &record.domain, "t": &record.ty, "k": &record.key, "live": true})
+                ,
+        )
+        .await?;
+        found.as_ref().map(state_from_doc).transpose()
+    }
+
+    async fn search_states(&self, q: &StateQuery) -> Result<Vec<State>> {
+        if self.standalone {
+            self.repair().await?;
+        }
+        let cursor = bounded(self.states.find(query::states(q)).sort(doc! {"k": 1})).await?;
+        // Documents come by key (the unique index's order). A field sort is
+        // not pushed to the server: MongoDB orders arrays by their least or
+        // greatest element and objects field by field, and values without
+        // an exact BSON copy not at all, unlike `model::query::compare_values`,
+        // the one order every provider answers in. So the page keeps the top
+        // offset + limit states as they stream past, never the whole type.
+        let arrival = if q.sort.is_some() { Arrival::AnyOrder } else { Arrival::InOrder };
+        let run = query::select(q, arrival, cursor, state_from_doc);
+        tokio::time::timeout(CALL_DEADLINE, run)
+            .await
+            .unwrap_or_else(|_| Err(Error::unavailable("mongo: search took too long")))
+    }
+
+    async fn search_events(&self, q: &EventQuery) -> Result<Vec<Event>> {
+        let cursor = bounded(self.events.find(query::events(q)).sort(doc! {"_id": 1})).await?;
+        tokio::time::timeout(CALL_DEADLINE, query::select(q, Arrival::InOrder, cursor, event_from_doc))
+            .await
+            .unwrap_or_else(|_| Err(Error::unavailable("mongo: search took too long")))
+    }
+
+    async fn get_event(&self, id: &str) -> Result<Option<Event>> {
+        let found = bounded(self.events.find_one(doc! {"id": id, "void": {"$ne": true}})).await?;
+        found.as_ref().map(event_from_doc).transpose()
+    }
+
+    async fn feed(&self, q: &FeedQuery) -> Result<Vec<Event>> {
+        let stable = match self.standalone {
+            true => Some(self.stable_head().await?),
+            false => None,
+        };
+        let limit = q.limit.min(FEED_PAGE * 16) as i64;
+        if limit == 0 {
+            return Ok(vec![]);
+        }
+        let run = async {
+            let cursor = self
+                .events
+                .find(query::feed(q, stable))
+                .sort(doc! {"_id": 1})
+                .limit(limit)
+                .await
+                .map_err(db_error)?;
+            let docs: Vec<Document> = cursor.try_collect().await.map_err(db_error)?;
+            docs.iter().map(event_from_doc).collect()
+        };
+        tokio::time::timeout(CALL_DEADLINE, run)
+            .await
+            .unwrap_or_else(|_| Err(Error::unavailable("mongo: feed read took too long")))
+    }
+
+    async fn head(&self) -> Result<u64> {
+        if self.standalone {
+            return self.stable_head().await;
+        }
+        let counter = bounded(self.counters.find_one(doc! {"_id": "seq"})).await?;
+        Ok(counter.and_then(|d| d.get_i64("n").ok()).unwrap_or(0) as u64)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        bounded(self.client.database("admin").run_command(doc! {"ping": 1}))
+            .await
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,651 @@
+//! `mysql` (also `mariadb`): events and current states in MySQL 8 or
+//! MariaDB 10.11+, shared by any number of gateways.
+//! `{"name":"mysql","addr":"mysql://user@host:3306/db"}`.
+//!
+//! The same design as `postgres` (see `storage::sql`): one group-commit
+//! writer per gateway runs each batch as one InnoDB transaction (READ
+//! COMMITTED): `INSERT … ON DUPLICATE KEY UPDATE` creates and locks the
+//! batch's record rows in key order, `SELECT … FOR UPDATE` reads them, the
+//! batch is decided in Rust, states and idempotency entries are written,
+//! the seq counter row is bumped (`LAST_INSERT_ID(n + k)` hands back the new
+//! value) and the events inserted, then one commit. The counter row lock,
+//! held to the commit, makes seqs follow commit order across gateways.
+//! With `innodb_flush_log_at_trx_commit = 1` (the default; the provider
+//! warns at start otherwise) a commit is durable before `append` returns.
+//!
+//! Statements that list a batch's rows have one shape per batch size; the
+//! lock statements are padded to a power of two (repeating the last row)
+//! and the writer's connection caches many prepared statements, so a busy
+//! writer prepares each shape once.
+
+pub mod query;
+pub mod schema;
+
+use super::sql::batch::{self, Current, Remembered};
+use super::sql::options::{Settings, SslMode};
+use super::sql::pool::Pool;
+use super::sql::writer::{self, Committer, Failure, Job};
+use super::sql::{select, corrupt, decode_error, idempotency_hash, is_connection_error, parse_values, type_hash};
+use super::{FEED_PAGE, Storage};
+use crate::model::{
+    AppendRequest, Arrival, Appended, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result, State,
+    StateQuery,
+};
+use async_trait::async_trait;
+use query::{Arg, Sql};
+use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlRow, MySqlSslMode};
+use sqlx::{Connection, MySqlConnection, Row};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const NAME: &str = "mysql";
+
+/// Prepared statements the writer's connection keeps (one per batch shape).
+const WRITER_STATEMENTS: usize = 2048;
+
+/// `{"name":"mysql","addr":"mysql://…", …}`; see docs/backends.md.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlConfig {
+    /// A `mysql://user[:password]@host[:port]/database[?ssl-mode=…]` URL.
+    pub addr: String,
+    /// Pooled read connections (default 16); the writer has one more.
+    pub pool_size: Option<u32>,
+    pub connect_timeout_ms: Option<u64>,
+    /// Longest one storage call may take (default 10 s).
+    pub call_timeout_ms: Option<u64>,
+    /// Overrides the URL's `ssl-mode` (PostgreSQL's names, see docs).
+    pub sslmode: Option<SslMode>,
+    /// CA certificate (PEM) to verify the server with.
+    pub ca_file: Option<PathBuf>,
+    /// File holding the password (a trailing newline is ignored).
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+}
+
+impl MysqlConfig {
+    pub async fn build(&self) -> Result<MysqlStorage> {
+        MysqlStorage::open(self).await
+    }
+
+    fn connect_options(&self, settings: &Settings) -> Result<MySqlConnectOptions> {
+        let mut options: MySqlConnectOptions = self
+            .addr
+            .parse()
+            .map_err(|e| Error::invalid("addr", format!("not a usable mysql:// URL: {}", redact(&e))))?;
+        options = options.charset("utf8mb4");
+        if let Some(p) = &settings.password {
+            options = options.password(p);
+        }
+        if let Some(mode) = self.sslmode {
+            options = options.ssl_mode(match mode {
+                SslMode::Disable => MySqlSslMode::Disabled,
+                SslMode::Prefer => MySqlSslMode::Preferred,
+                SslMode::Require => MySqlSslMode::Required,
+                SslMode::VerifyCa => MySqlSslMode::VerifyCa,
+                SslMode::VerifyFull => MySqlSslMode::VerifyIdentity,
+            });
+        }
+        if let Some(ca) = &self.ca_file {
+            if !ca.is_file() {
+                return Err(Error::invalid("ca_file", format!("{} is not a readable file", ca.display())));
+            }
+            options = options.ssl_ca(ca);
+        }
+        Ok(options)
+    }
+}
+
+fn redact(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    match (text.find("://"), text.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &text[..scheme], &text[at..]),
+        _ => text,
+    }
+}
+
+/// Connects and sets the session up: READ COMMITTED, so locking reads and
+/// plain reads both see the latest commits and InnoDB takes no gap locks.
+async fn connect(options: &MySqlConnectOptions) -> std::result::Result<MySqlConnection, sqlx::Error> {
+    let mut conn = MySqlConnection::connect_with(options).await?;
+    sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut conn).await?;
+    Ok(conn)
+}
+
+pub struct MysqlStorage {
+    reads: Arc<Pool<MySqlConnection>>,
+    writer: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Job>>>,
+    call_timeout: Duration,
+    /// MariaDB (rather than MySQL): sorts objects with `JSON_COMPACT`.
+    mariadb: bool,
+}
+
+impl MysqlStorage {
+    pub async fn open(config: &MysqlConfig) -> Result<Self> {
+        let settings = Settings::resolve(
+            config.pool_size,
+            config.connect_timeout_ms,
+            config.call_timeout_ms,
+            config.password_file.as_ref(),
+            config.password_env.as_deref(),
+        )?;
+        let options = config.connect_options(&settings)?;
+        let pool_connect: super::sql::pool::Connector<MySqlConnection> = {
+            let options = options.clone();
+            Box::new(move || {
+                let options = options.clone();
+                Box::pin(async move { connect(&options).await })
+            })
+        };
+        let reads = Arc::new(Pool::new(settings.pool_size, settings.connect_timeout, pool_connect));
+        let mut conn = reads.open().await.map_err(db_error)?;
+        schema::migrate(&mut conn).await?;
+        let version: String = sqlx::query_scalar("SELECT VERSION()").fetch_one(&mut conn).await.map_err(db_error)?;
+        let mariadb = version.contains("MariaDB");
+        let flush: Option<i64> = sqlx::query_scalar("SELECT @@innodb_flush_log_at_trx_commit")
+            .fetch_one(&mut conn)
+            .await
+            .ok();
+        if flush.is_some_and(|f| f != 1) {
+            tracing::warn!("mysql: innodb_flush_log_at_trx_commit is not 1: a write acknowledged just before a crash can be lost");
+        }
+        drop(conn);
+        let committer = Arc::new(MyCommitter {
+            options: options.statement_cache_capacity(WRITER_STATEMENTS),
+            connect_timeout: settings.connect_timeout,
+        });
+        let writer = writer::spawn(committer, settings.call_timeout, NAME);
+        Ok(MysqlStorage { reads, writer: Mutex::new(Some(writer)), call_timeout: settings.call_timeout, mariadb })
+    }
+}
+
+/// Runs `$body` on a pooled read connection `$c`; see `postgres`'s `read!`.
+macro_rules! read {
+    ($self:ident, |$c:ident| $body:expr) => {{
+        let call = async {
+            let mut lease = $self.reads.lease().await?;
+            loop {
+                let $c = lease.conn();
+                let result: std::result::Result<_, sqlx::Error> = async { $body }.await;
+                if !lease.settle(&result).await? {
+                    break result;
+                }
+            }
+        };
+        match tokio::time::timeout($self.call_timeout, call).await {
+            Ok(result) => result.map_err(db_error),
+            Err(_) => Err(Error::unavailable(format!("{NAME}: no answer within {:?}", $self.call_timeout))),
+        }
+    }};
+}
+
+/// A driver error as the gateway's error: errors in our own statements
+/// (syntax, unknown column or table) are internal, everything else means
+/// the database cannot serve the call now.
+pub(crate) fn db_error(e: sqlx::Error) -> Error {
+    if let Some(n) = error_number(&e)
+        && matches!(n, 1054 | 1064 | 1146 | 1149)
+    {
+        return Error::internal(format!("{NAME}: {e}"));
+    }
+    Error::unavailable(format!("{NAME}: {e}"))
+}
+
+fn error_number(e: &sqlx::Error) -> Option<u16> {
+    match e {
+        sqlx::Error::Database(db) => db.try_downcast_ref::<MySqlDatabaseError>().map(|m| m.number()),
+        _ => None,
+    }
+}
+
+/// A deadlock, a lock wait timeout or a duplicate key: the batch rolled
+/// back and may run again.
+fn transient(e: &sqlx::Error) -> bool {
+    matches!(error_number(e), Some(1213 | 1205 | 1062))
+}
+
+const EVENT_COLUMNS: &str = "seq, id, domain, rtype, rkey, version, kind, method, time, vals, claims";
+
+/// A name column (`VARBINARY`, holding UTF-8 the gateway wrote).
+fn text(row: &MySqlRow, i: usize) -> std::result::Result<String, sqlx::Error> {
+    row.try_get_unchecked::<String, _>(i)
+}
+
+fn event_from_row(row: &MySqlRow) -> std::result::Result<Event, sqlx::Error> {
+    let kind = text(row, 6)?;
+    Ok(Event {
+        seq: row.try_get::<i64, _>(0)? as u64,
+        id: text(row, 1)?,
+        record: RecordRef { domain: text(row, 2)?, ty: text(row, 3)?, key: text(row, 4)? },
+        version: row.try_get::<i64, _>(5)? as u64,
+        kind: EventKind::parse(&kind).ok_or_else(|| decode_error(corrupt(NAME, format!("event kind {kind:?}"))))?,
+        method: text(row, 7)?,
+        time: row.try_get(8)?,
+        values: row
+            .try_get_unchecked::<Option<String>, _>(9)?
+            .map(|t| parse_values(NAME, &t))
+            .transpose()
+            .map_err(decode_error)?,
+        claims: parse_values(NAME, &text(row, 10)?).map_err(decode_error)?,
+    })
+}
+
+fn limit_arg(n: usize) -> Arg {
+    Arg::I64(n.min(i64::MAX as usize) as i64)
+}
+
+#[async_trait]
+impl Storage for MysqlStorage {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn append(&self, req: AppendRequest) -> Result<Appended> {
+        let vals = match &req.change {
+            Change::Put(v) => Some(serde_json::to_string(v).map_err(Error::internal)?),
+            Change::Delete => None,
+        };
+        let claims = serde_json::to_string(&req.claims).map_err(Error::internal)?;
+        let (reply, done) = tokio::sync::oneshot::channel();
+        let sender = self.writer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(sender) = sender else {
+            return Err(Error::unavailable("mysql: storage is closed"));
+        };
+        sender
+            .send(Job { req, vals, claims, reply })
+            .map_err(|_| Error::unavailable("mysql: writer stopped"))?;
+        done.await.map_err(|_| Error::unavailable("mysql: writer stopped"))?
+    }
+
+    async fn get(&self, record: &RecordRef) -> Result<Option<State>> {
+        let dt = type_hash(&record.domain, &record.ty);
+        let found = read!(self, |c| {
+            let row = sqlx::query(
+                "SELECT version, vals FROM states \
+                 WHERE dt = ? AND rkey = ? AND domain = ? AND rtype = ? AND vals IS NOT NULL",
+            )
+            .bind(&dt)
+            .bind(record.key.as_bytes())
+            .bind(record.domain.as_bytes())
+            .bind(record.ty.as_bytes())
+            .fetch_optional(c)
+            .await?;
+            row.map(|row| Ok::<_, sqlx::Error>((row.try_get::<i64, _>(0)?, text(&row, 1)?))).transpose()
+        })?;
+        found
+            .map(|(version, vals)| {
+                Ok(State { record: record.clone(), version: version as u64, values: parse_values(NAME, &vals)? })
+            })
+            .transpose()
+    }
+
+    async fn search_states(&self, q: &StateQuery) -> Result<Vec<State>> {
+        if q.limit == 0 {
+            return Ok(vec![]);
+        }
+        let mut sql = Sql::new("SELECT rkey, version, vals FROM states WHERE dt = ");
+        let dt = sql.arg(Arg::Bytes(type_hash(&q.domain, &q.ty)));
+        let d = sql.arg(Arg::Bytes(q.domain.as_bytes().to_vec()));
+        let t = sql.arg(Arg::Bytes(q.ty.as_bytes().to_vec()));
+        sql.push(&format!("{dt} AND domain = {d} AND rtype = {t} AND vals IS NOT NULL"));
+        let exact_filter = query::filter(&mut sql, "vals", &q.filter);
+        let exact_sort = query::order_by(&mut sql, q.sort.as_ref(), self.mariadb);
+        let in_sql = exact_filter && exact_sort;
+        if in_sql {
+            let l = sql.arg(limit_arg(q.limit));
+            let o = sql.arg(limit_arg(q.offset));
+            sql.push(&format!(" LIMIT {l} OFFSET {o}"));
+        }
+        let (text_sql, args) = sql.finish();
+        let decode = |row: &MySqlRow| -> std::result::Result<State, sqlx::Error> {
+            Ok(State {
+                record: RecordRef { domain: q.domain.clone(), ty: q.ty.clone(), key: text(row, 0)? },
+                version: row.try_get::<i64, _>(1)? as u64,
+                values: parse_values(NAME, &text(row, 2)?).map_err(decode_error)?,
+            })
+        };
+        let arrival = if exact_sort { Arrival::InOrder } else { Arrival::AnyOrder };
+        read!(self, |c| {
+            let rows = query::bind(sqlx::query(sqlx::AssertSqlSafe(text_sql.as_str())), &args).fetch(c);
+            select(NAME, rows, decode, q, in_sql, arrival).await
+        })
+    }
+
+    async fn search_events(&self, q: &EventQuery) -> Result<Vec<Event>> {
+        if q.limit == 0 {
+            return Ok(vec![]);
+        }
+        let mut sql = Sql::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE dt = "));
+        let dt = sql.arg(Arg::Bytes(type_hash(&q.domain, &q.ty)));
+        let d = sql.arg(Arg::Bytes(q.domain.as_bytes().to_vec()));
+        let t = sql.arg(Arg::Bytes(q.ty.as_bytes().to_vec()));
+        sql.push(&format!("{dt} AND domain = {d} AND rtype = {t}"));
+        if let Some(key) = &q.key {
+            let k = sql.arg(Arg::Bytes(key.as_bytes().to_vec()));
+            sql.push(&format!(" AND rkey = {k}"));
+        }
+        if let Some(min) = q.min_time {
+            let m = sql.arg(Arg::I64(min));
+            sql.push(&format!(" AND time >= {m}"));
+        }
+        if let Some(max) = q.max_time {
+            let m = sql.arg(Arg::I64(max));
+            sql.push(&format!(" AND time <= {m}"));
+        }
+        // A deletion has no values; filters see it as the empty object.
+        let exact = query::filter(&mut sql, "COALESCE(vals, '{}')", &q.filter)
+            & query::filter(&mut sql, "claims", &q.claims_filter);
+        sql.push(if q.key.is_some() { " ORDER BY version" } else { " ORDER BY seq" });
+        if exact {
+            let l = sql.arg(limit_arg(q.limit));
+            let o = sql.arg(limit_arg(q.offset));
+            sql.push(&format!(" LIMIT {l} OFFSET {o}"));
+        }
+        let (text_sql, args) = sql.finish();
+        read!(self, |c| {
+            let rows = query::bind(sqlx::query(sqlx::AssertSqlSafe(text_sql.as_str())), &args).fetch(c);
+            select(NAME, rows, event_from_row, q, exact, Arrival::InOrder).await
+        })
+    }
+
+    async fn get_event(&self, id: &str) -> Result<Option<Event>> {
+        read!(self, |c| {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?")))
+                .bind(id.as_bytes())
+                .fetch_optional(c)
+                .await?;
+            row.as_ref().map(event_from_row).transpose()
+        })
+    }
+
+    async fn feed(&self, q: &FeedQuery) -> Result<Vec<Event>> {
+        if q.limit == 0 {
+            return Ok(vec![]);
+        }
+        let mut sql = Sql::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > "));
+        let after = sql.arg(Arg::I64(q.after_seq.min(i64::MAX as u64) as i64));
+        sql.push(&after);
+        match (&q.topic.domain, &q.topic.ty) {
+            (Some(d), Some(t)) => {
+                let dt = sql.arg(Arg::Bytes(type_hash(d, t)));
+                let d = sql.arg(Arg::Bytes(d.as_bytes().to_vec()));
+                let t = sql.arg(Arg::Bytes(t.as_bytes().to_vec()));
+                sql.push(&format!(" AND dt = {dt} AND domain = {d} AND rtype = {t}"));
+            }
+            (domain, ty) => {
+                if let Some(d) = domain {
+                    let d = sql.arg(Arg::Bytes(d.as_bytes().to_vec()));
+                    sql.push(&format!(" AND domain = {d}"));
+                }
+                if let Some(t) = ty {
+                    let t = sql.arg(Arg::Bytes(t.as_bytes().to_vec()));
+                    sql.push(&format!(" AND rtype = {t}"));
+                }
+            }
+        }
+        if let Some(key) = &q.key {
+            let k = sql.arg(Arg::Bytes(key.as_bytes().to_vec()));
+            sql.push(&format!(" AND rkey = {k}"));
+        }
+        if let Some(from) = q.from_time {
+            let f = sql.arg(Arg::I64(from));
+            sql.push(&format!(" AND time >= {f}"));
+        }
+        let l = sql.arg(limit_arg(q.limit.min(FEED_PAGE * 16)));
+        sql.push(&format!(" ORDER BY seq LIMIT {l}"));
+        let (text_sql, args) = sql.finish();
+        read!(self, |c| {
+            let rows = query::bind(sqlx::query(sqlx::AssertSqlSafe(text_sql.as_str())), &args).fetch_all(c).await?;
+            rows.iter().map(event_from_row).collect()
+        })
+    }
+
+    async fn head(&self) -> Result<u64> {
+        let n = read!(self, |c| sqlx::query_scalar::<_, i64>("SELECT n FROM seq_counter WHERE id = 1").fetch_one(c).await)?;
+        Ok(n as u64)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        read!(self, |c| sqlx::query("SELECT 1").execute(c).await.map(|_| ()))
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        Ok(())
+    }
+}
+
+struct MyCommitter {
+    options: MySqlConnectOptions,
+    connect_timeout: Duration,
+}
+
+/// `count` rounded up to a power of two: the row count lock statements are
+/// padded to, so they come in few shapes.
+fn bucket(count: usize) -> usize {
+    count.next_power_of_two()
+}
+
+/// `(?, ?, …)` rows for a multi-row `VALUES`.
+fn rows(row: &str, count: usize) -> String {
+    vec![row; count].join(", ")
+}
+
+#[async_trait]
+impl Committer for MyCommitter {
+    type Conn = MySqlConnection;
+
+    async fn connect(&self) -> Result<MySqlConnection> {
+        match tokio::time::timeout(self.connect_timeout, connect(&self.options)).await {
+            Ok(result) => result.map_err(db_error),
+            Err(_) => Err(Error::unavailable(format!("{NAME}: no connection within {:?}", self.connect_timeout))),
+        }
+    }
+
+    async fn commit(&self, conn: &mut MySqlConnection, jobs: &[Job]) -> std::result::Result<Vec<Result<Appended>>, Failure> {
+        let before_commit = |e: sqlx::Error| {
+            if transient(&e) {
+                Failure::Transient(db_error(e))
+            } else if is_connection_error(&e) {
+                Failure::Reconnect(db_error(e))
+            } else {
+                Failure::Fatal { error: db_error(e), connection_lost: false }
+            }
+        };
+        let mut tx = conn.begin().await.map_err(before_commit)?;
+
+        // Records, sorted and distinct, padded with the last one.
+        let mut records: Vec<(Vec<u8>, &RecordRef)> =
+            jobs.iter().map(|j| (type_hash(&j.req.record.domain, &j.req.record.ty), &j.req.record)).collect();
+        records.sort_by(|a, b| (&a.0, a.1.key.as_bytes()).cmp(&(&b.0, b.1.key.as_bytes())));
+        records.dedup_by(|a, b| a.0 == b.0 && a.1.key == b.1.key);
+        let padded = bucket(records.len());
+        let last = records.last().expect("a batch has an append").clone();
+        let padding = std::iter::repeat_n(&last, padded - records.len());
+        let sql = format!(
+            "INSERT INTO states (dt, rkey, domain, rtype, version) VALUES {} ON DUPLICATE KEY UPDATE version = version",
+            rows("(?, ?, ?, ?, 0)", padded)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (dt, r) in records.iter().chain(padding.clone()) {
+            q = q.bind(dt.as_slice()).bind(r.key.as_bytes()).bind(r.domain.as_bytes()).bind(r.ty.as_bytes());
+        }
+        q.execute(&mut *tx).await.map_err(before_commit)?;
+        let sql = format!(
+            "SELECT dt, rkey, version, vals IS NOT NULL FROM states WHERE {} FOR UPDATE",
+            vec!["(dt = ? AND rkey = ?)"; padded].join(" OR ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (dt, r) in records.iter().chain(padding) {
+            q = q.bind(dt.as_slice()).bind(r.key.as_bytes());
+        }
+        let found = q.fetch_all(&mut *tx).await.map_err(before_commit)?;
+        let mut by_hash: HashMap<(Vec<u8>, String), Current> = HashMap::with_capacity(found.len());
+        for row in &found {
+            let live: i64 = row.try_get_unchecked(3).map_err(before_commit)?;
+            let version: i64 = row.try_get(2).map_err(before_commit)?;
+            let dt: Vec<u8> = row.try_get(0).map_err(before_commit)?;
+            by_hash.insert((dt, text(row, 1).map_err(before_commit)?), Current { version: version as u64, live: live != 0 });
+        }
+        let mut current = HashMap::with_capacity(records.len());
+        for (dt, r) in &records {
+            let Some(c) = by_hash.get(&(dt.clone(), r.key.clone())) else {
+                return Err(Failure::Fatal { error: Error::internal("mysql: a locked record row is missing"), connection_lost: false });
+            };
+            current.insert((*r).clone(), *c);
+        }
+
+        let remembered = lock_keys(&mut tx, jobs).await.map_err(before_commit)?;
+        let reqs: Vec<&AppendRequest> = jobs.iter().map(|j| &j.req).collect();
+        let plan = batch::plan(&reqs, current, &remembered);
+        let new = plan.new_events.len();
+        if new == 0 {
+            tx.rollback().await.map_err(before_commit)?;
+            let reqs = jobs.iter().map(|j| j.req.clone()).collect();
+            return Ok(batch::outcomes(reqs, plan.decisions, 0));
+        }
+        let version = |i: usize| match plan.decisions[i] {
+            batch::Decision::New { version, .. } => version as i64,
+            _ => unreachable!("only new events are written"),
+        };
+
+        let sql = format!(
+            "INSERT INTO states (dt, rkey, domain, rtype, version, vals) VALUES {} \
+             ON DUPLICATE KEY UPDATE version = VALUES(version), vals = VALUES(vals)",
+            rows("(?, ?, ?, ?, ?, ?)", plan.states.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for &i in &plan.states {
+            let r = &jobs[i].req.record;
+            q = q
+                .bind(type_hash(&r.domain, &r.ty))
+                .bind(r.key.as_bytes())
+                .bind(r.domain.as_bytes())
+                .bind(r.ty.as_bytes())
+                .bind(version(i))
+                .bind(jobs[i].vals.as_deref());
+        }
+        q.execute(&mut *tx).await.map_err(before_commit)?;
+
+        if !plan.idempotency.is_empty() {
+            let sql = format!(
+                "INSERT INTO idempotency (h, fingerprint, event_id) VALUES {} \
+                 ON DUPLICATE KEY UPDATE fingerprint = VALUES(fingerprint), event_id = VALUES(event_id)",
+                rows("(?, ?, ?)", plan.idempotency.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for &i in &plan.idempotency {
+                let idem = jobs[i].req.idempotency.as_ref().expect("written keys belong to appends with one");
+                q = q.bind(idempotency_hash(&idem.key)).bind(idem.fingerprint.as_bytes()).bind(jobs[i].req.id.as_bytes());
+            }
+            q.execute(&mut *tx).await.map_err(before_commit)?;
+        }
+
+        // Seqs last: the counter row stays locked until the commit.
+        let done = sqlx::query("UPDATE seq_counter SET n = LAST_INSERT_ID(n + ?) WHERE id = 1")
+            .bind(new as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(before_commit)?;
+        let first_seq = done.last_insert_id() - new as u64 + 1;
+        let sql = format!(
+            "INSERT INTO events (seq, id, dt, domain, rtype, rkey, version, kind, method, time, vals, claims) VALUES {}",
+            rows("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (ordinal, &i) in plan.new_events.iter().enumerate() {
+            let job = &jobs[i];
+            let r = &job.req.record;
+            q = q
+                .bind((first_seq + ordinal as u64) as i64)
+                .bind(job.req.id.as_bytes())
+                .bind(type_hash(&r.domain, &r.ty))
+                .bind(r.domain.as_bytes())
+                .bind(r.ty.as_bytes())
+                .bind(r.key.as_bytes())
+                .bind(version(i))
+                .bind(job.req.kind.as_str())
+                .bind(job.req.method.as_bytes())
+                .bind(job.req.time)
+                .bind(job.vals.as_deref())
+                .bind(job.claims.as_str());
+        }
+        q.execute(&mut *tx).await.map_err(before_commit)?;
+        if let Err(e) = tx.commit().await {
+            let lost = is_connection_error(&e);
+            return Err(if transient(&e) {
+                Failure::Transient(db_error(e))
+            } else {
+                Failure::Fatal { error: db_error(e), connection_lost: lost }
+            });
+        }
+        let reqs = jobs.iter().map(|j| j.req.clone()).collect();
+        Ok(batch::outcomes(reqs, plan.decisions, first_seq))
+    }
+}
+
+/// Locks the batch's idempotency keys and reads their live entries.
+async fn lock_keys(
+    tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+    jobs: &[Job],
+) -> std::result::Result<HashMap<String, Remembered>, sqlx::Error> {
+    let mut keys: Vec<(Vec<u8>, &str)> = jobs
+        .iter()
+        .filter_map(|j| j.req.idempotency.as_ref())
+        .map(|i| (idempotency_hash(&i.key), i.key.as_str()))
+        .collect();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    keys.sort();
+    keys.dedup();
+    let padded = bucket(keys.len());
+    let all = || keys.iter().map(|k| &k.0).chain(std::iter::repeat_n(&keys.last().expect("not empty").0, padded - keys.len()));
+    let sql = format!("INSERT INTO idempotency (h) VALUES {} ON DUPLICATE KEY UPDATE h = h", rows("(?)", padded));
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for h in all() {
+        q = q.bind(h.as_slice());
+    }
+    q.execute(&mut **tx).await?;
+    let sql = format!("SELECT h, fingerprint, event_id FROM idempotency WHERE h IN ({}) FOR UPDATE", vec!["?"; padded].join(", "));
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for h in all() {
+        q = q.bind(h.as_slice());
+    }
+    let found = q.fetch_all(&mut **tx).await?;
+    let mut entries = vec![];
+    for row in &found {
+        let fingerprint: Option<Vec<u8>> = row.try_get(1)?;
+        let event_id: Option<Vec<u8>> = row.try_get(2)?;
+        if let (Some(f), Some(id)) = (fingerprint, event_id) {
+            let h: Vec<u8> = row.try_get(0)?;
+            entries.push((h, String::from_utf8_lossy(&f).into_owned(), String::from_utf8_lossy(&id).into_owned()));
+        }
+    }
+    let mut remembered = HashMap::new();
+    if entries.is_empty() {
+        return Ok(remembered);
+    }
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({})", vec!["?"; entries.len()].join(", "));
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for e in &entries {
+        q = q.bind(e.2.as_bytes());
+    }
+    let events: HashMap<String, Event> = q
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(event_from_row)
+        .map(|e| e.map(|e| (e.id.clone(), e)))
+        .collect::<std::result::Result<_, _>>()?;
+    let key_of: HashMap<&[u8], &str> = keys.iter().map(|(h, k)| (h.as_slice(), *k)).collect();
+    for (h, fingerprint, id) in entries {
+        if let (Some(key), Some(first)) = (key_of.get(h.as_slice()), events.get(&id)) {
+            remembered.insert((*key).to_owned(), Remembered { fingerprint, first: first.clone() });
+        }
+    }
+    Ok(remembered)
+}

@@ -1,0 +1,119 @@
+//! The read statements of the PostgreSQL provider, built from the queries
+//! (public so tests can `EXPLAIN` exactly what the provider runs).
+
+use super::query::{self, Arg, Sql};
+use crate::model::{EventQuery, FeedQuery, StateQuery};
+use crate::storage::FEED_PAGE;
+use crate::storage::sql::type_hash;
+
+pub const EVENT_COLUMNS: &str = "seq, id, domain, type, key, version, kind, method, time, vals, claims";
+
+/// A record's current state: `$1` type hash, `$2` key, `$3` domain, `$4` type.
+pub const GET: &str =
+    "SELECT version, vals FROM states WHERE dt = $1 AND key = $2 AND domain = $3 AND type = $4 AND vals IS NOT NULL";
+
+/// An event by id (`$1`).
+pub const GET_EVENT: &str =
+    "SELECT seq, id, domain, type, key, version, kind, method, time, vals, claims FROM events WHERE id = $1";
+
+fn limit(n: usize) -> Arg {
+    Arg::I64(n.min(i64::MAX as usize) as i64)
+}
+
+/// A state search and what of it the SQL does exactly.
+pub struct StateSearch {
+    pub sql: Sql,
+    pub exact_filter: bool,
+    pub exact_sort: bool,
+    /// Filter and sort are exact: offset and limit run in SQL too.
+    pub in_sql: bool,
+}
+
+pub fn search_states(q: &StateQuery) -> StateSearch {
+    let mut sql = Sql::new("SELECT key, version, vals FROM states WHERE dt = ");
+    let dt = sql.arg(Arg::Bytes(type_hash(&q.domain, &q.ty)));
+    let d = sql.arg(Arg::Text(q.domain.clone()));
+    let t = sql.arg(Arg::Text(q.ty.clone()));
+    sql.push(&format!("{dt} AND domain = {d} AND type = {t} AND vals IS NOT NULL"));
+    let exact_filter = query::filter(&mut sql, "doc", &q.filter);
+    let exact_sort = query::order_by(&mut sql, q.sort.as_ref());
+    // Exact SQL: offset and limit run in the database. Otherwise the
+    // matcher (and, for a sort SQL cannot express, the sort) finishes.
+    let in_sql = exact_filter && exact_sort;
+    if in_sql {
+        let l = sql.arg(limit(q.limit));
+        let o = sql.arg(limit(q.offset));
+        sql.push(&format!(" LIMIT {l} OFFSET {o}"));
+    }
+    StateSearch { sql, exact_filter, exact_sort, in_sql }
+}
+
+/// An event search, and whether its filters are exact (offset and limit
+/// then run in SQL).
+pub fn search_events(q: &EventQuery) -> (Sql, bool) {
+    let mut sql = Sql::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE dt = "));
+    let dt = sql.arg(Arg::Bytes(type_hash(&q.domain, &q.ty)));
+    let d = sql.arg(Arg::Text(q.domain.clone()));
+    let t = sql.arg(Arg::Text(q.ty.clone()));
+    sql.push(&format!("{dt} AND domain = {d} AND type = {t}"));
+    if let Some(key) = &q.key {
+        let k = sql.arg(Arg::Text(key.clone()));
+        sql.push(&format!(" AND key = {k}"));
+    }
+    if let Some(min) = q.min_time {
+        let m = sql.arg(Arg::I64(min));
+        sql.push(&format!(" AND time >= {m}"));
+    }
+    if let Some(max) = q.max_time {
+        let m = sql.arg(Arg::I64(max));
+        sql.push(&format!(" AND time <= {m}"));
+    }
+    // A deletion has no values; filters see it as the empty object.
+    let exact = query::filter(&mut sql, "COALESCE(doc, '{}'::jsonb)", &q.filter)
+        & query::filter(&mut sql, "cdoc", &q.claims_filter);
+    // One record's events: version order is seq order, and its index
+    // serves it.
+    sql.push(if q.key.is_some() { " ORDER BY version" } else { " ORDER BY seq" });
+    if exact {
+        let l = sql.arg(limit(q.limit));
+        let o = sql.arg(limit(q.offset));
+        sql.push(&format!(" LIMIT {l} OFFSET {o}"));
+    }
+    (sql, exact)
+}
+
+/// A catch-up page.
+pub fn feed(q: &FeedQuery) -> Sql {
+    let mut sql = Sql::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > "));
+    let after = sql.arg(Arg::I64(q.after_seq.min(i64::MAX as u64) as i64));
+    sql.push(&after);
+    match (&q.topic.domain, &q.topic.ty) {
+        (Some(d), Some(t)) => {
+            let dt = sql.arg(Arg::Bytes(type_hash(d, t)));
+            let d = sql.arg(Arg::Text(d.clone()));
+            let t = sql.arg(Arg::Text(t.clone()));
+            sql.push(&format!(" AND dt = {dt} AND domain = {d} AND type = {t}"));
+        }
+        (domain, ty) => {
+            if let Some(d) = domain {
+                let d = sql.arg(Arg::Text(d.clone()));
+                sql.push(&format!(" AND domain = {d}"));
+            }
+            if let Some(t) = ty {
+                let t = sql.arg(Arg::Text(t.clone()));
+                sql.push(&format!(" AND type = {t}"));
+            }
+        }
+    }
+    if let Some(key) = &q.key {
+        let k = sql.arg(Arg::Text(key.clone()));
+        sql.push(&format!(" AND key = {k}"));
+    }
+    if let Some(from) = q.from_time {
+        let f = sql.arg(Arg::I64(from));
+        sql.push(&format!(" AND time >= {f}"));
+    }
+    let l = sql.arg(limit(q.limit.min(FEED_PAGE * 16)));
+    sql.push(&format!(" ORDER BY seq LIMIT {l}"));
+    sql
+}

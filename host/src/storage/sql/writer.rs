@@ -1,0 +1,150 @@
+//! The group-commit writer task of a SQL provider (see the parent module):
+//! it owns one connection, drains the queue of appends into batches and
+//! hands each batch to the provider's [`Committer`], which runs it as one
+//! transaction. Retries and reconnects are decided here, from how the
+//! batch failed.
+
+use crate::model::{AppendRequest, Appended, Error, Result};
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most appends in one transaction.
+pub const MAX_BATCH: usize = 256;
+/// Most bytes of values in one transaction (the first append always goes,
+/// however large): keeps one batch's statements well under the server's
+/// packet limit (MySQL's `max_allowed_packet` is 16 MiB by default).
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Most attempts at a batch that failed on a transient conflict.
+const MAX_ATTEMPTS: u32 = 20;
+
+/// An append with its JSON already serialized (on the caller's task).
+pub struct Job {
+    pub req: AppendRequest,
+    pub vals: Option<String>,
+    pub claims: String,
+    pub reply: oneshot::Sender<Result<Appended>>,
+}
+
+impl Job {
+    fn bytes(&self) -> usize {
+        self.vals.as_ref().map_or(0, String::len) + self.claims.len() + self.req.record.key.len() + 256
+    }
+}
+
+/// How a batch failed, which decides what the writer does next.
+#[derive(Debug)]
+pub enum Failure {
+    /// A deadlock, a serialization failure or a lost race on a new row: the
+    /// transaction rolled back and the batch may run again as it is.
+    Transient(Error),
+    /// The connection failed before the commit was sent: nothing was
+    /// written; reconnect and run the batch again.
+    Reconnect(Error),
+    /// The connection failed after the commit was sent, or the database
+    /// refused the batch: the outcome is reported as is (for a lost commit,
+    /// `UNAVAILABLE`, the outcome unknown: idempotency keys make the
+    /// client's retry safe).
+    Fatal { error: Error, connection_lost: bool },
+}
+
+#[async_trait]
+pub trait Committer: Send + Sync + 'static {
+    type Conn: Send;
+
+    async fn connect(&self) -> std::result::Result<Self::Conn, Error>;
+
+    /// Runs the batch as one transaction; one outcome per job once committed.
+    async fn commit(&self, conn: &mut Self::Conn, jobs: &[Job]) -> std::result::Result<Vec<Result<Appended>>, Failure>;
+}
+
+/// Starts the writer task; appends are sent to the returned queue.
+pub fn spawn<C: Committer>(committer: Arc<C>, call_timeout: Duration, name: &'static str) -> mpsc::UnboundedSender<Job> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(committer, rx, call_timeout, name));
+    tx
+}
+
+async fn run<C: Committer>(committer: Arc<C>, mut rx: mpsc::UnboundedReceiver<Job>, call_timeout: Duration, name: &'static str) {
+    let mut conn: Option<C::Conn> = None;
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(job) = rx.recv().await {
+        let mut bytes = job.bytes();
+        batch.push(job);
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(job) => {
+                    bytes += job.bytes();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let results = run_batch(&*committer, &mut conn, &batch, call_timeout, name).await;
+        for (job, result) in batch.drain(..).zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+async fn run_batch<C: Committer>(
+    committer: &C,
+    conn: &mut Option<C::Conn>,
+    batch: &[Job],
+    call_timeout: Duration,
+    name: &'static str,
+) -> Vec<Result<Appended>> {
+    let fail = |e: Error| batch.iter().map(|_| Err(e.clone())).collect::<Vec<_>>();
+    let deadline = Instant::now() + call_timeout;
+    let mut reconnected = false;
+    for attempt in 1..=MAX_ATTEMPTS {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return fail(Error::unavailable(format!("{name}: append took longer than {call_timeout:?}")));
+        }
+        let fresh = conn.is_none();
+        if fresh {
+            match tokio::time::timeout(remaining, committer.connect()).await {
+                Ok(Ok(c)) => *conn = Some(c),
+                Ok(Err(e)) => return fail(e),
+                Err(_) => return fail(Error::unavailable(format!("{name}: no connection within {call_timeout:?}"))),
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, committer.commit(c, batch)).await {
+            Ok(Ok(results)) => return results,
+            Ok(Err(Failure::Transient(e))) => {
+                tracing::debug!(provider = name, attempt, error = %e, "batch rolled back on a conflict; retrying");
+                // Spread contending gateways' retries apart.
+                let jitter = u64::from(uuid::Uuid::new_v4().as_u128() as u16 % 1000);
+                tokio::time::sleep(Duration::from_micros(jitter * u64::from(attempt))).await;
+            }
+            Ok(Err(Failure::Reconnect(e))) => {
+                *conn = None;
+                // A connection left from before a restart fails at its first
+                // statement: one more try on a new one. A new connection
+                // failing the same way means the server is gone.
+                if fresh || reconnected {
+                    return fail(e);
+                }
+                reconnected = true;
+            }
+            Ok(Err(Failure::Fatal { error, connection_lost })) => {
+                if connection_lost {
+                    *conn = None;
+                }
+                return fail(error);
+            }
+            Err(_) => {
+                // Cancelled mid-transaction: the connection's state is unknown.
+                *conn = None;
+                return fail(Error::unavailable(format!(
+                    "{name}: append got no answer within {call_timeout:?}; its outcome is unknown"
+                )));
+            }
+        }
+    }
+    fail(Error::unavailable(format!("{name}: append kept conflicting with concurrent appends")))
+}
