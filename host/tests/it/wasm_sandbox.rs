@@ -30,12 +30,14 @@ async fn misbehaving(mode: &str, limits: serde_json::Value, code: Code, says: &s
 
 /// Runs the `bad` hook spec against a concurrent client of a well-behaved
 /// tenant; every call of the bad tenant must fail with `code` and a message
-/// naming the guest and containing each of `says`. Returns that message.
+/// naming the guest and containing each of `says`, within a hundred times
+/// its time limit. Returns that message.
 async fn misbehaving_guest(bad: serde_json::Value, code: Code, says: &[&str]) -> String {
     let hooks = serde_json::json!({
         "bad": bad,
         "good": {"path": guest("redact"), "config": {"fields": "secret"}},
     });
+    let limit_ms = bad.pointer("/limits/timeout_ms").and_then(|t| t.as_u64()).unwrap_or(2000);
     let mode = bad.pointer("/config/mode").and_then(|m| m.as_str()).unwrap_or("guest").to_owned();
     let gw = TestGateway::start_with(|c| {
         c.auth.policy_hooks = Some(hooks.to_string());
@@ -68,7 +70,13 @@ async fn misbehaving_guest(bad: serde_json::Value, code: Code, says: &[&str]) ->
 
     let mut bad = gw.state_client().await;
     for _ in 0..3 {
-        let err = bad.set(state("bad", "k", serde_json::json!({"n": 1}))).await.expect_err("the bad hook fails the call");
+        // Bounded, not measured: a call that outlives its limit a hundred
+        // times over was not stopped by it.
+        let call = bad.set(state("bad", "k", serde_json::json!({"n": 1})));
+        let err = tokio::time::timeout(std::time::Duration::from_millis(limit_ms * 100), call)
+            .await
+            .expect("the call ends within 100 times its time limit")
+            .expect_err("the bad hook fails the call");
         assert_eq!(err.code(), code, "{mode}: {err:?}");
         assert!(err.message().contains("policy:bad"), "{mode}: the error names the guest: {}", err.message());
         for says in says {
@@ -137,11 +145,13 @@ async fn looping_hook_does_not_hold_the_thread() {
     gw.stop().await;
 }
 
-/// A hook blocked in the host (a sleep: a WASI clock pollable, where no
-/// epoch deadline reaches) fails at its deadline like one that loops.
+/// A hook blocked in the host (a ten-minute sleep: a WASI clock pollable,
+/// where no epoch deadline reaches) fails at its deadline like one that
+/// loops, not when the sleep ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sleeping_hook_hits_its_deadline() {
-    misbehaving("sleep", serde_json::json!({"timeout_ms": 300}), Code::Unavailable, "time limit").await;
+    let bad = serde_json::json!({"path": guest("misbehave"), "config": {"mode": "sleep", "ms": 600_000}, "limits": {"timeout_ms": 300}});
+    misbehaving_guest(bad, Code::Unavailable, &["time limit"]).await;
 }
 
 /// One tenant's hook calls blocked in the host take at most their guest's
