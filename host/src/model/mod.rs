@@ -205,6 +205,27 @@ pub struct AppendRequest {
     pub idempotency: Option<Idempotency>,
 }
 
+impl AppendRequest {
+    /// The event this append writes once storage gave it `seq` and
+    /// `version`; it takes the request's values rather than a copy.
+    pub fn into_event(self, seq: u64, version: u64) -> Event {
+        Event {
+            id: self.id,
+            seq,
+            record: self.record,
+            values: match self.change {
+                Change::Put(v) => Some(v),
+                Change::Delete => None,
+            },
+            claims: self.claims,
+            time: self.time,
+            version,
+            kind: self.kind,
+            method: self.method,
+        }
+    }
+}
+
 /// The result of an append.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Appended {

@@ -316,20 +316,7 @@ impl Written {
         match self {
             Written::Replayed(event) => Appended { event, replayed: true },
             Written::New { seq, version } => Appended {
-                event: Event {
-                    id: req.id,
-                    seq,
-                    record: req.record,
-                    values: match req.change {
-                        Change::Put(v) => Some(v),
-                        Change::Delete => None,
-                    },
-                    claims: req.claims,
-                    time: req.time,
-                    version,
-                    kind: req.kind,
-                    method: req.method,
-                },
+                event: req.into_event(seq, version),
                 replayed: false,
             },
         }

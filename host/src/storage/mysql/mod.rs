@@ -22,7 +22,7 @@ pub mod query;
 pub mod schema;
 
 use super::sql::batch::{self, Current, Remembered};
-use super::sql::options::{Settings, SslMode};
+use super::sql::options::{Settings, SslMode, checked_ca_file, without_credentials};
 use super::sql::pool::Pool;
 use super::sql::writer::{self, Committer, Failure, Job};
 use super::sql::{select, corrupt, decode_error, idempotency_hash, is_connection_error, parse_values, type_hash};
@@ -75,7 +75,7 @@ impl MysqlConfig {
         let mut options: MySqlConnectOptions = self
             .addr
             .parse()
-            .map_err(|e| Error::invalid("addr", format!("not a usable mysql:// URL: {}", redact(&e))))?;
+            .map_err(|e| Error::invalid("addr", format!("not a usable mysql:// URL: {}", without_credentials(&e))))?;
         options = options.charset("utf8mb4");
         if let Some(p) = &settings.password {
             options = options.password(p);
@@ -90,20 +90,9 @@ impl MysqlConfig {
             });
         }
         if let Some(ca) = &self.ca_file {
-            if !ca.is_file() {
-                return Err(Error::invalid("ca_file", format!("{} is not a readable file", ca.display())));
-            }
-            options = options.ssl_ca(ca);
+            options = options.ssl_ca(checked_ca_file(ca)?);
         }
         Ok(options)
-    }
-}
-
-fn redact(e: &dyn std::fmt::Display) -> String {
-    let text = e.to_string();
-    match (text.find("://"), text.find('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &text[..scheme], &text[at..]),
-        _ => text,
     }
 }
 

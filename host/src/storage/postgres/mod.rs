@@ -25,7 +25,7 @@ pub mod schema;
 pub mod statements;
 
 use super::sql::batch::{self, Current, Remembered};
-use super::sql::options::{Settings, SslMode};
+use super::sql::options::{Settings, SslMode, checked_ca_file, without_credentials};
 use super::sql::pool::Pool;
 use super::sql::writer::{self, Committer, Failure, Job};
 use super::sql::{select, corrupt, decode_error, idempotency_hash, is_connection_error, parse_values, type_hash, values_have_nul};
@@ -82,7 +82,7 @@ impl PostgresConfig {
         let mut options: PgConnectOptions = self
             .addr
             .parse()
-            .map_err(|e| Error::invalid("addr", format!("not a usable postgres:// URL: {}", redact(&e))))?;
+            .map_err(|e| Error::invalid("addr", format!("not a usable postgres:// URL: {}", without_credentials(&e))))?;
         if !schema::valid_schema_name(&self.schema) {
             return Err(Error::invalid(
                 "schema",
@@ -105,21 +105,9 @@ impl PostgresConfig {
             });
         }
         if let Some(ca) = &self.ca_file {
-            if !ca.is_file() {
-                return Err(Error::invalid("ca_file", format!("{} is not a readable file", ca.display())));
-            }
-            options = options.ssl_root_cert(ca);
+            options = options.ssl_root_cert(checked_ca_file(ca)?);
         }
         Ok(options)
-    }
-}
-
-/// An error message without anything that looks like a URL's credentials.
-fn redact(e: &dyn std::fmt::Display) -> String {
-    let text = e.to_string();
-    match (text.find("://"), text.find('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &text[..scheme], &text[at..]),
-        _ => text,
     }
 }
 

@@ -116,25 +116,6 @@ fn decide(
     Decision::New { version: row.version, ordinal }
 }
 
-/// The new event an append wrote, taking the request's values rather than
-/// a copy of them.
-pub fn new_event(req: AppendRequest, seq: u64, version: u64) -> Event {
-    Event {
-        id: req.id,
-        seq,
-        record: req.record,
-        values: match req.change {
-            Change::Put(v) => Some(v),
-            Change::Delete => None,
-        },
-        claims: req.claims,
-        time: req.time,
-        version,
-        kind: req.kind,
-        method: req.method,
-    }
-}
-
 /// Each append's outcome once the batch committed with its first new event
 /// at `first_seq`.
 pub fn outcomes(reqs: Vec<AppendRequest>, decisions: Vec<Decision>, first_seq: u64) -> Vec<crate::model::Result<Appended>> {
@@ -143,7 +124,7 @@ pub fn outcomes(reqs: Vec<AppendRequest>, decisions: Vec<Decision>, first_seq: u
     for (req, decision) in reqs.into_iter().zip(decisions) {
         match decision {
             Decision::New { version, ordinal } => {
-                let event = new_event(req, first_seq + ordinal as u64, version);
+                let event = req.into_event(first_seq + ordinal as u64, version);
                 events.push(Some(event.clone()));
                 out.push(Some(Ok(Appended { event, replayed: false })));
             }
@@ -246,8 +227,8 @@ mod tests {
             r.idempotency = Some(Idempotency { key: idem.into(), fingerprint: fp.into(), not_before: 50 });
             r
         };
-        let earlier = crate::storage::sql::batch::new_event(put("z", Expect::Any), 7, 1);
-        let old = crate::storage::sql::batch::new_event({ let mut r = put("y", Expect::Any); r.time = 10; r }, 3, 1);
+        let earlier = put("z", Expect::Any).into_event(7, 1);
+        let old = { let mut r = put("y", Expect::Any); r.time = 10; r }.into_event(3, 1);
         let remembered = HashMap::from([
             ("k-old".to_owned(), Remembered { fingerprint: "f".into(), first: earlier.clone() }),
             ("k-expired".to_owned(), Remembered { fingerprint: "f".into(), first: old }),

@@ -2,7 +2,7 @@
 //! password comes from, pool size and timeouts.
 
 use crate::model::{Error, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// `sslmode`, in PostgreSQL's words (MySQL's equivalents in brackets):
@@ -80,6 +80,25 @@ impl Settings {
             password,
         })
     }
+}
+
+/// An error message without anything that looks like a URL's credentials:
+/// a connection string may hold a password, and errors are logged and shown.
+pub fn without_credentials(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    match (text.find("://"), text.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &text[..scheme], &text[at..]),
+        _ => text,
+    }
+}
+
+/// `ca_file`, checked to be a file before a driver is handed it (drivers
+/// report a missing one only at the first connection, as a TLS failure).
+pub fn checked_ca_file(ca: &Path) -> Result<&Path> {
+    if !ca.is_file() {
+        return Err(Error::invalid("ca_file", format!("{} is not a readable file", ca.display())));
+    }
+    Ok(ca)
 }
 
 #[cfg(test)]
