@@ -1,13 +1,18 @@
 //! Configuration: the v0.5.0 environment variables, newer `STATEGATE_*`
 //! variables, and a command-line flag for each (`stategate --help`).
 //! Everything is checked at start; a bad value stops the start with a
-//! message naming the variable.
+//! message naming the variable. Before the flags are parsed, `env::prepare`
+//! reads `.env` and drops empty variables, and booleans take Go's
+//! spellings, as v0.5.0 read its environment.
 
 use crate::auth::AuthConfig;
 use crate::channel::ChannelSpec;
 use crate::storage::StorageSpec;
 use clap::Parser;
 use std::path::PathBuf;
+
+pub mod env;
+use crate::model::flags::GoBool;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Parser)]
@@ -27,11 +32,11 @@ pub struct Config {
     pub bind: String,
 
     /// Development mode: authentication off and listening on loopback only.
-    #[arg(long, env = "STATEGATE_DEV")]
+    #[arg(long, env = "STATEGATE_DEV", value_parser = GoBool)]
     pub dev: bool,
 
     /// Debug logs.
-    #[arg(long, env = "STATEGATE_DEBUG")]
+    #[arg(long, env = "STATEGATE_DEBUG", value_parser = GoBool)]
     pub debug: bool,
 
     /// Log format: json or text.
@@ -101,6 +106,11 @@ pub struct Config {
     /// second's worth).
     #[arg(long, env = "STATEGATE_RATE_BURST")]
     pub rate_burst: Option<f64>,
+
+    /// A `.env` file read before the variables (default: `./.env` when it
+    /// exists); variables already set win (`config::env`).
+    #[arg(long, value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
 
     /// Authentication and authorization (`auth::AuthConfig`).
     #[command(flatten)]
@@ -196,7 +206,7 @@ pub struct Config {
 
     /// Whether reflection and /openapi.json answer without a token (health
     /// always does); false requires a valid token for them.
-    #[arg(long, env = "STATEGATE_PUBLIC_METADATA", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "STATEGATE_PUBLIC_METADATA", default_value_t = true, action = clap::ArgAction::Set, value_parser = GoBool)]
     pub public_metadata: bool,
 
     /// Host names accepted besides loopback ones when authentication is off
