@@ -315,6 +315,7 @@ async fn with_auth_on_cors_is_open_and_writes_still_need_json() {
         c.auth.auth_disabled = false;
         c.bind = "127.0.0.1".into();
         c.auth.jwt_hmac_secret = Some("0123456789abcdef0123456789abcdef-test-secret".into());
+        c.auth.request_policy_path = vec![crate::examples::repo().join("examples/policies/allow_all.rego")];
     })
     .await;
     let url = format!("{}/api/state/ref/d/t/k", gw.url());
