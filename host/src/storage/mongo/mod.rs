@@ -65,13 +65,15 @@
 //! `standalone` (the append without transactions), `repair` (the stable
 //! head and states repaired from events, standalone only), `codec` (events
 //! and states as BSON documents), `query` (searches and the feed as server
-//! filters, and their pages).
+//! filters, and their pages), `v050` (reading v0.5.0's collections for
+//! `stategate migrate v050`).
 
 mod codec;
 mod query;
 mod repair;
 mod standalone;
 mod transaction;
+pub mod v050;
 
 use super::{FEED_PAGE, Storage};
 use crate::model::{
