@@ -218,3 +218,71 @@ async fn v050_mongodb_data_is_imported_once_and_completely() {
     assert!(!ok && err.contains("--from"), "{err}");
     db.drop().await.unwrap();
 }
+
+/// A run killed part-way (SIGKILL, right after it reported its first
+/// imported record) leaves a prefix of each record's events; the next run
+/// finishes it, and the store ends with every event exactly once. Into
+/// sqlite this time: the importer writes through the `Storage` trait.
+#[tokio::test]
+async fn a_killed_import_is_finished_by_the_next_run() {
+    let Some(url) = backend_url("MONGO") else { return };
+    let database = format!("v050{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let db = mongodb::Client::with_uri_str(&url).await.unwrap().database(&database);
+    const RECORDS: u32 = 100;
+    const EACH: u32 = 5;
+    let mut events = Vec::new();
+    let mut states = Vec::new();
+    for r in 0..RECORDS {
+        for e in 0..EACH {
+            let n = r * EACH + e;
+            events.push(event(&id(100_000 + n), T0 + i64::from(n), &format!("k{r}"), doc! {"n": f64::from(e)}, "bulk"));
+        }
+        states.push(doc! {"_id": format!("k{r}"), "n": f64::from(EACH - 1)});
+    }
+    db.collection::<Document>("bulk.item_events").insert_many(events).await.unwrap();
+    db.collection::<Document>("bulk.item").insert_many(states).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = json!({"name": "sqlite", "path": dir.path().join("target.db")}).to_string();
+
+    let mut child = Command::new(crate::procs::stategate_bin())
+        .args(["migrate", "v050", "--from", &url, "--database", &database])
+        .env("STATEGATE_STORAGE_PROVIDER", &storage)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let first = lines.find(|l| l.as_ref().is_ok_and(|l| l.starts_with("progress:"))).expect("a progress line").unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(first.contains(&format!("/{} events", RECORDS * EACH)), "{first}");
+
+    let (ok, out, err) = migrate(&url, &database, &storage, &[]);
+    assert!(ok, "{out}\n{err}");
+    let count = |label: &str| -> u64 {
+        let at = out.find(label).unwrap_or_else(|| panic!("{label}: {out}"));
+        out[..at].trim_end().rsplit([' ', ',', ':']).next().unwrap().parse().unwrap()
+    };
+    let (imported, already) = (count(" events imported"), count(" already imported"));
+    assert_eq!(imported + already, u64::from(RECORDS * EACH), "{out}");
+    assert!(already > 0, "the killed run had imported something: {out}");
+    assert!(out.contains("0 states reconciled, 0 deleted, 0 conflicts"), "{out}");
+
+    let (ok, out, err) = migrate(&url, &database, &storage, &[]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains(&format!("0 events imported, {} already imported", RECORDS * EACH)), "{out}");
+
+    // Every event exactly once, each record at version 5 with its last values.
+    let spec = stategate::storage::StorageSpec::parse(&storage).unwrap();
+    let wasm = stategate::wasm::WasmRuntime::new(stategate::config::Config::defaults().wasm_settings()).unwrap();
+    let target = spec.open(dir.path(), &wasm).await.unwrap();
+    assert_eq!(target.head().await.unwrap(), u64::from(RECORDS * EACH), "no event twice, none missing");
+    for r in [0, RECORDS / 2, RECORDS - 1] {
+        let s = target.get(&RecordRef::parse("bulk", "item", &format!("k{r}")).unwrap()).await.unwrap().unwrap();
+        assert_eq!((s.version, Value::Object(s.values)), (u64::from(EACH), json!({"n": EACH - 1})));
+    }
+    target.close().await.unwrap();
+    db.drop().await.unwrap();
+}
