@@ -3,7 +3,8 @@
 //!
 //! For each record (`storage::mongo::v050` reads them), its events are
 //! appended oldest first, keeping their ids, times and claims; storage
-//! assigns versions (1, 2, …) and seqs. Then the record's current state is
+//! assigns versions (1, 2, …) and seqs. Records are independent, so
+//! several are imported at once (`CONCURRENT_RECORDS`), each in order. Then the record's current state is
 //! made equal to v0.5.0's: v0.5.0 wrote state and event separately, so when
 //! its state document differs from the last event (a failed write, or two
 //! Sets racing) one more `Set` with the document's values is appended, and
@@ -28,6 +29,7 @@ use crate::model::{AppendRequest, Change, Claims, EventKind, Expect, RecordRef, 
 use crate::storage::DynStorage;
 use crate::storage::mongo::v050::{V050Record, V050Source, V050Type};
 use anyhow::{Context, Result};
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 /// What a run did (or, dry, would do).
@@ -62,6 +64,11 @@ impl std::fmt::Display for Summary {
 const SET: &str = "/stategate.StateService/Set";
 const DEL: &str = "/stategate.StateService/Del";
 
+/// Records imported at once: each record's events go in order, but records
+/// are independent, and storage commits concurrent appends together (group
+/// commit), which is what makes a large import fast.
+const CONCURRENT_RECORDS: usize = 16;
+
 /// Imports everything `source` holds into `target`.
 pub async fn import(source: &V050Source, target: &DynStorage, dry_run: bool, progress: &mut Progress) -> Result<Summary> {
     let types = source.types().await.context("listing v0.5.0's collections")?;
@@ -75,13 +82,31 @@ pub async fn import(source: &V050Source, target: &DynStorage, dry_run: bool, pro
         summary.types += 1;
         let before = summary.clone();
         let mut records = source.records(t).await?;
-        while let Some(record) = records.next().await.with_context(|| format!("reading {}.{}", t.domain, t.ty))? {
-            summary.records += 1;
-            let n = record.events.len() as u64;
-            import_record(t, record, target, dry_run, &mut summary)
-                .await
-                .with_context(|| format!("importing into {}.{}", t.domain, t.ty))?;
-            progress.advance(n, summary.records);
+        let mut running = futures::stream::FuturesUnordered::new();
+        loop {
+            let record = if running.len() >= CONCURRENT_RECORDS {
+                None
+            } else {
+                records.next().await.with_context(|| format!("reading {}.{}", t.domain, t.ty))?
+            };
+            match record {
+                Some(record) => {
+                    let n = record.events.len() as u64;
+                    running.push(async move {
+                        let done = import_record(t, record, target, dry_run)
+                            .await
+                            .with_context(|| format!("importing into {}.{}", t.domain, t.ty));
+                        (n, done)
+                    });
+                }
+                None => match running.next().await {
+                    Some((n, done)) => {
+                        summary.add(&done?);
+                        progress.advance(n, summary.records);
+                    }
+                    None => break,
+                },
+            }
         }
         if dry_run {
             progress.line(&format!(
@@ -100,11 +125,25 @@ pub async fn import(source: &V050Source, target: &DynStorage, dry_run: bool, pro
     Ok(summary)
 }
 
-async fn import_record(t: &V050Type, record: V050Record, target: &DynStorage, dry_run: bool, summary: &mut Summary) -> Result<()> {
+impl Summary {
+    fn add(&mut self, o: &Summary) {
+        self.records += o.records;
+        self.imported += o.imported;
+        self.already += o.already;
+        self.reconciled += o.reconciled;
+        self.deleted += o.deleted;
+        self.conflicts += o.conflicts;
+        self.invalid += o.invalid;
+    }
+}
+
+/// One record; what it did, as a summary of one record.
+async fn import_record(t: &V050Type, record: V050Record, target: &DynStorage, dry_run: bool) -> Result<Summary> {
+    let mut summary = Summary { records: 1, ..Summary::default() };
     let Ok(rec) = RecordRef::parse(&t.domain, &t.ty, &record.key) else {
         tracing::warn!(domain = %t.domain, r#type = %t.ty, key = %record.key, "skipped: not a valid record reference");
         summary.invalid += 1;
-        return Ok(());
+        return Ok(summary);
     };
     // Where an earlier run stopped: the imported events are a prefix.
     let mut done = 0;
@@ -137,7 +176,7 @@ async fn import_record(t: &V050Type, record: V050Record, target: &DynStorage, dr
     if done == 0 && current.is_some() && !record.events.is_empty() {
         tracing::warn!(record = ?rec, "skipped: the record already has a state in the target that this import did not write");
         summary.conflicts += 1;
-        return Ok(());
+        return Ok(summary);
     }
     let last_time = record.events.last().map(|e| e.time);
     for ev in record.events.into_iter().skip(done) {
@@ -171,7 +210,7 @@ async fn import_record(t: &V050Type, record: V050Record, target: &DynStorage, dr
                 tracing::warn!(record = ?rec, "skipped: the record was written in the target since the import began");
                 summary.imported -= 1;
                 summary.conflicts += 1;
-                return Ok(());
+                return Ok(summary);
             }
             Err(e) => return Err(e.into()),
         }
@@ -179,8 +218,8 @@ async fn import_record(t: &V050Type, record: V050Record, target: &DynStorage, dr
     // The current state as v0.5.0 had it.
     let time = last_time.map_or_else(crate::model::now_nanos, |t| t + 1);
     let change = match (&record.state, &current) {
-        (Some(want), Some((have, _))) if want == have => return Ok(()),
-        (None, None) => return Ok(()),
+        (Some(want), Some((have, _))) if want == have => return Ok(summary),
+        (None, None) => return Ok(summary),
         (Some(want), _) => {
             summary.reconciled += 1;
             Change::Put(want.clone())
@@ -191,7 +230,7 @@ async fn import_record(t: &V050Type, record: V050Record, target: &DynStorage, dr
         }
     };
     if dry_run {
-        return Ok(());
+        return Ok(summary);
     }
     let (kind, method) = match change {
         Change::Put(_) => (EventKind::Set, SET),
@@ -209,7 +248,7 @@ async fn import_record(t: &V050Type, record: V050Record, target: &DynStorage, dr
         idempotency: None,
     };
     target.append(req).await?;
-    Ok(())
+    Ok(summary)
 }
 
 /// A UUID-shaped id from the record, the change and the version it
