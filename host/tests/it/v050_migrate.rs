@@ -6,7 +6,7 @@
 //! was interrupted after part of a record's events.
 
 use crate::harness::{TestGateway, backend_url, http};
-use crate::wire::{from_struct, unique};
+use crate::wire::from_struct;
 use mongodb::bson::{Document, doc};
 use serde_json::{Value, json};
 use stategate::model::{AppendRequest, Change, EventKind, Expect, RecordRef};
