@@ -272,7 +272,7 @@ impl Rig {
         let topic = topic(domain, ty);
         let sub = self.hub.subscribe(&topic).await.expect("the hub subscribes");
         let deliveries = futures::stream::unfold(sub, |mut sub| async move {
-            let item = match sub.rx.recv().await {
+            let item = match sub.recv().await {
                 Ok(d) => Ok(got(&d.event)),
                 Err(e) => Err(format!("the tap failed: {e}")),
             };
