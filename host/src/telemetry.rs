@@ -40,6 +40,7 @@ pub struct Metrics {
     pub stream_catchups: IntCounter,
     pub auth_failures: IntCounterVec,
     pub policy_denials: IntCounterVec,
+    pub policy_decisions: IntCounterVec,
     /// Policy file reloads by stage and result (loaded, refused).
     pub policy_reloads: IntCounterVec,
 }
@@ -87,6 +88,11 @@ impl Metrics {
                 &["reason", "method"],
             )
             .unwrap(),
+            policy_decisions: IntCounterVec::new(
+                Opts::new("policy_decisions_total", "Rego policy decisions by stage and source (evaluated, cached)"),
+                &["stage", "source"],
+            )
+            .unwrap(),
             policy_denials: IntCounterVec::new(
                 Opts::new("policy_denials_total", "Policy denials by stage, reason and method"),
                 &["stage", "reason", "method"],
@@ -115,6 +121,7 @@ impl Metrics {
             Box::new(m.stream_catchups.clone()),
             Box::new(m.auth_failures.clone()),
             Box::new(m.policy_denials.clone()),
+            Box::new(m.policy_decisions.clone()),
             Box::new(m.policy_reloads.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");

@@ -71,6 +71,19 @@ impl Paths {
         }
     }
 
+    /// Keeps the members on the way to `steps` (and an object there), for
+    /// a presence test: see `Part` in `rego`, which gives a value that is
+    /// not an object as itself, so `false` stays `false`.
+    fn touch(&mut self, steps: &[&str]) {
+        let Paths::Members(members) = self else { return };
+        if let Some((first, rest)) = steps.split_first() {
+            members
+                .entry((*first).to_owned())
+                .or_insert_with(|| Paths::Members(BTreeMap::new()))
+                .touch(rest);
+        }
+    }
+
     /// Whether the value at `steps` may be read (in part or whole).
     pub fn covers(&self, steps: &[&str]) -> bool {
         match (self, steps.split_first()) {
@@ -109,7 +122,7 @@ pub fn scan<'a>(modules: impl IntoIterator<Item = &'a str>) -> Reads {
     let mut messages = BTreeMap::new();
     let mut non_deterministic = false;
     for text in modules {
-        for r in refs(text) {
+        for Ref { path: r, test } in refs(text) {
             if NON_DETERMINISTIC.iter().any(|p| r.starts_with(p)) {
                 non_deterministic = true;
             }
@@ -124,10 +137,16 @@ pub fn scan<'a>(modules: impl IntoIterator<Item = &'a str>) -> Reads {
                         f.insert(*known);
                     }
                     if let Some(message) = MESSAGES.iter().find(|m| **m == field) {
-                        messages
-                            .entry(*message)
-                            .or_insert_with(|| Paths::Members(BTreeMap::new()))
-                            .add(&steps[1..]);
+                        let paths = messages.entry(*message).or_insert_with(|| Paths::Members(BTreeMap::new()));
+                        // A test of a message's (or a member's) presence
+                        // needs the path to exist, not its value: an object
+                        // of just the members read is defined and not
+                        // `false` exactly when the whole one is.
+                        if test {
+                            paths.touch(&steps[1..]);
+                        } else {
+                            paths.add(&steps[1..]);
+                        }
                     }
                     // An unknown field is undefined whatever the input holds.
                 }
@@ -145,16 +164,38 @@ fn ident_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
 }
 
-/// The dotted references in code (`a.b.c`; an identifier alone is one),
-/// each starting at a word boundary not preceded by a dot, so
-/// `data.x.input` does not yield `input`. Comments and strings are skipped;
-/// a ref followed by anything but `.ident` ends there (`input[x]` yields
-/// `input`).
-fn refs(text: &str) -> Vec<String> {
+/// A dotted reference in code (`a.b.c`; an identifier alone is one).
+#[derive(Debug, PartialEq, Eq)]
+struct Ref {
+    path: String,
+    /// Whether it is a whole statement of a query body, alone or under
+    /// `not` (`allow if { input.response; … }`, `not input.response`): a
+    /// presence test, which reads whether the value is defined (and not
+    /// `false`), not what it holds.
+    test: bool,
+}
+
+/// The references in code, each starting at a word boundary not preceded
+/// by a dot, so `data.x.input` does not yield `input`. Comments and strings
+/// are skipped; a ref followed by anything but `.ident` ends there
+/// (`input[x]` yields `input`).
+///
+/// A ref is a presence test when it is a statement of its own: after `not`,
+/// or first in its statement inside a query body's braces (a `{` after a
+/// word such as `if`, a rule head, `)`, `]`, a string or `}`, but not after
+/// `in`, `not`, `with`, `as`, which open a set or object literal), and in
+/// both cases followed by the end of the statement (a newline, `;`, `}`
+/// or a comment).
+fn refs(text: &str) -> Vec<Ref> {
     let chars: Vec<char> = text.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
     let mut prev_dot = false;
+    // Of every open bracket, whether it is a query body.
+    let mut brackets: Vec<bool> = Vec::new();
+    // The last significant token: a word, or a punctuation char.
+    let mut last_word: Option<String> = None;
+    let mut last_char: Option<char> = None;
     while i < chars.len() {
         let c = chars[i];
         match c {
@@ -171,6 +212,7 @@ fn refs(text: &str) -> Vec<String> {
                 }
                 i += 1;
                 prev_dot = false;
+                (last_word, last_char) = (None, Some('"'));
             }
             '`' => {
                 i += 1;
@@ -179,6 +221,7 @@ fn refs(text: &str) -> Vec<String> {
                 }
                 i += 1;
                 prev_dot = false;
+                (last_word, last_char) = (None, Some('"'));
             }
             c if ident_char(c) => {
                 let mut r = String::new();
@@ -195,18 +238,55 @@ fn refs(text: &str) -> Vec<String> {
                     }
                 }
                 if !prev_dot && !r.starts_with(|c: char| c.is_ascii_digit()) {
-                    out.push(r);
+                    let starts_statement = match (&last_word, last_char) {
+                        (Some(w), _) => w == "not",
+                        (None, None) => false,
+                        (None, Some(p)) => matches!(p, '\n' | ';' | '{') && brackets.last() == Some(&true),
+                    };
+                    let test = starts_statement && ends_statement(&chars, i);
+                    out.push(Ref { path: r.clone(), test });
                 }
                 prev_dot = false;
+                (last_word, last_char) = (Some(r), None);
+            }
+            '\n' => {
+                i += 1;
+                prev_dot = false;
+                (last_word, last_char) = (None, Some('\n'));
             }
             c if c.is_whitespace() => i += 1,
             c => {
+                match c {
+                    '{' => {
+                        let body = match (&last_word, last_char) {
+                            (Some(w), _) => !matches!(w.as_str(), "in" | "not" | "with" | "as"),
+                            (None, Some(p)) => matches!(p, ')' | ']' | '"' | '}'),
+                            (None, None) => false,
+                        };
+                        brackets.push(body);
+                    }
+                    '(' | '[' => brackets.push(false),
+                    '}' | ')' | ']' => {
+                        brackets.pop();
+                    }
+                    _ => {}
+                }
                 prev_dot = c == '.';
+                (last_word, last_char) = (None, Some(c));
                 i += 1;
             }
         }
     }
     out
+}
+
+/// Whether only blanks, then a newline, `;`, `}`, a comment or the end,
+/// follow position `i`.
+fn ends_statement(chars: &[char], mut i: usize) -> bool {
+    while i < chars.len() && chars[i] != '\n' && chars[i].is_whitespace() {
+        i += 1;
+    }
+    i == chars.len() || matches!(chars[i], '\n' | ';' | '}' | '#')
 }
 
 #[cfg(test)]
@@ -295,5 +375,32 @@ deny if input.response.state.values.secret
         }
         // The whole input read: every part of every message.
         assert_eq!(scan(["x := input"]).message("body"), Some(&Paths::All));
+    }
+
+    #[test]
+    fn a_presence_test_reads_only_that_the_message_is_there() {
+        let tenant = include_str!("../../../examples/policies/tenant_isolation.rego");
+        let r = scan([tenant]);
+        let response = r.message("response").unwrap();
+        assert!(response.covers(&["state", "domain"]));
+        assert!(!response.covers(&["state", "values"]), "the example policy is not given an event's values");
+        assert!(response.covers(&["stateValues", "0", "values"]), "`some s in` reads the list whole");
+        for (code, presence) in [
+            ("allow if { input.response; true }", true),
+            ("allow if {\n\tnot input.response\n\tx\n}", true),
+            ("allow if { x; not input.response # gone\n}", true),
+            ("allow {\n  input.response\n}", true),
+            ("allow if not input.response", true),
+            ("allow if input.response", false),
+            ("x := {\n  input.response\n}", false),
+            ("allow if { x in {\n input.response\n} }", false),
+            ("allow if { f(\n input.response\n) }", false),
+            ("allow if { not input.response == 1 }", false),
+            ("allow if { input.response }\ny := input.response", false),
+        ] {
+            let r = scan([code]);
+            let whole = r.message("response").unwrap().covers(&["state", "values"]);
+            assert_eq!(!whole, presence, "{code}");
+        }
     }
 }

@@ -78,27 +78,38 @@ impl Loaded {
         Loaded { compiled, reads, decisions }
     }
 
-    /// Allowed or not; `Err` is an evaluation error.
-    fn decide(&self, input: &PolicyInput) -> Result<std::result::Result<bool, String>> {
+    /// Allowed or not (`Err` inside: an evaluation error), and whether the
+    /// answer came from the cache.
+    fn decide(&self, input: &PolicyInput) -> Result<Decision> {
         let doc = serde_json::to_string(&Visible { input, reads: &self.reads }).map_err(Error::internal)?;
         let cache = self.decisions.as_ref().filter(|_| doc.len() <= DECISION_CACHE_MAX_KEY);
         if let Some(cache) = cache
             && let Some(allowed) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&doc)
         {
-            return Ok(Ok(*allowed));
+            return Ok(Decision { allowed: Ok(*allowed), cached: true });
         }
         let value = regorus::Value::from_json_str(&doc).map_err(Error::internal)?;
-        match self.compiled.eval_with_input(value) {
+        let allowed = match self.compiled.eval_with_input(value) {
             Ok(v) => {
                 let allowed = v == regorus::Value::Bool(true);
                 if let Some(cache) = cache {
                     cache.lock().unwrap_or_else(|p| p.into_inner()).put(doc, allowed);
                 }
-                Ok(Ok(allowed))
+                Ok(allowed)
             }
-            Err(e) => Ok(Err(e.to_string())),
-        }
+            Err(e) => Err(e.to_string()),
+        };
+        Ok(Decision { allowed, cached: false })
     }
+}
+
+/// One answer of a policy.
+#[derive(Debug)]
+struct Decision {
+    /// Allowed or not; `Err` is an evaluation error.
+    allowed: std::result::Result<bool, String>,
+    /// Whether it came from the decision cache.
+    cached: bool,
 }
 
 /// The input fields a policy reads, serialized as its `input` document;
@@ -210,7 +221,10 @@ impl Policy {
         if input.body.is_null() && policy.reads.reads("body") {
             return Err(Error::Unavailable(format!("the {} policy changed during this call; retry", self.stage)));
         }
-        match policy.decide(input)? {
+        let decision = policy.decide(input)?;
+        let source = if decision.cached { "cached" } else { "evaluated" };
+        self.metrics.policy_decisions.with_label_values(&[self.stage, source]).inc();
+        match decision.allowed {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::denied(Denial::Policy, format!("{} policy denied {method}", self.stage))),
             Err(e) => {
@@ -409,9 +423,9 @@ mod tests {
         let p = loaded("package stategate.authz\nimport rego.v1\nallow if { input.claims.sub == \"a\"; input.method == \"/m\" }\n");
         assert!(p.decisions.is_some(), "reads only claims and method: cacheable");
         for _ in 0..2 {
-            assert_eq!(p.decide(&input("a", "/m", serde_json::Value::Null)).unwrap(), Ok(true));
-            assert_eq!(p.decide(&input("b", "/m", serde_json::Value::Null)).unwrap(), Ok(false));
-            assert_eq!(p.decide(&input("a", "/n", serde_json::Value::Null)).unwrap(), Ok(false));
+            assert_eq!(p.decide(&input("a", "/m", serde_json::Value::Null)).unwrap().allowed, Ok(true));
+            assert_eq!(p.decide(&input("b", "/m", serde_json::Value::Null)).unwrap().allowed, Ok(false));
+            assert_eq!(p.decide(&input("a", "/n", serde_json::Value::Null)).unwrap().allowed, Ok(false));
         }
         assert_eq!(p.decisions.as_ref().unwrap().lock().unwrap().len(), 3);
     }
@@ -421,9 +435,9 @@ mod tests {
         let p = loaded("package stategate.authz\nimport rego.v1\nallow if input.body.key != \"secret\"\n");
         assert!(p.decisions.is_some());
         let big = |key: &str| serde_json::json!({"key": key, "values": {"blob": "x".repeat(100_000)}});
-        assert_eq!(p.decide(&input("a", "/m", big("k"))).unwrap(), Ok(true));
-        assert_eq!(p.decide(&input("a", "/m", big("secret"))).unwrap(), Ok(false));
-        assert_eq!(p.decide(&input("a", "/m", big("secret"))).unwrap(), Ok(false));
+        assert_eq!(p.decide(&input("a", "/m", big("k"))).unwrap().allowed, Ok(true));
+        assert_eq!(p.decide(&input("a", "/m", big("secret"))).unwrap().allowed, Ok(false));
+        assert_eq!(p.decide(&input("a", "/m", big("secret"))).unwrap().allowed, Ok(false));
         // The values were left out, so each document was small enough to keep.
         assert_eq!(p.decisions.as_ref().unwrap().lock().unwrap().len(), 2);
     }
@@ -441,8 +455,8 @@ mod tests {
             i
         };
         for n in 0..50 {
-            assert_eq!(p.decide(&event("acme", n)).unwrap(), Ok(true));
-            assert_eq!(p.decide(&event("other", n)).unwrap(), Ok(false));
+            assert_eq!(p.decide(&event("acme", n)).unwrap().allowed, Ok(true));
+            assert_eq!(p.decide(&event("other", n)).unwrap().allowed, Ok(false));
         }
         assert_eq!(p.decisions.as_ref().unwrap().lock().unwrap().len(), 2, "one per domain, whatever the event");
     }
@@ -451,9 +465,9 @@ mod tests {
     fn parts_below_a_value_that_is_not_an_object_read_as_undefined() {
         let p = loaded("package stategate.authz\nimport rego.v1\ndefault allow := true\nallow := false if input.body.tags.x\n");
         for body in [serde_json::json!({"tags": [1, 2]}), serde_json::json!({"tags": "s"}), serde_json::json!({"tags": {"y": 1}})] {
-            assert_eq!(p.decide(&input("a", "/m", body.clone())).unwrap(), Ok(true), "{body}");
+            assert_eq!(p.decide(&input("a", "/m", body.clone())).unwrap().allowed, Ok(true), "{body}");
         }
-        assert_eq!(p.decide(&input("a", "/m", serde_json::json!({"tags": {"x": true}}))).unwrap(), Ok(false));
+        assert_eq!(p.decide(&input("a", "/m", serde_json::json!({"tags": {"x": true}}))).unwrap().allowed, Ok(false));
     }
 
     #[test]
