@@ -26,6 +26,7 @@ mod crash;
 mod openapi;
 mod properties;
 mod limits;
+mod idle_topics;
 mod server;
 mod backends;
 mod sql_backends;
