@@ -42,7 +42,14 @@ struct Running {
 
 impl Running {
     async fn start(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Running {
-        let port = free_port();
+        // Some runs leave the ops port at its default, port+1: find a port
+        // whose neighbour is free too.
+        let port = loop {
+            let p = free_port();
+            if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break p;
+            }
+        };
         let mut env = env.to_vec();
         let port_text = port.to_string();
         env.push(("STATEGATE_PORT", &port_text));
