@@ -54,7 +54,8 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "16,64")]
     pub auth_clients: Vec<usize>,
     /// What the second gateway of the auth scenario checks: `jwt-rego` (the
-    /// scenario), `jwt` (token only, no policy) or `none` (auth off: a
+    /// scenario), `jwt` (token and the allow-all policy: auth on without
+    /// any policy refuses everything) or `none` (auth off: a
     /// control for the cost of a second gateway on the same storage).
     #[arg(long, default_value = "jwt-rego", value_parser = ["jwt-rego", "jwt", "none"])]
     pub auth_mode: String,

@@ -4,7 +4,8 @@ template subset the chart uses, so CI can validate the output without helm:
 
   {{ .Values.a.b }}  {{ .Release.Name }}  {{ .Release.Namespace }}
   {{ .Chart.Name }}  {{ .Chart.Version }}  {{ .Chart.AppVersion }}
-  {{ X | quote }}    {{- if X }} ... {{- end }} (not nested)
+  {{ X | quote }}    {{ X | b64enc | quote }}
+  {{- if X }} ... {{- end }} (not nested)
 
 Anything else is an error, so a template that outgrows this subset fails CI
 instead of rendering wrongly.
@@ -13,6 +14,7 @@ instead of rendering wrongly.
 """
 
 import argparse
+import base64
 import json
 import pathlib
 import re
@@ -53,6 +55,8 @@ def evaluate(ctx, expr):
     for f in parts[1:]:
         if f == "quote":
             out = json.dumps(out)
+        elif f == "b64enc":
+            out = base64.b64encode(out.encode()).decode()
         else:
             fail(f"unsupported function {f!r}")
     return out

@@ -6,6 +6,10 @@
 //
 // Follows the events of <domain>/user, writes two records, reads, searches
 // and deletes, and prints what it saw. STATEGATE_TOKEN sends a bearer token.
+// Against a gateway with authentication on, a request policy must allow the
+// calls (deny by default), e.g.
+// STATEGATE_REQUEST_POLICY_PATH=examples/policies/read_only_role.rego and a
+// token whose `roles` claim holds "writer".
 'use strict';
 
 const path = require('node:path');

@@ -8,7 +8,10 @@ Generate the client from proto/ once (grpcio-tools), then run:
 
 It follows the live events of <domain>/user in a background thread, writes
 two records, reads and searches them, deletes one, and prints what it saw.
-Set STATEGATE_TOKEN to send a bearer token.
+Set STATEGATE_TOKEN to send a bearer token. Against a gateway with
+authentication on, a request policy must allow the calls (deny by
+default), e.g. STATEGATE_REQUEST_POLICY_PATH=examples/policies/read_only_role.rego
+and a token whose `roles` claim holds "writer".
 """
 
 import argparse

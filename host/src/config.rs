@@ -1,13 +1,18 @@
 //! Configuration: the v0.5.0 environment variables, newer `STATEGATE_*`
 //! variables, and a command-line flag for each (`stategate --help`).
 //! Everything is checked at start; a bad value stops the start with a
-//! message naming the variable.
+//! message naming the variable. Before the flags are parsed, `env::prepare`
+//! reads `.env` and drops empty variables, and booleans take Go's
+//! spellings, as v0.5.0 read its environment.
 
 use crate::auth::AuthConfig;
 use crate::channel::ChannelSpec;
 use crate::storage::StorageSpec;
 use clap::Parser;
 use std::path::PathBuf;
+
+pub mod env;
+use crate::model::flags::GoBool;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Parser)]
@@ -27,11 +32,11 @@ pub struct Config {
     pub bind: String,
 
     /// Development mode: authentication off and listening on loopback only.
-    #[arg(long, env = "STATEGATE_DEV")]
+    #[arg(long, env = "STATEGATE_DEV", value_parser = GoBool)]
     pub dev: bool,
 
     /// Debug logs.
-    #[arg(long, env = "STATEGATE_DEBUG")]
+    #[arg(long, env = "STATEGATE_DEBUG", value_parser = GoBool)]
     pub debug: bool,
 
     /// Log format: json or text.
@@ -106,6 +111,11 @@ pub struct Config {
     /// second's worth).
     #[arg(long, env = "STATEGATE_RATE_BURST")]
     pub rate_burst: Option<f64>,
+
+    /// A `.env` file read before the variables (default: `./.env` when it
+    /// exists); variables already set win (`config::env`).
+    #[arg(long, value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
 
     /// Authentication and authorization (`auth::AuthConfig`).
     #[command(flatten)]
@@ -201,7 +211,7 @@ pub struct Config {
 
     /// Whether reflection and /openapi.json answer without a token (health
     /// always does); false requires a valid token for them.
-    #[arg(long, env = "STATEGATE_PUBLIC_METADATA", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "STATEGATE_PUBLIC_METADATA", default_value_t = true, action = clap::ArgAction::Set, value_parser = GoBool)]
     pub public_metadata: bool,
 
     /// Host names accepted besides loopback ones when authentication is off
@@ -455,6 +465,59 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(Config::defaults().storage_spec().name(), "sqlite");
+    }
+
+    /// Every key v0.5.0's providers read is accepted with its meaning (its
+    /// provider map held strings only); a key it did not read is refused.
+    #[test]
+    fn every_v050_provider_key_is_accepted() {
+        let channel = |json: &str| Config::parse_from(["stategate", "--channel-provider", json]).channel_spec();
+        let storage = |json: &str| Config::parse_from(["stategate", "--storage-provider", json]).storage_spec();
+        match channel(r#"{"name":"redis","addr":"r:6379","user":"u","password":"p","client_cert_file":"c.pem","client_key_file":"k.pem","tls_cert":"c.pem","tls_key":"k.pem"}"#) {
+            ChannelSpec::Redis(r) => {
+                assert_eq!((r.username.as_deref(), r.password.as_deref()), (Some("u"), Some("p")));
+                assert_eq!(r.client_certificate().unwrap(), Some(("c.pem".into(), "k.pem".into())));
+            }
+            other => panic!("{other:?}"),
+        }
+        match channel(r#"{"name":"nats","addr":"n:4222","cluster":"test-cluster","client_cert_file":"c.pem","client_key_file":"k.pem"}"#) {
+            ChannelSpec::Nats(n) => assert_eq!(n.client_certificate().unwrap(), Some(("c.pem".into(), "k.pem".into()))),
+            other => panic!("{other:?}"),
+        }
+        match storage(r#"{"name":"mongo","database":"testing","addr":"mongodb://mongo:27017/testing","client_cert_file":"c.pem","client_key_file":"k.pem"}"#) {
+            StorageSpec::Mongo(m) => assert_eq!((m.addr.as_str(), m.database.as_str(), m.client_cert_file.as_deref()), ("mongodb://mongo:27017/testing", "testing", Some("c.pem"))),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(channel(r#"{"name":"inmem"}"#), ChannelSpec::Inmem(_)));
+
+        let e = refusal(&["--channel-provider", r#"{"name":"redis","addr":"r:1","usr":"u"}"#]);
+        assert!(e.contains("unknown field `usr`"), "{e}");
+        let e = refusal(&["--channel-provider", r#"{"name":"redis","addr":"r:1","client_cert_file":"c.pem"}"#]);
+        assert!(e.contains("go together"), "{e}");
+        let e = refusal(&["--channel-provider", r#"{"name":"nats","client_cert_file":"a.pem","client_key_file":"k.pem","tls_cert":"b.pem","tls_key":"k.pem"}"#]);
+        assert!(e.contains("tls_cert") && e.contains("same files"), "{e}");
+        let e = refusal(&["--storage-provider", r#"{"name":"mongo","addr":"mongodb://x","client_key_file":"k.pem"}"#]);
+        assert!(e.contains("go together"), "{e}");
+        let e = refusal(&["--storage-provider", r#"{"name":"mongo","addr":"mongodb://x","cluster":"c"}"#]);
+        assert!(e.contains("unknown field `cluster`"), "{e}");
+    }
+
+    #[test]
+    fn booleans_take_go_spellings_and_flags_still_work() {
+        for t in ["1", "t", "T", "TRUE", "true", "True"] {
+            let c = Config::try_parse_from(["stategate", "--public-metadata", t]).unwrap();
+            assert!(c.public_metadata, "{t}");
+        }
+        for f in ["0", "f", "F", "FALSE", "false", "False"] {
+            let c = Config::try_parse_from(["stategate", "--public-metadata", f]).unwrap();
+            assert!(!c.public_metadata, "{f}");
+        }
+        let e = refusal(&["--public-metadata", "yes"]);
+        assert!(e.contains("STATEGATE_PUBLIC_METADATA") && e.contains("\"yes\" is not a boolean"), "{e}");
+        let c = Config::parse_from(["stategate", "--dev", "--debug", "--auth-disabled"]);
+        assert!(c.dev && c.debug && c.auth.auth_disabled);
+        let c = Config::defaults();
+        assert!(!c.dev && !c.debug && !c.auth.auth_disabled && c.public_metadata);
     }
 
     #[test]

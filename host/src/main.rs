@@ -6,9 +6,27 @@ use clap::Parser;
 use stategate::cli::{Cli, Command};
 use stategate::config::Config;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    // Before any other thread exists: the `.env` file and empty variables
+    // change the process environment the flag parser reads.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // SAFETY: no other thread has started yet (the runtime is built below).
+    if let Err(e) = unsafe { stategate::config::env::prepare(&args) } {
+        eprintln!("stategate: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let cli = Cli::parse_from(args);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("stategate: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> std::process::ExitCode {
     match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Serve(config)) => serve(*config).await,

@@ -24,6 +24,12 @@ impl Bench {
         config.auth.jwt_hmac_secret = Some(secret.clone());
         if self.args.auth_mode == "jwt-rego" {
             config.auth.request_policy_path = vec![policy];
+        } else {
+            // Auth on without a request policy refuses every request (deny
+            // by default): `jwt` measures the token with the least policy.
+            let allow_all = dir.path().join("allow_all.rego");
+            std::fs::write(&allow_all, include_str!("../../../examples/policies/allow_all.rego"))?;
+            config.auth.request_policy_path = vec![allow_all];
         }
         let storage = self.gateway.gateway.storage().clone();
         let gw = self

@@ -137,6 +137,10 @@ impl Bench {
         let mut plain = self.wasm_config(data.path());
         plain.auth.auth_disabled = false;
         plain.auth.jwt_hmac_secret = Some(secret.clone());
+        // Auth on without a request policy refuses every request (deny by
+        // default): both gateways carry v0.5.0's allow-all policy, so they
+        // differ by the hook alone.
+        plain.auth.request_policy = Some("cGFja2FnZSBzdGF0ZWdhdGUuYXV0aHoKCmRlZmF1bHQgYWxsb3cgPSB0cnVl".into());
         let mut hooked = plain.clone();
         hooked.auth.policy_hooks = Some(serde_json::json!({ DOMAIN: {"path": guests.join(POLICY_GUEST)} }).to_string());
         let storage = self.gateway.gateway.storage().clone();
@@ -162,7 +166,7 @@ impl Bench {
                     target: TARGET,
                     note: format!(
                         "hook = the {POLICY_GUEST} guest for domain {DOMAIN} (request and response checks); \"ceiling\" = the same gateway \
-                         without the hook; both verify the same HS256 token (tenant claim {DOMAIN}) and share the first gateway's storage"
+                         without the hook; both run the allow-all request policy and verify the same HS256 token (tenant claim {DOMAIN}) and share the first gateway's storage"
                     ),
                 })
                 .await?,

@@ -1,5 +1,7 @@
 //! REST: the v0.5.0 routes with grpc-gateway's JSON mapping (see
 //! `gateway::request` for how bodies and query parameters are read).
+//! Unknown body fields and query parameters are discarded, as grpc-gateway
+//! v2 did; a known field of the wrong type is a 400 naming it.
 //!
 //! `GET /api/events/stream` writes one JSON object per line
 //! (`{"result": Event}`, or `{"error": {...}}` when it ends on an error), or
@@ -119,14 +121,24 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Builds a request from JSON fields plus the path's record parts.
+/// Builds a request from JSON fields plus the path's record parts. Fields
+/// the request does not have are discarded, as grpc-gateway v2 (v0.5.0's
+/// REST layer) discarded unknown body fields and query parameters, so a
+/// client sending a newer or older message keeps working; a known field of
+/// the wrong type is an error naming that field.
 fn request<T: DeserializeOwned>(mut fields: Map<String, Value>, record: Option<(String, String, String)>) -> Result<T> {
     if let Some((domain, ty, key)) = record {
         fields.insert("domain".into(), domain.into());
         fields.insert("type".into(), ty.into());
         fields.insert("key".into(), key.into());
     }
-    serde_json::from_value(Value::Object(fields)).map_err(|e| Error::invalid("request", e.to_string()))
+    serde_path_to_error::deserialize(Value::Object(fields)).map_err(|e| {
+        let field = match e.path().to_string() {
+            p if p == "." || p == "?" => "request".to_owned(),
+            p => p,
+        };
+        Error::invalid(field, e.into_inner().to_string())
+    })
 }
 
 fn event_json(e: &Event) -> Value {
@@ -263,5 +275,22 @@ mod tests {
         assert_eq!(m["sort_descending"], json!(true));
         assert!(query_map(Some("domain=%ff")).is_err());
         assert!(query_map(Some("domain=%4")).is_err());
+    }
+
+    #[test]
+    fn unknown_fields_are_discarded_and_wrong_types_named() {
+        let m = query_map(Some("domain=d&type=t&limit=5&bogus=1&queryStrng=x")).unwrap();
+        let r: gw::SearchStatesRequest = request(m, None).unwrap();
+        assert_eq!((r.domain.as_str(), r.limit), ("d", 5));
+        let body = json!({"values": {"a": 1}, "extra": {"nested": true}, "expectedVersion": "2"});
+        let r: gw::SetRequest = request(body.as_object().unwrap().clone(), Some(("d".into(), "t".into(), "k".into()))).unwrap();
+        assert_eq!((r.key.as_str(), r.expected_version), ("k", Some(2)));
+        let e = request::<gw::SearchStatesRequest>(query_map(Some("limit=x")).unwrap(), None).unwrap_err().to_string();
+        assert!(e.contains("limit"), "{e}");
+        let body = json!({"values": "not an object"});
+        let e = request::<gw::SetRequest>(body.as_object().unwrap().clone(), None).unwrap_err().to_string();
+        assert!(e.contains("values"), "{e}");
+        let e = request::<gw::SearchStatesRequest>(query_map(Some("sortDescending=maybe")).unwrap(), None).unwrap_err().to_string();
+        assert!(e.contains("sortDescending"), "{e}");
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Args)]
 pub struct AuthConfig {
     /// Disable authentication and authorization.
-    #[arg(long, env = "STATEGATE_AUTH_DISABLED")]
+    #[arg(long, env = "STATEGATE_AUTH_DISABLED", value_parser = crate::model::flags::GoBool)]
     pub auth_disabled: bool,
 
     /// Remote JSON Web Key Set used to verify JWT signatures.

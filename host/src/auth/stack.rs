@@ -4,13 +4,27 @@
 //! (always: a hook may be the only authorization a deployment has). Every
 //! refusal is counted here, by stage and by its typed reason, so the
 //! gateway only asks and never interprets an error.
+//!
+//! **Deny by default.** With authentication on and neither a request policy
+//! nor a policy hook, every request is refused (`PERMISSION_DENIED`, the
+//! message naming the variables to set), and the start logs a warning:
+//! a verified token says who is calling, not what they may do. This is the
+//! default v0.5.0 installed (`default allow = false`).
+//!
+//! **Responses.** Without a response policy, what an allowed request
+//! returns goes out as it is: the request policy (or hook) is the gate and
+//! a response policy is a filter on top. v0.5.0 installed deny-all for
+//! responses too, so a v0.5.0 deployment that answered anything set both
+//! policies, and it keeps both here with the same effect; only the
+//! configuration v0.5.0 could not serve at all (a request policy alone:
+//! every response refused) now answers what its request policy allows.
 
 use super::hooks::PolicyHooks;
 use super::jwks::{KeyConfig, KeyStore};
 use super::jwt::{Verifier, VerifyConfig};
 use super::rego::{Policy, Source};
 use super::{Auth, AuthConfig, Metadata, NoAuth, PolicyInput};
-use crate::model::{Claims, ConfigError, Error, Result};
+use crate::model::{Claims, ConfigError, Denial, Error, Result};
 use crate::telemetry::Metrics;
 use crate::wasm::WasmRuntime;
 use async_trait::async_trait;
@@ -22,6 +36,9 @@ use std::time::Duration;
 pub struct AuthStack {
     /// `None` when authentication is off: callers have no claims.
     verifier: Option<Verifier>,
+    /// Authentication on with neither a request policy nor a hook: every
+    /// request is refused.
+    deny_all: bool,
     request: Option<Arc<Policy>>,
     response: Option<Arc<Policy>>,
     hooks: Option<Arc<PolicyHooks>>,
@@ -55,6 +72,11 @@ impl Auth for AuthStack {
     }
 
     async fn authorize_request(&self, input: &PolicyInput) -> Result<()> {
+        if self.deny_all {
+            let e = Error::denied(Denial::Policy, NO_POLICY);
+            self.denied("request", input, &e);
+            return Err(e);
+        }
         if let Some(p) = &self.request {
             p.check(input).inspect_err(|e| self.denied("request", input, e))?;
         }
@@ -83,6 +105,11 @@ impl Auth for AuthStack {
     }
 }
 
+/// The refusal of every request when no policy says what is allowed.
+pub const NO_POLICY: &str = "no request policy is configured, so every request is refused (deny by default): \
+     set STATEGATE_REQUEST_POLICY (a base64 Rego module) or STATEGATE_REQUEST_POLICY_PATH (.rego files), \
+     or STATEGATE_POLICY_HOOKS";
+
 /// Builds the chain from the auth section of the configuration; `enabled`
 /// is false when auth is off (`STATEGATE_AUTH_DISABLED`, `--dev`); policy
 /// hooks run in `wasm`. Any
@@ -101,6 +128,7 @@ pub async fn build(config: &AuthConfig, enabled: bool, metrics: Arc<Metrics>, wa
             None => Arc::new(NoAuth),
             Some(hooks) => Arc::new(AuthStack {
                 verifier: None,
+                deny_all: false,
                 request: None,
                 response: None,
                 hooks: Some(hooks),
@@ -164,8 +192,22 @@ pub async fn build(config: &AuthConfig, enabled: bool, metrics: Arc<Metrics>, wa
     };
     let request = open("request", "STATEGATE_REQUEST_POLICY", request)?;
     let response = open("response", "STATEGATE_RESPONSE_POLICY", response)?;
+    let deny_all = request.is_none() && hooks.is_none();
+    if deny_all {
+        tracing::warn!(
+            "authentication is on but no request policy is configured: every request is refused \
+             (PERMISSION_DENIED); set STATEGATE_REQUEST_POLICY or STATEGATE_REQUEST_POLICY_PATH \
+             (examples/policies/ has some), or STATEGATE_POLICY_HOOKS"
+        );
+    } else if request.is_some() && response.is_none() {
+        tracing::info!(
+            "no response policy: what an allowed request returns is sent as it is \
+             (set STATEGATE_RESPONSE_POLICY or STATEGATE_RESPONSE_POLICY_PATH to filter responses)"
+        );
+    }
     Ok(Arc::new(AuthStack {
         verifier: Some(verifier),
+        deny_all,
         request,
         response,
         hooks,

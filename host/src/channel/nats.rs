@@ -31,7 +31,9 @@ use tokio::sync::watch;
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `{"name":"nats","addr":…}` and its options; `client_cert_file` and
-/// `client_key_file` are v0.5.0's names for `cert_file` and `key_file`.
+/// `client_key_file` are v0.5.0's names for `cert_file` and `key_file`;
+/// `tls_cert` / `tls_key` are accepted as v0.5.0 read them
+/// (`model::spec::client_certificate`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
@@ -48,6 +50,11 @@ pub struct NatsConfig {
     pub cert_file: Option<String>,
     #[serde(alias = "client_key_file")]
     pub key_file: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    /// v0.5.0's NATS Streaming cluster id: its `nats` provider accepted and
+    /// ignored it (only `stan` used it), so it is accepted and unused here.
+    pub cluster: Option<String>,
     pub prefix: String,
 }
 
@@ -64,19 +71,25 @@ impl Default for NatsConfig {
             ca_file: None,
             cert_file: None,
             key_file: None,
+            tls_cert: None,
+            tls_key: None,
+            cluster: None,
             prefix: "stategate".to_owned(),
         }
     }
 }
 
 impl NatsConfig {
+    /// The client certificate and key files, if any.
+    pub fn client_certificate(&self) -> Result<Option<(String, String)>> {
+        crate::model::spec::client_certificate(&self.cert_file, &self.key_file, &self.tls_cert, &self.tls_key)
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.user.is_some() != self.password.is_some() {
             return Err(Error::invalid("user", "\"user\" and \"password\" go together"));
         }
-        if self.cert_file.is_some() != self.key_file.is_some() {
-            return Err(Error::invalid("cert_file", "\"cert_file\" and \"key_file\" go together"));
-        }
+        self.client_certificate()?;
         let bad_token = |t: &str| t.is_empty() || t.contains(['*', '>']) || t.chars().any(char::is_whitespace);
         if self.prefix.split('.').any(bad_token) {
             return Err(Error::invalid(
@@ -141,8 +154,9 @@ impl NatsChannel {
         if let Some(ca) = &config.ca_file {
             options = options.add_root_certificates(ca.into());
         }
-        if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
-            options = options.add_client_certificate(cert.into(), key.into());
+        if let Some((cert, key)) = config.client_certificate()? {
+            // A client certificate means TLS, as in v0.5.0 (nats.ClientCert).
+            options = options.require_tls(true).add_client_certificate(cert.into(), key.into());
         }
         let addrs: Vec<async_nats::ServerAddr> = config
             .addr

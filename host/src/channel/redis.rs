@@ -2,7 +2,11 @@
 //!
 //! `{"name":"redis","addr":"localhost:6379"}`, plus optional `"password"`,
 //! `"username"` (Redis 6 ACL), `"db"` (a number), `"tls": true` (connect
-//! with TLS, `rediss://`) and `"prefix"` (default `stategate`).
+//! with TLS, `rediss://`), `"cert_file"` + `"key_file"` (a client
+//! certificate, PEM; implies TLS) and `"prefix"` (default `stategate`).
+//! v0.5.0's keys are accepted with its meaning: `user` (the username),
+//! `client_cert_file` + `client_key_file` (the client certificate), and
+//! `tls_cert` + `tls_key`, which v0.5.0 loaded as that certificate.
 //!
 //! Each event goes to the channel `<prefix>:<domain>:<type>` (domain and
 //! type escaped by `escape_token`, so they hold no `:` and no glob
@@ -33,7 +37,8 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `{"name":"redis","addr":…}` and its options; `user` is v0.5.0's name
-/// for `username`.
+/// for `username`, `client_cert_file` / `client_key_file` its names for
+/// `cert_file` / `key_file`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
@@ -46,6 +51,15 @@ pub struct RedisConfig {
     #[serde(deserialize_with = "database_number")]
     pub db: i64,
     pub tls: bool,
+    /// A client certificate (PEM) and its key, for servers that ask for one.
+    #[serde(alias = "client_cert_file")]
+    pub cert_file: Option<String>,
+    #[serde(alias = "client_key_file")]
+    pub key_file: Option<String>,
+    /// v0.5.0 loaded its client certificate from these keys (see
+    /// `model::spec::client_certificate`).
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
     pub prefix: String,
 }
 
@@ -57,6 +71,10 @@ impl Default for RedisConfig {
             password: None,
             db: 0,
             tls: false,
+            cert_file: None,
+            key_file: None,
+            tls_cert: None,
+            tls_key: None,
             prefix: "stategate".to_owned(),
         }
     }
@@ -67,7 +85,13 @@ impl RedisConfig {
         if self.prefix.is_empty() {
             return Err(Error::invalid("prefix", "must not be empty"));
         }
+        self.client_certificate()?;
         Ok(())
+    }
+
+    /// The client certificate and key files, if any.
+    pub fn client_certificate(&self) -> Result<Option<(String, String)>> {
+        crate::model::spec::client_certificate(&self.cert_file, &self.key_file, &self.tls_cert, &self.tls_key)
     }
 }
 
@@ -111,7 +135,33 @@ impl RedisChannel {
             settings = settings.set_db(config.db);
         }
         info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(|e| Error::invalid("addr", e.to_string()))?;
+        let client = match config.client_certificate()? {
+            None => redis::Client::open(info),
+            Some((cert, key)) => {
+                // A client certificate means TLS, as in v0.5.0.
+                if !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+                    let tls_url = format!("rediss://{}", config.addr.split_once("://").map_or(config.addr.as_str(), |(_, a)| a));
+                    let settings = info.redis_settings().clone();
+                    info = tls_url
+                        .as_str()
+                        .into_connection_info()
+                        .map_err(|e| Error::invalid("addr", e.to_string()))?
+                        .set_redis_settings(settings);
+                }
+                let read = |field: &'static str, path: &str| {
+                    std::fs::read(path).map_err(|e| Error::invalid(field, format!("{path}: {e}")))
+                };
+                let certs = redis::TlsCertificates {
+                    client_tls: Some(redis::ClientTlsConfig {
+                        client_cert: read("cert_file", &cert)?,
+                        client_key: read("key_file", &key)?,
+                    }),
+                    root_cert: None,
+                };
+                redis::Client::build_with_tls(info, certs)
+            }
+        }
+        .map_err(|e| Error::invalid("addr", e.to_string()))?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))

@@ -12,6 +12,7 @@ use std::time::Duration;
 pub async fn run(command: Command) -> Result<()> {
     match command {
         Command::Serve(_) => unreachable!("serve is handled by main"),
+        Command::Migrate(super::MigrateCommand::V050(a)) => migrate_v050(a).await?,
         Command::Set(a) => {
             let client = connect(&a.client).await?;
             let values = read_values(&a.values)?;
@@ -126,6 +127,45 @@ pub async fn run(command: Command) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `stategate migrate v050`: opens both sides and imports; the summary goes
+/// to standard output, progress to standard error.
+async fn migrate_v050(a: super::MigrateV050Args) -> Result<()> {
+    let source = stategate_source(&a).await?;
+    let mut config = crate::config::Config::defaults();
+    config.data_dir = a.target.data_dir.clone();
+    config.storage_provider = a.target.storage_provider.clone();
+    let wasm = crate::wasm::WasmRuntime::new(config.wasm_settings())?;
+    let target = config
+        .storage_spec()
+        .open(&config.data_dir, &wasm)
+        .await
+        .map_err(|e| anyhow!("STATEGATE_STORAGE_PROVIDER: {e}"))?;
+    let mut progress = super::progress::Progress::new();
+    let result = super::migrate::import(&source, &target, a.dry_run, &mut progress).await;
+    let _ = target.close().await;
+    let summary = result?;
+    if a.dry_run {
+        println!("dry run, nothing written: would import {summary}");
+    } else {
+        println!("imported: {summary}");
+    }
+    Ok(())
+}
+
+async fn stategate_source(a: &super::MigrateV050Args) -> Result<crate::storage::mongo::v050::V050Source> {
+    crate::storage::mongo::v050::V050Source::open(&a.from, &a.database)
+        .await
+        .with_context(|| format!("v0.5.0's MongoDB at --from {} (database {})", redact(&a.from), a.database))
+}
+
+/// A connection string without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
 }
 
 fn printer(c: &ClientArgs) -> Printer {

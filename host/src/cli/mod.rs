@@ -4,7 +4,9 @@
 //! generated client of the API.
 
 mod commands;
+pub mod migrate;
 mod output;
+pub mod progress;
 
 use crate::config::Config;
 use clap::{Args, Parser, Subcommand};
@@ -47,6 +49,54 @@ pub enum Command {
     Stream(StreamArgs),
     /// Check that the gateway serves (gRPC health check).
     Health(HealthArgs),
+    /// Import data of an earlier stategate into the configured storage.
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Import stategate v0.5.0's MongoDB collections (`<domain>.<type>` and
+    /// `<domain>.<type>_events`) into the storage STATEGATE_STORAGE_PROVIDER
+    /// configures: every record's events oldest first, ids, times and
+    /// claims kept. Safe to run again; an interrupted run is finished by
+    /// the next (docs/migrating-from-v0.5.0.md).
+    V050(MigrateV050Args),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateV050Args {
+    /// v0.5.0's MongoDB, as a connection string (mongodb://…).
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// v0.5.0's database (the "database" of its STATEGATE_STORAGE_PROVIDER).
+    #[arg(long)]
+    pub database: String,
+    /// Read everything, write nothing, and print what would be imported.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Where to import: the gateway's storage and its options (the same
+    /// variables as `stategate serve`).
+    #[command(flatten)]
+    pub target: MigrateTarget,
+}
+
+/// The storage settings `migrate` shares with `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateTarget {
+    /// Storage provider as JSON (as for `stategate serve`).
+    #[arg(long, env = "STATEGATE_STORAGE_PROVIDER", value_name = "JSON", value_parser = parse_storage_spec)]
+    pub storage_provider: Option<crate::storage::StorageSpec>,
+    /// Directory of the default sqlite database.
+    #[arg(long, env = "STATEGATE_DATA_DIR", default_value = "data")]
+    pub data_dir: std::path::PathBuf,
+    /// A `.env` file read before the variables (default: `./.env`).
+    #[arg(long, value_name = "PATH")]
+    pub env_file: Option<std::path::PathBuf>,
+}
+
+fn parse_storage_spec(text: &str) -> Result<crate::storage::StorageSpec, String> {
+    crate::storage::StorageSpec::parse(text).map_err(|e| e.to_string())
 }
 
 /// How to reach the gateway and how to print; shared by every client subcommand.

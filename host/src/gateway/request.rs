@@ -3,15 +3,16 @@
 //! Each mirrors its protobuf message. Serialized, it is the message's proto3
 //! JSON: the `body` that policies see, whichever transport the call came in
 //! on. Deserialized, it is what the REST API accepts: lowerCamelCase or the
-//! original field names, 64-bit integers as numbers or strings, and no
-//! unknown fields (a typo is an error, not a silently ignored option).
+//! original field names, 64-bit integers as numbers or strings; fields it
+//! does not know are discarded, as grpc-gateway v2 (v0.5.0's REST layer)
+//! did, so clients of other versions of the contract keep working.
 
 use crate::model::Values;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// `Set` (the `State` message).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct SetRequest {
     pub domain: String,
     #[serde(rename = "type")]
@@ -30,7 +31,7 @@ pub struct SetRequest {
 
 /// `Get` and `Del` (the `StateRef` message).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct RefRequest {
     pub domain: String,
     #[serde(rename = "type")]
@@ -43,7 +44,7 @@ pub struct RefRequest {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct EditRequest {
     pub domain: String,
     #[serde(rename = "type")]
@@ -57,7 +58,7 @@ pub struct EditRequest {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct RevertRequest {
     pub domain: String,
     #[serde(rename = "type")]
@@ -73,7 +74,7 @@ pub struct RevertRequest {
 
 /// `StateService.Search` (the `SearchStateOpts` message).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct SearchStatesRequest {
     pub domain: String,
     #[serde(rename = "type")]
@@ -92,7 +93,7 @@ pub struct SearchStatesRequest {
 
 /// `EventService.Search` (the `SearchEventOpts` message).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct SearchEventsRequest {
     pub domain: String,
     #[serde(rename = "type")]
@@ -114,7 +115,7 @@ pub struct SearchEventsRequest {
 
 /// `EventService.Stream` (the `StreamOpts` message).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct StreamRequest {
     pub domain: String,
     #[serde(rename = "type")]
@@ -128,7 +129,7 @@ pub struct StreamRequest {
 
 /// `EventService.Get` (the `EventRef` message).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct EventRefRequest {
     pub id: String,
 }
@@ -185,7 +186,10 @@ mod tests {
             serde_json::from_value(json!({"domain": "d", "type": "t", "query_string": "{}", "limit": 5})).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.limit, 5);
-        assert!(serde_json::from_value::<SearchStatesRequest>(json!({"limt": 5})).is_err());
+        // Unknown fields are discarded (grpc-gateway v2); a wrong type is not.
+        let c: SearchStatesRequest = serde_json::from_value(json!({"limt": 5, "limit": 2})).unwrap();
+        assert_eq!(c.limit, 2);
+        assert!(serde_json::from_value::<SearchStatesRequest>(json!({"limit": "x"})).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! the API adapters and the wasm host translate to and from these.
 
 mod error;
+pub mod flags;
 pub mod json;
 pub mod query;
 pub mod spec;

@@ -47,6 +47,37 @@ pub fn parse<T: ProviderSpec>(variable: &str, text: &str, not_built_in: &[(&str,
     T::from_options(&name, object).map_err(|why| Error::invalid(variable, format!("{name}: {why}")))
 }
 
+/// The client certificate and key files of a provider from its own keys
+/// `cert` / `key` (v0.5.0: `client_cert_file` / `client_key_file`) and
+/// v0.5.0's `tls_cert` / `tls_key`. v0.5.0's providers switched on a client
+/// certificate when `client_cert_file` and `client_key_file` were set but
+/// loaded it from `tls_cert` / `tls_key` (its Redis and MongoDB providers
+/// presented that pair), so a v0.5.0 deployment with a client certificate
+/// set all four. Both pairs are accepted; given together they must name
+/// the same files. A half pair is an error.
+pub fn client_certificate(
+    cert: &Option<String>,
+    key: &Option<String>,
+    tls_cert: &Option<String>,
+    tls_key: &Option<String>,
+) -> Result<Option<(String, String)>> {
+    let pair = |c: &Option<String>, k: &Option<String>, field: &'static str, names: &str| match (c, k) {
+        (Some(c), Some(k)) => Ok(Some((c.clone(), k.clone()))),
+        (None, None) => Ok(None),
+        _ => Err(Error::invalid(field, format!("{names} go together"))),
+    };
+    let own = pair(cert, key, "cert_file", "\"cert_file\" and \"key_file\" (v0.5.0: \"client_cert_file\" and \"client_key_file\")")?;
+    let v050 = pair(tls_cert, tls_key, "tls_cert", "\"tls_cert\" and \"tls_key\"")?;
+    match (own, v050) {
+        (Some(a), Some(b)) if a != b => Err(Error::invalid(
+            "tls_cert",
+            "names other files than client_cert_file / client_key_file; v0.5.0 read both pairs \
+             inconsistently, so give the same files, or only one pair",
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
 /// Reads one provider's options; the error names the key at fault.
 pub fn options<T: DeserializeOwned>(options: Map<String, Value>) -> std::result::Result<T, String> {
     serde_path_to_error::deserialize(Value::Object(options)).map_err(|e| {

@@ -107,7 +107,12 @@ const NOT_BUILT_IN: &[(&str, &str)] = &[(
 impl StorageSpec {
     /// Parses the JSON object of `STATEGATE_STORAGE_PROVIDER`.
     pub fn parse(text: &str) -> Result<StorageSpec> {
-        crate::model::spec::parse("STATEGATE_STORAGE_PROVIDER", text, NOT_BUILT_IN)
+        let spec: StorageSpec = crate::model::spec::parse("STATEGATE_STORAGE_PROVIDER", text, NOT_BUILT_IN)?;
+        if let StorageSpec::Mongo(c) = &spec {
+            c.client_certificate()
+                .map_err(|e| Error::invalid("STATEGATE_STORAGE_PROVIDER", format!("mongo: {e}")))?;
+        }
+        Ok(spec)
     }
 
     /// Opens the provider; `data_dir` holds the default sqlite file, `wasm`

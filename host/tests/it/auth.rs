@@ -172,6 +172,16 @@ fn auth_on(c: &mut Config) {
     c.bind = "127.0.0.1".into();
 }
 
+/// v0.5.0's sample request policy, as its `.env` set it (base64 of
+/// `package stategate.authz` / `default allow = true`).
+pub const V050_ALLOW_ALL: &str = "cGFja2FnZSBzdGF0ZWdhdGUuYXV0aHoKCmRlZmF1bHQgYWxsb3cgPSB0cnVl";
+
+/// Every verified caller may do everything: authentication on denies by
+/// default, so tests about tokens say so explicitly.
+fn allow_all_v050(c: &mut Config) {
+    c.auth.request_policy = Some(V050_ALLOW_ALL.into());
+}
+
 /// A grpc-web (binary mode) client of `$client` for the gateway.
 macro_rules! grpc_web {
     ($client:path, $gw:expr) => {{
@@ -216,6 +226,7 @@ async fn hostile_tokens_are_unauthenticated_over_grpc_and_rest() {
     let uri = jwks.uri();
     let gw = TestGateway::start_with(|c| {
         auth_on(c);
+        allow_all_v050(c);
         c.auth.jwks_uri = Some(uri);
         c.auth.jwt_issuers = vec![ISS.into()];
         c.auth.jwt_audiences = vec![AUD.into()];
@@ -348,6 +359,7 @@ async fn every_supported_algorithm_verifies() {
     std::fs::write(&pem_path, &ed.public_pem).unwrap();
     let gw = TestGateway::start_with(|c| {
         auth_on(c);
+        allow_all_v050(c);
         c.auth.jwks_file = Some(jwks_path);
         c.auth.jwt_public_key_files = vec![pem_path];
         c.auth.jwt_hmac_secret = Some(HMAC_SECRET.into());
@@ -396,6 +408,7 @@ async fn local_key_files_reload_when_they_change() {
     let path = jwks_path.clone();
     let gw = TestGateway::start_with(|c| {
         auth_on(c);
+        allow_all_v050(c);
         c.auth.jwks_file = Some(path);
         c.auth.policy_reload_ms = 100;
     })
@@ -433,6 +446,7 @@ async fn key_rotation_through_the_jwks() {
     let uri = jwks.uri();
     let gw = TestGateway::start_with(|c| {
         auth_on(c);
+        allow_all_v050(c);
         c.auth.jwks_uri = Some(uri);
         c.auth.jwks_refresh_secs = 1;
         c.auth.jwks_min_refresh_secs = 0;
@@ -474,6 +488,7 @@ async fn unknown_kid_storm_does_not_hammer_the_jwks_server() {
     let uri = jwks.uri();
     let gw = TestGateway::start_with(|c| {
         auth_on(c);
+        allow_all_v050(c);
         c.auth.jwks_uri = Some(uri);
         c.auth.jwks_refresh_secs = 3600;
         c.auth.jwks_min_refresh_secs = 3600;
@@ -507,6 +522,7 @@ async fn unknown_kid_storm_does_not_hammer_the_jwks_server() {
 async fn verified_claims_are_stored_in_events_and_searchable() {
     let gw = TestGateway::start_with(|c| {
         auth_on(c);
+        allow_all_v050(c);
         c.auth.jwt_hmac_secret = Some(HMAC_SECRET.into());
     })
     .await;
@@ -562,6 +578,7 @@ async fn verified_claims_are_stored_in_events_and_searchable() {
 async fn a_stream_ends_when_its_token_expires() {
     let gw = TestGateway::start_with(|c| {
         auth_on(c);
+        allow_all_v050(c);
         c.auth.jwt_hmac_secret = Some(HMAC_SECRET.into());
         c.auth.jwt_leeway_secs = 0;
     })

@@ -234,3 +234,29 @@ fn dockerfile_is_multi_stage_small_and_non_root() {
     let ignore = read(".dockerignore");
     assert!(ignore.lines().any(|l| l == "target"), ".dockerignore keeps target/ out of the context");
 }
+
+/// Deny by default (issue 20): every deployment ships a request policy, the
+/// tested example `read_only_role.rego`, so turning authentication on does
+/// not leave it refusing everything or, worse, tempt an allow-all.
+#[test]
+fn every_deployment_ships_a_request_policy() {
+    use base64::Engine;
+    let policy = read("examples/policies/read_only_role.rego");
+    let compose = read("deploy/docker-compose.yml");
+    assert!(compose.contains("STATEGATE_REQUEST_POLICY_PATH: /etc/stategate/policies/read_only_role.rego"), "compose");
+    assert!(compose.contains("- ../examples/policies:/etc/stategate/policies:ro"), "compose mounts the examples");
+    let k8s = read("deploy/kubernetes/stategate.yaml");
+    assert!(k8s.contains("STATEGATE_REQUEST_POLICY_PATH: /etc/stategate/policies/request.rego"));
+    let indented: String = policy.lines().map(|l| if l.is_empty() { "\n".to_owned() } else { format!("    {l}\n") }).collect();
+    assert!(k8s.contains(&format!("  request.rego: |\n{indented}")), "the manifest's policy is the example");
+    assert!(k8s.contains("mountPath: /etc/stategate/policies"));
+    if !crate::procs::have("python3") {
+        return;
+    }
+    let rendered = render_chart(&[]);
+    let line = rendered.lines().find(|l| l.trim_start().starts_with("STATEGATE_REQUEST_POLICY: ")).expect("the chart sets a request policy");
+    let value: String = serde_json::from_str(line.trim_start().trim_start_matches("STATEGATE_REQUEST_POLICY: ")).unwrap();
+    let decoded = base64::engine::general_purpose::STANDARD.decode(value).unwrap();
+    assert_eq!(String::from_utf8(decoded).unwrap(), policy, "the chart's default request policy is the example");
+    only_known_variables("the chart", &rendered);
+}

@@ -206,6 +206,7 @@ async fn service_descriptions_need_a_token_unless_public() {
             c.auth.auth_disabled = false;
             c.bind = "127.0.0.1".into();
             c.auth.jwt_hmac_secret = Some(SECRET.into());
+            c.auth.request_policy_path = vec![crate::examples::repo().join("examples/policies/allow_all.rego")];
             c.public_metadata = public;
         }
     };

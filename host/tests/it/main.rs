@@ -18,6 +18,8 @@ mod grpc_web;
 mod rest_api;
 mod restart;
 mod v050_client;
+mod v050_dropin;
+mod v050_migrate;
 mod tls;
 mod binary;
 mod crash;

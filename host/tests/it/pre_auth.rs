@@ -61,6 +61,8 @@ async fn unauthenticated_bodies_cost_a_small_multiple_of_their_size() {
     let mut child = Command::new(crate::procs::stategate_bin())
         .args(["--port", &port.to_string(), "--ops-port", &ops.to_string(), "--bind", "127.0.0.1"])
         .env("STATEGATE_JWT_HMAC_SECRET", SECRET)
+        // v0.5.0's sample request policy (allow all), base64 as it was set.
+        .env("STATEGATE_REQUEST_POLICY", "cGFja2FnZSBzdGF0ZWdhdGUuYXV0aHoKCmRlZmF1bHQgYWxsb3cgPSB0cnVl")
         .env("STATEGATE_MAX_MESSAGE_BYTES", LIMIT.to_string())
         .current_dir(dir.path())
         .stdin(Stdio::null())

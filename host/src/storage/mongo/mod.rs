@@ -1,6 +1,10 @@
 //! `mongo`: events and current states in MongoDB (or a server speaking its
 //! wire protocol), through the official `mongodb` driver. Configured as in
-//! v0.5.0: `{"name":"mongo","addr":"mongodb://…","database":"…"}`.
+//! v0.5.0: `{"name":"mongo","addr":"mongodb://…","database":"…"}`, plus
+//! v0.5.0's `client_cert_file` + `client_key_file` (a client certificate,
+//! PEM; implies TLS) and `tls_cert` / `tls_key`, which it loaded as that
+//! certificate (`model::spec::client_certificate`). TLS otherwise comes
+//! from the connection string (`tls=true`, `tlsCAFile=…`).
 //!
 //! Collections:
 //! - `events`: one document per event, `_id` = its seq; unique indexes on
@@ -61,13 +65,15 @@
 //! `standalone` (the append without transactions), `repair` (the stable
 //! head and states repaired from events, standalone only), `codec` (events
 //! and states as BSON documents), `query` (searches and the feed as server
-//! filters, and their pages).
+//! filters, and their pages), `v050` (reading v0.5.0's collections for
+//! `stategate migrate v050`).
 
 mod codec;
 mod query;
 mod repair;
 mod standalone;
 mod transaction;
+pub mod v050;
 
 use super::{FEED_PAGE, Storage};
 use crate::model::{
@@ -122,6 +128,14 @@ pub struct MongoConfig {
     pub addr: String,
     #[serde(default = "default_database")]
     pub database: String,
+    #[serde(default)]
+    pub client_cert_file: Option<String>,
+    #[serde(default)]
+    pub client_key_file: Option<String>,
+    #[serde(default)]
+    pub tls_cert: Option<String>,
+    #[serde(default)]
+    pub tls_key: Option<String>,
 }
 
 fn default_database() -> String {
@@ -129,28 +143,93 @@ fn default_database() -> String {
 }
 
 impl MongoConfig {
-    pub async fn build(&self) -> Result<MongoStorage> {
-        MongoStorage::open(&self.addr, &self.database).await
+    /// `{"name":"mongo","addr":…}` with the default database and no
+    /// certificate.
+    pub fn at(addr: &str, database: &str) -> Self {
+        MongoConfig {
+            addr: addr.to_owned(),
+            database: database.to_owned(),
+            client_cert_file: None,
+            client_key_file: None,
+            tls_cert: None,
+            tls_key: None,
+        }
     }
+
+    /// The client certificate and key files, if any.
+    pub fn client_certificate(&self) -> Result<Option<(String, String)>> {
+        crate::model::spec::client_certificate(&self.client_cert_file, &self.client_key_file, &self.tls_cert, &self.tls_key)
+    }
+
+    pub async fn build(&self) -> Result<MongoStorage> {
+        MongoStorage::connect(&self.addr, &self.database, self.client_certificate()?).await
+    }
+
+    /// A client of the server (for the v0.5.0 importer, which reads its
+    /// collections).
+    pub async fn client(&self) -> Result<Client> {
+        client(&self.addr, self.client_certificate()?).await
+    }
+}
+
+/// A client for `addr`, with a client certificate when given. The driver
+/// takes the certificate and key as one PEM file, read when the client is
+/// made: the two files are joined into a private temporary file that is
+/// removed right after.
+async fn client(addr: &str, cert: Option<(String, String)>) -> Result<Client> {
+    let mut options = ClientOptions::parse(addr)
+        .await
+        .map_err(|e| Error::invalid("addr", format!("not a usable MongoDB connection string: {e}")))?;
+    options.server_selection_timeout.get_or_insert(SELECTION_TIMEOUT);
+    options.connect_timeout.get_or_insert(SELECTION_TIMEOUT);
+    options.app_name.get_or_insert_with(|| "stategate".to_owned());
+    let Some((cert, key)) = cert else {
+        return Client::with_options(options).map_err(|e| Error::invalid("addr", e.to_string()));
+    };
+    let read = |field: &'static str, path: &str| {
+        std::fs::read(path).map_err(|e| Error::invalid(field, format!("{path}: {e}")))
+    };
+    let mut pem = read("client_cert_file", &cert)?;
+    pem.push(b'\n');
+    pem.extend(read("client_key_file", &key)?);
+    let joined = std::env::temp_dir().join(format!("stategate-mongo-{}.pem", uuid::Uuid::new_v4()));
+    write_private(&joined, &pem).map_err(|e| Error::invalid("client_cert_file", format!("{}: {e}", joined.display())))?;
+    let mut tls = match options.tls.take() {
+        Some(mongodb::options::Tls::Enabled(t)) => t,
+        _ => mongodb::options::TlsOptions::default(),
+    };
+    tls.cert_key_file_path = Some(joined.clone());
+    options.tls = Some(mongodb::options::Tls::Enabled(tls));
+    let made = Client::with_options(options).map_err(|e| Error::invalid("client_cert_file", e.to_string()));
+    let _ = std::fs::remove_file(&joined);
+    made
+}
+
+/// Creates `path` readable by this user only and writes `bytes` to it.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    open.open(path)?.write_all(bytes)
 }
 
 impl MongoStorage {
     /// Connects, checks that the server runs transactions, and creates the
     /// indexes. `addr` is a `mongodb://` connection string.
     pub async fn open(addr: &str, database: &str) -> Result<Self> {
+        Self::connect(addr, database, None).await
+    }
+
+    async fn connect(addr: &str, database: &str, cert: Option<(String, String)>) -> Result<Self> {
         if database.is_empty() || database.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
             return Err(Error::invalid(
                 "database",
                 format!("{database:?} is not a valid MongoDB database name"),
             ));
         }
-        let mut options = ClientOptions::parse(addr)
-            .await
-            .map_err(|e| Error::invalid("addr", format!("not a usable MongoDB connection string: {e}")))?;
-        options.server_selection_timeout.get_or_insert(SELECTION_TIMEOUT);
-        options.connect_timeout.get_or_insert(SELECTION_TIMEOUT);
-        options.app_name.get_or_insert_with(|| "stategate".to_owned());
-        let client = Client::with_options(options).map_err(|e| Error::invalid("addr", e.to_string()))?;
+        let client = client(addr, cert).await?;
         let db = client.database(database);
 
         let hello = bounded(db.run_command(doc! {"hello": 1})).await?;
