@@ -102,7 +102,7 @@ async fn hostile_names(kind: Kind) {
                 min_time: None,
                 max_time: None,
                 limit: 10,
-                offset: 0,
+                offset: 0, sort: None,
             })
             .await
             .unwrap()
@@ -216,7 +216,7 @@ fn agrees_with_the_reference(kind: Kind) {
                 }
                 let q = EventQuery {
                     domain: d.clone(), ty: "t".into(), key: None, filter: filter.clone(), claims_filter: Filter::default(),
-                    min_time: None, max_time: None, limit, offset,
+                    min_time: None, max_time: None, limit, offset, sort: None,
                 };
                 let ids = |v: Vec<Event>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
                 let got = ids(stores.0.search_events(&q).await.unwrap());
@@ -291,11 +291,11 @@ async fn postgres_reads_use_their_indexes() {
     by_id.arg(Arg::Text(uuid::Uuid::new_v4().to_string()));
     let history = statements::search_events(&EventQuery {
         domain: "d3".into(), ty: "t5".into(), key: Some("k13".into()), filter: Filter::default(), claims_filter: Filter::default(),
-        min_time: None, max_time: None, limit: 100, offset: 0,
+        min_time: None, max_time: None, limit: 100, offset: 0, sort: None,
     }).0;
     let time_range = statements::search_events(&EventQuery {
         domain: "d3".into(), ty: "t5".into(), key: None, filter: Filter::default(), claims_filter: Filter::default(),
-        min_time: Some(1_001_300), max_time: Some(1_001_310), limit: 100, offset: 0,
+        min_time: Some(1_001_300), max_time: Some(1_001_310), limit: 100, offset: 0, sort: None,
     }).0;
     let feed_type = statements::feed(&FeedQuery {
         topic: Topic { domain: Some("d3".into()), ty: Some("t5".into()) }, key: None, after_seq: 1500, from_time: None, limit: 512,

@@ -242,7 +242,7 @@ pub async fn search_events(s: DynStorage) {
         min_time: min,
         max_time: max,
         limit,
-        offset,
+        offset, sort: None,
     };
     let run = |q: EventQuery| {
         let s = s.clone();
@@ -289,7 +289,7 @@ pub async fn deletions_under_filters(s: DynStorage) {
             min_time: None,
             max_time: None,
             limit,
-            offset,
+            offset, sort: None,
         };
         async move {
             let found = s.search_events(&q).await.unwrap();
