@@ -17,6 +17,11 @@
 //!   array, or the one reached value, only.
 //! - `$elemMatch` whose first key is `$and`, `$or` or `$nor`: MongoDB reads
 //!   it as a query on object elements; SecantusDB refuses it.
+//! - `$mod` on an array reached by an index (`{"a.0": {"$mod": [2, 1]}}`
+//!   over `{"a": [[1]]}`) or on an element inside `$elemMatch`: MongoDB
+//!   takes such an array as it is (as for every other operator, which
+//!   SecantusDB also does), SecantusDB 0.7 looks into it for `$mod` alone.
+//!   Filters with `$mod` and an index path or `$elemMatch` are left out.
 //!
 //! Not differences but choices of the gateway, also left out: numeric
 //! `$type` aliases other than `number` (JSON has one number type; the copy
@@ -134,6 +139,20 @@ fn filter() -> impl Strategy<Value = Map<String, Value>> {
     })
 }
 
+/// Whether a filter holds a case where the test server is known to depart
+/// from MongoDB (see the module comment).
+fn deviates(f: &Map<String, Value>) -> bool {
+    let text = Value::Object(f.clone()).to_string();
+    fn index_path(v: &Value) -> bool {
+        match v {
+            Value::Object(m) => m.iter().any(|(k, v)| k.split('.').any(|s| s.bytes().all(|b| b.is_ascii_digit())) || index_path(v)),
+            Value::Array(items) => items.iter().any(index_path),
+            _ => false,
+        }
+    }
+    text.contains("\"$mod\"") && (text.contains("\"$elemMatch\"") || index_path(&Value::Object(f.clone())))
+}
+
 fn single(op: &str, filters: Vec<Map<String, Value>>) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert(op.into(), Value::Array(filters.into_iter().map(Value::Object).collect()));
@@ -171,7 +190,10 @@ fn the_shared_matcher_agrees_with_mongodb() {
     let cases = std::env::var("STATEGATE_QUERY_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256);
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases, ..ProptestConfig::default() });
     let round = std::sync::atomic::AtomicUsize::new(0);
-    let strategy = (prop::collection::vec(doc(), 1..12), prop::collection::vec(filter(), 1..4));
+    let strategy = (
+        prop::collection::vec(doc(), 1..12),
+        prop::collection::vec(filter().prop_filter("a known difference of the test server", |f| !deviates(f)), 1..4),
+    );
     let result = runner.run(&strategy, |(docs, filters)| {
         let n = round.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // One collection, emptied per case: creating one per case slows the

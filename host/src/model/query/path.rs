@@ -151,7 +151,7 @@ mod tests {
                 _ => 0,
             }
         }
-        let path = vec!["0"; 12].join(".");
+        let path = ["0"; 12].join(".");
         let doc = json!({"0": doc});
         let found = reached(doc.clone(), &path);
         assert!(found.len() <= 2 * count(&doc), "{}", found.len());

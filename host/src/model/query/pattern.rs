@@ -111,7 +111,7 @@ impl Pattern {
 
 /// The error's gist; the engine's messages draw the pattern over lines.
 fn first_line(s: &str) -> String {
-    let last = s.lines().filter(|l| l.starts_with("error:")).last();
+    let last = s.lines().rfind(|l| l.starts_with("error:"));
     last.unwrap_or(s).chars().take(200).collect()
 }
 
