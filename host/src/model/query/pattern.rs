@@ -20,6 +20,8 @@
 //! (and `\D \W \S`) are ASCII, as in MongoDB's PCRE (no Unicode properties).
 //! PCRE features a linear-time engine cannot have (back-references,
 //! look-around, possessive or atomic groups) are refused naming the error.
+//! Left as the engine has them (documented in docs/guarantees.md): `\b` is
+//! Unicode-aware, and with `m` a `^` also matches after a final line break.
 
 use crate::model::{Error, Result};
 use std::fmt;
