@@ -40,6 +40,9 @@ impl Bench {
         let data = tempfile::Builder::new().prefix("stategate-bench").tempdir_in(&base)?;
         let mut config = Config::defaults();
         config.auth.auth_disabled = true;
+        // Every subscriber of the bench is one client (loopback, no token),
+        // and the fan-out opens more streams than one caller may by default.
+        config.max_streams_per_caller = 0;
         config.bind = "127.0.0.1".into();
         config.port = 0;
         config.ops_port = Some(0);

@@ -38,7 +38,7 @@ fn input(method: &str, body: serde_json::Value) -> PolicyInput {
         claims: claims.as_object().unwrap().clone(),
         method: method.into(),
         metadata: metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        body,
+        body: body.into(),
         client_stream: false,
         server_stream: false,
         response: None,

@@ -150,7 +150,7 @@ async fn main() {
         claims: Default::default(),
         method: "/stategate.StateService/Get".into(),
         metadata: Default::default(),
-        body: json!({"domain": "bench", "type": "t", "key": "k"}),
+        body: json!({"domain": "bench", "type": "t", "key": "k"}).into(),
         client_stream: false,
         server_stream: false,
         response: None,

@@ -92,6 +92,11 @@ pub struct Config {
     #[arg(long, env = "STATEGATE_MAX_STREAMS", default_value_t = 100_000)]
     pub max_streams: usize,
 
+    /// Concurrent event streams of one client (token `sub`, else peer
+    /// address) on one instance; 0 is unlimited.
+    #[arg(long, env = "STATEGATE_MAX_STREAMS_PER_CALLER", default_value_t = 1_000)]
+    pub max_streams_per_caller: usize,
+
     /// Requests per second per client (token `sub`, else peer address);
     /// 0 is unlimited.
     #[arg(long, env = "STATEGATE_RATE_LIMIT", default_value_t = 0.0)]

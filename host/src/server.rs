@@ -106,6 +106,7 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
             max_search_limit: config.max_search_limit,
             idempotency_window: Duration::from_secs(config.idempotency_window_secs),
             max_streams: config.max_streams,
+            max_streams_per_caller: config.max_streams_per_caller,
             rate_limit: config.rate_limit,
             rate_burst: config.rate_burst.unwrap_or(config.rate_limit),
             ..Limits::default()

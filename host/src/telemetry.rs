@@ -35,9 +35,12 @@ pub struct Metrics {
     pub hub_duplicates: IntCounter,
     pub hub_gap_fills: IntCounter,
     pub hub_sweep_deliveries: IntCounter,
+    pub hub_sweeps: IntCounter,
+    pub hub_topics: IntGauge,
     pub stream_catchups: IntCounter,
     pub auth_failures: IntCounterVec,
     pub policy_denials: IntCounterVec,
+    pub policy_decisions: IntCounterVec,
     /// Policy file reloads by stage and result (loaded, refused).
     pub policy_reloads: IntCounterVec,
 }
@@ -72,6 +75,8 @@ impl Metrics {
             .unwrap(),
             hub_duplicates: IntCounter::new("hub_duplicates_total", "Duplicate events dropped by the hub").unwrap(),
             hub_gap_fills: IntCounter::new("hub_gap_fills_total", "Out-of-order events filled from storage").unwrap(),
+            hub_topics: IntGauge::new("hub_topics", "Topics the streams of this instance watch").unwrap(),
+            hub_sweeps: IntCounter::new("hub_sweeps_total", "Storage sweeps run by the hub (one feed for all topics)").unwrap(),
             hub_sweep_deliveries: IntCounter::new(
                 "hub_sweep_deliveries_total",
                 "Events the channel lost, delivered from storage by the sweep",
@@ -81,6 +86,11 @@ impl Metrics {
             auth_failures: IntCounterVec::new(
                 Opts::new("auth_failures_total", "Refused credentials by reason and method"),
                 &["reason", "method"],
+            )
+            .unwrap(),
+            policy_decisions: IntCounterVec::new(
+                Opts::new("policy_decisions_total", "Rego policy decisions by stage and source (evaluated, cached)"),
+                &["stage", "source"],
             )
             .unwrap(),
             policy_denials: IntCounterVec::new(
@@ -106,9 +116,12 @@ impl Metrics {
             Box::new(m.hub_duplicates.clone()),
             Box::new(m.hub_gap_fills.clone()),
             Box::new(m.hub_sweep_deliveries.clone()),
+            Box::new(m.hub_sweeps.clone()),
+            Box::new(m.hub_topics.clone()),
             Box::new(m.stream_catchups.clone()),
             Box::new(m.auth_failures.clone()),
             Box::new(m.policy_denials.clone()),
+            Box::new(m.policy_decisions.clone()),
             Box::new(m.policy_reloads.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");

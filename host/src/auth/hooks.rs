@@ -157,7 +157,7 @@ impl PolicyHooks {
             ResponseDecision::Allow => Ok(None),
             ResponseDecision::Deny(reason) => Err(Error::denied(Denial::Hook, format!("{}: {reason}", guest.name()))),
             ResponseDecision::Redact(paths) => {
-                let mut response = input.response.clone().unwrap_or(Value::Null);
+                let mut response = input.response.as_deref().cloned().unwrap_or(Value::Null);
                 let paths: Vec<Vec<&str>> = paths.iter().map(|p| p.split('.').collect()).collect();
                 redact(&mut response, &paths);
                 Ok(Some(response))

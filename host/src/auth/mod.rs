@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Request headers (gRPC metadata), lower-case names, first value per name.
 pub type Metadata = BTreeMap<String, String>;
@@ -38,13 +39,14 @@ pub struct PolicyInput {
     pub method: String,
     pub metadata: Metadata,
     /// The request message as proto3 JSON (on a stream's response policy:
-    /// the message being sent, as v0.5.0 did).
-    pub body: Value,
+    /// the message being sent, as v0.5.0 did). Shared, not copied: a
+    /// stream's event is one value for all of its subscribers.
+    pub body: Arc<Value>,
     pub client_stream: bool,
     pub server_stream: bool,
     /// On a response policy: the response message as proto3 JSON.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub response: Option<Value>,
+    pub response: Option<Arc<Value>>,
     /// The domain (tenant) the call touches, which picks its policy hook:
     /// the request's domain, or on a response the domain of what is
     /// returned. Not part of the policy document.

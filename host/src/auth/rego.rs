@@ -13,14 +13,18 @@
 //! parsed as Rego v1 first and, if that fails, as v0, so both work (and may
 //! be mixed).
 //!
-//! Per call, a policy gets only the input fields its modules name (see
-//! `reads`), and a policy that reads only who calls and which method keeps
-//! its decisions in a bounded cache keyed by exactly that input (dropped
-//! with the policy on reload): the evaluation, not the verification of the
-//! token, is what a request policy costs.
+//! Per call, a policy gets only the input fields its modules name, and of
+//! the request and response messages only the parts they name (see
+//! `input_scan`). A policy whose decisions depend on its input alone (no
+//! clock, randomness or network) keeps them in a bounded cache keyed by
+//! exactly that document (dropped with the policy on reload): the
+//! evaluation, not the verification of the token, is what a request policy
+//! costs, and a response policy that compares an event's domain with a
+//! claim is evaluated once per caller and domain, not once per event and
+//! subscriber.
 
 use super::PolicyInput;
-use super::input_scan::{self, Reads};
+use super::input_scan::{self, Paths, Reads};
 use crate::model::{Denial, Error, Result};
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
@@ -74,30 +78,42 @@ impl Loaded {
         Loaded { compiled, reads, decisions }
     }
 
-    /// Allowed or not; `Err` is an evaluation error.
-    fn decide(&self, input: &PolicyInput) -> Result<std::result::Result<bool, String>> {
+    /// Allowed or not (`Err` inside: an evaluation error), and whether the
+    /// answer came from the cache.
+    fn decide(&self, input: &PolicyInput) -> Result<Decision> {
         let doc = serde_json::to_string(&Visible { input, reads: &self.reads }).map_err(Error::internal)?;
         let cache = self.decisions.as_ref().filter(|_| doc.len() <= DECISION_CACHE_MAX_KEY);
         if let Some(cache) = cache
             && let Some(allowed) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&doc)
         {
-            return Ok(Ok(*allowed));
+            return Ok(Decision { allowed: Ok(*allowed), cached: true });
         }
         let value = regorus::Value::from_json_str(&doc).map_err(Error::internal)?;
-        match self.compiled.eval_with_input(value) {
+        let allowed = match self.compiled.eval_with_input(value) {
             Ok(v) => {
                 let allowed = v == regorus::Value::Bool(true);
                 if let Some(cache) = cache {
                     cache.lock().unwrap_or_else(|p| p.into_inner()).put(doc, allowed);
                 }
-                Ok(Ok(allowed))
+                Ok(allowed)
             }
-            Err(e) => Ok(Err(e.to_string())),
-        }
+            Err(e) => Err(e.to_string()),
+        };
+        Ok(Decision { allowed, cached: false })
     }
 }
 
-/// The input fields a policy reads, serialized as its `input` document.
+/// One answer of a policy.
+#[derive(Debug)]
+struct Decision {
+    /// Allowed or not; `Err` is an evaluation error.
+    allowed: std::result::Result<bool, String>,
+    /// Whether it came from the decision cache.
+    cached: bool,
+}
+
+/// The input fields a policy reads, serialized as its `input` document;
+/// of the messages, only the parts it reads.
 struct Visible<'a> {
     input: &'a PolicyInput,
     reads: &'a Reads,
@@ -116,8 +132,8 @@ impl Serialize for Visible<'_> {
         if r.reads("metadata") {
             m.serialize_entry("metadata", &i.metadata)?;
         }
-        if r.reads("body") {
-            m.serialize_entry("body", &i.body)?;
+        if let Some(paths) = r.message("body") {
+            m.serialize_entry("body", &Part { value: &i.body, paths })?;
         }
         if r.reads("client_stream") {
             m.serialize_entry("client_stream", &i.client_stream)?;
@@ -125,10 +141,39 @@ impl Serialize for Visible<'_> {
         if r.reads("server_stream") {
             m.serialize_entry("server_stream", &i.server_stream)?;
         }
-        if let Some(resp) = i.response.as_ref().filter(|_| r.reads("response")) {
-            m.serialize_entry("response", resp)?;
+        if let (Some(resp), Some(paths)) = (i.response.as_deref(), r.message("response")) {
+            m.serialize_entry("response", &Part { value: resp, paths })?;
         }
         m.end()
+    }
+}
+
+/// The parts of a message a policy reads. Below a member read only by
+/// `.name` steps, a value that is not an object has no members, so any
+/// such step is undefined; it is given as `null` when it is an array (which
+/// may be large) and as itself otherwise, which reads the same.
+struct Part<'a> {
+    value: &'a serde_json::Value,
+    paths: &'a Paths,
+}
+
+impl Serialize for Part<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde_json::Value;
+        match (self.paths, self.value) {
+            (Paths::All, v) => v.serialize(s),
+            (Paths::Members(members), Value::Object(o)) => {
+                let mut m = s.serialize_map(None)?;
+                for (name, paths) in members {
+                    if let Some(value) = o.get(name) {
+                        m.serialize_entry(name, &Part { value, paths })?;
+                    }
+                }
+                m.end()
+            }
+            (Paths::Members(_), Value::Array(_)) => s.serialize_unit(),
+            (Paths::Members(_), v) => v.serialize(s),
+        }
     }
 }
 
@@ -176,7 +221,10 @@ impl Policy {
         if input.body.is_null() && policy.reads.reads("body") {
             return Err(Error::Unavailable(format!("the {} policy changed during this call; retry", self.stage)));
         }
-        match policy.decide(input)? {
+        let decision = policy.decide(input)?;
+        let source = if decision.cached { "cached" } else { "evaluated" };
+        self.metrics.policy_decisions.with_label_values(&[self.stage, source]).inc();
+        match decision.allowed {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::denied(Denial::Policy, format!("{} policy denied {method}", self.stage))),
             Err(e) => {
@@ -358,7 +406,7 @@ mod tests {
             claims: serde_json::json!({"sub": sub}).as_object().unwrap().clone(),
             method: method.into(),
             metadata: Default::default(),
-            body,
+            body: Arc::new(body),
             client_stream: false,
             server_stream: false,
             response: None,
@@ -375,19 +423,51 @@ mod tests {
         let p = loaded("package stategate.authz\nimport rego.v1\nallow if { input.claims.sub == \"a\"; input.method == \"/m\" }\n");
         assert!(p.decisions.is_some(), "reads only claims and method: cacheable");
         for _ in 0..2 {
-            assert_eq!(p.decide(&input("a", "/m", serde_json::Value::Null)).unwrap(), Ok(true));
-            assert_eq!(p.decide(&input("b", "/m", serde_json::Value::Null)).unwrap(), Ok(false));
-            assert_eq!(p.decide(&input("a", "/n", serde_json::Value::Null)).unwrap(), Ok(false));
+            assert_eq!(p.decide(&input("a", "/m", serde_json::Value::Null)).unwrap().allowed, Ok(true));
+            assert_eq!(p.decide(&input("b", "/m", serde_json::Value::Null)).unwrap().allowed, Ok(false));
+            assert_eq!(p.decide(&input("a", "/n", serde_json::Value::Null)).unwrap().allowed, Ok(false));
         }
         assert_eq!(p.decisions.as_ref().unwrap().lock().unwrap().len(), 3);
     }
 
     #[test]
-    fn a_policy_reading_the_body_sees_it_and_is_not_cached() {
+    fn a_policy_reading_part_of_the_body_sees_that_part_and_caches_by_it() {
         let p = loaded("package stategate.authz\nimport rego.v1\nallow if input.body.key != \"secret\"\n");
-        assert!(p.decisions.is_none());
-        assert_eq!(p.decide(&input("a", "/m", serde_json::json!({"key": "k"}))).unwrap(), Ok(true));
-        assert_eq!(p.decide(&input("a", "/m", serde_json::json!({"key": "secret"}))).unwrap(), Ok(false));
+        assert!(p.decisions.is_some());
+        let big = |key: &str| serde_json::json!({"key": key, "values": {"blob": "x".repeat(100_000)}});
+        assert_eq!(p.decide(&input("a", "/m", big("k"))).unwrap().allowed, Ok(true));
+        assert_eq!(p.decide(&input("a", "/m", big("secret"))).unwrap().allowed, Ok(false));
+        assert_eq!(p.decide(&input("a", "/m", big("secret"))).unwrap().allowed, Ok(false));
+        // The values were left out, so each document was small enough to keep.
+        assert_eq!(p.decisions.as_ref().unwrap().lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_response_policy_on_the_domain_decides_once_per_caller_and_domain() {
+        let p = loaded(
+            "package stategate.authz\nimport rego.v1\nallow if input.response.state.domain == input.claims.sub\n",
+        );
+        let event = |domain: &str, n: u64| {
+            let mut i = input("acme", "/stategate.EventService/Stream", serde_json::Value::Null);
+            let body = Arc::new(serde_json::json!({"id": n.to_string(), "state": {"domain": domain, "key": n.to_string(), "values": {"n": n}}}));
+            i.body = body.clone();
+            i.response = Some(body);
+            i
+        };
+        for n in 0..50 {
+            assert_eq!(p.decide(&event("acme", n)).unwrap().allowed, Ok(true));
+            assert_eq!(p.decide(&event("other", n)).unwrap().allowed, Ok(false));
+        }
+        assert_eq!(p.decisions.as_ref().unwrap().lock().unwrap().len(), 2, "one per domain, whatever the event");
+    }
+
+    #[test]
+    fn parts_below_a_value_that_is_not_an_object_read_as_undefined() {
+        let p = loaded("package stategate.authz\nimport rego.v1\ndefault allow := true\nallow := false if input.body.tags.x\n");
+        for body in [serde_json::json!({"tags": [1, 2]}), serde_json::json!({"tags": "s"}), serde_json::json!({"tags": {"y": 1}})] {
+            assert_eq!(p.decide(&input("a", "/m", body.clone())).unwrap().allowed, Ok(true), "{body}");
+        }
+        assert_eq!(p.decide(&input("a", "/m", serde_json::json!({"tags": {"x": true}}))).unwrap().allowed, Ok(false));
     }
 
     #[test]

@@ -84,7 +84,7 @@ impl Gateway {
         limits: Limits,
     ) -> Self {
         Gateway {
-            admission: Admission::new(limits.max_streams, limits.rate_limit, limits.rate_burst),
+            admission: Admission::new(&limits),
             storage,
             channel,
             hub,
@@ -156,6 +156,7 @@ impl Gateway {
         } else {
             Value::Null
         };
+        let body = Arc::new(body);
         Ok(Caller {
             input: PolicyInput {
                 claims,
@@ -210,7 +211,7 @@ impl Gateway {
             return Ok(out);
         }
         let mut input = caller.input;
-        input.response = Some(to_json(&out));
+        input.response = Some(Arc::new(to_json(&out)));
         match self.authorize_response(&mut input, domain).await? {
             None => Ok(out),
             Some(redacted) => from_json(&redacted),

@@ -163,7 +163,7 @@ impl ChaosChannel {
         self.state().tally
     }
 
-    /// Live subscriptions (the hub keeps one per watched topic).
+    /// Live subscriptions (the hub keeps one while any stream is live).
     pub fn subscriptions(&self) -> usize {
         self.state().outlets.iter().filter(|o| !o.tx.is_closed()).count()
     }

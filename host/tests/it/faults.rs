@@ -167,12 +167,12 @@ async fn nats_restart_under_load() {
         let url = format!("http://127.0.0.1:{}/connz?subs=1", procs::nats_monitor_port(s));
         let Ok(resp) = reqwest::get(url).await else { return false };
         let Ok(body) = resp.json::<serde_json::Value>().await else { return false };
-        // Our stream's wildcard subscription (`stategate.<domain>.*`).
+        // The hub's subscription to every topic (`stategate.*.*`).
         let conns = body["connections"].as_array().cloned().unwrap_or_default();
         conns.iter().any(|c| {
-            c["subscriptions_list"].as_array().is_some_and(|subs| {
-                subs.iter().any(|s| s.as_str().is_some_and(|s| s.starts_with("stategate.fault-") && s.ends_with(".*")))
-            })
+            c["subscriptions_list"]
+                .as_array()
+                .is_some_and(|subs| subs.iter().any(|s| s.as_str() == Some("stategate.*.*")))
         })
     })
     .await;

@@ -56,6 +56,32 @@ async fn stream_cap() {
     gw.stop().await;
 }
 
+/// One caller (here: one peer, no token) has its own share of the streams,
+/// under the instance's: every topic it opens counts, `*` or not.
+#[tokio::test]
+async fn stream_cap_per_caller() {
+    let gw = TestGateway::start_with(|c| c.max_streams_per_caller = 2).await;
+    let mut ev = gw.event_client().await;
+    let opts = |ty: &str| pb::StreamOpts { domain: "d".into(), r#type: ty.into(), ..Default::default() };
+    let mut open = vec![ev.stream(opts("a")).await.unwrap().into_inner(), ev.stream(opts("*")).await.unwrap().into_inner()];
+    let err = ev.stream(opts("b")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert!(err.message().contains("STATEGATE_MAX_STREAMS_PER_CALLER"), "{}", err.message());
+    let r = http().get(format!("{}/api/events/stream?domain=d&type=c", gw.url())).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 429, "REST streams count too");
+    drop(open.pop());
+    let mut reopened = None;
+    for _ in 0..100 {
+        if let Ok(s) = ev.stream(opts("b")).await {
+            reopened = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reopened.is_some(), "a closed stream gives its place back");
+    gw.stop().await;
+}
+
 /// Health `Watch` streams need no token: each takes a slot of
 /// STATEGATE_MAX_STREAMS (shared with event streams) and one of
 /// STATEGATE_MAX_PUBLIC_STREAMS, so anonymous callers cannot hold more.
@@ -117,7 +143,8 @@ async fn health_watch_streams_are_counted_and_capped() {
 async fn ten_thousand_concurrent_streams() {
     const STREAMS: usize = 10_000;
     const CONNECTIONS: usize = 20;
-    let gw = TestGateway::start().await;
+    // One client opens them all, more than one caller may by default.
+    let gw = TestGateway::start_with(|c| c.max_streams_per_caller = 0).await;
     let d = unique("many");
     let mut clients = vec![];
     for _ in 0..CONNECTIONS {

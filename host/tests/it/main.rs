@@ -27,6 +27,7 @@ mod properties;
 mod mongo_query;
 mod query_api;
 mod limits;
+mod idle_topics;
 mod server;
 mod backends;
 mod sql_backends;

@@ -50,7 +50,7 @@ async fn planted_cache_entry_is_not_loaded() {
         claims: Default::default(),
         method: "/stategate.StateService/Set".into(),
         metadata: Default::default(),
-        body: json!({"domain": "acme", "type": "t", "key": "k"}),
+        body: json!({"domain": "acme", "type": "t", "key": "k"}).into(),
         client_stream: false,
         server_stream: false,
         response: None,

@@ -19,10 +19,10 @@ fn input(claims: Value, method: &str, body: Value, response: Option<Value>) -> P
         claims: claims.as_object().unwrap().clone(),
         method: method.into(),
         metadata: Default::default(),
-        body,
+        body: body.into(),
         client_stream: false,
         server_stream: false,
-        response,
+        response: response.map(Into::into),
         domain,
     }
 }
