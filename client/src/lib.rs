@@ -54,7 +54,7 @@ pub mod proto {
     tonic::include_proto!("stategate");
 }
 
-pub use proto::{Event, EventKind, SearchEventOpts, SearchStateOpts, State, StateRef, StreamOpts};
+pub use proto::{Event, EventKind, SearchEventOpts, SearchStateOpts, Sort, State, StateRef, StreamOpts};
 
 type Svc = InterceptedService<Channel, Auth>;
 pub type StateServiceClient = proto::state_service_client::StateServiceClient<Svc>;
@@ -475,6 +475,13 @@ impl SearchEventOpts {
     /// Only events whose state values hold every pair of this JSON object.
     pub fn query(mut self, query: &serde_json::Value) -> Self {
         self.query_string = query.to_string();
+        self
+    }
+
+    /// In the order of `field`: `"time"`, or `"values.<dot path>"` for a
+    /// field of the values; `reverse` for newest (largest) first.
+    pub fn sort(mut self, field: impl Into<String>, reverse: bool) -> Self {
+        self.sort = Some(Sort { field: field.into(), reverse });
         self
     }
 }

@@ -222,6 +222,7 @@ impl pb::event_service_server::EventService for GrpcApi {
             limit: o.limit,
             offset: o.offset,
             claims_query: o.claims_query,
+            sort: o.sort.map(|s| gw::EventSortRequest { field: s.field, reverse: s.reverse }),
         };
         self.call(methods::EVENT_SEARCH, self.gateway.search_events(md, req), |events| pb::Events {
             events: events.into_iter().map(convert::event).collect(),

@@ -95,10 +95,17 @@ fn query_map(raw: Option<&str>) -> Result<Map<String, Value>> {
         };
         let (k, v) = (decode(k)?, decode(v)?);
         let value = match (k.as_str(), v.as_str()) {
-            ("sortDescending" | "sort_descending", "true" | "1") => Value::Bool(true),
-            ("sortDescending" | "sort_descending", "false" | "0" | "") => Value::Bool(false),
+            ("sortDescending" | "sort_descending" | "sort.reverse", "true" | "1") => Value::Bool(true),
+            ("sortDescending" | "sort_descending" | "sort.reverse", "false" | "0" | "") => Value::Bool(false),
             _ => Value::String(v),
         };
+        // A field of a message field, as grpc-gateway names it: `sort.field`.
+        if let Some(sub) = k.strip_prefix("sort.") {
+            if let Value::Object(sort) = out.entry("sort").or_insert_with(|| Value::Object(Map::new())) {
+                sort.insert(sub.to_owned(), value);
+            }
+            continue;
+        }
         out.insert(k, value);
     }
     Ok(out)
@@ -273,6 +280,8 @@ mod tests {
         assert_eq!(m["domain"], json!("a b"));
         assert_eq!(m["query_string"], json!("{\"x\":1}"));
         assert_eq!(m["sort_descending"], json!(true));
+        let m = query_map(Some("sort.field=values.n&sort.reverse=1")).unwrap();
+        assert_eq!(m["sort"], json!({"field": "values.n", "reverse": true}));
         assert!(query_map(Some("domain=%ff")).is_err());
         assert!(query_map(Some("domain=%4")).is_err());
     }

@@ -21,7 +21,7 @@ use crate::channel::DynChannel;
 use crate::hub::Hub;
 use crate::model::{
     AppendRequest, Appended, Change, Error, Event, EventKind, EventQuery, Expect, Filter, Idempotency, RecordRef,
-    Result, Sort, State, StateQuery, json, now_nanos, validate_name,
+    Result, Sort, EventSort, State, StateQuery, json, now_nanos, validate_name,
 };
 use crate::storage::DynStorage;
 use crate::telemetry::Metrics;
@@ -450,6 +450,7 @@ impl Gateway {
             max_time: bound("max", req.max)?,
             limit: self.limit(req.limit)?,
             offset: offset(req.offset)?,
+            sort: req.sort.as_ref().map(|s| EventSort::parse("sort.field", &s.field, s.reverse)).transpose()?,
         };
         let events = self
             .timed(self.storage.name(), "search_events", self.storage.search_events(&query))

@@ -111,6 +111,18 @@ pub struct SearchEventsRequest {
     pub offset: i64,
     #[serde(alias = "claims_query")]
     pub claims_query: String,
+    /// The order; oldest first (by seq) when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sort: Option<EventSortRequest>,
+}
+
+/// `SearchEventOpts.sort` (the `Sort` message).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct EventSortRequest {
+    /// `time` (or empty) or `values.<dot path>`.
+    pub field: String,
+    pub reverse: bool,
 }
 
 /// `EventService.Stream` (the `StreamOpts` message).

@@ -9,7 +9,7 @@ pub mod query;
 pub mod spec;
 
 pub use error::{ConfigError, Denial, Error, Result, TokenRefusal};
-pub use query::{Arrival, EventQuery, FeedQuery, Filter, Page, Select, Sort, StateQuery};
+pub use query::{Arrival, EventOrder, EventQuery, EventSort, FeedQuery, Filter, Page, Select, Sort, StateQuery};
 
 use serde_json::{Map, Value};
 use std::fmt;

@@ -144,7 +144,7 @@ impl Storage for MemoryStorage {
 
     async fn search_events(&self, q: &EventQuery) -> Result<Vec<Event>> {
         let inner = self.lock();
-        Ok(q.select(Arrival::InOrder, &inner.events).into_iter().cloned().collect())
+        Ok(q.select(q.seq_arrival(), &inner.events).into_iter().cloned().collect())
     }
 
     async fn get_event(&self, id: &str) -> Result<Option<Event>> {

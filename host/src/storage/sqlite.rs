@@ -472,8 +472,14 @@ fn parse_values(text: &str) -> std::result::Result<Values, String> {
 /// (`SQLITE_MAX_EXPR_DEPTH`, 1000) and bound-parameter count.
 fn pushdown(column: &str, filter: &Filter, sql: &mut String, args: &mut Vec<SqlValue>) {
     let mut pushed = 0;
-    for c in &filter.conditions {
+    // Only conditions every match satisfies, on one-segment paths: a longer
+    // path may lead through arrays, which `json_extract` does not traverse
+    // as the matcher does.
+    for c in filter.required() {
         let Op::Eq(q) = &c.op else { continue };
+        if c.path.len() != 1 {
+            continue;
+        }
         // The JSON types a stored value equal to `q` can have (an array may
         // hold it as an element), and the value json_extract must equal.
         let (types, value) = match q {
@@ -598,7 +604,9 @@ impl Storage for SqliteStorage {
             sql.push_str(" ORDER BY seq");
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(params_from_iter(args), event_from_row)?;
-            q.try_select(Arrival::InOrder, rows)
+            // A sorted search keeps the top offset + limit as rows stream
+            // past in seq order.
+            q.try_select(q.seq_arrival(), rows)
         })
         .await
     }

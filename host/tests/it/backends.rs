@@ -110,7 +110,7 @@ async fn mongo_keeps_values_bson_cannot_hold() {
             min_time: None,
             max_time: None,
             limit: 10,
-            offset: 0,
+            offset: 0, sort: None,
         })
         .await
         .unwrap();

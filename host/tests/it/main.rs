@@ -3,6 +3,7 @@
 mod harness;
 #[macro_use]
 mod storage_conformance;
+mod query_conformance;
 #[macro_use]
 mod channel_conformance;
 
@@ -25,6 +26,8 @@ mod binary;
 mod crash;
 mod openapi;
 mod properties;
+mod mongo_query;
+mod query_api;
 mod limits;
 mod idle_topics;
 mod server;

@@ -102,7 +102,7 @@ async fn hostile_names(kind: Kind) {
                 min_time: None,
                 max_time: None,
                 limit: 10,
-                offset: 0,
+                offset: 0, sort: None,
             })
             .await
             .unwrap()
@@ -170,8 +170,29 @@ fn condition() -> impl Strategy<Value = (String, Value)> {
         prop::collection::vec(value(), 0..3).prop_map(|v| json!({"$in": v})),
         prop::collection::vec(scalar(), 0..3).prop_map(|v| json!({"$nin": v})),
         any::<bool>().prop_map(|b| json!({"$exists": b})),
+        prop::collection::vec(scalar(), 0..3).prop_map(|v| json!({"$all": v})),
+        (0u64..3).prop_map(|n| json!({"$size": n})),
+        prop_oneof![Just("number"), Just("string"), Just("array"), Just("object"), Just("null"), Just("bool")]
+            .prop_map(|t| json!({"$type": t})),
+        scalar().prop_map(|v| json!({"$not": {"$gte": v}})),
+        scalar().prop_map(|v| json!({"$not": {"$eq": v}})),
+        Just(json!({"$regex": "^a", "$options": "i"})),
+        Just(json!({"$mod": [2, 1]})),
+        scalar().prop_map(|v| json!({"$elemMatch": {"$eq": v}})),
     ];
     (path(), op)
+}
+
+/// A field condition, or `$and` / `$or` / `$nor` of one or two.
+fn clause() -> impl Strategy<Value = (String, Value)> {
+    let field = condition();
+    prop_oneof![
+        3 => field,
+        1 => (prop_oneof![Just("$and"), Just("$or"), Just("$nor")], prop::collection::vec(condition(), 1..3)).prop_map(|(op, cs)| {
+            let filters: Vec<Value> = cs.into_iter().map(|(p, v)| json!({ p: v })).collect();
+            (op.to_owned(), Value::Array(filters))
+        }),
+    ]
 }
 
 /// Random documents, filters, sorts and pages: the provider returns what
@@ -184,7 +205,7 @@ fn agrees_with_the_reference(kind: Kind) {
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 64, ..ProptestConfig::default() });
     let strategy = (
         prop::collection::vec(doc(), 1..10),
-        prop::collection::vec(condition(), 0..3),
+        prop::collection::vec(clause(), 0..3),
         prop::option::of((path(), any::<bool>())),
         0usize..3,
         1usize..5,
@@ -206,6 +227,7 @@ fn agrees_with_the_reference(kind: Kind) {
                         both(&stores, req(&r, Change::Delete, Expect::Any)).await;
                     }
                 }
+                let sort_field = sort.as_ref().map(|(p, desc)| (format!("values.{p}"), *desc));
                 let sort = sort.as_ref().map(|(p, desc)| Sort { path: p.split('.').map(str::to_owned).collect(), descending: *desc });
                 for (sort, offset, limit) in [(None, 0, 100), (sort.clone(), 0, 100), (sort, offset, limit)] {
                     let q = StateQuery { domain: d.clone(), ty: "t".into(), filter: filter.clone(), sort, limit, offset };
@@ -214,14 +236,18 @@ fn agrees_with_the_reference(kind: Kind) {
                     let want = keys(stores.1.search_states(&q).await.unwrap());
                     prop_assert_eq!(got, want, "states, query {} {:?}", Value::Object(query.clone()), q.sort);
                 }
-                let q = EventQuery {
-                    domain: d.clone(), ty: "t".into(), key: None, filter: filter.clone(), claims_filter: Filter::default(),
-                    min_time: None, max_time: None, limit, offset,
-                };
                 let ids = |v: Vec<Event>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
-                let got = ids(stores.0.search_events(&q).await.unwrap());
-                let want = ids(stores.1.search_events(&q).await.unwrap());
-                prop_assert_eq!(got, want, "events, query {}", Value::Object(query.clone()));
+                let sorts = [None, Some(("time", true)), Some(("values.a", false)), sort_field.as_ref().map(|(p, desc)| (p.as_str(), *desc))];
+                for by in sorts {
+                    let q = EventQuery {
+                        domain: d.clone(), ty: "t".into(), key: None, filter: filter.clone(), claims_filter: Filter::default(),
+                        min_time: None, max_time: None, limit, offset,
+                        sort: by.map(|(f, desc)| EventSort::parse("sort.field", f, desc).unwrap()),
+                    };
+                    let got = ids(stores.0.search_events(&q).await.unwrap());
+                    let want = ids(stores.1.search_events(&q).await.unwrap());
+                    prop_assert_eq!(got, want, "events, query {} sort {:?}", Value::Object(query.clone()), by);
+                }
                 Ok(())
             })
         })
@@ -291,11 +317,11 @@ async fn postgres_reads_use_their_indexes() {
     by_id.arg(Arg::Text(uuid::Uuid::new_v4().to_string()));
     let history = statements::search_events(&EventQuery {
         domain: "d3".into(), ty: "t5".into(), key: Some("k13".into()), filter: Filter::default(), claims_filter: Filter::default(),
-        min_time: None, max_time: None, limit: 100, offset: 0,
+        min_time: None, max_time: None, limit: 100, offset: 0, sort: None,
     }).0;
     let time_range = statements::search_events(&EventQuery {
         domain: "d3".into(), ty: "t5".into(), key: None, filter: Filter::default(), claims_filter: Filter::default(),
-        min_time: Some(1_001_300), max_time: Some(1_001_310), limit: 100, offset: 0,
+        min_time: Some(1_001_300), max_time: Some(1_001_310), limit: 100, offset: 0, sort: None,
     }).0;
     let feed_type = statements::feed(&FeedQuery {
         topic: Topic { domain: Some("d3".into()), ty: Some("t5".into()) }, key: None, after_seq: 1500, from_time: None, limit: 512,

@@ -11,6 +11,9 @@ use serde_json::{Value, json};
 use stategate::model::*;
 use stategate::storage::DynStorage;
 
+// The query language's checks live in their own file.
+pub use crate::query_conformance::{query_operators, sorted_event_search};
+
 
 pub fn unique_domain() -> String {
     format!("conf-{}", uuid::Uuid::new_v4().simple())
@@ -242,7 +245,7 @@ pub async fn search_events(s: DynStorage) {
         min_time: min,
         max_time: max,
         limit,
-        offset,
+        offset, sort: None,
     };
     let run = |q: EventQuery| {
         let s = s.clone();
@@ -289,7 +292,7 @@ pub async fn deletions_under_filters(s: DynStorage) {
             min_time: None,
             max_time: None,
             limit,
-            offset,
+            offset, sort: None,
         };
         async move {
             let found = s.search_events(&q).await.unwrap();
@@ -419,6 +422,8 @@ macro_rules! storage_conformance {
             check!(search_states);
             check!(search_events);
             check!(deletions_under_filters);
+            check!(query_operators);
+            check!(sorted_event_search);
             check!(feed_and_head);
             check!(many_concurrent_appends_keep_order);
         }

@@ -1,10 +1,11 @@
 //! Queries over states and events, and the one definition of what they match.
 //!
 //! v0.5.0 handed `query_string` to MongoDB as a find filter, so clients write
-//! Mongo-style filters: `{"a.b": 1}` matches when the nested field equals 1
-//! (or, for an array field, contains 1), and a value may be an operator object
-//! such as `{"$gte": 3}`. Unknown operators are refused, never ignored, so a
-//! typo cannot silently widen a query.
+//! MongoDB's query language: `{"a.b": 1}` matches when the nested field
+//! equals 1 (or, for an array field, contains 1), a value may be an operator
+//! object such as `{"$gte": 3}`, and `$and`/`$or`/`$nor` combine filters.
+//! Unknown operators are refused, never ignored, so a typo cannot silently
+//! widen a query. docs/guarantees.md states the language in full.
 //!
 //! This module decides every result. A storage provider either translates a
 //! query exactly, or reads a superset of candidates from its backend and lets
@@ -18,19 +19,26 @@
 //! and `{"x": null}` match a deletion, `{"x": 1}` does not. Its claims are
 //! matched like any other event's.
 //!
-//! - `filter`: the filter language (parsing, bounds, matching);
-//! - `order`: JSON equality and the total sort order;
+//! - `filter`: what a filter is and what it matches;
+//! - `parse`: reading a filter from JSON, and its bounds;
+//! - `path`: the values a field path reaches (through arrays);
+//! - `pattern`: `$regex` on a linear-time engine;
+//! - `order`: JSON equality, MongoDB's BSON order, the total sort order;
 //! - `page`: choosing a page in bounded memory.
 
 mod filter;
 mod order;
 mod page;
+mod parse;
+mod path;
+mod pattern;
 
-pub use filter::{
-    Condition, Filter, MAX_CONDITIONS, MAX_LIST_VALUES, MAX_PATH_BYTES, MAX_PATH_SEGMENTS, Op, lookup, type_name,
-};
-pub use order::{Sort, compare_values, json_eq};
+pub use filter::{Clause, Condition, ElemMatch, Filter, Kind, Op, type_name};
+pub use order::{Sort, bson_cmp, compare_values, json_eq, same_bracket};
 pub use page::{Arrival, Page, Select};
+pub use parse::{MAX_CLAUSES, MAX_CONDITIONS, MAX_DEPTH, MAX_LIST_VALUES, MAX_PATH_BYTES, MAX_PATH_SEGMENTS};
+pub use path::{Reached, is_index, lookup, resolve};
+pub use pattern::{MAX_REGEX_BYTES, MAX_REGEXES, Pattern, REGEX_DFA_LIMIT, REGEX_NEST_LIMIT, REGEX_SIZE_LIMIT};
 
 use super::{Event, State, Topic, Values};
 use std::cmp::Ordering;
@@ -47,7 +55,8 @@ pub struct StateQuery {
     pub offset: usize,
 }
 
-/// A search over the event history, oldest first.
+/// A search over the event history: oldest (lowest seq) first, or in the
+/// order of `sort`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventQuery {
     pub domain: String,
@@ -60,6 +69,55 @@ pub struct EventQuery {
     pub max_time: Option<i64>,
     pub limit: usize,
     pub offset: usize,
+    pub sort: Option<EventSort>,
+}
+
+/// The order of an event search (`SearchEventOpts.sort`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventSort {
+    pub by: EventOrder,
+    pub descending: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventOrder {
+    /// `Event::time`, ties by seq.
+    Time,
+    /// A field of the event's values (`values.<path>`), in the sort order of
+    /// state searches (`compare_values`); a deletion's values are `{}`.
+    /// Ties by seq.
+    Field(Vec<String>),
+}
+
+impl EventSort {
+    /// `field` is `time` (or empty, meaning time) or `values.<dot path>`;
+    /// `name` names the request field in errors.
+    pub fn parse(name: &str, field: &str, descending: bool) -> crate::model::Result<EventSort> {
+        let by = match field {
+            "" | "time" => EventOrder::Time,
+            f => match f.strip_prefix("values.") {
+                Some(path) => EventOrder::Field(parse::parse_path(name, path)?),
+                None => {
+                    return Err(crate::model::Error::invalid(
+                        name,
+                        format!("sorts by \"time\" or \"values.<field path>\", got {}", parse::shown(f)),
+                    ));
+                }
+            },
+        };
+        Ok(EventSort { by, descending })
+    }
+
+    pub fn compare(&self, a: &Event, b: &Event) -> Ordering {
+        let ord = match &self.by {
+            EventOrder::Time => a.time.cmp(&b.time),
+            EventOrder::Field(path) => {
+                compare_values(lookup(event_values(a), path), lookup(event_values(b), path))
+            }
+        }
+        .then_with(|| a.seq.cmp(&b.seq));
+        if self.descending { ord.reverse() } else { ord }
+    }
 }
 
 /// Events in store order after a position: what catch-up streams replay and
@@ -122,6 +180,19 @@ impl EventQuery {
     }
 }
 
+impl EventQuery {
+    /// How candidates read in seq order arrive for this query's order.
+    pub fn seq_arrival(&self) -> Arrival {
+        if self.sort.is_some() { Arrival::AnyOrder } else { Arrival::InOrder }
+    }
+
+    /// Sorted by a field of the values (which no provider orders by in its
+    /// backend: the page is chosen from candidates in any order).
+    pub fn sorted_by_field(&self) -> bool {
+        self.sort.as_ref().is_some_and(|s| matches!(s.by, EventOrder::Field(_)))
+    }
+}
+
 impl Select for EventQuery {
     type Item = Event;
 
@@ -129,9 +200,12 @@ impl Select for EventQuery {
         self.matches(e)
     }
 
-    /// Oldest (lowest seq) first.
+    /// Oldest (lowest seq) first, or by the sort.
     fn order(&self, a: &Event, b: &Event) -> Ordering {
-        a.seq.cmp(&b.seq)
+        match &self.sort {
+            Some(sort) => sort.compare(a, b),
+            None => a.seq.cmp(&b.seq),
+        }
     }
 
     fn window(&self) -> (usize, usize) {

@@ -1,12 +1,17 @@
-//! How JSON values compare: equality with numbers by value, and the one total
-//! order that sorts state searches on every provider.
+//! How JSON values compare: equality with numbers by value, MongoDB's BSON
+//! order for the range operators of a query, and the one total order that
+//! sorts searches on every provider.
 
-use super::filter::{lookup, parse_path};
+use super::parse::parse_path;
+use super::path::lookup;
 use crate::model::{Result, Values};
 use serde_json::Value;
 use std::cmp::Ordering;
 
-/// JSON equality with numbers compared by value (1 == 1.0).
+/// JSON equality with numbers compared by value (1 == 1.0) and objects
+/// regardless of the order of their fields. (MongoDB compares field order
+/// too; v0.5.0 stored fields in Go map order, that is in no fixed order, and
+/// a protobuf `Struct` keeps none, so order cannot be what a client means.)
 pub fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => compare_numbers(x, y) == Ordering::Equal,
@@ -33,6 +38,56 @@ fn compare_numbers(x: &serde_json::Number, y: &serde_json::Number) -> Ordering {
     }
 }
 
+/// Whether a range operator compares `v` with `q` at all: MongoDB's type
+/// brackets (numbers with numbers, strings with strings, and so on).
+pub fn same_bracket(v: &Value, q: &Value) -> bool {
+    kind_rank(Some(v)) == kind_rank(Some(q))
+}
+
+/// MongoDB's BSON order, for the range operators: kinds in the order of
+/// `kind_rank`; numbers by value, strings by their UTF-8 bytes, booleans
+/// false first; arrays element by element (a prefix first); objects field
+/// by field, each pair by its value's kind, then its name, then its value (a
+/// prefix first). Fields are taken in name order, consistent with
+/// `json_eq` (see there).
+pub fn bson_cmp(a: &Value, b: &Value) -> Ordering {
+    let rank = kind_rank(Some(a)).cmp(&kind_rank(Some(b)));
+    if rank != Ordering::Equal {
+        return rank;
+    }
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y),
+        (Value::String(x), Value::String(y)) => x.cmp(y),
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        (Value::Array(x), Value::Array(y)) => {
+            for (p, q) in x.iter().zip(y) {
+                let o = bson_cmp(p, q);
+                if o != Ordering::Equal {
+                    return o;
+                }
+            }
+            x.len().cmp(&y.len())
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            let mut xs: Vec<_> = x.iter().collect();
+            let mut ys: Vec<_> = y.iter().collect();
+            xs.sort_by(|p, q| p.0.cmp(q.0));
+            ys.sort_by(|p, q| p.0.cmp(q.0));
+            for ((kx, vx), (ky, vy)) in xs.iter().zip(&ys) {
+                let o = kind_rank(Some(vx))
+                    .cmp(&kind_rank(Some(vy)))
+                    .then_with(|| kx.cmp(ky))
+                    .then_with(|| bson_cmp(vx, vy));
+                if o != Ordering::Equal {
+                    return o;
+                }
+            }
+            xs.len().cmp(&ys.len())
+        }
+        _ => Ordering::Equal,
+    }
+}
+
 /// Rank of a JSON kind in sort order (MongoDB's: null, numbers, strings,
 /// objects, arrays, booleans). A missing field sorts as null.
 fn kind_rank(v: Option<&Value>) -> u8 {
@@ -46,7 +101,9 @@ fn kind_rank(v: Option<&Value>) -> u8 {
     }
 }
 
-/// A total order over optional JSON values, used for sorting.
+/// A total order over optional JSON values, used for sorting: kinds as
+/// `kind_rank`, objects and arrays by their JSON text (which the SQL
+/// providers can reproduce in `ORDER BY`).
 pub fn compare_values(a: Option<&Value>, b: Option<&Value>) -> Ordering {
     let rank = kind_rank(a).cmp(&kind_rank(b));
     if rank != Ordering::Equal {

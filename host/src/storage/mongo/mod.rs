@@ -375,7 +375,7 @@ impl Storage for MongoStorage {
 
     async fn search_events(&self, q: &EventQuery) -> Result<Vec<Event>> {
         let cursor = bounded(self.events.find(query::events(q)).sort(doc! {"_id": 1})).await?;
-        tokio::time::timeout(CALL_DEADLINE, query::select(q, Arrival::InOrder, cursor, event_from_doc))
+        tokio::time::timeout(CALL_DEADLINE, query::select(q, q.seq_arrival(), cursor, event_from_doc))
             .await
             .unwrap_or_else(|_| Err(Error::unavailable("mongo: search took too long")))
     }

@@ -86,7 +86,8 @@ pub(super) async fn select<Q: Select>(
 /// matches array elements and numbers across int/double), and the matcher
 /// makes the final decision.
 fn pushdown(field: &str, flag: &str, filter: &Filter, and: &mut Vec<Document>) {
-    for c in &filter.conditions {
+    // Only conditions every match satisfies (top level and inside `$and`).
+    for c in filter.required() {
         let Op::Eq(q) = &c.op else { continue };
         let unsafe_key = |s: &str| s.is_empty() || s.starts_with('$') || s.chars().any(char::is_control);
         if c.path.iter().any(|s| unsafe_key(s) || s.bytes().all(|b| b.is_ascii_digit())) {

@@ -28,8 +28,8 @@ use super::sql::writer::{self, Committer, Failure, Job};
 use super::sql::{select, corrupt, decode_error, idempotency_hash, is_connection_error, parse_values, type_hash};
 use super::{FEED_PAGE, Storage};
 use crate::model::{
-    AppendRequest, Arrival, Appended, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result, State,
-    StateQuery,
+    AppendRequest, Arrival, Appended, Change, Error, Event, EventKind, EventOrder, EventQuery, EventSort, FeedQuery,
+    RecordRef, Result, State, StateQuery,
 };
 use async_trait::async_trait;
 use query::{Arg, Sql};
@@ -327,7 +327,16 @@ impl Storage for MysqlStorage {
         // A deletion has no values; filters see it as the empty object.
         let exact = query::filter(&mut sql, "COALESCE(vals, '{}')", &q.filter)
             & query::filter(&mut sql, "claims", &q.claims_filter);
-        sql.push(if q.key.is_some() { " ORDER BY version" } else { " ORDER BY seq" });
+        match &q.sort {
+            Some(EventSort { by: EventOrder::Time, descending }) => {
+                let dir = if *descending { "DESC" } else { "ASC" };
+                sql.push(&format!(" ORDER BY time {dir}, seq {dir}"));
+            }
+            _ => sql.push(if q.key.is_some() { " ORDER BY version" } else { " ORDER BY seq" }),
+        }
+        // By a values field: read in seq order, the page chooses.
+        let exact = exact && !q.sorted_by_field();
+        let arrival = if q.sorted_by_field() { Arrival::AnyOrder } else { Arrival::InOrder };
         if exact {
             let l = sql.arg(limit_arg(q.limit));
             let o = sql.arg(limit_arg(q.offset));
@@ -336,7 +345,7 @@ impl Storage for MysqlStorage {
         let (text_sql, args) = sql.finish();
         read!(self, |c| {
             let rows = query::bind(sqlx::query(sqlx::AssertSqlSafe(text_sql.as_str())), &args).fetch(c);
-            select(NAME, rows, event_from_row, q, exact, Arrival::InOrder).await
+            select(NAME, rows, event_from_row, q, exact, arrival).await
         })
     }
 

@@ -9,7 +9,13 @@
 //! object key), nor one starting with `-` (MariaDB's path parser finds no
 //! such key, quoted or not).
 //!
-//! Each condition selects exactly the rows `Filter::matches` selects:
+//! Each condition on a one-segment path selects exactly the rows
+//! `Filter::matches` selects; on a longer path "an array on the way, or the
+//! condition" (a superset: JSON paths do not traverse arrays as MongoDB
+//! does). `$and`/`$or` combine what they hold, negations (`$nor`, `$not`,
+//! `$ne`, `$nin`) only exact expressions; `$regex`, `$mod`, `$elemMatch`,
+//! `$type` and ranges over booleans, objects and arrays are left to the
+//! shared matcher. Otherwise:
 //! - equality is `JSON_OVERLAPS` of the field with `[q]` (the field equals
 //!   `q`, or is an array with an element equal to `q`; numbers by value,
 //!   strings as written, objects regardless of key order) or of `[field]`
@@ -17,14 +23,15 @@
 //!   equals null;
 //! - ranges compare numbers as doubles and strings as bytes, on the field
 //!   or on any element of an array field (`JSON_TABLE`);
-//! - `$exists` is whether the path leads anywhere.
+//! - `$exists` is whether the path leads anywhere; `$all` is equality with
+//!   each value, `$size` the array's `JSON_LENGTH`.
 //!
 //! Numbers of magnitude 2^53 or more are left to the shared matcher (doubles
 //! are exact below that). Stored text and query values are both written by
 //! the same serializer, so string escapes compare alike (MariaDB compares
 //! JSON strings as escaped text).
 
-use crate::model::query::{Condition, Op};
+use crate::model::query::{Clause, Condition, Op};
 use crate::model::{Filter, Sort};
 use crate::storage::sql::numbers_exact;
 use serde_json::Value;
@@ -111,15 +118,18 @@ pub fn json_path(path: &[String]) -> Option<String> {
     Some(out)
 }
 
-/// Appends ` AND …` for each condition on the JSON text column `column`;
-/// returns whether every condition was pushed down.
+/// Appends ` AND …` for each clause on the JSON text column `column`;
+/// returns whether the SQL then selects exactly what the filter does
+/// (otherwise a superset). Parameters are placed by token, so an abandoned
+/// translation leaves nothing bound.
 pub fn filter(sql: &mut Sql, column: &str, filter: &Filter) -> bool {
     let mut exact = true;
-    for c in &filter.conditions {
-        match condition(sql, column, c) {
-            Some(expr) => {
+    for clause in &filter.clauses {
+        match clause_sql(sql, column, clause) {
+            Some((expr, e)) => {
                 sql.push(" AND ");
                 sql.push(&expr);
+                exact &= e;
             }
             None => exact = false,
         }
@@ -127,21 +137,102 @@ pub fn filter(sql: &mut Sql, column: &str, filter: &Filter) -> bool {
     exact
 }
 
-fn condition(sql: &mut Sql, column: &str, c: &Condition) -> Option<String> {
+/// A filter as one expression `(sql, exact)`; not exact is a superset.
+fn filter_sql(sql: &mut Sql, column: &str, filter: &Filter) -> Option<(String, bool)> {
+    let mut parts = vec![];
+    let mut exact = true;
+    for clause in &filter.clauses {
+        match clause_sql(sql, column, clause) {
+            Some((expr, e)) => {
+                parts.push(expr);
+                exact &= e;
+            }
+            None => exact = false,
+        }
+    }
+    if parts.is_empty() {
+        return Some(("true".into(), exact));
+    }
+    Some((format!("({})", parts.join(" AND ")), exact))
+}
+
+/// `$and` narrows by what it can; `$or` needs every branch (each may be a
+/// superset); `$nor` needs every branch exact.
+fn clause_sql(sql: &mut Sql, column: &str, clause: &Clause) -> Option<(String, bool)> {
+    let mut branches = |filters: &[Filter]| -> Option<(Vec<String>, bool)> {
+        let mut parts = vec![];
+        let mut exact = true;
+        for f in filters {
+            let (expr, e) = filter_sql(sql, column, f)?;
+            parts.push(expr);
+            exact &= e;
+        }
+        Some((parts, exact))
+    };
+    match clause {
+        Clause::Field(c) => condition(sql, column, c),
+        Clause::And(filters) => {
+            let (parts, exact) = branches(filters)?;
+            Some((format!("({})", parts.join(" AND ")), exact))
+        }
+        Clause::Or(filters) => {
+            let (parts, exact) = branches(filters)?;
+            Some((format!("({})", parts.join(" OR ")), exact))
+        }
+        Clause::Nor(filters) => match branches(filters)? {
+            (parts, true) => Some((format!("(NOT ({}))", parts.join(" OR ")), true)),
+            _ => None,
+        },
+    }
+}
+
+/// A field condition; on a longer path "an array on the way, or the
+/// condition" (JSON paths do not traverse arrays as MongoDB does), a
+/// superset the matcher finishes.
+fn condition(sql: &mut Sql, column: &str, c: &Condition) -> Option<(String, bool)> {
     let path = json_path(&c.path)?;
     let p = sql.arg(Arg::Text(path));
     let x = format!("JSON_EXTRACT({column}, {p})");
-    Some(match &c.op {
+    let expr = op_sql(sql, &x, &c.op)?;
+    if c.path.len() == 1 {
+        return Some((expr, true));
+    }
+    let mut arrays = vec![];
+    for n in 1..c.path.len() {
+        let prefix = sql.arg(Arg::Text(json_path(&c.path[..n])?));
+        arrays.push(format!("JSON_TYPE(JSON_EXTRACT({column}, {prefix})) = 'ARRAY'"));
+    }
+    Some((format!("(COALESCE({}, false) OR {expr})", arrays.join(" OR ")), false))
+}
+
+/// An operator on the one value at `x` (or missing), exactly as the
+/// matcher decides it; None for what SQL cannot say exactly. Never NULL.
+fn op_sql(sql: &mut Sql, x: &str, op: &Op) -> Option<String> {
+    Some(match op {
         Op::Exists(true) => format!("({x} IS NOT NULL)"),
         Op::Exists(false) => format!("({x} IS NULL)"),
-        Op::Eq(q) => any_eq(sql, &x, std::slice::from_ref(q))?,
-        Op::Ne(q) => format!("(NOT {})", any_eq(sql, &x, std::slice::from_ref(q))?),
-        Op::In(qs) => any_eq(sql, &x, qs)?,
-        Op::Nin(qs) => format!("(NOT {})", any_eq(sql, &x, qs)?),
-        Op::Gt(q) => range(sql, &x, ">", q)?,
-        Op::Gte(q) => range(sql, &x, ">=", q)?,
-        Op::Lt(q) => range(sql, &x, "<", q)?,
-        Op::Lte(q) => range(sql, &x, "<=", q)?,
+        Op::Eq(q) => any_eq(sql, x, std::slice::from_ref(q))?,
+        Op::Ne(q) => format!("(NOT {})", any_eq(sql, x, std::slice::from_ref(q))?),
+        Op::In(qs) => any_eq(sql, x, qs)?,
+        Op::Nin(qs) => format!("(NOT {})", any_eq(sql, x, qs)?),
+        Op::All(qs) if qs.is_empty() => "false".into(),
+        Op::All(qs) => {
+            let parts = qs.iter().map(|q| any_eq(sql, x, std::slice::from_ref(q))).collect::<Option<Vec<_>>>()?;
+            format!("({})", parts.join(" AND "))
+        }
+        Op::Gt(q) => range(sql, x, ">", q)?,
+        Op::Gte(q) => range(sql, x, ">=", q)?,
+        Op::Lt(q) => range(sql, x, "<", q)?,
+        Op::Lte(q) => range(sql, x, "<=", q)?,
+        Op::Not(ops) => {
+            let parts = ops.iter().map(|o| op_sql(sql, x, o)).collect::<Option<Vec<_>>>()?;
+            format!("(NOT ({}))", parts.join(" AND "))
+        }
+        Op::Size(n) => {
+            let n = sql.arg(Arg::I64(i64::try_from(*n).ok()?));
+            format!("COALESCE(JSON_TYPE({x}) = 'ARRAY' AND JSON_LENGTH({x}) = {n}, false)")
+        }
+        Op::Regex(_) | Op::Mod { .. } | Op::ElemMatch(_) | Op::Type(_) => return None,
     })
 }
 
@@ -160,8 +251,12 @@ fn any_eq(sql: &mut Sql, x: &str, qs: &[Value]) -> Option<String> {
 
 const NUMBER_TYPES: &str = "('INTEGER', 'UNSIGNED INTEGER', 'DOUBLE', 'DECIMAL')";
 
+/// The matcher's ranges over numbers and strings; `null` as `$eq: null`
+/// (inclusive) or nothing (strict); other kinds are left to the matcher.
 fn range(sql: &mut Sql, x: &str, op: &str, q: &Value) -> Option<String> {
     let scalar: Box<dyn Fn(&str) -> String> = match q {
+        Value::Null if op.ends_with('=') => return any_eq(sql, x, std::slice::from_ref(q)),
+        Value::Null => return Some("false".into()),
         Value::Number(n) if numbers_exact(q) => {
             let v = sql.arg(Arg::F64(n.as_f64()?));
             let op = op.to_owned();
@@ -177,7 +272,7 @@ fn range(sql: &mut Sql, x: &str, op: &str, q: &Value) -> Option<String> {
                 format!("(JSON_TYPE({e}) = 'STRING' AND CAST(JSON_UNQUOTE({e}) AS BINARY) {op} CAST({v} AS BINARY))")
             })
         }
-        _ => return Some("false".into()),
+        _ => return None,
     };
     Some(array_or(x, &*scalar))
 }

@@ -302,9 +302,11 @@ impl Storage for PostgresStorage {
             return Ok(vec![]);
         }
         let (sql, exact) = statements::search_events(q);
+        // By a values field: read in seq order, the page chooses.
+        let arrival = if q.sorted_by_field() { Arrival::AnyOrder } else { Arrival::InOrder };
         read!(self, |c| {
             let rows = sql.bind(sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str()))).fetch(c);
-            select(NAME, rows, event_from_row, q, exact, Arrival::InOrder).await
+            select(NAME, rows, event_from_row, q, exact, arrival).await
         })
     }
 

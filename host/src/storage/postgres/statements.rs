@@ -2,7 +2,7 @@
 //! (public so tests can `EXPLAIN` exactly what the provider runs).
 
 use super::query::{self, Arg, Sql};
-use crate::model::{EventQuery, FeedQuery, StateQuery};
+use crate::model::{EventOrder, EventQuery, EventSort, FeedQuery, StateQuery};
 use crate::storage::FEED_PAGE;
 use crate::storage::sql::type_hash;
 
@@ -48,8 +48,9 @@ pub fn search_states(q: &StateQuery) -> StateSearch {
     StateSearch { sql, exact_filter, exact_sort, in_sql }
 }
 
-/// An event search, and whether its filters are exact (offset and limit
-/// then run in SQL).
+/// An event search, and whether it is exact: its filters, and its order
+/// (seq, or time then seq), so offset and limit run in SQL. A search sorted
+/// by a values field is read in seq order for the page to choose from.
 pub fn search_events(q: &EventQuery) -> (Sql, bool) {
     let mut sql = Sql::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE dt = "));
     let dt = sql.arg(Arg::Bytes(type_hash(&q.domain, &q.ty)));
@@ -73,7 +74,14 @@ pub fn search_events(q: &EventQuery) -> (Sql, bool) {
         & query::filter(&mut sql, "cdoc", &q.claims_filter);
     // One record's events: version order is seq order, and its index
     // serves it.
-    sql.push(if q.key.is_some() { " ORDER BY version" } else { " ORDER BY seq" });
+    match &q.sort {
+        Some(EventSort { by: EventOrder::Time, descending }) => {
+            let dir = if *descending { "DESC" } else { "ASC" };
+            sql.push(&format!(" ORDER BY time {dir}, seq {dir}"));
+        }
+        _ => sql.push(if q.key.is_some() { " ORDER BY version" } else { " ORDER BY seq" }),
+    }
+    let exact = exact && !q.sorted_by_field();
     if exact {
         let l = sql.arg(limit(q.limit));
         let o = sql.arg(limit(q.offset));
