@@ -9,9 +9,11 @@
 //! - when the connection breaks, the subscription's stream ends (or yields an
 //!   error), so the hub knows to catch up from storage.
 
+pub mod kafka;
 pub mod memory;
 pub mod nats;
 pub mod redis;
+mod tls;
 pub mod wasm;
 
 use crate::model::{Error, Event, Result, Topic};
@@ -51,6 +53,7 @@ crate::provider_spec! {
         Inmem(memory::MemoryConfig) = "inmem" | "memory",
         Redis(redis::RedisConfig) = "redis",
         Nats(nats::NatsConfig) = "nats",
+        Kafka(kafka::KafkaConfig) = "kafka",
         Wasm(wasm::WasmChannelConfig) = "wasm",
     }
 }
@@ -68,6 +71,7 @@ impl ChannelSpec {
         let checked = match &spec {
             ChannelSpec::Redis(c) => c.validate(),
             ChannelSpec::Nats(c) => c.validate(),
+            ChannelSpec::Kafka(c) => c.validate(),
             ChannelSpec::Inmem(_) | ChannelSpec::Wasm(_) => Ok(()),
         };
         checked.map_err(|e| Error::invalid("STATEGATE_CHANNEL_PROVIDER", e.to_string()))?;
@@ -81,6 +85,7 @@ impl ChannelSpec {
             ChannelSpec::Inmem(_) => Arc::new(memory::MemoryChannel::new()),
             ChannelSpec::Redis(c) => Arc::new(redis::RedisChannel::open(c).await?),
             ChannelSpec::Nats(c) => Arc::new(nats::NatsChannel::open(c).await?),
+            ChannelSpec::Kafka(c) => Arc::new(kafka::KafkaChannel::open(c).await?),
             ChannelSpec::Wasm(c) => Arc::new(wasm::WasmChannel::open(c, wasm).await?),
         })
     }

@@ -67,6 +67,21 @@ channel_conformance!(nats_channel, async {
     Some(Arc::new(c) as stategate::channel::DynChannel)
 });
 
+/// Each test process publishes to a topic of its own (created by the
+/// provider), so runs never see each other's events.
+pub fn kafka_config(url: &str) -> stategate::channel::kafka::KafkaConfig {
+    let spec = json!({"name": "kafka", "addr": url, "topic": run_id(), "partitions": 3});
+    serde_json::from_value(spec_options(spec)).unwrap()
+}
+
+channel_conformance!(kafka_channel, async {
+    let url = crate::harness::backend_url("KAFKA")?;
+    let c = stategate::channel::kafka::KafkaChannel::open(&crate::backends::kafka_config(&url))
+        .await
+        .expect("kafka channel opens");
+    Some(Arc::new(c) as stategate::channel::DynChannel)
+});
+
 fn values(v: serde_json::Value) -> Values {
     v.as_object().unwrap().clone()
 }
