@@ -12,6 +12,7 @@
 pub mod kafka;
 pub mod memory;
 pub mod nats;
+pub mod rabbitmq;
 pub mod redis;
 mod tls;
 pub mod wasm;
@@ -54,6 +55,7 @@ crate::provider_spec! {
         Redis(redis::RedisConfig) = "redis",
         Nats(nats::NatsConfig) = "nats",
         Kafka(kafka::KafkaConfig) = "kafka",
+        RabbitMq(rabbitmq::RabbitMqConfig) = "rabbitmq" | "amqp",
         Wasm(wasm::WasmChannelConfig) = "wasm",
     }
 }
@@ -72,6 +74,7 @@ impl ChannelSpec {
             ChannelSpec::Redis(c) => c.validate(),
             ChannelSpec::Nats(c) => c.validate(),
             ChannelSpec::Kafka(c) => c.validate(),
+            ChannelSpec::RabbitMq(c) => c.validate(),
             ChannelSpec::Inmem(_) | ChannelSpec::Wasm(_) => Ok(()),
         };
         checked.map_err(|e| Error::invalid("STATEGATE_CHANNEL_PROVIDER", e.to_string()))?;
@@ -86,6 +89,7 @@ impl ChannelSpec {
             ChannelSpec::Redis(c) => Arc::new(redis::RedisChannel::open(c).await?),
             ChannelSpec::Nats(c) => Arc::new(nats::NatsChannel::open(c).await?),
             ChannelSpec::Kafka(c) => Arc::new(kafka::KafkaChannel::open(c).await?),
+            ChannelSpec::RabbitMq(c) => Arc::new(rabbitmq::RabbitMqChannel::open(c).await?),
             ChannelSpec::Wasm(c) => Arc::new(wasm::WasmChannel::open(c, wasm).await?),
         })
     }

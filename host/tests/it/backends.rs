@@ -82,6 +82,21 @@ channel_conformance!(kafka_channel, async {
     Some(Arc::new(c) as stategate::channel::DynChannel)
 });
 
+/// One exchange for all test runs (exchanges are durable: one per run would
+/// pile up on the shared broker); checks use domains of their own.
+pub fn rabbitmq_config(url: &str) -> stategate::channel::rabbitmq::RabbitMqConfig {
+    let spec = json!({"name": "rabbitmq", "addr": url, "exchange": "stategate-test"});
+    serde_json::from_value(spec_options(spec)).unwrap()
+}
+
+channel_conformance!(rabbitmq_channel, async {
+    let url = crate::harness::backend_url("AMQP")?;
+    let c = stategate::channel::rabbitmq::RabbitMqChannel::open(&crate::backends::rabbitmq_config(&url))
+        .await
+        .expect("rabbitmq channel opens");
+    Some(Arc::new(c) as stategate::channel::DynChannel)
+});
+
 fn values(v: serde_json::Value) -> Values {
     v.as_object().unwrap().clone()
 }
