@@ -154,6 +154,16 @@ pub async fn nats_server() -> Server {
     s
 }
 
+/// A private NATS server with no JetStream.
+pub async fn nats_server_without_jetstream() -> Server {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec!["-a".into(), "127.0.0.1".into(), "-p".into(), port.to_string()];
+    let mut s = Server::new("nats-server", port, dir, args);
+    s.start().await;
+    s
+}
+
 /// The monitoring port of a server from `nats_server` (follows `-m`).
 pub fn nats_monitor_port(s: &Server) -> u16 {
     let i = s.args.iter().position(|a| a == "-m").unwrap();

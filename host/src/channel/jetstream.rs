@@ -1,0 +1,213 @@
+//! The durable mode of the `nats` channel (`"jetstream": true`), also used
+//! by `stan`: events go through a JetStream stream instead of plain subjects.
+//!
+//! **The stream** (`"stream"`, default: the prefix in upper case with every
+//! other character than `[A-Za-z0-9_-]` as `_`, e.g. `STATEGATE`) holds the
+//! subjects `<prefix>.>`, with limits retention: every gateway reads it on
+//! its own, nothing is removed by reading. Its limits bound how long an
+//! instance can be away and still resume: `"max_age_secs"` (default 86400),
+//! `"max_bytes"` (default 1 GiB), `"max_msgs"` (default unlimited), and
+//! `"replicas"` (default 1) and `"storage"` (`file`, the default, or
+//! `memory`). The gateway creates the stream if it is missing; an existing
+//! stream is used as it is (its limits are the operator's).
+//!
+//! **Publishing** waits for the stream's acknowledgement: the event is
+//! stored (on every replica the stream has) when `publish` returns. The
+//! message carries the event id as `Nats-Msg-Id`, so a publish retried after
+//! a lost acknowledgement is stored once (within the stream's duplicate
+//! window). While the connection is down the client holds the message and
+//! retries until `TIMEOUT`: a broker restart shorter than that loses nothing
+//! and only delays the writes that wait for it.
+//!
+//! **Reading.** Each subscription is an ordered consumer (ephemeral, no
+//! acks, filtered by the topic's subject, delivering what is stored after
+//! its creation). When the connection breaks, the client recreates it from
+//! the last stream sequence it delivered, so the subscription does not end:
+//! events stored while it was away arrive late but in order, and the hub's
+//! storage sweep stays a rare fallback (for publishes that failed outright,
+//! or events older than the stream keeps).
+
+use crate::model::{Error, Event, Result, Topic};
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt;
+use std::time::{Duration, Instant};
+
+use super::{Subscription, decode_event};
+
+/// Longest wait for a durable publish (all its attempts), stream or
+/// consumer creation.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// One publish attempt waits this long for the stream's acknowledgement.
+const ATTEMPT: Duration = Duration::from_millis(500);
+
+/// The stream options of the `nats` channel's durable mode (keys of the
+/// `nats` object); `None` means the default (see the module doc).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamOptions {
+    pub stream: Option<String>,
+    pub max_age_secs: Option<u64>,
+    pub max_bytes: Option<i64>,
+    pub max_msgs: Option<i64>,
+    pub replicas: Option<usize>,
+    pub storage: Option<String>,
+}
+
+impl StreamOptions {
+    pub fn is_default(&self) -> bool {
+        *self == StreamOptions::default()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if let Some(name) = &self.stream {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(Error::invalid("stream", format!("{name:?} is not a JetStream stream name ([A-Za-z0-9_-])")));
+            }
+        }
+        if let Some(s) = &self.storage {
+            if s != "file" && s != "memory" {
+                return Err(Error::invalid("storage", format!("{s:?} is neither \"file\" nor \"memory\"")));
+            }
+        }
+        if self.replicas == Some(0) {
+            return Err(Error::invalid("replicas", "must be at least 1"));
+        }
+        for (key, v) in [("max_bytes", self.max_bytes), ("max_msgs", self.max_msgs)] {
+            if v.is_some_and(|v| v == 0 || v < -1) {
+                return Err(Error::invalid(key, "must be positive (or -1: unlimited)"));
+            }
+        }
+        Ok(())
+    }
+
+    fn name(&self, prefix: &str) -> String {
+        self.stream.clone().unwrap_or_else(|| {
+            prefix
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c.to_ascii_uppercase() } else { '_' })
+                .collect()
+        })
+    }
+
+    fn config(&self, prefix: &str) -> stream::Config {
+        stream::Config {
+            name: self.name(prefix),
+            subjects: vec![format!("{prefix}.>")],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_age: Duration::from_secs(self.max_age_secs.unwrap_or(86_400)),
+            max_bytes: self.max_bytes.unwrap_or(1 << 30),
+            max_messages: self.max_msgs.unwrap_or(-1),
+            num_replicas: self.replicas.unwrap_or(1),
+            storage: match self.storage.as_deref() {
+                Some("memory") => stream::StorageType::Memory,
+                _ => stream::StorageType::File,
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// A connection's JetStream side: the context and the stream.
+pub struct Durable {
+    js: jetstream::Context,
+    stream: stream::Stream,
+}
+
+impl Durable {
+    /// Finds or creates the stream; fails (`Unavailable`) if the server
+    /// has no JetStream.
+    pub async fn open(client: async_nats::Client, prefix: &str, options: &StreamOptions) -> Result<Durable> {
+        let mut js = jetstream::new(client);
+        js.set_timeout(ATTEMPT);
+        let config = options.config(prefix);
+        let name = config.name.clone();
+        let stream = tokio::time::timeout(TIMEOUT * 2, js.get_or_create_stream(config))
+            .await
+            .map_err(|_| Error::unavailable(format!("nats jetstream: stream {name}: no answer")))?
+            .map_err(|e| Error::unavailable(format!("nats jetstream: stream {name}: {e}")))?;
+        tracing::info!(stream = %name, subjects = %format!("{prefix}.>"), "nats: durable mode (JetStream)");
+        Ok(Durable { js, stream })
+    }
+
+    /// Whether the server behind `client` has JetStream enabled for us.
+    pub async fn available(client: async_nats::Client) -> bool {
+        let js = jetstream::new(client);
+        matches!(tokio::time::timeout(TIMEOUT, js.query_account()).await, Ok(Ok(_)))
+    }
+
+    /// Publishes and waits for the stream's acknowledgement, retrying (with
+    /// the same message id) until `TIMEOUT`.
+    pub async fn publish(&self, subject: String, event: &Event, payload: bytes::Bytes) -> Result<()> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", event.id.as_str());
+            let attempt = async {
+                let ack = self.js.publish_with_headers(subject.clone(), headers, payload.clone()).await.map_err(|e| e.to_string())?;
+                ack.await.map_err(|e| e.to_string())
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let error = match tokio::time::timeout(ATTEMPT.min(left), attempt).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => e,
+                Err(_) => "no acknowledgement".to_owned(),
+            };
+            if Instant::now() + Duration::from_millis(50) >= deadline {
+                return Err(Error::unavailable(format!("nats jetstream publish: {error} (for {TIMEOUT:?})")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// An ordered consumer of `subject` delivering what is stored from now
+    /// on; it survives reconnections (see the module doc).
+    pub async fn subscribe(&self, subject: String, topic: &Topic) -> Result<Subscription> {
+        let create = async {
+            let consumer = self
+                .stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    filter_subject: subject.clone(),
+                    deliver_policy: consumer::DeliverPolicy::New,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            consumer.messages().await.map_err(|e| e.to_string())
+        };
+        let messages = tokio::time::timeout(TIMEOUT, create)
+            .await
+            .map_err(|_| Error::unavailable("nats jetstream subscribe: no answer"))?
+            .map_err(|e| Error::unavailable(format!("nats jetstream subscribe: {e}")))?;
+        let topic = topic.clone();
+        // Errors are the ordered consumer noticing a broken connection or a
+        // lost consumer; it recreates itself, so they are logged (the first
+        // of a run at warn) and skipped.
+        let mut quiet = false;
+        let stream = messages.filter_map(move |item| {
+            let out = match item {
+                Ok(msg) => {
+                    quiet = false;
+                    match decode_event(&msg.payload) {
+                        Ok(e) if topic.matches(&e.record) => Some(Ok(e)),
+                        Ok(_) => None,
+                        Err(e) => {
+                            tracing::warn!(error = %e, subject = %msg.subject, "dropping a malformed nats message");
+                            None
+                        }
+                    }
+                }
+                Err(e) => {
+                    if quiet {
+                        tracing::debug!(error = %e, "nats jetstream consumer: still recovering");
+                    } else {
+                        tracing::warn!(error = %e, "nats jetstream consumer interrupted; it resumes from its last stream sequence");
+                        quiet = true;
+                    }
+                    None
+                }
+            };
+            futures::future::ready(out)
+        });
+        Ok(stream.boxed())
+    }
+}
