@@ -129,10 +129,16 @@ impl Durable {
         Ok(Durable { js, stream })
     }
 
-    /// Whether the server behind `client` has JetStream enabled for us.
+    /// Whether the server behind `client` has JetStream enabled for us: the
+    /// JetStream API answers its account-info request without an error
+    /// (read raw: the client's typed account info expects fields that older
+    /// servers do not send).
     pub async fn available(client: async_nats::Client) -> bool {
-        let js = jetstream::new(client);
-        matches!(tokio::time::timeout(TIMEOUT, js.query_account()).await, Ok(Ok(_)))
+        let answer = tokio::time::timeout(TIMEOUT, client.request("$JS.API.INFO", bytes::Bytes::new())).await;
+        match answer {
+            Ok(Ok(msg)) => serde_json::from_slice::<serde_json::Value>(&msg.payload).is_ok_and(|v| v.get("error").is_none()),
+            _ => false,
+        }
     }
 
     /// Publishes and waits for the stream's acknowledgement, retrying (with
