@@ -21,11 +21,13 @@
 //!
 //! **Reading.** Each subscription is an ordered consumer (ephemeral, no
 //! acks, filtered by the topic's subject, delivering what is stored after
-//! its creation). When the connection breaks, the client recreates it from
-//! the last stream sequence it delivered, so the subscription does not end:
-//! events stored while it was away arrive late but in order, and the hub's
-//! storage sweep stays a rare fallback (for publishes that failed outright,
-//! or events older than the stream keeps).
+//! its creation). When the connection breaks, the subscription drops it and,
+//! as soon as the connection is back, starts a new one from the stream
+//! sequence after the last one it delivered, so it does not end: events
+//! stored while it was away arrive late but in order, and the hub's storage
+//! sweep stays a rare fallback (for publishes that failed outright, or
+//! events older than the stream keeps). A stream that was lost and created
+//! again (memory storage on a restarted server) is read from its start.
 
 use crate::model::{Error, Event, Result, Topic};
 use async_nats::jetstream::{self, consumer, stream};
@@ -33,6 +35,7 @@ use futures::StreamExt;
 use std::time::{Duration, Instant};
 
 use super::{Subscription, decode_event};
+use tokio::sync::watch;
 
 /// Longest wait for a durable publish (all its attempts), stream or
 /// consumer creation.
@@ -109,24 +112,25 @@ impl StreamOptions {
 
 /// A connection's JetStream side: the context and the stream.
 pub struct Durable {
+    client: async_nats::Client,
     js: jetstream::Context,
-    stream: stream::Stream,
+    config: stream::Config,
 }
 
 impl Durable {
     /// Finds or creates the stream; fails (`Unavailable`) if the server
     /// has no JetStream.
     pub async fn open(client: async_nats::Client, prefix: &str, options: &StreamOptions) -> Result<Durable> {
-        let mut js = jetstream::new(client);
+        let mut js = jetstream::new(client.clone());
         js.set_timeout(ATTEMPT);
         let config = options.config(prefix);
         let name = config.name.clone();
-        let stream = tokio::time::timeout(TIMEOUT * 2, js.get_or_create_stream(config))
+        tokio::time::timeout(TIMEOUT * 2, js.get_or_create_stream(config.clone()))
             .await
             .map_err(|_| Error::unavailable(format!("nats jetstream: stream {name}: no answer")))?
             .map_err(|e| Error::unavailable(format!("nats jetstream: stream {name}: {e}")))?;
         tracing::info!(stream = %name, subjects = %format!("{prefix}.>"), "nats: durable mode (JetStream)");
-        Ok(Durable { js, stream })
+        Ok(Durable { client, js, config })
     }
 
     /// Whether the server behind `client` has JetStream enabled for us: the
@@ -166,54 +170,133 @@ impl Durable {
     }
 
     /// An ordered consumer of `subject` delivering what is stored from now
-    /// on; it survives reconnections (see the module doc).
-    pub async fn subscribe(&self, subject: String, topic: &Topic) -> Result<Subscription> {
-        let create = async {
-            let consumer = self
-                .stream
-                .create_consumer(consumer::pull::OrderedConfig {
-                    filter_subject: subject.clone(),
-                    deliver_policy: consumer::DeliverPolicy::New,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            consumer.messages().await.map_err(|e| e.to_string())
-        };
-        let messages = tokio::time::timeout(TIMEOUT, create)
+    /// on, recreated from the last stream sequence it delivered whenever the
+    /// connection comes back (`disconnects` counts the breaks), so the
+    /// subscription survives them (see the module doc).
+    pub async fn subscribe(&self, subject: String, topic: &Topic, mut disconnects: watch::Receiver<u64>) -> Result<Subscription> {
+        disconnects.mark_unchanged();
+        let (messages, last) = tokio::time::timeout(TIMEOUT, self.consume(&subject, None))
             .await
             .map_err(|_| Error::unavailable("nats jetstream subscribe: no answer"))?
             .map_err(|e| Error::unavailable(format!("nats jetstream subscribe: {e}")))?;
-        let topic = topic.clone();
-        // Errors are the ordered consumer noticing a broken connection or a
-        // lost consumer; it recreates itself, so they are logged (the first
-        // of a run at warn) and skipped.
-        let mut quiet = false;
-        let stream = messages.filter_map(move |item| {
-            let out = match item {
-                Ok(msg) => {
-                    quiet = false;
-                    match decode_event(&msg.payload) {
-                        Ok(e) if topic.matches(&e.record) => Some(Ok(e)),
-                        Ok(_) => None,
-                        Err(e) => {
-                            tracing::warn!(error = %e, subject = %msg.subject, "dropping a malformed nats message");
-                            None
+        let state = Resuming {
+            js: self.js.clone(),
+            config: self.config.clone(),
+            client: self.client.clone(),
+            subject,
+            topic: topic.clone(),
+            last,
+            messages: Some(messages),
+            disconnects,
+        };
+        Ok(futures::stream::unfold(state, |mut s| async move {
+            let event = s.next().await;
+            Some((Ok(event), s))
+        })
+        .boxed())
+    }
+
+    /// An ordered consumer of `subject` from the stream sequence after
+    /// `last` (from now on when `None`), and the sequence it starts after.
+    async fn consume(&self, subject: &str, last: Option<u64>) -> std::result::Result<(consumer::pull::Ordered, u64), String> {
+        start_consumer(&self.js, &self.config, subject, last).await
+    }
+}
+
+async fn start_consumer(
+    js: &jetstream::Context,
+    config: &stream::Config,
+    subject: &str,
+    last: Option<u64>,
+) -> std::result::Result<(consumer::pull::Ordered, u64), String> {
+    // Created again if a server that kept it in memory lost it.
+    let mut stream = js.get_or_create_stream(config.clone()).await.map_err(|e| e.to_string())?;
+    let head = stream.info().await.map_err(|e| e.to_string())?.state.last_sequence;
+    let deliver_policy = match last {
+        // A stream that restarted its sequences (it was lost and created
+        // again) is new to us from its start.
+        Some(last) if last > head => consumer::DeliverPolicy::All,
+        Some(last) => consumer::DeliverPolicy::ByStartSequence { start_sequence: last + 1 },
+        None => consumer::DeliverPolicy::ByStartSequence { start_sequence: head + 1 },
+    };
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    Ok((messages, last.filter(|l| *l <= head).unwrap_or(head)))
+}
+
+/// A durable subscription's state: the consumer, if one runs, and the
+/// last stream sequence it delivered.
+struct Resuming {
+    js: jetstream::Context,
+    config: stream::Config,
+    client: async_nats::Client,
+    subject: String,
+    topic: Topic,
+    last: u64,
+    messages: Option<consumer::pull::Ordered>,
+    disconnects: watch::Receiver<u64>,
+}
+
+impl Resuming {
+    /// The next event of the topic; waits through disconnects.
+    async fn next(&mut self) -> Event {
+        let mut warned = false;
+        loop {
+            let Some(messages) = self.messages.as_mut() else {
+                // Wait for the connection, then start again after `last`.
+                if self.client.connection_state() != async_nats::connection::State::Connected {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                self.disconnects.mark_unchanged();
+                match tokio::time::timeout(TIMEOUT, start_consumer(&self.js, &self.config, &self.subject, Some(self.last))).await {
+                    Ok(Ok((messages, last))) => {
+                        tracing::info!(subject = %self.subject, after = last, "nats jetstream: consumer resumed");
+                        self.last = last;
+                        self.messages = Some(messages);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "nats jetstream: cannot resume the consumer yet");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(_) => tracing::debug!("nats jetstream: no answer while resuming the consumer"),
+                }
+                continue;
+            };
+            tokio::select! {
+                item = messages.next() => match item {
+                    Some(Ok(msg)) => {
+                        if let Ok(info) = msg.info() {
+                            self.last = self.last.max(info.stream_sequence);
+                        }
+                        match decode_event(&msg.payload) {
+                            Ok(e) if self.topic.matches(&e.record) => return e,
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, subject = %msg.subject, "dropping a malformed nats message"),
                         }
                     }
-                }
-                Err(e) => {
-                    if quiet {
-                        tracing::debug!(error = %e, "nats jetstream consumer: still recovering");
-                    } else {
-                        tracing::warn!(error = %e, "nats jetstream consumer interrupted; it resumes from its last stream sequence");
-                        quiet = true;
+                    // The consumer noticed trouble; it may recover by itself,
+                    // and a disconnect makes us start a new one anyway.
+                    Some(Err(e)) => {
+                        if !warned {
+                            tracing::warn!(error = %e, "nats jetstream consumer interrupted");
+                            warned = true;
+                        }
                     }
-                    None
+                    None => self.messages = None,
+                },
+                _ = self.disconnects.changed() => {
+                    tracing::warn!(subject = %self.subject, after = self.last, "nats: disconnected; the consumer resumes from its last stream sequence");
+                    self.messages = None;
                 }
-            };
-            futures::future::ready(out)
-        });
-        Ok(stream.boxed())
+            }
+        }
     }
 }

@@ -297,7 +297,7 @@ impl Channel for NatsChannel {
         let subject = format!("{}.{}.{}", self.prefix, part(&topic.domain), part(&topic.ty));
         if let Some(durable) = &self.durable {
             self.connected()?;
-            return durable.subscribe(subject, topic).await;
+            return durable.subscribe(subject, topic, self.disconnects.clone()).await;
         }
         let mut disconnects = self.disconnects.clone();
         disconnects.mark_unchanged();
