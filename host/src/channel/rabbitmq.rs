@@ -395,8 +395,10 @@ struct Unbind {
 impl Drop for Unbind {
     fn drop(&mut self) {
         let Some(link) = self.link.upgrade() else { return };
+        // Dropped outside a runtime (at exit): the connection goes anyway.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let (exchange, pattern) = (std::mem::take(&mut self.exchange), std::mem::take(&mut self.pattern));
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let mut bindings = link.bindings.lock().await;
             let Some(count) = bindings.get_mut(&pattern) else { return };
             *count -= 1;
