@@ -61,15 +61,16 @@ impl StreamOptions {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if let Some(name) = &self.stream {
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                return Err(Error::invalid("stream", format!("{name:?} is not a JetStream stream name ([A-Za-z0-9_-])")));
-            }
+        if let Some(name) = &self.stream
+            && (name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        {
+            return Err(Error::invalid("stream", format!("{name:?} is not a JetStream stream name ([A-Za-z0-9_-])")));
         }
-        if let Some(s) = &self.storage {
-            if s != "file" && s != "memory" {
-                return Err(Error::invalid("storage", format!("{s:?} is neither \"file\" nor \"memory\"")));
-            }
+        if let Some(s) = &self.storage
+            && s != "file"
+            && s != "memory"
+        {
+            return Err(Error::invalid("storage", format!("{s:?} is neither \"file\" nor \"memory\"")));
         }
         if self.replicas == Some(0) {
             return Err(Error::invalid("replicas", "must be at least 1"));

@@ -112,7 +112,7 @@ channel_conformance!(nats_jetstream_channel, async {
     Some(Arc::new(c) as stategate::channel::DynChannel)
 });
 
-/// `stan` on the shared server, which has JetStream: the durable mode.
+// `stan` on the shared server, which has JetStream: the durable mode.
 channel_conformance!(stan_channel, async {
     let url = crate::harness::backend_url("NATS")?;
     let spec = json!({"name": "stan", "addr": url, "cluster": "test-cluster", "prefix": "stategate-test-stan"});
