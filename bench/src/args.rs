@@ -65,6 +65,14 @@ pub struct Args {
     /// NATS server of the cross-instance scenario (skipped if unreachable).
     #[arg(long, default_value = "127.0.0.1:4222")]
     pub nats_addr: String,
+    /// Kafka broker (bootstrap `host:port`) of the kafka cross-instance
+    /// scenario (skipped if unreachable).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub kafka_addr: String,
+    /// RabbitMQ URL of the rabbitmq cross-instance scenario (skipped if
+    /// unreachable).
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_addr: String,
     /// Subscribers (on instance B) of the cross-instance scenarios.
     #[arg(long, default_value_t = 100)]
     pub cross_subscribers: usize,

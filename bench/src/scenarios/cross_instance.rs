@@ -1,6 +1,7 @@
-//! The `redis-cross-instance` and `nats-cross-instance` scenarios: a writer
-//! on one gateway, subscribers on another, the two joined by a real broker,
-//! relative to the same fan-out on one gateway with the `inmem` channel.
+//! The `<channel>-cross-instance` scenarios (redis, nats, nats-jetstream,
+//! stan, kafka, rabbitmq): a writer on one gateway, subscribers on another,
+//! the two joined by a real broker, relative to the same fan-out on one
+//! gateway with the `inmem` channel.
 
 use crate::bench::Bench;
 use crate::measure::{anon_rss_mib, reset_peak, rss_mib};
@@ -9,14 +10,43 @@ use anyhow::Result;
 use std::time::Duration;
 
 impl Bench {
-    /// Two more gateways (A and B) on the `channel` (redis or nats) sharing
-    /// the first gateway's storage (one `DynStorage` in this process): one
-    /// writer on A, N subscribers on B; compared with the same load on the
-    /// first gateway alone (inmem channel).
+    /// The channel object of a scenario (a fresh prefix, topic or stream
+    /// per run where the broker keeps them apart; RabbitMQ exchanges are
+    /// durable, so all runs share `stategate-bench`), and the `host:port`
+    /// to check first.
+    fn cross_channel(&self, channel: &str, prefix: &str) -> (serde_json::Value, String) {
+        use serde_json::json;
+        let a = &self.args;
+        match channel {
+            "redis" => (json!({"name": "redis", "addr": a.redis_addr, "prefix": prefix}), a.redis_addr.clone()),
+            "nats" => (json!({"name": "nats", "addr": a.nats_addr, "prefix": prefix}), a.nats_addr.clone()),
+            // In memory and kept ten minutes: runs leave nothing that lasts.
+            "nats-jetstream" => (
+                json!({"name": "nats", "addr": a.nats_addr, "prefix": prefix, "jetstream": true, "storage": "memory", "max_age_secs": 600}),
+                a.nats_addr.clone(),
+            ),
+            "stan" => (json!({"name": "stan", "addr": a.nats_addr, "cluster": "bench", "prefix": prefix}), a.nats_addr.clone()),
+            "kafka" => (json!({"name": "kafka", "addr": a.kafka_addr, "topic": prefix}), a.kafka_addr.clone()),
+            "rabbitmq" => {
+                let hostport = url::Url::parse(&a.amqp_addr)
+                    .ok()
+                    .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port().unwrap_or(5672))))
+                    .unwrap_or_else(|| a.amqp_addr.clone());
+                (json!({"name": "rabbitmq", "addr": a.amqp_addr, "exchange": "stategate-bench"}), hostport)
+            }
+            other => unreachable!("no cross-instance channel {other}"),
+        }
+    }
+
+    /// Two more gateways (A and B) on `channel` sharing the first gateway's
+    /// storage (one `DynStorage` in this process): one writer on A, N
+    /// subscribers on B; compared with the same load on the first gateway
+    /// alone (inmem channel).
     pub(super) async fn cross_instance(&mut self, channel: &'static str) -> Result<Vec<Row>> {
         let name = format!("{channel}-cross-instance");
         let subs = self.args.cross_subscribers;
-        let addr = if channel == "redis" { self.args.redis_addr.clone() } else { self.args.nats_addr.clone() };
+        let prefix = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let (spec, addr) = self.cross_channel(channel, &prefix);
         let skipped = |why: String| {
             eprintln!("   {name}: skipped: {why}");
             Ok(vec![Row { scenario: name.clone(), clients: Some(subs), note: format!("skipped: {why}"), ..Row::default() }])
@@ -28,11 +58,8 @@ impl Bench {
         {
             return skipped(format!("{channel} at {addr} not reachable: {e}"));
         }
-        let prefix = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let mut config = self.config.clone();
-        config.channel_provider = Some(stategate::channel::ChannelSpec::parse(
-            &serde_json::json!({"name": channel, "addr": addr, "prefix": prefix}).to_string(),
-        )?);
+        config.channel_provider = Some(stategate::channel::ChannelSpec::parse(&spec.to_string())?);
         let storage = self.gateway.gateway.storage().clone();
         let mut started = Vec::new();
         for _ in 0..2 {
@@ -65,8 +92,8 @@ impl Bench {
             anon_rss_mib: Some(anon),
             errors: x.errors,
             note: format!(
-                "{rate:.0} writes/s on instance A x {subs} subscribers on instance B ({channel} at {addr}, prefix {prefix}; A and B share one \
-                 sqlite storage in this process); ops/s = delivered events/s; latency = write call start on A to delivery from B; \
+                "{rate:.0} writes/s on instance A x {subs} subscribers on instance B ({channel} at {addr}, prefix/topic {prefix}; A and B share \
+                 one sqlite storage in this process); ops/s = delivered events/s; latency = write call start on A to delivery from B; \
                  \"ceiling\" = the same load on one instance with the inmem channel{}",
                 x.first_error.map(|e| format!("; {e}")).unwrap_or_default()
             ),

@@ -92,6 +92,10 @@ fn table() -> Vec<Scenario> {
         Scenario { name: "wasm-provider", what: "Get/Set on the wasm storage provider guest (fs-storage) relative to embedded sqlite, and Get with the wasm policy hook tenant-isolation relative to none", run: Some(|b| Box::pin(b.wasm_provider())) },
         Scenario { name: "redis-cross-instance", what: "two gateways on the Redis channel sharing one storage: writer on A, N Stream subscribers on B, relative to one instance with the inmem channel", run: Some(|b| Box::pin(b.cross_instance("redis"))) },
         Scenario { name: "nats-cross-instance", what: "two gateways on the NATS channel sharing one storage: writer on A, N Stream subscribers on B, relative to one instance with the inmem channel", run: Some(|b| Box::pin(b.cross_instance("nats"))) },
+        Scenario { name: "nats-jetstream-cross-instance", what: "the same on the NATS channel's durable mode (JetStream, a stream in memory)", run: Some(|b| Box::pin(b.cross_instance("nats-jetstream"))) },
+        Scenario { name: "stan-cross-instance", what: "the same on the stan channel (served over NATS, JetStream when the server has it)", run: Some(|b| Box::pin(b.cross_instance("stan"))) },
+        Scenario { name: "kafka-cross-instance", what: "the same on the Kafka channel (a fresh topic, one partition)", run: Some(|b| Box::pin(b.cross_instance("kafka"))) },
+        Scenario { name: "rabbitmq-cross-instance", what: "the same on the RabbitMQ channel (topic exchange stategate-bench)", run: Some(|b| Box::pin(b.cross_instance("rabbitmq"))) },
     ]
 }
 

@@ -9,9 +9,14 @@
 //! - when the connection breaks, the subscription's stream ends (or yields an
 //!   error), so the hub knows to catch up from storage.
 
+pub mod jetstream;
+pub mod kafka;
 pub mod memory;
 pub mod nats;
+pub mod rabbitmq;
 pub mod redis;
+pub mod stan;
+mod tls;
 pub mod wasm;
 
 use crate::model::{Error, Event, Result, Topic};
@@ -51,6 +56,10 @@ crate::provider_spec! {
         Inmem(memory::MemoryConfig) = "inmem" | "memory",
         Redis(redis::RedisConfig) = "redis",
         Nats(nats::NatsConfig) = "nats",
+        Kafka(kafka::KafkaConfig) = "kafka",
+        RabbitMq(rabbitmq::RabbitMqConfig) = "rabbitmq" | "amqp",
+        /// v0.5.0's NATS Streaming, served over NATS (see `stan.rs`).
+        Stan(stan::StanConfig) = "stan",
         Wasm(wasm::WasmChannelConfig) = "wasm",
     }
 }
@@ -68,6 +77,9 @@ impl ChannelSpec {
         let checked = match &spec {
             ChannelSpec::Redis(c) => c.validate(),
             ChannelSpec::Nats(c) => c.validate(),
+            ChannelSpec::Kafka(c) => c.validate(),
+            ChannelSpec::RabbitMq(c) => c.validate(),
+            ChannelSpec::Stan(c) => c.validate(),
             ChannelSpec::Inmem(_) | ChannelSpec::Wasm(_) => Ok(()),
         };
         checked.map_err(|e| Error::invalid("STATEGATE_CHANNEL_PROVIDER", e.to_string()))?;
@@ -81,6 +93,9 @@ impl ChannelSpec {
             ChannelSpec::Inmem(_) => Arc::new(memory::MemoryChannel::new()),
             ChannelSpec::Redis(c) => Arc::new(redis::RedisChannel::open(c).await?),
             ChannelSpec::Nats(c) => Arc::new(nats::NatsChannel::open(c).await?),
+            ChannelSpec::Kafka(c) => Arc::new(kafka::KafkaChannel::open(c).await?),
+            ChannelSpec::RabbitMq(c) => Arc::new(rabbitmq::RabbitMqChannel::open(c).await?),
+            ChannelSpec::Stan(c) => Arc::new(stan::open(c).await?),
             ChannelSpec::Wasm(c) => Arc::new(wasm::WasmChannel::open(c, wasm).await?),
         })
     }
@@ -127,6 +142,75 @@ mod tests {
         let unique: std::collections::HashSet<_> = escaped.iter().collect();
         assert_eq!(unique.len(), names.len());
         assert_eq!(escape_token("a_b-C9"), "a_b-C9");
+    }
+
+    fn refused(text: &str) -> String {
+        match ChannelSpec::parse(text) {
+            Err(Error::InvalidArgument { field, reason }) => format!("{field}: {reason}"),
+            other => panic!("{text} was not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn kafka_takes_v050_keys_and_checks_its_options() {
+        let spec = ChannelSpec::parse(r#"{"name":"kafka","addr":"k1:9092, k2:9093","client_cert_file":"c.pem","client_key_file":"k.pem"}"#).unwrap();
+        let ChannelSpec::Kafka(k) = spec else { panic!("{spec:?}") };
+        assert_eq!((k.topic.as_str(), k.cert_file.as_deref(), k.key_file.as_deref()), ("stategate", Some("c.pem"), Some("k.pem")));
+        for (bad, names) in [
+            (r#"{"name":"kafka","addr":"k1"}"#, "host:port"),
+            (r#"{"name":"kafka","addr":"k:9092","topic":"a b"}"#, "topic"),
+            (r#"{"name":"kafka","addr":"k:9092","partitions":0}"#, "partitions"),
+            (r#"{"name":"kafka","addr":"k:9092","sasl_mechanism":"GSSAPI","sasl_username":"u","sasl_password":"p"}"#, "GSSAPI"),
+            (r#"{"name":"kafka","addr":"k:9092","sasl_mechanism":"PLAIN"}"#, "sasl_username"),
+            (r#"{"name":"kafka","addr":"k:9092","sasl_username":"u"}"#, "sasl_mechanism"),
+            (r#"{"name":"kafka","addr":"k:9092","cert_file":"c.pem"}"#, "key_file"),
+            (r#"{"name":"kafka","addr":"k:9092","group":"g"}"#, "group"),
+        ] {
+            let e = refused(bad);
+            assert!(e.contains(names), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn rabbitmq_reads_its_url_and_checks_its_options() {
+        for name in ["rabbitmq", "amqp"] {
+            let spec = ChannelSpec::parse(&format!(r#"{{"name":"{name}","addr":"amqp://u%40x:p%2Fw@h:5673/%2f"}}"#)).unwrap();
+            let ChannelSpec::RabbitMq(r) = spec else { panic!("{spec:?}") };
+            assert_eq!(r.exchange, "stategate");
+        }
+        for (bad, names) in [
+            (r#"{"name":"rabbitmq","addr":"http://h/"}"#, "scheme"),
+            (r#"{"name":"rabbitmq","addr":"not a url"}"#, "addr"),
+            (r#"{"name":"rabbitmq","addr":"amqp://h/%zz"}"#, "escape"),
+            (r#"{"name":"rabbitmq","addr":"amqp://h/","exchange":"amq.topic"}"#, "exchange"),
+            (r#"{"name":"amqp","addr":"amqp://h/","queue":"q"}"#, "queue"),
+        ] {
+            let e = refused(bad);
+            assert!(e.contains(names), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn nats_durable_mode_and_stan_options() {
+        let spec = ChannelSpec::parse(r#"{"name":"nats","addr":"n:4222","jetstream":true,"stream":"EVENTS","max_age_secs":60,"storage":"memory"}"#).unwrap();
+        let ChannelSpec::Nats(n) = spec else { panic!("{spec:?}") };
+        assert!(n.jetstream);
+        assert_eq!(n.stream.as_deref(), Some("EVENTS"));
+        for (bad, names) in [
+            (r#"{"name":"nats","addr":"n:4222","stream":"EVENTS"}"#, "jetstream"),
+            (r#"{"name":"nats","addr":"n:4222","jetstream":true,"stream":"a.b"}"#, "stream"),
+            (r#"{"name":"nats","addr":"n:4222","jetstream":true,"storage":"disk"}"#, "storage"),
+            (r#"{"name":"nats","addr":"n:4222","jetstream":true,"replicas":0}"#, "replicas"),
+            (r#"{"name":"stan","addr":"n:4222","cluster":""}"#, "cluster"),
+            (r#"{"name":"stan","addr":"n:4222","client_id":"x"}"#, "client_id"),
+        ] {
+            let e = refused(bad);
+            assert!(e.contains(names), "{bad}: {e}");
+        }
+        let spec = ChannelSpec::parse(r#"{"name":"stan","addr":"nats://n:4222","cluster":"test-cluster","client_cert_file":"c.pem","client_key_file":"k.pem"}"#).unwrap();
+        let ChannelSpec::Stan(s) = spec else { panic!("{spec:?}") };
+        let nats = s.nats();
+        assert_eq!((nats.addr.as_str(), nats.cert_file.as_deref(), nats.jetstream), ("nats://n:4222", Some("c.pem"), false));
     }
 }
 

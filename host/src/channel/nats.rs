@@ -6,6 +6,13 @@
 //! `"cert_file"` + `"key_file"` for a client certificate) and `"prefix"`
 //! (default `stategate`, dot-separated tokens allowed).
 //!
+//! `"jetstream": true` turns on the durable mode (`jetstream.rs`, with the
+//! stream options `"stream"`, `"max_age_secs"`, `"max_bytes"`,
+//! `"max_msgs"`, `"replicas"`, `"storage"`): publishes are acknowledged by
+//! a stream, and a subscription resumes after a disconnect from its last
+//! stream sequence instead of ending. What follows describes the default,
+//! core NATS mode.
+//!
 //! Each event goes to the subject `<prefix>.<domain>.<type>`, domain and
 //! type escaped by `escape_token` so they are always exactly one token with
 //! no `.`, `*` or `>`. A topic subscribes to its subject, with `*` for a
@@ -18,6 +25,7 @@
 //! While disconnected, calls fail fast with `Unavailable` instead of
 //! queueing in the client.
 
+use super::jetstream::{Durable, StreamOptions};
 use super::{Channel, Subscription, decode_event, encode_event, escape_token};
 use crate::model::{Error, Event, Result, Topic};
 use async_nats::connection::State;
@@ -56,6 +64,14 @@ pub struct NatsConfig {
     /// ignored it (only `stan` used it), so it is accepted and unused here.
     pub cluster: Option<String>,
     pub prefix: String,
+    /// The durable mode and its stream options (see `jetstream.rs`).
+    pub jetstream: bool,
+    pub stream: Option<String>,
+    pub max_age_secs: Option<u64>,
+    pub max_bytes: Option<i64>,
+    pub max_msgs: Option<i64>,
+    pub replicas: Option<usize>,
+    pub storage: Option<String>,
 }
 
 impl Default for NatsConfig {
@@ -75,6 +91,13 @@ impl Default for NatsConfig {
             tls_key: None,
             cluster: None,
             prefix: "stategate".to_owned(),
+            jetstream: false,
+            stream: None,
+            max_age_secs: None,
+            max_bytes: None,
+            max_msgs: None,
+            replicas: None,
+            storage: None,
         }
     }
 }
@@ -97,12 +120,40 @@ impl NatsConfig {
                 format!("{:?} is not a NATS subject prefix (dot-separated tokens, no wildcards or spaces)", self.prefix),
             ));
         }
-        Ok(())
+        let stream = self.stream_options();
+        if !self.jetstream && !stream.is_default() {
+            return Err(Error::invalid("jetstream", "stream options (stream, max_age_secs, max_bytes, max_msgs, replicas, storage) need \"jetstream\": true"));
+        }
+        stream.validate()
+    }
+
+    pub fn stream_options(&self) -> StreamOptions {
+        StreamOptions {
+            stream: self.stream.clone(),
+            max_age_secs: self.max_age_secs,
+            max_bytes: self.max_bytes,
+            max_msgs: self.max_msgs,
+            replicas: self.replicas,
+            storage: self.storage.clone(),
+        }
     }
 }
 
+/// Which NATS the channel uses: core subjects, a JetStream stream, or
+/// JetStream when the server has it (`stan`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    Core,
+    JetStream,
+    JetStreamIfAvailable,
+}
+
 pub struct NatsChannel {
+    /// `nats`, or `stan` when serving that name.
+    name: &'static str,
     client: async_nats::Client,
+    /// The durable mode's stream, if on.
+    durable: Option<Durable>,
     prefix: String,
     /// Disconnects so far; a subscription ends when it changes.
     disconnects: watch::Receiver<u64>,
@@ -111,6 +162,12 @@ pub struct NatsChannel {
 impl NatsChannel {
     /// Connects; fails if the server does not answer within `TIMEOUT`.
     pub async fn open(config: &NatsConfig) -> Result<Self> {
+        let mode = if config.jetstream { Mode::JetStream } else { Mode::Core };
+        Self::open_as("nats", config, mode).await
+    }
+
+    /// Connects in `mode`, reporting itself as `name`.
+    pub async fn open_as(name: &'static str, config: &NatsConfig, mode: Mode) -> Result<Self> {
         config.validate()?;
         let (count_tx, disconnects) = watch::channel(0u64);
         let mut options = async_nats::ConnectOptions::new()
@@ -171,11 +228,27 @@ impl NatsChannel {
             .await
             .map_err(|_| Error::unavailable(format!("nats: no connection to {} within {:?}", config.addr, TIMEOUT * 2)))?
             .map_err(|e| Error::unavailable(format!("nats: cannot connect to {}: {e}", config.addr)))?;
+        let jetstream = match mode {
+            Mode::Core => false,
+            Mode::JetStream => true,
+            Mode::JetStreamIfAvailable => Durable::available(client.clone()).await,
+        };
+        let durable = match jetstream {
+            true => Some(Durable::open(client.clone(), &config.prefix, &config.stream_options()).await?),
+            false => None,
+        };
         Ok(NatsChannel {
+            name,
             client,
+            durable,
             prefix: config.prefix.clone(),
             disconnects,
         })
+    }
+
+    /// Whether the durable (JetStream) mode is on.
+    pub fn durable(&self) -> bool {
+        self.durable.is_some()
     }
 
     fn connected(&self) -> Result<()> {
@@ -209,11 +282,10 @@ impl NatsChannel {
 #[async_trait]
 impl Channel for NatsChannel {
     fn name(&self) -> &str {
-        "nats"
+        self.name
     }
 
     async fn publish(&self, event: &Event) -> Result<()> {
-        self.connected()?;
         let subject = format!(
             "{}.{}.{}",
             self.prefix,
@@ -221,6 +293,12 @@ impl Channel for NatsChannel {
             escape_token(&event.record.ty)
         );
         let payload = encode_event(event);
+        if let Some(durable) = &self.durable {
+            // No fast failure while disconnected: the client holds the
+            // message until it reconnects (bounded by the durable publish).
+            return durable.publish(subject, event, payload.into()).await;
+        }
+        self.connected()?;
         match tokio::time::timeout(TIMEOUT, self.client.publish(subject, payload.into())).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::unavailable(format!("nats publish: {e}"))),
@@ -231,6 +309,10 @@ impl Channel for NatsChannel {
     async fn subscribe(&self, topic: &Topic) -> Result<Subscription> {
         let part = |p: &Option<String>| p.as_deref().map_or_else(|| "*".to_owned(), escape_token);
         let subject = format!("{}.{}.{}", self.prefix, part(&topic.domain), part(&topic.ty));
+        if let Some(durable) = &self.durable {
+            self.connected()?;
+            return durable.subscribe(subject, topic, self.disconnects.clone()).await;
+        }
         let mut disconnects = self.disconnects.clone();
         disconnects.mark_unchanged();
         self.connected()?;

@@ -67,6 +67,75 @@ channel_conformance!(nats_channel, async {
     Some(Arc::new(c) as stategate::channel::DynChannel)
 });
 
+/// Each test process publishes to a topic of its own (created by the
+/// provider), so runs never see each other's events.
+pub fn kafka_config(url: &str) -> stategate::channel::kafka::KafkaConfig {
+    let spec = json!({"name": "kafka", "addr": url, "topic": run_id(), "partitions": 3});
+    serde_json::from_value(spec_options(spec)).unwrap()
+}
+
+channel_conformance!(kafka_channel, async {
+    let url = crate::harness::backend_url("KAFKA")?;
+    let c = stategate::channel::kafka::KafkaChannel::open(&crate::backends::kafka_config(&url))
+        .await
+        .expect("kafka channel opens");
+    Some(Arc::new(c) as stategate::channel::DynChannel)
+});
+
+/// One exchange for all test runs (exchanges are durable: one per run would
+/// pile up on the shared broker); checks use domains of their own.
+pub fn rabbitmq_config(url: &str) -> stategate::channel::rabbitmq::RabbitMqConfig {
+    let spec = json!({"name": "rabbitmq", "addr": url, "exchange": "stategate-test"});
+    serde_json::from_value(spec_options(spec)).unwrap()
+}
+
+channel_conformance!(rabbitmq_channel, async {
+    let url = crate::harness::backend_url("AMQP")?;
+    let c = stategate::channel::rabbitmq::RabbitMqChannel::open(&crate::backends::rabbitmq_config(&url))
+        .await
+        .expect("rabbitmq channel opens");
+    Some(Arc::new(c) as stategate::channel::DynChannel)
+});
+
+/// The durable mode on the shared server: one stream for every test run
+/// (in memory, ten minutes of events), so runs do not pile up streams;
+/// checks use domains of their own.
+pub fn nats_jetstream_spec(url: &str) -> serde_json::Value {
+    json!({"name": "nats", "addr": url, "prefix": "stategate-test-js", "jetstream": true, "storage": "memory", "max_age_secs": 600})
+}
+
+channel_conformance!(nats_jetstream_channel, async {
+    let url = crate::harness::backend_url("NATS")?;
+    let config: NatsConfig = serde_json::from_value(spec_options(crate::backends::nats_jetstream_spec(&url))).unwrap();
+    let c = NatsChannel::open(&config).await.expect("nats channel opens in durable mode");
+    assert!(c.durable());
+    Some(Arc::new(c) as stategate::channel::DynChannel)
+});
+
+// `stan` on the shared server, which has JetStream: the durable mode.
+channel_conformance!(stan_channel, async {
+    let url = crate::harness::backend_url("NATS")?;
+    let spec = json!({"name": "stan", "addr": url, "cluster": "test-cluster", "prefix": "stategate-test-stan"});
+    let c = stategate::channel::stan::open(&serde_json::from_value(spec_options(spec)).unwrap()).await.expect("stan opens over NATS");
+    assert!(c.durable(), "the shared server has JetStream");
+    assert_eq!(stategate::channel::Channel::name(&c), "stan");
+    Some(Arc::new(c) as stategate::channel::DynChannel)
+});
+
+/// `stan` on a server without JetStream falls back to core NATS, and
+/// still delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stan_without_jetstream_uses_core_nats() {
+    if !crate::procs::have("nats-server") {
+        return;
+    }
+    let server = crate::procs::nats_server_without_jetstream().await;
+    let spec = json!({"name": "stan", "addr": format!("127.0.0.1:{}", server.port), "cluster": "test-cluster"});
+    let c = stategate::channel::stan::open(&serde_json::from_value(spec_options(spec)).unwrap()).await.expect("stan opens over NATS");
+    assert!(!c.durable(), "no JetStream on this server");
+    crate::channel_conformance::delivers_after_subscribe(Arc::new(c)).await;
+}
+
 fn values(v: serde_json::Value) -> Values {
     v.as_object().unwrap().clone()
 }

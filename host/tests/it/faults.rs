@@ -23,14 +23,14 @@ use tonic::transport::Channel;
 const CLIENT_DEADLINE: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
-struct Load {
-    acked: Mutex<HashSet<String>>,
-    errors: Mutex<Vec<tonic::Code>>,
+pub struct Load {
+    pub acked: Mutex<HashSet<String>>,
+    pub errors: Mutex<Vec<tonic::Code>>,
     stop: AtomicBool,
 }
 
 impl Load {
-    fn acked(&self) -> usize {
+    pub fn acked(&self) -> usize {
         self.acked.lock().unwrap().len()
     }
 
@@ -38,7 +38,7 @@ impl Load {
         self.errors.lock().unwrap().len()
     }
 
-    async fn wait(&self, what: &str, done: impl Fn(&Load) -> bool) {
+    pub async fn wait(&self, what: &str, done: impl Fn(&Load) -> bool) {
         for _ in 0..1200 {
             if done(self) {
                 return;
@@ -50,7 +50,7 @@ impl Load {
 }
 
 /// Writers setting records of `domain` until told to stop.
-fn start_load(channel: Channel, domain: &str) -> (Arc<Load>, Vec<tokio::task::JoinHandle<()>>) {
+pub fn start_load(channel: Channel, domain: &str) -> (Arc<Load>, Vec<tokio::task::JoinHandle<()>>) {
     let load = Arc::new(Load::default());
     let tasks = (0..4)
         .map(|w| {
@@ -79,7 +79,7 @@ fn start_load(channel: Channel, domain: &str) -> (Arc<Load>, Vec<tokio::task::Jo
     (load, tasks)
 }
 
-async fn stop_load(load: &Load, tasks: Vec<tokio::task::JoinHandle<()>>) {
+pub async fn stop_load(load: &Load, tasks: Vec<tokio::task::JoinHandle<()>>) {
     load.stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
@@ -90,14 +90,14 @@ fn provider_down(which: &'static str, name: &'static str) -> impl Fn(u16, &serde
     move |status, body| status == 503 && body[which]["provider"] == name && body[which]["ready"] == false
 }
 
-fn all_ready(status: u16, body: &serde_json::Value) -> bool {
+pub fn all_ready(status: u16, body: &serde_json::Value) -> bool {
     status == 200 && body["ready"] == true
 }
 
 /// Kills a channel backend under load, restarts it, and checks recovery.
 /// `resubscribed` tells whether the gateway holds a subscription on the
 /// restarted server again.
-async fn channel_restart(mut server: Server, channel_spec: serde_json::Value, name: &'static str, resubscribed: impl AsyncFn(&Server) -> bool) {
+pub async fn channel_restart(mut server: Server, channel_spec: serde_json::Value, name: &'static str, resubscribed: impl AsyncFn(&Server) -> bool) {
     let dir = tempfile::tempdir().unwrap();
     let storage = json!({"name": "sqlite", "path": dir.path().join("db.sqlite")}).to_string();
     let gw = Gateway::spawn(dir.path(), &storage, &channel_spec.to_string()).await;

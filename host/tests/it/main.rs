@@ -37,6 +37,7 @@ mod sql_pushdown;
 mod procs;
 mod multi_instance;
 mod faults;
+mod broker_faults;
 mod hostile;
 mod pre_auth;
 mod auth;

@@ -1,5 +1,5 @@
 //! Two gateway processes sharing one storage and one channel (Mongo over
-//! Redis and over NATS, PostgreSQL over NATS, MySQL over Redis): a stream
+//! Redis, NATS (core and JetStream), stan, Kafka and RabbitMQ, PostgreSQL over NATS, MySQL over Redis): a stream
 //! on B receives every write made on A, in order per record, and a write on
 //! B with a version made stale on A is refused.
 
@@ -159,6 +159,30 @@ async fn two_instances_over_redis() {
 async fn two_instances_over_nats() {
     let Some(url) = backend_url("NATS") else { return };
     two_instances_share_state(json!({"name": "nats", "addr": url, "prefix": unique("sgmulti")})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_over_nats_jetstream() {
+    let Some(url) = backend_url("NATS") else { return };
+    two_instances_share_state(crate::backends::nats_jetstream_spec(&url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_over_stan() {
+    let Some(url) = backend_url("NATS") else { return };
+    two_instances_share_state(json!({"name": "stan", "addr": url, "cluster": "test-cluster", "prefix": "stategate-test-stan"})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_over_kafka() {
+    let Some(url) = backend_url("KAFKA") else { return };
+    two_instances_share_state(json!({"name": "kafka", "addr": url, "topic": unique("sgmulti"), "partitions": 3})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_over_rabbitmq() {
+    let Some(url) = backend_url("AMQP") else { return };
+    two_instances_share_state(json!({"name": "rabbitmq", "addr": url, "exchange": "stategate-test"})).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

