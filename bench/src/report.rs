@@ -163,7 +163,10 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
         );
     }
     md.push('\n');
-    for r in rows.iter().filter(|r| r.scenario.starts_with("auth-") || r.scenario.starts_with("wasm-") || r.scenario.ends_with("cross-instance")) {
+    for r in rows.iter().filter(|r| r.scenario.starts_with("auth-") || r.scenario.starts_with("wasm-")
+        || r.scenario.ends_with("cross-instance")
+        || r.scenario.starts_with("postgres")
+        || r.scenario.starts_with("mysql")) {
         let _ = writeln!(md, "- {} {}: {}", r.scenario, r.clients.unwrap_or(0), r.note);
     }
     for r in rows.iter().filter(|r| r.scenario == "fanout") {

@@ -6,6 +6,8 @@ mod auth;
 mod cross_instance;
 mod fanout;
 mod idle_streams;
+mod sql;
+mod sql_bare;
 mod unary;
 mod wasm;
 
@@ -92,6 +94,8 @@ fn table() -> Vec<Scenario> {
         Scenario { name: "wasm-provider", what: "Get/Set on the wasm storage provider guest (fs-storage) relative to embedded sqlite, and Get with the wasm policy hook tenant-isolation relative to none", run: Some(|b| Box::pin(b.wasm_provider())) },
         Scenario { name: "redis-cross-instance", what: "two gateways on the Redis channel sharing one storage: writer on A, N Stream subscribers on B, relative to one instance with the inmem channel", run: Some(|b| Box::pin(b.cross_instance("redis"))) },
         Scenario { name: "nats-cross-instance", what: "two gateways on the NATS channel sharing one storage: writer on A, N Stream subscribers on B, relative to one instance with the inmem channel", run: Some(|b| Box::pin(b.cross_instance("nats"))) },
+        Scenario { name: "postgres", what: "Set/Get/Search/event Search on a gateway with the postgres storage provider (a schema of its own), Set/Get relative to a bare sqlx client issuing the same transaction and point read, searches relative to embedded sqlite on disk", run: Some(|b| Box::pin(b.sql(sql_bare::Db::Postgres))) },
+        Scenario { name: "mysql", what: "the same on the mysql storage provider (MariaDB or MySQL; a database of its own)", run: Some(|b| Box::pin(b.sql(sql_bare::Db::Mysql))) },
     ]
 }
 
