@@ -87,6 +87,21 @@ pub struct Args {
     /// Client counts of the `wasm-provider` scenario.
     #[arg(long, value_delimiter = ',', default_value = "16,64")]
     pub wasm_clients: Vec<usize>,
+    /// PostgreSQL server of the `postgres` scenario (skipped if
+    /// unreachable); the run uses a schema of its own there and drops it.
+    #[arg(long, env = "STATEGATE_TEST_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    pub postgres_url: String,
+    /// MySQL/MariaDB server of the `mysql` scenario (skipped if
+    /// unreachable); the run creates a database of its own there and drops it.
+    #[arg(long, env = "STATEGATE_TEST_MYSQL_URL", default_value = "mysql://root@127.0.0.1:3306/test")]
+    pub mysql_url: String,
+    /// Records seeded into each storage of the `postgres` and `mysql`
+    /// scenarios (and into their embedded sqlite comparison).
+    #[arg(long, default_value_t = 10_000)]
+    pub sql_records: usize,
+    /// Events seeded likewise, for event Search.
+    #[arg(long, default_value_t = 50_000)]
+    pub sql_events: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -49,6 +49,21 @@ pub struct Row {
 /// file is rewritten (hand-written notes: what was changed, before/after).
 pub const NOTES_MARKER: &str = "<!-- notes: kept across runs -->";
 
+/// How the `postgres` and `mysql` rows are measured (a paragraph of the
+/// report's method, written by every run).
+pub const SQL_METHOD: &str = "**`postgres-*` and `mysql-*` rows** (scenarios `postgres` and `mysql`, issue 18): a gateway in-process on the \
+`postgres` / `mysql` storage provider (default pool: 16 reads + 1 writer) in a schema (PostgreSQL, `--postgres-url`, \
+default `$STATEGATE_TEST_POSTGRES_URL`) or database (MariaDB/MySQL, `--mysql-url`, default `$STATEGATE_TEST_MYSQL_URL`) \
+made for the run and dropped at its end, on the servers as they run on this machine (each row's note names the server and the filesystem of its data); \
+the provider's gateway and a gateway on embedded sqlite on disk (`--data-dir`, else /var/tmp) are each seeded through the `Storage` API \
+with `--sql-records` 1 KiB records and `--sql-events` events. At each client count: **Set** and **Get** over gRPC \
+against a **bare database** ceiling: a plain sqlx client, one connection per client, issuing the provider's Set \
+transaction (event insert + state upsert in one transaction, into copies of its `events`/`states` tables with the \
+same values; seqs from an in-process counter, no record lock or counter row) and its point read of a seeded state; \
+targets at 64 clients: Set >= 0.8, Get >= 0.7 of the bare figure. **Search** and **event-search** against the same \
+calls on the sqlite gateway (no target). A server that cannot be reached gives one row \"skipped: …\". Run only \
+these: `cargo run --release -p stategate-bench -- --only postgres,mysql`.";
+
 pub fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -123,6 +138,7 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
         args.data_dir.as_deref().map_or("/dev/shm (tmpfs: fsync is nearly free; pass --data-dir for a disk)".into(), |d| d.display().to_string()),
         STREAMS_PER_CONNECTION, args.warmup, args.secs
     );
+    let _ = writeln!(md, "{SQL_METHOD}\n");
     if !seeding.is_empty() {
         let _ = writeln!(md, "Seeding (directly through the `Storage` API, not over gRPC):");
         for s in seeding {
@@ -163,7 +179,10 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
         );
     }
     md.push('\n');
-    for r in rows.iter().filter(|r| r.scenario.starts_with("auth-") || r.scenario.starts_with("wasm-") || r.scenario.ends_with("cross-instance")) {
+    for r in rows.iter().filter(|r| r.scenario.starts_with("auth-") || r.scenario.starts_with("wasm-")
+        || r.scenario.ends_with("cross-instance")
+        || r.scenario.starts_with("postgres")
+        || r.scenario.starts_with("mysql")) {
         let _ = writeln!(md, "- {} {}: {}", r.scenario, r.clients.unwrap_or(0), r.note);
     }
     for r in rows.iter().filter(|r| r.scenario == "fanout") {

@@ -6,6 +6,8 @@ mod auth;
 mod cross_instance;
 mod fanout;
 mod idle_streams;
+mod sql;
+mod sql_bare;
 mod unary;
 mod wasm;
 
@@ -96,6 +98,8 @@ fn table() -> Vec<Scenario> {
         Scenario { name: "stan-cross-instance", what: "the same on the stan channel (served over NATS, JetStream when the server has it)", run: Some(|b| Box::pin(b.cross_instance("stan"))) },
         Scenario { name: "kafka-cross-instance", what: "the same on the Kafka channel (a fresh topic, one partition)", run: Some(|b| Box::pin(b.cross_instance("kafka"))) },
         Scenario { name: "rabbitmq-cross-instance", what: "the same on the RabbitMQ channel (topic exchange stategate-bench)", run: Some(|b| Box::pin(b.cross_instance("rabbitmq"))) },
+        Scenario { name: "postgres", what: "Set/Get/Search/event Search on a gateway with the postgres storage provider (a schema of its own), Set/Get relative to a bare sqlx client issuing the same transaction and point read, searches relative to embedded sqlite on disk", run: Some(|b| Box::pin(b.sql(sql_bare::Db::Postgres))) },
+        Scenario { name: "mysql", what: "the same on the mysql storage provider (MariaDB or MySQL; a database of its own)", run: Some(|b| Box::pin(b.sql(sql_bare::Db::Mysql))) },
     ]
 }
 
