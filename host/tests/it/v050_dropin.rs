@@ -251,7 +251,7 @@ async fn rest_discards_unknown_fields() {
     let r = c.get(format!("{base}/api/state/search?domain={d}&type=user&limit=5&cursor=abc&queryString=%7B%22a%22%3A1%7D")).send().await.unwrap();
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["stateValues"].as_array().map(Vec::len), Some(1), "{body}");
-    let r = c.get(format!("{base}/api/events/search?domain={d}&type=user&limit=5&sort=desc&pageToken=x")).send().await.unwrap();
+    let r = c.get(format!("{base}/api/events/search?domain={d}&type=user&limit=5&order=desc&pageToken=x")).send().await.unwrap();
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["events"].as_array().map(Vec::len), Some(1), "{body}");
     for (req, field) in [
