@@ -12,9 +12,9 @@
 //! What a watched topic costs is a map entry and an empty ring, which grows
 //! only with deliveries some stream has not read yet: no task, no timer and
 //! no storage read per topic (2,000 one-topic streams once held 385 MiB and
-//! 29 % of a core while idle). The ring goes when its last stream leaves;
+//! 29 % of a core while idle). A ring goes when its last stream leaves;
 //! the feed, with its channel subscription and its storage sweep, goes
-//! when the last stream of any topic leaves.
+//! when no stream of any topic is left.
 //!
 //! When the channel subscription breaks, the feed ends and closes every
 //! ring; streams then catch up from storage and subscribe again, which
