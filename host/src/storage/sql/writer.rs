@@ -49,6 +49,35 @@ pub enum Failure {
     Fatal { error: Error, connection_lost: bool },
 }
 
+impl Failure {
+    /// How a statement failing before the commit was sent ends the batch:
+    /// retried as it is (`transient`: a deadlock, a serialization failure
+    /// or a lost race on a new row), rerun on a new connection (the
+    /// connection failed, so nothing was written), or refused.
+    pub fn before_commit(e: sqlx::Error, transient: fn(&sqlx::Error) -> bool, db_error: fn(sqlx::Error) -> Error) -> Failure {
+        if transient(&e) {
+            Failure::Transient(db_error(e))
+        } else if super::is_connection_error(&e) {
+            Failure::Reconnect(db_error(e))
+        } else {
+            Failure::Fatal { error: db_error(e), connection_lost: false }
+        }
+    }
+}
+
+/// A writer's new connection, bounded by the connect timeout.
+pub async fn connect_within<C>(
+    timeout: Duration,
+    name: &str,
+    connect: impl std::future::Future<Output = std::result::Result<C, sqlx::Error>>,
+    db_error: fn(sqlx::Error) -> Error,
+) -> Result<C> {
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(result) => result.map_err(db_error),
+        Err(_) => Err(Error::unavailable(format!("{name}: no connection within {timeout:?}"))),
+    }
+}
+
 #[async_trait]
 pub trait Committer: Send + Sync + 'static {
     type Conn: Send;
