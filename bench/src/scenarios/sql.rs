@@ -134,7 +134,9 @@ impl Bench {
             }
         }
         let bare = Bare::new(place.clone());
-        place.connect(true).await?.create_bare_tables().await.context("creating the bare tables")?;
+        let mut admin = place.connect(true).await?;
+        admin.analyze().await.context("analyzing the seeded tables")?;
+        admin.create_bare_tables().await.context("creating the bare tables")?;
         let writers = self.args.sql_writers.map_or(String::new(), |n| format!(", {n} writer connections"));
         let server = format!("{} {version}, {server_disk}{writers}", db.name());
         let sqlite_disk = format!("{} ({})", sqlite_base.display(), fs_type(sqlite_base));
