@@ -311,7 +311,17 @@ impl Storage for MysqlStorage {
         if q.limit == 0 {
             return Ok(vec![]);
         }
-        let mut sql = Sql::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE dt = "));
+        // A type's events in seq order come from its (dt, seq) index. Left
+        // to itself, MariaDB walks the whole log by the primary key and
+        // filters, which for a type written after another reads every older
+        // event (9 ms instead of 0.3 ms past 10k events). With a time range
+        // the optimizer chooses between the seq and time indexes itself.
+        let by_seq = q.key.is_none()
+            && q.min_time.is_none()
+            && q.max_time.is_none()
+            && !matches!(q.sort, Some(EventSort { by: EventOrder::Time, .. }));
+        let hint = if by_seq { " FORCE INDEX (events_by_type_seq)" } else { "" };
+        let mut sql = Sql::new(format!("SELECT {EVENT_COLUMNS} FROM events{hint} WHERE dt = "));
         let dt = sql.arg(Arg::Bytes(type_hash(&q.domain, &q.ty)));
         let d = sql.arg(Arg::Bytes(q.domain.as_bytes().to_vec()));
         let t = sql.arg(Arg::Bytes(q.ty.as_bytes().to_vec()));
