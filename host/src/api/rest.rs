@@ -38,6 +38,7 @@ pub fn routes(gateway: Arc<Gateway>) -> Router {
         .route("/api/events/search", get(search_events))
         .route("/api/events/stream", get(stream))
         .route("/api/events/ref/{id}", get(get_event))
+        .route("/api/catalog", get(catalog))
         .with_state(gateway)
 }
 
@@ -225,6 +226,14 @@ async fn search_events(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap
 async fn get_event(State(gw): Api, Path(id): Path<String>, headers: HeaderMap) -> Response {
     let call = gw.get_event(metadata(&headers), gw::EventRefRequest { id });
     respond(measured(gw.metrics(), methods::EVENT_GET, call).await, event_json)
+}
+
+async fn catalog(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
+    let call = async {
+        let req: gw::CatalogRequest = request(query_map(q.as_deref())?, None)?;
+        gw.catalog(metadata(&headers), req).await
+    };
+    respond(measured(gw.metrics(), methods::CATALOG_LIST, call).await, json::catalog)
 }
 
 async fn stream(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {

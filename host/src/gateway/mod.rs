@@ -8,6 +8,7 @@
 //! once `append` returned; a failed publish is logged and the hub's sweep
 //! delivers the event from storage instead.
 
+mod catalog;
 mod limits;
 pub mod request;
 mod stream;
@@ -44,10 +45,12 @@ pub mod methods {
     pub const EVENT_STREAM: &str = "/stategate.EventService/Stream";
     pub const EVENT_SEARCH: &str = "/stategate.EventService/Search";
     pub const EVENT_GET: &str = "/stategate.EventService/Get";
+    pub const CATALOG_LIST: &str = "/stategate.CatalogService/List";
 
-    /// Every method of the two services.
-    pub const ALL: [&str; 9] = [
+    /// Every method of the stategate services.
+    pub const ALL: [&str; 10] = [
         STATE_SET, STATE_GET, STATE_DEL, STATE_SEARCH, STATE_EDIT, STATE_REVERT, EVENT_STREAM, EVENT_SEARCH, EVENT_GET,
+        CATALOG_LIST,
     ];
 }
 

@@ -28,7 +28,7 @@
 
 use super::{FEED_PAGE, Storage, conflict, idempotency_mismatch};
 use crate::model::{
-    Appended, AppendRequest, Arrival, Change, Error, Event, EventKind, EventQuery, FeedQuery, Filter, RecordRef,
+    Appended, AppendRequest, Arrival, CatalogEntry, Change, Error, Event, EventKind, EventQuery, FeedQuery, Filter, RecordRef,
     Result, Select, State, StateQuery, Values,
     query::Op,
 };
@@ -649,6 +649,34 @@ impl Storage for SqliteStorage {
     async fn head(&self) -> Result<u64> {
         self.read(|c| c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0)))
             .await
+    }
+
+    async fn catalog(&self, domain: Option<&str>) -> Result<Vec<CatalogEntry>> {
+        let domain = domain.map(str::to_owned);
+        self.read(move |c| {
+            // The grouping is a scan of the index events_by_type_time
+            // (domain, type, time), which covers it; each type's records are
+            // a range of the states' primary key.
+            let sql = format!(
+                "SELECT e.domain, e.type, e.n, e.last, \
+                   (SELECT COUNT(*) FROM states s WHERE s.domain = e.domain AND s.type = e.type AND s.vals IS NOT NULL) \
+                 FROM (SELECT domain, type, COUNT(*) AS n, MAX(time) AS last FROM events {} GROUP BY domain, type) e \
+                 ORDER BY e.domain, e.type",
+                if domain.is_some() { "WHERE domain = ?1" } else { "" }
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params_from_iter(domain.iter()), |row| {
+                Ok(CatalogEntry {
+                    domain: row.get(0)?,
+                    ty: row.get(1)?,
+                    events: row.get(2)?,
+                    last_event_time: row.get(3)?,
+                    records: row.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<()> {
