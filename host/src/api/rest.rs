@@ -14,7 +14,7 @@ use crate::model::{Error, Event, Result, json};
 use axum::{
     Router,
     body::{Body, Bytes},
-    extract::{Path, RawQuery, State},
+    extract::{Path, RawQuery, State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -52,8 +52,7 @@ fn respond<T>(result: Result<T>, to_json: impl FnOnce(&T) -> Value) -> Response 
 }
 
 pub(crate) fn error_response(e: &Error) -> Response {
-    let code = status::grpc_code(e);
-    let mut response = (status::http_status(code), axum::Json(status::error_body(e))).into_response();
+    let mut response = (status::http_status_of(e), axum::Json(status::error_body(e))).into_response();
     if let Error::Unauthenticated { reason, .. } = e {
         // RFC 6750: a request without a token gets the bare challenge.
         let challenge = if *reason == crate::model::TokenRefusal::Missing {
@@ -68,8 +67,22 @@ pub(crate) fn error_response(e: &Error) -> Response {
     response
 }
 
+/// A request body as read (within STATEGATE_MAX_MESSAGE_BYTES) or why it
+/// could not be: handlers take the rejection so it becomes an error in the
+/// API's envelope, after the token was checked.
+type BodyBytes = std::result::Result<Bytes, BytesRejection>;
+
 /// Reads a JSON object body; an empty body is an empty object.
-fn body(bytes: &Bytes) -> Result<Map<String, Value>> {
+fn body(bytes: &BodyBytes) -> Result<Map<String, Value>> {
+    let bytes = match bytes {
+        Ok(b) => b,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(Error::TooLarge(
+                "the request body is larger than this gateway accepts (STATEGATE_MAX_MESSAGE_BYTES)".into(),
+            ));
+        }
+        Err(r) => return Err(Error::invalid("body", r.body_text())),
+    };
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
@@ -153,7 +166,7 @@ fn event_json(e: &Event) -> Value {
     json::event(e)
 }
 
-async fn set(State(gw): Api, Path(rec): RecordPath, headers: HeaderMap, bytes: Bytes) -> Response {
+async fn set(State(gw): Api, Path(rec): RecordPath, headers: HeaderMap, bytes: BodyBytes) -> Response {
     let call = async {
         let md = metadata(&headers);
         gw.verify_token(methods::STATE_SET, &md).await?;
@@ -181,7 +194,7 @@ async fn del(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery, heade
 
 /// `PATCH`: the body is the merge patch itself (`body: "patch"`); other
 /// fields come as query parameters.
-async fn edit(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery, headers: HeaderMap, bytes: Bytes) -> Response {
+async fn edit(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery, headers: HeaderMap, bytes: BodyBytes) -> Response {
     let call = async {
         let md = metadata(&headers);
         gw.verify_token(methods::STATE_EDIT, &md).await?;
@@ -193,7 +206,7 @@ async fn edit(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery, head
     respond(measured(gw.metrics(), methods::STATE_EDIT, call).await, event_json)
 }
 
-async fn revert(State(gw): Api, Path(rec): RecordPath, headers: HeaderMap, bytes: Bytes) -> Response {
+async fn revert(State(gw): Api, Path(rec): RecordPath, headers: HeaderMap, bytes: BodyBytes) -> Response {
     let call = async {
         let md = metadata(&headers);
         gw.verify_token(methods::STATE_REVERT, &md).await?;

@@ -44,6 +44,11 @@ pub enum Error {
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
 
+    /// A request larger than the gateway accepts
+    /// (STATEGATE_MAX_MESSAGE_BYTES): gRPC `OUT_OF_RANGE`, HTTP 413.
+    #[error("too large: {0}")]
+    TooLarge(String),
+
     /// A bug or a corrupt store: never the client's fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -83,6 +88,7 @@ impl Error {
             Error::ResourceExhausted(_) => "resource_exhausted",
             Error::Unavailable(_) => "unavailable",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
+            Error::TooLarge(_) => "too_large",
             Error::Internal(_) => "internal",
         }
     }
