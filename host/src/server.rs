@@ -7,6 +7,7 @@
 mod conn;
 pub mod fds;
 mod ops;
+pub mod summary;
 
 use crate::api::{self, grpc::GrpcApi};
 use crate::config::{Config, ConfigError};
@@ -155,6 +156,7 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
     );
     let ops = ops::routes(gateway.clone(), ops_token.clone());
 
+    summary::Summary::new(&config, addr, ops_addr).log();
     warn_about_exposure(&config, addr, ops_addr, ops_token.is_some());
 
     let shutdown = CancellationToken::new();

@@ -191,9 +191,11 @@ impl Denial {
     }
 }
 
-/// A configuration value that cannot work, named by its variable.
+/// A configuration value that cannot work, named by its variable and its
+/// flag (`STATEGATE_MAX_STREAMS (--max-streams): must be at least 1`), so
+/// whoever set it either way finds it.
 #[derive(Debug, thiserror::Error)]
-#[error("{variable}: {problem}")]
+#[error("{variable} ({}): {problem}", flag_of(variable))]
 pub struct ConfigError {
     pub variable: &'static str,
     pub problem: String,
@@ -206,5 +208,17 @@ impl ConfigError {
             problem: problem.into(),
         }
     }
+
+    /// The command-line flag of the variable.
+    pub fn flag(&self) -> String {
+        flag_of(self.variable)
+    }
+}
+
+/// `STATEGATE_MAX_STREAMS` → `--max-streams`: every setting's flag is its
+/// variable's name that way (a test in `config` holds every flag to it).
+pub fn flag_of(variable: &str) -> String {
+    let name = variable.strip_prefix("STATEGATE_").unwrap_or(variable);
+    format!("--{}", name.to_ascii_lowercase().replace('_', "-"))
 }
 

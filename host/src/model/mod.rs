@@ -10,7 +10,7 @@ pub mod query;
 pub mod spec;
 
 pub use catalog::{Catalog, CatalogEntry};
-pub use error::{ConfigError, Denial, Error, Result, TokenRefusal};
+pub use error::{ConfigError, Denial, Error, Result, TokenRefusal, flag_of};
 pub use query::{Arrival, EventOrder, EventQuery, EventSort, FeedQuery, Filter, Page, Select, Sort, StateQuery};
 
 use serde_json::{Map, Value};

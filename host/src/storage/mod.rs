@@ -20,6 +20,7 @@
 //! `conformance` (in the integration tests) holds the one test suite every
 //! provider must pass.
 
+pub mod file_lock;
 pub mod memory;
 pub mod mongo;
 pub mod mysql;
@@ -127,6 +128,20 @@ impl StorageSpec {
                 .map_err(|e| Error::invalid("STATEGATE_STORAGE_PROVIDER", format!("mongo: {e}")))?;
         }
         Ok(spec)
+    }
+
+    /// Where the provider keeps the data, for the start-up summary
+    /// (passwords in addresses replaced by `***`).
+    pub fn location(&self, data_dir: &Path) -> String {
+        let addr = crate::model::spec::redacted_address;
+        match self {
+            StorageSpec::Sqlite(c) => c.file(data_dir).display().to_string(),
+            StorageSpec::Inmem(_) => "process memory (lost at exit)".to_owned(),
+            StorageSpec::Mongo(c) => format!("{} database {}", addr(&c.addr), c.database),
+            StorageSpec::Postgres(c) => format!("{} schema {}", addr(&c.addr), c.schema),
+            StorageSpec::Mysql(c) => addr(&c.addr),
+            StorageSpec::Wasm(c) => c.path.display().to_string(),
+        }
     }
 
     /// Opens the provider; `data_dir` holds the default sqlite file, `wasm`

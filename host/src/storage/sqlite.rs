@@ -118,12 +118,19 @@ pub struct SqliteConfig {
 
 impl SqliteConfig {
     pub fn build(&self, data_dir: &Path) -> Result<SqliteStorage> {
-        SqliteStorage::open(self.path.clone().unwrap_or_else(|| data_dir.join("stategate.db")))
+        SqliteStorage::open(self.file(data_dir))
+    }
+
+    /// The database file: `path`, else `stategate.db` in the data dir.
+    pub fn file(&self, data_dir: &Path) -> PathBuf {
+        self.path.clone().unwrap_or_else(|| data_dir.join("stategate.db"))
     }
 }
 
 pub struct SqliteStorage {
     path: PathBuf,
+    /// This process's claim on the file (`file_lock`), released at close.
+    lock: Mutex<Option<Arc<super::file_lock::FileLock>>>,
     writer: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Dropping the sender stops the checkpoint thread.
@@ -141,6 +148,7 @@ impl SqliteStorage {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::unavailable(format!("sqlite: cannot create {}: {e}", dir.display())))?;
         }
+        let lock = super::file_lock::lock(&path)?;
         let conn = Connection::open(&path).map_err(|e| db_error(&e))?;
         // page_size only takes effect on a new file, so it comes first;
         // an existing file keeps the page size it was created with.
@@ -202,6 +210,7 @@ impl SqliteStorage {
             .map_err(Error::internal)?;
         Ok(SqliteStorage {
             path,
+            lock: Mutex::new(Some(lock)),
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
             checkpointer: Mutex::new(Some((stop_checkpoints, checkpoint_thread))),
@@ -705,6 +714,7 @@ impl Storage for SqliteStorage {
                 .map_err(|_| Error::internal("sqlite writer panicked"))?;
         }
         self.readers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
         Ok(())
     }
 }
