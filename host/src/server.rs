@@ -156,8 +156,8 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
     );
     let ops = ops::routes(gateway.clone(), ops_token.clone());
 
-    summary::Summary::new(&config, addr, ops_addr).log();
     warn_about_exposure(&config, addr, ops_addr, ops_token.is_some());
+    summary::Summary::new(&config, addr, ops_addr).log();
 
     let shutdown = CancellationToken::new();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
