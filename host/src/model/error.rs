@@ -215,9 +215,17 @@ impl ConfigError {
     }
 }
 
-/// `STATEGATE_MAX_STREAMS` → `--max-streams`: every setting's flag is its
-/// variable's name that way (a test in `config` holds every flag to it).
+/// Settings whose flag is not their variable renamed (lists take plurals).
+const FLAG_EXCEPTIONS: [(&str, &str); 2] =
+    [("STATEGATE_JWT_ISSUER", "--jwt-issuers"), ("STATEGATE_JWT_AUDIENCE", "--jwt-audiences")];
+
+/// `STATEGATE_MAX_STREAMS` → `--max-streams`: a setting's flag is its
+/// variable's name that way, but for `FLAG_EXCEPTIONS` (a test in `config`
+/// holds every flag to this).
 pub fn flag_of(variable: &str) -> String {
+    if let Some((_, flag)) = FLAG_EXCEPTIONS.iter().find(|(v, _)| *v == variable) {
+        return (*flag).to_owned();
+    }
     let name = variable.strip_prefix("STATEGATE_").unwrap_or(variable);
     format!("--{}", name.to_ascii_lowercase().replace('_', "-"))
 }

@@ -159,7 +159,7 @@ mod tests {
         assert!(!format!("{s:?}").contains("hunter2") && !format!("{s:?}").contains("0123456789abcdef"));
         assert_eq!(s.request_policy, "policies/tenant.rego");
         assert_eq!(s.response_policy, "none: responses are sent as they are");
-        assert_eq!(s.policy_hooks, "*: hooks/redact.wasm, acme: hooks/acme.wasm");
+        assert_eq!(s.policy_hooks, "acme: hooks/acme.wasm, *: hooks/redact.wasm");
 
         let s = summary(&["--auth-disabled", "--data-dir", "/srv/sg"]);
         assert_eq!(s.auth, "disabled (STATEGATE_AUTH_DISABLED)");
