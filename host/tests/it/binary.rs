@@ -199,7 +199,16 @@ fn one_gateway_per_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let mut first = stategate(dir.path()).args(["--dev", "--port", "0", "--ops-port", "0"]).spawn().unwrap();
     let _ = lines_until(&mut first, "is serving");
-    let second = stategate(dir.path()).args(["--dev", "--port", "0", "--ops-port", "0"]).output().unwrap();
+    let mut second = stategate(dir.path()).args(["--dev", "--port", "0", "--ops-port", "0"]).spawn().unwrap();
+    // Bounded: a second gateway that starts anyway must fail this test, not hang it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while second.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if second.try_wait().unwrap().is_none() {
+        let _ = second.kill();
+    }
+    let second = second.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success(), "{stderr}");
     assert!(stderr.contains("data dir data is in use") && stderr.contains(&format!("pid {}", first.id())), "{stderr}");
