@@ -24,7 +24,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use futures::future::{Either, Ready, ready};
-use http::header::{ALLOW, CONTENT_TYPE};
+use super::browser::starts_with_ignoring_case;
+use http::header::ALLOW;
 use http::{HeaderValue, Method, Request, StatusCode, Version};
 use prost::Message;
 use std::collections::BTreeSet;
@@ -137,13 +138,12 @@ impl tower::Service<Request<Body>> for Unmatched {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let media = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
-        let answer = match media.as_deref() {
-            Some(m) if m.starts_with("application/grpc-web") && req.method() != Method::POST => {
+        // Every gRPC call passes here: compared in place, no allocation.
+        let media = super::browser::content_type(&req);
+        let grpc = media.is_some_and(|m| starts_with_ignoring_case(m, "application/grpc"));
+        let web = media.is_some_and(|m| starts_with_ignoring_case(m, "application/grpc-web"));
+        let answer = match (grpc, web) {
+            (_, true) if req.method() != Method::POST => {
                 let mut r = tonic::Status::unimplemented(format!(
                     "grpc-web calls are POSTs, not {}",
                     req.method()
@@ -153,11 +153,9 @@ impl tower::Service<Request<Body>> for Unmatched {
                 r.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
                 r
             }
-            Some(m) if m.starts_with("application/grpc-web") => return Either::Left(self.grpc.call(req)),
-            Some(m) if m.starts_with("application/grpc") && req.version() == Version::HTTP_2 => {
-                return Either::Left(self.grpc.call(req));
-            }
-            Some(m) if m.starts_with("application/grpc") => envelope(
+            (_, true) => return Either::Left(self.grpc.call(req)),
+            (true, _) if req.version() == Version::HTTP_2 => return Either::Left(self.grpc.call(req)),
+            (true, _) => envelope(
                 StatusCode::BAD_REQUEST,
                 Code::InvalidArgument,
                 format!(
