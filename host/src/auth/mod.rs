@@ -65,6 +65,18 @@ pub trait Auth: Send + Sync + 'static {
     /// refuse the call.
     async fn authorize_request(&self, input: &PolicyInput) -> Result<()>;
 
+    /// Whether `authorize_request` would let `input` through, without
+    /// counting a refusal: for a listing that shows only what the caller
+    /// may reach (`CatalogService.List`). A refusal is `Ok(false)`; other
+    /// failures (a hook that cannot answer) are errors.
+    async fn permits(&self, input: &PolicyInput) -> Result<bool> {
+        match self.authorize_request(input).await {
+            Ok(()) => Ok(true),
+            Err(crate::model::Error::PermissionDenied { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Response policies, then the tenant's hook, with `input.response` set.
     /// `Ok(None)` lets the response through unchanged; `Ok(Some(v))`
     /// replaces it with `v` (a hook that redacted fields); `PermissionDenied`

@@ -87,6 +87,21 @@ impl ChannelSpec {
     }
 
 
+    /// Where the provider reaches its broker, for the start-up summary
+    /// (passwords in addresses replaced by `***`).
+    pub fn location(&self) -> String {
+        let addr = crate::model::spec::redacted_address;
+        match self {
+            ChannelSpec::Inmem(_) => "in-process (this instance only)".to_owned(),
+            ChannelSpec::Redis(c) => addr(&c.addr),
+            ChannelSpec::Nats(c) => addr(&c.addr),
+            ChannelSpec::Kafka(c) => format!("{} topic {}", addr(&c.addr), c.topic),
+            ChannelSpec::RabbitMq(c) => format!("{} exchange {}", addr(&c.addr), c.exchange),
+            ChannelSpec::Stan(c) => addr(&c.addr),
+            ChannelSpec::Wasm(c) => c.guest.path.display().to_string(),
+        }
+    }
+
     /// Connects the provider; `wasm` runs a wasm provider.
     pub async fn open(&self, wasm: &WasmRuntime) -> Result<DynChannel> {
         Ok(match self {

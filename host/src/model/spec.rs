@@ -130,9 +130,44 @@ macro_rules! provider_spec {
     };
 }
 
+/// A provider address as logs may show it: a password in the URL's user
+/// part (`postgres://app:secret@db/x`) or in a `password=` parameter is
+/// replaced by `***`; everything else, the user name included, stays, so
+/// an operator can tell which server and account are meant.
+pub fn redacted_address(addr: &str) -> String {
+    let mut out = addr.to_owned();
+    if let Some(scheme) = out.find("://") {
+        let start = scheme + 3;
+        let end = out[start..].find(['/', '?', '#']).map_or(out.len(), |i| start + i);
+        if let Some(at) = out[start..end].rfind('@').map(|i| start + i)
+            && let Some(colon) = out[start..at].find(':').map(|i| start + i)
+        {
+            out.replace_range(colon + 1..at, "***");
+        }
+    }
+    let mut from = 0;
+    while let Some(i) = out[from..].to_ascii_lowercase().find("password=").map(|i| from + i + "password=".len()) {
+        let end = out[i..].find(['&', ';', ' ']).map_or(out.len(), |j| i + j);
+        out.replace_range(i..end, "***");
+        from = i + 3;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_lose_their_passwords_only() {
+        assert_eq!(redacted_address("postgres://app:s3cr@t@db:5432/x?sslmode=require"), "postgres://app:***@db:5432/x?sslmode=require");
+        assert_eq!(redacted_address("mongodb://u:p@a:1,b:2/?replicaSet=rs0"), "mongodb://u:***@a:1,b:2/?replicaSet=rs0");
+        assert_eq!(redacted_address("mysql://app@db:3306/x"), "mysql://app@db:3306/x");
+        assert_eq!(redacted_address("amqp://user:pw@rabbit:5672/%2f"), "amqp://user:***@rabbit:5672/%2f");
+        assert_eq!(redacted_address("nats:4222"), "nats:4222");
+        assert_eq!(redacted_address("host=db user=app password=pw dbname=x"), "host=db user=app password=*** dbname=x");
+        assert_eq!(redacted_address("redis://r:6379/?Password=x&db=1"), "redis://r:6379/?Password=***&db=1");
+    }
     use serde::Deserialize;
 
     #[derive(Debug, PartialEq, Deserialize)]

@@ -20,6 +20,7 @@
 //! `conformance` (in the integration tests) holds the one test suite every
 //! provider must pass.
 
+pub mod file_lock;
 pub mod memory;
 pub mod mongo;
 pub mod mysql;
@@ -28,7 +29,9 @@ pub mod sql;
 pub mod sqlite;
 pub mod wasm;
 
-use crate::model::{Appended, AppendRequest, Error, Expect, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery};
+use crate::model::{
+    Appended, AppendRequest, CatalogEntry, Error, Expect, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery, Topic,
+};
 use crate::wasm::WasmRuntime;
 use async_trait::async_trait;
 use std::path::Path;
@@ -61,6 +64,18 @@ pub trait Storage: Send + Sync + 'static {
 
     /// The highest seq appended so far (0 when empty).
     async fn head(&self) -> Result<u64>;
+
+    /// The domains and types that hold events (only `domain`'s when set),
+    /// with their counts, in catalog order (`model::catalog`).
+    ///
+    /// The default reads the whole feed (of `domain`, when set), every
+    /// event once in pages of `FEED_PAGE`, keeping one flag per record: its
+    /// cost grows with the history, not with the number of types. A wasm
+    /// provider gets this (WIT 0.1.0 has no such call); the native
+    /// providers answer from their indexes instead.
+    async fn catalog(&self, domain: Option<&str>) -> Result<Vec<CatalogEntry>> {
+        catalog_from_feed(self, domain).await
+    }
 
     /// Cheap round trip to the backend, for `/readyz`.
     async fn ping(&self) -> Result<()>;
@@ -115,6 +130,20 @@ impl StorageSpec {
         Ok(spec)
     }
 
+    /// Where the provider keeps the data, for the start-up summary
+    /// (passwords in addresses replaced by `***`).
+    pub fn location(&self, data_dir: &Path) -> String {
+        let addr = crate::model::spec::redacted_address;
+        match self {
+            StorageSpec::Sqlite(c) => c.file(data_dir).display().to_string(),
+            StorageSpec::Inmem(_) => "process memory (lost at exit)".to_owned(),
+            StorageSpec::Mongo(c) => format!("{} database {}", addr(&c.addr), c.database),
+            StorageSpec::Postgres(c) => format!("{} schema {}", addr(&c.addr), c.schema),
+            StorageSpec::Mysql(c) => addr(&c.addr),
+            StorageSpec::Wasm(c) => c.path.display().to_string(),
+        }
+    }
+
     /// Opens the provider; `data_dir` holds the default sqlite file, `wasm`
     /// runs a wasm provider.
     pub async fn open(&self, data_dir: &Path, wasm: &WasmRuntime) -> Result<DynStorage> {
@@ -147,6 +176,28 @@ pub fn idempotency_mismatch(key: &str) -> Error {
         "idempotency_key",
         format!("{key:?} was already used for a different request"),
     )
+}
+
+/// The catalog computed from the feed (see `Storage::catalog`).
+pub async fn catalog_from_feed<S: Storage + ?Sized>(storage: &S, domain: Option<&str>) -> Result<Vec<CatalogEntry>> {
+    let mut tally = crate::model::catalog::Tally::default();
+    let mut query = FeedQuery {
+        topic: Topic {
+            domain: domain.map(str::to_owned),
+            ty: None,
+        },
+        key: None,
+        after_seq: 0,
+        from_time: None,
+        limit: FEED_PAGE,
+    };
+    loop {
+        let page = storage.feed(&query).await?;
+        let Some(last) = page.last() else { break };
+        query.after_seq = last.seq;
+        page.iter().for_each(|e| tally.add(e));
+    }
+    Ok(tally.finish())
 }
 
 /// Page size of catch-up reads.

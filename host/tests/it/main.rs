@@ -23,6 +23,7 @@ mod v050_dropin;
 mod v050_migrate;
 mod tls;
 mod binary;
+mod first_hour;
 mod crash;
 mod openapi;
 mod properties;

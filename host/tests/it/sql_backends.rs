@@ -221,6 +221,9 @@ impl Storage for Scoped {
     async fn head(&self) -> Result<u64> {
         self.inner.head().await
     }
+    async fn catalog(&self, domain: Option<&str>) -> Result<Vec<CatalogEntry>> {
+        self.inner.catalog(domain).await
+    }
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await
     }

@@ -28,7 +28,7 @@ use super::sql::writer::{self, Job};
 use super::sql::{select, corrupt, decode_error, parse_values, type_hash};
 use super::{FEED_PAGE, Storage};
 use crate::model::{
-    AppendRequest, Arrival, Appended, Change, Error, Event, EventKind, EventOrder, EventQuery, EventSort, FeedQuery,
+    AppendRequest, Arrival, Appended, CatalogEntry, Change, Error, Event, EventKind, EventOrder, EventQuery, EventSort, FeedQuery,
     RecordRef, Result, State, StateQuery,
 };
 use async_trait::async_trait;
@@ -413,6 +413,38 @@ impl Storage for MysqlStorage {
             let rows = query::bind(sqlx::query(sqlx::AssertSqlSafe(text_sql.as_str())), &args).fetch_all(c).await?;
             rows.iter().map(event_from_row).collect()
         })
+    }
+
+    async fn catalog(&self, domain: Option<&str>) -> Result<Vec<CatalogEntry>> {
+        // Grouped by the type key `dt` (one per domain and type); each
+        // type's records are a range of the states' primary key (dt, rkey).
+        let sql = format!(
+            "SELECT e.domain, e.rtype, e.n, e.last, \
+               (SELECT COUNT(*) FROM states s WHERE s.dt = e.dt AND s.vals IS NOT NULL) \
+             FROM (SELECT dt, MIN(domain) AS domain, MIN(rtype) AS rtype, COUNT(*) AS n, MAX(time) AS last \
+                   FROM events {} GROUP BY dt) e",
+            if domain.is_some() { "WHERE domain = ?" } else { "" }
+        );
+        let mut entries = read!(self, |c| {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            if let Some(d) = domain {
+                q = q.bind(d.as_bytes());
+            }
+            let rows = q.fetch_all(c).await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(CatalogEntry {
+                        domain: text(row, 0)?,
+                        ty: text(row, 1)?,
+                        events: row.try_get::<i64, _>(2)? as u64,
+                        last_event_time: row.try_get(3)?,
+                        records: row.try_get::<i64, _>(4)? as u64,
+                    })
+                })
+                .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+        })?;
+        crate::model::catalog::sort(&mut entries);
+        Ok(entries)
     }
 
     async fn head(&self) -> Result<u64> {
