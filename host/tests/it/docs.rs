@@ -211,10 +211,9 @@ fn documented_flags_exist() {
 
 #[test]
 fn the_flag_scan_reads_commands_tables_and_spans() {
-    let page = "docs/configuration.md";
     let text = "\
 | `STATEGATE_X` | `--x-flag` | 1 | a |
-| other | `--not-ours` | | |
+| `--from URL` | v0.5.0's MongoDB |
 ```sh
 stategate set a b c '{}' --expected-version 1 | jq . # --comment
 curl -X POST --data-urlencode x=1
@@ -224,6 +223,9 @@ cargo run -p stategate-bench -- --secs 1
 ```
 Use `stategate get --json` or `--timeout 3`.
 ";
-    let got: Vec<String> = documented_flags(page, text).into_iter().map(|(_, f)| f).collect();
-    assert_eq!(got, ["--x-flag", "--expected-version", "--dev", "--port", "--json", "--timeout"]);
+    let flags = |page| documented_flags(page, text).into_iter().map(|(_, f)| f).collect::<Vec<_>>();
+    // Any page: variable rows and command lines; the configuration page
+    // (all about the binary's options): every flag in a code span too.
+    assert_eq!(flags("docs/clients.md"), ["--x-flag", "--expected-version", "--dev", "--port", "--json"]);
+    assert_eq!(flags("docs/configuration.md"), ["--x-flag", "--from", "--expected-version", "--dev", "--port", "--json", "--timeout"]);
 }
