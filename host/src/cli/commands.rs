@@ -125,9 +125,9 @@ pub async fn run(command: Command) -> Result<()> {
             opts.min = a.since.unwrap_or(0);
             opts.max = a.until.unwrap_or(0);
             opts.offset = a.offset;
-            // `--last N` asks the other end of the order for N, then prints
-            // them the way round that was asked for.
-            let reverse = a.desc != a.last.is_some();
+            // `--last N` asks for the N at the far end of the order (reversed,
+            // limited), then prints them the way round that was asked for.
+            let reverse = a.desc || a.last.is_some();
             if a.sort.is_some() || reverse {
                 opts = opts.sort(a.sort.unwrap_or_else(|| "time".to_owned()), reverse);
             }
