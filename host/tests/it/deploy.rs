@@ -1,5 +1,6 @@
-//! deploy/ cannot run here (no container runtime, no cluster), so it is
-//! checked statically: the compose file against the Compose specification,
+//! Compose and Kubernetes cannot run here (no Docker engine, no cluster),
+//! so deploy/ is checked statically (the image itself is built and run with
+//! podman by `container.rs`): the compose file against the Compose specification,
 //! the Kubernetes manifests and the rendered Helm chart against the
 //! Kubernetes OpenAPI schemas (kubernetes-validate, strict), the Dockerfile's
 //! shape, and every STATEGATE_* variable they set against the gateway's
