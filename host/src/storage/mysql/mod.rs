@@ -53,6 +53,9 @@ pub struct MysqlConfig {
     pub addr: String,
     /// Pooled read connections (default 16); the writer has one more.
     pub pool_size: Option<u32>,
+    /// Writer connections (default 1): with more, one batch locks its
+    /// records while the one before it commits.
+    pub writers: Option<u32>,
     pub connect_timeout_ms: Option<u64>,
     /// Longest one storage call may take (default 10 s).
     pub call_timeout_ms: Option<u64>,
@@ -116,6 +119,7 @@ impl MysqlStorage {
     pub async fn open(config: &MysqlConfig) -> Result<Self> {
         let settings = Settings::resolve(
             config.pool_size,
+            config.writers,
             config.connect_timeout_ms,
             config.call_timeout_ms,
             config.password_file.as_ref(),
@@ -146,7 +150,7 @@ impl MysqlStorage {
             options: options.statement_cache_capacity(WRITER_STATEMENTS),
             connect_timeout: settings.connect_timeout,
         });
-        let writer = writer::spawn(committer, settings.call_timeout, NAME);
+        let writer = writer::spawn(committer, settings.writers, settings.call_timeout, NAME);
         Ok(MysqlStorage { reads, writer: Mutex::new(Some(writer)), call_timeout: settings.call_timeout, mariadb })
     }
 }

@@ -55,6 +55,9 @@ pub struct PostgresConfig {
     pub schema: String,
     /// Pooled read connections (default 16); the writer has one more.
     pub pool_size: Option<u32>,
+    /// Writer connections (default 1): with more, one batch locks its
+    /// records while the one before it commits.
+    pub writers: Option<u32>,
     pub connect_timeout_ms: Option<u64>,
     /// Longest one storage call may take (default 10 s).
     pub call_timeout_ms: Option<u64>,
@@ -121,6 +124,7 @@ impl PostgresStorage {
     pub async fn open(config: &PostgresConfig) -> Result<Self> {
         let settings = Settings::resolve(
             config.pool_size,
+            config.writers,
             config.connect_timeout_ms,
             config.call_timeout_ms,
             config.password_file.as_ref(),
@@ -140,7 +144,7 @@ impl PostgresStorage {
         warn_if_not_durable(&mut conn).await;
         drop(conn);
         let committer = Arc::new(PgCommitter { options, connect_timeout: settings.connect_timeout });
-        let writer = writer::spawn(committer, settings.call_timeout, NAME);
+        let writer = writer::spawn(committer, settings.writers, settings.call_timeout, NAME);
         Ok(PostgresStorage { reads, writer: Mutex::new(Some(writer)), call_timeout: settings.call_timeout })
     }
 
