@@ -231,6 +231,12 @@ fn dockerfile_is_multi_stage_small_and_non_root() {
     for m in members.split('"').skip(1).step_by(2) {
         assert!(text.contains(&format!("COPY {m} ./{m}")), "Dockerfile copies workspace member {m}");
     }
+    // So are the crates `[patch]` points at (vendor/…).
+    for line in cargo.lines().filter(|l| l.contains("path = \"")) {
+        let path = line.split("path = \"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+        let top = path.split('/').next().unwrap();
+        assert!(text.contains(&format!("COPY {top} ./{top}")), "Dockerfile copies {top}/ for the patched crate at {path}");
+    }
     only_known_variables("Dockerfile", &text);
     let ignore = read(".dockerignore");
     assert!(ignore.lines().any(|l| l == "target"), ".dockerignore keeps target/ out of the context");
