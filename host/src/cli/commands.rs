@@ -1,7 +1,7 @@
 //! Each client subcommand: build the request, call, print.
 
 use super::output::{Printer, print_event, print_state};
-use super::{ClientArgs, Command, EventCommand};
+use super::{ClientArgs, Command, EventCommand, Record};
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
 use stategate_client::proto::{EditRequest, RevertRequest};
@@ -22,14 +22,15 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Set(a) => {
             let client = connect(&a.client).await?;
             let values = read_object("VALUES", &a.values)?;
+            let Record { domain, ty, key } = a.record;
             let event = client
                 .set_state(State {
-                    domain: a.domain,
-                    r#type: a.ty,
-                    key: a.key,
+                    domain,
+                    r#type: ty,
+                    key,
                     values: Some(json_to_struct(&values)),
-                    expected_version: a.expected_version,
-                    idempotency_key: a.idempotency_key.unwrap_or_default(),
+                    expected_version: a.write.expected_version,
+                    idempotency_key: a.write.idempotency_key.unwrap_or_default(),
                     ..Default::default()
                 })
                 .await?;
@@ -37,64 +38,38 @@ pub async fn run(command: Command) -> Result<()> {
         }
         Command::Get(a) => {
             let client = connect(&a.client).await?;
-            let state = client.get(&a.domain, &a.ty, &a.key).await?;
+            let r = &a.record;
+            let state = client.get(&r.domain, &r.ty, &r.key).await?;
             print_state(&printer(&a.client), &state);
         }
         Command::Del(a) => {
             let client = connect(&a.client).await?;
-            let event = client
-                .state_service()
-                .del(StateRef {
-                    domain: a.domain,
-                    r#type: a.ty,
-                    key: a.key,
-                    expected_version: a.expected_version,
-                    ..Default::default()
-                })
-                .await
-                .map_err(stategate_client::Error::from)?
-                .into_inner();
-            print_event(&printer(&a.client), &event);
+            let Record { domain, ty, key } = a.record;
+            let del = StateRef { domain, r#type: ty, key, expected_version: a.expected_version, ..Default::default() };
+            let event = client.state_service().del(del).await.map_err(stategate_client::Error::from)?;
+            print_event(&printer(&a.client), event.get_ref());
         }
         Command::Edit(a) => {
             let client = connect(&a.client).await?;
-            let patch = read_object("PATCH", &a.patch)?;
-            let event = client
-                .state_service()
-                .edit(EditRequest {
-                    domain: a.domain,
-                    r#type: a.ty,
-                    key: a.key,
-                    patch: Some(json_to_struct(&patch)),
-                    expected_version: a.expected_version,
-                    idempotency_key: a.idempotency_key.unwrap_or_default(),
-                })
-                .await
-                .map_err(stategate_client::Error::from)?
-                .into_inner();
-            print_event(&printer(&a.client), &event);
+            let patch = Some(json_to_struct(&read_object("PATCH", &a.patch)?));
+            let Record { domain, ty, key } = a.record;
+            let (expected_version, idempotency_key) = (a.write.expected_version, a.write.idempotency_key.unwrap_or_default());
+            let edit = EditRequest { domain, r#type: ty, key, patch, expected_version, idempotency_key };
+            let event = client.state_service().edit(edit).await.map_err(stategate_client::Error::from)?;
+            print_event(&printer(&a.client), event.get_ref());
         }
         Command::Revert(a) => {
             let client = connect(&a.client).await?;
             let event_id = match (a.to_event, a.to_version) {
                 (Some(id), _) => id,
-                (None, Some(version)) => event_of_version(&client, &a.domain, &a.ty, &a.key, version).await?,
+                (None, Some(version)) => event_of_version(&client, &a.record, version).await?,
                 (None, None) => unreachable!("clap requires --to-version or --to-event"),
             };
-            let event = client
-                .state_service()
-                .revert(RevertRequest {
-                    domain: a.domain,
-                    r#type: a.ty,
-                    key: a.key,
-                    event_id,
-                    expected_version: a.expected_version,
-                    idempotency_key: a.idempotency_key.unwrap_or_default(),
-                })
-                .await
-                .map_err(stategate_client::Error::from)?
-                .into_inner();
-            print_event(&printer(&a.client), &event);
+            let Record { domain, ty, key } = a.record;
+            let (expected_version, idempotency_key) = (a.write.expected_version, a.write.idempotency_key.unwrap_or_default());
+            let revert = RevertRequest { domain, r#type: ty, key, event_id, expected_version, idempotency_key };
+            let event = client.state_service().revert(revert).await.map_err(stategate_client::Error::from)?;
+            print_event(&printer(&a.client), event.get_ref());
         }
         Command::Event(EventCommand::Get(a)) => {
             let client = connect(&a.client).await?;
@@ -243,8 +218,9 @@ fn printer(c: &ClientArgs) -> Printer {
 
 /// The id of the event that made `key` version `version`: its history is
 /// read oldest first until that version.
-async fn event_of_version(client: &Client, domain: &str, ty: &str, key: &str, version: i64) -> Result<String> {
+async fn event_of_version(client: &Client, record: &Record, version: i64) -> Result<String> {
     const PAGE: i64 = 500;
+    let Record { domain, ty, key } = record;
     let mut offset = 0;
     loop {
         let mut opts = SearchEventOpts::new(domain, ty, PAGE).key(key);

@@ -165,12 +165,30 @@ pub struct ClientArgs {
     pub timeout: u64,
 }
 
+/// A record: `DOMAIN TYPE KEY`.
 #[derive(Debug, Args)]
-pub struct RecordArgs {
+pub struct Record {
     pub domain: String,
     #[arg(value_name = "TYPE")]
     pub ty: String,
     pub key: String,
+}
+
+/// The conditions of a write.
+#[derive(Debug, Args)]
+pub struct WriteOpts {
+    /// Write only when the record is at this version (0: must not exist).
+    #[arg(long)]
+    pub expected_version: Option<i64>,
+    /// Retries with the same key within the gateway's window are applied once.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub record: Record,
     /// Del only when the record is at this version (0: must not exist).
     #[arg(long)]
     pub expected_version: Option<i64>,
@@ -180,38 +198,26 @@ pub struct RecordArgs {
 
 #[derive(Debug, Args)]
 pub struct SetArgs {
-    pub domain: String,
-    #[arg(value_name = "TYPE")]
-    pub ty: String,
-    pub key: String,
+    #[command(flatten)]
+    pub record: Record,
     /// The values: a JSON object, `-` to read it from standard input, or
     /// `@FILE` to read it from a file.
     pub values: String,
-    /// Write only when the record is at this version (0: must not exist).
-    #[arg(long)]
-    pub expected_version: Option<i64>,
-    /// Retries with the same key within the gateway's window are applied once.
-    #[arg(long)]
-    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub write: WriteOpts,
     #[command(flatten)]
     pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct EditArgs {
-    pub domain: String,
-    #[arg(value_name = "TYPE")]
-    pub ty: String,
-    pub key: String,
+    #[command(flatten)]
+    pub record: Record,
     /// The merge patch: a JSON object, `-` to read it from standard input,
     /// or `@FILE` to read it from a file.
     pub patch: String,
-    /// Write only when the record is at this version.
-    #[arg(long)]
-    pub expected_version: Option<i64>,
-    /// Retries with the same key within the gateway's window are applied once.
-    #[arg(long)]
-    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub write: WriteOpts,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -219,22 +225,16 @@ pub struct EditArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["to_version", "to_event"])))]
 pub struct RevertArgs {
-    pub domain: String,
-    #[arg(value_name = "TYPE")]
-    pub ty: String,
-    pub key: String,
+    #[command(flatten)]
+    pub record: Record,
     /// The version of the record whose values become current again.
     #[arg(long, value_name = "VERSION")]
     pub to_version: Option<i64>,
     /// The event of the record whose values become current again.
     #[arg(long, value_name = "EVENT_ID")]
     pub to_event: Option<String>,
-    /// Write only when the record is at this version.
-    #[arg(long)]
-    pub expected_version: Option<i64>,
-    /// Retries with the same key within the gateway's window are applied once.
-    #[arg(long)]
-    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub write: WriteOpts,
     #[command(flatten)]
     pub client: ClientArgs,
 }
