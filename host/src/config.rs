@@ -441,6 +441,7 @@ mod tests {
         Config::try_parse_from(argv).unwrap_err().to_string()
     }
 
+    #[cfg(all(feature = "mongo", feature = "redis", feature = "nats", feature = "wasm"))]
     #[test]
     fn bad_provider_objects_name_their_variable_and_the_key() {
         let e = refusal(&["--storage-provider", r#"{"nam":1}"#]);
@@ -469,6 +470,7 @@ mod tests {
         assert!(e.contains("not built in") && e.contains("wasm storage provider"), "{e}");
     }
 
+    #[cfg(all(feature = "mongo", feature = "redis", feature = "nats", feature = "wasm"))]
     #[test]
     fn provider_objects_take_v050_keys_and_aliases() {
         let c = Config::parse_from([
@@ -497,6 +499,7 @@ mod tests {
 
     /// Every key v0.5.0's providers read is accepted with its meaning (its
     /// provider map held strings only); a key it did not read is refused.
+    #[cfg(all(feature = "mongo", feature = "redis", feature = "nats", feature = "wasm"))]
     #[test]
     fn every_v050_provider_key_is_accepted() {
         let channel = |json: &str| Config::parse_from(["stategate", "--channel-provider", json]).channel_spec();
@@ -528,6 +531,15 @@ mod tests {
         assert!(e.contains("go together"), "{e}");
         let e = refusal(&["--storage-provider", r#"{"name":"mongo","addr":"mongodb://x","cluster":"c"}"#]);
         assert!(e.contains("unknown field `cluster`"), "{e}");
+    }
+
+    /// A lean build (`--no-default-features`) refuses a provider it left
+    /// out at start, naming the feature that builds it in.
+    #[cfg(not(feature = "mongo"))]
+    #[test]
+    fn a_provider_left_out_names_its_feature() {
+        let e = refusal(&["--storage-provider", r#"{"name":"mongo","addr":"mongodb://x","database":"d"}"#]);
+        assert!(e.contains("STATEGATE_STORAGE_PROVIDER") && e.contains("rebuild with `--features mongo`"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! (`PolicyInput`), exactly as stategate v0.5.0 built it.
 
 pub mod config;
+#[cfg_attr(not(feature = "wasm"), path = "hooks_off.rs")]
 pub mod hooks;
 pub mod jwks;
 pub mod jwt;

@@ -22,11 +22,16 @@
 
 pub mod file_lock;
 pub mod memory;
+#[cfg(feature = "mongo")]
 pub mod mongo;
+#[cfg(feature = "sql")]
 pub mod mysql;
+#[cfg(feature = "sql")]
 pub mod postgres;
+#[cfg(feature = "sql")]
 pub mod sql;
 pub mod sqlite;
+#[cfg(feature = "wasm")]
 pub mod wasm;
 
 use crate::model::{
@@ -99,10 +104,10 @@ crate::provider_spec! {
         /// The embedded durable default.
         Sqlite(sqlite::SqliteConfig) = "sqlite",
         Inmem(memory::MemoryConfig) = "inmem" | "memory",
-        Mongo(mongo::MongoConfig) = "mongo",
-        Postgres(postgres::PostgresConfig) = "postgres" | "postgresql",
-        Mysql(mysql::MysqlConfig) = "mysql" | "mariadb",
-        Wasm(crate::wasm::GuestConfig) = "wasm",
+        Mongo(mongo::MongoConfig) = "mongo" if feature = "mongo",
+        Postgres(postgres::PostgresConfig) = "postgres" | "postgresql" if feature = "sql",
+        Mysql(mysql::MysqlConfig) = "mysql" | "mariadb" if feature = "sql",
+        Wasm(crate::wasm::GuestConfig) = "wasm" if feature = "wasm",
     }
 }
 
@@ -123,6 +128,7 @@ impl StorageSpec {
     /// Parses the JSON object of `STATEGATE_STORAGE_PROVIDER`.
     pub fn parse(text: &str) -> Result<StorageSpec> {
         let spec: StorageSpec = crate::model::spec::parse("STATEGATE_STORAGE_PROVIDER", text, NOT_BUILT_IN)?;
+        #[cfg(feature = "mongo")]
         if let StorageSpec::Mongo(c) = &spec {
             c.client_certificate()
                 .map_err(|e| Error::invalid("STATEGATE_STORAGE_PROVIDER", format!("mongo: {e}")))?;
@@ -146,13 +152,18 @@ impl StorageSpec {
 
     /// Opens the provider; `data_dir` holds the default sqlite file, `wasm`
     /// runs a wasm provider.
+    #[cfg_attr(not(feature = "wasm"), allow(unused_variables))]
     pub async fn open(&self, data_dir: &Path, wasm: &WasmRuntime) -> Result<DynStorage> {
         Ok(match self {
             StorageSpec::Sqlite(c) => Arc::new(c.build(data_dir)?),
             StorageSpec::Inmem(_) => Arc::new(memory::MemoryStorage::new()),
+            #[cfg(feature = "mongo")]
             StorageSpec::Mongo(c) => Arc::new(c.build().await?),
+            #[cfg(feature = "sql")]
             StorageSpec::Postgres(c) => Arc::new(c.build().await?),
+            #[cfg(feature = "sql")]
             StorageSpec::Mysql(c) => Arc::new(c.build().await?),
+            #[cfg(feature = "wasm")]
             StorageSpec::Wasm(c) => Arc::new(wasm::WasmStorage::open(c, wasm).await?),
         })
     }

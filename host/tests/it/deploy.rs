@@ -1,5 +1,6 @@
-//! deploy/ cannot run here (no container runtime, no cluster), so it is
-//! checked statically: the compose file against the Compose specification,
+//! Compose and Kubernetes cannot run here (no Docker engine, no cluster),
+//! so deploy/ is checked statically (the image itself is built and run with
+//! podman by `container.rs`): the compose file against the Compose specification,
 //! the Kubernetes manifests and the rendered Helm chart against the
 //! Kubernetes OpenAPI schemas (kubernetes-validate, strict), the Dockerfile's
 //! shape, and every STATEGATE_* variable they set against the gateway's
@@ -232,6 +233,12 @@ fn dockerfile_is_multi_stage_small_and_non_root() {
     let members = cargo.lines().find(|l| l.starts_with("members")).unwrap();
     for m in members.split('"').skip(1).step_by(2) {
         assert!(text.contains(&format!("COPY {m} ./{m}")), "Dockerfile copies workspace member {m}");
+    }
+    // So are the crates `[patch]` points at (vendor/…).
+    for line in cargo.lines().filter(|l| l.contains("path = \"")) {
+        let path = line.split("path = \"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+        let top = path.split('/').next().unwrap();
+        assert!(text.contains(&format!("COPY {top} ./{top}")), "Dockerfile copies {top}/ for the patched crate at {path}");
     }
     only_known_variables("Dockerfile", &text);
     let ignore = read(".dockerignore");
