@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod grpc_web;
 pub mod public;
 pub mod rest;
+pub mod stats;
 pub mod status;
 
 use crate::auth::Metadata;

@@ -10,6 +10,7 @@
 
 mod limits;
 pub mod request;
+pub mod stats;
 mod stream;
 
 pub use request::*;

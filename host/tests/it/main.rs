@@ -44,6 +44,7 @@ mod auth;
 mod cli;
 mod client;
 mod examples;
+mod stats_api;
 mod deploy;
 mod docs;
 mod wasm_support;
