@@ -122,10 +122,13 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(gateway.clone(), api::grpc::authenticate_first));
     let grpc = api::public::guard_grpc(grpc, gateway.clone(), &public);
-    let routes = api::grpc_web::wrap(grpc)
+    let mut routes = api::grpc_web::wrap(grpc)
         .merge(api::rest::routes(gateway.clone()))
         .merge(api::stats::routes(gateway.clone()))
         .merge(api::public::openapi(gateway.clone(), &public));
+    if config.console {
+        routes = routes.merge(api::console::routes());
+    }
     let app = api::browser::guard(
         routes.layer(DefaultBodyLimit::max(config.max_message_bytes)),
         &api::browser::Rules {

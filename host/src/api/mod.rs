@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod codec;
+pub mod console;
 pub mod convert;
 pub mod grpc;
 pub mod grpc_web;
