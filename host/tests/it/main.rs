@@ -44,6 +44,7 @@ mod auth;
 mod cli;
 mod client;
 mod examples;
+mod console;
 mod stats_api;
 mod deploy;
 mod docs;
