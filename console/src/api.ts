@@ -20,6 +20,8 @@ export class ApiError extends Error {
     message: string,
     readonly kind: ErrorKind,
     readonly status: number,
+    /** Whether the gateway answered with its error envelope (else a proxy, or a route it does not have). */
+    readonly envelope = true,
   ) {
     super(message);
   }
@@ -51,16 +53,17 @@ export function authHeaders(): Record<string, string> {
 /** The error a failed response stands for, with the server's message. */
 export async function errorOf(res: Response): Promise<ApiError> {
   let message = `${res.status} ${res.statusText}`;
+  let envelope = false;
   try {
     const body = await res.json();
-    if (body && typeof body.message === 'string') message = body.message;
+    if (body && typeof body.message === 'string') [message, envelope] = [body.message, true];
   } catch {
     // not the JSON envelope (a proxy's page): keep the status line
   }
-  return classify(res.status, message);
+  return classify(res.status, message, envelope);
 }
 
-export function classify(status: number, message: string): ApiError {
+export function classify(status: number, message: string, envelope = true): ApiError {
   let kind: ErrorKind = 'other';
   if (status === 401) {
     kind = !getToken() ? 'no-token' : /expired/i.test(message) ? 'expired' : 'bad-token';
@@ -69,7 +72,7 @@ export function classify(status: number, message: string): ApiError {
   else if (status === 409) kind = 'conflict';
   else if (status === 400 || status === 413 || status === 415) kind = 'invalid';
   else if (status === 502 || status === 503 || status === 504) kind = 'unavailable';
-  const e = new ApiError(message, kind, status);
+  const e = new ApiError(message, kind, status, envelope);
   if (status === 401) authListeners.forEach((l) => l(e));
   return e;
 }

@@ -19,7 +19,9 @@ function ticks(max: number): number[] {
   return [0, top / 2, top];
 }
 
-export function LineChart({ title, series, unit, samples }: { title: string; series: Series[]; unit: string; samples: number }) {
+/** Lines over the samples so far, spread across the width (they scroll once the caller keeps a full window). */
+export function LineChart({ title, series, unit }: { title: string; series: Series[]; unit: string }) {
+  const samples = Math.max(2, ...series.map((s) => s.values.length));
   const max = Math.max(0, ...series.flatMap((s) => s.values));
   const t = ticks(max);
   const top = t[t.length - 1] || 1;

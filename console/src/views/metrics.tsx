@@ -60,12 +60,12 @@ export function Metrics() {
       {s && (
         <>
           <div class="charts">
-            <LineChart title="Calls per second" unit="/s" samples={SAMPLES} series={[
+            <LineChart title="Calls per second" unit="/s" series={[
               { name: 'calls', values: points.map((p) => p.requests), cls: 's1' },
               { name: 'errors', values: points.map((p) => p.errors), cls: 's2' },
             ]} />
-            <LineChart title="Events appended per second" unit="/s" samples={SAMPLES} series={[{ name: 'events', values: points.map((p) => p.events), cls: 's3' }]} />
-            <LineChart title="Live streams" unit="" samples={SAMPLES} series={[{ name: 'streams', values: points.map((p) => p.streams), cls: 's4' }]} />
+            <LineChart title="Events appended per second" unit="/s" series={[{ name: 'events', values: points.map((p) => p.events), cls: 's3' }]} />
+            <LineChart title="Live streams" unit="" series={[{ name: 'streams', values: points.map((p) => p.streams), cls: 's4' }]} />
             <BarChart title="Calls by method (errors in red)" unit="" bars={methods.map((m) => ({
               label: short(m.method),
               parts: [

@@ -18,6 +18,9 @@ export function Overview() {
   const catalog = useLoad((signal) => call<Catalog>('GET', 'api/catalog', { signal }), [], 5000);
   const stats = useLoad((signal) => call<Stats>('GET', 'api/stats', { signal }), [], 2000);
   const rate = useRate(stats.data);
+  // A gateway without the catalog (older, or a proxy in front) answers 404, or a bare 4xx.
+  const e = catalog.error;
+  const noCatalog = !!e && (e.kind === 'not-found' || (!e.envelope && e.status >= 400 && e.status < 500 && e.kind !== 'bad-token' && e.kind !== 'no-token' && e.kind !== 'expired'));
 
   return (
     <section>
@@ -39,8 +42,8 @@ export function Overview() {
       <ErrorNote error={stats.error} what="Gateway stats" />
 
       <h2>Domains and types</h2>
-      <ErrorNote error={catalog.error?.kind === 'not-found' ? null : catalog.error} what="Catalog" />
-      {catalog.error?.kind === 'not-found' && (
+      <ErrorNote error={noCatalog ? null : catalog.error} what="Catalog" />
+      {noCatalog && (
         <Empty>This gateway does not list its domains and types (no catalog). Open a type by name below.</Empty>
       )}
       {catalog.data && catalog.data.entries.length === 0 && (
