@@ -9,6 +9,7 @@ import { BarChart, LineChart } from '../components/charts';
 import { Empty, ErrorNote } from '../components/errors';
 import { formatNumber, formatSeconds } from '../format';
 import { useLoad } from '../hooks';
+import { Table } from '../components/table';
 
 const SAMPLES = 60;
 
@@ -82,32 +83,18 @@ export function Metrics() {
           {methods.length === 0 ? (
             <Empty>No calls yet.</Empty>
           ) : (
-            <div class="table-wrap" role="region" aria-label="Calls by method" tabIndex={0}>
-              <table>
-                <thead>
-                  <tr>
-                    <th scope="col">Method</th>
-                    <th scope="col" class="num">Calls</th>
-                    <th scope="col" class="num">Errors</th>
-                    <th scope="col">Codes</th>
-                    <th scope="col" class="num">Mean</th>
-                    <th scope="col" class="num">p99</th>
-                  </tr>
-                </thead>
-                <tbody>
-                  {methods.map((m) => (
-                    <tr key={m.method}>
-                      <td><code>{m.method}</code></td>
-                      <td class="num">{formatNumber(m.requests)}</td>
-                      <td class="num">{formatNumber(m.errors)}</td>
-                      <td>{Object.entries(m.codes).map(([c, n]) => `${c} ${n}`).join(', ')}</td>
-                      <td class="num">{formatSeconds(m.latency.count ? m.latency.sum_seconds / m.latency.count : null)}</td>
-                      <td class="num">{formatSeconds(m.latency.p99_seconds)}</td>
-                    </tr>
-                  ))}
-                </tbody>
-              </table>
-            </div>
+            <Table label="Calls by method" columns={['Method', 'Calls#', 'Errors#', 'Codes', 'Mean#', 'p99#']}>
+              {methods.map((m) => (
+                <tr key={m.method}>
+                  <td><code>{m.method}</code></td>
+                  <td class="num">{formatNumber(m.requests)}</td>
+                  <td class="num">{formatNumber(m.errors)}</td>
+                  <td>{Object.entries(m.codes).map(([c, n]) => `${c} ${n}`).join(', ')}</td>
+                  <td class="num">{formatSeconds(m.latency.count ? m.latency.sum_seconds / m.latency.count : null)}</td>
+                  <td class="num">{formatSeconds(m.latency.p99_seconds)}</td>
+                </tr>
+              ))}
+            </Table>
           )}
           <p class="sub">
             Events appended since start: {Object.entries(s.events_appended.by_kind).map(([k, n]) => `${k} ${n}`).join(', ') || 'none'}.

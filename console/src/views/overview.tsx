@@ -8,6 +8,7 @@ import { Empty, ErrorNote } from '../components/errors';
 import { formatNumber, formatTime } from '../format';
 import { useLoad } from '../hooks';
 import { go, href } from '../route';
+import { Table } from '../components/table';
 
 interface Catalog {
   entries: CatalogEntry[];
@@ -50,32 +51,18 @@ export function Overview() {
         <Empty>No records yet, or none this token may see. Write one through the API, then it shows here.</Empty>
       )}
       {catalog.data && catalog.data.entries.length > 0 && (
-        <div class="table-wrap" role="region" aria-label="Domains and types" tabIndex={0}>
-          <table>
-            <thead>
-              <tr>
-                <th scope="col">Domain</th>
-                <th scope="col">Type</th>
-                <th scope="col" class="num">Records</th>
-                <th scope="col" class="num">Events</th>
-                <th scope="col">Last event</th>
-                <th scope="col"><span class="visually-hidden">Actions</span></th>
-              </tr>
-            </thead>
-            <tbody>
-              {catalog.data.entries.map((e) => (
-                <tr key={`${e.domain}/${e.type}`}>
-                  <td>{e.domain}</td>
-                  <td><a href={href(['records', e.domain, e.type])}>{e.type}</a></td>
-                  <td class="num">{formatNumber(num(e.records))}</td>
-                  <td class="num">{formatNumber(num(e.events))}</td>
-                  <td>{formatTime(e.last_event_time ?? e.lastEventTime)}</td>
-                  <td><a href={href(['tail'], { domain: e.domain, type: e.type })} aria-label={`Live tail of ${e.domain}/${e.type}`}>Tail</a></td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <Table label="Domains and types" columns={['Domain', 'Type', 'Records#', 'Events#', 'Last event', '']}>
+          {catalog.data.entries.map((e) => (
+            <tr key={`${e.domain}/${e.type}`}>
+              <td>{e.domain}</td>
+              <td><a href={href(['records', e.domain, e.type])}>{e.type}</a></td>
+              <td class="num">{formatNumber(num(e.records))}</td>
+              <td class="num">{formatNumber(num(e.events))}</td>
+              <td>{formatTime(e.last_event_time ?? e.lastEventTime)}</td>
+              <td><a href={href(['tail'], { domain: e.domain, type: e.type })} aria-label={`Live tail of ${e.domain}/${e.type}`}>Tail</a></td>
+            </tr>
+          ))}
+        </Table>
       )}
       <OpenType />
     </section>

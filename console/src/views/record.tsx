@@ -11,6 +11,7 @@ import { diff } from '../diff';
 import { compact, formatTime, who } from '../format';
 import { useLoad } from '../hooks';
 import { href } from '../route';
+import { Table } from '../components/table';
 
 const PAGE = 100;
 
@@ -189,23 +190,16 @@ function DiffView({ a, b, events, onPick }: { a: Event; b: Event; events: Event[
       {changes.length === 0 ? (
         <Empty>The two versions have the same values.</Empty>
       ) : (
-        <div class="table-wrap" role="region" aria-label="Differences" tabIndex={0}>
-          <table class="diff-table">
-            <thead>
-              <tr><th scope="col">Field</th><th scope="col">Change</th><th scope="col">v{num(a.version)}</th><th scope="col">v{num(b.version)}</th></tr>
-            </thead>
-            <tbody>
-              {changes.map((c) => (
-                <tr key={c.path} class={c.kind}>
-                  <td><code>{c.path}</code></td>
-                  <td>{c.kind}</td>
-                  <td class="before"><code>{c.before === undefined ? '' : compact(c.before, 80)}</code></td>
-                  <td class="after"><code>{c.after === undefined ? '' : compact(c.after, 80)}</code></td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <Table label="Differences" cls="diff-table" columns={['Field', 'Change', `v${num(a.version)}`, `v${num(b.version)}`]}>
+          {changes.map((c) => (
+            <tr key={c.path} class={c.kind}>
+              <td><code>{c.path}</code></td>
+              <td>{c.kind}</td>
+              <td class="before"><code>{c.before === undefined ? '' : compact(c.before, 80)}</code></td>
+              <td class="after"><code>{c.after === undefined ? '' : compact(c.after, 80)}</code></td>
+            </tr>
+          ))}
+        </Table>
       )}
     </section>
   );

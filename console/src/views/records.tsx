@@ -10,6 +10,7 @@ import { useLoad } from '../hooks';
 import { OPERATORS, toQueryString, type Condition, type Operator } from '../query';
 import { go, href } from '../route';
 import { OpenType } from './overview';
+import { Table } from '../components/table';
 
 const PAGE_SIZES = [10, 20, 50, 100];
 
@@ -66,26 +67,15 @@ function TypeRecords({ domain, type, query }: { domain: string; type: string; qu
         )}
       </div>
       {rows.length > 0 && (
-        <div class="table-wrap" role="region" aria-label="Records" tabIndex={0}>
-          <table class="records">
-            <thead>
-              <tr>
-                <th scope="col">Key</th>
-                <th scope="col" class="num">Version</th>
-                <th scope="col">Values</th>
-              </tr>
-            </thead>
-            <tbody>
-              {rows.map((s) => (
-                <tr key={s.key}>
-                  <td><a href={href(['record', domain, type, s.key])}>{s.key}</a></td>
-                  <td class="num">{num(s.version)}</td>
-                  <td><code class="values">{compact(s.values)}</code></td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <Table label="Records" cls="records" columns={['Key', 'Version#', 'Values']}>
+          {rows.map((s) => (
+            <tr key={s.key}>
+              <td><a href={href(['record', domain, type, s.key])}>{s.key}</a></td>
+              <td class="num">{num(s.version)}</td>
+              <td><code class="values">{compact(s.values)}</code></td>
+            </tr>
+          ))}
+        </Table>
       )}
       <nav class="pager" aria-label="Pages">
         <button type="button" disabled={offset === 0} onClick={() => page(Math.max(0, offset - limit))}>Previous page</button>

@@ -8,6 +8,7 @@ import { Empty, ErrorNote } from '../components/errors';
 import { compact, formatTime, who } from '../format';
 import { go, href } from '../route';
 import { tail } from '../stream';
+import { Table } from '../components/table';
 
 const KEEP = 500;
 
@@ -93,36 +94,22 @@ export function Tail({ query }: { query: URLSearchParams }) {
         <Empty>Waiting for events. Writes to {domain}/{type} show here as they happen.</Empty>
       )}
       {rows.length > 0 && (
-        <div class="table-wrap" role="region" aria-label="Events, newest first" tabIndex={0}>
-          <table class="events">
-            <thead>
-              <tr>
-                <th scope="col">Time</th>
-                <th scope="col">Record</th>
-                <th scope="col">Kind</th>
-                <th scope="col" class="num">Version</th>
-                <th scope="col">By</th>
-                <th scope="col">Values</th>
-              </tr>
-            </thead>
-            <tbody>
-              {rows.map((e) => (
-                <tr key={e.id} class="event" data-id={e.id}>
-                  <td><time>{formatTime(e.time)}</time></td>
-                  <td>
-                    <a href={href(['record', e.state.domain, e.state.type, e.state.key])}>
-                      {e.state.domain}/{e.state.type}/{e.state.key}
-                    </a>
-                  </td>
-                  <td>{e.kind}</td>
-                  <td class="num">{num(e.version)}</td>
-                  <td>{who(e.claims)}</td>
-                  <td><code class="values">{compact(e.state.values, 100)}</code></td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <Table label="Events, newest first" cls="events" columns={['Time', 'Record', 'Kind', 'Version#', 'By', 'Values']}>
+          {rows.map((e) => (
+            <tr key={e.id} class="event" data-id={e.id}>
+              <td><time>{formatTime(e.time)}</time></td>
+              <td>
+                <a href={href(['record', e.state.domain, e.state.type, e.state.key])}>
+                  {e.state.domain}/{e.state.type}/{e.state.key}
+                </a>
+              </td>
+              <td>{e.kind}</td>
+              <td class="num">{num(e.version)}</td>
+              <td>{who(e.claims)}</td>
+              <td><code class="values">{compact(e.state.values, 100)}</code></td>
+            </tr>
+          ))}
+        </Table>
       )}
     </section>
   );
