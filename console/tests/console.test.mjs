@@ -287,3 +287,48 @@ test('authentication on: no, wrong and expired tokens; a policy refusal', async 
     await gw.stop();
   }
 });
+
+const AXE = fs.readFileSync(path.join(here, '..', 'node_modules', 'axe-core', 'axe.min.js'), 'utf8');
+
+/** axe-core's WCAG 2 A and AA rules on the page as it is; serious and critical findings. */
+async function axe(page) {
+  await page.addScriptTag({ content: AXE });
+  const found = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } });
+    return r.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.map((n) => n.target.join(' ')).slice(0, 3) }));
+  });
+  return found.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+}
+
+test('accessibility: no serious WCAG 2 A/AA finding in any view, light or dark, wide or narrow', async () => {
+  const gw = await startGateway();
+  const d = `x${Date.now().toString(36)}`;
+  await rest(gw, 'POST', `/api/state/ref/${d}/user/alice`, { body: { values: { name: 'Alice', city: 'Paris' } } });
+  await rest(gw, 'POST', `/api/state/ref/${d}/user/alice`, { body: { values: { name: 'Alice', city: 'Lyon' } } });
+  const views = [
+    ['overview', '#/', '.health.ok'],
+    ['records', `#/records/${d}/user`, 'table.records tbody tr'],
+    ['record', `#/record/${d}/user/alice`, '.diff-table'],
+    ['tail', `#/tail?domain=${d}&type=*`, '.status-live'],
+    ['metrics', '#/metrics', 'figure.chart'],
+    ['signin', '#/signin', '#token'],
+  ];
+  try {
+    for (const scheme of ['light', 'dark']) {
+      for (const [width, height] of [[1280, 800], [390, 844]]) {
+        // axe is injected as a script, which the console's CSP rightly refuses: this context bypasses it.
+        const context = await browser.newContext({ viewport: { width, height }, colorScheme: scheme, bypassCSP: true });
+        const page = await context.newPage();
+        page.setDefaultTimeout(TIMEOUT);
+        for (const [name, hash, ready] of views) {
+          await page.goto(`${gw.url}/console/${hash}`);
+          await page.locator(ready).first().waitFor();
+          assert.deepEqual(await axe(page), [], `${name} (${scheme}, ${width}px)`);
+        }
+        await context.close();
+      }
+    }
+  } finally {
+    await gw.stop();
+  }
+});
