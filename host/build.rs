@@ -1,7 +1,11 @@
 //! Compiles the protobuf contract without a system `protoc`: protox parses the
 //! `.proto` files (with the well-known types built in) into a descriptor set,
 //! which tonic turns into Rust. The descriptor set is also embedded for gRPC
-//! server reflection.
+//! server reflection. It also embeds the built web console
+//! (`build/console_assets.rs`).
+
+#[path = "build/console_assets.rs"]
+mod console_assets;
 
 use std::{env, path::PathBuf};
 
@@ -26,6 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(false)
         .out_dir(out.join("v050"))
         .compile_fds(v050)?;
+
+    console_assets::embed(&PathBuf::from(env::var("CARGO_MANIFEST_DIR")?), &out)?;
 
     println!("cargo:rerun-if-changed=../proto");
     println!("cargo:rerun-if-changed=tests/v050");

@@ -112,6 +112,11 @@ pub struct Config {
     #[arg(long, env = "STATEGATE_RATE_BURST")]
     pub rate_burst: Option<f64>,
 
+    /// Serve the web console at /console/ on the API port (its calls go
+    /// through the API with the user's token); false leaves it out.
+    #[arg(long, env = "STATEGATE_CONSOLE", default_value_t = true, action = clap::ArgAction::Set, value_parser = GoBool)]
+    pub console: bool,
+
     /// A `.env` file read before the variables (default: `./.env` when it
     /// exists); variables already set win (`config::env`).
     #[arg(long, value_name = "PATH")]

@@ -143,7 +143,12 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
         .layer(axum::middleware::from_fn_with_state(methods.clone(), api::fallback::unknown_grpc_method));
     // Routes served over plain HTTP; what none of them takes goes to gRPC
     // or gets a JSON error (`api::fallback`).
-    let routes = api::rest::routes(gateway.clone()).merge(api::public::openapi(gateway.clone(), &public));
+    let mut routes = api::rest::routes(gateway.clone())
+        .merge(api::stats::routes(gateway.clone()))
+        .merge(api::public::openapi(gateway.clone(), &public));
+    if config.console {
+        routes = routes.merge(api::console::routes());
+    }
     let app = api::browser::guard(
         api::fallback::serve_unmatched(routes, api::grpc_web::wrap(grpc), methods, ops_addr.port())
             .layer(DefaultBodyLimit::max(config.max_message_bytes)),

@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod codec;
+pub mod console;
 pub mod convert;
 pub mod deadline;
 pub mod fallback;
@@ -12,6 +13,7 @@ pub mod grpc;
 pub mod grpc_web;
 pub mod public;
 pub mod rest;
+pub mod stats;
 pub mod status;
 
 use crate::auth::Metadata;

@@ -11,6 +11,7 @@
 mod catalog;
 mod limits;
 pub mod request;
+pub mod stats;
 mod stream;
 
 pub use request::*;

@@ -13,7 +13,6 @@ use axum::{Router, routing::get};
 use http::{StatusCode, header};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The ops routes; `token` guards the ones that are not health checks.
 pub fn routes(gateway: Arc<Gateway>, token: Option<String>) -> Router {
@@ -60,26 +59,11 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 async fn readyz(gateway: Arc<Gateway>) -> Response {
-    const TIMEOUT: Duration = Duration::from_secs(2);
-    let check = |name: String, ping: futures::future::BoxFuture<'static, crate::model::Result<()>>| async move {
-        let error = match tokio::time::timeout(TIMEOUT, ping).await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some(format!("no answer within {TIMEOUT:?}")),
-        };
-        serde_json::json!({ "provider": name, "ready": error.is_none(), "error": error })
-    };
-    let storage = gateway.storage().clone();
-    let channel = gateway.channel().clone();
-    let (s, c) = tokio::join!(
-        check(storage.name().to_owned(), Box::pin(async move { storage.ping().await })),
-        check(channel.name().to_owned(), Box::pin(async move { channel.ping().await })),
-    );
-    let ready = s["ready"] == true && c["ready"] == true;
-    let status = if ready {
+    let readiness = gateway.readiness().await;
+    let status = if readiness.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, axum::Json(serde_json::json!({ "ready": ready, "storage": s, "channel": c }))).into_response()
+    (status, axum::Json(readiness)).into_response()
 }

@@ -38,7 +38,7 @@ pub fn succeeds(program: &str, args: &[&str]) -> bool {
 
 /// Runs a command to completion (bounded), returning stdout; panics with
 /// both outputs when it fails.
-async fn run(cmd: &mut tokio::process::Command) -> String {
+pub async fn run(cmd: &mut tokio::process::Command) -> String {
     cmd.kill_on_drop(true).stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     let out = tokio::time::timeout(Duration::from_secs(240), child.wait_with_output())

@@ -64,6 +64,8 @@ mod auth;
 mod cli;
 mod client;
 mod examples;
+mod console;
+mod stats_api;
 #[cfg(all(feature = "mongo", feature = "redis"))]
 mod deploy;
 mod container;
