@@ -56,11 +56,12 @@ pub mod proto {
     tonic::include_proto!("stategate");
 }
 
-pub use proto::{Event, EventKind, SearchEventOpts, SearchStateOpts, Sort, State, StateRef, StreamOpts};
+pub use proto::{Catalog, CatalogEntry, CatalogOpts, Event, EventKind, SearchEventOpts, SearchStateOpts, Sort, State, StateRef, StreamOpts};
 
 type Svc = InterceptedService<Channel, Auth>;
 pub type StateServiceClient = proto::state_service_client::StateServiceClient<Svc>;
 pub type EventServiceClient = proto::event_service_client::EventServiceClient<Svc>;
+pub type CatalogServiceClient = proto::catalog_service_client::CatalogServiceClient<Svc>;
 
 /// What can go wrong talking to a gateway.
 #[derive(Debug, thiserror::Error)]
@@ -287,6 +288,7 @@ pub struct Client {
     channel: Channel,
     state: StateServiceClient,
     events: EventServiceClient,
+    catalog: CatalogServiceClient,
     resume: Resume,
 }
 
@@ -317,7 +319,9 @@ impl Client {
             channel: channel.clone(),
             state: proto::state_service_client::StateServiceClient::with_interceptor(channel.clone(), auth.clone())
                 .max_decoding_message_size(MAX_MESSAGE),
-            events: proto::event_service_client::EventServiceClient::with_interceptor(channel, auth)
+            events: proto::event_service_client::EventServiceClient::with_interceptor(channel.clone(), auth.clone())
+                .max_decoding_message_size(MAX_MESSAGE),
+            catalog: proto::catalog_service_client::CatalogServiceClient::with_interceptor(channel, auth)
                 .max_decoding_message_size(MAX_MESSAGE),
             resume: Resume::default(),
         }
@@ -386,6 +390,12 @@ impl Client {
     /// The event history, oldest first.
     pub async fn search_events(&self, opts: SearchEventOpts) -> Result<Vec<Event>> {
         Ok(self.events.clone().search(opts).await?.into_inner().events)
+    }
+
+    /// The domains and types the caller may read, with their record and
+    /// event counts; `domain` empty (or `"*"`) for every domain.
+    pub async fn catalog(&self, domain: &str) -> Result<Catalog> {
+        Ok(self.catalog.clone().list(CatalogOpts { domain: domain.into() }).await?.into_inner())
     }
 
     /// One event by id.

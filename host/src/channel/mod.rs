@@ -102,15 +102,22 @@ impl ChannelSpec {
 
     /// Where the provider reaches its broker, for the start-up summary
     /// (passwords in addresses replaced by `***`).
+    #[cfg_attr(not(any(feature = "redis", feature = "nats", feature = "kafka", feature = "amqp")), allow(unused_variables))]
     pub fn location(&self) -> String {
         let addr = crate::model::spec::redacted_address;
         match self {
             ChannelSpec::Inmem(_) => "in-process (this instance only)".to_owned(),
+            #[cfg(feature = "redis")]
             ChannelSpec::Redis(c) => addr(&c.addr),
+            #[cfg(feature = "nats")]
             ChannelSpec::Nats(c) => addr(&c.addr),
+            #[cfg(feature = "kafka")]
             ChannelSpec::Kafka(c) => format!("{} topic {}", addr(&c.addr), c.topic),
+            #[cfg(feature = "amqp")]
             ChannelSpec::RabbitMq(c) => format!("{} exchange {}", addr(&c.addr), c.exchange),
+            #[cfg(feature = "nats")]
             ChannelSpec::Stan(c) => addr(&c.addr),
+            #[cfg(feature = "wasm")]
             ChannelSpec::Wasm(c) => c.guest.path.display().to_string(),
         }
     }

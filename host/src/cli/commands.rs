@@ -1,6 +1,6 @@
 //! Each client subcommand: build the request, call, print.
 
-use super::output::{Printer, print_event, print_state};
+use super::output::{Printer, print_catalog_entry, print_event, print_state};
 use super::{ClientArgs, Command, EventCommand, Record};
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
@@ -138,6 +138,17 @@ pub async fn run(command: Command) -> Result<()> {
                 if a.count.is_some_and(|c| seen >= c) {
                     break;
                 }
+            }
+        }
+        Command::Catalog(a) => {
+            let client = connect(&a.client).await?;
+            let catalog = client.catalog(a.domain.as_deref().unwrap_or("")).await?;
+            let p = printer(&a.client);
+            for e in &catalog.entries {
+                print_catalog_entry(&p, e);
+            }
+            if !p.json {
+                eprintln!("{} domain/type pair(s)", catalog.entries.len());
             }
         }
         Command::Health(a) => {

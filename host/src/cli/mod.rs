@@ -58,6 +58,8 @@ pub enum Command {
     Event(EventCommand),
     /// Follow events as they happen (resumes by itself after a disconnect).
     Stream(StreamArgs),
+    /// List the domains and types you may read, with their record and event counts.
+    Catalog(CatalogArgs),
     /// Check that the gateway serves (gRPC health check).
     Health(HealthArgs),
     /// Print a shell completion script: `stategate completions bash > /etc/bash_completion.d/stategate`.
@@ -319,6 +321,14 @@ pub struct StreamArgs {
     /// Say nothing on standard error when the connection drops and resumes.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CatalogArgs {
+    /// Only this domain (default: every domain).
+    pub domain: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -2,7 +2,7 @@
 //! for programs (`--json`: the REST API's JSON form, one object per line,
 //! so a listing or a stream pipes into `jq`, `grep` or a line reader alike).
 
-use stategate_client::{Event, State};
+use stategate_client::{CatalogEntry, Event, State};
 
 pub struct Printer {
     pub json: bool,
@@ -42,6 +42,29 @@ pub fn print_event(p: &Printer, e: &Event) {
         e.version,
         e.id
     );
+}
+
+/// One domain and type of the catalog: in the REST form (counts as
+/// strings, as proto3 JSON writes 64-bit integers), or a line for people.
+pub fn print_catalog_entry(p: &Printer, e: &CatalogEntry) {
+    if p.json {
+        p.json_value(&serde_json::json!({
+            "domain": e.domain,
+            "type": e.r#type,
+            "records": e.records.to_string(),
+            "events": e.events.to_string(),
+            "lastEventTime": e.last_event_time.to_string(),
+        }));
+    } else {
+        println!(
+            "{}/{} {} record(s) {} event(s), last {}",
+            e.domain,
+            e.r#type,
+            e.records,
+            e.events,
+            rfc3339(e.last_event_time)
+        );
+    }
 }
 
 /// Unix nanoseconds as RFC 3339 UTC with milliseconds.

@@ -138,14 +138,19 @@ impl StorageSpec {
 
     /// Where the provider keeps the data, for the start-up summary
     /// (passwords in addresses replaced by `***`).
+    #[cfg_attr(not(all(feature = "mongo", feature = "sql")), allow(unused_variables))]
     pub fn location(&self, data_dir: &Path) -> String {
         let addr = crate::model::spec::redacted_address;
         match self {
             StorageSpec::Sqlite(c) => c.file(data_dir).display().to_string(),
             StorageSpec::Inmem(_) => "process memory (lost at exit)".to_owned(),
+            #[cfg(feature = "mongo")]
             StorageSpec::Mongo(c) => format!("{} database {}", addr(&c.addr), c.database),
+            #[cfg(feature = "sql")]
             StorageSpec::Postgres(c) => format!("{} schema {}", addr(&c.addr), c.schema),
+            #[cfg(feature = "sql")]
             StorageSpec::Mysql(c) => addr(&c.addr),
+            #[cfg(feature = "wasm")]
             StorageSpec::Wasm(c) => c.path.display().to_string(),
         }
     }

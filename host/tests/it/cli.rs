@@ -489,3 +489,31 @@ fn stream_says_on_stderr_when_it_loses_and_regains_the_gateway() {
     gateway.kill().unwrap();
     gateway.wait().unwrap();
 }
+
+#[tokio::test]
+async fn catalog_lists_domains_and_types() {
+    let gw = TestGateway::start().await;
+    let url = gw.url();
+    let (d1, d2) = (unique("clicat"), unique("clicat"));
+    tokio::task::spawn_blocking(move || {
+        for (d, t, k) in [(&d1, "user", "a"), (&d1, "user", "b"), (&d1, "order", "o"), (&d2, "user", "z")] {
+            ok(run(stategate(&url).args(["set", d, t, k, r#"{"n":1}"#])));
+        }
+        ok(run(stategate(&url).args(["del", &d1, "user", "b"])));
+        // One domain: its types, by name, one JSON object per line.
+        let entries = json_lines(&ok(run(stategate(&url).args(["catalog", &d1, "--json"]))));
+        let got: Vec<(&str, &str, &str, &str)> = entries
+            .iter()
+            .map(|e| (e["domain"].as_str().unwrap(), e["type"].as_str().unwrap(), e["records"].as_str().unwrap(), e["events"].as_str().unwrap()))
+            .collect();
+        assert_eq!(got, [(d1.as_str(), "order", "1", "1"), (d1.as_str(), "user", "1", "3")]);
+        assert!(entries[0]["lastEventTime"].as_str().unwrap().parse::<i64>().unwrap() > 0);
+        // Every domain, text for people.
+        let out = ok(run(stategate(&url).args(["catalog"])));
+        assert!(out.contains(&format!("{d1}/user 1 record(s) 3 event(s), last ")), "{out}");
+        assert!(out.contains(&format!("{d2}/user 1 record(s) 1 event(s)")), "{out}");
+    })
+    .await
+    .unwrap();
+    gw.stop().await;
+}
