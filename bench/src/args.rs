@@ -102,6 +102,10 @@ pub struct Args {
     /// Events seeded likewise, for event Search.
     #[arg(long, default_value_t = 50_000)]
     pub sql_events: usize,
+    /// The SQL providers' `writers` option (writer connections per
+    /// gateway); the provider's default when not given.
+    #[arg(long)]
+    pub sql_writers: Option<u32>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

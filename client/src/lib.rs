@@ -1,6 +1,8 @@
-//! A Rust client for [stategate](https://github.com/autom8ter/stategate):
-//! the tonic client generated from `proto/stategate.proto`, plus a small
-//! layer that makes the common calls one line each.
+//! The Rust client of stategate, the application state gateway (its
+//! documentation: `docs/clients.md` in the stategate repository, beside
+//! this crate, and this crate's `README.md`): the tonic client generated
+//! from `proto/stategate.proto`, plus a small layer that makes the common
+//! calls one line each.
 //!
 //! - [`Client::connect`] / [`Client::builder`]: a gateway address and a
 //!   [`TokenSource`] (none, a static token, or a callback asked on every
@@ -47,7 +49,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 pub use json::{json_to_struct, struct_to_json};
-pub use stream::{EventStream, Resume};
+pub use stream::{EventStream, Notice, Observer, Resume};
 
 /// Code generated from `proto/stategate.proto` (messages and tonic clients).
 pub mod proto {
@@ -321,7 +323,9 @@ impl Client {
         }
     }
 
-    fn with_resume(mut self, resume: Resume) -> Self {
+    /// This client with another [`Resume`] for the streams it opens from now
+    /// on (e.g. one with an observer, [`Resume::on_notice`]).
+    pub fn with_resume(mut self, resume: Resume) -> Self {
         self.resume = resume;
         self
     }

@@ -6,7 +6,9 @@
 //! forwarded; the gateway replays the history after that event and then
 //! goes live, so the consumer sees no gap and no duplicate. Errors that a
 //! retry cannot fix (bad request, refused token, unknown event id) end the
-//! stream with that error.
+//! stream with that error. An observer set with [`Resume::on_notice`] is
+//! told each step ([`Notice`]), so a program can say what is going on
+//! while the stream is down instead of going silent.
 
 use crate::{Error, Event, EventServiceClient, Result, StreamOpts};
 use futures::Stream;
@@ -26,6 +28,10 @@ pub struct Resume {
     pub max_backoff: Duration,
     /// Give up after this many failed reconnects in a row (`None`: never).
     pub max_attempts: Option<u32>,
+    /// Told when the connection drops, before each reconnect attempt and
+    /// when the stream resumes (`None`: nobody is told; `tracing` still
+    /// logs at debug level).
+    pub observer: Option<Observer>,
 }
 
 impl Default for Resume {
@@ -35,6 +41,7 @@ impl Default for Resume {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             max_attempts: None,
+            observer: None,
         }
     }
 }
@@ -46,6 +53,67 @@ impl Resume {
             ..Default::default()
         }
     }
+
+    /// Calls `f` with every [`Notice`] of the stream's connection. It runs
+    /// on the stream's task: keep it short (print, count, log).
+    pub fn on_notice(mut self, f: impl Fn(&Notice) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Observer(Arc::new(f)));
+        self
+    }
+}
+
+/// A callback told about a stream's connection ([`Resume::on_notice`]).
+#[derive(Clone)]
+pub struct Observer(Arc<dyn Fn(&Notice) + Send + Sync>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
+}
+
+/// What happened to a resuming stream's connection. `Display` says it in
+/// one line for a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The call ended or failed with `reason`; the stream will reconnect.
+    Dropped { reason: String },
+    /// Reconnect attempt `attempt` (from 1) starts after waiting `wait`;
+    /// `last_error` is why the previous attempt failed.
+    Retrying { attempt: u32, wait: Duration, last_error: Option<String> },
+    /// A call is open again after `attempts` attempts. The gateway replays
+    /// the history after `after_event_id` (empty: from the stream's first
+    /// position, as no event has arrived yet).
+    Resumed { attempts: u32, after_event_id: String },
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notice::Dropped { reason } => write!(f, "connection lost ({reason}); reconnecting"),
+            Notice::Retrying { attempt, wait, last_error } => {
+                write!(f, "reconnect attempt {attempt} in {} ms", wait.as_millis())?;
+                match last_error {
+                    Some(e) => write!(f, " (last attempt: {e})"),
+                    None => Ok(()),
+                }
+            }
+            Notice::Resumed { attempts, after_event_id } if after_event_id.is_empty() => {
+                write!(f, "reconnected after {attempts} attempt(s); resuming from the start position")
+            }
+            Notice::Resumed { attempts, after_event_id } => {
+                write!(f, "reconnected after {attempts} attempt(s); resuming after event {after_event_id}")
+            }
+        }
+    }
+}
+
+/// A status as a person reads it: `UNAVAILABLE: …`, with transport
+/// errors reduced to their innermost cause.
+fn describe(status: &tonic::Status) -> String {
+    use std::error::Error as _;
+    let message = status.source().map_or_else(|| status.message().to_owned(), crate::root_cause);
+    format!("{}: {message}", crate::code_name(status.code()))
 }
 
 /// Live events; a `futures::Stream` of `Result<Event>`. Dropping it closes
@@ -123,6 +191,11 @@ async fn run(
 ) {
     let mut backoff = resume.initial_backoff;
     let mut failures = 0u32;
+    let notify = |notice: Notice| {
+        if let Some(Observer(f)) = &resume.observer {
+            f(&notice);
+        }
+    };
     loop {
         // Forward until the stream ends or fails.
         let ended = loop {
@@ -147,13 +220,18 @@ async fn run(
             let _ = tx.send(Err(Error::Status(ended))).await;
             return;
         }
+        notify(Notice::Dropped { reason: describe(&ended) });
         // Reconnect, backing off, until a call is accepted.
+        let mut attempts = 0u32;
+        let mut last_error = None;
         loop {
             if resume.max_attempts.is_some_and(|max| failures >= max) {
                 let _ = tx.send(Err(Error::Status(ended))).await;
                 return;
             }
             tracing::debug!(code = ?ended.code(), message = ended.message(), after = %opts.after_event_id, "event stream reconnecting");
+            attempts += 1;
+            notify(Notice::Retrying { attempt: attempts, wait: backoff, last_error: last_error.take() });
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = tx.closed() => return,
@@ -164,9 +242,13 @@ async fn run(
                 Ok(resp) => {
                     reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     current = resp.into_inner();
+                    notify(Notice::Resumed { attempts, after_event_id: opts.after_event_id.clone() });
                     break;
                 }
-                Err(status) if retryable(&status) => continue,
+                Err(status) if retryable(&status) => {
+                    last_error = Some(describe(&status));
+                    continue;
+                }
                 Err(status) => {
                     let _ = tx.send(Err(Error::Status(status))).await;
                     return;

@@ -8,7 +8,8 @@
 # Requests must name one of the caller's domains. A stream may ask for
 # every domain ("*"), and a lookup by event id names none: for those the
 # response policy decides, message by message, so a stream never delivers
-# another tenant's event.
+# another tenant's event. The catalog may list every domain: the gateway
+# shows only the entries this policy would let the caller search.
 package stategate.authz
 
 import rego.v1
@@ -33,6 +34,11 @@ request_allowed if {
 
 request_allowed if input.method == "/stategate.EventService/Get"
 
+request_allowed if {
+	input.method == "/stategate.CatalogService/List"
+	input.body.domain in {"", "*"}
+}
+
 # --- response stage: every domain in the message must be the caller's ---
 
 allow if {
@@ -53,3 +59,6 @@ response_domains contains s.domain if some s in input.response.stateValues
 
 # EventService.Search.
 response_domains contains e.state.domain if some e in input.response.events
+
+# CatalogService.List.
+response_domains contains e.domain if some e in input.response.entries

@@ -39,8 +39,8 @@ pub struct Config {
     #[arg(long, env = "STATEGATE_DEBUG", value_parser = GoBool)]
     pub debug: bool,
 
-    /// Log format: json or text.
-    #[arg(long, env = "STATEGATE_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
+    /// Log format: auto (text on a terminal, JSON otherwise), json or text.
+    #[arg(long, env = "STATEGATE_LOG_FORMAT", default_value = "auto", value_parser = ["auto", "json", "text"])]
     pub log_format: String,
 
     /// TLS certificate chain (PEM), for both ports.
@@ -323,6 +323,34 @@ impl Config {
     }
 }
 
+/// Ends the process on a command-line error as clap does, adding the
+/// environment variable of the flag the error is about: clap names only
+/// the flag, even for a value that came from the variable.
+pub fn exit_on_flag_error(e: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue};
+    let arg = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => arg.split_whitespace().next().map(str::to_owned),
+        _ => None,
+    };
+    let Some((flag, variable)) = arg.and_then(|flag| variable_of(&flag).map(|v| (flag, v))) else { e.exit() };
+    let _ = e.print();
+    eprintln!("note: {flag} is also set by the environment variable {variable}");
+    std::process::exit(e.exit_code())
+}
+
+/// The variable that sets `--flag`, if any (any subcommand's).
+fn variable_of(flag: &str) -> Option<String> {
+    use clap::CommandFactory;
+    fn find(cmd: &clap::Command, long: &str) -> Option<String> {
+        cmd.get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .and_then(|a| a.get_env())
+            .map(|v| v.to_string_lossy().into_owned())
+            .or_else(|| cmd.get_subcommands().find_map(|c| find(c, long)))
+    }
+    find(&crate::cli::Cli::command(), flag.strip_prefix("--")?)
+}
+
 /// Provider objects are parsed as the flags are read: a bad one stops the
 /// start with clap's message, which names the flag, and ours, which names
 /// the variable and the offending key.
@@ -418,6 +446,7 @@ mod tests {
         Config::try_parse_from(argv).unwrap_err().to_string()
     }
 
+    #[cfg(all(feature = "mongo", feature = "redis", feature = "nats", feature = "wasm"))]
     #[test]
     fn bad_provider_objects_name_their_variable_and_the_key() {
         let e = refusal(&["--storage-provider", r#"{"nam":1}"#]);
@@ -446,6 +475,7 @@ mod tests {
         assert!(e.contains("not built in") && e.contains("wasm storage provider"), "{e}");
     }
 
+    #[cfg(all(feature = "mongo", feature = "redis", feature = "nats", feature = "wasm"))]
     #[test]
     fn provider_objects_take_v050_keys_and_aliases() {
         let c = Config::parse_from([
@@ -474,6 +504,7 @@ mod tests {
 
     /// Every key v0.5.0's providers read is accepted with its meaning (its
     /// provider map held strings only); a key it did not read is refused.
+    #[cfg(all(feature = "mongo", feature = "redis", feature = "nats", feature = "wasm"))]
     #[test]
     fn every_v050_provider_key_is_accepted() {
         let channel = |json: &str| Config::parse_from(["stategate", "--channel-provider", json]).channel_spec();
@@ -507,6 +538,15 @@ mod tests {
         assert!(e.contains("unknown field `cluster`"), "{e}");
     }
 
+    /// A lean build (`--no-default-features`) refuses a provider it left
+    /// out at start, naming the feature that builds it in.
+    #[cfg(not(feature = "mongo"))]
+    #[test]
+    fn a_provider_left_out_names_its_feature() {
+        let e = refusal(&["--storage-provider", r#"{"name":"mongo","addr":"mongodb://x","database":"d"}"#]);
+        assert!(e.contains("STATEGATE_STORAGE_PROVIDER") && e.contains("rebuild with `--features mongo`"), "{e}");
+    }
+
     #[test]
     fn booleans_take_go_spellings_and_flags_still_work() {
         for t in ["1", "t", "T", "TRUE", "true", "True"] {
@@ -526,10 +566,40 @@ mod tests {
     }
 
     #[test]
-    fn bad_values_name_their_variable() {
+    fn flags_lead_to_their_variables() {
+        assert_eq!(variable_of("--port").as_deref(), Some("STATEGATE_PORT"));
+        assert_eq!(variable_of("--addr").as_deref(), Some("STATEGATE_ADDR"));
+        assert_eq!(variable_of("--env-file"), None);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable_and_flag() {
         let mut c = Config::defaults();
         c.bind = "localhost:1".into();
-        assert_eq!(c.validate().unwrap_err().variable, "STATEGATE_BIND");
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.variable, "STATEGATE_BIND");
+        assert!(e.to_string().starts_with("STATEGATE_BIND (--bind): "), "{e}");
+    }
+
+    /// `ConfigError` names a variable's flag by the naming rule; every
+    /// setting (the CLI's too) must follow it.
+    #[test]
+    fn every_flag_is_its_variable_renamed() {
+        use clap::CommandFactory;
+        fn check(cmd: &clap::Command, wrong: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) {
+                    let env = env.to_str().unwrap();
+                    if crate::model::flag_of(env) != format!("--{long}") {
+                        wrong.push(format!("{env} is --{long}"));
+                    }
+                }
+            }
+            cmd.get_subcommands().for_each(|c| check(c, wrong));
+        }
+        let mut wrong = vec![];
+        check(&crate::cli::Cli::command(), &mut wrong);
+        assert!(wrong.is_empty(), "add to model::error::FLAG_EXCEPTIONS: {wrong:?}");
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub mod profiling;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+/// Without the `wasm` feature, a stand-in that loads no guest.
+#[cfg_attr(not(feature = "wasm"), path = "wasm/off.rs")]
 pub mod wasm;
 
 /// Code generated from `proto/stategate.proto`.

@@ -15,7 +15,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("stategate: {e}");
         return std::process::ExitCode::FAILURE;
     }
-    let cli = Cli::parse_from(args);
+    let cli = Cli::try_parse_from(args).unwrap_or_else(|e| stategate::config::exit_on_flag_error(e));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -41,7 +41,7 @@ async fn run(cli: Cli) -> std::process::ExitCode {
 }
 
 async fn serve(config: Config) -> std::process::ExitCode {
-    stategate::telemetry::init_logging(config.debug, config.log_format == "json");
+    stategate::telemetry::init_logging(config.debug, &config.log_format);
     // Each connection costs a descriptor: lift a low soft limit to the hard
     // one (the API's connection cap is derived from it).
     let open_files = stategate::server::fds::raise_open_file_limit();
@@ -62,7 +62,6 @@ async fn serve(config: Config) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    tracing::info!(addr = %running.addr, ops_addr = %running.ops_addr, "stategate is serving gRPC, REST and grpc-web");
     let token = running.shutdown_token();
     tokio::spawn(async move {
         stop.await;

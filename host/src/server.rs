@@ -7,6 +7,7 @@
 mod conn;
 pub mod fds;
 mod ops;
+pub mod summary;
 
 use crate::api::{self, grpc::GrpcApi};
 use crate::config::{Config, ConfigError};
@@ -14,7 +15,6 @@ use crate::gateway::{Gateway, Limits};
 use crate::hub::{Hub, HubConfig};
 use crate::telemetry::Metrics;
 use crate::storage;
-use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
@@ -117,20 +117,41 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
         public_metadata: config.public_metadata,
         max_public_streams: config.max_public_streams,
     };
+    let host = config.bind_host();
+    let listener = TcpListener::bind((host, config.port))
+        .await
+        .map_err(|e| ConfigError::new("STATEGATE_PORT", format!("cannot listen on {host}:{}: {e}", config.port)))?;
+    let ops_host = config.ops_bind_host();
+    let ops_listener = TcpListener::bind((ops_host, config.ops_port()))
+        .await
+        .map_err(|e| ConfigError::new("STATEGATE_OPS_PORT", format!("cannot listen on {ops_host}:{}: {e}", config.ops_port())))?;
+    let addr = listener.local_addr()?;
+    let ops_addr = ops_listener.local_addr()?;
+
+    let methods = Arc::new(api::fallback::GrpcMethods::from_descriptor_sets(&[
+        crate::proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]));
     let grpc = api::grpc::routes(GrpcApi::new(gateway.clone()), config.max_message_bytes)
         .await
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(gateway.clone(), api::grpc::authenticate_first));
-    let grpc = api::public::guard_grpc(grpc, gateway.clone(), &public);
-    let mut routes = api::grpc_web::wrap(grpc)
-        .merge(api::rest::routes(gateway.clone()))
+    let grpc = api::public::guard_grpc(grpc, gateway.clone(), &public)
+        .layer(axum::middleware::from_fn(api::deadline::grpc_timeout))
+        .layer(axum::middleware::from_fn_with_state(methods.clone(), api::fallback::unknown_grpc_method));
+    // Routes served over plain HTTP; what none of them takes goes to gRPC
+    // or gets a JSON error (`api::fallback`).
+    let mut routes = api::rest::routes(gateway.clone())
         .merge(api::stats::routes(gateway.clone()))
         .merge(api::public::openapi(gateway.clone(), &public));
     if config.console {
         routes = routes.merge(api::console::routes());
     }
     let app = api::browser::guard(
-        routes.layer(DefaultBodyLimit::max(config.max_message_bytes)),
+        api::fallback::serve_unmatched(routes, api::grpc_web::wrap(grpc), methods, ops_addr.port())
+            .layer(DefaultBodyLimit::max(config.max_message_bytes)),
         &api::browser::Rules {
             origins: config.cors_origins.clone(),
             auth_enabled: config.auth_enabled(),
@@ -140,17 +161,8 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
     );
     let ops = ops::routes(gateway.clone(), ops_token.clone());
 
-    let host = config.bind_host();
-    let listener = TcpListener::bind((host, config.port))
-        .await
-        .with_context(|| format!("STATEGATE_PORT: cannot listen on {host}:{}", config.port))?;
-    let ops_host = config.ops_bind_host();
-    let ops_listener = TcpListener::bind((ops_host, config.ops_port()))
-        .await
-        .with_context(|| format!("STATEGATE_OPS_PORT: cannot listen on {ops_host}:{}", config.ops_port()))?;
-    let addr = listener.local_addr()?;
-    let ops_addr = ops_listener.local_addr()?;
     warn_about_exposure(&config, addr, ops_addr, ops_token.is_some());
+    summary::Summary::new(&config, addr, ops_addr).log();
 
     let shutdown = CancellationToken::new();
     let grace = Duration::from_secs(config.shutdown_grace_secs);

@@ -1,6 +1,7 @@
 //! Logs and metrics.
 //!
-//! Logs are JSON lines through `tracing` (debug level with
+//! Logs go through `tracing` to stderr: readable text on a terminal, JSON
+//! lines otherwise (`STATEGATE_LOG_FORMAT` chooses; debug level with
 //! `STATEGATE_DEBUG`). Metrics live in one Prometheus registry per gateway,
 //! so tests can run several gateways in one process; `/metrics` on the ops
 //! port serves it.
@@ -9,15 +10,26 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
-pub fn init_logging(debug: bool, json: bool) {
+/// Installs the log subscriber. `format` is `json`, `text`, or `auto`
+/// (the default): text when stderr is a terminal (a person is reading),
+/// JSON otherwise (a collector is). Text has ANSI colours only on a
+/// terminal, so a redirected log holds no escape codes.
+pub fn init_logging(debug: bool, format: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("STATEGATE_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if debug { "debug,h2=info,hyper=info,tower=info" } else { "info" })
     });
+    let terminal = std::io::stderr().is_terminal();
+    let json = match format {
+        "json" => true,
+        "text" => false,
+        _ => !terminal,
+    };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if json {
         builder.json().flatten_event(true).with_current_span(false).try_init()
     } else {
-        builder.try_init()
+        builder.with_ansi(terminal).try_init()
     };
 }
 

@@ -91,7 +91,11 @@ impl Bench {
 
         let mut config = self.config.clone();
         config.data_dir = sql_dir;
-        config.storage_provider = Some(stategate::storage::StorageSpec::parse(&place.spec()?.to_string())?);
+        let mut spec = place.spec()?;
+        if let Some(n) = self.args.sql_writers {
+            spec["writers"] = n.into();
+        }
+        config.storage_provider = Some(stategate::storage::StorageSpec::parse(&spec.to_string())?);
         let gateway = match self.server_rt.spawn(tokio::time::timeout(START, stategate::server::start(config))).await? {
             Ok(Ok(g)) => g,
             Ok(Err(e)) => return Ok(Err(format!("starting a gateway on {}: {e:#}", db.name()))),
@@ -130,8 +134,11 @@ impl Bench {
             }
         }
         let bare = Bare::new(place.clone());
-        place.connect(true).await?.create_bare_tables().await.context("creating the bare tables")?;
-        let server = format!("{} {version}, {server_disk}", db.name());
+        let mut admin = place.connect(true).await?;
+        admin.analyze().await.context("analyzing the seeded tables")?;
+        admin.create_bare_tables().await.context("creating the bare tables")?;
+        let writers = self.args.sql_writers.map_or(String::new(), |n| format!(", {n} writer connections"));
+        let server = format!("{} {version}, {server_disk}{writers}", db.name());
         let sqlite_disk = format!("{} ({})", sqlite_base.display(), fs_type(sqlite_base));
         let (warmup, secs) = (self.args.warmup, self.args.secs);
         let mut rows = Vec::new();

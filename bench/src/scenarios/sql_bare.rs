@@ -172,6 +172,23 @@ impl Conn {
         Ok(())
     }
 
+    /// Refreshes the planner's statistics of the provider's tables, as an
+    /// operator does after a bulk load (autovacuum would within a minute or
+    /// so): seeded right before the steps, the tables would otherwise be
+    /// planned as the empty tables they were when the gateway created them
+    /// (a 10k-event search sorting the whole type: 100 ms instead of 0.3).
+    pub async fn analyze(&mut self) -> Result<()> {
+        match self {
+            Conn::Pg(c) => {
+                sqlx::raw_sql("ANALYZE events; ANALYZE states;").execute(c).await?;
+            }
+            Conn::My(c) => {
+                sqlx::query("ANALYZE TABLE events, states").execute(&mut *c).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// One `Set`'s transaction: the event (version = seq: unique per
     /// event, as `(dt, key, version)` must be, even when a later step
     /// writes the same keys again) and the state upsert.

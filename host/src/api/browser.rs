@@ -164,13 +164,13 @@ impl Policy {
 /// The lower-case media type of the request, without parameters.
 /// The media type of the request, without parameters (checked on every
 /// call, so compared without allocating; media types ignore case).
-fn content_type(req: &Request<Body>) -> Option<&str> {
+pub(crate) fn content_type(req: &Request<Body>) -> Option<&str> {
     let value = req.headers().get(CONTENT_TYPE)?.to_str().ok()?;
     Some(value.split(';').next().unwrap_or("").trim())
 }
 
 /// Whether `text` starts with `prefix`, ignoring ASCII case.
-fn starts_with_ignoring_case(text: &str, prefix: &str) -> bool {
+pub(crate) fn starts_with_ignoring_case(text: &str, prefix: &str) -> bool {
     text.len() >= prefix.len() && text.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 

@@ -1,7 +1,7 @@
 //! protobuf ↔ model: `google.protobuf.Struct` ↔ JSON objects, and the
 //! messages the gRPC adapter returns.
 
-use crate::model::{Error, Event, EventKind, Result, State, Values, json};
+use crate::model::{Catalog, Error, Event, EventKind, Result, State, Values, json};
 use crate::proto as pb;
 use prost_types::{ListValue, Struct, Value as PbValue, value::Kind};
 use serde_json::{Number, Value};
@@ -85,6 +85,23 @@ pub fn state(s: State) -> pb::State {
         version: s.version as i64,
         expected_version: None,
         idempotency_key: String::new(),
+    }
+}
+
+pub fn catalog(c: Catalog) -> pb::Catalog {
+    pb::Catalog {
+        entries: c
+            .entries
+            .into_iter()
+            .map(|e| pb::CatalogEntry {
+                domain: e.domain,
+                r#type: e.ty,
+                records: e.records,
+                events: e.events,
+                last_event_time: e.last_event_time,
+            })
+            .collect(),
+        head: c.head,
     }
 }
 

@@ -1,4 +1,4 @@
-//! gRPC: `StateService` and `EventService` on the generated tonic servers,
+//! gRPC: `StateService`, `EventService` and `CatalogService` on the generated tonic servers,
 //! plus health and reflection.
 
 use super::{convert, measured, metadata, status::to_status};
@@ -237,6 +237,15 @@ impl pb::event_service_server::EventService for GrpcApi {
     }
 }
 
+#[tonic::async_trait]
+impl pb::catalog_service_server::CatalogService for GrpcApi {
+    async fn list(&self, request: Request<pb::CatalogOpts>) -> Result<Response<pb::Catalog>, Status> {
+        let md = metadata(request.metadata().as_ref());
+        let req = gw::CatalogRequest { domain: request.into_inner().domain };
+        self.call(methods::CATALOG_LIST, self.gateway.catalog(md, req), convert::catalog).await
+    }
+}
+
 /// Refuses a stategate call whose token does not verify before its body is
 /// read or decoded: only the headers are looked at, so an anonymous peer
 /// cannot make the gateway spend memory on a message it will refuse anyway.
@@ -266,6 +275,9 @@ pub async fn routes(api: GrpcApi, max_message_bytes: usize) -> tonic::service::R
     health
         .set_serving::<pb::event_service_server::EventServiceServer<GrpcApi>>()
         .await;
+    health
+        .set_serving::<pb::catalog_service_server::CatalogServiceServer<GrpcApi>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -277,6 +289,11 @@ pub async fn routes(api: GrpcApi, max_message_bytes: usize) -> tonic::service::R
     routes
         .add_service(
             pb::state_service_server::StateServiceServer::new(api.clone())
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        )
+        .add_service(
+            pb::catalog_service_server::CatalogServiceServer::new(api.clone())
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes),
         )

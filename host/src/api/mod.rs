@@ -7,6 +7,8 @@ pub mod browser;
 pub mod codec;
 pub mod console;
 pub mod convert;
+pub mod deadline;
+pub mod fallback;
 pub mod grpc;
 pub mod grpc_web;
 pub mod public;

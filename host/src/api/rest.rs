@@ -14,7 +14,7 @@ use crate::model::{Error, Event, Result, json};
 use axum::{
     Router,
     body::{Body, Bytes},
-    extract::{Path, RawQuery, State},
+    extract::{Path, RawQuery, State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -38,6 +38,7 @@ pub fn routes(gateway: Arc<Gateway>) -> Router {
         .route("/api/events/search", get(search_events))
         .route("/api/events/stream", get(stream))
         .route("/api/events/ref/{id}", get(get_event))
+        .route("/api/catalog", get(catalog))
         .with_state(gateway)
 }
 
@@ -51,8 +52,7 @@ fn respond<T>(result: Result<T>, to_json: impl FnOnce(&T) -> Value) -> Response 
 }
 
 pub(crate) fn error_response(e: &Error) -> Response {
-    let code = status::grpc_code(e);
-    let mut response = (status::http_status(code), axum::Json(status::error_body(e))).into_response();
+    let mut response = (status::http_status_of(e), axum::Json(status::error_body(e))).into_response();
     if let Error::Unauthenticated { reason, .. } = e {
         // RFC 6750: a request without a token gets the bare challenge.
         let challenge = if *reason == crate::model::TokenRefusal::Missing {
@@ -67,8 +67,22 @@ pub(crate) fn error_response(e: &Error) -> Response {
     response
 }
 
+/// A request body as read (within STATEGATE_MAX_MESSAGE_BYTES) or why it
+/// could not be: handlers take the rejection so it becomes an error in the
+/// API's envelope, after the token was checked.
+type BodyBytes = std::result::Result<Bytes, BytesRejection>;
+
 /// Reads a JSON object body; an empty body is an empty object.
-fn body(bytes: &Bytes) -> Result<Map<String, Value>> {
+fn body(bytes: &BodyBytes) -> Result<Map<String, Value>> {
+    let bytes = match bytes {
+        Ok(b) => b,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(Error::TooLarge(
+                "the request body is larger than this gateway accepts (STATEGATE_MAX_MESSAGE_BYTES)".into(),
+            ));
+        }
+        Err(r) => return Err(Error::invalid("body", r.body_text())),
+    };
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
@@ -152,7 +166,7 @@ fn event_json(e: &Event) -> Value {
     json::event(e)
 }
 
-async fn set(State(gw): Api, Path(rec): RecordPath, headers: HeaderMap, bytes: Bytes) -> Response {
+async fn set(State(gw): Api, Path(rec): RecordPath, headers: HeaderMap, bytes: BodyBytes) -> Response {
     let call = async {
         let md = metadata(&headers);
         gw.verify_token(methods::STATE_SET, &md).await?;
@@ -180,7 +194,7 @@ async fn del(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery, heade
 
 /// `PATCH`: the body is the merge patch itself (`body: "patch"`); other
 /// fields come as query parameters.
-async fn edit(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery, headers: HeaderMap, bytes: Bytes) -> Response {
+async fn edit(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery, headers: HeaderMap, bytes: BodyBytes) -> Response {
     let call = async {
         let md = metadata(&headers);
         gw.verify_token(methods::STATE_EDIT, &md).await?;
@@ -192,7 +206,7 @@ async fn edit(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery, head
     respond(measured(gw.metrics(), methods::STATE_EDIT, call).await, event_json)
 }
 
-async fn revert(State(gw): Api, Path(rec): RecordPath, headers: HeaderMap, bytes: Bytes) -> Response {
+async fn revert(State(gw): Api, Path(rec): RecordPath, headers: HeaderMap, bytes: BodyBytes) -> Response {
     let call = async {
         let md = metadata(&headers);
         gw.verify_token(methods::STATE_REVERT, &md).await?;
@@ -225,6 +239,14 @@ async fn search_events(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap
 async fn get_event(State(gw): Api, Path(id): Path<String>, headers: HeaderMap) -> Response {
     let call = gw.get_event(metadata(&headers), gw::EventRefRequest { id });
     respond(measured(gw.metrics(), methods::EVENT_GET, call).await, event_json)
+}
+
+async fn catalog(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
+    let call = async {
+        let req: gw::CatalogRequest = request(query_map(q.as_deref())?, None)?;
+        gw.catalog(metadata(&headers), req).await
+    };
+    respond(measured(gw.metrics(), methods::CATALOG_LIST, call).await, json::catalog)
 }
 
 async fn stream(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {

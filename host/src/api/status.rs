@@ -16,6 +16,7 @@ pub fn grpc_code(e: &Error) -> Code {
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
         Error::Unavailable(_) => Code::Unavailable,
         Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        Error::TooLarge(_) => Code::OutOfRange,
         Error::Internal(_) => Code::Internal,
     }
 }
@@ -30,6 +31,7 @@ pub fn grpc_code_name(e: &Error) -> &'static str {
         Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
         Code::Unavailable => "UNAVAILABLE",
         Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::OutOfRange => "OUT_OF_RANGE",
         _ => "INTERNAL",
     }
 }
@@ -56,6 +58,16 @@ pub fn http_status(code: Code) -> StatusCode {
         Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
         Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The HTTP status of an error: grpc-gateway's for its code, except a
+/// request too large, which is 413 (grpc-gateway's 400 for `OUT_OF_RANGE`
+/// would not tell a client that a smaller request would do).
+pub fn http_status_of(e: &Error) -> StatusCode {
+    match e {
+        Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        e => http_status(grpc_code(e)),
     }
 }
 

@@ -210,24 +210,26 @@ impl KeyStore {
     async fn fetch(&self) -> Result<(), String> {
         let remote = self.remote.as_ref().expect("fetch needs a remote");
         let uri = &remote.uri;
+        // What errors and logs show: the URL without a password in it.
+        let shown = crate::model::spec::redacted_address(uri);
         let response = remote
             .client
             .get(uri)
             .header(http::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| format!("fetching {uri}: {e}"))?;
+            .map_err(|e| format!("fetching {shown}: {e}"))?;
         if !response.status().is_success() {
-            return Err(format!("fetching {uri}: HTTP {}", response.status()));
+            return Err(format!("fetching {shown}: HTTP {}", response.status()));
         }
         if response.content_length().is_some_and(|n| n as usize > MAX_JWKS_BYTES) {
-            return Err(format!("{uri}: larger than {MAX_JWKS_BYTES} bytes"));
+            return Err(format!("{shown}: larger than {MAX_JWKS_BYTES} bytes"));
         }
-        let body = response.bytes().await.map_err(|e| format!("fetching {uri}: {e}"))?;
+        let body = response.bytes().await.map_err(|e| format!("fetching {shown}: {e}"))?;
         if body.len() > MAX_JWKS_BYTES {
-            return Err(format!("{uri}: larger than {MAX_JWKS_BYTES} bytes"));
+            return Err(format!("{shown}: larger than {MAX_JWKS_BYTES} bytes"));
         }
-        let keys = parse_jwks(&body).map_err(|e| format!("{uri}: {e}"))?;
+        let keys = parse_jwks(&body).map_err(|e| format!("{shown}: {e}"))?;
         let digest: [u8; 32] = Sha256::digest(&body).into();
         {
             let mut last = lock(&remote.digest);
@@ -239,7 +241,7 @@ impl KeyStore {
         let kids: Vec<String> = keys.iter().filter_map(|k| k.kid.clone()).collect();
         *lock(&remote.keys) = keys;
         self.publish();
-        tracing::info!(uri = %uri, ?kids, "JWKS loaded");
+        tracing::info!(uri = %shown, ?kids, "JWKS loaded");
         Ok(())
     }
 }

@@ -11,6 +11,7 @@
 //! (`PolicyInput`), exactly as stategate v0.5.0 built it.
 
 pub mod config;
+#[cfg_attr(not(feature = "wasm"), path = "hooks_off.rs")]
 pub mod hooks;
 pub mod jwks;
 pub mod jwt;
@@ -64,6 +65,18 @@ pub trait Auth: Send + Sync + 'static {
     /// Request policies, then the tenant's hook: `PermissionDenied` to
     /// refuse the call.
     async fn authorize_request(&self, input: &PolicyInput) -> Result<()>;
+
+    /// Whether `authorize_request` would let `input` through, without
+    /// counting a refusal: for a listing that shows only what the caller
+    /// may reach (`CatalogService.List`). A refusal is `Ok(false)`; other
+    /// failures (a hook that cannot answer) are errors.
+    async fn permits(&self, input: &PolicyInput) -> Result<bool> {
+        match self.authorize_request(input).await {
+            Ok(()) => Ok(true),
+            Err(crate::model::Error::PermissionDenied { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 
     /// Response policies, then the tenant's hook, with `input.response` set.
     /// `Ok(None)` lets the response through unchanged; `Ok(Some(v))`

@@ -46,6 +46,21 @@ pub struct AuthStack {
 }
 
 impl AuthStack {
+    /// The request authorization: the Rego request policy, then the
+    /// tenant's hook; a refusal names the stage that refused.
+    async fn request_chain(&self, input: &PolicyInput) -> std::result::Result<(), (&'static str, Error)> {
+        if self.deny_all {
+            return Err(("request", Error::denied(Denial::Policy, NO_POLICY)));
+        }
+        if let Some(p) = &self.request {
+            p.check(input).map_err(|e| ("request", e))?;
+        }
+        if let Some(h) = &self.hooks {
+            h.authorize_request(input).await.map_err(|e| ("request_hook", e))?;
+        }
+        Ok(())
+    }
+
     /// Counts a refusal of `stage` in `policy_denials_total`.
     fn denied(&self, stage: &str, input: &PolicyInput, e: &Error) {
         let reason = match e {
@@ -72,18 +87,18 @@ impl Auth for AuthStack {
     }
 
     async fn authorize_request(&self, input: &PolicyInput) -> Result<()> {
-        if self.deny_all {
-            let e = Error::denied(Denial::Policy, NO_POLICY);
-            self.denied("request", input, &e);
-            return Err(e);
+        self.request_chain(input).await.map_err(|(stage, e)| {
+            self.denied(stage, input, &e);
+            e
+        })
+    }
+
+    async fn permits(&self, input: &PolicyInput) -> Result<bool> {
+        match self.request_chain(input).await {
+            Ok(()) => Ok(true),
+            Err((_, Error::PermissionDenied { .. })) => Ok(false),
+            Err((_, e)) => Err(e),
         }
-        if let Some(p) = &self.request {
-            p.check(input).inspect_err(|e| self.denied("request", input, e))?;
-        }
-        if let Some(h) = &self.hooks {
-            h.authorize_request(input).await.inspect_err(|e| self.denied("request_hook", input, e))?;
-        }
-        Ok(())
     }
 
     async fn authorize_response(&self, input: &PolicyInput) -> Result<Option<Value>> {

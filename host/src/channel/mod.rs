@@ -9,14 +9,22 @@
 //! - when the connection breaks, the subscription's stream ends (or yields an
 //!   error), so the hub knows to catch up from storage.
 
+#[cfg(feature = "nats")]
 pub mod jetstream;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;
+#[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "amqp")]
 pub mod rabbitmq;
+#[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "nats")]
 pub mod stan;
+#[cfg(any(feature = "kafka", feature = "amqp"))]
 mod tls;
+#[cfg(feature = "wasm")]
 pub mod wasm;
 
 use crate::model::{Error, Event, Result, Topic};
@@ -54,13 +62,13 @@ crate::provider_spec! {
     pub enum ChannelSpec {
         /// In-process only: the default, for one instance.
         Inmem(memory::MemoryConfig) = "inmem" | "memory",
-        Redis(redis::RedisConfig) = "redis",
-        Nats(nats::NatsConfig) = "nats",
-        Kafka(kafka::KafkaConfig) = "kafka",
-        RabbitMq(rabbitmq::RabbitMqConfig) = "rabbitmq" | "amqp",
+        Redis(redis::RedisConfig) = "redis" if feature = "redis",
+        Nats(nats::NatsConfig) = "nats" if feature = "nats",
+        Kafka(kafka::KafkaConfig) = "kafka" if feature = "kafka",
+        RabbitMq(rabbitmq::RabbitMqConfig) = "rabbitmq" | "amqp" if feature = "amqp",
         /// v0.5.0's NATS Streaming, served over NATS (see `stan.rs`).
-        Stan(stan::StanConfig) = "stan",
-        Wasm(wasm::WasmChannelConfig) = "wasm",
+        Stan(stan::StanConfig) = "stan" if feature = "nats",
+        Wasm(wasm::WasmChannelConfig) = "wasm" if feature = "wasm",
     }
 }
 
@@ -74,28 +82,55 @@ impl ChannelSpec {
     /// Parses and checks the JSON object of `STATEGATE_CHANNEL_PROVIDER`.
     pub fn parse(text: &str) -> Result<ChannelSpec> {
         let spec: ChannelSpec = crate::model::spec::parse("STATEGATE_CHANNEL_PROVIDER", text, &[])?;
-        let checked = match &spec {
+        let checked: std::result::Result<(), Error> = match &spec {
+            #[cfg(feature = "redis")]
             ChannelSpec::Redis(c) => c.validate(),
+            #[cfg(feature = "nats")]
             ChannelSpec::Nats(c) => c.validate(),
+            #[cfg(feature = "kafka")]
             ChannelSpec::Kafka(c) => c.validate(),
+            #[cfg(feature = "amqp")]
             ChannelSpec::RabbitMq(c) => c.validate(),
+            #[cfg(feature = "nats")]
             ChannelSpec::Stan(c) => c.validate(),
-            ChannelSpec::Inmem(_) | ChannelSpec::Wasm(_) => Ok(()),
+            _ => Ok(()),
         };
         checked.map_err(|e| Error::invalid("STATEGATE_CHANNEL_PROVIDER", e.to_string()))?;
         Ok(spec)
     }
 
 
+    /// Where the provider reaches its broker, for the start-up summary
+    /// (passwords in addresses replaced by `***`).
+    pub fn location(&self) -> String {
+        let addr = crate::model::spec::redacted_address;
+        match self {
+            ChannelSpec::Inmem(_) => "in-process (this instance only)".to_owned(),
+            ChannelSpec::Redis(c) => addr(&c.addr),
+            ChannelSpec::Nats(c) => addr(&c.addr),
+            ChannelSpec::Kafka(c) => format!("{} topic {}", addr(&c.addr), c.topic),
+            ChannelSpec::RabbitMq(c) => format!("{} exchange {}", addr(&c.addr), c.exchange),
+            ChannelSpec::Stan(c) => addr(&c.addr),
+            ChannelSpec::Wasm(c) => c.guest.path.display().to_string(),
+        }
+    }
+
     /// Connects the provider; `wasm` runs a wasm provider.
+    #[cfg_attr(not(feature = "wasm"), allow(unused_variables))]
     pub async fn open(&self, wasm: &WasmRuntime) -> Result<DynChannel> {
         Ok(match self {
             ChannelSpec::Inmem(_) => Arc::new(memory::MemoryChannel::new()),
+            #[cfg(feature = "redis")]
             ChannelSpec::Redis(c) => Arc::new(redis::RedisChannel::open(c).await?),
+            #[cfg(feature = "nats")]
             ChannelSpec::Nats(c) => Arc::new(nats::NatsChannel::open(c).await?),
+            #[cfg(feature = "kafka")]
             ChannelSpec::Kafka(c) => Arc::new(kafka::KafkaChannel::open(c).await?),
+            #[cfg(feature = "amqp")]
             ChannelSpec::RabbitMq(c) => Arc::new(rabbitmq::RabbitMqChannel::open(c).await?),
+            #[cfg(feature = "nats")]
             ChannelSpec::Stan(c) => Arc::new(stan::open(c).await?),
+            #[cfg(feature = "wasm")]
             ChannelSpec::Wasm(c) => Arc::new(wasm::WasmChannel::open(c, wasm).await?),
         })
     }
@@ -144,6 +179,7 @@ mod tests {
         assert_eq!(escape_token("a_b-C9"), "a_b-C9");
     }
 
+    #[cfg(any(feature = "kafka", feature = "amqp", feature = "nats"))]
     fn refused(text: &str) -> String {
         match ChannelSpec::parse(text) {
             Err(Error::InvalidArgument { field, reason }) => format!("{field}: {reason}"),
@@ -151,6 +187,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "kafka")]
     #[test]
     fn kafka_takes_v050_keys_and_checks_its_options() {
         let spec = ChannelSpec::parse(r#"{"name":"kafka","addr":"k1:9092, k2:9093","client_cert_file":"c.pem","client_key_file":"k.pem"}"#).unwrap();
@@ -171,6 +208,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "amqp")]
     #[test]
     fn rabbitmq_reads_its_url_and_checks_its_options() {
         for name in ["rabbitmq", "amqp"] {
@@ -190,6 +228,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "nats")]
     #[test]
     fn nats_durable_mode_and_stan_options() {
         let spec = ChannelSpec::parse(r#"{"name":"nats","addr":"n:4222","jetstream":true,"stream":"EVENTS","max_age_secs":60,"storage":"memory"}"#).unwrap();

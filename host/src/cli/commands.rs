@@ -1,10 +1,11 @@
 //! Each client subcommand: build the request, call, print.
 
 use super::output::{Printer, print_event, print_state};
-use super::{ClientArgs, Command};
+use super::{ClientArgs, Command, EventCommand, Record};
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
-use stategate_client::{Client, SearchEventOpts, SearchStateOpts, State, StateRef, StreamOpts, json_to_struct};
+use stategate_client::proto::{EditRequest, RevertRequest};
+use stategate_client::{Client, Resume, SearchEventOpts, SearchStateOpts, State, StateRef, StreamOpts, json_to_struct};
 use std::io::Read;
 use std::time::Duration;
 
@@ -13,17 +14,23 @@ pub async fn run(command: Command) -> Result<()> {
     match command {
         Command::Serve(_) => unreachable!("serve is handled by main"),
         Command::Migrate(super::MigrateCommand::V050(a)) => migrate_v050(a).await?,
+        Command::Completions(a) => {
+            use clap::CommandFactory;
+            let mut cli = super::Cli::command();
+            clap_complete::generate(a.shell, &mut cli, "stategate", &mut std::io::stdout());
+        }
         Command::Set(a) => {
             let client = connect(&a.client).await?;
-            let values = read_values(&a.values)?;
+            let values = read_object("VALUES", &a.values)?;
+            let Record { domain, ty, key } = a.record;
             let event = client
                 .set_state(State {
-                    domain: a.domain,
-                    r#type: a.ty,
-                    key: a.key,
+                    domain,
+                    r#type: ty,
+                    key,
                     values: Some(json_to_struct(&values)),
-                    expected_version: a.expected_version,
-                    idempotency_key: a.idempotency_key.unwrap_or_default(),
+                    expected_version: a.write.expected_version,
+                    idempotency_key: a.write.idempotency_key.unwrap_or_default(),
                     ..Default::default()
                 })
                 .await?;
@@ -31,23 +38,42 @@ pub async fn run(command: Command) -> Result<()> {
         }
         Command::Get(a) => {
             let client = connect(&a.client).await?;
-            let state = client.get(&a.domain, &a.ty, &a.key).await?;
+            let r = &a.record;
+            let state = client.get(&r.domain, &r.ty, &r.key).await?;
             print_state(&printer(&a.client), &state);
         }
         Command::Del(a) => {
             let client = connect(&a.client).await?;
-            let event = client
-                .state_service()
-                .del(StateRef {
-                    domain: a.domain,
-                    r#type: a.ty,
-                    key: a.key,
-                    expected_version: a.expected_version,
-                    ..Default::default()
-                })
-                .await
-                .map_err(stategate_client::Error::from)?
-                .into_inner();
+            let Record { domain, ty, key } = a.record;
+            let del = StateRef { domain, r#type: ty, key, expected_version: a.expected_version, ..Default::default() };
+            let event = client.state_service().del(del).await.map_err(stategate_client::Error::from)?;
+            print_event(&printer(&a.client), event.get_ref());
+        }
+        Command::Edit(a) => {
+            let client = connect(&a.client).await?;
+            let patch = Some(json_to_struct(&read_object("PATCH", &a.patch)?));
+            let Record { domain, ty, key } = a.record;
+            let (expected_version, idempotency_key) = (a.write.expected_version, a.write.idempotency_key.unwrap_or_default());
+            let edit = EditRequest { domain, r#type: ty, key, patch, expected_version, idempotency_key };
+            let event = client.state_service().edit(edit).await.map_err(stategate_client::Error::from)?;
+            print_event(&printer(&a.client), event.get_ref());
+        }
+        Command::Revert(a) => {
+            let client = connect(&a.client).await?;
+            let event_id = match (a.to_event, a.to_version) {
+                (Some(id), _) => id,
+                (None, Some(version)) => event_of_version(&client, &a.record, version).await?,
+                (None, None) => unreachable!("clap requires --to-version or --to-event"),
+            };
+            let Record { domain, ty, key } = a.record;
+            let (expected_version, idempotency_key) = (a.write.expected_version, a.write.idempotency_key.unwrap_or_default());
+            let revert = RevertRequest { domain, r#type: ty, key, event_id, expected_version, idempotency_key };
+            let event = client.state_service().revert(revert).await.map_err(stategate_client::Error::from)?;
+            print_event(&printer(&a.client), event.get_ref());
+        }
+        Command::Event(EventCommand::Get(a)) => {
+            let client = connect(&a.client).await?;
+            let event = client.get_event(&a.id).await?;
             print_event(&printer(&a.client), &event);
         }
         Command::Search(a) => {
@@ -59,31 +85,36 @@ pub async fn run(command: Command) -> Result<()> {
             opts.sort_descending = a.desc;
             let states = client.search(opts).await?;
             let p = printer(&a.client);
-            if p.json {
-                p.json_value(&serde_json::json!({"stateValues": states.iter().map(State::to_json).collect::<Vec<_>>()}));
-            } else {
-                for s in &states {
-                    print_state(&p, s);
-                }
+            for s in &states {
+                print_state(&p, s);
+            }
+            if !p.json {
                 eprintln!("{} state(s)", states.len());
             }
         }
         Command::Events(a) => {
             let client = connect(&a.client).await?;
             let query = json_object("--query", &a.query)?;
-            let mut opts = SearchEventOpts::new(a.domain, a.ty, a.limit).query(&serde_json::Value::Object(query));
+            let mut opts = SearchEventOpts::new(a.domain, a.ty, a.last.unwrap_or(a.limit)).query(&serde_json::Value::Object(query));
             opts.key = a.key.unwrap_or_default();
-            opts.min = a.min;
-            opts.max = a.max;
+            opts.min = a.since.unwrap_or(0);
+            opts.max = a.until.unwrap_or(0);
             opts.offset = a.offset;
-            let events = client.search_events(opts).await?;
+            // `--last N` asks for the N at the far end of the order (reversed,
+            // limited), then prints them the way round that was asked for.
+            let reverse = a.desc || a.last.is_some();
+            if a.sort.is_some() || reverse {
+                opts = opts.sort(a.sort.unwrap_or_else(|| "time".to_owned()), reverse);
+            }
+            let mut events = client.search_events(opts).await?;
+            if a.last.is_some() && !a.desc {
+                events.reverse();
+            }
             let p = printer(&a.client);
-            if p.json {
-                p.json_value(&serde_json::json!({"events": events.iter().map(|e| e.to_json()).collect::<Vec<_>>()}));
-            } else {
-                for e in &events {
-                    print_event(&p, e);
-                }
+            for e in &events {
+                print_event(&p, e);
+            }
+            if !p.json {
                 eprintln!("{} event(s)", events.len());
             }
         }
@@ -94,8 +125,12 @@ pub async fn run(command: Command) -> Result<()> {
             opts.key = a.key.unwrap_or_default();
             opts.after_event_id = a.after.unwrap_or_default();
             opts.from_time = a.from_time.unwrap_or(0);
+            // Standard error says when the stream is down and when it is
+            // back, so a quiet terminal means "no events", not "no gateway".
+            let resume = if a.quiet { Resume::default() } else { Resume::default().on_notice(|n| eprintln!("stategate stream: {n}")) };
+            let client = client.with_resume(resume);
             let mut events = client.stream(opts).await?;
-            let p = Printer { json: a.client.json, compact: true };
+            let p = printer(&a.client);
             let mut seen = 0u64;
             while let Some(event) = events.next().await {
                 print_event(&p, &event?);
@@ -117,7 +152,7 @@ pub async fn run(command: Command) -> Result<()> {
                 .map(|s| s.as_str_name())
                 .unwrap_or("UNKNOWN");
             if a.client.json {
-                println!("{}", serde_json::json!({"status": status}));
+                printer(&a.client).json_value(&serde_json::json!({"status": status}));
             } else {
                 println!("{} {status}", a.client.addr);
             }
@@ -129,8 +164,15 @@ pub async fn run(command: Command) -> Result<()> {
     Ok(())
 }
 
+/// `stategate migrate v050` without the reader of v0.5.0's MongoDB.
+#[cfg(not(feature = "mongo"))]
+async fn migrate_v050(_: super::MigrateV050Args) -> Result<()> {
+    bail!("migrate v050 reads MongoDB, and this binary was built without it; rebuild with `--features mongo`")
+}
+
 /// `stategate migrate v050`: opens both sides and imports; the summary goes
 /// to standard output, progress to standard error.
+#[cfg(feature = "mongo")]
 async fn migrate_v050(a: super::MigrateV050Args) -> Result<()> {
     let source = stategate_source(&a).await?;
     let mut config = crate::config::Config::defaults();
@@ -154,6 +196,7 @@ async fn migrate_v050(a: super::MigrateV050Args) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "mongo")]
 async fn stategate_source(a: &super::MigrateV050Args) -> Result<crate::storage::mongo::v050::V050Source> {
     crate::storage::mongo::v050::V050Source::open(&a.from, &a.database)
         .await
@@ -161,6 +204,7 @@ async fn stategate_source(a: &super::MigrateV050Args) -> Result<crate::storage::
 }
 
 /// A connection string without its password, for messages.
+#[cfg(feature = "mongo")]
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
@@ -169,7 +213,27 @@ fn redact(url: &str) -> String {
 }
 
 fn printer(c: &ClientArgs) -> Printer {
-    Printer { json: c.json, compact: false }
+    Printer { json: c.json }
+}
+
+/// The id of the event that made `key` version `version`: its history is
+/// read oldest first until that version.
+async fn event_of_version(client: &Client, record: &Record, version: i64) -> Result<String> {
+    const PAGE: i64 = 500;
+    let Record { domain, ty, key } = record;
+    let mut offset = 0;
+    loop {
+        let mut opts = SearchEventOpts::new(domain, ty, PAGE).key(key);
+        opts.offset = offset;
+        let page = client.search_events(opts).await?;
+        if let Some(e) = page.iter().find(|e| e.version == version) {
+            return Ok(e.id.clone());
+        }
+        if (page.len() as i64) < PAGE {
+            bail!("{domain}/{ty}/{key} has no version {version} in its history");
+        }
+        offset += PAGE;
+    }
 }
 
 async fn connect(c: &ClientArgs) -> Result<Client> {
@@ -193,16 +257,17 @@ fn json_object(what: &str, text: &str) -> Result<serde_json::Map<String, serde_j
     }
 }
 
-/// VALUES: inline JSON, `-` for standard input, `@FILE`.
-fn read_values(arg: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
+/// A JSON object argument (`VALUES`, `PATCH`): inline JSON, `-` for
+/// standard input, `@FILE`.
+fn read_object(what: &str, arg: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
     let text = if arg == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading the values from standard input")?;
+        std::io::stdin().read_to_string(&mut s).with_context(|| format!("reading {what} from standard input"))?;
         s
     } else if let Some(path) = arg.strip_prefix('@') {
-        std::fs::read_to_string(path).with_context(|| format!("reading the values from {path}"))?
+        std::fs::read_to_string(path).with_context(|| format!("reading {what} from {path}"))?
     } else {
         arg.to_owned()
     };
-    json_object("VALUES", &text)
+    json_object(what, &text)
 }

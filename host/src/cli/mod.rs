@@ -4,9 +4,11 @@
 //! generated client of the API.
 
 mod commands;
+#[cfg(feature = "mongo")]
 pub mod migrate;
 mod output;
 pub mod progress;
+pub mod when;
 
 use crate::config::Config;
 use clap::{Args, Parser, Subcommand};
@@ -41,17 +43,47 @@ pub enum Command {
     Get(RecordArgs),
     /// Remove the current state of a record (its history is kept).
     Del(RecordArgs),
+    /// Change some fields of a record: a JSON merge patch onto its current
+    /// values (`null` removes a field): `stategate edit users user alice '{"city":"Lyon"}'`.
+    Edit(EditArgs),
+    /// Make the values of an earlier version (or event) of a record current
+    /// again, as a new event: `stategate revert users user alice --to-version 1`.
+    Revert(RevertArgs),
     /// Search current states of a domain and type.
     Search(SearchArgs),
-    /// Search the event history, oldest first.
+    /// Search the event history (oldest first; `--last N`, `--desc`, `--sort`).
     Events(EventsArgs),
+    /// One event.
+    #[command(subcommand)]
+    Event(EventCommand),
     /// Follow events as they happen (resumes by itself after a disconnect).
     Stream(StreamArgs),
     /// Check that the gateway serves (gRPC health check).
     Health(HealthArgs),
+    /// Print a shell completion script: `stategate completions bash > /etc/bash_completion.d/stategate`.
+    Completions(CompletionsArgs),
     /// Import data of an earlier stategate into the configured storage.
     #[command(subcommand)]
     Migrate(MigrateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventCommand {
+    /// Print one event by its id.
+    Get(EventGetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EventGetArgs {
+    pub id: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +127,15 @@ pub struct MigrateTarget {
     pub env_file: Option<std::path::PathBuf>,
 }
 
+/// `--addr`: a URL, or `host:port` for plain HTTP/2 (what people type).
+fn gateway_address(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("the address is empty (expected e.g. 127.0.0.1:8080 or https://gateway:8080)".into());
+    }
+    Ok(if text.contains("://") { text.to_owned() } else { format!("http://{text}") })
+}
+
 fn parse_storage_spec(text: &str) -> Result<crate::storage::StorageSpec, String> {
     crate::storage::StorageSpec::parse(text).map_err(|e| e.to_string())
 }
@@ -102,8 +143,8 @@ fn parse_storage_spec(text: &str) -> Result<crate::storage::StorageSpec, String>
 /// How to reach the gateway and how to print; shared by every client subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// The gateway's address.
-    #[arg(long, env = "STATEGATE_ADDR", default_value = "http://127.0.0.1:8080")]
+    /// The gateway's address (`host:port` means `http://host:port`).
+    #[arg(long, env = "STATEGATE_ADDR", default_value = "http://127.0.0.1:8080", value_parser = gateway_address)]
     pub addr: String,
 
     /// Bearer token (a JWT) sent with every call.
@@ -114,7 +155,8 @@ pub struct ClientArgs {
     #[arg(long, env = "STATEGATE_CA_FILE")]
     pub ca_file: Option<std::path::PathBuf>,
 
-    /// Print JSON (the REST API's form) instead of text for people.
+    /// Print JSON (the REST API's form) instead of text for people: one
+    /// object per line, for a listing one per record or event.
     #[arg(long)]
     pub json: bool,
 
@@ -123,12 +165,30 @@ pub struct ClientArgs {
     pub timeout: u64,
 }
 
+/// A record: `DOMAIN TYPE KEY`.
 #[derive(Debug, Args)]
-pub struct RecordArgs {
+pub struct Record {
     pub domain: String,
     #[arg(value_name = "TYPE")]
     pub ty: String,
     pub key: String,
+}
+
+/// The conditions of a write.
+#[derive(Debug, Args)]
+pub struct WriteOpts {
+    /// Write only when the record is at this version (0: must not exist).
+    #[arg(long)]
+    pub expected_version: Option<i64>,
+    /// Retries with the same key within the gateway's window are applied once.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub record: Record,
     /// Del only when the record is at this version (0: must not exist).
     #[arg(long)]
     pub expected_version: Option<i64>,
@@ -138,19 +198,43 @@ pub struct RecordArgs {
 
 #[derive(Debug, Args)]
 pub struct SetArgs {
-    pub domain: String,
-    #[arg(value_name = "TYPE")]
-    pub ty: String,
-    pub key: String,
+    #[command(flatten)]
+    pub record: Record,
     /// The values: a JSON object, `-` to read it from standard input, or
     /// `@FILE` to read it from a file.
     pub values: String,
-    /// Write only when the record is at this version (0: must not exist).
-    #[arg(long)]
-    pub expected_version: Option<i64>,
-    /// Retries with the same key within the gateway's window are applied once.
-    #[arg(long)]
-    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub write: WriteOpts,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    #[command(flatten)]
+    pub record: Record,
+    /// The merge patch: a JSON object, `-` to read it from standard input,
+    /// or `@FILE` to read it from a file.
+    pub patch: String,
+    #[command(flatten)]
+    pub write: WriteOpts,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to_version", "to_event"])))]
+pub struct RevertArgs {
+    #[command(flatten)]
+    pub record: Record,
+    /// The version of the record whose values become current again.
+    #[arg(long, value_name = "VERSION")]
+    pub to_version: Option<i64>,
+    /// The event of the record whose values become current again.
+    #[arg(long, value_name = "EVENT_ID")]
+    pub to_event: Option<String>,
+    #[command(flatten)]
+    pub write: WriteOpts,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -188,16 +272,26 @@ pub struct EventsArgs {
     /// A JSON object the event's values must hold.
     #[arg(long, short, default_value = "{}")]
     pub query: String,
-    /// Events at or after this time (Unix nanoseconds).
-    #[arg(long, default_value_t = 0)]
-    pub min: i64,
-    /// Events at or before this time (Unix nanoseconds).
-    #[arg(long, default_value_t = 0)]
-    pub max: i64,
-    #[arg(long, short, default_value_t = 100)]
+    /// Events at or after this time: `1h` (ago), RFC 3339, or Unix nanoseconds.
+    #[arg(long, alias = "min", value_name = "TIME", value_parser = when::unix_nanos)]
+    pub since: Option<i64>,
+    /// Events at or before this time: `30m` (ago), RFC 3339, or Unix nanoseconds.
+    #[arg(long, alias = "max", value_name = "TIME", value_parser = when::unix_nanos)]
+    pub until: Option<i64>,
+    #[arg(long, short, default_value_t = 100, conflicts_with = "last")]
     pub limit: i64,
     #[arg(long, default_value_t = 0)]
     pub offset: i64,
+    /// Only the newest N events (printed oldest first, unless `--desc`).
+    #[arg(long, value_name = "N")]
+    pub last: Option<i64>,
+    /// Order by this: `time`, or `values.<dot path>` for a field of the
+    /// values (default: the store's order, oldest first).
+    #[arg(long, value_name = "FIELD")]
+    pub sort: Option<String>,
+    /// Newest (or largest) first.
+    #[arg(long)]
+    pub desc: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -215,12 +309,16 @@ pub struct StreamArgs {
     /// Replay the history after this event id first.
     #[arg(long, conflicts_with = "from_time")]
     pub after: Option<String>,
-    /// Replay the history from this time (Unix nanoseconds; 1 = the beginning) first.
-    #[arg(long)]
+    /// Replay the history from this time first: `1h` (ago), RFC 3339, or
+    /// Unix nanoseconds (`1`: from the beginning).
+    #[arg(long, alias = "since", value_name = "TIME", value_parser = when::unix_nanos)]
     pub from_time: Option<i64>,
     /// Stop after this many events.
     #[arg(long, short = 'n')]
     pub count: Option<u64>,
+    /// Say nothing on standard error when the connection drops and resumes.
+    #[arg(long)]
+    pub quiet: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -1,21 +1,17 @@
 //! Printing for people (one line per record or event, values as JSON) or
-//! for programs (`--json`: the REST API's JSON form).
+//! for programs (`--json`: the REST API's JSON form, one object per line,
+//! so a listing or a stream pipes into `jq`, `grep` or a line reader alike).
 
 use stategate_client::{Event, State};
 
 pub struct Printer {
     pub json: bool,
-    /// One JSON object per line (streams), rather than indented.
-    pub compact: bool,
 }
 
 impl Printer {
+    /// One JSON object on one line.
     pub fn json_value(&self, v: &serde_json::Value) {
-        if self.compact {
-            println!("{v}");
-        } else {
-            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-        }
+        println!("{v}");
     }
 }
 

@@ -8,6 +8,7 @@
 //! once `append` returned; a failed publish is logged and the hub's sweep
 //! delivers the event from storage instead.
 
+mod catalog;
 mod limits;
 pub mod request;
 pub mod stats;
@@ -45,10 +46,12 @@ pub mod methods {
     pub const EVENT_STREAM: &str = "/stategate.EventService/Stream";
     pub const EVENT_SEARCH: &str = "/stategate.EventService/Search";
     pub const EVENT_GET: &str = "/stategate.EventService/Get";
+    pub const CATALOG_LIST: &str = "/stategate.CatalogService/List";
 
-    /// Every method of the two services.
-    pub const ALL: [&str; 9] = [
+    /// Every method of the stategate services.
+    pub const ALL: [&str; 10] = [
         STATE_SET, STATE_GET, STATE_DEL, STATE_SEARCH, STATE_EDIT, STATE_REVERT, EVENT_STREAM, EVENT_SEARCH, EVENT_GET,
+        CATALOG_LIST,
     ];
 }
 
@@ -412,8 +415,8 @@ impl Gateway {
 
     pub async fn search_states(&self, metadata: Metadata, req: SearchStatesRequest) -> Result<Vec<State>> {
         let caller = self.admit(methods::STATE_SEARCH, metadata, &req, false, &req.domain).await?;
-        validate_name("domain", &req.domain)?;
-        validate_name("type", &req.ty)?;
+        search_name("domain", &req.domain)?;
+        search_name("type", &req.ty)?;
         let query = StateQuery {
             domain: req.domain.clone(),
             ty: req.ty.clone(),
@@ -431,8 +434,8 @@ impl Gateway {
 
     pub async fn search_events(&self, metadata: Metadata, req: SearchEventsRequest) -> Result<Vec<Event>> {
         let caller = self.admit(methods::EVENT_SEARCH, metadata, &req, false, &req.domain).await?;
-        validate_name("domain", &req.domain)?;
-        validate_name("type", &req.ty)?;
+        search_name("domain", &req.domain)?;
+        search_name("type", &req.ty)?;
         if !req.key.is_empty() {
             validate_name("key", &req.key)?;
         }
@@ -487,6 +490,21 @@ impl Gateway {
         }
         Ok((limit as u64).min(self.limits.max_search_limit as u64) as usize)
     }
+}
+
+/// A domain or type a search names. `*` means "every" in streams and the
+/// catalog, but a search reads one domain and type (its page, sort and
+/// response policy are per type), so there it is refused rather than read
+/// as a literal name that never matches.
+fn search_name(field: &str, value: &str) -> Result<()> {
+    if value == "*" {
+        return Err(Error::invalid(
+            field,
+            "\"*\" (every one) is not supported in searches, only in streams: name one domain and type \
+             (CatalogService.List, GET /api/catalog, lists those you may read)",
+        ));
+    }
+    validate_name(field, value)
 }
 
 fn offset(offset: i64) -> Result<usize> {

@@ -146,6 +146,14 @@ pub struct EventRefRequest {
     pub id: String,
 }
 
+/// `CatalogService.List` (the `CatalogOpts` message).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CatalogRequest {
+    /// One domain; empty or `*` is every domain.
+    pub domain: String,
+}
+
 /// proto3 JSON int64: printed as a string, read from a number or a string.
 pub mod int64 {
     use super::*;

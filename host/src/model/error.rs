@@ -44,6 +44,11 @@ pub enum Error {
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
 
+    /// A request larger than the gateway accepts
+    /// (STATEGATE_MAX_MESSAGE_BYTES): gRPC `OUT_OF_RANGE`, HTTP 413.
+    #[error("too large: {0}")]
+    TooLarge(String),
+
     /// A bug or a corrupt store: never the client's fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -83,6 +88,7 @@ impl Error {
             Error::ResourceExhausted(_) => "resource_exhausted",
             Error::Unavailable(_) => "unavailable",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
+            Error::TooLarge(_) => "too_large",
             Error::Internal(_) => "internal",
         }
     }
@@ -185,9 +191,11 @@ impl Denial {
     }
 }
 
-/// A configuration value that cannot work, named by its variable.
+/// A configuration value that cannot work, named by its variable and its
+/// flag (`STATEGATE_MAX_STREAMS (--max-streams): must be at least 1`), so
+/// whoever set it either way finds it.
 #[derive(Debug, thiserror::Error)]
-#[error("{variable}: {problem}")]
+#[error("{variable} ({}): {problem}", flag_of(variable))]
 pub struct ConfigError {
     pub variable: &'static str,
     pub problem: String,
@@ -200,5 +208,25 @@ impl ConfigError {
             problem: problem.into(),
         }
     }
+
+    /// The command-line flag of the variable.
+    pub fn flag(&self) -> String {
+        flag_of(self.variable)
+    }
+}
+
+/// Settings whose flag is not their variable renamed (lists take plurals).
+const FLAG_EXCEPTIONS: [(&str, &str); 2] =
+    [("STATEGATE_JWT_ISSUER", "--jwt-issuers"), ("STATEGATE_JWT_AUDIENCE", "--jwt-audiences")];
+
+/// `STATEGATE_MAX_STREAMS` → `--max-streams`: a setting's flag is its
+/// variable's name that way, but for `FLAG_EXCEPTIONS` (a test in `config`
+/// holds every flag to this).
+pub fn flag_of(variable: &str) -> String {
+    if let Some((_, flag)) = FLAG_EXCEPTIONS.iter().find(|(v, _)| *v == variable) {
+        return (*flag).to_owned();
+    }
+    let name = variable.strip_prefix("STATEGATE_").unwrap_or(variable);
+    format!("--{}", name.to_ascii_lowercase().replace('_', "-"))
 }
 

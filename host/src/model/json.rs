@@ -3,7 +3,7 @@
 //! responses, the `body`/`response` input of policies and the values crossing
 //! into wasm guests all use it, so a record looks the same everywhere.
 
-use super::{Error, Event, EventKind, RecordRef, Result, State, Values};
+use super::{Catalog, CatalogEntry, Error, Event, EventKind, RecordRef, Result, State, Values};
 use serde_json::{Map, Value, json};
 
 /// Deepest nesting accepted in stored values and claims. serde_json's own
@@ -85,6 +85,50 @@ pub fn parse_state(v: &Value) -> Result<State> {
         values: o.get("values").and_then(Value::as_object).cloned().ok_or_else(|| bad("values"))?,
         version: int_field(o, "version").map_err(|_| bad("version"))? as u64,
     })
+}
+
+/// The `Catalog` message as proto3 JSON (64-bit numbers as strings).
+pub fn catalog(c: &Catalog) -> Value {
+    let entries: Vec<Value> = c
+        .entries
+        .iter()
+        .map(|e| {
+            json!({
+                "domain": e.domain,
+                "type": e.ty,
+                "records": e.records.to_string(),
+                "events": e.events.to_string(),
+                "lastEventTime": e.last_event_time.to_string(),
+            })
+        })
+        .collect();
+    json!({ "entries": entries, "head": c.head.to_string() })
+}
+
+/// Reads back what `catalog` printed (after a response policy or hook).
+pub fn parse_catalog(v: &Value) -> Result<Catalog> {
+    let bad = |what: &str| Error::internal(format!("malformed catalog JSON: {what}"));
+    let o = v.as_object().ok_or_else(|| bad("not an object"))?;
+    let count = |o: &Map<String, Value>, k: &str| int_field(o, k).map(|n| n.max(0) as u64).map_err(|_| bad(k));
+    let entries = match o.get("entries") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                let e = item.as_object().ok_or_else(|| bad("entry"))?;
+                let text = |k: &str| e.get(k).and_then(Value::as_str).map(str::to_owned).ok_or_else(|| bad(k));
+                Ok(CatalogEntry {
+                    domain: text("domain")?,
+                    ty: text("type")?,
+                    records: count(e, "records")?,
+                    events: count(e, "events")?,
+                    last_event_time: int_field(e, "lastEventTime").map_err(|_| bad("lastEventTime"))?,
+                })
+            })
+            .collect::<Result<_>>()?,
+        Some(_) => return Err(bad("entries")),
+    };
+    Ok(Catalog { entries, head: count(o, "head")? })
 }
 
 /// Reads a proto3 JSON int64: a number or a decimal string. A missing field

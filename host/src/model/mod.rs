@@ -2,13 +2,15 @@
 //! the event pipeline and the queries over them. No protobuf and no WIT here:
 //! the API adapters and the wasm host translate to and from these.
 
+pub mod catalog;
 mod error;
 pub mod flags;
 pub mod json;
 pub mod query;
 pub mod spec;
 
-pub use error::{ConfigError, Denial, Error, Result, TokenRefusal};
+pub use catalog::{Catalog, CatalogEntry};
+pub use error::{ConfigError, Denial, Error, Result, TokenRefusal, flag_of};
 pub use query::{Arrival, EventOrder, EventQuery, EventSort, FeedQuery, Filter, Page, Select, Sort, StateQuery};
 
 use serde_json::{Map, Value};

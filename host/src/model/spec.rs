@@ -17,8 +17,11 @@ use serde_json::{Map, Value};
 
 /// An enum of providers picked by `"name"`; see [`provider_spec!`](crate::provider_spec).
 pub trait ProviderSpec: Sized {
-    /// The accepted names, each provider's first.
+    /// The accepted names, each provider's first, built in or not.
     const NAMES: &'static [&'static str];
+    /// The cargo feature that builds the provider `name` in, when this
+    /// binary was built without it.
+    fn missing_feature(name: &str) -> Option<&'static str>;
     /// The variant `name` picks, with `options` (the object without its name).
     fn from_options(name: &str, options: Map<String, Value>) -> std::result::Result<Self, String>;
 }
@@ -37,6 +40,12 @@ pub fn parse<T: ProviderSpec>(variable: &str, text: &str, not_built_in: &[(&str,
     };
     if let Some((_, why)) = not_built_in.iter().find(|(n, _)| *n == name) {
         return Err(Error::invalid(variable, format!("provider {name:?} is not built in: {why}")));
+    }
+    if let Some(feature) = T::missing_feature(&name) {
+        return Err(Error::invalid(
+            variable,
+            format!("provider {name:?} is not built into this binary; rebuild with `--features {feature}`"),
+        ));
     }
     if !T::NAMES.contains(&name.as_str()) {
         return Err(Error::invalid(
@@ -91,29 +100,43 @@ pub fn options<T: DeserializeOwned>(options: Map<String, Value>) -> std::result:
 }
 
 /// Declares a provider enum: `Variant(Options) = "name" | "alias"`, each
-/// `Options` a `Deserialize` struct (with `deny_unknown_fields`).
+/// `Options` a `Deserialize` struct (with `deny_unknown_fields`). A
+/// provider behind a cargo feature adds `if feature = "name"`: without the
+/// feature its variant does not exist, and naming it is an error that says
+/// which feature builds it in (not "unknown provider").
 #[macro_export]
 macro_rules! provider_spec {
     (
         $(#[$meta:meta])*
         $vis:vis enum $Enum:ident {
-            $( $(#[$vmeta:meta])* $Variant:ident($Options:ty) = $name:literal $(| $alias:literal)* ),* $(,)?
+            $( $(#[$vmeta:meta])* $Variant:ident($Options:ty) = $name:literal $(| $alias:literal)* $(if feature = $feature:literal)? ),* $(,)?
         }
     ) => {
         $(#[$meta])*
         $vis enum $Enum {
-            $( $(#[$vmeta])* $Variant($Options) ),*
+            $( $(#[cfg(feature = $feature)])? $(#[$vmeta])* $Variant($Options) ),*
         }
 
         impl $crate::model::spec::ProviderSpec for $Enum {
             const NAMES: &'static [&'static str] = &[$($name $(, $alias)*),*];
+
+            #[allow(unreachable_code)]
+            fn missing_feature(name: &str) -> Option<&'static str> {
+                match name {
+                    $( $name $(| $alias)* => {
+                        $( #[cfg(not(feature = $feature))] return Some($feature); )?
+                        None
+                    } )*
+                    _ => None,
+                }
+            }
 
             fn from_options(
                 name: &str,
                 options: serde_json::Map<String, serde_json::Value>,
             ) -> std::result::Result<Self, String> {
                 match name {
-                    $( $name $(| $alias)* => Ok($Enum::$Variant($crate::model::spec::options(options)?)), )*
+                    $( $(#[cfg(feature = $feature)])? $name $(| $alias)* => Ok($Enum::$Variant($crate::model::spec::options(options)?)), )*
                     other => Err(format!("unknown provider {other:?}")),
                 }
             }
@@ -123,16 +146,53 @@ macro_rules! provider_spec {
             /// The provider's name, for logs and `/readyz`.
             pub fn name(&self) -> &'static str {
                 match self {
-                    $( $Enum::$Variant(_) => $name ),*
+                    $( $(#[cfg(feature = $feature)])? $Enum::$Variant(_) => $name, )*
                 }
             }
         }
     };
 }
 
+/// A provider address as logs may show it: a password in the URL's user
+/// part (`postgres://app:secret@db/x`) or in a `password=` parameter is
+/// replaced by `***`; everything else, the user name included, stays, so
+/// an operator can tell which server and account are meant.
+pub fn redacted_address(addr: &str) -> String {
+    let mut out = addr.to_owned();
+    if let Some(scheme) = out.find("://") {
+        let start = scheme + 3;
+        let end = out[start..].find(['/', '?', '#']).map_or(out.len(), |i| start + i);
+        if let Some(at) = out[start..end].rfind('@').map(|i| start + i)
+            && let Some(colon) = out[start..at].find(':').map(|i| start + i)
+        {
+            out.replace_range(colon + 1..at, "***");
+        }
+    }
+    let mut from = 0;
+    while let Some(i) = out[from..].to_ascii_lowercase().find("password=").map(|i| from + i + "password=".len()) {
+        let end = out[i..].find(['&', ';', ' ']).map_or(out.len(), |j| i + j);
+        out.replace_range(i..end, "***");
+        from = i + 3;
+    }
+    out
+}
+
 #[cfg(test)]
+// The test enum's gated provider names a feature no build has.
+#[allow(unexpected_cfgs)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_lose_their_passwords_only() {
+        assert_eq!(redacted_address("postgres://app:s3cr@t@db:5432/x?sslmode=require"), "postgres://app:***@db:5432/x?sslmode=require");
+        assert_eq!(redacted_address("mongodb://u:p@a:1,b:2/?replicaSet=rs0"), "mongodb://u:***@a:1,b:2/?replicaSet=rs0");
+        assert_eq!(redacted_address("mysql://app@db:3306/x"), "mysql://app@db:3306/x");
+        assert_eq!(redacted_address("amqp://user:pw@rabbit:5672/%2f"), "amqp://user:***@rabbit:5672/%2f");
+        assert_eq!(redacted_address("nats:4222"), "nats:4222");
+        assert_eq!(redacted_address("host=db user=app password=pw dbname=x"), "host=db user=app password=*** dbname=x");
+        assert_eq!(redacted_address("redis://r:6379/?Password=x&db=1"), "redis://r:6379/?Password=***&db=1");
+    }
     use serde::Deserialize;
 
     #[derive(Debug, PartialEq, Deserialize)]
@@ -148,6 +208,7 @@ mod tests {
         #[derive(Debug, PartialEq)]
         enum Spec {
             Plain(Opts) = "plain" | "simple",
+            Absent(Opts) = "absent" | "gone-too" if feature = "no-such-feature",
         }
     }
 
@@ -166,8 +227,12 @@ mod tests {
         let e = err(r#"{"name":"plain","tsl":true}"#);
         assert!(e.contains("unknown field `tsl`") && e.contains("`tls`"), "{e}");
         let e = err(r#"{"name":"plane"}"#);
-        assert!(e.contains("unknown provider \"plane\"; known: plain, simple"), "{e}");
+        assert!(e.contains("unknown provider \"plane\"; known: plain, simple, absent, gone-too"), "{e}");
         assert!(err(r#"{"name":"gone"}"#).contains("not built in: not here"));
+        for name in ["absent", "gone-too"] {
+            let e = err(&format!(r#"{{"name":"{name}"}}"#));
+            assert!(e.contains(&format!("provider \"{name}\" is not built into this binary; rebuild with `--features no-such-feature`")), "{e}");
+        }
         assert!(err(r#"{"nam":"plain"}"#).contains("needs a \"name\""));
         assert!(err("[]").contains("must be a JSON object"));
         assert!(err("{").contains("not valid JSON"));

@@ -4,9 +4,10 @@
 
 use super::{Storage, conflict, idempotency_mismatch};
 use crate::model::{
-    Appended, AppendRequest, Arrival, Change, Error, Event, EventQuery, FeedQuery, RecordRef, Result, Select, State,
+    Appended, AppendRequest, Arrival, CatalogEntry, Change, Error, Event, EventQuery, FeedQuery, RecordRef, Result, Select, State,
     StateQuery,
 };
+use crate::model::catalog::Tally;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -160,6 +161,17 @@ impl Storage for MemoryStorage {
 
     async fn head(&self) -> Result<u64> {
         Ok(self.lock().events.len() as u64)
+    }
+
+    async fn catalog(&self, domain: Option<&str>) -> Result<Vec<CatalogEntry>> {
+        let inner = self.lock();
+        let mut tally = Tally::default();
+        inner
+            .events
+            .iter()
+            .filter(|e| domain.is_none_or(|d| d == e.record.domain))
+            .for_each(|e| tally.add(e));
+        Ok(tally.finish())
     }
 
     async fn ping(&self) -> Result<()> {

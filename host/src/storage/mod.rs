@@ -20,15 +20,23 @@
 //! `conformance` (in the integration tests) holds the one test suite every
 //! provider must pass.
 
+pub mod file_lock;
 pub mod memory;
+#[cfg(feature = "mongo")]
 pub mod mongo;
+#[cfg(feature = "sql")]
 pub mod mysql;
+#[cfg(feature = "sql")]
 pub mod postgres;
+#[cfg(feature = "sql")]
 pub mod sql;
 pub mod sqlite;
+#[cfg(feature = "wasm")]
 pub mod wasm;
 
-use crate::model::{Appended, AppendRequest, Error, Expect, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery};
+use crate::model::{
+    Appended, AppendRequest, CatalogEntry, Error, Expect, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery, Topic,
+};
 use crate::wasm::WasmRuntime;
 use async_trait::async_trait;
 use std::path::Path;
@@ -62,6 +70,18 @@ pub trait Storage: Send + Sync + 'static {
     /// The highest seq appended so far (0 when empty).
     async fn head(&self) -> Result<u64>;
 
+    /// The domains and types that hold events (only `domain`'s when set),
+    /// with their counts, in catalog order (`model::catalog`).
+    ///
+    /// The default reads the whole feed (of `domain`, when set), every
+    /// event once in pages of `FEED_PAGE`, keeping one flag per record: its
+    /// cost grows with the history, not with the number of types. A wasm
+    /// provider gets this (WIT 0.1.0 has no such call); the native
+    /// providers answer from their indexes instead.
+    async fn catalog(&self, domain: Option<&str>) -> Result<Vec<CatalogEntry>> {
+        catalog_from_feed(self, domain).await
+    }
+
     /// Cheap round trip to the backend, for `/readyz`.
     async fn ping(&self) -> Result<()>;
 
@@ -84,10 +104,10 @@ crate::provider_spec! {
         /// The embedded durable default.
         Sqlite(sqlite::SqliteConfig) = "sqlite",
         Inmem(memory::MemoryConfig) = "inmem" | "memory",
-        Mongo(mongo::MongoConfig) = "mongo",
-        Postgres(postgres::PostgresConfig) = "postgres" | "postgresql",
-        Mysql(mysql::MysqlConfig) = "mysql" | "mariadb",
-        Wasm(crate::wasm::GuestConfig) = "wasm",
+        Mongo(mongo::MongoConfig) = "mongo" if feature = "mongo",
+        Postgres(postgres::PostgresConfig) = "postgres" | "postgresql" if feature = "sql",
+        Mysql(mysql::MysqlConfig) = "mysql" | "mariadb" if feature = "sql",
+        Wasm(crate::wasm::GuestConfig) = "wasm" if feature = "wasm",
     }
 }
 
@@ -108,6 +128,7 @@ impl StorageSpec {
     /// Parses the JSON object of `STATEGATE_STORAGE_PROVIDER`.
     pub fn parse(text: &str) -> Result<StorageSpec> {
         let spec: StorageSpec = crate::model::spec::parse("STATEGATE_STORAGE_PROVIDER", text, NOT_BUILT_IN)?;
+        #[cfg(feature = "mongo")]
         if let StorageSpec::Mongo(c) = &spec {
             c.client_certificate()
                 .map_err(|e| Error::invalid("STATEGATE_STORAGE_PROVIDER", format!("mongo: {e}")))?;
@@ -115,15 +136,34 @@ impl StorageSpec {
         Ok(spec)
     }
 
+    /// Where the provider keeps the data, for the start-up summary
+    /// (passwords in addresses replaced by `***`).
+    pub fn location(&self, data_dir: &Path) -> String {
+        let addr = crate::model::spec::redacted_address;
+        match self {
+            StorageSpec::Sqlite(c) => c.file(data_dir).display().to_string(),
+            StorageSpec::Inmem(_) => "process memory (lost at exit)".to_owned(),
+            StorageSpec::Mongo(c) => format!("{} database {}", addr(&c.addr), c.database),
+            StorageSpec::Postgres(c) => format!("{} schema {}", addr(&c.addr), c.schema),
+            StorageSpec::Mysql(c) => addr(&c.addr),
+            StorageSpec::Wasm(c) => c.path.display().to_string(),
+        }
+    }
+
     /// Opens the provider; `data_dir` holds the default sqlite file, `wasm`
     /// runs a wasm provider.
+    #[cfg_attr(not(feature = "wasm"), allow(unused_variables))]
     pub async fn open(&self, data_dir: &Path, wasm: &WasmRuntime) -> Result<DynStorage> {
         Ok(match self {
             StorageSpec::Sqlite(c) => Arc::new(c.build(data_dir)?),
             StorageSpec::Inmem(_) => Arc::new(memory::MemoryStorage::new()),
+            #[cfg(feature = "mongo")]
             StorageSpec::Mongo(c) => Arc::new(c.build().await?),
+            #[cfg(feature = "sql")]
             StorageSpec::Postgres(c) => Arc::new(c.build().await?),
+            #[cfg(feature = "sql")]
             StorageSpec::Mysql(c) => Arc::new(c.build().await?),
+            #[cfg(feature = "wasm")]
             StorageSpec::Wasm(c) => Arc::new(wasm::WasmStorage::open(c, wasm).await?),
         })
     }
@@ -147,6 +187,28 @@ pub fn idempotency_mismatch(key: &str) -> Error {
         "idempotency_key",
         format!("{key:?} was already used for a different request"),
     )
+}
+
+/// The catalog computed from the feed (see `Storage::catalog`).
+pub async fn catalog_from_feed<S: Storage + ?Sized>(storage: &S, domain: Option<&str>) -> Result<Vec<CatalogEntry>> {
+    let mut tally = crate::model::catalog::Tally::default();
+    let mut query = FeedQuery {
+        topic: Topic {
+            domain: domain.map(str::to_owned),
+            ty: None,
+        },
+        key: None,
+        after_seq: 0,
+        from_time: None,
+        limit: FEED_PAGE,
+    };
+    loop {
+        let page = storage.feed(&query).await?;
+        let Some(last) = page.last() else { break };
+        query.after_seq = last.seq;
+        page.iter().for_each(|e| tally.add(e));
+    }
+    Ok(tally.finish())
 }
 
 /// Page size of catch-up reads.

@@ -28,7 +28,7 @@
 
 use super::{FEED_PAGE, Storage, conflict, idempotency_mismatch};
 use crate::model::{
-    Appended, AppendRequest, Arrival, Change, Error, Event, EventKind, EventQuery, FeedQuery, Filter, RecordRef,
+    Appended, AppendRequest, Arrival, CatalogEntry, Change, Error, Event, EventKind, EventQuery, FeedQuery, Filter, RecordRef,
     Result, Select, State, StateQuery, Values,
     query::Op,
 };
@@ -118,12 +118,19 @@ pub struct SqliteConfig {
 
 impl SqliteConfig {
     pub fn build(&self, data_dir: &Path) -> Result<SqliteStorage> {
-        SqliteStorage::open(self.path.clone().unwrap_or_else(|| data_dir.join("stategate.db")))
+        SqliteStorage::open(self.file(data_dir))
+    }
+
+    /// The database file: `path`, else `stategate.db` in the data dir.
+    pub fn file(&self, data_dir: &Path) -> PathBuf {
+        self.path.clone().unwrap_or_else(|| data_dir.join("stategate.db"))
     }
 }
 
 pub struct SqliteStorage {
     path: PathBuf,
+    /// This process's claim on the file (`file_lock`), released at close.
+    lock: Mutex<Option<Arc<super::file_lock::FileLock>>>,
     writer: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Dropping the sender stops the checkpoint thread.
@@ -141,6 +148,7 @@ impl SqliteStorage {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::unavailable(format!("sqlite: cannot create {}: {e}", dir.display())))?;
         }
+        let lock = super::file_lock::lock(&path)?;
         let conn = Connection::open(&path).map_err(|e| db_error(&e))?;
         // page_size only takes effect on a new file, so it comes first;
         // an existing file keeps the page size it was created with.
@@ -202,6 +210,7 @@ impl SqliteStorage {
             .map_err(Error::internal)?;
         Ok(SqliteStorage {
             path,
+            lock: Mutex::new(Some(lock)),
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
             checkpointer: Mutex::new(Some((stop_checkpoints, checkpoint_thread))),
@@ -651,6 +660,34 @@ impl Storage for SqliteStorage {
             .await
     }
 
+    async fn catalog(&self, domain: Option<&str>) -> Result<Vec<CatalogEntry>> {
+        let domain = domain.map(str::to_owned);
+        self.read(move |c| {
+            // The grouping is a scan of the index events_by_type_time
+            // (domain, type, time), which covers it; each type's records are
+            // a range of the states' primary key.
+            let sql = format!(
+                "SELECT e.domain, e.type, e.n, e.last, \
+                   (SELECT COUNT(*) FROM states s WHERE s.domain = e.domain AND s.type = e.type AND s.vals IS NOT NULL) \
+                 FROM (SELECT domain, type, COUNT(*) AS n, MAX(time) AS last FROM events {} GROUP BY domain, type) e \
+                 ORDER BY e.domain, e.type",
+                if domain.is_some() { "WHERE domain = ?1" } else { "" }
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params_from_iter(domain.iter()), |row| {
+                Ok(CatalogEntry {
+                    domain: row.get(0)?,
+                    ty: row.get(1)?,
+                    events: row.get(2)?,
+                    last_event_time: row.get(3)?,
+                    records: row.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<()> {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
     }
@@ -677,6 +714,7 @@ impl Storage for SqliteStorage {
                 .map_err(|_| Error::internal("sqlite writer panicked"))?;
         }
         self.readers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
         Ok(())
     }
 }

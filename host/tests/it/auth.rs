@@ -1060,3 +1060,53 @@ async fn another_records_event_id_is_answered_as_not_found() {
     assert_eq!((unknown.code(), other.code()), (Code::NotFound, Code::NotFound));
     gw.stop().await;
 }
+
+/// The catalog under the example tenant policy: each tenant lists only its
+/// own domains (gRPC, grpc-web and REST alike), and asking for another
+/// tenant's domain is refused.
+#[tokio::test]
+async fn catalog_under_tenant_isolation() {
+    let gw = TestGateway::start_with(|c| {
+        hmac_gateway_config(c);
+        c.auth.request_policy_path = vec![example("tenant_isolation.rego")];
+        c.auth.response_policy_path = vec![example("tenant_isolation.rego")];
+    })
+    .await;
+    let (a1, a2, b1) = (unique("cat-a1"), unique("cat-a2"), unique("cat-b1"));
+    let a = hmac_token(&claims(json!({"sub": "a", "domains": [a1, a2]})));
+    let b = hmac_token(&claims(json!({"sub": "b", "domains": [b1]})));
+    let mut grpc = gw.state_client().await;
+    for (d, t, k, token) in [(&a1, "user", "1", &a), (&a1, "user", "2", &a), (&a2, "order", "1", &a), (&b1, "user", "1", &b)] {
+        grpc.set(with_token(state(d, t, k, json!({"n": 1})), token)).await.unwrap();
+    }
+    let mut catalog = pb::catalog_service_client::CatalogServiceClient::new(gw.channel().await);
+    let listed = |c: &pb::Catalog| c.entries.iter().map(|e| (e.domain.clone(), e.r#type.clone(), e.records)).collect::<Vec<_>>();
+    let mut want_a = vec![(a1.clone(), "user".to_owned(), 2), (a2.clone(), "order".to_owned(), 1)];
+    want_a.sort();
+    let all = |d: &str| pb::CatalogOpts { domain: d.into() };
+    let got = catalog.list(with_token(all(""), &a)).await.unwrap().into_inner();
+    assert_eq!(listed(&got), want_a, "tenant a sees its domains only");
+    assert!(got.head >= 4);
+    let got = catalog.list(with_token(all("*"), &b)).await.unwrap().into_inner();
+    assert_eq!(listed(&got), [(b1.clone(), "user".to_owned(), 1)], "tenant b sees its domain only");
+    let got = catalog.list(with_token(all(&a2), &a)).await.unwrap().into_inner();
+    assert_eq!(listed(&got), [(a2.clone(), "order".to_owned(), 1)]);
+    assert_eq!(catalog.list(with_token(all(&b1), &a)).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(catalog.list(all("")).await.unwrap_err().code(), Code::Unauthenticated);
+
+    let web = grpc_web!(pb::catalog_service_client::CatalogServiceClient<_>, gw);
+    let got = web.clone().list(with_token(all(""), &b)).await.unwrap().into_inner();
+    assert_eq!(listed(&got), [(b1.clone(), "user".to_owned(), 1)], "grpc-web: the same listing");
+
+    // REST: proto3 JSON, 64-bit numbers as strings.
+    let body: Value = http().get(format!("{}/api/catalog", gw.url())).bearer_auth(&b).send().await.unwrap().json().await.unwrap();
+    let entries = body["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{body}");
+    assert_eq!(entries[0]["domain"], json!(b1));
+    assert_eq!((&entries[0]["type"], &entries[0]["records"], &entries[0]["events"]), (&json!("user"), &json!("1"), &json!("1")));
+    assert!(entries[0]["lastEventTime"].as_str().unwrap().parse::<i64>().unwrap() > 0, "{body}");
+    assert!(body["head"].as_str().unwrap().parse::<u64>().unwrap() >= 4, "{body}");
+    let refused = http().get(format!("{}/api/catalog?domain={a1}", gw.url())).bearer_auth(&b).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+    gw.stop().await;
+}

@@ -1,6 +1,8 @@
 //! The `stategate` command line against a live gateway: every client
-//! subcommand, pretty and `--json` output, the token flag and variable,
-//! bad input, and `serve` as the default.
+//! subcommand, pretty and `--json` output (one object per line), times as
+//! people write them, the token flag and variable, addresses without a
+//! scheme, bad input, shell completions, what `stream` says while the
+//! gateway is away, and `serve` as the default.
 
 use crate::harness::TestGateway;
 use crate::wire::unique;
@@ -34,6 +36,22 @@ fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("running stategate")
 }
 
+/// Each line of `--json` output as a JSON object.
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {l}"));
+            assert!(v.is_object(), "{l}");
+            v
+        })
+        .collect()
+}
+
+fn ids(events: &[Value]) -> Vec<String> {
+    events.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect()
+}
+
 #[tokio::test]
 async fn set_get_search_events_del_round_trip() {
     let gw = TestGateway::start().await;
@@ -62,10 +80,11 @@ async fn set_get_search_events_del_round_trip() {
         // get, pretty.
         let out = ok(run(stategate(&url).args(["get", &d, "user", "bob"])));
         assert_eq!(out.trim(), format!(r#"{d}/user/bob v1 {{"address":{{"city":"Lyon"}},"name":"Bob"}}"#));
-        // search with a query.
-        let found: Value = serde_json::from_str(&ok(run(stategate(&url).args(["search", &d, "user", "-q", r#"{"address.city":"Paris"}"#, "--json"])))).unwrap();
-        let keys: Vec<&str> = found["stateValues"].as_array().unwrap().iter().map(|s| s["key"].as_str().unwrap()).collect();
+        // search with a query; --json is one state per line.
+        let found = json_lines(&ok(run(stategate(&url).args(["search", &d, "user", "-q", r#"{"address.city":"Paris"}"#, "--json"]))));
+        let keys: Vec<&str> = found.iter().map(|s| s["key"].as_str().unwrap()).collect();
         assert_eq!(keys, ["alice"]);
+        assert_eq!(json_lines(&ok(run(stategate(&url).args(["search", &d, "user", "--json"])))).len(), 2);
         // optimistic concurrency through the flag.
         let err = failed(run(stategate(&url).args(["set", &d, "user", "alice", r#"{"name":"A2"}"#, "--expected-version", "5"])));
         assert!(err.contains("ABORTED"), "{err}");
@@ -74,8 +93,8 @@ async fn set_get_search_events_del_round_trip() {
         let err = failed(run(stategate(&url).args(["get", &d, "user", "alice"])));
         assert!(err.contains("NOT_FOUND"), "{err}");
         // events: the history, oldest first, including the deletion.
-        let hist: Value = serde_json::from_str(&ok(run(stategate(&url).args(["events", &d, "user", "--key", "alice", "--json"])))).unwrap();
-        let kinds: Vec<&str> = hist["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        let hist = json_lines(&ok(run(stategate(&url).args(["events", &d, "user", "--key", "alice", "--json"]))));
+        let kinds: Vec<&str> = hist.iter().map(|e| e["kind"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["SET", "DEL"]);
         let out = ok(run(stategate(&url).args(["events", &d, "user"])));
         assert_eq!(out.lines().count(), 3, "{out}");
@@ -132,8 +151,14 @@ async fn bad_input_is_a_clear_error() {
         assert!(err.contains("--query must be a JSON object"), "{err}");
         let err = failed(run(stategate(&url).args(["set", "bad domain", "t", "k", "{}"])));
         assert!(err.contains("INVALID_ARGUMENT") && err.contains("domain"), "{err}");
-        let err = failed(run(stategate(&url).args(["get", "d", "t", "k", "--addr", "localhost:1"])));
+        let err = failed(run(stategate(&url).args(["get", "d", "t", "k", "--addr", "http://"])));
         assert!(err.contains("invalid gateway address"), "{err}");
+        let err = failed(run(stategate(&url).args(["get", "d", "t", "k", "--addr", ""])));
+        assert!(err.contains("the address is empty"), "{err}");
+        let err = failed(run(stategate(&url).args(["events", "d", "t", "--since", "yesterday"])));
+        assert!(err.contains("--since") && err.contains("RFC 3339") && err.contains("1h"), "{err}");
+        let err = failed(run(stategate(&url).args(["revert", "d", "t", "k"])));
+        assert!(err.contains("--to-version") && err.contains("--to-event"), "{err}");
         let err = failed(run(stategate("http://127.0.0.1:1").args(["health"])));
         assert!(err.contains("cannot connect to http://127.0.0.1:1"), "{err}");
         let err = failed(run(stategate(&url).args(["get", "d", "t"])));
@@ -247,4 +272,220 @@ async fn https_with_a_ca_file() {
     .await
     .unwrap();
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn edit_revert_and_one_event() {
+    let gw = TestGateway::start().await;
+    let url = gw.url();
+    let d = unique("cliedit");
+    tokio::task::spawn_blocking(move || {
+        let first = json_lines(&ok(run(stategate(&url).args(["set", &d, "user", "alice", r#"{"name":"Alice","city":"Paris","age":30}"#, "--json"]))));
+        let first_id = first[0]["id"].as_str().unwrap().to_owned();
+        // edit: a merge patch; null removes a field; pretty output names the kind.
+        let out = ok(run(stategate(&url).args(["edit", &d, "user", "alice", r#"{"city":"Lyon","age":null}"#])));
+        assert!(out.contains(&format!("EDIT   {d}/user/alice v2")), "{out}");
+        let st = json_lines(&ok(run(stategate(&url).args(["get", &d, "user", "alice", "--json"]))));
+        assert_eq!(st[0]["values"], json!({"name": "Alice", "city": "Lyon"}));
+        // edit from standard input, with an expected version that holds.
+        let mut child = stategate(&url)
+            .args(["edit", &d, "user", "alice", "-", "--expected-version", "2", "--json"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), br#"{"city":"Nice"}"#).unwrap();
+        let ev = json_lines(&ok(child.wait_with_output().unwrap()));
+        assert_eq!((ev[0]["kind"].as_str(), ev[0]["version"].as_str()), (Some("EDIT"), Some("3")));
+        let err = failed(run(stategate(&url).args(["edit", &d, "user", "alice", r#"{"city":"X"}"#, "--expected-version", "1"])));
+        assert!(err.contains("ABORTED"), "{err}");
+        let err = failed(run(stategate(&url).args(["edit", &d, "user", "nobody", r#"{"city":"X"}"#])));
+        assert!(err.contains("NOT_FOUND"), "{err}");
+        let err = failed(run(stategate(&url).args(["edit", &d, "user", "alice", "[]"])));
+        assert!(err.contains("PATCH must be a JSON object"), "{err}");
+        // revert to a version: its values are current again, as a new event.
+        let ev = json_lines(&ok(run(stategate(&url).args(["revert", &d, "user", "alice", "--to-version", "1", "--json"]))));
+        assert_eq!((ev[0]["kind"].as_str(), ev[0]["version"].as_str()), (Some("REVERT"), Some("4")));
+        assert_eq!(ev[0]["state"]["values"], json!({"name": "Alice", "city": "Paris", "age": 30}));
+        // revert to an event by id.
+        let edit_id = json_lines(&ok(run(stategate(&url).args(["events", &d, "user", "--key", "alice", "--json"]))))[1]["id"].as_str().unwrap().to_owned();
+        let out = ok(run(stategate(&url).args(["revert", &d, "user", "alice", "--to-event", &edit_id])));
+        assert!(out.contains(&format!("REVERT {d}/user/alice v5")) && out.contains(r#""city":"Lyon""#), "{out}");
+        let err = failed(run(stategate(&url).args(["revert", &d, "user", "alice", "--to-version", "99"])));
+        assert!(err.contains("has no version 99"), "{err}");
+        // event get: one event by id, pretty and JSON.
+        let ev = json_lines(&ok(run(stategate(&url).args(["event", "get", &first_id, "--json"]))));
+        assert_eq!((ev[0]["id"].as_str(), ev[0]["kind"].as_str()), (Some(first_id.as_str()), Some("SET")));
+        let out = ok(run(stategate(&url).args(["event", "get", &first_id])));
+        assert!(out.contains(&format!("SET    {d}/user/alice v1 {first_id}")), "{out}");
+        let err = failed(run(stategate(&url).args(["event", "get", "no-such-event"])));
+        assert!(err.contains("NOT_FOUND") || err.contains("INVALID_ARGUMENT"), "{err}");
+    })
+    .await
+    .unwrap();
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn events_last_desc_sort_and_human_times() {
+    let gw = TestGateway::start().await;
+    let client = stategate_client::Client::connect(gw.url()).await.unwrap();
+    let d = unique("clilast");
+    let mut written = vec![];
+    for (key, n) in [("a", 3), ("b", 1), ("c", 5), ("d", 2), ("e", 4)] {
+        written.push(client.set(&d, "t", key, &json!({"n": n})).await.unwrap());
+    }
+    let all: Vec<String> = written.iter().map(|e| e.id.clone()).collect();
+    let third_time = written[2].time.to_string();
+    let url = gw.url();
+    tokio::task::spawn_blocking(move || {
+        let events = |args: &[&str]| ids(&json_lines(&ok(run(stategate(&url).args(["events", &d, "t", "--json"]).args(args)))));
+        let rev = |v: &[String]| v.iter().rev().cloned().collect::<Vec<_>>();
+        assert_eq!(events(&[]), all);
+        // The newest two, printed oldest first; with --desc newest first.
+        assert_eq!(events(&["--last", "2"]), all[3..]);
+        assert_eq!(events(&["--last", "2", "--desc"]), rev(&all[3..]));
+        assert_eq!(events(&["--desc"]), rev(&all));
+        // Sorted by a field of the values.
+        let by_n = |ns: &[usize]| ns.iter().map(|n| all[[1, 3, 0, 4, 2][*n - 1]].clone()).collect::<Vec<_>>();
+        assert_eq!(events(&["--sort", "values.n"]), by_n(&[1, 2, 3, 4, 5]));
+        assert_eq!(events(&["--sort", "values.n", "--desc", "--limit", "2"]), by_n(&[5, 4]));
+        assert_eq!(events(&["--sort", "values.n", "--last", "2"]), by_n(&[4, 5]));
+        // Times: durations before now, RFC 3339, Unix nanoseconds (and the old names).
+        assert_eq!(events(&["--since", "1h"]), all);
+        assert_eq!(events(&["--until", "1h"]), Vec::<String>::new());
+        assert_eq!(events(&["--since", "2262-01-01T00:00:00Z"]), Vec::<String>::new());
+        assert_eq!(events(&["--since", "2000-01-01T01:00:00+01:00", "--until", "30m"]), Vec::<String>::new());
+        assert_eq!(events(&["--since", &third_time]), all[2..]);
+        assert_eq!(events(&["--min", &third_time]), all[2..]);
+        assert_eq!(events(&["--until", &third_time]), all[..3]);
+        // Text output: one line per event.
+        let out = ok(run(stategate(&url).args(["events", &d, "t", "--last", "1"])));
+        assert!(out.contains(&all[4]), "{out}");
+        assert_eq!(out.lines().count(), 1, "{out}");
+    })
+    .await
+    .unwrap();
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_address_without_a_scheme_is_plain_http() {
+    let gw = TestGateway::start().await;
+    let hostport = gw.addr.to_string();
+    let d = unique("cliaddr");
+    tokio::task::spawn_blocking(move || {
+        ok(run(stategate("unused").args(["set", &d, "t", "k", r#"{"n":1}"#, "--addr", &hostport])));
+        let st = json_lines(&ok(run(stategate(&hostport).args(["get", &d, "t", "k", "--json"]))));
+        assert_eq!(st[0]["values"], json!({"n": 1}));
+        let out = ok(run(stategate(&hostport).args(["health"])));
+        assert_eq!(out.trim(), format!("http://{hostport} SERVING"));
+        let err = failed(run(stategate("127.0.0.1:1").args(["health"])));
+        assert!(err.contains("cannot connect to http://127.0.0.1:1"), "{err}");
+    })
+    .await
+    .unwrap();
+    gw.stop().await;
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef stategate"), ("fish", "complete -c stategate")] {
+        let out = ok(run(stategate("unused").args(["completions", shell])));
+        assert!(out.contains(marker), "{shell}: {out}");
+        for sub in ["revert", "edit", "events", "stream", "completions"] {
+            assert!(out.contains(sub), "{shell} completes {sub}");
+        }
+        // fish writes long flags as `-l name`.
+        assert!(out.contains("to-version") && out.contains("since") && out.contains("from-time"), "{shell} completes flags");
+    }
+    let err = failed(run(stategate("unused").args(["completions", "tcsh"])));
+    assert!(err.contains("tcsh") && err.contains("bash"), "{err}");
+}
+
+/// A gateway process on `port` with its data in `dir` (so a restart finds
+/// its events again), once it answers health checks.
+fn serve(port: u16, dir: &std::path::Path) -> std::process::Child {
+    let url = format!("http://127.0.0.1:{port}");
+    let child = stategate(&url)
+        .args(["--dev", "--log-format", "text", "--port", &port.to_string(), "--ops-port", "0"])
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..300 {
+        if run(stategate(&url).args(["health"])).status.success() {
+            return child;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the gateway on port {port} never served");
+}
+
+#[test]
+fn stream_says_on_stderr_when_it_loses_and_regains_the_gateway() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::procs::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut gateway = serve(port, dir.path());
+    let d = unique("clireconnect");
+    let mut stream = stategate(&url).args(["stream", &d, "t", "--json"]).spawn().unwrap();
+    let (out_tx, out_rx) = std::sync::mpsc::channel();
+    let stdout = stream.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let _ = out_tx.send(line.unwrap());
+        }
+    });
+    let (err_tx, err_rx) = std::sync::mpsc::channel();
+    let stderr = stream.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let _ = err_tx.send(line.unwrap());
+        }
+    });
+    let set = |key: &str| {
+        let out = ok(run(stategate(&url).args(["set", &d, "t", key, r#"{"n":1}"#, "--json"])));
+        json_lines(&out)[0]["id"].as_str().unwrap().to_owned()
+    };
+    // Wait until the stream is open: a write made before could be missed
+    // (the stream starts at "now"), so write until one arrives.
+    let first = loop {
+        let id = set("a");
+        if let Ok(line) = out_rx.recv_timeout(Duration::from_secs(2)) {
+            let got = serde_json::from_str::<Value>(&line).unwrap()["id"].as_str().unwrap().to_owned();
+            if got == id {
+                break id;
+            }
+        }
+    };
+    let stderr_until = |want: &dyn Fn(&str) -> bool, what: &str| -> Vec<String> {
+        let mut seen = vec![];
+        loop {
+            let line = err_rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("stderr never said {what}; it said {seen:?}"));
+            let done = want(&line);
+            seen.push(line);
+            if done {
+                return seen;
+            }
+        }
+    };
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
+    let said = stderr_until(&|l| l.contains("reconnect attempt 2"), "a second reconnect attempt");
+    assert!(said[0].starts_with("stategate stream: connection lost (") && said[0].ends_with("); reconnecting"), "{said:?}");
+    assert!(said.iter().any(|l| l.contains("reconnect attempt 1 in ")), "{said:?}");
+    assert!(said.last().unwrap().contains("(last attempt: UNAVAILABLE"), "the failed attempt is named: {said:?}");
+    let mut gateway = serve(port, dir.path());
+    let said = stderr_until(&|l| l.contains("reconnected"), "that it reconnected");
+    assert!(said.last().unwrap().ends_with(&format!("resuming after event {first}")), "{said:?}");
+    let second = set("b");
+    let line = out_rx.recv_timeout(Duration::from_secs(60)).expect("the event written after the restart");
+    assert_eq!(serde_json::from_str::<Value>(&line).unwrap()["id"], second.as_str());
+    stream.kill().unwrap();
+    stream.wait().unwrap();
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
 }

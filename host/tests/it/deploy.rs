@@ -1,5 +1,6 @@
-//! deploy/ cannot run here (no container runtime, no cluster), so it is
-//! checked statically: the compose file against the Compose specification,
+//! Compose and Kubernetes cannot run here (no Docker engine, no cluster),
+//! so deploy/ is checked statically (the image itself is built and run with
+//! podman by `container.rs`): the compose file against the Compose specification,
 //! the Kubernetes manifests and the rendered Helm chart against the
 //! Kubernetes OpenAPI schemas (kubernetes-validate, strict), the Dockerfile's
 //! shape, and every STATEGATE_* variable they set against the gateway's
@@ -81,8 +82,11 @@ fn compose_file_follows_the_compose_spec() {
     assert!(text.contains("dockerfile: deploy/Dockerfile"));
     only_known_variables("docker-compose.yml", &text);
     providers_parse("docker-compose.yml", &text);
-    // Authentication is off in the demo: the API is published on the host's
-    // loopback only, and the ops port not at all.
+    // Authentication is on, with a key source and a request policy (no open
+    // API); the API is published on the host's loopback only, and the ops
+    // port not at all.
+    assert!(!text.contains("STATEGATE_AUTH_DISABLED") && !text.contains("STATEGATE_DEV"), "auth stays on");
+    assert!(text.contains("STATEGATE_JWT_HMAC_SECRET_FILE:") && text.contains("STATEGATE_REQUEST_POLICY_PATH:"));
     let published: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("- \"") && l.contains(':')).collect();
     assert!(!published.is_empty());
     for line in &published {
@@ -230,6 +234,12 @@ fn dockerfile_is_multi_stage_small_and_non_root() {
     for m in members.split('"').skip(1).step_by(2) {
         assert!(text.contains(&format!("COPY {m} ./{m}")), "Dockerfile copies workspace member {m}");
     }
+    // So are the crates `[patch]` points at (vendor/…).
+    for line in cargo.lines().filter(|l| l.contains("path = \"")) {
+        let path = line.split("path = \"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+        let top = path.split('/').next().unwrap();
+        assert!(text.contains(&format!("COPY {top} ./{top}")), "Dockerfile copies {top}/ for the patched crate at {path}");
+    }
     only_known_variables("Dockerfile", &text);
     let ignore = read(".dockerignore");
     assert!(ignore.lines().any(|l| l == "target"), ".dockerignore keeps target/ out of the context");
@@ -259,4 +269,39 @@ fn every_deployment_ships_a_request_policy() {
     let decoded = base64::engine::general_purpose::STANDARD.decode(value).unwrap();
     assert_eq!(String::from_utf8(decoded).unwrap(), policy, "the chart's default request policy is the example");
     only_known_variables("the chart", &rendered);
+}
+
+/// The compose demo's way in: `deploy/mint-token.py` signs tokens that a
+/// gateway configured as the compose file configures it (HMAC secret file,
+/// the read-only-role policy) accepts, each role getting what the policy
+/// gives it.
+#[tokio::test]
+async fn compose_demo_tokens_work_with_its_policy() {
+    if !crate::procs::have("python3") {
+        eprintln!("SKIPPED: python3 is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("jwt-hmac-secret");
+    std::fs::write(&secret, "5f0c6a8d2b4e4f1a9c3d7e6b8a1f2c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b\n").unwrap();
+    let mint = |role: &str| {
+        let out = Command::new("python3").arg(repo().join("deploy/mint-token.py")).arg(&secret).arg(role).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let gw = crate::harness::TestGateway::start_with(|c| {
+        c.dev = false;
+        c.bind = "127.0.0.1".into();
+        c.auth.jwt_hmac_secret_file = Some(secret.clone());
+        c.auth.request_policy_path = vec![repo().join("examples/policies/read_only_role.rego")];
+    })
+    .await;
+    let url = format!("{}/api/state/ref/compose/user/alice", gw.url());
+    let set = |token: String| crate::harness::http().post(&url).bearer_auth(token).json(&serde_json::json!({"values": {"n": 1}})).send();
+    assert_eq!(set(mint("writer")).await.unwrap().status().as_u16(), 200);
+    assert_eq!(set(mint("reader")).await.unwrap().status().as_u16(), 403);
+    let read = crate::harness::http().get(&url).bearer_auth(mint("reader")).send().await.unwrap();
+    assert_eq!(read.status().as_u16(), 200);
+    assert_eq!(crate::harness::http().get(&url).send().await.unwrap().status().as_u16(), 401);
+    gw.stop().await;
 }

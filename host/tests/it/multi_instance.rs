@@ -209,3 +209,49 @@ pub async fn metric(ops_url: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The `max_payload` a NATS server announces in its INFO line.
+async fn nats_max_payload(url: &str) -> usize {
+    use tokio::io::AsyncBufReadExt;
+    let addr = url.trim_start_matches("nats://");
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut line = String::new();
+    tokio::io::BufReader::new(stream).read_line(&mut line).await.unwrap();
+    let info: serde_json::Value = serde_json::from_str(line.trim_start_matches("INFO ").trim()).unwrap();
+    info["max_payload"].as_u64().unwrap() as usize
+}
+
+/// An event larger than the NATS server's payload limit (1 MiB by default,
+/// below the gateway's 4 MiB message limit) cannot be broadcast: the write
+/// still succeeds (storage has it), the failed publish is counted, and the
+/// other instance's stream gets the event from storage (core NATS and
+/// JetStream alike). docs/backends.md says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_beyond_the_nats_payload_limit_arrive_from_storage() {
+    let (Some(url), Some(mongo)) = (backend_url("NATS"), backend_url("MONGO")) else { return };
+    let limit = nats_max_payload(&url).await;
+    if limit + 64 * 1024 > 4 << 20 {
+        eprintln!("SKIPPED: this NATS server takes {limit}-byte payloads, not below the gateway's 4 MiB limit");
+        return;
+    }
+    for channel in [json!({"name": "nats", "addr": url, "prefix": unique("sgbig")}), crate::backends::nats_jetstream_spec(&url)] {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = json!({"name": "mongo", "addr": mongo, "database": unique("sgbig").replace('-', "_")}).to_string();
+        let a = Gateway::spawn(dir.path(), &storage, &channel.to_string()).await;
+        let b = Gateway::spawn(dir.path(), &storage, &channel.to_string()).await;
+        let domain = unique("big");
+        let on_b = stream_into(b.channel().await, &domain).await;
+        let mut st = StateServiceClient::new(a.channel().await);
+        let small = st.set(state(&domain, "t", "small", json!({"n": 1}))).await.unwrap().into_inner();
+        let big = st
+            .set(state(&domain, "t", "big", json!({"blob": "x".repeat(limit + 1024)})))
+            .await
+            .expect("the write succeeds although it cannot be broadcast")
+            .into_inner();
+        on_b.wait_for(&HashSet::from([small.id, big.id.clone()]), &format!("stream on B over {channel}")).await;
+        assert_eq!(metric(&a.ops_url(), "stategate_publish_failures_total").await, 1.0, "{channel}");
+        assert!(metric(&b.ops_url(), "stategate_hub_sweep_deliveries_total").await >= 1.0, "{channel}");
+        let got = st.get(state_ref(&domain, "t", "big")).await.unwrap().into_inner();
+        assert_eq!(got.version, 1);
+    }
+}

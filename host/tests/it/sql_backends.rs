@@ -151,8 +151,10 @@ impl Scratch {
     /// The provider object of `STATEGATE_STORAGE_PROVIDER` for this place.
     pub fn spec(&self) -> serde_json::Value {
         match self.kind {
-            Kind::Postgres => json!({"name": "postgres", "addr": self.url, "schema": self.name, "pool_size": 4}),
-            Kind::Mysql => json!({"name": "mysql", "addr": self.url, "pool_size": 4}),
+            // Three writer connections, so the suite runs batches of one
+            // gateway concurrently (one commits while the next locks).
+            Kind::Postgres => json!({"name": "postgres", "addr": self.url, "schema": self.name, "pool_size": 4, "writers": 3}),
+            Kind::Mysql => json!({"name": "mysql", "addr": self.url, "pool_size": 4, "writers": 3}),
         }
     }
 
@@ -218,6 +220,9 @@ impl Storage for Scoped {
     }
     async fn head(&self) -> Result<u64> {
         self.inner.head().await
+    }
+    async fn catalog(&self, domain: Option<&str>) -> Result<Vec<CatalogEntry>> {
+        self.inner.catalog(domain).await
     }
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await

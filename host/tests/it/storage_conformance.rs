@@ -390,6 +390,31 @@ pub async fn many_concurrent_appends_keep_order(s: DynStorage) {
     }
 }
 
+/// The catalog: one entry per type with events, records counting only live
+/// states, in (domain, type) order; the provider's answer is the one its
+/// feed implies (`storage::catalog_from_feed`, the default).
+pub async fn catalog(s: DynStorage) {
+    let d = unique_domain();
+    let mut times = std::collections::HashMap::<&str, i64>::new();
+    for (ty, key, change) in [("b", "1", true), ("a", "1", true), ("a", "2", true), ("a", "1", false), ("b", "1", true)] {
+        let r = rec(&d, ty, key);
+        let request = if change { put(&r, json!({"k": key})) } else { req(&r, Change::Delete, Expect::Any) };
+        let e = s.append(request).await.unwrap().event;
+        let t = times.entry(ty).or_insert(e.time);
+        *t = (*t).max(e.time);
+    }
+    let got = s.catalog(Some(&d)).await.unwrap();
+    let summary: Vec<_> = got.iter().map(|e| (e.domain.as_str(), e.ty.as_str(), e.records, e.events, e.last_event_time)).collect();
+    assert_eq!(summary, [(d.as_str(), "a", 1, 3, times["a"]), (d.as_str(), "b", 1, 2, times["b"])]);
+    assert_eq!(got, stategate::storage::catalog_from_feed(&*s, Some(&d)).await.unwrap());
+    // Every domain: this one's entries among the others', in order.
+    let all = s.catalog(None).await.unwrap();
+    assert!(all.windows(2).all(|w| (&w[0].domain, &w[0].ty) < (&w[1].domain, &w[1].ty)), "sorted, no duplicates");
+    let mine: Vec<_> = all.into_iter().filter(|e| e.domain == d).collect();
+    assert_eq!(mine, got);
+    assert!(s.catalog(Some(&unique_domain())).await.unwrap().is_empty());
+}
+
 /// Expands to one test per check for a provider.
 #[macro_export]
 macro_rules! storage_conformance {
@@ -426,6 +451,7 @@ macro_rules! storage_conformance {
             check!(sorted_event_search);
             check!(feed_and_head);
             check!(many_concurrent_appends_keep_order);
+            check!(catalog);
         }
     };
 }

@@ -77,7 +77,7 @@ pub mod v050;
 
 use super::{FEED_PAGE, Storage};
 use crate::model::{
-    Appended, AppendRequest, Arrival, Error, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery,
+    Appended, AppendRequest, Arrival, CatalogEntry, Error, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery,
 };
 use async_trait::async_trait;
 use codec::{event_from_doc, state_from_doc};
@@ -416,6 +416,67 @@ impl Storage for MongoStorage {
         }
         let counter = bounded(self.counters.find_one(doc! {"_id": "seq"})).await?;
         Ok(counter.and_then(|d| d.get_i64("n").ok()).unwrap_or(0) as u64)
+    }
+
+    async fn catalog(&self, domain: Option<&str>) -> Result<Vec<CatalogEntry>> {
+        let mut events = doc! {"void": {"$ne": true}};
+        let mut states = doc! {"live": true};
+        if let Some(d) = domain {
+            events.insert("d", d);
+            states.insert("d", d);
+        }
+        if self.standalone {
+            // Only what readers may see (the stable head), with the states
+            // made whole up to it, as a search would.
+            self.repair().await?;
+            events.insert("_id", doc! {"$lte": self.stable_head().await? as i64});
+        }
+        let by_events = vec![
+            doc! {"$match": events},
+            doc! {"$group": {"_id": {"d": "$d", "t": "$t"}, "n": {"$sum": 1}, "last": {"$max": "$time"}}},
+        ];
+        let by_states = vec![
+            doc! {"$match": states},
+            doc! {"$group": {"_id": {"d": "$d", "t": "$t"}, "n": {"$sum": 1}}},
+        ];
+        let run = async {
+            let events: Vec<Document> = self.events.aggregate(by_events).await?.try_collect().await?;
+            let states: Vec<Document> = self.states.aggregate(by_states).await?.try_collect().await?;
+            Ok::<_, mongodb::error::Error>((events, states))
+        };
+        let (events, states) = tokio::time::timeout(CALL_DEADLINE, run)
+            .await
+            .unwrap_or_else(|_| Err(mongodb::error::Error::custom("the catalog took too long")))
+            .map_err(db_error)?;
+        let name = |d: &Document| -> Result<(String, String)> {
+            let id = d.get_document("_id").map_err(|e| db_error(corrupt(e)))?;
+            let text = |k: &str| id.get_str(k).map(str::to_owned).map_err(|e| db_error(corrupt(e)));
+            Ok((text("d")?, text("t")?))
+        };
+        let int = |d: &Document, k: &str| match d.get(k) {
+            Some(mongodb::bson::Bson::Int32(n)) => Ok(i64::from(*n)),
+            Some(mongodb::bson::Bson::Int64(n)) => Ok(*n),
+            other => Err(db_error(corrupt(format!("{k}: {other:?}")))),
+        };
+        let mut records = std::collections::HashMap::new();
+        for d in &states {
+            records.insert(name(d)?, int(d, "n")? as u64);
+        }
+        let mut entries = events
+            .iter()
+            .map(|d| {
+                let (domain, ty) = name(d)?;
+                Ok(CatalogEntry {
+                    records: records.get(&(domain.clone(), ty.clone())).copied().unwrap_or(0),
+                    domain,
+                    ty,
+                    events: int(d, "n")? as u64,
+                    last_event_time: int(d, "last")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        crate::model::catalog::sort(&mut entries);
+        Ok(entries)
     }
 
     async fn ping(&self) -> Result<()> {

@@ -6,7 +6,7 @@
 
 use super::{EVENT_COLUMNS, NAME, connect, db_error, event_from_row, text, transient};
 use crate::storage::sql::batch::{self, Current, Remembered};
-use crate::storage::sql::writer::{Committer, Failure, Job};
+use crate::storage::sql::writer::{Committer, Failure, Job, connect_within};
 use crate::storage::sql::{idempotency_hash, is_connection_error, type_hash};
 use crate::model::{
     AppendRequest, Appended, Error, Event,
@@ -39,22 +39,11 @@ impl Committer for MyCommitter {
     type Conn = MySqlConnection;
 
     async fn connect(&self) -> Result<MySqlConnection> {
-        match tokio::time::timeout(self.connect_timeout, connect(&self.options)).await {
-            Ok(result) => result.map_err(db_error),
-            Err(_) => Err(Error::unavailable(format!("{NAME}: no connection within {:?}", self.connect_timeout))),
-        }
+        connect_within(self.connect_timeout, NAME, connect(&self.options), db_error).await
     }
 
     async fn commit(&self, conn: &mut MySqlConnection, jobs: &[Job]) -> std::result::Result<Vec<Result<Appended>>, Failure> {
-        let before_commit = |e: sqlx::Error| {
-            if transient(&e) {
-                Failure::Transient(db_error(e))
-            } else if is_connection_error(&e) {
-                Failure::Reconnect(db_error(e))
-            } else {
-                Failure::Fatal { error: db_error(e), connection_lost: false }
-            }
-        };
+        let before_commit = |e| Failure::before_commit(e, transient, db_error);
         let mut tx = conn.begin().await.map_err(before_commit)?;
 
         // Records, sorted and distinct, padded with the last one.

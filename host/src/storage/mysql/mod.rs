@@ -28,7 +28,7 @@ use super::sql::writer::{self, Job};
 use super::sql::{select, corrupt, decode_error, parse_values, type_hash};
 use super::{FEED_PAGE, Storage};
 use crate::model::{
-    AppendRequest, Arrival, Appended, Change, Error, Event, EventKind, EventOrder, EventQuery, EventSort, FeedQuery,
+    AppendRequest, Arrival, Appended, CatalogEntry, Change, Error, Event, EventKind, EventOrder, EventQuery, EventSort, FeedQuery,
     RecordRef, Result, State, StateQuery,
 };
 use async_trait::async_trait;
@@ -53,6 +53,9 @@ pub struct MysqlConfig {
     pub addr: String,
     /// Pooled read connections (default 16); the writer has one more.
     pub pool_size: Option<u32>,
+    /// Writer connections (default 1): with more, one batch locks its
+    /// records while the one before it commits.
+    pub writers: Option<u32>,
     pub connect_timeout_ms: Option<u64>,
     /// Longest one storage call may take (default 10 s).
     pub call_timeout_ms: Option<u64>,
@@ -116,6 +119,7 @@ impl MysqlStorage {
     pub async fn open(config: &MysqlConfig) -> Result<Self> {
         let settings = Settings::resolve(
             config.pool_size,
+            config.writers,
             config.connect_timeout_ms,
             config.call_timeout_ms,
             config.password_file.as_ref(),
@@ -146,7 +150,7 @@ impl MysqlStorage {
             options: options.statement_cache_capacity(WRITER_STATEMENTS),
             connect_timeout: settings.connect_timeout,
         });
-        let writer = writer::spawn(committer, settings.call_timeout, NAME);
+        let writer = writer::spawn(committer, settings.writers, settings.call_timeout, NAME);
         Ok(MysqlStorage { reads, writer: Mutex::new(Some(writer)), call_timeout: settings.call_timeout, mariadb })
     }
 }
@@ -307,7 +311,17 @@ impl Storage for MysqlStorage {
         if q.limit == 0 {
             return Ok(vec![]);
         }
-        let mut sql = Sql::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE dt = "));
+        // A type's events in seq order come from its (dt, seq) index. Left
+        // to itself, MariaDB walks the whole log by the primary key and
+        // filters, which for a type written after another reads every older
+        // event (9 ms instead of 0.3 ms past 10k events). With a time range
+        // the optimizer chooses between the seq and time indexes itself.
+        let by_seq = q.key.is_none()
+            && q.min_time.is_none()
+            && q.max_time.is_none()
+            && !matches!(q.sort, Some(EventSort { by: EventOrder::Time, .. }));
+        let hint = if by_seq { " FORCE INDEX (events_by_type_seq)" } else { "" };
+        let mut sql = Sql::new(format!("SELECT {EVENT_COLUMNS} FROM events{hint} WHERE dt = "));
         let dt = sql.arg(Arg::Bytes(type_hash(&q.domain, &q.ty)));
         let d = sql.arg(Arg::Bytes(q.domain.as_bytes().to_vec()));
         let t = sql.arg(Arg::Bytes(q.ty.as_bytes().to_vec()));
@@ -399,6 +413,38 @@ impl Storage for MysqlStorage {
             let rows = query::bind(sqlx::query(sqlx::AssertSqlSafe(text_sql.as_str())), &args).fetch_all(c).await?;
             rows.iter().map(event_from_row).collect()
         })
+    }
+
+    async fn catalog(&self, domain: Option<&str>) -> Result<Vec<CatalogEntry>> {
+        // Grouped by the type key `dt` (one per domain and type); each
+        // type's records are a range of the states' primary key (dt, rkey).
+        let sql = format!(
+            "SELECT e.domain, e.rtype, e.n, e.last, \
+               (SELECT COUNT(*) FROM states s WHERE s.dt = e.dt AND s.vals IS NOT NULL) \
+             FROM (SELECT dt, MIN(domain) AS domain, MIN(rtype) AS rtype, COUNT(*) AS n, MAX(time) AS last \
+                   FROM events {} GROUP BY dt) e",
+            if domain.is_some() { "WHERE domain = ?" } else { "" }
+        );
+        let mut entries = read!(self, |c| {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            if let Some(d) = domain {
+                q = q.bind(d.as_bytes());
+            }
+            let rows = q.fetch_all(c).await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(CatalogEntry {
+                        domain: text(row, 0)?,
+                        ty: text(row, 1)?,
+                        events: row.try_get::<i64, _>(2)? as u64,
+                        last_event_time: row.try_get(3)?,
+                        records: row.try_get::<i64, _>(4)? as u64,
+                    })
+                })
+                .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+        })?;
+        crate::model::catalog::sort(&mut entries);
+        Ok(entries)
     }
 
     async fn head(&self) -> Result<u64> {

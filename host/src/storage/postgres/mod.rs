@@ -31,7 +31,7 @@ use super::sql::writer::{self, Job};
 use super::sql::{select, corrupt, decode_error, parse_values, type_hash, values_have_nul};
 use super::Storage;
 use crate::model::{
-    AppendRequest, Arrival, Appended, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result, State,
+    AppendRequest, Arrival, Appended, CatalogEntry, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result, State,
     StateQuery,
 };
 use async_trait::async_trait;
@@ -55,6 +55,9 @@ pub struct PostgresConfig {
     pub schema: String,
     /// Pooled read connections (default 16); the writer has one more.
     pub pool_size: Option<u32>,
+    /// Writer connections (default 1): with more, one batch locks its
+    /// records while the one before it commits.
+    pub writers: Option<u32>,
     pub connect_timeout_ms: Option<u64>,
     /// Longest one storage call may take (default 10 s).
     pub call_timeout_ms: Option<u64>,
@@ -121,6 +124,7 @@ impl PostgresStorage {
     pub async fn open(config: &PostgresConfig) -> Result<Self> {
         let settings = Settings::resolve(
             config.pool_size,
+            config.writers,
             config.connect_timeout_ms,
             config.call_timeout_ms,
             config.password_file.as_ref(),
@@ -140,7 +144,7 @@ impl PostgresStorage {
         warn_if_not_durable(&mut conn).await;
         drop(conn);
         let committer = Arc::new(PgCommitter { options, connect_timeout: settings.connect_timeout });
-        let writer = writer::spawn(committer, settings.call_timeout, NAME);
+        let writer = writer::spawn(committer, settings.writers, settings.call_timeout, NAME);
         Ok(PostgresStorage { reads, writer: Mutex::new(Some(writer)), call_timeout: settings.call_timeout })
     }
 
@@ -332,6 +336,41 @@ impl Storage for PostgresStorage {
             let rows = sql.bind(sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str()))).fetch_all(c).await?;
             rows.iter().map(event_from_row).collect()
         })
+    }
+
+    async fn catalog(&self, domain: Option<&str>) -> Result<Vec<CatalogEntry>> {
+        if domain.is_some_and(|d| d.contains('\0')) {
+            return Ok(vec![]);
+        }
+        // Grouped by the type key `dt` (one per domain and type); each
+        // type's records are a range of the states' primary key (dt, key).
+        let sql = format!(
+            "SELECT e.domain, e.type, e.n, e.last, s.n FROM \
+               (SELECT dt, min(domain) AS domain, min(type) AS type, count(*) AS n, max(time) AS last \
+                FROM events {} GROUP BY dt) e \
+             CROSS JOIN LATERAL (SELECT count(*) AS n FROM states WHERE dt = e.dt AND vals IS NOT NULL) s",
+            if domain.is_some() { "WHERE domain = $1" } else { "" }
+        );
+        let mut entries = read!(self, |c| {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            if let Some(d) = domain {
+                q = q.bind(d);
+            }
+            let rows = q.fetch_all(c).await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(CatalogEntry {
+                        domain: row.try_get(0)?,
+                        ty: row.try_get(1)?,
+                        events: row.try_get::<i64, _>(2)? as u64,
+                        last_event_time: row.try_get(3)?,
+                        records: row.try_get::<i64, _>(4)? as u64,
+                    })
+                })
+                .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+        })?;
+        crate::model::catalog::sort(&mut entries);
+        Ok(entries)
     }
 
     async fn head(&self) -> Result<u64> {

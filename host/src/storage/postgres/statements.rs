@@ -52,11 +52,23 @@ pub fn search_states(q: &StateQuery) -> StateSearch {
 /// (seq, or time then seq), so offset and limit run in SQL. A search sorted
 /// by a values field is read in seq order for the page to choose from.
 pub fn search_events(q: &EventQuery) -> (Sql, bool) {
-    let mut sql = Sql::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE dt = "));
+    let mut sql = Sql::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE "));
     let dt = sql.arg(Arg::Bytes(type_hash(&q.domain, &q.ty)));
     let d = sql.arg(Arg::Text(q.domain.clone()));
     let t = sql.arg(Arg::Text(q.ty.clone()));
-    sql.push(&format!("{dt} AND domain = {d} AND type = {t}"));
+    // In seq order, the type is written as a range and the order as
+    // (dt, seq): with `dt = $1` the planner drops dt from the order and may
+    // walk the whole log by its primary key, filtering, which it costs as
+    // if the type's events were spread evenly; for a type written after
+    // many others that reads every older event (33 ms instead of 0.3 ms
+    // over 100k events in a generic plan). Only `events_by_type_seq` gives
+    // this order, and it starts at the type's first event.
+    let by_seq = q.key.is_none() && !matches!(q.sort, Some(EventSort { by: EventOrder::Time, .. }));
+    if by_seq {
+        sql.push(&format!("dt >= {dt} AND dt <= {dt} AND domain = {d} AND type = {t}"));
+    } else {
+        sql.push(&format!("dt = {dt} AND domain = {d} AND type = {t}"));
+    }
     if let Some(key) = &q.key {
         let k = sql.arg(Arg::Text(key.clone()));
         sql.push(&format!(" AND key = {k}"));
@@ -79,7 +91,7 @@ pub fn search_events(q: &EventQuery) -> (Sql, bool) {
             let dir = if *descending { "DESC" } else { "ASC" };
             sql.push(&format!(" ORDER BY time {dir}, seq {dir}"));
         }
-        _ => sql.push(if q.key.is_some() { " ORDER BY version" } else { " ORDER BY seq" }),
+        _ => sql.push(if by_seq { " ORDER BY dt, seq" } else { " ORDER BY version" }),
     }
     let exact = exact && !q.sorted_by_field();
     if exact {

@@ -22,6 +22,8 @@ pub enum SslMode {
 
 /// Default number of pooled read connections per gateway.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
+/// Default number of writer connections per gateway (see `writer`).
+pub const DEFAULT_WRITERS: u32 = 1;
 /// Default bound on opening one connection.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default bound on one storage call, retries included.
@@ -32,6 +34,7 @@ pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 10_000;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub pool_size: usize,
+    pub writers: usize,
     pub connect_timeout: Duration,
     pub call_timeout: Duration,
     pub password: Option<String>,
@@ -40,6 +43,7 @@ pub struct Settings {
 impl Settings {
     pub fn resolve(
         pool_size: Option<u32>,
+        writers: Option<u32>,
         connect_timeout_ms: Option<u64>,
         call_timeout_ms: Option<u64>,
         password_file: Option<&PathBuf>,
@@ -48,6 +52,10 @@ impl Settings {
         let pool_size = pool_size.unwrap_or(DEFAULT_POOL_SIZE);
         if pool_size == 0 || pool_size > 1024 {
             return Err(Error::invalid("pool_size", format!("must be 1..=1024, got {pool_size}")));
+        }
+        let writers = writers.unwrap_or(DEFAULT_WRITERS);
+        if writers == 0 || writers > 16 {
+            return Err(Error::invalid("writers", format!("must be 1..=16, got {writers}")));
         }
         let positive = |field: &str, v: u64| {
             if v == 0 {
@@ -75,6 +83,7 @@ impl Settings {
         };
         Ok(Settings {
             pool_size: pool_size as usize,
+            writers: writers as usize,
             connect_timeout: positive("connect_timeout_ms", connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS))?,
             call_timeout: positive("call_timeout_ms", call_timeout_ms.unwrap_or(DEFAULT_CALL_TIMEOUT_MS))?,
             password,
@@ -110,18 +119,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pw");
         std::fs::write(&file, "s3cret:/@ \n").unwrap();
-        let s = Settings::resolve(None, None, None, Some(&file), None).unwrap();
+        let s = Settings::resolve(None, None, None, None, Some(&file), None).unwrap();
         assert_eq!(s.password.as_deref(), Some("s3cret:/@ "), "only the trailing newline goes");
         assert_eq!((s.pool_size, s.call_timeout), (DEFAULT_POOL_SIZE as usize, Duration::from_millis(DEFAULT_CALL_TIMEOUT_MS)));
-        let missing = Settings::resolve(None, None, None, Some(&dir.path().join("nope")), None).unwrap_err();
+        let missing = Settings::resolve(None, None, None, None, Some(&dir.path().join("nope")), None).unwrap_err();
         assert!(missing.to_string().contains("password_file"), "{missing}");
         let var = "STATEGATE_UNIT_TEST_UNSET_PASSWORD_VARIABLE";
-        let unset = Settings::resolve(None, None, None, None, Some(var)).unwrap_err();
+        let unset = Settings::resolve(None, None, None, None, None, Some(var)).unwrap_err();
         assert!(unset.to_string().contains(var), "{unset}");
-        let home = Settings::resolve(None, None, None, None, Some("HOME")).unwrap();
+        let home = Settings::resolve(None, None, None, None, None, Some("HOME")).unwrap();
         assert_eq!(home.password, std::env::var("HOME").ok());
-        assert!(Settings::resolve(None, None, None, Some(&file), Some("HOME")).is_err(), "not both");
-        assert!(Settings::resolve(Some(0), None, None, None, None).unwrap_err().to_string().contains("pool_size"));
-        assert!(Settings::resolve(None, Some(0), None, None, None).unwrap_err().to_string().contains("connect_timeout_ms"));
+        assert!(Settings::resolve(None, None, None, None, Some(&file), Some("HOME")).is_err(), "not both");
+        assert!(Settings::resolve(Some(0), None, None, None, None, None).unwrap_err().to_string().contains("pool_size"));
+        assert!(Settings::resolve(None, Some(0), None, None, None, None).unwrap_err().to_string().contains("writers"));
+        assert!(Settings::resolve(None, Some(17), None, None, None, None).unwrap_err().to_string().contains("writers"));
+        assert!(Settings::resolve(None, None, Some(0), None, None, None).unwrap_err().to_string().contains("connect_timeout_ms"));
     }
 }

@@ -1,5 +1,5 @@
-//! The group-commit writer task of a SQL provider (see the parent module):
-//! it owns one connection, drains the queue of appends into batches and
+//! The group-commit writer tasks of a SQL provider (see the parent module):
+//! each owns one connection, drains the queue of appends into batches and
 //! hands each batch to the provider's [`Committer`], which runs it as one
 //! transaction. Retries and reconnects are decided here, from how the
 //! batch failed.
@@ -49,6 +49,35 @@ pub enum Failure {
     Fatal { error: Error, connection_lost: bool },
 }
 
+impl Failure {
+    /// How a statement failing before the commit was sent ends the batch:
+    /// retried as it is (`transient`: a deadlock, a serialization failure
+    /// or a lost race on a new row), rerun on a new connection (the
+    /// connection failed, so nothing was written), or refused.
+    pub fn before_commit(e: sqlx::Error, transient: fn(&sqlx::Error) -> bool, db_error: fn(sqlx::Error) -> Error) -> Failure {
+        if transient(&e) {
+            Failure::Transient(db_error(e))
+        } else if super::is_connection_error(&e) {
+            Failure::Reconnect(db_error(e))
+        } else {
+            Failure::Fatal { error: db_error(e), connection_lost: false }
+        }
+    }
+}
+
+/// A writer's new connection, bounded by the connect timeout.
+pub async fn connect_within<C>(
+    timeout: Duration,
+    name: &str,
+    connect: impl std::future::Future<Output = std::result::Result<C, sqlx::Error>>,
+    db_error: fn(sqlx::Error) -> Error,
+) -> Result<C> {
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(result) => result.map_err(db_error),
+        Err(_) => Err(Error::unavailable(format!("{name}: no connection within {timeout:?}"))),
+    }
+}
+
 #[async_trait]
 pub trait Committer: Send + Sync + 'static {
     type Conn: Send;
@@ -59,28 +88,57 @@ pub trait Committer: Send + Sync + 'static {
     async fn commit(&self, conn: &mut Self::Conn, jobs: &[Job]) -> std::result::Result<Vec<Result<Appended>>, Failure>;
 }
 
-/// Starts the writer task; appends are sent to the returned queue.
-pub fn spawn<C: Committer>(committer: Arc<C>, call_timeout: Duration, name: &'static str) -> mpsc::UnboundedSender<Job> {
+/// Starts the writer tasks; appends are sent to the returned queue.
+///
+/// With `writers` > 1, each task takes the waiting appends as a batch and
+/// runs it on a connection of its own, so one batch locks its records
+/// while the one before it commits. They still commit one at a time: every
+/// batch takes its seqs from the counter row, whose lock it holds until its
+/// commit (see the parent module), so the order promise is unchanged; two
+/// batches touching one record wait on its row lock just as two gateways'
+/// batches do.
+pub fn spawn<C: Committer>(
+    committer: Arc<C>,
+    writers: usize,
+    call_timeout: Duration,
+    name: &'static str,
+) -> mpsc::UnboundedSender<Job> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(committer, rx, call_timeout, name));
+    let queue = Arc::new(tokio::sync::Mutex::new(rx));
+    for _ in 0..writers.max(1) {
+        tokio::spawn(run(committer.clone(), queue.clone(), call_timeout, name));
+    }
     tx
 }
 
-async fn run<C: Committer>(committer: Arc<C>, mut rx: mpsc::UnboundedReceiver<Job>, call_timeout: Duration, name: &'static str) {
+/// The next batch: waits for one append, then takes those already waiting
+/// (up to the count and byte budget). `None` once the queue is closed.
+async fn next_batch(queue: &tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>, batch: &mut Vec<Job>) -> bool {
+    let mut rx = queue.lock().await;
+    let Some(job) = rx.recv().await else { return false };
+    let mut bytes = job.bytes();
+    batch.push(job);
+    while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(job) => {
+                bytes += job.bytes();
+                batch.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+    true
+}
+
+async fn run<C: Committer>(
+    committer: Arc<C>,
+    queue: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>,
+    call_timeout: Duration,
+    name: &'static str,
+) {
     let mut conn: Option<C::Conn> = None;
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    while let Some(job) = rx.recv().await {
-        let mut bytes = job.bytes();
-        batch.push(job);
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(job) => {
-                    bytes += job.bytes();
-                    batch.push(job);
-                }
-                Err(_) => break,
-            }
-        }
+    while next_batch(&queue, &mut batch).await {
         let results = run_batch(&*committer, &mut conn, &batch, call_timeout, name).await;
         for (job, result) in batch.drain(..).zip(results) {
             let _ = job.reply.send(result);
