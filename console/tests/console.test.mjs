@@ -181,6 +181,9 @@ test('development mode: tail, table, history, diff, revert, edit, delete', async
     await shot(page, 'metrics');
     await page.getByRole('link', { name: 'Overview' }).click();
     await page.locator('.health.ok').nth(1).waitFor();
+    // The catalog: this domain's types with their counts (bob deleted: one record, seven events).
+    const row = page.getByRole('region', { name: 'Domains and types' }).locator('tr', { hasText: d }).filter({ hasText: 'user' });
+    assert.deepEqual(await row.locator('td').evaluateAll((tds) => tds.slice(0, 4).map((t) => t.textContent)), [d, 'user', '1', '7']);
     await page.waitForTimeout(2500);
     await shot(page, 'overview');
 
