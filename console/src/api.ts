@@ -45,13 +45,17 @@ export function apiUrl(path: string, params: Params = {}): string {
   return url.toString();
 }
 
-export function authHeaders(): Record<string, string> {
-  const token = getToken();
+/** The Authorization header for `token` (the one in session storage unless given). */
+export function authHeaders(token: string | null = getToken()): Record<string, string> {
   return token ? { authorization: `Bearer ${token}` } : {};
 }
 
-/** The error a failed response stands for, with the server's message. */
-export async function errorOf(res: Response): Promise<ApiError> {
+/**
+ * The error a failed response stands for, with the server's message; `sent`
+ * is the token the request carried. A call abandoned while its body was read
+ * (its view went away) throws the abort instead of reporting a failure.
+ */
+export async function errorOf(res: Response, sent: string | null, signal?: AbortSignal): Promise<ApiError> {
   let message = `${res.status} ${res.statusText}`;
   let envelope = false;
   try {
@@ -60,20 +64,26 @@ export async function errorOf(res: Response): Promise<ApiError> {
   } catch {
     // not the JSON envelope (a proxy's page): keep the status line
   }
-  return classify(res.status, message, envelope);
+  signal?.throwIfAborted();
+  return classify(res.status, message, envelope, sent);
 }
 
-export function classify(status: number, message: string, envelope = true): ApiError {
+/**
+ * Sorts a failure by its status. A 401 is told to the sign-in listeners
+ * only while the token it was sent with is still the current one: a late
+ * answer to a replaced token must not undo the new one.
+ */
+export function classify(status: number, message: string, envelope: boolean, sent: string | null): ApiError {
   let kind: ErrorKind = 'other';
   if (status === 401) {
-    kind = !getToken() ? 'no-token' : /expired/i.test(message) ? 'expired' : 'bad-token';
+    kind = !sent ? 'no-token' : /expired/i.test(message) ? 'expired' : 'bad-token';
   } else if (status === 403) kind = 'forbidden';
   else if (status === 404) kind = 'not-found';
   else if (status === 409) kind = 'conflict';
   else if (status === 400 || status === 413 || status === 415) kind = 'invalid';
   else if (status === 502 || status === 503 || status === 504) kind = 'unavailable';
   const e = new ApiError(message, kind, status, envelope);
-  if (status === 401) authListeners.forEach((l) => l(e));
+  if (status === 401 && sent === getToken()) authListeners.forEach((l) => l(e));
   return e;
 }
 
@@ -86,7 +96,8 @@ export async function call<T>(
   path: string,
   options: { params?: Params; body?: unknown; signal?: AbortSignal } = {},
 ): Promise<T> {
-  const headers: Record<string, string> = { accept: 'application/json', ...authHeaders() };
+  const sent = getToken();
+  const headers: Record<string, string> = { accept: 'application/json', ...authHeaders(sent) };
   if (options.body !== undefined) headers['content-type'] = 'application/json';
   let res: Response;
   try {
@@ -101,7 +112,7 @@ export async function call<T>(
     if ((e as Error).name === 'AbortError') throw e;
     throw unreachable();
   }
-  if (!res.ok) throw await errorOf(res);
+  if (!res.ok) throw await errorOf(res, sent, options.signal);
   return (await res.json()) as T;
 }
 

@@ -5,6 +5,7 @@
 // policy, bad request) end it.
 
 import { ApiError, apiUrl, authHeaders, classify, errorOf, unreachable, type Event } from './api';
+import { getToken } from './token';
 
 export interface TailOptions {
   domain: string;
@@ -51,8 +52,9 @@ export function tail(opts: TailOptions): () => void {
 /** One connection, until it ends; resolves to why it ended. */
 async function once(opts: TailOptions, after: string, signal: AbortSignal, deliver: (e: Event) => void): Promise<ApiError> {
   const url = apiUrl('api/events/stream', { domain: opts.domain, type: opts.type, key: opts.key, after_event_id: after });
-  const res = await fetch(url, { headers: { accept: 'application/x-ndjson', ...authHeaders() }, signal, cache: 'no-store' });
-  if (!res.ok) return errorOf(res);
+  const sent = getToken();
+  const res = await fetch(url, { headers: { accept: 'application/x-ndjson', ...authHeaders(sent) }, signal, cache: 'no-store' });
+  if (!res.ok) return errorOf(res, sent, signal);
   if (!res.body) return unreachable();
   opts.onStatus({ state: 'live' });
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -68,13 +70,13 @@ async function once(opts: TailOptions, after: string, signal: AbortSignal, deliv
       if (!line) continue;
       const frame = JSON.parse(line);
       if (frame.result) deliver(frame.result as Event);
-      else if (frame.error) return streamError(frame.error);
+      else if (frame.error) return streamError(frame.error, sent);
     }
   }
 }
 
 /** A `{"error": {code, message}}` line: its gRPC code as the HTTP status REST uses. */
-function streamError(e: { code: number; message: string }): ApiError {
+function streamError(e: { code: number; message: string }, sent: string | null): ApiError {
   const status: Record<number, number> = { 3: 400, 5: 404, 7: 403, 8: 429, 14: 503, 16: 401 };
-  return classify(status[e.code] ?? 500, e.message);
+  return classify(status[e.code] ?? 500, e.message, true, sent);
 }
