@@ -94,12 +94,28 @@ pub async fn drive(addr: SocketAddr, clients: usize, warmup: f64, secs: f64, loa
         conns.push(Clients::new(connect(addr).await?).with_token(load.token));
     }
     let (op, records) = (load.op, load.records);
+    closed_loop(conns, warmup, secs, move |cl, c, i, rng| Box::pin(call(cl, op, records, c, i, rng))).await
+}
+
+/// Runs one closed-loop client task per state for warm-up + measured time,
+/// each making `call` back to back; latencies, errors and the process's CPU
+/// of the measured part only. Shared by the gateway and bare-database loads
+/// so both are measured the same way.
+pub async fn closed_loop<S, F>(states: Vec<S>, warmup: f64, secs: f64, call: F) -> Result<Measured>
+where
+    S: Send + 'static,
+    F: for<'a> Fn(&'a mut S, usize, u64, &'a mut Rng) -> futures::future::BoxFuture<'a, Result<(), String>>
+        + Clone
+        + Send
+        + 'static,
+{
     let start = Instant::now() + Duration::from_secs_f64(warmup);
     let end = start + Duration::from_secs_f64(secs);
-    let tasks: Vec<_> = conns
+    let tasks: Vec<_> = states
         .into_iter()
         .enumerate()
-        .map(|(c, mut cl)| {
+        .map(|(c, mut state)| {
+            let call = call.clone();
             tokio::spawn(async move {
                 let mut hist = histogram();
                 let (mut ops, mut errors, mut first_error) = (0u64, 0u64, None);
@@ -110,7 +126,7 @@ pub async fn drive(addr: SocketAddr, clients: usize, warmup: f64, secs: f64, loa
                     if t0 >= end {
                         break;
                     }
-                    let result = call(&mut cl, op, records, c, i, &mut rng).await;
+                    let result = call(&mut state, c, i, &mut rng).await;
                     i += 1;
                     if t0 >= start {
                         match result {

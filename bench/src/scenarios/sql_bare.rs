@@ -18,8 +18,8 @@
 //! - for `Get`, the provider's own point read of a seeded state (same
 //!   statement, same `states` table, same keys as `requests::get_request`).
 
-use crate::load::Rng;
-use crate::measure::{Measured, histogram, process_cpu_secs};
+use crate::load::{Rng, closed_loop};
+use crate::measure::Measured;
 use crate::requests::{DOMAIN, Op, RECORD_TYPE, json_values, record_key};
 use anyhow::{Context, Result, bail};
 use sqlx::mysql::MySqlConnectOptions;
@@ -28,7 +28,6 @@ use sqlx::{Connection, MySqlConnection, PgConnection, Row};
 use stategate::storage::sql::type_hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
 
 /// Which server a scenario runs on.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -323,61 +322,18 @@ impl Bare {
         for _ in 0..clients {
             conns.push(self.place.connect(true).await.with_context(|| format!("bare {} client", self.place.db.name()))?);
         }
-        let start = Instant::now() + Duration::from_secs_f64(warmup);
-        let end = start + Duration::from_secs_f64(secs);
         let records = records.max(1);
-        let tasks: Vec<_> = conns
-            .into_iter()
-            .enumerate()
-            .map(|(c, mut conn)| {
-                let seq = self.seq.clone();
-                tokio::spawn(async move {
-                    let mut hist = histogram();
-                    let (mut ops, mut errors, mut first_error) = (0u64, 0u64, None);
-                    let mut rng = Rng::new(c as u64 + 1);
-                    let mut i = 0u64;
-                    loop {
-                        let t0 = Instant::now();
-                        if t0 >= end {
-                            break;
-                        }
-                        let result = match op {
-                            Op::Set => conn.set(seq.fetch_add(1, Ordering::Relaxed) + 1, c, i).await.map_err(|e| e.to_string()),
-                            _ => conn.get(rng.below(records)).await,
-                        };
-                        i += 1;
-                        if t0 >= start {
-                            match result {
-                                Ok(()) => {
-                                    ops += 1;
-                                    let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
-                                }
-                                Err(e) => {
-                                    errors += 1;
-                                    first_error.get_or_insert(e);
-                                }
-                            }
-                        }
-                    }
-                    (hist, ops, errors, first_error)
-                })
+        let seq = self.seq.clone();
+        closed_loop(conns, warmup, secs, move |conn: &mut Conn, c, i, rng: &mut Rng| {
+            let seq = seq.clone();
+            Box::pin(async move {
+                match op {
+                    Op::Set => conn.set(seq.fetch_add(1, Ordering::Relaxed) + 1, c, i).await.map_err(|e| e.to_string()),
+                    _ => conn.get(rng.below(records)).await,
+                }
             })
-            .collect();
-        tokio::time::sleep_until(start.into()).await;
-        let cpu_start = process_cpu_secs();
-        tokio::time::sleep_until(end.into()).await;
-        let cpu_secs = process_cpu_secs() - cpu_start;
-        let mut m = Measured { ops: 0, errors: 0, secs, hist: histogram(), first_error: None, cpu_secs, writes: None };
-        for t in tasks {
-            let (h, ops, errors, first_error) = t.await?;
-            m.hist.add(&h)?;
-            m.ops += ops;
-            m.errors += errors;
-            if m.first_error.is_none() {
-                m.first_error = first_error;
-            }
-        }
-        Ok(m)
+        })
+        .await
     }
 }
 
