@@ -209,6 +209,8 @@ mod tests {
             (r#"{"name":"kafka","addr":"k:9092","sasl_username":"u"}"#, "sasl_mechanism"),
             (r#"{"name":"kafka","addr":"k:9092","cert_file":"c.pem"}"#, "key_file"),
             (r#"{"name":"kafka","addr":"k:9092","group":"g"}"#, "group"),
+            (r#"{"name":"kafka","addr":"k:9092","fetch_wait_ms":0}"#, "fetch_wait_ms"),
+            (r#"{"name":"kafka","addr":"k:9092","fetch_wait_ms":60000}"#, "fetch_wait_ms"),
         ] {
             let e = refused(bad);
             assert!(e.contains(names), "{bad}: {e}");

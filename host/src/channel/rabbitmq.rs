@@ -312,7 +312,7 @@ impl RabbitMqChannel {
             args.tls_adaptor(TlsAdaptor::new(connector, t.host.clone()));
         }
         let where_ = format!("{}:{} vhost {:?}", t.host, t.port, t.vhost);
-        let conn = bounded("connect", Connection::open(&args)).await.map_err(|e| Error::unavailable(format!("{e} ({where_})")))?;
+        let conn = bounded("connect", Connection::open(&args)).await.map_err(|e| e.at(&where_))?;
         let confirms = Arc::new(Confirms::default());
         let broken = CancellationToken::new();
         let callbacks = || Callbacks { confirms: confirms.clone(), broken: broken.clone() };

@@ -73,6 +73,17 @@ impl Error {
         Error::Unavailable(what.to_string())
     }
 
+    /// The same error, its message followed by `(where_)`: the place a
+    /// backend error happened, added without repeating the error's kind.
+    pub fn at(self, where_: impl std::fmt::Display) -> Self {
+        match self {
+            Error::Unavailable(m) => Error::Unavailable(format!("{m} ({where_})")),
+            Error::Internal(m) => Error::Internal(format!("{m} ({where_})")),
+            Error::DeadlineExceeded(m) => Error::DeadlineExceeded(format!("{m} ({where_})")),
+            other => other,
+        }
+    }
+
     pub fn internal(what: impl std::fmt::Display) -> Self {
         Error::Internal(what.to_string())
     }

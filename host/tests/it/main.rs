@@ -57,6 +57,8 @@ mod multi_instance;
 mod faults;
 #[cfg(all(feature = "kafka", feature = "amqp", feature = "nats", feature = "redis"))]
 mod broker_faults;
+#[cfg(all(feature = "kafka", feature = "amqp"))]
+mod channel_tls;
 mod hostile;
 mod pre_auth;
 #[cfg(feature = "wasm")]
