@@ -269,9 +269,13 @@ fn mysql_pushdown_agrees_with_the_reference() {
 /// The node types and the indexes of the plan PostgreSQL picks for `sql`.
 async fn plan(conn: &mut sqlx::PgConnection, sql: &stategate::storage::postgres::query::Sql) -> (Vec<String>, Vec<String>) {
     let text = format!("EXPLAIN (FORMAT JSON) {}", sql.text);
-    let plan: serde_json::Value = sql.bind(sqlx::query(sqlx::AssertSqlSafe(text.as_str()))).fetch_one(&mut *conn).await
-        .map(|row| serde_json::from_str(&sqlx::Row::try_get_unchecked::<String, _>(&row, 0).unwrap()).unwrap())
-        .unwrap();
+    let row = sql.bind(sqlx::query(sqlx::AssertSqlSafe(text.as_str()))).fetch_one(&mut *conn).await.unwrap();
+    plan_nodes(&row)
+}
+
+/// The node types and indexes of the plan in an `EXPLAIN (FORMAT JSON)` row.
+fn plan_nodes(row: &sqlx::postgres::PgRow) -> (Vec<String>, Vec<String>) {
+    let plan: Value = serde_json::from_str(&sqlx::Row::try_get_unchecked::<String, _>(row, 0).unwrap()).unwrap();
     fn walk(node: &Value, nodes: &mut Vec<String>, indexes: &mut Vec<String>) {
         nodes.extend(node.get("Node Type").and_then(Value::as_str).map(str::to_owned));
         indexes.extend(node.get("Index Name").and_then(Value::as_str).map(str::to_owned));
@@ -343,6 +347,21 @@ async fn postgres_reads_use_their_indexes() {
         assert!(!nodes.iter().any(|n| n == "Seq Scan"), "{what}: the plan scans a table: {nodes:?}");
         assert!(indexes.iter().any(|s| index.contains(&s.as_str())), "{what}: expected one of {index:?}, the plan uses {indexes:?} ({nodes:?})");
     }
+    // The gateway's gathered gets: one primary-key probe per lookup, in a
+    // generic plan too (what the prepared statement settles on).
+    sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut conn).await.unwrap();
+    let text = format!("EXPLAIN (FORMAT JSON) {}", statements::GET_MANY);
+    let row = sqlx::query(sqlx::AssertSqlSafe(text.as_str()))
+        .bind(vec![stategate::storage::sql::type_hash("d3", "t5"), stategate::storage::sql::type_hash("d4", "t1")])
+        .bind(vec!["k13", "k2"])
+        .bind(vec!["d3", "d4"])
+        .bind(vec!["t5", "t1"])
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let (nodes, indexes) = plan_nodes(&row);
+    assert!(!nodes.iter().any(|n| n == "Seq Scan"), "gathered gets: the plan scans a table: {nodes:?}");
+    assert!(nodes.iter().any(|n| n == "Nested Loop") && indexes == ["states_pkey"], "gathered gets: {nodes:?} {indexes:?}");
     drop(s);
 }
 

@@ -65,6 +65,51 @@ pub async fn append_then_get(s: DynStorage) {
     s.ping().await.unwrap();
 }
 
+/// Many gets at once (providers may gather them into shared statements):
+/// each answers for its own record, whether it exists, was deleted, is asked
+/// for several times at once, or shares its key with a record of another
+/// type or domain.
+pub async fn concurrent_gets(s: DynStorage) {
+    let d = unique_domain();
+    let other = unique_domain();
+    for i in 0..40 {
+        s.append(put(&rec(&d, "t", &format!("k{i}")), json!({"i": i, "t": "t"}))).await.unwrap();
+        s.append(put(&rec(&d, "u", &format!("k{i}")), json!({"i": i, "t": "u"}))).await.unwrap();
+    }
+    s.append(put(&rec(&other, "t", "k0"), json!({"i": -1}))).await.unwrap();
+    s.append(req(&rec(&d, "t", "k7"), Change::Delete, Expect::Any)).await.unwrap();
+    let mut asks = vec![];
+    for round in 0..5 {
+        for i in 0..50 {
+            // Keys 40..49 do not exist; "u" records share the "t" keys.
+            let ty = if (i + round) % 3 == 0 { "u" } else { "t" };
+            asks.push(rec(&d, ty, &format!("k{i}")));
+        }
+        asks.push(rec(&other, "t", "k0"));
+        asks.push(rec(&other, "t", "k1"));
+    }
+    let answers = futures::future::join_all(asks.iter().map(|r| {
+        let s = s.clone();
+        async move { s.get(r).await }
+    }))
+    .await;
+    for (r, got) in asks.iter().zip(answers) {
+        let got = got.unwrap_or_else(|e| panic!("get {r:?}: {e}"));
+        let i: i64 = r.key[1..].parse().unwrap();
+        let expected = if r.domain == other {
+            (i == 0).then(|| json!({"i": -1}))
+        } else if i >= 40 || (r.ty == "t" && i == 7) {
+            None
+        } else {
+            Some(json!({"i": i, "t": r.ty}))
+        };
+        assert_eq!(got.as_ref().map(|st| Value::Object(st.values.clone())), expected, "{r:?}");
+        if let Some(st) = got {
+            assert_eq!((&st.record, st.version), (r, 1), "{r:?}");
+        }
+    }
+}
+
 pub async fn versions_survive_deletion(s: DynStorage) {
     let d = unique_domain();
     let r = rec(&d, "t", "k");
@@ -440,6 +485,7 @@ macro_rules! storage_conformance {
             }
 
             check!(append_then_get);
+            check!(concurrent_gets);
             check!(versions_survive_deletion);
             check!(expected_versions);
             check!(concurrent_writers_one_winner);

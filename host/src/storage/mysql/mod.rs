@@ -23,6 +23,7 @@ pub mod query;
 pub mod schema;
 
 use super::sql::options::{Settings, SslMode, checked_ca_file, without_credentials};
+use super::sql::point_reads::{BatchRead, Hit, Lookup, PointReads};
 use super::sql::pool::Pool;
 use super::sql::writer::{self, Job};
 use super::sql::{select, corrupt, decode_error, parse_values, type_hash};
@@ -109,6 +110,8 @@ async fn connect(options: &MySqlConnectOptions) -> std::result::Result<MySqlConn
 
 pub struct MysqlStorage {
     reads: Arc<Pool<MySqlConnection>>,
+    /// Gets, gathered into shared statements on `reads`.
+    points: PointReads,
     writer: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Job>>>,
     call_timeout: Duration,
     /// MariaDB (rather than MySQL): sorts objects with `JSON_COMPACT`.
@@ -151,8 +154,45 @@ impl MysqlStorage {
             connect_timeout: settings.connect_timeout,
         });
         let writer = writer::spawn(committer, settings.writers, settings.call_timeout, NAME);
-        Ok(MysqlStorage { reads, writer: Mutex::new(Some(writer)), call_timeout: settings.call_timeout, mariadb })
+        let points = PointReads::spawn(reads.clone(), settings.pool_size, point_read(), settings.call_timeout, db_error, NAME);
+        Ok(MysqlStorage { reads, points, writer: Mutex::new(Some(writer)), call_timeout: settings.call_timeout, mariadb })
     }
+}
+
+/// The statement of a batch of gets (`sql::point_reads`): one primary-key
+/// probe per distinct record, `(dt = ? AND rkey = ?) OR …`, padded to a
+/// power of two (repeating the last record) so the statement comes in few
+/// shapes, each prepared once per connection. Rows carry their names, and
+/// each is matched back to the lookups it answers (names included: `dt` is
+/// a hash).
+fn point_read() -> BatchRead<MySqlConnection> {
+    Arc::new(|conn: &mut MySqlConnection, batch: &[Lookup]| {
+        Box::pin(async move {
+            let padded = batch.len().next_power_of_two();
+            let sql = format!(
+                "SELECT dt, rkey, domain, rtype, version, vals FROM states WHERE ({}) AND vals IS NOT NULL",
+                vec!["(dt = ? AND rkey = ?)"; padded].join(" OR ")
+            );
+            let last = batch.last().expect("a batch holds a lookup");
+            // Only the count of placeholders varies: the text is ours.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            for l in batch.iter().chain(std::iter::repeat_n(last, padded - batch.len())) {
+                query = query.bind(l.dt.as_slice()).bind(l.key.as_bytes());
+            }
+            let rows = query.fetch_all(conn).await?;
+            let mut hits = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let (dt, key, domain, ty): (&[u8], &[u8], &[u8], &[u8]) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+                let version: i64 = row.try_get(4)?;
+                for (index, l) in batch.iter().enumerate() {
+                    if l.dt == dt && l.key.as_bytes() == key && l.domain.as_bytes() == domain && l.ty.as_bytes() == ty {
+                        hits.push(Hit { index, version, vals: text(row, 5)? });
+                    }
+                }
+            }
+            Ok(hits)
+        })
+    })
 }
 
 /// Runs `$body` on a pooled read connection `$c`; see `postgres`'s `read!`.
@@ -254,21 +294,11 @@ impl Storage for MysqlStorage {
     }
 
     async fn get(&self, record: &RecordRef) -> Result<Option<State>> {
-        let dt = type_hash(&record.domain, &record.ty);
-        let found = read!(self, |c| {
-            let row = sqlx::query(
-                "SELECT version, vals FROM states \
-                 WHERE dt = ? AND rkey = ? AND domain = ? AND rtype = ? AND vals IS NOT NULL",
-            )
-            .bind(&dt)
-            .bind(record.key.as_bytes())
-            .bind(record.domain.as_bytes())
-            .bind(record.ty.as_bytes())
-            .fetch_optional(c)
-            .await?;
-            row.map(|row| Ok::<_, sqlx::Error>((row.try_get::<i64, _>(0)?, text(&row, 1)?))).transpose()
-        })?;
-        found
+        let lookup =
+            Lookup { dt: type_hash(&record.domain, &record.ty), key: record.key.clone(), domain: record.domain.clone(), ty: record.ty.clone() };
+        self.points
+            .get(lookup)
+            .await?
             .map(|(version, vals)| {
                 Ok(State { record: record.clone(), version: version as u64, values: parse_values(NAME, &vals)? })
             })

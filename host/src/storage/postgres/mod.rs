@@ -26,6 +26,7 @@ pub mod schema;
 pub mod statements;
 
 use super::sql::options::{Settings, SslMode, checked_ca_file, without_credentials};
+use super::sql::point_reads::{BatchRead, Hit, Lookup, PointReads};
 use super::sql::pool::Pool;
 use super::sql::writer::{self, Job};
 use super::sql::{select, corrupt, decode_error, parse_values, type_hash, values_have_nul};
@@ -116,6 +117,8 @@ impl PostgresConfig {
 
 pub struct PostgresStorage {
     reads: Arc<Pool<PgConnection>>,
+    /// Gets, gathered into shared statements on `reads`.
+    points: PointReads,
     writer: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Job>>>,
     call_timeout: Duration,
 }
@@ -145,7 +148,8 @@ impl PostgresStorage {
         drop(conn);
         let committer = Arc::new(PgCommitter { options, connect_timeout: settings.connect_timeout });
         let writer = writer::spawn(committer, settings.writers, settings.call_timeout, NAME);
-        Ok(PostgresStorage { reads, writer: Mutex::new(Some(writer)), call_timeout: settings.call_timeout })
+        let points = PointReads::spawn(reads.clone(), settings.pool_size, point_read(), settings.call_timeout, db_error, NAME);
+        Ok(PostgresStorage { reads, points, writer: Mutex::new(Some(writer)), call_timeout: settings.call_timeout })
     }
 
 }
@@ -170,6 +174,31 @@ macro_rules! read {
             Err(_) => Err(Error::unavailable(format!("{NAME}: no answer within {:?}", $self.call_timeout))),
         }
     }};
+}
+
+/// The statement of a batch of gets (`sql::point_reads`): the lookups as
+/// arrays, unnested with their positions and joined to `states` on its
+/// primary key, one index probe each.
+fn point_read() -> BatchRead<PgConnection> {
+    Arc::new(|conn: &mut PgConnection, batch: &[Lookup]| {
+        let column = |f: fn(&Lookup) -> &str| batch.iter().map(|l| f(l)).collect::<Vec<&str>>();
+        let dts: Vec<&[u8]> = batch.iter().map(|l| l.dt.as_slice()).collect();
+        let (keys, domains, types) = (column(|l| &l.key), column(|l| &l.domain), column(|l| &l.ty));
+        Box::pin(async move {
+            let rows = sqlx::query(statements::GET_MANY)
+                .bind(dts)
+                .bind(keys)
+                .bind(domains)
+                .bind(types)
+                .fetch_all(conn)
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(Hit { index: row.try_get::<i64, _>(0)? as usize - 1, version: row.try_get(1)?, vals: row.try_get(2)? })
+                })
+                .collect()
+        })
+    })
 }
 
 async fn warn_if_not_durable(conn: &mut PgConnection) {
@@ -262,19 +291,11 @@ impl Storage for PostgresStorage {
         if has_nul(&[&record.domain, &record.ty, &record.key]) {
             return Ok(None);
         }
-        let dt = type_hash(&record.domain, &record.ty);
-        let found = read!(self, |c| {
-                sqlx::query(statements::GET)
-                .bind(&dt)
-                .bind(&record.key)
-                .bind(&record.domain)
-                .bind(&record.ty)
-                .fetch_optional(c)
-                .await?
-                .map(|row| Ok::<_, sqlx::Error>((row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?)))
-                .transpose()
-            })?;
-        found
+        let lookup =
+            Lookup { dt: type_hash(&record.domain, &record.ty), key: record.key.clone(), domain: record.domain.clone(), ty: record.ty.clone() };
+        self.points
+            .get(lookup)
+            .await?
             .map(|(version, vals)| {
                 Ok(State { record: record.clone(), version: version as u64, values: parse_values(NAME, &vals)? })
             })

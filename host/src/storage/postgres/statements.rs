@@ -9,8 +9,18 @@ use crate::storage::sql::type_hash;
 pub const EVENT_COLUMNS: &str = "seq, id, domain, type, key, version, kind, method, time, vals, claims";
 
 /// A record's current state: `$1` type hash, `$2` key, `$3` domain, `$4` type.
+/// The gateway gathers gets into [`GET_MANY`]; this one-record form is the
+/// point read the bench's bare-database ceiling issues.
 pub const GET: &str =
     "SELECT version, vals FROM states WHERE dt = $1 AND key = $2 AND domain = $3 AND type = $4 AND vals IS NOT NULL";
+
+/// Live states of a batch of records (`$1`..`$4`: arrays of type hashes,
+/// keys, domains and types, one element per lookup), each row with the
+/// 1-based position of its lookup. One primary-key probe per element.
+pub const GET_MANY: &str = "SELECT q.i, s.version, s.vals \
+     FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS q(dt, key, domain, type, i) \
+     JOIN states s ON s.dt = q.dt AND s.key = q.key AND s.domain = q.domain AND s.type = q.type \
+     WHERE s.vals IS NOT NULL";
 
 /// An event by id (`$1`).
 pub const GET_EVENT: &str =

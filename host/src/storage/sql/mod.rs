@@ -1,6 +1,7 @@
 //! What the PostgreSQL and MySQL/MariaDB providers share: the connection
 //! settings, a small connection pool, the group-commit writer and the
-//! decisions it makes for a batch of appends.
+//! decisions it makes for a batch of appends, and the gathering of
+//! concurrent point reads into one statement (`point_reads`).
 //!
 //! **Group commit.** Each gateway has one writer task. It takes every append
 //! waiting in its queue (up to a count and a byte budget) and runs them as
@@ -29,6 +30,7 @@
 
 pub mod batch;
 pub mod options;
+pub mod point_reads;
 pub mod pool;
 pub mod writer;
 
