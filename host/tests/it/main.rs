@@ -58,7 +58,7 @@ mod faults;
 #[cfg(all(feature = "kafka", feature = "amqp", feature = "nats", feature = "redis"))]
 mod broker_faults;
 #[cfg(all(feature = "kafka", feature = "amqp"))]
-mod channel_tls;
+mod broker_security;
 mod hostile;
 mod pre_auth;
 #[cfg(feature = "wasm")]

@@ -1,10 +1,13 @@
-//! The brokers' TLS options against a real TLS peer: a TLS terminator in
-//! front of a real broker (the shared RabbitMQ, a private Tansu advertising
-//! the terminator's port), with a test CA, a server certificate for
-//! `localhost` and a required client certificate. The brokers here speak
-//! plain TCP only, so the terminator is what checks the gateway's side:
-//! that it verifies the server against `ca_file`, presents `cert_file` +
-//! `key_file`, and refuses a server its roots do not trust.
+//! The brokers' security options against real peers.
+//!
+//! TLS: a TLS terminator in front of a real broker (the shared RabbitMQ, a
+//! private Tansu advertising the terminator's port), with a test CA, a
+//! server certificate for `localhost` and a required client certificate.
+//! The terminator is what checks the gateway's side: that it verifies the
+//! server against `ca_file`, presents `cert_file` + `key_file`, and refuses
+//! a server its roots do not trust.
+//!
+//! SASL is not tested here (docs/backends.md says why).
 
 use crate::channel_conformance::event;
 use crate::procs;
@@ -181,3 +184,4 @@ async fn kafka_over_tls_with_a_client_certificate() {
     // Plain Kafka to the TLS port does not open.
     eprintln!("plaintext: {}", unavailable(open(serde_json::json!({})).await));
 }
+
