@@ -161,6 +161,11 @@ impl Guest for Channel {
     fn ping() -> Result<(), ProviderError> {
         logs().map(|_| ())
     }
+
+    /// One instance: a publisher's events stay in one file, in order.
+    fn max_instances() -> u32 {
+        1
+    }
 }
 
 export!(Channel);

@@ -3,15 +3,27 @@
 //! `file`, default `events.jsonl`), written and fsynced before it returns;
 //! the current states and indexes are rebuilt from that log when the
 //! instance starts, so data survives restarts. A torn last line (a crash
-//! mid-write) is cut off. One writer per directory.
+//! mid-write) is cut off. One writer per directory, one instance
+//! (`max-instances` is 1: the indexes live in the instance's memory).
+//!
+//! Searches (`query-states`, `query-events`) decide the filter in the guest
+//! where it can (`query`), so only matches cross to the host; when every
+//! candidate was decided they also stop at offset + limit and skip the
+//! offset.
 
 wit_bindgen::generate!({
     path: "../../wit",
     world: "storage-provider",
 });
 
-use exports::stategate::gateway::storage::{AppendRequest, Appended, EventScan, Expect, FeedQuery, Guest};
+mod query;
+
+use exports::stategate::gateway::storage::{
+    AppendRequest, Appended, EventOrder, EventPage, EventQuery, EventScan, Expect, FeedQuery, Guest, StatePage, StateQuery,
+};
+use query::{SortKey, Verdict, decide, sort_key};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use stategate::gateway::host::{self, Level};
 use stategate::gateway::types::{Event, EventKind, ProviderError, RecordRef, State};
 use std::collections::{BTreeMap, HashMap};
@@ -228,6 +240,67 @@ impl Store {
     }
 }
 
+/// A filter as the host sends it (validated JSON text).
+fn filter(text: &str) -> Result<Map<String, Value>, ProviderError> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(ProviderError::Internal(format!("the host sent a filter that is not a JSON object: {text:.80}"))),
+    }
+}
+
+/// A JSON object as stored (values, claims); None when it is not one (the
+/// host then decides, and refuses it).
+fn object(text: &str) -> Option<Map<String, Value>> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    }
+}
+
+/// Candidates of a search, in the order the log holds them (key order for
+/// states, seq order for events): the certain matches and the undecided
+/// ones, each with its sort value (None when the guest cannot order it).
+struct Candidates<T> {
+    sure: Vec<(T, Option<SortKey>)>,
+    maybe: Vec<T>,
+    /// The sort values of every sure match can be ordered by the guest.
+    orderable: bool,
+}
+
+impl<T> Candidates<T> {
+    fn new() -> Self {
+        Candidates { sure: Vec::new(), maybe: Vec::new(), orderable: true }
+    }
+
+    fn push(&mut self, verdict: Verdict, item: T, key: Option<SortKey>) {
+        match verdict {
+            Verdict::No => {}
+            Verdict::Maybe => self.maybe.push(item),
+            Verdict::Yes => {
+                self.orderable &= key.is_some();
+                self.sure.push((item, key));
+            }
+        }
+    }
+
+    /// The page to return: every undecided candidate, and of the certain
+    /// matches (already in the query's order when `sorted` is false) those
+    /// that can belong to the first `offset + limit`; the first `offset`
+    /// are left out when nothing was undecided (see `state-page`).
+    fn page(mut self, sorted: Option<impl Fn(&(T, Option<SortKey>), &(T, Option<SortKey>)) -> std::cmp::Ordering>, offset: u32, limit: u32) -> (Vec<T>, u32) {
+        let window = offset as usize + limit as usize;
+        match sorted {
+            None => {}
+            Some(_) if !self.orderable => return (self.sure.into_iter().map(|(t, _)| t).chain(self.maybe).collect(), 0),
+            Some(order) => self.sure.sort_by(order),
+        }
+        self.sure.truncate(window);
+        let skipped = if self.maybe.is_empty() { (offset as usize).min(self.sure.len()) } else { 0 };
+        let out = self.sure.into_iter().skip(skipped).map(|(t, _)| t).chain(self.maybe).collect();
+        (out, skipped as u32)
+    }
+}
+
 fn with<T>(f: impl FnOnce(&mut Store) -> Result<T, ProviderError>) -> Result<T, ProviderError> {
     let mut guard = STORE.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_none() {
@@ -293,6 +366,108 @@ impl Guest for Provider {
                 .map(Line::event)
                 .collect())
         })
+    }
+
+    fn query_states(q: StateQuery) -> Result<StatePage, ProviderError> {
+        let f = filter(&q.filter)?;
+        let path: Option<Vec<&str>> = q.sort.as_ref().map(|s| s.field.split('.').collect());
+        let window = q.offset as usize + q.limit as usize;
+        with(|s| {
+            let mut found = Candidates::new();
+            let from = (q.domain.clone(), q.ty.clone(), String::new());
+            for (_, i) in s.states.range(from..).take_while(|((d, t, _), _)| *d == q.domain && *t == q.ty) {
+                let line = &s.lines[*i];
+                let text = line.values.as_deref().unwrap_or("{}");
+                let (verdict, key) = match object(text) {
+                    Some(values) => (decide(&f, &values), path.as_ref().and_then(|p| sort_key(&values, p))),
+                    None => (Verdict::Maybe, None),
+                };
+                found.push(verdict, *i, key);
+                // In key order, the first `window` certain matches are all
+                // a page without a sort can hold.
+                if path.is_none() && found.sure.len() >= window {
+                    break;
+                }
+            }
+            let descending = q.sort.as_ref().is_some_and(|s| s.descending);
+            let lines = &s.lines;
+            let order = path.as_ref().map(|_| {
+                move |a: &(usize, Option<SortKey>), b: &(usize, Option<SortKey>)| {
+                    let by = match (&a.1, &b.1) {
+                        (Some(x), Some(y)) => x.compare(y),
+                        _ => std::cmp::Ordering::Equal,
+                    };
+                    let o = by.then_with(|| lines[a.0].key.cmp(&lines[b.0].key));
+                    if descending { o.reverse() } else { o }
+                }
+            });
+            let (page, skipped) = found.page(order, q.offset, q.limit);
+            Ok(StatePage { states: page.into_iter().map(|i| s.state(i)).collect(), skipped })
+        })
+    }
+
+    fn query_events(q: EventQuery) -> Result<EventPage, ProviderError> {
+        let f = filter(&q.filter)?;
+        let claims = filter(&q.claims_filter)?;
+        let window = q.offset as usize + q.limit as usize;
+        let field: Option<Vec<&str>> = match &q.sort {
+            Some(s) => match &s.by {
+                EventOrder::Field(path) => Some(path.split('.').collect()),
+                EventOrder::Time => None,
+            },
+            None => None,
+        };
+        with(|s| {
+            let mut found = Candidates::new();
+            for (i, l) in s.lines.iter().enumerate() {
+                let wanted = l.domain == q.domain
+                    && l.ty == q.ty
+                    && q.key.as_ref().is_none_or(|k| *k == l.key)
+                    && q.min_time.is_none_or(|t| l.time >= t)
+                    && q.max_time.is_none_or(|t| l.time <= t);
+                if !wanted {
+                    continue;
+                }
+                let values = match &l.values {
+                    Some(text) => object(text),
+                    // A deletion's values are the empty object.
+                    None => Some(Map::new()),
+                };
+                let (verdict, key) = match (values, object(&l.claims)) {
+                    (Some(values), Some(c)) => {
+                        let key = match (&q.sort, &field) {
+                            (Some(_), Some(p)) => sort_key(&values, p),
+                            (Some(_), None) => Some(SortKey::Number(l.time.into())),
+                            (None, _) => Some(SortKey::Null),
+                        };
+                        (decide(&f, &values).and(decide(&claims, &c)), key)
+                    }
+                    _ => (Verdict::Maybe, None),
+                };
+                found.push(verdict, i, key);
+                if q.sort.is_none() && found.sure.len() >= window {
+                    break;
+                }
+            }
+            let descending = q.sort.as_ref().is_some_and(|s| s.descending);
+            let order = q.sort.as_ref().map(|_| {
+                move |a: &(usize, Option<SortKey>), b: &(usize, Option<SortKey>)| {
+                    let by = match (&a.1, &b.1) {
+                        (Some(x), Some(y)) => x.compare(y),
+                        _ => std::cmp::Ordering::Equal,
+                    };
+                    // Line index order is seq order.
+                    let o = by.then_with(|| a.0.cmp(&b.0));
+                    if descending { o.reverse() } else { o }
+                }
+            });
+            let (page, skipped) = found.page(order, q.offset, q.limit);
+            Ok(EventPage { events: page.into_iter().map(|i| s.lines[i].event()).collect(), skipped })
+        })
+    }
+
+    fn max_instances() -> u32 {
+        1
     }
 
     fn head() -> Result<u64, ProviderError> {

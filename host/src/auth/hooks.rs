@@ -22,16 +22,15 @@
 
 use super::PolicyInput;
 use crate::model::{Denial, Error, Result};
-use crate::wasm::bindings::policy::PolicyHookPre;
-use crate::wasm::bindings::policy::exports::stategate::gateway::policy::{Decision, ResponseDecision};
-use crate::wasm::{Ctx, Guest, GuestConfig, WasmRuntime};
+use crate::wasm::versions::policy_types::{Decision, ResponseDecision};
+use crate::wasm::{Guest, GuestConfig, PolicyPre, WasmRuntime};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
-pub type PolicyGuest = Guest<PolicyHookPre<Ctx>>;
+pub type PolicyGuest = Guest<PolicyPre>;
 
 pub struct PolicyHooks {
     source: Source,
@@ -72,6 +71,12 @@ impl PolicyHooks {
                     object @ Value::Object(_) => {
                         let mut c: GuestConfig = serde_json::from_value(object)
                             .map_err(|e| Error::invalid(FIELD, format!("hook of {domain:?}: {e}")))?;
+                        if c.instances.is_some() {
+                            return Err(Error::invalid(
+                                FIELD,
+                                format!("hook of {domain:?}: `instances` is for providers; a hook's calls each lease an instance of their own"),
+                            ));
+                        }
                         c.guest.get_or_insert_with(|| format!("policy:{domain}"));
                         c
                     }
@@ -132,7 +137,7 @@ impl PolicyHooks {
         let doc = serde_json::to_string(input).map_err(Error::internal)?;
         let decision = guest
             .call("authorize-request", move |store, hook| {
-                Box::pin(async move { hook.stategate_gateway_policy().call_authorize_request(store, &doc).await })
+                Box::pin(async move { hook.authorize_request(store, &doc).await })
             })
             .await?;
         match decision {
@@ -150,7 +155,7 @@ impl PolicyHooks {
         let doc = serde_json::to_string(input).map_err(Error::internal)?;
         let decision = guest
             .call("authorize-response", move |store, hook| {
-                Box::pin(async move { hook.stategate_gateway_policy().call_authorize_response(store, &doc).await })
+                Box::pin(async move { hook.authorize_response(store, &doc).await })
             })
             .await?;
         match decision {

@@ -4,16 +4,19 @@
 //!
 //! The host polls the guest from an opaque cursor (every `poll_ms`
 //! milliseconds of the spec, default 10, while idle) on one task per
-//! provider and fans events out to subscriptions, filtering by topic.
+//! provider and fans events out to subscriptions, filtering by topic. Polls
+//! never overlap (the cursor is held while polling); publishes run on the
+//! provider's instances, side by side when the guest says they may
+//! (`wasm::persistent`), in which case a cursor from one instance must mean
+//! the same to every other.
 //! `subscribe` drains what is already published before it registers, so a
 //! subscription receives exactly what is published after it returns.
 
 use super::{Channel, Subscription};
 use crate::model::{Error, Event, Result, Topic};
-use crate::wasm::bindings::channel::{ChannelProvider, ChannelProviderPre};
 use crate::wasm::bindings::storage::stategate::gateway::types as wt;
 use crate::wasm::convert::{event_from_wit, event_to_wit};
-use crate::wasm::{Ctx, Guest, GuestConfig, Persistent, WasmRuntime};
+use crate::wasm::{ChannelInstance, ChannelPre, Guest, GuestConfig, Persistent, WasmRuntime};
 use async_trait::async_trait;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -58,7 +61,7 @@ pub struct WasmChannel {
 
 struct Inner {
     name: String,
-    guest: Persistent<ChannelProviderPre<Ctx>>,
+    guest: Persistent<ChannelPre>,
     tx: broadcast::Sender<Arc<Event>>,
     /// The poll position; held while polling so polls never overlap.
     cursor: Mutex<String>,
@@ -79,7 +82,7 @@ impl Inner {
         let from = cursor.clone();
         let batch = self
             .guest
-            .call("poll", move |s, g: &ChannelProvider| g.stategate_gateway_channel().call_poll(s, &from, BATCH))
+            .call("poll", move |s, g: &ChannelInstance| g.poll(s, &from, BATCH))
             .await?
             .map_err(|e| self.error(e))?;
         let n = batch.events.len();
@@ -107,7 +110,7 @@ impl WasmChannel {
         let guest = Persistent::new(guest);
         let name = format!("wasm:{}", guest.guest().name());
         let tail = guest
-            .call("tail", |s, g: &ChannelProvider| g.stategate_gateway_channel().call_tail(s))
+            .call("tail", |s, g: &ChannelInstance| g.tail(s))
             .await?
             .map_err(|e| Error::Unavailable(format!("{name}: {e:?}")))?;
         let inner = Arc::new(Inner {
@@ -151,7 +154,7 @@ impl Channel for WasmChannel {
         let e = event_to_wit(event);
         self.inner
             .guest
-            .call("publish", move |s, g: &ChannelProvider| g.stategate_gateway_channel().call_publish(s, &e))
+            .call("publish", move |s, g: &ChannelInstance| g.publish(s, &e))
             .await?
             .map_err(|e| self.inner.error(e))
     }
@@ -170,7 +173,7 @@ impl Channel for WasmChannel {
     async fn ping(&self) -> Result<()> {
         self.inner
             .guest
-            .call("ping", |s, g: &ChannelProvider| g.stategate_gateway_channel().call_ping(s))
+            .call("ping", |s, g: &ChannelInstance| g.ping(s))
             .await?
             .map_err(|e| self.inner.error(e))
     }

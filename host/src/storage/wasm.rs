@@ -2,27 +2,35 @@
 //! `storage-provider` world (see `wit/`), e.g.
 //! `{"name":"wasm","path":"fs_storage.wasm","grants":{"dir":"data/store"}}`.
 //!
-//! One long-lived instance serves all calls, one at a time (the guest keeps
-//! its indexes in memory); it is replaced after a trap and on hot reload.
-//! The guest may return supersets for searches, in any order: the query
-//! chooses the result here (`model::query`), as for every provider.
+//! Long-lived instances serve the calls: one, calls one at a time (the
+//! guest keeps its indexes in memory), unless the guest says its calls may
+//! run side by side (`wasm::persistent`); an instance is replaced after a
+//! trap and on hot reload.
+//!
+//! Searches hand the guest the whole query (WIT 0.2.0 `query-states` /
+//! `query-events`: the filter as the query language's JSON, the sort, the
+//! offset and the limit), so it can push them down; a 0.1.0 guest gets the
+//! domain and type only (`wasm::versions`). Either way the guest may return
+//! a superset, in any order, and the query chooses the result here
+//! (`model::query`), as for every provider: only the part of the offset the
+//! guest says it skipped is not applied again.
 
 use super::Storage;
+use crate::model::query::EventOrder;
 use crate::model::{
     AppendRequest, Appended, Arrival, Change, Error, Event, EventQuery, FeedQuery, RecordRef, Result, Select, State,
     StateQuery,
 };
-use crate::wasm::convert::{event_from_wit, event_with, kind_to_wit, record_to_wit, state_from_wit};
-use crate::wasm::bindings::storage::StorageProviderPre;
-use crate::wasm::bindings::storage::exports::stategate::gateway::storage as wit;
 use crate::wasm::bindings::storage::stategate::gateway::types as wt;
-use crate::wasm::{Ctx, Guest, GuestConfig, Persistent, WasmRuntime};
+use crate::wasm::convert::{event_from_wit, event_with, kind_to_wit, record_to_wit, state_from_wit};
+use crate::wasm::versions::storage_types as wit;
+use crate::wasm::{Ctx, Guest, GuestConfig, Persistent, StorageInstance, StoragePre, WasmRuntime};
 use async_trait::async_trait;
 use std::sync::Arc;
 
 pub struct WasmStorage {
     name: String,
-    inner: Persistent<StorageProviderPre<Ctx>>,
+    inner: Persistent<StoragePre>,
 }
 
 impl WasmStorage {
@@ -41,25 +49,36 @@ impl WasmStorage {
         Ok(s)
     }
 
-    pub fn guest(&self) -> &Arc<Guest<StorageProviderPre<Ctx>>> {
+    pub fn guest(&self) -> &Arc<Guest<StoragePre>> {
         self.inner.guest()
+    }
+
+    /// How many calls may run side by side (see `wasm::persistent`; 0
+    /// before the first call).
+    pub fn instances(&self) -> usize {
+        self.inner.instances()
     }
 
     async fn call<T: Send + 'static>(
         &self,
         op: &'static str,
-        f: impl FnOnce(&mut wasmtime::Store<Ctx>, &wit::Guest) -> wasmtime::Result<std::result::Result<T, wt::ProviderError>>
+        f: impl FnOnce(&mut wasmtime::Store<Ctx>, &StorageInstance) -> wasmtime::Result<std::result::Result<T, wt::ProviderError>>
         + Send
         + 'static,
     ) -> Result<std::result::Result<T, wt::ProviderError>> {
-        let r = self
-            .inner
-            .call(op, move |store, inst| f(store, inst.stategate_gateway_storage()))
-            .await?;
+        let r = self.inner.call(op, f).await?;
         if r.is_err() {
             crate::wasm::metrics::guest_error(self.inner.guest().name(), op);
         }
         Ok(r)
+    }
+
+    /// The part of the offset the guest left to the host. A guest that
+    /// says it skipped more than the offset is broken.
+    fn rest_of_offset(&self, op: &str, offset: usize, skipped: u32) -> Result<usize> {
+        offset.checked_sub(skipped as usize).ok_or_else(|| {
+            Error::Internal(format!("{}: {op} says it skipped {skipped} results of an offset of {offset}", self.name))
+        })
     }
 
     fn error(&self, e: wt::ProviderError) -> Error {
@@ -103,7 +122,7 @@ impl Storage for WasmStorage {
                 not_before: i.not_before,
             }),
         };
-        match self.call("append", move |s, g| g.call_append(s, &w)).await? {
+        match self.call("append", move |s, g| g.append(s, &w)).await? {
             // A new event holds the values and claims just sent: use them
             // rather than parse the guest's copy of their JSON back (as the
             // native providers do).
@@ -131,41 +150,70 @@ impl Storage for WasmStorage {
 
     async fn get(&self, record: &RecordRef) -> Result<Option<State>> {
         let r = record_to_wit(record);
-        match self.call("get", move |s, g| g.call_get(s, &r)).await? {
+        match self.call("get", move |s, g| g.get(s, &r)).await? {
             Ok(st) => st.map(|st| state_from_wit(&self.name, st)).transpose(),
             Err(e) => Err(self.error(e)),
         }
     }
 
     async fn search_states(&self, query: &StateQuery) -> Result<Vec<State>> {
-        let (d, t) = (query.domain.clone(), query.ty.clone());
-        let all = match self.call("search-states", move |s, g| g.call_search_states(s, &d, &t)).await? {
-            Ok(v) => v,
+        let q = wit::StateQuery {
+            domain: query.domain.clone(),
+            ty: query.ty.clone(),
+            filter: query.filter.to_json().to_string(),
+            sort: query.sort.as_ref().map(|s| wit::StateSort {
+                field: s.path.join("."),
+                descending: s.descending,
+            }),
+            offset: clamp_u32(query.offset),
+            limit: clamp_u32(query.limit),
+        };
+        let page = match self.call("query-states", move |s, g| g.query_states(s, &q)).await? {
+            Ok(p) => p,
             Err(e) => return Err(self.error(e)),
         };
-        let states = all.into_iter().map(|s| state_from_wit(&self.name, s));
-        query.try_select(Arrival::AnyOrder, states)
+        let rest = self.rest_of_offset("query-states", query.offset, page.skipped)?;
+        let states = page.states.into_iter().map(|s| state_from_wit(&self.name, s));
+        if rest == query.offset {
+            return query.try_select(Arrival::AnyOrder, states);
+        }
+        StateQuery { offset: rest, ..query.clone() }.try_select(Arrival::AnyOrder, states)
     }
 
     async fn search_events(&self, query: &EventQuery) -> Result<Vec<Event>> {
-        let scan = wit::EventScan {
+        let q = wit::EventQuery {
             domain: query.domain.clone(),
             ty: query.ty.clone(),
             key: query.key.clone(),
+            filter: query.filter.to_json().to_string(),
+            claims_filter: query.claims_filter.to_json().to_string(),
             min_time: query.min_time,
             max_time: query.max_time,
+            sort: query.sort.as_ref().map(|s| wit::EventSort {
+                by: match &s.by {
+                    EventOrder::Time => wit::EventOrder::Time,
+                    EventOrder::Field(path) => wit::EventOrder::Field(path.join(".")),
+                },
+                descending: s.descending,
+            }),
+            offset: clamp_u32(query.offset),
+            limit: clamp_u32(query.limit),
         };
-        let all = match self.call("search-events", move |s, g| g.call_search_events(s, &scan)).await? {
-            Ok(v) => v,
+        let page = match self.call("query-events", move |s, g| g.query_events(s, &q)).await? {
+            Ok(p) => p,
             Err(e) => return Err(self.error(e)),
         };
-        let events = all.into_iter().map(|e| event_from_wit(&self.name, e));
-        query.try_select(Arrival::AnyOrder, events)
+        let rest = self.rest_of_offset("query-events", query.offset, page.skipped)?;
+        let events = page.events.into_iter().map(|e| event_from_wit(&self.name, e));
+        if rest == query.offset {
+            return query.try_select(Arrival::AnyOrder, events);
+        }
+        EventQuery { offset: rest, ..query.clone() }.try_select(Arrival::AnyOrder, events)
     }
 
     async fn get_event(&self, id: &str) -> Result<Option<Event>> {
         let id = id.to_owned();
-        match self.call("get-event", move |s, g| g.call_get_event(s, &id)).await? {
+        match self.call("get-event", move |s, g| g.get_event(s, &id)).await? {
             Ok(e) => e.map(|e| event_from_wit(&self.name, e)).transpose(),
             Err(e) => Err(self.error(e)),
         }
@@ -180,7 +228,7 @@ impl Storage for WasmStorage {
             from_time: query.from_time,
             limit: query.limit.min(u32::MAX as usize) as u32,
         };
-        let events = match self.call("feed", move |s, g| g.call_feed(s, &q)).await? {
+        let events = match self.call("feed", move |s, g| g.feed(s, &q)).await? {
             Ok(v) => v,
             Err(e) => return Err(self.error(e)),
         };
@@ -197,16 +245,21 @@ impl Storage for WasmStorage {
     }
 
     async fn head(&self) -> Result<u64> {
-        match self.call("head", |s, g| g.call_head(s)).await? {
+        match self.call("head", |s, g| g.head(s)).await? {
             Ok(h) => Ok(h),
             Err(e) => Err(self.error(e)),
         }
     }
 
     async fn ping(&self) -> Result<()> {
-        match self.call("ping", |s, g| g.call_ping(s)).await? {
+        match self.call("ping", |s, g| g.ping(s)).await? {
             Ok(()) => Ok(()),
             Err(e) => Err(self.error(e)),
         }
     }
+}
+
+/// A count as WIT's u32 (offsets and limits past it are the host's to apply).
+fn clamp_u32(n: usize) -> u32 {
+    n.min(u32::MAX as usize) as u32
 }

@@ -119,7 +119,7 @@ impl<P: World> Guest<P> {
             .map_err(|e| Error::invalid(&field, format!("cannot read {}: {e}", spec.path.display())))?;
         let started = Instant::now();
         let version = Self::version(runtime, &bytes, 1).map_err(|reason| Error::invalid(&field, reason))?;
-        tracing::info!(guest = %spec.name, world = P::KIND.world(), hash = %&version.hash[..12],
+        tracing::info!(guest = %spec.name, world = P::KIND.world(), wit = version.pre.version(), hash = %&version.hash[..12],
             ms = started.elapsed().as_millis() as u64, "wasm guest loaded");
         metrics::reloaded(&spec.name, "loaded");
         let guest = Arc::new(Guest {
@@ -165,7 +165,7 @@ impl<P: World> Guest<P> {
     /// Compiles and links the bytes of a `.wasm` file.
     fn version(runtime: &WasmRuntime, bytes: &[u8], generation: u64) -> std::result::Result<Version<P>, String> {
         let (component, hash) = cache::compile(runtime, bytes)?;
-        let pre = P::link(&component).map_err(|e| format!("does not implement world {}: {e:?}", P::KIND.world()))?;
+        let pre = P::link(&component).map_err(|e| format!("does not implement world {}: {e:#}", P::KIND.world()))?;
         Ok(Version { pre, hash, generation })
     }
 
@@ -212,7 +212,7 @@ impl<P: World> Guest<P> {
         match Self::version(&self.runtime, &bytes, generation) {
             Ok(version) => {
                 self.generations.store(generation, Ordering::SeqCst);
-                tracing::info!(guest = %self.spec.name, generation, hash = %&version.hash[..12], "wasm guest reloaded");
+                tracing::info!(guest = %self.spec.name, generation, wit = version.pre.version(), hash = %&version.hash[..12], "wasm guest reloaded");
                 self.current.store(Arc::new(version));
                 *self.last_error.lock().unwrap() = None;
                 metrics::reloaded(&self.spec.name, "swapped");

@@ -13,13 +13,16 @@
 //!   quota of a granted directory; [`stderr`]: a guest's stderr, logged
 //!   within a budget;
 //! - [`worlds`]: the bindings and how a component links into a world;
+//!   [`versions`]: the contract versions a guest may be built against
+//!   (0.2.0, 0.1.0) and one call surface per world over them;
 //! - [`cache`]: compiling through the on-disk compile cache, and what an
 //!   entry must pass to be loaded; [`dirs`]: granted directories stay off
 //!   the cache and off each other;
 //! - [`guest`]: a guest's lifecycle (load, reload, instantiate) and the
 //!   words used for it;
-//! - [`persistent`] and [`lease`]: the two instance strategies, one
-//!   long-lived instance per provider, leased instances per hook call;
+//! - [`persistent`] and [`lease`]: the two instance strategies, long-lived
+//!   instances per provider (one, or a pool when the guest says its calls
+//!   may run side by side), leased instances per hook call;
 //! - [`deadline`]: how a call's deadline covers its waits in the host;
 //! - [`outcome`]: how a call's outcome becomes the gateway's error model;
 //! - [`convert`]: the WIT conversions both provider adapters use;
@@ -46,6 +49,7 @@ pub mod settings;
 pub mod spec;
 pub mod stderr;
 pub mod store;
+pub mod versions;
 pub mod worlds;
 
 pub use capabilities::Denied;
@@ -56,4 +60,5 @@ pub use runtime::{TICK, WasmRuntime};
 pub use settings::Settings;
 pub use spec::{GuestConfig, GuestLimits, GuestSpec};
 pub use store::Ctx;
+pub use versions::{ChannelInstance, ChannelPre, PolicyInstance, PolicyPre, StorageInstance, StoragePre};
 pub use worlds::{AsyncWorld, Kind, SyncWorld, World, bindings};

@@ -1,6 +1,7 @@
 //! How a guest is configured: the typed object of a wasm storage or channel
 //! provider and of a policy hook,
-//! `{"path":…,"guest":…,"config":{…},"grants":{…},"limits":{…}}`.
+//! `{"path":…,"guest":…,"config":{…},"grants":{…},"limits":{…},"instances":N}`
+//! (`instances` for providers only).
 //!
 //! [`GuestConfig`] is what the configuration says, parsed once when the
 //! configuration is read, with unknown keys refused (a typo such as
@@ -34,6 +35,12 @@ pub struct GuestConfig {
     /// Per-guest overrides of the sandbox limits.
     #[serde(default, deserialize_with = "null_as_default")]
     pub limits: GuestLimits,
+    /// Providers only: how many instances may serve calls side by side,
+    /// overriding what the guest's `max-instances` says (1 for a 0.1.0
+    /// guest): for a guest that keeps no state in its instance. Bounded by
+    /// `STATEGATE_WASM_MAX_INSTANCES_PER_GUEST`.
+    #[serde(default)]
+    pub instances: Option<std::num::NonZeroUsize>,
 }
 
 /// `limits` of a guest: each overrides the runtime's setting.
@@ -58,6 +65,7 @@ impl GuestConfig {
             config: Map::new(),
             grants: Grants::default(),
             limits: GuestLimits::default(),
+            instances: None,
         }
     }
 
@@ -80,6 +88,7 @@ impl GuestConfig {
             call_timeout: self.limits.timeout_ms.map_or(s.call_timeout, |ms| Duration::from_millis(ms.get())),
             memory_bytes: self.limits.memory_mb.map_or(s.memory_bytes, |mb| (mb.get() as usize) << 20),
             disk_bytes: self.limits.disk_mb.map_or(s.disk_bytes, |mb| mb.get().saturating_mul(1 << 20)),
+            instances: self.instances.map(|n| n.get()),
         }
     }
 }
@@ -96,6 +105,8 @@ pub struct GuestSpec {
     pub call_timeout: Duration,
     pub memory_bytes: usize,
     pub disk_bytes: u64,
+    /// The guest object's `instances` (providers only).
+    pub instances: Option<usize>,
 }
 
 /// `null` reads as the field's default, as an absent field does.

@@ -86,3 +86,9 @@ mod wasm_deadlines;
 mod wasm_cache;
 #[cfg(feature = "wasm")]
 mod wasm_policies;
+#[cfg(feature = "wasm")]
+mod wasm_versions;
+#[cfg(feature = "wasm")]
+mod wasm_pushdown;
+#[cfg(feature = "wasm")]
+mod wasm_pool;

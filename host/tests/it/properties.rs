@@ -74,6 +74,17 @@ proptest! {
         }
     }
 
+    /// What a wasm guest is handed (`Filter::to_json`) reads back as the
+    /// filter the host checks its answer with.
+    #[test]
+    fn filter_renders_back_to_itself(conds in prop::collection::vec(condition(), 0..4)) {
+        let q: Map<String, Value> = conds.into_iter().collect();
+        if let Ok(f) = Filter::from_object("query_string", &q) {
+            let back = Filter::from_object("query_string", f.to_json().as_object().unwrap()).unwrap();
+            prop_assert_eq!(back, f);
+        }
+    }
+
     #[test]
     fn struct_mapping_round_trips(d in doc()) {
         let s = stategate::api::convert::json_to_struct(d.clone());

@@ -7,8 +7,8 @@
 //! next to another tenant's) are in wasm_sandbox.
 
 use crate::wasm_support::{guest, settings, spec, storage_spec};
-use stategate::wasm::bindings::storage::StorageProviderPre;
-use stategate::wasm::{Ctx, Guest, GuestConfig, Persistent, Settings, WasmRuntime};
+use stategate::wasm::StoragePre;
+use stategate::wasm::{Guest, GuestConfig, Persistent, Settings, WasmRuntime};
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_millis(300);
@@ -24,7 +24,7 @@ fn tight() -> WasmRuntime {
     .unwrap()
 }
 
-type Stall = Persistent<StorageProviderPre<Ctx>>;
+type Stall = Persistent<StoragePre>;
 
 async fn stall_storage(runtime: &WasmRuntime, dir: &std::path::Path, config: serde_json::Value) -> Stall {
     let mut c = GuestConfig::at(guest("stall_storage"), "stall");
@@ -39,7 +39,7 @@ async fn stall_storage(runtime: &WasmRuntime, dir: &std::path::Path, config: ser
 /// `ping`, within a hundred times the call's time limit (a guard against a
 /// hang, not a measurement): the call's own error, or whether it succeeded.
 async fn ping(p: &Stall) -> Result<(), String> {
-    let call = p.call("ping", |s, g| g.stategate_gateway_storage().call_ping(s));
+    let call = p.call("ping", |s, g| g.ping(s));
     match tokio::time::timeout(TIMEOUT * 100, call).await {
         Err(_) => panic!("ping did not end within 100 times its time limit"),
         Ok(Err(e)) => Err(e.to_string()),

@@ -3,20 +3,33 @@
 //! milliseconds (default 0) with `std::thread::sleep` (blocked on a WASI
 //! clock pollable), then, when config `read` names a file, reads it (a FIFO
 //! without a writer blocks in the file system call itself). Then `ping`
-//! succeeds, `head` answers 0, and everything else is `unavailable`. It
-//! checks that a provider call's deadline covers the time a guest spends
-//! blocked in the host.
+//! succeeds, `head` answers 0, `get` answers as below, and everything else
+//! is `unavailable`. It checks that a provider call's deadline covers the
+//! time a guest spends blocked in the host.
+//!
+//! For the instance pool: `max-instances` answers config `max_instances`
+//! (default 1, without stalling); `get` of a key that starts with `/data/`
+//! also reads that file (a FIFO: the call waits for the test to write it),
+//! and answers a state whose values are `{"calls": n}`, n counting the
+//! `get` calls this instance has served, so a test can tell whether two
+//! calls ran on one instance.
 
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "storage-provider",
 });
 
-use exports::stategate::gateway::storage::{AppendRequest, Appended, EventScan, FeedQuery, Guest};
+use exports::stategate::gateway::storage::{
+    AppendRequest, Appended, EventPage, EventQuery, EventScan, FeedQuery, Guest, StatePage, StateQuery,
+};
 use stategate::gateway::host;
 use stategate::gateway::types::{Event, ProviderError, RecordRef, State};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 struct Stall;
+
+/// `get` calls served by this instance.
+static CALLS: AtomicU64 = AtomicU64::new(0);
 
 fn stall() {
     let ms = host::config("sleep_ms").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
@@ -35,15 +48,27 @@ impl Guest for Stall {
         stall();
         unavailable()
     }
-    fn get(_record: RecordRef) -> Result<Option<State>, ProviderError> {
+    fn get(record: RecordRef) -> Result<Option<State>, ProviderError> {
         stall();
-        unavailable()
+        if record.key.starts_with("/data/") {
+            let _ = std::fs::read(&record.key);
+        }
+        let n = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(Some(State { record, values: format!("{{\"calls\":{n}}}"), version: n }))
     }
     fn search_states(_domain: String, _ty: String) -> Result<Vec<State>, ProviderError> {
         stall();
         unavailable()
     }
     fn search_events(_scan: EventScan) -> Result<Vec<Event>, ProviderError> {
+        stall();
+        unavailable()
+    }
+    fn query_states(_query: StateQuery) -> Result<StatePage, ProviderError> {
+        stall();
+        unavailable()
+    }
+    fn query_events(_query: EventQuery) -> Result<EventPage, ProviderError> {
         stall();
         unavailable()
     }
@@ -62,6 +87,9 @@ impl Guest for Stall {
     fn ping() -> Result<(), ProviderError> {
         stall();
         Ok(())
+    }
+    fn max_instances() -> u32 {
+        host::config("max_instances").and_then(|v| v.parse().ok()).unwrap_or(1)
     }
 }
 

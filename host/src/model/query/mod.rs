@@ -20,7 +20,8 @@
 //! matched like any other event's.
 //!
 //! - `filter`: what a filter is and what it matches;
-//! - `parse`: reading a filter from JSON, and its bounds;
+//! - `parse`: reading a filter from JSON, and its bounds; `render`: a
+//!   filter written back as JSON (for providers that take the language);
 //! - `path`: the values a field path reaches (through arrays);
 //! - `pattern`: `$regex` on a linear-time engine;
 //! - `order`: JSON equality, MongoDB's BSON order, the total sort order;
@@ -32,6 +33,7 @@ mod page;
 mod parse;
 mod path;
 mod pattern;
+mod render;
 
 pub use filter::{Clause, Condition, ElemMatch, Filter, Kind, Op, type_name};
 pub use order::{Sort, bson_cmp, compare_values, json_eq, same_bracket};

@@ -1,0 +1,142 @@
+//! A provider's calls run side by side only when the guest says they may
+//! (`max-instances`, or the guest object's `instances`), on a pool bounded
+//! by the per-guest instance limit; a guest that says nothing has one
+//! instance and one call at a time.
+//!
+//! The test guest (guest-providers/testing/stall-storage) answers `get`
+//! with the number of `get` calls its instance has served, and a `get` of
+//! `/data/<fifo>` waits inside the guest until the test writes that FIFO:
+//! so a test can hold one call inside an instance and see whether another
+//! call gets a second instance (it answers 1) or waits for the first one
+//! (it answers 2).
+
+use crate::wasm_support::{guest, runtime};
+use serde_json::{Value, json};
+use stategate::model::RecordRef;
+use stategate::storage::Storage;
+use stategate::storage::wasm::WasmStorage;
+use stategate::wasm::GuestConfig;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Long enough for nothing here to hit it.
+const GUARD: Duration = Duration::from_secs(30);
+
+async fn stall(dir: &Path, object: Value) -> WasmStorage {
+    let mut object = object.as_object().unwrap().clone();
+    object.insert("path".into(), json!(guest("stall_storage")));
+    object.insert("grants".into(), json!({"dir": dir}));
+    object.insert("limits".into(), json!({"timeout_ms": 60_000}));
+    let config: GuestConfig = serde_json::from_value(Value::Object(object)).unwrap();
+    WasmStorage::open(&config, &runtime()).await.expect("stall-storage opens")
+}
+
+/// The `calls` count a `get` of `key` answers.
+async fn calls(s: &WasmStorage, key: &str) -> u64 {
+    let r = RecordRef::parse("d", "t", key).unwrap();
+    let state = tokio::time::timeout(GUARD, s.get(&r)).await.expect("get ends").unwrap().expect("a state");
+    state.values["calls"].as_u64().unwrap()
+}
+
+/// A FIFO in the guest's directory, and the writer end once a `get` of it
+/// is inside the guest.
+struct Fifo {
+    host_path: PathBuf,
+}
+
+impl Fifo {
+    fn new(dir: &Path, name: &str) -> Fifo {
+        let host_path = dir.join(name);
+        assert!(std::process::Command::new("mkfifo").arg(&host_path).status().unwrap().success());
+        Fifo { host_path }
+    }
+
+    fn key(&self) -> String {
+        format!("/data/{}", self.host_path.file_name().unwrap().to_string_lossy())
+    }
+
+    /// Opens the writer end: this returns once the guest has opened the
+    /// reader end, that is, once its call is inside the instance. The call
+    /// then waits until the writer is dropped.
+    async fn entered(&self) -> std::fs::File {
+        let path = self.host_path.clone();
+        let open = tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().write(true).open(path));
+        tokio::time::timeout(GUARD, open).await.expect("the guest opens the FIFO").unwrap().unwrap()
+    }
+}
+
+async fn held_call_and_another(s: WasmStorage, dir: &Path) -> (u64, u64) {
+    let s = std::sync::Arc::new(s);
+    let fifo = Fifo::new(dir, "hold");
+    let held = tokio::spawn({
+        let (s, key) = (s.clone(), fifo.key());
+        async move { calls(&s, &key).await }
+    });
+    let writer = fifo.entered().await;
+    let other = tokio::spawn({
+        let s = s.clone();
+        async move { calls(&s, "other").await }
+    });
+    // With a pool, the other call is served while the first is held; one
+    // instance cannot serve it before the first call is over.
+    if s.instances() > 1 {
+        let n = tokio::time::timeout(GUARD, other).await.expect("served meanwhile").unwrap();
+        assert!(!held.is_finished(), "the first call is still held");
+        drop(writer);
+        (held.await.unwrap(), n)
+    } else {
+        drop(writer);
+        let first = held.await.unwrap();
+        (first, other.await.unwrap())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_says_nothing_runs_one_call_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = stall(dir.path(), json!({})).await;
+    assert_eq!(s.instances(), 1);
+    // The other call waited, then ran on the same instance.
+    assert_eq!(held_call_and_another(s, dir.path()).await, (1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_says_so_runs_calls_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = stall(dir.path(), json!({"config": {"max_instances": 4}})).await;
+    assert_eq!(s.instances(), 4);
+    // Each call ran on an instance of its own.
+    assert_eq!(held_call_and_another(s, dir.path()).await, (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guest_object_overrides_what_the_guest_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = stall(dir.path(), json!({"instances": 3})).await;
+    assert_eq!(s.instances(), 3);
+    assert_eq!(held_call_and_another(s, dir.path()).await, (1, 1));
+    let dir = tempfile::tempdir().unwrap();
+    let s = stall(dir.path(), json!({"instances": 1, "config": {"max_instances": 4}})).await;
+    assert_eq!(s.instances(), 1);
+    assert_eq!(held_call_and_another(s, dir.path()).await, (1, 2));
+}
+
+/// The pool is bounded by the per-guest instance limit, whatever the guest
+/// asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_is_bounded_by_the_per_guest_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = stall(dir.path(), json!({"config": {"max_instances": 1000}})).await;
+    assert_eq!(s.instances(), stategate::wasm::Settings::default().max_instances_per_guest);
+}
+
+/// A policy hook takes no `instances` (its calls each lease an instance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_refuses_instances() {
+    let hooks = json!({"d": {"path": guest("redact"), "instances": 2}}).to_string();
+    let err = match stategate::auth::hooks::PolicyHooks::from_config(&hooks, &runtime()).await {
+        Ok(_) => panic!("instances on a hook is refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("`instances` is for providers"), "{err}");
+}
