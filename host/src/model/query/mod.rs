@@ -20,12 +20,15 @@
 //! matched like any other event's.
 //!
 //! - `filter`: what a filter is and what it matches;
+//! - `event_filter`: a stream's filter (kinds, values, the writer's
+//!   claims) and its canonical form;
 //! - `parse`: reading a filter from JSON, and its bounds;
 //! - `path`: the values a field path reaches (through arrays);
 //! - `pattern`: `$regex` on a linear-time engine;
 //! - `order`: JSON equality, MongoDB's BSON order, the total sort order;
 //! - `page`: choosing a page in bounded memory.
 
+mod event_filter;
 mod filter;
 mod order;
 mod page;
@@ -33,6 +36,7 @@ mod parse;
 mod path;
 mod pattern;
 
+pub use event_filter::{EventFilter, canonical_json};
 pub use filter::{Clause, Condition, ElemMatch, Filter, Kind, Op, type_name};
 pub use order::{Sort, bson_cmp, compare_values, json_eq, same_bracket};
 pub use page::{Arrival, Page, Select};
