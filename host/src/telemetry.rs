@@ -49,6 +49,11 @@ pub struct Metrics {
     pub hub_sweep_deliveries: IntCounter,
     pub hub_sweeps: IntCounter,
     pub hub_topics: IntGauge,
+    /// Distinct filters of this instance's filtered streams.
+    pub hub_filters: IntGauge,
+    /// Runs of a stream filter's matcher (once per event per distinct
+    /// filter, not per stream).
+    pub stream_filter_evaluations: IntCounter,
     pub stream_catchups: IntCounter,
     pub auth_failures: IntCounterVec,
     pub policy_denials: IntCounterVec,
@@ -94,6 +99,12 @@ impl Metrics {
                 "Events the channel lost, delivered from storage by the sweep",
             )
             .unwrap(),
+            hub_filters: IntGauge::new("hub_filters", "Distinct filters of the filtered streams of this instance").unwrap(),
+            stream_filter_evaluations: IntCounter::new(
+                "stream_filter_evaluations_total",
+                "Stream filter evaluations (one per event per distinct filter, shared by its streams)",
+            )
+            .unwrap(),
             stream_catchups: IntCounter::new("stream_catchups_total", "Streams that fell behind and caught up from storage").unwrap(),
             auth_failures: IntCounterVec::new(
                 Opts::new("auth_failures_total", "Refused credentials by reason and method"),
@@ -130,6 +141,8 @@ impl Metrics {
             Box::new(m.hub_sweep_deliveries.clone()),
             Box::new(m.hub_sweeps.clone()),
             Box::new(m.hub_topics.clone()),
+            Box::new(m.hub_filters.clone()),
+            Box::new(m.stream_filter_evaluations.clone()),
             Box::new(m.stream_catchups.clone()),
             Box::new(m.auth_failures.clone()),
             Box::new(m.policy_denials.clone()),

@@ -76,6 +76,15 @@ fn json_to_value(v: Value) -> PbValue {
     PbValue { kind: Some(kind) }
 }
 
+/// The name of a wire `EventKind` value, as a stream filter reads kinds
+/// (an unknown or unspecified value keeps a name the filter refuses).
+pub fn kind_name(kind: i32) -> String {
+    match pb::EventKind::try_from(kind) {
+        Ok(k) => k.as_str_name().to_owned(),
+        Err(_) => format!("EventKind({kind})"),
+    }
+}
+
 pub fn state(s: State) -> pb::State {
     pb::State {
         domain: s.record.domain,

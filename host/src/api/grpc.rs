@@ -137,6 +137,9 @@ impl GrpcApi {
             after_event_id: o.after_event_id,
             from_time: o.from_time,
             key: o.key,
+            query_string: o.query_string,
+            claims_query: o.claims_query,
+            kinds: o.kinds.into_iter().map(convert::kind_name).collect(),
         };
         self.call(methods::EVENT_STREAM, self.gateway.stream(md, req), |events| {
             Box::pin(events.map(|item| item.map_err(to_status))) as SharedStream

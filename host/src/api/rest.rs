@@ -113,6 +113,13 @@ fn query_map(raw: Option<&str>) -> Result<Map<String, Value>> {
             ("sortDescending" | "sort_descending" | "sort.reverse", "false" | "0" | "") => Value::Bool(false),
             _ => Value::String(v),
         };
+        // A repeated field takes the parameter once per value.
+        if k == "kinds" {
+            if let Value::Array(list) = out.entry("kinds").or_insert_with(|| Value::Array(vec![])) {
+                list.push(value);
+            }
+            continue;
+        }
         // A field of a message field, as grpc-gateway names it: `sort.field`.
         if let Some(sub) = k.strip_prefix("sort.") {
             if let Value::Object(sort) = out.entry("sort").or_insert_with(|| Value::Object(Map::new())) {

@@ -137,6 +137,17 @@ pub struct StreamRequest {
     #[serde(with = "int64", alias = "from_time")]
     pub from_time: i64,
     pub key: String,
+    /// Only events whose values match (see `SearchStateOpts.query_string`).
+    #[serde(alias = "query_string")]
+    pub query_string: String,
+    /// Only events whose writer's claims match, like `query_string`.
+    #[serde(alias = "claims_query")]
+    pub claims_query: String,
+    /// Only events of these kinds (`SET`, `EDIT`, `DEL`, `REVERT`); every
+    /// kind when empty. Read from a list, or from one comma-separated
+    /// string (a REST query parameter).
+    #[serde(with = "name_list", skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
 }
 
 /// `EventService.Get` (the `EventRef` message).
@@ -152,6 +163,43 @@ pub struct EventRefRequest {
 pub struct CatalogRequest {
     /// One domain; empty or `*` is every domain.
     pub domain: String,
+}
+
+/// A repeated enum field: a list of names, also read from one string of
+/// comma-separated names (how a REST query parameter carries it).
+pub mod name_list {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        let split = |s: &str| s.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned).collect::<Vec<_>>();
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Null => Ok(vec![]),
+            serde_json::Value::String(s) => Ok(split(&s)),
+            serde_json::Value::Array(items) => {
+                let mut out = vec![];
+                for item in items {
+                    match item {
+                        serde_json::Value::String(s) => out.extend(split(&s)),
+                        other => {
+                            return Err(serde::de::Error::custom(format!(
+                                "expected names, got {}",
+                                crate::model::query::type_name(&other)
+                            )));
+                        }
+                    }
+                }
+                Ok(out)
+            }
+            other => Err(serde::de::Error::custom(format!(
+                "expected a list of names, got {}",
+                crate::model::query::type_name(&other)
+            ))),
+        }
+    }
 }
 
 /// proto3 JSON int64: printed as a string, read from a number or a string.

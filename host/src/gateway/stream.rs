@@ -18,11 +18,19 @@
 //! A v0.5.0 stream (no start position) starts its cursor at the storage head,
 //! read after subscribing and before the response begins: every write the
 //! client makes after the stream opened is delivered.
+//!
+//! A filtered stream (`query_string`, `claims_query`, `kinds`) holds its
+//! filter in the hub's interned form (`hub::SharedFilter`): it subscribes
+//! to the ring of its topic and filter, which receives only the events the
+//! filter admits, and asks the same filter about every replayed event. So
+//! history and live events pass the same test, and streams sharing a
+//! filter share its evaluations. The cursor still moves past the events
+//! the filter refused, so they are not read again.
 
 use super::{Gateway, StreamRequest, methods};
 use crate::auth::{Metadata, PolicyInput};
-use crate::hub::{HubSubscription, LastVersions, RecvError, SharedEvent};
-use crate::model::{Error, FeedQuery, Result, Topic, json, validate_name};
+use crate::hub::{HubSubscription, LastVersions, RecvError, SharedEvent, SharedFilter};
+use crate::model::{Error, EventFilter, FeedQuery, Result, Topic, json, validate_name};
 use crate::storage::FEED_PAGE;
 use futures::stream::BoxStream;
 use std::sync::Arc;
@@ -62,9 +70,10 @@ impl Gateway {
         if req.from_time < 0 {
             return Err(Error::invalid("from_time", "must be >= 0 (Unix nanoseconds)"));
         }
+        let filter = EventFilter::parse(&req.query_string, &req.claims_query, &req.kinds)?.map(|f| self.hub.filter(f));
 
         let storage = self.storage.clone();
-        let subscription = self.hub.subscribe(&topic).await;
+        let subscription = self.hub.subscribe(&topic, filter.as_ref()).await;
         let (cursor, from_time) = if !req.after_event_id.is_empty() {
             // An event outside the stream's topic (maybe another tenant's)
             // is answered as an unknown id, so a stream cannot probe ids.
@@ -89,6 +98,7 @@ impl Gateway {
             input: caller.input,
             topic,
             key,
+            filter,
             cursor,
             from_time,
             seen: LastVersions::new(SEEN_RECORDS),
@@ -139,6 +149,8 @@ struct StreamTask {
     input: PolicyInput,
     topic: Topic,
     key: Option<String>,
+    /// Only events it admits are sent (`None`: every event).
+    filter: Option<Arc<SharedFilter>>,
     cursor: u64,
     from_time: Option<i64>,
     seen: LastVersions,
@@ -176,6 +188,7 @@ impl Drop for LiveStreamGuard {
     }
 }
 
+
 impl StreamTask {
     async fn run(mut self, first: Result<HubSubscription>) {
         self.gateway.metrics.live_streams.inc();
@@ -202,7 +215,7 @@ impl StreamTask {
         loop {
             let sub = match subscription.take() {
                 Some(s) => s,
-                None => self.gateway.hub.subscribe(&self.topic).await,
+                None => self.gateway.hub.subscribe(&self.topic, self.filter.as_ref()).await,
             };
             if let Err(stop) = self.replay().await {
                 return stop;
@@ -241,7 +254,9 @@ impl StreamTask {
             let full = page.len() == FEED_PAGE;
             for event in page {
                 let seq = event.seq;
-                self.send(SharedEvent::new(event)).await?;
+                if self.filter.as_ref().is_none_or(|f| f.admits(&event)) {
+                    self.send(SharedEvent::new(event)).await?;
+                }
                 self.cursor = seq;
             }
             if !full {
@@ -251,6 +266,7 @@ impl StreamTask {
     }
 
     /// Passes live deliveries on until the feed closes or this stream lags.
+    /// The ring holds only what the stream's filter admits.
     async fn live(&mut self, mut sub: HubSubscription) -> Result<(), Stop> {
         loop {
             match sub.recv().await {

@@ -13,8 +13,10 @@
 //!   it was handed to the rings before. Streams use it as a resume point.
 //!
 //! A topic nobody watches has no ring, and a watched one costs a map entry
-//! and an empty ring: no task, no timer, no storage read of its own.
+//! and an empty ring (one per distinct filter of its streams): no task, no
+//! timer, no storage read of its own.
 
+use super::filters::SharedFilter;
 use super::last_versions::LastVersions;
 use super::ring::{Receiver, Ring};
 use super::{Delivery, HubConfig, SharedEvent};
@@ -26,7 +28,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// The rings of the watched topics, shared by the feed task (which pushes)
-/// and the hub (which adds rings for new streams).
+/// and the hub (which adds rings for new streams). A topic has a ring for
+/// its unfiltered streams and one per distinct filter of its filtered ones.
 pub(super) struct Rings {
     buffer: usize,
     state: Mutex<RingsState>,
@@ -38,7 +41,40 @@ struct RingsState {
     /// Set when the feed ended: a ring asked for afterwards is born closed,
     /// so its stream goes back to the hub for a live feed.
     ended: bool,
-    topics: HashMap<Topic, Weak<Ring>>,
+    topics: HashMap<Topic, TopicRings>,
+}
+
+/// A watched topic's rings. Filters are interned (`filters`), so one
+/// filter has one ring here however many streams use it.
+#[derive(Default)]
+struct TopicRings {
+    all: Weak<Ring>,
+    filtered: Vec<(Arc<SharedFilter>, Weak<Ring>)>,
+}
+
+impl TopicRings {
+    fn ring(&self, filter: Option<&Arc<SharedFilter>>) -> Option<Arc<Ring>> {
+        match filter {
+            None => self.all.upgrade(),
+            Some(f) => self.filtered.iter().find(|(g, _)| Arc::ptr_eq(f, g)).and_then(|(_, r)| r.upgrade()),
+        }
+    }
+
+    fn set(&mut self, filter: Option<&Arc<SharedFilter>>, ring: &Arc<Ring>) {
+        match filter {
+            None => self.all = Arc::downgrade(ring),
+            Some(f) => {
+                self.filtered.retain(|(g, r)| r.strong_count() > 0 && !Arc::ptr_eq(f, g));
+                self.filtered.push((f.clone(), Arc::downgrade(ring)));
+            }
+        }
+    }
+
+    /// Drops the rings nobody holds; whether none is left.
+    fn prune(&mut self) -> bool {
+        self.filtered.retain(|(_, r)| r.strong_count() > 0);
+        self.all.strong_count() == 0 && self.filtered.is_empty()
+    }
 }
 
 impl Rings {
@@ -58,23 +94,25 @@ impl Rings {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A receiver on `topic`'s ring (made when the topic has none), and the
-    /// ring, which must be held as long as the receiver is used.
-    pub(super) fn subscribe(&self, topic: &Topic) -> (Arc<Ring>, Receiver) {
+    /// A receiver on the ring of `topic` and `filter` (made when there is
+    /// none), and the ring, which must be held as long as the receiver is
+    /// used.
+    pub(super) fn subscribe(&self, topic: &Topic, filter: Option<&Arc<SharedFilter>>) -> (Arc<Ring>, Receiver) {
         let mut state = self.lock();
-        let ring = match state.topics.get(topic).and_then(Weak::upgrade) {
+        let found = state.topics.get(topic).and_then(|t| t.ring(filter));
+        let ring = match found {
             Some(ring) => ring,
             None => {
                 let ring = Ring::new(self.buffer);
                 if state.ended {
                     ring.close();
                 } else {
-                    // Entries of rings nobody holds any more go when the
+                    // Entries of topics nobody watches any more go when the
                     // map would otherwise grow.
                     if state.topics.len() == state.topics.capacity() {
-                        state.topics.retain(|_, r| r.strong_count() > 0);
+                        state.topics.retain(|_, t| !t.prune());
                     }
-                    state.topics.insert(topic.clone(), Arc::downgrade(&ring));
+                    state.topics.entry(topic.clone()).or_default().set(filter, &ring);
                     self.gauge.set(state.topics.len() as i64);
                 }
                 ring
@@ -84,10 +122,10 @@ impl Rings {
         (ring, rx)
     }
 
-    /// Forgets `topic`'s ring if nobody holds it (its last stream left).
+    /// Forgets `topic`'s rings that nobody holds (their last stream left).
     pub(super) fn release(&self, topic: &Topic) {
         let mut state = self.lock();
-        if state.topics.get(topic).is_some_and(|r| r.strong_count() == 0) {
+        if state.topics.get_mut(topic).is_some_and(TopicRings::prune) {
             state.topics.remove(topic);
             self.gauge.set(state.topics.len() as i64);
             if state.topics.capacity() > 64 && state.topics.len() < state.topics.capacity() / 4 {
@@ -101,10 +139,13 @@ impl Rings {
         self.lock().topics.len()
     }
 
-    /// Hands a delivery to the ring of every watched topic it belongs to:
-    /// its domain and type, either one as `*`, or both. Under the lock, so
-    /// a ring's last stream cannot leave while it is being pushed to (a
-    /// push holding it would keep `release` from forgetting it).
+    /// Hands a delivery to the rings of every watched topic it belongs to
+    /// (its domain and type, either one as `*`, or both): to the unfiltered
+    /// ring, and to each filtered ring whose filter admits the event (one
+    /// evaluation per filter, remembered by the filter for its other
+    /// topics). Under the lock, so a ring's last stream cannot leave while
+    /// it is being pushed to (a push holding it would keep `release` from
+    /// forgetting it).
     fn push(&self, delivery: Delivery) {
         let state = self.lock();
         if state.topics.is_empty() {
@@ -113,8 +154,16 @@ impl Rings {
         let record = &delivery.event.record;
         let (d, t) = (Some(record.domain.clone()), Some(record.ty.clone()));
         for (domain, ty) in [(d.clone(), t.clone()), (d, None), (None, t), (None, None)] {
-            if let Some(ring) = state.topics.get(&Topic { domain, ty }).and_then(Weak::upgrade) {
+            let Some(rings) = state.topics.get(&Topic { domain, ty }) else { continue };
+            if let Some(ring) = rings.all.upgrade() {
                 ring.push(delivery.clone());
+            }
+            for (filter, ring) in &rings.filtered {
+                if let Some(ring) = ring.upgrade()
+                    && filter.admits(&delivery.event)
+                {
+                    ring.push(delivery.clone());
+                }
             }
         }
     }
@@ -126,7 +175,12 @@ impl Rings {
             let mut state = self.lock();
             state.ended = true;
             self.gauge.set(0);
-            state.topics.drain().filter_map(|(_, r)| r.upgrade()).collect()
+            state
+                .topics
+                .drain()
+                .flat_map(|(_, t)| std::iter::once(t.all).chain(t.filtered.into_iter().map(|(_, r)| r)))
+                .filter_map(|r| r.upgrade())
+                .collect()
         };
         for ring in rings {
             ring.close();

@@ -25,14 +25,16 @@
 //! than before for overlapping ones (`*` and `d/t` received it twice).
 
 mod feed;
+mod filters;
 mod last_versions;
 mod ring;
 
+pub use filters::SharedFilter;
 pub use last_versions::LastVersions;
 pub use ring::RecvError;
 
 use crate::channel::DynChannel;
-use crate::model::{Error, Event, Result, Topic};
+use crate::model::{Error, Event, EventFilter, Result, Topic};
 use crate::storage::DynStorage;
 use crate::telemetry::Metrics;
 use feed::{FeedState, Rings};
@@ -129,6 +131,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// The feed while any stream holds it.
     feed: Mutex<Weak<Feed>>,
+    /// Stream filters, interned by canonical form.
+    filters: filters::Filters,
 }
 
 /// The live channel subscription and its task, shared by every stream and
@@ -173,6 +177,7 @@ impl Drop for HubSubscription {
 impl Hub {
     pub fn new(storage: DynStorage, channel: DynChannel, config: HubConfig, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Hub {
+            filters: filters::Filters::new(metrics.stream_filter_evaluations.clone(), metrics.hub_filters.clone()),
             storage,
             channel,
             config,
@@ -181,12 +186,20 @@ impl Hub {
         })
     }
 
-    /// Subscribes to a topic. When this returns, every event appended from
-    /// now on will be delivered (or the subscription closes, telling the
-    /// stream to catch up). Fails with `Unavailable` when the channel is down.
-    pub async fn subscribe(&self, topic: &Topic) -> Result<HubSubscription> {
+    /// The shared form of a stream filter: the same for every stream whose
+    /// filter has this canonical form, so they share its evaluations.
+    pub fn filter(&self, filter: EventFilter) -> Arc<SharedFilter> {
+        self.filters.intern(filter)
+    }
+
+    /// Subscribes to a topic's events that `filter` admits (every event,
+    /// without one). When this returns, every such event appended from now
+    /// on will be delivered (or the subscription closes, telling the
+    /// stream to catch up). Fails with `Unavailable` when the channel is
+    /// down.
+    pub async fn subscribe(&self, topic: &Topic, filter: Option<&Arc<SharedFilter>>) -> Result<HubSubscription> {
         let feed = self.feed().await?;
-        let (_, rx) = feed.rings.subscribe(topic);
+        let (_, rx) = feed.rings.subscribe(topic, filter);
         Ok(HubSubscription {
             rx: Some(rx),
             topic: topic.clone(),

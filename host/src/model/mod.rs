@@ -11,7 +11,7 @@ pub mod spec;
 
 pub use catalog::{Catalog, CatalogEntry};
 pub use error::{ConfigError, Denial, Error, Result, TokenRefusal, flag_of};
-pub use query::{Arrival, EventOrder, EventQuery, EventSort, FeedQuery, Filter, Page, Select, Sort, StateQuery};
+pub use query::{Arrival, EventFilter, EventOrder, EventQuery, EventSort, FeedQuery, Filter, Page, Select, Sort, StateQuery};
 
 use serde_json::{Map, Value};
 use std::fmt;

@@ -270,7 +270,7 @@ impl Rig {
     async fn tap(&self, domain: &str, ty: &str) -> Watcher {
         assert!(self.log.is_empty(), "a tap sees what the hub passes on after it opened");
         let topic = topic(domain, ty);
-        let sub = self.hub.subscribe(&topic).await.expect("the hub subscribes");
+        let sub = self.hub.subscribe(&topic, None).await.expect("the hub subscribes");
         let deliveries = futures::stream::unfold(sub, |mut sub| async move {
             let item = match sub.recv().await {
                 Ok(d) => Ok(got(&d.event)),
@@ -303,6 +303,7 @@ impl Rig {
             key: key.unwrap_or_default().into(),
             after_event_id,
             from_time: from_time.unwrap_or(0),
+            ..Default::default()
         };
         let stream = self.gateway.stream(Metadata::new(), req).await.expect("stream opens");
         let events = stream.map(|r| r.map(|e| got(&e)).map_err(|e| format!("the stream failed: {e}")));

@@ -19,6 +19,7 @@ mod chaos_channel;
 mod wire;
 
 mod catch_up;
+mod filtered_streams;
 #[cfg(feature = "mongo")]
 mod hub_repairs;
 mod event_sourcing;

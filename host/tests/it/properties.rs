@@ -37,7 +37,7 @@ fn odd_name() -> impl Strategy<Value = &'static str> {
     prop_oneof![Just("q\"t"), Just("b\\s"), Just("[1]"), Just("$d"), Just("sp ace"), Just("'"), Just("*")]
 }
 
-fn doc() -> impl Strategy<Value = Map<String, Value>> {
+pub fn doc() -> impl Strategy<Value = Map<String, Value>> {
     prop::collection::btree_map(field(), value(), 0..4).prop_map(|m| m.into_iter().collect())
 }
 
@@ -45,7 +45,7 @@ fn path() -> impl Strategy<Value = String> {
     prop::collection::vec(prop_oneof![Just("a"), Just("b"), Just("c"), Just("0"), odd_name()], 1..3).prop_map(|p| p.join("."))
 }
 
-fn condition() -> impl Strategy<Value = (String, Value)> {
+pub fn condition() -> impl Strategy<Value = (String, Value)> {
     let op = prop_oneof![
         scalar(),
         value(),

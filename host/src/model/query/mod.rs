@@ -20,6 +20,8 @@
 //! matched like any other event's.
 //!
 //! - `filter`: what a filter is and what it matches;
+//! - `event_filter`: a stream's filter (kinds, values, the writer's
+//!   claims) and its canonical form;
 //! - `parse`: reading a filter from JSON, and its bounds; `render`: a
 //!   filter written back as JSON (for providers that take the language);
 //! - `path`: the values a field path reaches (through arrays);
@@ -27,6 +29,7 @@
 //! - `order`: JSON equality, MongoDB's BSON order, the total sort order;
 //! - `page`: choosing a page in bounded memory.
 
+mod event_filter;
 mod filter;
 mod order;
 mod page;
@@ -35,6 +38,7 @@ mod path;
 mod pattern;
 mod render;
 
+pub use event_filter::{EventFilter, canonical_json};
 pub use filter::{Clause, Condition, ElemMatch, Filter, Kind, Op, type_name};
 pub use order::{Sort, bson_cmp, compare_values, json_eq, same_bracket};
 pub use page::{Arrival, Page, Select};
