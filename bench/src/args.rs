@@ -76,17 +76,31 @@ pub struct Args {
     /// Subscribers (on instance B) of the cross-instance scenarios.
     #[arg(long, default_value_t = 100)]
     pub cross_subscribers: usize,
-    /// Directory holding the wasm guests of the `wasm-provider` scenario
-    /// (fs_storage.wasm, tenant_isolation.wasm). Default: run
+    /// Directory holding the wasm guests of the `wasm-*` scenarios
+    /// (fs_storage.wasm, tenant_isolation.wasm, fs_storage_0_1_0.wasm,
+    /// stall_storage.wasm). Default: run
     /// scripts/build-guests and use ${CARGO_TARGET_DIR:-target}/guests/out.
     #[arg(long)]
     pub guests: Option<PathBuf>,
     /// Records seeded into each storage of the wasm storage comparison.
     #[arg(long, default_value_t = 10_000)]
     pub wasm_records: usize,
-    /// Client counts of the `wasm-provider` scenario.
+    /// Client counts of the `wasm-provider` and `wasm-pool` scenarios.
     #[arg(long, value_delimiter = ',', default_value = "16,64")]
     pub wasm_clients: Vec<usize>,
+    /// Record counts of the `wasm-search` scenario (one store each).
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    pub wasm_search_records: Vec<usize>,
+    /// Client counts of the `wasm-search` scenario.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    pub wasm_search_clients: Vec<usize>,
+    /// Milliseconds every call of the `wasm-pool` scenario's guest waits
+    /// in the host (a backend's round trip).
+    #[arg(long, default_value_t = 2)]
+    pub wasm_pool_wait_ms: u64,
+    /// Instances the `wasm-pool` scenario's guest asks for.
+    #[arg(long, default_value_t = 8)]
+    pub wasm_pool_instances: usize,
     /// PostgreSQL server of the `postgres` scenario (skipped if
     /// unreachable); the run uses a schema of its own there and drops it.
     #[arg(long, env = "STATEGATE_TEST_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/test")]

@@ -10,6 +10,8 @@ mod sql;
 mod sql_bare;
 mod unary;
 mod wasm;
+mod wasm_pool;
+mod wasm_search;
 
 use crate::bench::Bench;
 use crate::load::{Load, drive};
@@ -92,6 +94,8 @@ fn table() -> Vec<Scenario> {
         Scenario { name: "fanout", what: "one writer, N Stream subscribers of its topic", run: Some(|b| Box::pin(b.fanout_all())) },
         Scenario { name: "auth-jwt-rego", what: "Get/Set with JWT HS256 verification and a Rego request policy (examples/policies/read_only_role.rego), relative to auth off", run: Some(|b| Box::pin(b.auth_all())) },
         Scenario { name: "wasm-provider", what: "Get/Set on the wasm storage provider guest (fs-storage) relative to embedded sqlite, and Get with the wasm policy hook tenant-isolation relative to none", run: Some(|b| Box::pin(b.wasm_provider())) },
+        Scenario { name: "wasm-search", what: "state Search (equality filter, limit 10) on the fs-storage guest with search pushdown (WIT 0.2.0) relative to the same guest built against 0.1.0 (no pushdown), at 10,000 and 100,000 records", run: Some(|b| Box::pin(b.wasm_search())) },
+        Scenario { name: "wasm-pool", what: "Get on a storage guest whose calls wait 2 ms in the host, on a pool of 8 instances relative to one instance (calls one at a time)", run: Some(|b| Box::pin(b.wasm_pool())) },
         Scenario { name: "redis-cross-instance", what: "two gateways on the Redis channel sharing one storage: writer on A, N Stream subscribers on B, relative to one instance with the inmem channel", run: Some(|b| Box::pin(b.cross_instance("redis"))) },
         Scenario { name: "nats-cross-instance", what: "two gateways on the NATS channel sharing one storage: writer on A, N Stream subscribers on B, relative to one instance with the inmem channel", run: Some(|b| Box::pin(b.cross_instance("nats"))) },
         Scenario { name: "nats-jetstream-cross-instance", what: "the same on the NATS channel's durable mode (JetStream, a stream in memory)", run: Some(|b| Box::pin(b.cross_instance("nats-jetstream"))) },

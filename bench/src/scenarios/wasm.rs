@@ -23,9 +23,9 @@ const POLICY_GUEST: &str = "tenant_isolation.wasm";
 const TARGET: f64 = 0.6;
 
 /// The directory with the guests: `--guests`, else the output of
-/// scripts/build-guests (run first; it rebuilds only what changed). The
-/// error says what is missing and how to get it.
-fn guests(given: Option<&Path>) -> Result<PathBuf, String> {
+/// scripts/build-guests (run first; it rebuilds only what changed), holding
+/// every file of `needed`. The error says what is missing and how to get it.
+pub(super) fn guests(given: Option<&Path>, needed: &[&str]) -> Result<PathBuf, String> {
     let dir = match given {
         Some(d) => d.to_path_buf(),
         None => {
@@ -41,7 +41,7 @@ fn guests(given: Option<&Path>) -> Result<PathBuf, String> {
             target.join("guests/out")
         }
     };
-    let missing: Vec<_> = [STORAGE_GUEST, POLICY_GUEST].into_iter().filter(|g| !dir.join(g).is_file()).collect();
+    let missing: Vec<_> = needed.iter().filter(|g| !dir.join(g).is_file()).copied().collect();
     if !missing.is_empty() {
         return Err(format!(
             "wasm guests not found: {} missing in {} (build them with scripts/build-guests, or pass --guests DIR)",
@@ -54,7 +54,7 @@ fn guests(given: Option<&Path>) -> Result<PathBuf, String> {
 
 impl Bench {
     pub(super) async fn wasm_provider(&mut self) -> Result<Vec<Row>> {
-        let dir = match guests(self.args.guests.as_deref()) {
+        let dir = match guests(self.args.guests.as_deref(), &[STORAGE_GUEST, POLICY_GUEST]) {
             Ok(d) => d,
             Err(why) => {
                 eprintln!("   wasm-provider: skipped: {why}");
@@ -72,7 +72,7 @@ impl Bench {
     /// A gateway config for the extra gateways: the first gateway's, with
     /// its own data dir and a compiled-component cache that outlives the
     /// run (keyed by the file's hash, so a rebuilt guest is recompiled).
-    fn wasm_config(&self, data: &Path) -> stategate::config::Config {
+    pub(super) fn wasm_config(&self, data: &Path) -> stategate::config::Config {
         let mut c = self.config.clone();
         c.data_dir = data.to_path_buf();
         c.wasm_cache_dir = Some(std::env::temp_dir().join("stategate-bench-wasm-cache"));
