@@ -5,8 +5,8 @@
 //!
 //! The test guest (guest-providers/testing/stall-storage) answers `get`
 //! with the number of `get` calls its instance has served, and a `get` of
-//! `/data/<fifo>` waits inside the guest until the test writes that FIFO:
-//! so a test can hold one call inside an instance and see whether another
+//! `/data/<gate>` marks `<gate>.in` and waits inside the guest until the
+//! test creates `<gate>.go`: so a test can hold one call inside an instance and see whether another
 //! call gets a second instance (it answers 1) or waits for the first one
 //! (it answers 2).
 
@@ -38,41 +38,47 @@ async fn calls(s: &WasmStorage, key: &str) -> u64 {
     state.values["calls"].as_u64().unwrap()
 }
 
-/// A FIFO in the guest's directory, and the writer end once a `get` of it
-/// is inside the guest.
-struct Fifo {
+/// A gate in the guest's directory: a `get` of its key waits inside the
+/// instance until the test opens it.
+struct Gate {
     host_path: PathBuf,
 }
 
-impl Fifo {
-    fn new(dir: &Path, name: &str) -> Fifo {
-        let host_path = dir.join(name);
-        assert!(std::process::Command::new("mkfifo").arg(&host_path).status().unwrap().success());
-        Fifo { host_path }
+impl Gate {
+    fn new(dir: &Path, name: &str) -> Gate {
+        Gate { host_path: dir.join(name) }
     }
 
     fn key(&self) -> String {
         format!("/data/{}", self.host_path.file_name().unwrap().to_string_lossy())
     }
 
-    /// Opens the writer end: this returns once the guest has opened the
-    /// reader end, that is, once its call is inside the instance. The call
-    /// then waits until the writer is dropped.
-    async fn entered(&self) -> std::fs::File {
-        let path = self.host_path.clone();
-        let open = tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().write(true).open(path));
-        tokio::time::timeout(GUARD, open).await.expect("the guest opens the FIFO").unwrap().unwrap()
+    /// Returns once a `get` of the key is inside the instance.
+    async fn entered(&self) {
+        let inside = self.host_path.with_extension("in");
+        tokio::time::timeout(GUARD, async {
+            while !inside.exists() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .expect("the call enters the guest");
+    }
+
+    /// Lets the held call finish.
+    fn open(&self) {
+        std::fs::write(self.host_path.with_extension("go"), b"").unwrap();
     }
 }
 
 async fn held_call_and_another(s: WasmStorage, dir: &Path) -> (u64, u64) {
     let s = std::sync::Arc::new(s);
-    let fifo = Fifo::new(dir, "hold");
+    let gate = Gate::new(dir, "hold");
     let held = tokio::spawn({
-        let (s, key) = (s.clone(), fifo.key());
+        let (s, key) = (s.clone(), gate.key());
         async move { calls(&s, &key).await }
     });
-    let writer = fifo.entered().await;
+    gate.entered().await;
     let other = tokio::spawn({
         let s = s.clone();
         async move { calls(&s, "other").await }
@@ -82,10 +88,10 @@ async fn held_call_and_another(s: WasmStorage, dir: &Path) -> (u64, u64) {
     if s.instances() > 1 {
         let n = tokio::time::timeout(GUARD, other).await.expect("served meanwhile").unwrap();
         assert!(!held.is_finished(), "the first call is still held");
-        drop(writer);
+        gate.open();
         (held.await.unwrap(), n)
     } else {
-        drop(writer);
+        gate.open();
         let first = held.await.unwrap();
         (first, other.await.unwrap())
     }

@@ -8,9 +8,10 @@
 //! time a guest spends blocked in the host.
 //!
 //! For the instance pool: `max-instances` answers config `max_instances`
-//! (default 1, without stalling); `get` of a key that starts with `/data/`
-//! also reads that file (a FIFO: the call waits for the test to write it),
-//! and answers a state whose values are `{"calls": n}`, n counting the
+//! (default 1, without stalling); `get` of a key `/data/<gate>` holds the
+//! call at a gate: it creates `/data/<gate>.in` (the test sees the call is
+//! inside the instance) and waits until `/data/<gate>.go` exists (the test
+//! lets it go); it answers a state whose values are `{"calls": n}`, n counting the
 //! `get` calls this instance has served, so a test can tell whether two
 //! calls ran on one instance.
 
@@ -51,7 +52,12 @@ impl Guest for Stall {
     fn get(record: RecordRef) -> Result<Option<State>, ProviderError> {
         stall();
         if record.key.starts_with("/data/") {
-            let _ = std::fs::read(&record.key);
+            let inside = format!("{}.in", record.key);
+            std::fs::write(&inside, b"").map_err(|e| ProviderError::Unavailable(format!("{inside}: {e}")))?;
+            let go = format!("{}.go", record.key);
+            while !std::path::Path::new(&go).exists() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
         let n = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
         Ok(Some(State { record, values: format!("{{\"calls\":{n}}}"), version: n }))
