@@ -1,7 +1,7 @@
 //! gRPC: `StateService`, `EventService` and `CatalogService` on the generated tonic servers,
 //! plus health and reflection.
 
-use super::{convert, measured, metadata, status::to_status};
+use super::{convert, measured, metadata, record, status::to_status};
 use crate::gateway::{self as gw, Gateway, methods};
 use crate::hub::SharedEvent;
 use crate::proto as pb;
@@ -33,6 +33,19 @@ impl GrpcApi {
     }
 }
 
+/// The headers `authenticate_first` read, as policy input.
+#[derive(Clone)]
+struct ReadMetadata(crate::auth::Metadata);
+
+/// The call's headers as policy input: those `authenticate_first` already
+/// read, else read now.
+fn call_metadata<T>(request: &mut Request<T>) -> crate::auth::Metadata {
+    match request.extensions_mut().remove::<ReadMetadata>() {
+        Some(ReadMetadata(md)) => md,
+        None => metadata(request.metadata().as_ref()),
+    }
+}
+
 fn values(field: &str, s: Option<prost_types::Struct>) -> Result<Option<crate::model::Values>, Status> {
     s.map(|s| convert::struct_to_json(field, s)).transpose().map_err(to_status)
 }
@@ -49,8 +62,8 @@ fn ref_request(r: pb::StateRef) -> gw::RefRequest {
 
 #[tonic::async_trait]
 impl pb::state_service_server::StateService for GrpcApi {
-    async fn set(&self, request: Request<pb::State>) -> Result<Response<pb::Event>, Status> {
-        let md = metadata(request.metadata().as_ref());
+    async fn set(&self, mut request: Request<pb::State>) -> Result<Response<pb::Event>, Status> {
+        let md = call_metadata(&mut request);
         let s = request.into_inner();
         let req = gw::SetRequest {
             domain: s.domain,
@@ -64,20 +77,20 @@ impl pb::state_service_server::StateService for GrpcApi {
         self.call(methods::STATE_SET, self.gateway.set(md, req), convert::event).await
     }
 
-    async fn get(&self, request: Request<pb::StateRef>) -> Result<Response<pb::State>, Status> {
-        let md = metadata(request.metadata().as_ref());
+    async fn get(&self, mut request: Request<pb::StateRef>) -> Result<Response<pb::State>, Status> {
+        let md = call_metadata(&mut request);
         let req = ref_request(request.into_inner());
         self.call(methods::STATE_GET, self.gateway.get(md, req), convert::state).await
     }
 
-    async fn del(&self, request: Request<pb::StateRef>) -> Result<Response<pb::Event>, Status> {
-        let md = metadata(request.metadata().as_ref());
+    async fn del(&self, mut request: Request<pb::StateRef>) -> Result<Response<pb::Event>, Status> {
+        let md = call_metadata(&mut request);
         let req = ref_request(request.into_inner());
         self.call(methods::STATE_DEL, self.gateway.del(md, req), convert::event).await
     }
 
-    async fn search(&self, request: Request<pb::SearchStateOpts>) -> Result<Response<pb::StateValues>, Status> {
-        let md = metadata(request.metadata().as_ref());
+    async fn search(&self, mut request: Request<pb::SearchStateOpts>) -> Result<Response<pb::StateValues>, Status> {
+        let md = call_metadata(&mut request);
         let o = request.into_inner();
         let req = gw::SearchStatesRequest {
             domain: o.domain,
@@ -94,8 +107,8 @@ impl pb::state_service_server::StateService for GrpcApi {
         .await
     }
 
-    async fn edit(&self, request: Request<pb::EditRequest>) -> Result<Response<pb::Event>, Status> {
-        let md = metadata(request.metadata().as_ref());
+    async fn edit(&self, mut request: Request<pb::EditRequest>) -> Result<Response<pb::Event>, Status> {
+        let md = call_metadata(&mut request);
         let e = request.into_inner();
         let req = gw::EditRequest {
             domain: e.domain,
@@ -108,8 +121,8 @@ impl pb::state_service_server::StateService for GrpcApi {
         self.call(methods::STATE_EDIT, self.gateway.edit(md, req), convert::event).await
     }
 
-    async fn revert(&self, request: Request<pb::RevertRequest>) -> Result<Response<pb::Event>, Status> {
-        let md = metadata(request.metadata().as_ref());
+    async fn revert(&self, mut request: Request<pb::RevertRequest>) -> Result<Response<pb::Event>, Status> {
+        let md = call_metadata(&mut request);
         let r = request.into_inner();
         let req = gw::RevertRequest {
             domain: r.domain,
@@ -128,8 +141,8 @@ type SharedStream = Pin<Box<dyn Stream<Item = Result<SharedEvent, Status>> + Sen
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl GrpcApi {
-    async fn open_stream(&self, request: Request<pb::StreamOpts>) -> Result<Response<SharedStream>, Status> {
-        let md = metadata(request.metadata().as_ref());
+    async fn open_stream(&self, mut request: Request<pb::StreamOpts>) -> Result<Response<SharedStream>, Status> {
+        let md = call_metadata(&mut request);
         let o = request.into_inner();
         let req = gw::StreamRequest {
             domain: o.domain,
@@ -212,8 +225,8 @@ impl pb::event_service_server::EventService for GrpcApi {
         )))
     }
 
-    async fn search(&self, request: Request<pb::SearchEventOpts>) -> Result<Response<pb::Events>, Status> {
-        let md = metadata(request.metadata().as_ref());
+    async fn search(&self, mut request: Request<pb::SearchEventOpts>) -> Result<Response<pb::Events>, Status> {
+        let md = call_metadata(&mut request);
         let o = request.into_inner();
         let req = gw::SearchEventsRequest {
             domain: o.domain,
@@ -233,8 +246,8 @@ impl pb::event_service_server::EventService for GrpcApi {
         .await
     }
 
-    async fn get(&self, request: Request<pb::EventRef>) -> Result<Response<pb::Event>, Status> {
-        let md = metadata(request.metadata().as_ref());
+    async fn get(&self, mut request: Request<pb::EventRef>) -> Result<Response<pb::Event>, Status> {
+        let md = call_metadata(&mut request);
         let req = gw::EventRefRequest { id: request.into_inner().id };
         self.call(methods::EVENT_GET, self.gateway.get_event(md, req), convert::event).await
     }
@@ -242,8 +255,8 @@ impl pb::event_service_server::EventService for GrpcApi {
 
 #[tonic::async_trait]
 impl pb::catalog_service_server::CatalogService for GrpcApi {
-    async fn list(&self, request: Request<pb::CatalogOpts>) -> Result<Response<pb::Catalog>, Status> {
-        let md = metadata(request.metadata().as_ref());
+    async fn list(&self, mut request: Request<pb::CatalogOpts>) -> Result<Response<pb::Catalog>, Status> {
+        let md = call_metadata(&mut request);
         let req = gw::CatalogRequest { domain: request.into_inner().domain };
         self.call(methods::CATALOG_LIST, self.gateway.catalog(md, req), convert::catalog).await
     }
@@ -253,17 +266,25 @@ impl pb::catalog_service_server::CatalogService for GrpcApi {
 /// read or decoded: only the headers are looked at, so an anonymous peer
 /// cannot make the gateway spend memory on a message it will refuse anyway.
 /// Health and reflection are not stategate calls and pass.
+///
+/// A call refused here is counted in `requests_total` with its code; a call
+/// let through is counted once, when it ends. The headers read as policy
+/// input travel on in the request's extensions, so the handler does not
+/// read them again.
 pub async fn authenticate_first(
     axum::extract::State(gateway): axum::extract::State<Arc<Gateway>>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let path = request.uri().path();
     if let Some(method) = methods::ALL.iter().find(|m| **m == path) {
         let md = metadata(request.headers());
-        if let Err(e) = measured(gateway.metrics(), method, gateway.verify_token(method, &md)).await {
+        let started = std::time::Instant::now();
+        if let Err(e) = gateway.verify_token(method, &md).await {
+            record(gateway.metrics(), method, Err(&e), started.elapsed());
             return to_status(e).into_http();
         }
+        request.extensions_mut().insert(ReadMetadata(md));
     }
     next.run(request).await
 }
