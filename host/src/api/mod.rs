@@ -8,6 +8,7 @@ pub mod codec;
 pub mod console;
 pub mod convert;
 pub mod deadline;
+pub mod encode;
 pub mod fallback;
 pub mod grpc;
 pub mod grpc_web;
