@@ -94,6 +94,7 @@ pub fn state(s: State) -> pb::State {
         version: s.version as i64,
         expected_version: None,
         idempotency_key: String::new(),
+        sequence: 0,
     }
 }
 
@@ -125,6 +126,7 @@ pub fn event(e: Event) -> pb::Event {
             version: e.version as i64,
             expected_version: None,
             idempotency_key: String::new(),
+            sequence: 0,
         }),
         claims: Some(json_to_struct(e.claims)),
         time: e.time,

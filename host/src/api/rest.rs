@@ -188,7 +188,11 @@ async fn get_state(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery,
         let req: gw::RefRequest = request(query_map(q.as_deref())?, Some(rec))?;
         gw.get(metadata(&headers), req).await
     };
-    respond(measured(gw.metrics(), methods::STATE_GET, call).await, json::state)
+    respond(measured(gw.metrics(), methods::STATE_GET, call).await, |read| {
+        let mut state = json::state(&read.value);
+        state["sequence"] = read.seq.to_string().into();
+        state
+    })
 }
 
 async fn del(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
@@ -228,8 +232,11 @@ async fn search_states(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap
         let req: gw::SearchStatesRequest = request(query_map(q.as_deref())?, None)?;
         gw.search_states(metadata(&headers), req).await
     };
-    respond(measured(gw.metrics(), methods::STATE_SEARCH, call).await, |states| {
-        json!({ "stateValues": states.iter().map(json::state).collect::<Vec<_>>() })
+    respond(measured(gw.metrics(), methods::STATE_SEARCH, call).await, |read| {
+        json!({
+            "stateValues": read.value.iter().map(json::state).collect::<Vec<_>>(),
+            "sequence": read.seq.to_string(),
+        })
     })
 }
 

@@ -11,6 +11,7 @@ mod harness;
 #[macro_use]
 mod storage_conformance;
 mod query_conformance;
+mod read_at_conformance;
 #[macro_use]
 mod channel_conformance;
 

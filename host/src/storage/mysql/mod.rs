@@ -368,6 +368,12 @@ impl Storage for MysqlStorage {
             let m = sql.arg(Arg::I64(max));
             sql.push(&format!(" AND time <= {m}"));
         }
+        for (cond, bound) in [(">=", q.min_version), ("<=", q.max_version)] {
+            if let Some(v) = bound {
+                let m = sql.arg(Arg::I64(v as i64));
+                sql.push(&format!(" AND version {cond} {m}"));
+            }
+        }
         // A deletion has no values; filters see it as the empty object.
         let exact = query::filter(&mut sql, "COALESCE(vals, '{}')", &q.filter)
             & query::filter(&mut sql, "claims", &q.claims_filter);
