@@ -139,6 +139,8 @@ pub fn event(e: Event) -> pb::Event {
         } as i32,
         method: e.method,
         sequence: e.seq as i64,
+        // Set per stream by the stream encoder (`codec`), never here.
+        resume_after: 0,
     }
 }
 

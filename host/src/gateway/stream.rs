@@ -279,7 +279,8 @@ impl StreamTask {
             for event in page {
                 let seq = event.seq;
                 if self.filter.as_ref().is_none_or(|f| f.admits(&event)) {
-                    self.send(SharedEvent::new(event)).await?;
+                    // Replayed in seq order: everything up to it is sent.
+                    self.send(SharedEvent::new(event), seq).await?;
                 }
                 self.cursor = seq;
             }
@@ -295,10 +296,13 @@ impl StreamTask {
         loop {
             match sub.recv().await {
                 Ok(delivery) => {
+                    // Every event at or below the watermark reached the
+                    // ring before this one, so this stream handled it.
+                    let resume = self.cursor.max(delivery.watermark);
                     if delivery.event.seq > self.cursor {
-                        self.send(delivery.event).await?;
+                        self.send(delivery.event, resume).await?;
                     }
-                    self.cursor = self.cursor.max(delivery.watermark);
+                    self.cursor = resume;
                 }
                 Err(RecvError::Lagged(n)) => {
                     tracing::debug!(topic = %self.topic, missed = n, "stream fell behind; catching up from storage");
@@ -312,7 +316,9 @@ impl StreamTask {
     /// Sends one event unless it was sent already, is for another key, or the
     /// caller's response policy withholds it (on a `*` stream that is how a
     /// caller sees only what it may).
-    async fn send(&mut self, event: SharedEvent) -> Result<(), Stop> {
+    /// `resume` is the stream's resume point once it was sent
+    /// (`Event.resume_after`).
+    async fn send(&mut self, event: SharedEvent, resume: u64) -> Result<(), Stop> {
         if self.key.as_ref().is_some_and(|k| *k != event.record.key) {
             return Ok(());
         }
@@ -321,7 +327,7 @@ impl StreamTask {
         }
 
         if !self.gateway.inspects_responses() {
-            return self.tx.send(Ok(event)).await.map_err(|_| Stop::ClientGone);
+            return self.tx.send(Ok(event.resuming_after(resume))).await.map_err(|_| Stop::ClientGone);
         }
         // The event's JSON is shared by every subscriber, and a Rego policy
         // is given only the parts it reads (`auth::input_scan`): what one
@@ -339,6 +345,6 @@ impl StreamTask {
             }
             Err(e) => return Err(Stop::Failed(e)),
         };
-        self.tx.send(Ok(event)).await.map_err(|_| Stop::ClientGone)
+        self.tx.send(Ok(event.resuming_after(resume))).await.map_err(|_| Stop::ClientGone)
     }
 }
