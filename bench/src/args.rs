@@ -120,6 +120,20 @@ pub struct Args {
     /// gateway); the provider's default when not given.
     #[arg(long)]
     pub sql_writers: Option<u32>,
+    /// The gateway binary of the `external` scenario; default: `stategate`
+    /// beside this executable (target/release/stategate).
+    #[arg(long)]
+    pub gateway_bin: Option<PathBuf>,
+    /// Where the `external` scenario's disk row keeps its data dir (not
+    /// tmpfs: the row is what users run, fsync included).
+    #[arg(long, default_value = "/var/tmp")]
+    pub external_disk_dir: PathBuf,
+    /// h2load connections of the `external` scenario.
+    #[arg(long, default_value_t = 4)]
+    pub h2load_conns: usize,
+    /// h2load concurrent streams per connection of the `external` scenario.
+    #[arg(long, default_value_t = 16)]
+    pub h2load_streams: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

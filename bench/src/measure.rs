@@ -44,7 +44,16 @@ pub fn histogram() -> Histogram<u64> {
 /// CPU time (user + system) of this process so far, seconds: fields 14 and
 /// 15 of /proc/self/stat, in USER_HZ ticks (100 per second on Linux).
 pub fn process_cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_secs_of("/proc/self/stat")
+}
+
+/// The same of another process (the `external` scenario's gateway).
+pub fn cpu_secs_of_pid(pid: u32) -> f64 {
+    cpu_secs_of(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_secs_of(stat_path: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
     // The command name (field 2) may hold spaces: count from after it.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let ticks: f64 = after.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<f64>().ok()).sum();

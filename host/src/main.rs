@@ -6,6 +6,14 @@ use clap::Parser;
 use stategate::cli::{Cli, Command};
 use stategate::config::Config;
 
+/// mimalloc rather than glibc's malloc: under load glibc's took about a
+/// tenth of a call's CPU, part of it waiting on arena locks shared by the
+/// runtime's threads (measured with perf and callgrind: BENCHMARKS.md).
+/// The library leaves the choice to the program (the bench counts
+/// allocations with its own).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     // Before any other thread exists: the `.env` file and empty variables
     // change the process environment the flag parser reads.

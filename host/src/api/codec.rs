@@ -54,7 +54,7 @@ impl<U: prost::Message + Default> Decoder for StrictDecoder<U> {
     }
 }
 
-/// The codec of `EventService/Stream` (see `grpc::EventRoutes`): requests
+/// The codec of `EventService/Stream` (see `grpc::DirectRoutes`): requests
 /// decode strictly as everywhere else; responses are shared events whose
 /// protobuf encoding is made once and copied to every stream sending them.
 #[derive(Default)]
@@ -85,7 +85,7 @@ impl Encoder for SharedEventEncoder {
     type Error = Status;
 
     fn encode(&mut self, item: SharedEvent, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        let bytes = item.encoded(|e| prost::Message::encode_to_vec(&super::convert::event(e.clone())).into());
+        let bytes = item.encoded(|e| super::encode::event_to_vec(e).into());
         dst.put_slice(&bytes);
         // A field appended to an encoded message is read as part of it, so
         // the shared bytes stay shared and each stream adds its own.

@@ -1,7 +1,8 @@
 //! gRPC: `StateService`, `EventService` and `CatalogService` on the generated tonic servers,
 //! plus health and reflection.
 
-use super::{convert, measured, metadata, status::to_status};
+use super::encode::{EventMessage, StateMessage};
+use super::{convert, measured, metadata, record, status::to_status};
 use crate::gateway::{self as gw, Gateway, methods};
 use crate::hub::SharedEvent;
 use crate::proto as pb;
@@ -33,6 +34,19 @@ impl GrpcApi {
     }
 }
 
+/// The headers `authenticate_first` read, as policy input.
+#[derive(Clone)]
+struct ReadMetadata(crate::auth::Metadata);
+
+/// The call's headers as policy input: those `authenticate_first` already
+/// read, else read now.
+fn call_metadata<T>(request: &mut Request<T>) -> crate::auth::Metadata {
+    match request.extensions_mut().remove::<ReadMetadata>() {
+        Some(ReadMetadata(md)) => md,
+        None => metadata(request.metadata().as_ref()),
+    }
+}
+
 fn values(field: &str, s: Option<prost_types::Struct>) -> Result<Option<crate::model::Values>, Status> {
     s.map(|s| convert::struct_to_json(field, s)).transpose().map_err(to_status)
 }
@@ -51,10 +65,9 @@ fn ref_request(r: pb::StateRef) -> gw::RefRequest {
     }
 }
 
-#[tonic::async_trait]
-impl pb::state_service_server::StateService for GrpcApi {
-    async fn set(&self, request: Request<pb::State>) -> Result<Response<pb::Event>, Status> {
-        let md = metadata(request.metadata().as_ref());
+impl GrpcApi {
+    async fn set_direct(&self, mut request: Request<pb::State>) -> Result<Response<EventMessage>, Status> {
+        let md = call_metadata(&mut request);
         let s = request.into_inner();
         let req = gw::SetRequest {
             domain: s.domain,
@@ -65,27 +78,69 @@ impl pb::state_service_server::StateService for GrpcApi {
             expected_version: s.expected_version,
             idempotency_key: s.idempotency_key,
         };
-        self.call(methods::STATE_SET, self.gateway.set(md, req), convert::event).await
+        self.call(methods::STATE_SET, self.gateway.set(md, req), EventMessage).await
+    }
+
+    async fn get_direct(&self, mut request: Request<pb::StateRef>) -> Result<Response<StateMessage>, Status> {
+        let md = call_metadata(&mut request);
+        let req = ref_request(request.into_inner());
+        self.call(methods::STATE_GET, self.gateway.get(md, req), |read| StateMessage(read.value, read.seq)).await
+    }
+
+    async fn del_direct(&self, mut request: Request<pb::StateRef>) -> Result<Response<EventMessage>, Status> {
+        let md = call_metadata(&mut request);
+        let req = ref_request(request.into_inner());
+        self.call(methods::STATE_DEL, self.gateway.del(md, req), EventMessage).await
+    }
+
+    async fn edit_direct(&self, mut request: Request<pb::EditRequest>) -> Result<Response<EventMessage>, Status> {
+        let md = call_metadata(&mut request);
+        let e = request.into_inner();
+        let req = gw::EditRequest {
+            domain: e.domain,
+            ty: e.r#type,
+            key: e.key,
+            patch: values("patch", e.patch)?,
+            expected_version: e.expected_version,
+            idempotency_key: e.idempotency_key,
+        };
+        self.call(methods::STATE_EDIT, self.gateway.edit(md, req), EventMessage).await
+    }
+
+    async fn revert_direct(&self, mut request: Request<pb::RevertRequest>) -> Result<Response<EventMessage>, Status> {
+        let md = call_metadata(&mut request);
+        let r = request.into_inner();
+        let req = gw::RevertRequest {
+            domain: r.domain,
+            ty: r.r#type,
+            key: r.key,
+            event_id: r.event_id,
+            expected_version: r.expected_version,
+            idempotency_key: r.idempotency_key,
+        };
+        self.call(methods::STATE_REVERT, self.gateway.revert(md, req), EventMessage).await
+    }
+}
+
+/// The generated entry points; `DirectRoutes` serves these methods through
+/// `*_direct` (the same call, encoded from the model by `api::encode`) and
+/// leaves the generated ones for completeness.
+#[tonic::async_trait]
+impl pb::state_service_server::StateService for GrpcApi {
+    async fn set(&self, request: Request<pb::State>) -> Result<Response<pb::Event>, Status> {
+        Ok(self.set_direct(request).await?.map(|m| convert::event(m.0)))
     }
 
     async fn get(&self, request: Request<pb::StateRef>) -> Result<Response<pb::State>, Status> {
-        let md = metadata(request.metadata().as_ref());
-        let req = ref_request(request.into_inner());
-        self.call(methods::STATE_GET, self.gateway.get(md, req), |read| pb::State {
-            sequence: read.seq as i64,
-            ..convert::state(read.value)
-        })
-        .await
+        Ok(self.get_direct(request).await?.map(|m| pb::State { sequence: m.1 as i64, ..convert::state(m.0) }))
     }
 
     async fn del(&self, request: Request<pb::StateRef>) -> Result<Response<pb::Event>, Status> {
-        let md = metadata(request.metadata().as_ref());
-        let req = ref_request(request.into_inner());
-        self.call(methods::STATE_DEL, self.gateway.del(md, req), convert::event).await
+        Ok(self.del_direct(request).await?.map(|m| convert::event(m.0)))
     }
 
-    async fn search(&self, request: Request<pb::SearchStateOpts>) -> Result<Response<pb::StateValues>, Status> {
-        let md = metadata(request.metadata().as_ref());
+    async fn search(&self, mut request: Request<pb::SearchStateOpts>) -> Result<Response<pb::StateValues>, Status> {
+        let md = call_metadata(&mut request);
         let o = request.into_inner();
         let req = gw::SearchStatesRequest {
             domain: o.domain,
@@ -108,31 +163,11 @@ impl pb::state_service_server::StateService for GrpcApi {
     }
 
     async fn edit(&self, request: Request<pb::EditRequest>) -> Result<Response<pb::Event>, Status> {
-        let md = metadata(request.metadata().as_ref());
-        let e = request.into_inner();
-        let req = gw::EditRequest {
-            domain: e.domain,
-            ty: e.r#type,
-            key: e.key,
-            patch: values("patch", e.patch)?,
-            expected_version: e.expected_version,
-            idempotency_key: e.idempotency_key,
-        };
-        self.call(methods::STATE_EDIT, self.gateway.edit(md, req), convert::event).await
+        Ok(self.edit_direct(request).await?.map(|m| convert::event(m.0)))
     }
 
     async fn revert(&self, request: Request<pb::RevertRequest>) -> Result<Response<pb::Event>, Status> {
-        let md = metadata(request.metadata().as_ref());
-        let r = request.into_inner();
-        let req = gw::RevertRequest {
-            domain: r.domain,
-            ty: r.r#type,
-            key: r.key,
-            event_id: r.event_id,
-            expected_version: r.expected_version,
-            idempotency_key: r.idempotency_key,
-        };
-        self.call(methods::STATE_REVERT, self.gateway.revert(md, req), convert::event).await
+        Ok(self.revert_direct(request).await?.map(|m| convert::event(m.0)))
     }
 }
 
@@ -141,8 +176,14 @@ type SharedStream = Pin<Box<dyn Stream<Item = Result<SharedEvent, Status>> + Sen
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl GrpcApi {
-    async fn open_stream(&self, request: Request<pb::StreamOpts>) -> Result<Response<SharedStream>, Status> {
-        let md = metadata(request.metadata().as_ref());
+    async fn get_event_direct(&self, mut request: Request<pb::EventRef>) -> Result<Response<EventMessage>, Status> {
+        let md = call_metadata(&mut request);
+        let req = gw::EventRefRequest { id: request.into_inner().id };
+        self.call(methods::EVENT_GET, self.gateway.get_event(md, req), EventMessage).await
+    }
+
+    async fn open_stream(&self, mut request: Request<pb::StreamOpts>) -> Result<Response<SharedStream>, Status> {
+        let md = call_metadata(&mut request);
         let o = request.into_inner();
         let req = gw::StreamRequest {
             domain: o.domain,
@@ -162,41 +203,98 @@ impl GrpcApi {
     }
 }
 
-/// `EventService` as generated, except `Stream`: it goes through
-/// `SharedEventCodec`, so an event that a thousand streams send is converted
-/// and encoded once, not a thousand times.
+/// A generated service whose hot methods are served here instead: unary
+/// calls answer with messages encoded straight from the model
+/// (`api::encode`: no `Struct` tree per call), and `EventService/Stream`
+/// goes through `SharedEventCodec`, so an event that a thousand streams send
+/// is encoded once, not a thousand times. Every other method goes to the
+/// generated server. Each call is still the same `GrpcApi` function, with
+/// the same codec rules (`StrictCodec`) and size limits.
 #[derive(Clone)]
-struct EventRoutes {
-    generated: pb::event_service_server::EventServiceServer<GrpcApi>,
+struct DirectRoutes<S> {
+    generated: S,
     api: GrpcApi,
     max_message_bytes: usize,
 }
 
-impl tonic::server::NamedService for EventRoutes {
-    const NAME: &'static str =
-        <pb::event_service_server::EventServiceServer<GrpcApi> as tonic::server::NamedService>::NAME;
+impl<S: tonic::server::NamedService> tonic::server::NamedService for DirectRoutes<S> {
+    const NAME: &'static str = S::NAME;
 }
 
-impl tower::Service<http::Request<tonic::body::Body>> for EventRoutes {
+type HttpFuture = BoxFuture<Result<http::Response<tonic::body::Body>, std::convert::Infallible>>;
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for DirectRoutes<S>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+            Future = HttpFuture,
+        >,
+{
     type Response = http::Response<tonic::body::Body>;
     type Error = std::convert::Infallible;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = HttpFuture;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         std::task::Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        if req.uri().path() != methods::EVENT_STREAM {
-            return self.generated.call(req);
+        let (api, max) = (self.api.clone(), self.max_message_bytes);
+        macro_rules! direct {
+            ($f:ident) => {
+                unary(req, max, move |r| {
+                    let api = api.clone();
+                    async move { api.$f(r).await }
+                })
+            };
         }
-        let api = self.api.clone();
-        let max = self.max_message_bytes;
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(super::codec::SharedEventCodec)
-                .apply_max_message_size_config(Some(max), Some(max));
-            Ok(grpc.server_streaming(SharedStreamSvc(api), req).await)
-        })
+        match req.uri().path() {
+            methods::STATE_SET => direct!(set_direct),
+            methods::STATE_GET => direct!(get_direct),
+            methods::STATE_DEL => direct!(del_direct),
+            methods::STATE_EDIT => direct!(edit_direct),
+            methods::STATE_REVERT => direct!(revert_direct),
+            methods::EVENT_GET => direct!(get_event_direct),
+            methods::EVENT_STREAM => Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(super::codec::SharedEventCodec)
+                    .apply_max_message_size_config(Some(max), Some(max));
+                Ok(grpc.server_streaming(SharedStreamSvc(api), req).await)
+            }),
+            _ => self.generated.call(req),
+        }
+    }
+}
+
+/// Serves one unary call with `call`, decoding `Req` and encoding `Resp`
+/// by `StrictCodec`, as the generated servers do.
+fn unary<Req, Resp, F, Fut>(req: http::Request<tonic::body::Body>, max: usize, call: F) -> HttpFuture
+where
+    Req: prost::Message + Default + Send + 'static,
+    Resp: prost::Message + Send + 'static,
+    F: FnMut(Request<Req>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Response<Resp>, Status>> + Send + 'static,
+{
+    Box::pin(async move {
+        let mut grpc = tonic::server::Grpc::new(super::codec::StrictCodec::<Resp, Req>::default())
+            .apply_max_message_size_config(Some(max), Some(max));
+        Ok(grpc.unary(UnaryFn(call), req).await)
+    })
+}
+
+struct UnaryFn<F>(F);
+
+impl<Req, Resp, F, Fut> tonic::server::UnaryService<Req> for UnaryFn<F>
+where
+    F: FnMut(Request<Req>) -> Fut,
+    Fut: Future<Output = Result<Response<Resp>, Status>> + Send + 'static,
+{
+    type Response = Resp;
+    type Future = Fut;
+
+    fn call(&mut self, request: Request<Req>) -> Fut {
+        (self.0)(request)
     }
 }
 
@@ -217,7 +315,7 @@ impl tonic::server::ServerStreamingService<pb::StreamOpts> for SharedStreamSvc {
 impl pb::event_service_server::EventService for GrpcApi {
     type StreamStream = EventStreamResponse;
 
-    /// Served by `EventRoutes` through `SharedEventCodec`; this generated
+    /// Served by `DirectRoutes` through `SharedEventCodec`; this generated
     /// entry point (per-stream encoding) is kept for completeness.
     async fn stream(&self, request: Request<pb::StreamOpts>) -> Result<Response<Self::StreamStream>, Status> {
         let events = self.open_stream(request).await?.into_inner();
@@ -226,8 +324,8 @@ impl pb::event_service_server::EventService for GrpcApi {
         )))
     }
 
-    async fn search(&self, request: Request<pb::SearchEventOpts>) -> Result<Response<pb::Events>, Status> {
-        let md = metadata(request.metadata().as_ref());
+    async fn search(&self, mut request: Request<pb::SearchEventOpts>) -> Result<Response<pb::Events>, Status> {
+        let md = call_metadata(&mut request);
         let o = request.into_inner();
         let req = gw::SearchEventsRequest {
             domain: o.domain,
@@ -250,16 +348,14 @@ impl pb::event_service_server::EventService for GrpcApi {
     }
 
     async fn get(&self, request: Request<pb::EventRef>) -> Result<Response<pb::Event>, Status> {
-        let md = metadata(request.metadata().as_ref());
-        let req = gw::EventRefRequest { id: request.into_inner().id };
-        self.call(methods::EVENT_GET, self.gateway.get_event(md, req), convert::event).await
+        Ok(self.get_event_direct(request).await?.map(|m| convert::event(m.0)))
     }
 }
 
 #[tonic::async_trait]
 impl pb::catalog_service_server::CatalogService for GrpcApi {
-    async fn list(&self, request: Request<pb::CatalogOpts>) -> Result<Response<pb::Catalog>, Status> {
-        let md = metadata(request.metadata().as_ref());
+    async fn list(&self, mut request: Request<pb::CatalogOpts>) -> Result<Response<pb::Catalog>, Status> {
+        let md = call_metadata(&mut request);
         let req = gw::CatalogRequest { domain: request.into_inner().domain };
         self.call(methods::CATALOG_LIST, self.gateway.catalog(md, req), convert::catalog).await
     }
@@ -269,17 +365,25 @@ impl pb::catalog_service_server::CatalogService for GrpcApi {
 /// read or decoded: only the headers are looked at, so an anonymous peer
 /// cannot make the gateway spend memory on a message it will refuse anyway.
 /// Health and reflection are not stategate calls and pass.
+///
+/// A call refused here is counted in `requests_total` with its code; a call
+/// let through is counted once, when it ends. The headers read as policy
+/// input travel on in the request's extensions, so the handler does not
+/// read them again.
 pub async fn authenticate_first(
     axum::extract::State(gateway): axum::extract::State<Arc<Gateway>>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let path = request.uri().path();
     if let Some(method) = methods::ALL.iter().find(|m| **m == path) {
         let md = metadata(request.headers());
-        if let Err(e) = measured(gateway.metrics(), method, gateway.verify_token(method, &md)).await {
+        let started = std::time::Instant::now();
+        if let Err(e) = gateway.verify_token(method, &md).await {
+            record(gateway.metrics(), method, Err(&e), started.elapsed());
             return to_status(e).into_http();
         }
+        request.extensions_mut().insert(ReadMetadata(md));
     }
     next.run(request).await
 }
@@ -306,17 +410,19 @@ pub async fn routes(api: GrpcApi, max_message_bytes: usize) -> tonic::service::R
     let v1alpha = reflection().build_v1alpha().expect("embedded descriptors are valid");
     let mut routes = tonic::service::Routes::builder();
     routes
-        .add_service(
-            pb::state_service_server::StateServiceServer::new(api.clone())
+        .add_service(DirectRoutes {
+            generated: pb::state_service_server::StateServiceServer::new(api.clone())
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes),
-        )
+            api: api.clone(),
+            max_message_bytes,
+        })
         .add_service(
             pb::catalog_service_server::CatalogServiceServer::new(api.clone())
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes),
         )
-        .add_service(EventRoutes {
+        .add_service(DirectRoutes {
             generated: pb::event_service_server::EventServiceServer::new(api.clone())
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes),

@@ -8,6 +8,7 @@ pub mod codec;
 pub mod console;
 pub mod convert;
 pub mod deadline;
+pub mod encode;
 pub mod fallback;
 pub mod grpc;
 pub mod grpc_web;
@@ -42,13 +43,17 @@ pub fn metadata(headers: &HeaderMap) -> Metadata {
 pub async fn measured<T>(metrics: &Metrics, method: &str, call: impl Future<Output = Result<T>>) -> Result<T> {
     let start = Instant::now();
     let out = call.await;
-    let code = match &out {
-        Ok(_) => "OK",
+    record(metrics, method, out.as_ref().map(|_| ()), start.elapsed());
+    out
+}
+
+/// Counts one finished call in `requests_total` and its latency.
+pub fn record(metrics: &Metrics, method: &str, outcome: std::result::Result<(), &crate::model::Error>, elapsed: std::time::Duration) {
+    let code = match outcome {
+        Ok(()) => "OK",
         Err(e) => status::grpc_code_name(e),
     };
-    let elapsed = start.elapsed();
     metrics.requests.with_label_values(&[method, code]).inc();
     metrics.request_seconds.with_label_values(&[method]).observe(elapsed.as_secs_f64());
     tracing::debug!(method, code, micros = elapsed.as_micros() as u64, "call");
-    out
 }

@@ -3,8 +3,8 @@
 //!
 //! Writes go through one writer thread that owns the only write connection:
 //! it takes every append waiting in its queue, runs them in one transaction
-//! (one savepoint each, so a failed version check rolls back only its own
-//! request) and commits once. Concurrent writers thus share one fsync (group
+//! (an append its checks refuse writes nothing, so the others go on; see
+//! `commit_batch` for a failure in the middle of a write) and commits once. Concurrent writers thus share one fsync (group
 //! commit) and seqs are assigned in commit order, which is what catch-up
 //! streams need. `synchronous=FULL` makes a commit durable before `append`
 //! returns. Values are serialized on the caller's task, not on the writer
@@ -155,8 +155,8 @@ impl SqliteStorage {
         // page_size only takes effect on a new file, so it comes first;
         // an existing file keeps the page size it was created with.
         // temp_store = MEMORY keeps the sub-journal of the per-append
-        // savepoints in memory: by default it spills to a temp file on disk
-        // past 64 KiB, i.e. after a few appends of a batch.
+        // savepoints (a batch retried after a failed write, `commit_batch`)
+        // in memory: by default it spills to a temp file on disk past 64 KiB.
         conn.execute_batch(&format!(
             "PRAGMA page_size = {PAGE_BYTES}; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
              PRAGMA busy_timeout = 5000; PRAGMA mmap_size = {MMAP_BYTES}; PRAGMA cache_size = -32768; \
@@ -313,6 +313,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>, appen
 }
 
 /// What one append did inside its transaction.
+#[derive(Debug)]
 enum Written {
     /// A new event with this seq and version.
     New { seq: u64, version: u64 },
@@ -336,34 +337,61 @@ impl Written {
 
 /// Runs a batch of appends in one transaction; returns one result each. If
 /// the commit itself fails, every append of the batch fails.
+///
+/// An append refused by its checks (version, idempotency, a delete of
+/// nothing) is refused before it writes anything, so the batch needs no
+/// savepoints: a savepoint per append cost a statement parse and a copy of
+/// every page it touched into the statement journal. Only a failure in the
+/// middle of an append's writes (the disk, a constraint) could leave half of
+/// it in the transaction; then the whole transaction is rolled back and the
+/// batch runs again with one savepoint per append, so that failure stays
+/// that append's own.
 fn commit_batch(conn: &mut Connection, jobs: &[Job]) -> Vec<Result<Written>> {
-    let n = jobs.len();
-    let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+    match commit_without_savepoints(conn, jobs) {
+        Some(results) => results,
+        None => commit_with_savepoints(conn, jobs),
+    }
+}
+
+/// `None`: an append failed in the middle of its writes and the transaction
+/// was rolled back.
+fn commit_without_savepoints(conn: &mut Connection, jobs: &[Job]) -> Option<Vec<Result<Written>>> {
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => return (0..n).map(|_| Err(db_error(&e))).collect(),
+        Err(e) => return Some(jobs.iter().map(|_| Err(db_error(&e))).collect()),
     };
-    let mut results = Vec::with_capacity(n);
-    if let [job] = jobs {
-        // Alone in its transaction: no savepoint needed; a failure rolls
-        // the whole (one-append) transaction back.
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
         match append_one(&tx, job) {
             Ok(out) => results.push(Ok(out)),
-            Err(e) => {
-                drop(tx);
-                return vec![Err(e)];
-            }
-        }
-    } else {
-        for job in jobs {
-            let result = (|| {
-                let sp = tx.savepoint().map_err(|e| db_error(&e))?;
-                let out = append_one(&sp, job)?;
-                sp.commit().map_err(|e| db_error(&e))?;
-                Ok(out)
-            })();
-            results.push(result);
+            Err(Failed::Refused(e)) => results.push(Err(e)),
+            // Dropping `tx` rolls it back.
+            Err(Failed::Writing(_)) if jobs.len() > 1 => return None,
+            Err(Failed::Writing(e)) => return Some(vec![Err(e)]),
         }
     }
+    Some(finish(tx, results))
+}
+
+fn commit_with_savepoints(conn: &mut Connection, jobs: &[Job]) -> Vec<Result<Written>> {
+    let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return jobs.iter().map(|_| Err(db_error(&e))).collect(),
+    };
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let result = (|| {
+            let sp = tx.savepoint().map_err(|e| db_error(&e))?;
+            let out = append_one(&sp, job).map_err(Failed::into_error)?;
+            sp.commit().map_err(|e| db_error(&e))?;
+            Ok(out)
+        })();
+        results.push(result);
+    }
+    finish(tx, results)
+}
+
+fn finish(tx: rusqlite::Transaction<'_>, results: Vec<Result<Written>>) -> Vec<Result<Written>> {
     if let Err(e) = tx.commit() {
         let err = db_error(&e);
         return results.into_iter().map(|_| Err(err.clone())).collect();
@@ -371,9 +399,27 @@ fn commit_batch(conn: &mut Connection, jobs: &[Job]) -> Vec<Result<Written>> {
     results
 }
 
-fn append_one(tx: &Connection, job: &Job) -> Result<Written> {
+/// Why an append did not happen.
+enum Failed {
+    /// Its checks refused it; it wrote nothing.
+    Refused(Error),
+    /// A statement failed, possibly after some of its writes.
+    Writing(Error),
+}
+
+impl Failed {
+    fn into_error(self) -> Error {
+        match self {
+            Failed::Refused(e) | Failed::Writing(e) => e,
+        }
+    }
+}
+
+fn append_one(tx: &Connection, job: &Job) -> std::result::Result<Written, Failed> {
     let req = &job.req;
-    let e = |e: rusqlite::Error| db_error(&e);
+    // Reads and checks come first and fail as `Refused` (nothing written);
+    // from the first write on, a failure is `Writing`.
+    let e = |e: rusqlite::Error| Failed::Refused(db_error(&e));
     if let Some(idem) = &req.idempotency {
         let found: Option<(String, i64)> = tx
             .prepare_cached("SELECT fingerprint, event_seq FROM idempotency WHERE key = ?1")
@@ -389,7 +435,7 @@ fn append_one(tx: &Connection, job: &Job) -> Result<Written> {
                 .map_err(e)?;
             if first.time >= idem.not_before {
                 if fingerprint != idem.fingerprint {
-                    return Err(idempotency_mismatch(&idem.key));
+                    return Err(Failed::Refused(idempotency_mismatch(&idem.key)));
                 }
                 return Ok(Written::Replayed(first));
             }
@@ -404,13 +450,14 @@ fn append_one(tx: &Connection, job: &Job) -> Result<Written> {
         .map_err(e)?;
     let current = row.filter(|(_, live)| *live).map(|(v, _)| v);
     if !req.expect.admits(current) {
-        return Err(conflict(req, current));
+        return Err(Failed::Refused(conflict(req, current)));
     }
     if req.change == Change::Delete && current.is_none() {
-        return Err(Error::NotFound(format!("state {r}")));
+        return Err(Failed::Refused(Error::NotFound(format!("state {r}"))));
     }
     let version = row.map_or(0, |(v, _)| v) + 1;
     let (vals, claims) = (&job.vals, &job.claims);
+    let e = |e: rusqlite::Error| Failed::Writing(db_error(&e));
     tx.prepare_cached(
         "INSERT INTO events (id, domain, type, key, version, kind, method, time, vals, claims)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -805,5 +852,77 @@ impl Storage for SqliteStorage {
         self.readers.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Expect;
+
+    fn job(key: &str, id: &str, expect: Expect) -> Job {
+        let mut values = Values::new();
+        values.insert("k".into(), key.into());
+        Job {
+            req: AppendRequest {
+                id: id.into(),
+                record: RecordRef { domain: "d".into(), ty: "t".into(), key: key.into() },
+                change: Change::Put(values),
+                expect,
+                kind: EventKind::Set,
+                method: "test".into(),
+                claims: Default::default(),
+                time: 1,
+                idempotency: None,
+            },
+            vals: Some(format!(r#"{{"k":"{key}"}}"#)),
+            claims: "{}".into(),
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn db() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("t.db")).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        (dir, conn)
+    }
+
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_refused_append_leaves_the_rest_of_its_batch() {
+        let (_dir, mut conn) = db();
+        let jobs = [job("a", "1", Expect::Any), job("b", "2", Expect::Version(7)), job("c", "3", Expect::Absent)];
+        let results = commit_batch(&mut conn, &jobs);
+        assert!(matches!(results[0], Ok(Written::New { version: 1, .. })));
+        assert!(matches!(results[1], Err(Error::VersionConflict { .. })), "{:?}", results[1].as_ref().err());
+        assert!(matches!(results[2], Ok(Written::New { version: 1, .. })));
+        assert_eq!(count(&conn, "SELECT count(*) FROM events"), 2);
+        assert_eq!(count(&conn, "SELECT count(*) FROM states WHERE key = 'b'"), 0);
+    }
+
+    /// A failure after an append's first write (here its state row, after
+    /// its event row) must take back that append's event too, and only it.
+    #[test]
+    fn a_write_failing_halfway_takes_back_only_its_own_append() {
+        let (_dir, mut conn) = db();
+        conn.execute_batch(
+            "CREATE TRIGGER fail_b BEFORE INSERT ON states WHEN NEW.key = 'b' BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+        )
+        .unwrap();
+        let jobs = [job("a", "1", Expect::Any), job("b", "2", Expect::Any), job("c", "3", Expect::Any)];
+        let results = commit_batch(&mut conn, &jobs);
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        let err = results[1].as_ref().err().expect("b fails").to_string();
+        assert!(err.contains("injected"), "{err}");
+        assert_eq!(count(&conn, "SELECT count(*) FROM events WHERE key = 'b'"), 0, "b's event row was left behind");
+        assert_eq!(count(&conn, "SELECT count(*) FROM events"), 2);
+        // Alone in its batch, the same failure takes back its own event.
+        let results = commit_batch(&mut conn, &[job("b", "4", Expect::Any)]);
+        assert!(results[0].is_err());
+        assert_eq!(count(&conn, "SELECT count(*) FROM events WHERE key = 'b'"), 0);
     }
 }

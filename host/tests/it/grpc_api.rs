@@ -255,3 +255,24 @@ async fn service_descriptions_need_a_token_unless_public() {
     assert_eq!(spec["openapi"], "3.0.3");
     gw.stop().await;
 }
+
+/// Each gRPC call is counted once in `requests_total`, with the code it
+/// ended with (the token check before the body is read is not a second
+/// call), and a call refused by that check is counted with its code.
+#[tokio::test]
+async fn each_grpc_call_is_counted_once() {
+    let gw = TestGateway::start().await;
+    let mut st = gw.state_client().await;
+    let d = unique("counted");
+    st.set(state(&d, "t", "k", json!({"a": 1}))).await.unwrap();
+    assert_eq!(st.get(state_ref(&d, "t", "missing")).await.unwrap_err().code(), Code::NotFound);
+    let metrics = reqwest::get(format!("{}/metrics", gw.ops_url())).await.unwrap().text().await.unwrap();
+    let count = |code: &str, method: &str| -> Option<String> {
+        let line = format!("stategate_requests_total{{code=\"{code}\",method=\"/stategate.StateService/{method}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(line.as_str()).map(str::to_owned))
+    };
+    assert_eq!(count("OK", "Set").as_deref(), Some("1"), "{metrics}");
+    assert_eq!(count("NOT_FOUND", "Get").as_deref(), Some("1"), "{metrics}");
+    assert_eq!(count("OK", "Get"), None, "a Get that ended NOT_FOUND was also counted OK:\n{metrics}");
+    gw.stop().await;
+}

@@ -62,6 +62,8 @@ mod faults;
 mod broker_faults;
 #[cfg(all(feature = "kafka", feature = "amqp"))]
 mod broker_security;
+#[cfg(all(feature = "sql", feature = "wasm"))]
+mod sql_security;
 mod hostile;
 mod pre_auth;
 #[cfg(feature = "wasm")]

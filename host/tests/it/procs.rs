@@ -285,26 +285,33 @@ pub fn have_postgres_server() -> bool {
 /// A private PostgreSQL 15 in a temp dir (trust auth on loopback, fsync
 /// on), run as `postgres`, which it requires.
 pub async fn postgres_server() -> Server {
+    postgres_server_with(&["--auth=trust"], |_| {}, &[]).await
+}
+
+/// The same with `initdb` options, a step on the data directory before the
+/// server starts (configuration files, certificates) and server options.
+pub async fn postgres_server_with(init: &[&str], prepare: impl FnOnce(&Path), options: &[String]) -> Server {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     chown(dir.path(), "postgres");
+    let mut init_args = vec!["-D".to_owned(), data.display().to_string(), "-U".into(), "postgres".into()];
+    init_args.extend(init.iter().map(|s| s.to_string()));
     let init = Command::new("setpriv")
-        .args(as_user("postgres", &format!("{PG_BIN}/initdb"), &["-D".into(), data.display().to_string(), "-U".into(), "postgres".into(), "--auth=trust".into()]))
+        .args(as_user("postgres", &format!("{PG_BIN}/initdb"), &init_args))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .unwrap();
     assert!(init.success(), "initdb failed");
-    let args = as_user(
-        "postgres",
-        &format!("{PG_BIN}/postgres"),
-        &["-D", &data.display().to_string(), "-p", &port.to_string(), "-k", &dir.path().display().to_string(), "-c", "listen_addresses=127.0.0.1"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>(),
-    );
-    let mut s = Server::new("setpriv", port, dir, args);
+    prepare(&data);
+    chown(dir.path(), "postgres");
+    let mut args: Vec<String> = ["-D", &data.display().to_string(), "-p", &port.to_string(), "-k", &dir.path().display().to_string(), "-c", "listen_addresses=127.0.0.1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(options.iter().cloned());
+    let mut s = Server::new("setpriv", port, dir, as_user("postgres", &format!("{PG_BIN}/postgres"), &args));
     s.start().await;
     s
 }
@@ -317,6 +324,12 @@ pub fn have_mariadb_server() -> bool {
 /// A private MariaDB in a temp dir (run as `mysql`; root without a
 /// password over TCP, durable commits).
 pub async fn mariadb_server() -> Server {
+    mariadb_server_with(&[]).await
+}
+
+/// The same with more server options (`--ssl-cert=…`, …). Its socket is
+/// `mysqld.sock` in the server's dir.
+pub async fn mariadb_server_with(options: &[String]) -> Server {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -329,7 +342,7 @@ pub async fn mariadb_server() -> Server {
         .status()
         .unwrap();
     assert!(init.success(), "mariadb-install-db failed");
-    let args = [
+    let mut args = [
         "--no-defaults".to_owned(),
         "--user=mysql".to_owned(),
         format!("--datadir={}", data.display()),
@@ -340,6 +353,7 @@ pub async fn mariadb_server() -> Server {
         "--innodb-flush-log-at-trx-commit=1".to_owned(),
     ]
     .to_vec();
+    args.extend(options.iter().cloned());
     let mut s = Server::new("mariadbd", port, dir, args);
     s.start().await;
     s
