@@ -331,8 +331,21 @@ async fn stream_after_sequence_bounds() {
         values: Some(json_to_struct(json!({"a": 1}).as_object().unwrap())),
         ..Default::default()
     };
+    // The same over REST (NDJSON), opened before the write.
+    let c = crate::harness::http();
+    let url = format!("{}/api/events/stream?domain={d}&type=t&after_sequence={}", gw.url(), snap.sequence);
+    let ndjson = c.get(url).send().await.unwrap();
+    assert_eq!(ndjson.status(), 200);
     let written = states.set(s).await.unwrap().into_inner();
     let got = tokio::time::timeout(WAIT, stream.message()).await.unwrap().unwrap().unwrap();
     assert_eq!(got.id, written.id);
+    // Its resume point covers it: nothing of the stream at or below it is
+    // still to come.
+    assert!(got.resume_after >= snap.sequence, "{got:?}");
+    let mut lines = futures::StreamExt::boxed(ndjson.bytes_stream());
+    let chunk = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut lines)).await.unwrap().unwrap().unwrap();
+    let line: Value = serde_json::from_slice(chunk.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(line["result"]["id"], json!(written.id));
+    assert!(line["result"]["resumeAfter"].as_str().unwrap().parse::<i64>().unwrap() >= snap.sequence, "{line}");
     gw.stop().await;
 }
