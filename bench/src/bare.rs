@@ -97,6 +97,7 @@ impl pb::state_service_server::StateService for Bare {
             method: "/stategate.StateService/Set".into(),
             sequence: 1,
             state: Some(state),
+            resume_after: 0,
         };
         let _ = self.tx.send(event.clone());
         Ok(Response::new(event))

@@ -12,8 +12,11 @@
 //!   as your type.
 //! - [`Client::stream`]: live events that survive a disconnect. After a
 //!   dropped connection or a gateway restart the stream reconnects and
-//!   resumes after the last event it delivered (`StreamOpts.after_event_id`),
-//!   so the server replays what was missed: no gap, no duplicate.
+//!   resumes from its resume point (`Event.resume_after`, as
+//!   `StreamOpts.after_sequence`), so the server replays what was missed,
+//!   and skips what it already delivered: no gap, no duplicate.
+//! - [`Client::watch`]: a snapshot of a domain and type, then every change
+//!   after it, applied to a local view ([`Watch`]).
 //!
 //! ```no_run
 //! use stategate_client::{Client, StreamOpts};
@@ -42,6 +45,7 @@
 
 mod json;
 mod stream;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +54,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use json::{json_to_struct, struct_to_json};
 pub use stream::{EventStream, Notice, Observer, Resume};
+pub use watch::Watch;
 
 /// Code generated from `proto/stategate.proto` (messages and tonic clients).
 pub mod proto {
@@ -410,6 +415,15 @@ impl Client {
     /// transparently as [`Resume`] says.
     pub async fn stream(&self, opts: StreamOpts) -> Result<EventStream> {
         EventStream::open(self.events.clone(), opts, self.resume.clone()).await
+    }
+
+    /// A local view of one domain and type kept current: a snapshot
+    /// (`Search`, which names the store position it was read at), then
+    /// every change after that position, applied as
+    /// [`Watch::next_change`] hands it over. Disconnects are resumed as
+    /// [`Resume`] says, without a change missed or applied twice.
+    pub async fn watch(&self, domain: &str, ty: &str) -> Result<Watch> {
+        Watch::open(self, domain, ty).await
     }
 }
 

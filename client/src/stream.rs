@@ -2,9 +2,14 @@
 //!
 //! A task owns the gRPC stream and forwards events into a bounded channel.
 //! When the connection drops (or the gateway restarts or shuts the stream
-//! down), it reconnects with `after_event_id` set to the last event it
-//! forwarded; the gateway replays the history after that event and then
-//! goes live, so the consumer sees no gap and no duplicate. Errors that a
+//! down), it reconnects after the stream's resume point: the highest
+//! `Event.resume_after` it received (every event at or below it was
+//! delivered), as `after_sequence`. Live events of different records can
+//! arrive out of sequence order, so events above that point may have been
+//! delivered already; the gateway sends them again and the task skips the
+//! sequences it forwarded. So the consumer sees no gap and no duplicate.
+//! A gateway that sends no resume point (before v0.6) is resumed after the
+//! last event forwarded (`after_event_id`), as before. Errors that a
 //! retry cannot fix (bad request, refused token, unknown event id) end the
 //! stream with that error. An observer set with [`Resume::on_notice`] is
 //! told each step ([`Notice`]), so a program can say what is going on
@@ -121,6 +126,8 @@ fn describe(status: &tonic::Status) -> String {
 pub struct EventStream {
     rx: mpsc::Receiver<Result<Event>>,
     last: Arc<Mutex<String>>,
+    /// The resume point (`Event.resume_after`), 0 until one arrived.
+    resume: Arc<std::sync::atomic::AtomicI64>,
     reconnects: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -147,10 +154,13 @@ impl EventStream {
         let (tx, rx) = mpsc::channel(256);
         let last = Arc::new(Mutex::new(opts.after_event_id.clone()));
         let reconnects = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let task = tokio::spawn(run(client, opts, resume, first, tx, last.clone(), reconnects.clone()));
+        let position = Arc::new(std::sync::atomic::AtomicI64::new(opts.after_sequence.unwrap_or(0)));
+        let shared = Shared { last: last.clone(), resume: position.clone(), reconnects: reconnects.clone() };
+        let task = tokio::spawn(run(client, opts, resume, first, tx, shared));
         Ok(EventStream {
             rx,
             last,
+            resume: position,
             reconnects,
             task,
         })
@@ -167,6 +177,13 @@ impl EventStream {
         self.last.lock().unwrap().clone()
     }
 
+    /// Where the stream would resume now: every event at or below this
+    /// sequence was delivered (`Event.resume_after`; the starting
+    /// `after_sequence`, or 0, until an event brought one).
+    pub fn resume_sequence(&self) -> i64 {
+        self.resume.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// How many times the stream reconnected.
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(std::sync::atomic::Ordering::Relaxed)
@@ -180,15 +197,51 @@ impl Stream for EventStream {
     }
 }
 
+/// What the stream's task shares with its `EventStream`.
+struct Shared {
+    last: Arc<Mutex<String>>,
+    resume: Arc<std::sync::atomic::AtomicI64>,
+    reconnects: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The stream's position: its resume point, and the sequences above it
+/// already forwarded (skipped when a resumed stream sends them again).
+#[derive(Default)]
+struct Position {
+    resume: Option<i64>,
+    above: std::collections::BTreeSet<i64>,
+}
+
+impl Position {
+    /// Whether `event` is new; records it.
+    fn admit(&mut self, event: &Event) -> bool {
+        // At or below the resume point, everything was delivered before.
+        if self.above.contains(&event.sequence) || self.resume.is_some_and(|r| event.sequence <= r) {
+            return false;
+        }
+        if event.resume_after > 0 {
+            let resume = self.resume.map_or(event.resume_after, |r| r.max(event.resume_after));
+            self.resume = Some(resume);
+            // Below the resume point nothing comes again.
+            self.above = self.above.split_off(&(resume + 1));
+        }
+        if self.resume.is_some_and(|r| event.sequence > r) {
+            self.above.insert(event.sequence);
+        }
+        true
+    }
+}
+
 async fn run(
     mut client: EventServiceClient,
     mut opts: StreamOpts,
     resume: Resume,
     mut current: tonic::Streaming<Event>,
     tx: mpsc::Sender<Result<Event>>,
-    last: Arc<Mutex<String>>,
-    reconnects: Arc<std::sync::atomic::AtomicU64>,
+    shared: Shared,
 ) {
+    let Shared { last, resume: resume_seq, reconnects } = shared;
+    let mut position = Position::default();
     let mut backoff = resume.initial_backoff;
     let mut failures = 0u32;
     let notify = |notice: Notice| {
@@ -203,9 +256,19 @@ async fn run(
                 Ok(Some(event)) => {
                     failures = 0;
                     backoff = resume.initial_backoff;
-                    // Resume after this event from now on; a start time only
-                    // mattered until the first event.
-                    opts.after_event_id = event.id.clone();
+                    if !position.admit(&event) {
+                        continue;
+                    }
+                    // Resume after this point from now on; a start time
+                    // only mattered until the first event.
+                    match position.resume {
+                        Some(seq) => {
+                            opts.after_sequence = Some(seq);
+                            opts.after_event_id.clear();
+                            resume_seq.store(seq, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        None => opts.after_event_id = event.id.clone(),
+                    }
                     opts.from_time = 0;
                     *last.lock().unwrap() = event.id.clone();
                     if tx.send(Ok(event)).await.is_err() {
@@ -229,7 +292,7 @@ async fn run(
                 let _ = tx.send(Err(Error::Status(ended))).await;
                 return;
             }
-            tracing::debug!(code = ?ended.code(), message = ended.message(), after = %opts.after_event_id, "event stream reconnecting");
+            tracing::debug!(code = ?ended.code(), message = ended.message(), after = %opts.after_event_id, after_sequence = ?opts.after_sequence, "event stream reconnecting");
             attempts += 1;
             notify(Notice::Retrying { attempt: attempts, wait: backoff, last_error: last_error.take() });
             tokio::select! {
@@ -242,7 +305,7 @@ async fn run(
                 Ok(resp) => {
                     reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     current = resp.into_inner();
-                    notify(Notice::Resumed { attempts, after_event_id: opts.after_event_id.clone() });
+                    notify(Notice::Resumed { attempts, after_event_id: last.lock().unwrap().clone() });
                     break;
                 }
                 Err(status) if retryable(&status) => {
@@ -255,5 +318,38 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(sequence: i64, resume_after: i64) -> Event {
+        Event { sequence, resume_after, ..Default::default() }
+    }
+
+    #[test]
+    fn a_resumed_stream_skips_what_it_delivered_above_its_resume_point() {
+        let mut p = Position::default();
+        assert!(p.admit(&event(5, 5)));
+        // Delivered out of order: 8 before 7; the resume point stays at 5.
+        assert!(p.admit(&event(8, 5)));
+        assert_eq!(p.resume, Some(5));
+        // Resumed after 5: 6 is new, 8 comes again and is skipped.
+        assert!(p.admit(&event(6, 6)));
+        assert!(!p.admit(&event(8, 8)), "8 was delivered before the break");
+        assert!(p.admit(&event(7, 8)));
+        assert!(!p.admit(&event(7, 8)));
+        assert_eq!(p.resume, Some(8));
+        assert!(p.above.is_empty(), "nothing above the resume point is remembered: {:?}", p.above);
+        assert!(p.admit(&event(9, 9)));
+    }
+
+    #[test]
+    fn without_resume_points_every_event_passes() {
+        let mut p = Position::default();
+        assert!(p.admit(&event(3, 0)) && p.admit(&event(2, 0)) && p.admit(&event(3, 0)));
+        assert_eq!(p.resume, None);
     }
 }

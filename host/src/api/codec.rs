@@ -77,6 +77,9 @@ impl Codec for SharedEventCodec {
 
 pub struct SharedEventEncoder;
 
+/// `Event.resume_after`'s field number.
+const RESUME_AFTER_FIELD: u32 = 9;
+
 impl Encoder for SharedEventEncoder {
     type Item = SharedEvent;
     type Error = Status;
@@ -84,6 +87,11 @@ impl Encoder for SharedEventEncoder {
     fn encode(&mut self, item: SharedEvent, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         let bytes = item.encoded(|e| super::encode::event_to_vec(e).into());
         dst.put_slice(&bytes);
+        // A field appended to an encoded message is read as part of it, so
+        // the shared bytes stay shared and each stream adds its own.
+        if let Some(resume) = item.resume_after {
+            prost::encoding::int64::encode(RESUME_AFTER_FIELD, &(resume as i64), dst);
+        }
         Ok(())
     }
 }

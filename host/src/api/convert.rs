@@ -94,6 +94,7 @@ pub fn state(s: State) -> pb::State {
         version: s.version as i64,
         expected_version: None,
         idempotency_key: String::new(),
+        sequence: 0,
     }
 }
 
@@ -125,6 +126,7 @@ pub fn event(e: Event) -> pb::Event {
             version: e.version as i64,
             expected_version: None,
             idempotency_key: String::new(),
+            sequence: 0,
         }),
         claims: Some(json_to_struct(e.claims)),
         time: e.time,
@@ -137,6 +139,8 @@ pub fn event(e: Event) -> pb::Event {
         } as i32,
         method: e.method,
         sequence: e.seq as i64,
+        // Set per stream by the stream encoder (`codec`), never here.
+        resume_after: 0,
     }
 }
 

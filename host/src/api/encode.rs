@@ -19,7 +19,11 @@ use serde_json::Value;
 
 /// `stategate.State`.
 #[derive(Debug)]
-pub struct StateMessage(pub State);
+pub struct StateMessage(pub State, pub Sequence);
+
+/// `State.sequence`, the store position a `Get` answered at (0: none, as
+/// in a State inside an Event).
+pub type Sequence = u64;
 
 /// `stategate.Event`.
 #[derive(Debug)]
@@ -52,7 +56,14 @@ macro_rules! encode_only {
     };
 }
 
-encode_only!(StateMessage, |m: &StateMessage| state_len(&m.0), |m: &StateMessage, buf: &mut _| put_state(&m.0, buf));
+encode_only!(
+    StateMessage,
+    |m: &StateMessage| state_len(&m.0) + int_len(8, m.1 as i64),
+    |m: &StateMessage, buf: &mut _| {
+        put_state(&m.0, buf);
+        put_int(8, m.1 as i64, buf);
+    }
+);
 encode_only!(EventMessage, |m: &EventMessage| event_len(&m.0), |m: &EventMessage, buf: &mut _| put_event(&m.0, buf));
 encode_only!(
     StatesMessage,
@@ -306,9 +317,13 @@ mod tests {
         #[test]
         fn a_state_decodes_as_convert_makes_it(v in values(), version in 0u64..1 << 40, key in ".{0,5}") {
             let s = state(v, version, &key);
-            let bytes = StateMessage(s.clone()).encode_to_vec();
-            prop_assert_eq!(bytes.len(), StateMessage(s.clone()).encoded_len());
-            prop_assert_eq!(pb::State::decode(bytes.as_slice()).unwrap(), convert::state(s));
+            let bytes = StateMessage(s.clone(), 0).encode_to_vec();
+            prop_assert_eq!(bytes.len(), StateMessage(s.clone(), 0).encoded_len());
+            prop_assert_eq!(pb::State::decode(bytes.as_slice()).unwrap(), convert::state(s.clone()));
+            // With the position a Get answered at.
+            let bytes = StateMessage(s.clone(), 1 << 33).encode_to_vec();
+            prop_assert_eq!(bytes.len(), StateMessage(s.clone(), 1 << 33).encoded_len());
+            prop_assert_eq!(pb::State::decode(bytes.as_slice()).unwrap(), pb::State { sequence: 1 << 33, ..convert::state(s) });
         }
 
         #[test]
@@ -326,7 +341,7 @@ mod tests {
         let v: Values = json!({"a": [1, "x", null, {"b": false}], "": ""}).as_object().unwrap().clone();
         let states = vec![state(v.clone(), 1, "a"), state(Values::new(), 0, "")];
         let bytes = StatesMessage(states.clone()).encode_to_vec();
-        let want = pb::StateValues { state_values: states.into_iter().map(convert::state).collect() };
+        let want = pb::StateValues { state_values: states.into_iter().map(convert::state).collect(), sequence: 0 };
         assert_eq!(pb::StateValues::decode(bytes.as_slice()).unwrap(), want);
         let events = vec![event(Some(v), Values::new(), EventKind::Set, 3, -5), event(None, Values::new(), EventKind::Del, 0, 0)];
         let bytes = EventsMessage(events.clone()).encode_to_vec();

@@ -58,6 +58,10 @@ fn ref_request(r: pb::StateRef) -> gw::RefRequest {
         key: r.key,
         expected_version: r.expected_version,
         idempotency_key: r.idempotency_key,
+        as_of: gw::AsOf {
+            as_of_sequence: r.as_of_sequence,
+            as_of_time: r.as_of_time,
+        },
     }
 }
 
@@ -80,7 +84,7 @@ impl GrpcApi {
     async fn get_direct(&self, mut request: Request<pb::StateRef>) -> Result<Response<StateMessage>, Status> {
         let md = call_metadata(&mut request);
         let req = ref_request(request.into_inner());
-        self.call(methods::STATE_GET, self.gateway.get(md, req), StateMessage).await
+        self.call(methods::STATE_GET, self.gateway.get(md, req), |read| StateMessage(read.value, read.seq)).await
     }
 
     async fn del_direct(&self, mut request: Request<pb::StateRef>) -> Result<Response<EventMessage>, Status> {
@@ -128,7 +132,7 @@ impl pb::state_service_server::StateService for GrpcApi {
     }
 
     async fn get(&self, request: Request<pb::StateRef>) -> Result<Response<pb::State>, Status> {
-        Ok(self.get_direct(request).await?.map(|m| convert::state(m.0)))
+        Ok(self.get_direct(request).await?.map(|m| pb::State { sequence: m.1 as i64, ..convert::state(m.0) }))
     }
 
     async fn del(&self, request: Request<pb::StateRef>) -> Result<Response<pb::Event>, Status> {
@@ -146,9 +150,14 @@ impl pb::state_service_server::StateService for GrpcApi {
             offset: o.offset,
             sort_by: o.sort_by,
             sort_descending: o.sort_descending,
+            as_of: gw::AsOf {
+                as_of_sequence: o.as_of_sequence,
+                as_of_time: o.as_of_time,
+            },
         };
-        self.call(methods::STATE_SEARCH, self.gateway.search_states(md, req), |states| pb::StateValues {
-            state_values: states.into_iter().map(convert::state).collect(),
+        self.call(methods::STATE_SEARCH, self.gateway.search_states(md, req), |read| pb::StateValues {
+            state_values: read.value.into_iter().map(convert::state).collect(),
+            sequence: read.seq as i64,
         })
         .await
     }
@@ -185,6 +194,7 @@ impl GrpcApi {
             query_string: o.query_string,
             claims_query: o.claims_query,
             kinds: o.kinds.into_iter().map(convert::kind_name).collect(),
+            after_sequence: o.after_sequence,
         };
         self.call(methods::EVENT_STREAM, self.gateway.stream(md, req), |events| {
             Box::pin(events.map(|item| item.map_err(to_status))) as SharedStream
@@ -328,6 +338,8 @@ impl pb::event_service_server::EventService for GrpcApi {
             offset: o.offset,
             claims_query: o.claims_query,
             sort: o.sort.map(|s| gw::EventSortRequest { field: s.field, reverse: s.reverse }),
+            min_version: o.min_version,
+            max_version: o.max_version,
         };
         self.call(methods::EVENT_SEARCH, self.gateway.search_events(md, req), |events| pb::Events {
             events: events.into_iter().map(convert::event).collect(),

@@ -188,7 +188,11 @@ async fn get_state(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery,
         let req: gw::RefRequest = request(query_map(q.as_deref())?, Some(rec))?;
         gw.get(metadata(&headers), req).await
     };
-    respond(measured(gw.metrics(), methods::STATE_GET, call).await, json::state)
+    respond(measured(gw.metrics(), methods::STATE_GET, call).await, |read| {
+        let mut state = json::state(&read.value);
+        state["sequence"] = read.seq.to_string().into();
+        state
+    })
 }
 
 async fn del(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
@@ -228,8 +232,11 @@ async fn search_states(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap
         let req: gw::SearchStatesRequest = request(query_map(q.as_deref())?, None)?;
         gw.search_states(metadata(&headers), req).await
     };
-    respond(measured(gw.metrics(), methods::STATE_SEARCH, call).await, |states| {
-        json!({ "stateValues": states.iter().map(json::state).collect::<Vec<_>>() })
+    respond(measured(gw.metrics(), methods::STATE_SEARCH, call).await, |read| {
+        json!({
+            "stateValues": read.value.iter().map(json::state).collect::<Vec<_>>(),
+            "sequence": read.seq.to_string(),
+        })
     })
 }
 
@@ -256,6 +263,15 @@ async fn catalog(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap) -> R
     respond(measured(gw.metrics(), methods::CATALOG_LIST, call).await, json::catalog)
 }
 
+/// A streamed event as proto3 JSON, with the stream's resume point.
+fn stream_event(e: &crate::hub::SharedEvent) -> Value {
+    let mut v = json::event(e);
+    if let Some(resume) = e.resume_after {
+        v["resumeAfter"] = resume.to_string().into();
+    }
+    v
+}
+
 async fn stream(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
     let sse = headers
         .get(header::ACCEPT)
@@ -277,7 +293,7 @@ async fn stream(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap) -> Re
     let (content_type, frames) = if sse {
         let frames = events.map(|item| {
             Ok::<_, std::convert::Infallible>(Bytes::from(match item {
-                Ok(e) => format!("id: {}\nevent: event\ndata: {}\n\n", e.id, json::event(&e)),
+                Ok(e) => format!("id: {}\nevent: event\ndata: {}\n\n", e.id, stream_event(&e)),
                 Err(e) => format!("event: error\ndata: {}\n\n", status::error_body(&e)),
             }))
         });
@@ -285,7 +301,7 @@ async fn stream(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap) -> Re
     } else {
         let frames = events.map(|item| {
             let line = match item {
-                Ok(e) => json!({ "result": json::event(&e) }),
+                Ok(e) => json!({ "result": stream_event(&e) }),
                 Err(e) => json!({ "error": status::error_body(&e) }),
             };
             Ok::<_, std::convert::Infallible>(Bytes::from(format!("{line}\n")))

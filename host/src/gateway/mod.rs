@@ -22,7 +22,7 @@ use crate::auth::{Auth, Metadata, PolicyInput};
 use crate::channel::DynChannel;
 use crate::hub::Hub;
 use crate::model::{
-    AppendRequest, Appended, Change, Error, Event, EventKind, EventQuery, Expect, Filter, Idempotency, RecordRef,
+    AppendRequest, Appended, AtSeq, Change, Error, Event, EventKind, EventQuery, Expect, Filter, Idempotency, RecordRef,
     Result, Sort, EventSort, State, StateQuery, json, now_nanos, validate_name,
 };
 use crate::storage::DynStorage;
@@ -403,17 +403,29 @@ impl Gateway {
 
     // ---- reads ----
 
-    pub async fn get(&self, metadata: Metadata, req: RefRequest) -> Result<State> {
+    /// A record's state, with the store position (`seq`) it was read at:
+    /// now, or as of an earlier position (`req.as_of`).
+    pub async fn get(&self, metadata: Metadata, req: RefRequest) -> Result<AtSeq<State>> {
         let caller = self.admit(methods::STATE_GET, metadata, &req, false, &req.domain).await?;
         let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
-        let state = self
-            .timed(self.storage.name(), "get", self.storage.get(&record))
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("state {record}")))?;
-        self.authorized_response(caller, &req.domain, state, json::state, json::parse_state).await
+        let at = self.read_position(&req.as_of, &record.domain, &record.ty).await?;
+        let AtSeq { value, seq } = self
+            .timed(self.storage.name(), "get", self.storage.get_at(&record, at))
+            .await?;
+        let state = value.ok_or_else(|| match at {
+            Some(at) => Error::NotFound(format!("state {record} at sequence {at}")),
+            None => Error::NotFound(format!("state {record}")),
+        })?;
+        let value = self.authorized_response(caller, &req.domain, state, json::state, json::parse_state).await?;
+        Ok(AtSeq { value, seq })
     }
 
-    pub async fn search_states(&self, metadata: Metadata, req: SearchStatesRequest) -> Result<Vec<State>> {
+    /// Current states matching a query, with the store position (`seq`)
+    /// the answer reflects: every event up to it and none after. A stream
+    /// started after it (`StreamOpts.after_sequence`) carries exactly the
+    /// changes the answer does not hold. With `req.as_of`, the states as
+    /// they were at an earlier position.
+    pub async fn search_states(&self, metadata: Metadata, req: SearchStatesRequest) -> Result<AtSeq<Vec<State>>> {
         let caller = self.admit(methods::STATE_SEARCH, metadata, &req, false, &req.domain).await?;
         search_name("domain", &req.domain)?;
         search_name("type", &req.ty)?;
@@ -425,11 +437,38 @@ impl Gateway {
             limit: self.limit(req.limit)?,
             offset: offset(req.offset)?,
         };
-        let states = self
-            .timed(self.storage.name(), "search_states", self.storage.search_states(&query))
+        let at = self.read_position(&req.as_of, &query.domain, &query.ty).await?;
+        let AtSeq { value, seq } = self
+            .timed(self.storage.name(), "search_states", self.storage.search_states_at(&query, at))
             .await?;
-        self.authorized_response(caller, &req.domain, states, |s| list_json("stateValues", s, json::state), |v| parse_list("stateValues", v, json::parse_state))
-            .await
+        let value = self
+            .authorized_response(caller, &req.domain, value, |s| list_json("stateValues", s, json::state), |v| parse_list("stateValues", v, json::parse_state))
+            .await?;
+        Ok(AtSeq { value, seq })
+    }
+
+    /// The store position a point-in-time read answers at (`None`: now).
+    /// A sequence must exist already (at most the head): a position the
+    /// store has not reached has no answer yet, and a stream resumed after
+    /// it would skip the events up to it.
+    async fn read_position(&self, as_of: &AsOf, domain: &str, ty: &str) -> Result<Option<u64>> {
+        match (as_of.as_of_sequence, as_of.as_of_time) {
+            (Some(_), t) if t != 0 => Err(Error::invalid("as_of_time", "give as_of_sequence or as_of_time, not both")),
+            (Some(n), _) => {
+                let n = u64::try_from(n).map_err(|_| Error::invalid("as_of_sequence", format!("must be >= 0, got {n}")))?;
+                let head = self.timed(self.storage.name(), "head", self.storage.head()).await?;
+                if n > head {
+                    return Err(Error::invalid(
+                        "as_of_sequence",
+                        format!("{n} is past the store's head ({head}): the store has not reached that position"),
+                    ));
+                }
+                Ok(Some(n))
+            }
+            (None, 0) => Ok(None),
+            (None, t) if t < 0 => Err(Error::invalid("as_of_time", format!("must be >= 0 (Unix nanoseconds), got {t}"))),
+            (None, t) => Ok(Some(self.timed(self.storage.name(), "seq_at_time", self.storage.seq_at_time(domain, ty, t)).await?)),
+        }
     }
 
     pub async fn search_events(&self, metadata: Metadata, req: SearchEventsRequest) -> Result<Vec<Event>> {
@@ -455,6 +494,8 @@ impl Gateway {
             limit: self.limit(req.limit)?,
             offset: offset(req.offset)?,
             sort: req.sort.as_ref().map(|s| EventSort::parse("sort.field", &s.field, s.reverse)).transpose()?,
+            min_version: version_bound("min_version", req.min_version)?,
+            max_version: version_bound("max_version", req.max_version)?,
         };
         let events = self
             .timed(self.storage.name(), "search_events", self.storage.search_events(&query))
@@ -505,6 +546,15 @@ fn search_name(field: &str, value: &str) -> Result<()> {
         ));
     }
     validate_name(field, value)
+}
+
+/// `min_version`/`max_version` of an event search: 0 is unbounded.
+fn version_bound(field: &str, v: i64) -> Result<Option<u64>> {
+    match v {
+        0 => Ok(None),
+        v if v > 0 => Ok(Some(v as u64)),
+        v => Err(Error::invalid(field, format!("must be >= 0, got {v}"))),
+    }
 }
 
 fn offset(offset: i64) -> Result<usize> {

@@ -41,6 +41,25 @@ pub struct RefRequest {
     pub expected_version: Option<i64>,
     #[serde(alias = "idempotency_key")]
     pub idempotency_key: String,
+    /// Get only: see `AsOf`.
+    #[serde(flatten)]
+    pub as_of: AsOf,
+}
+
+/// A point-in-time read (`Get`, `Search`): the answer as the store was
+/// after event `as_of_sequence`, or at `as_of_time` (Unix nanoseconds);
+/// neither is now, both is an error.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AsOf {
+    #[serde(with = "int64_opt", alias = "as_of_sequence", skip_serializing_if = "Option::is_none")]
+    pub as_of_sequence: Option<i64>,
+    #[serde(with = "int64", alias = "as_of_time", skip_serializing_if = "is_zero")]
+    pub as_of_time: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -89,6 +108,8 @@ pub struct SearchStatesRequest {
     pub sort_by: String,
     #[serde(alias = "sort_descending")]
     pub sort_descending: bool,
+    #[serde(flatten)]
+    pub as_of: AsOf,
 }
 
 /// `EventService.Search` (the `SearchEventOpts` message).
@@ -114,6 +135,11 @@ pub struct SearchEventsRequest {
     /// The order; oldest first (by seq) when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sort: Option<EventSortRequest>,
+    /// Inclusive bounds on `Event.version`; 0 is unbounded.
+    #[serde(with = "int64", alias = "min_version", skip_serializing_if = "is_zero")]
+    pub min_version: i64,
+    #[serde(with = "int64", alias = "max_version", skip_serializing_if = "is_zero")]
+    pub max_version: i64,
 }
 
 /// `SearchEventOpts.sort` (the `Sort` message).
@@ -148,6 +174,10 @@ pub struct StreamRequest {
     /// string (a REST query parameter).
     #[serde(with = "name_list", skip_serializing_if = "Vec::is_empty")]
     pub kinds: Vec<String>,
+    /// Replay history after this store position (the `sequence` a state
+    /// read answered at, or an event's), then go live.
+    #[serde(with = "int64_opt", alias = "after_sequence", skip_serializing_if = "Option::is_none")]
+    pub after_sequence: Option<i64>,
 }
 
 /// `EventService.Get` (the `EventRef` message).

@@ -15,6 +15,11 @@
 //!    buffer (slow client), go back to 1. If the channel is down, the loop
 //!    polls storage instead, so the stream degrades, never stops.
 //!
+//! `after_sequence` starts the cursor at a store position: the `sequence`
+//! a state read (`Get`, `Search`) answered at. The read reflects every
+//! event up to it and none after, and the stream delivers every event after
+//! it, once: snapshot then watch, with no gap and no duplicate.
+//!
 //! A v0.5.0 stream (no start position) starts its cursor at the storage head,
 //! read after subscribing and before the response begins: every write the
 //! client makes after the stream opened is delivered.
@@ -74,6 +79,21 @@ impl Gateway {
 
         let storage = self.storage.clone();
         let subscription = self.hub.subscribe(&topic, filter.as_ref()).await;
+        let after_sequence = match req.after_sequence {
+            None => None,
+            Some(n) => {
+                let n = u64::try_from(n).map_err(|_| Error::invalid("after_sequence", format!("must be >= 0, got {n}")))?;
+                let head = storage.head().await?;
+                if n > head {
+                    // Resuming there would skip the events up to it.
+                    return Err(Error::invalid(
+                        "after_sequence",
+                        format!("{n} is past the store's head ({head}): the store has not reached that position"),
+                    ));
+                }
+                Some(n)
+            }
+        };
         let (cursor, from_time) = if !req.after_event_id.is_empty() {
             // An event outside the stream's topic (maybe another tenant's)
             // is answered as an unknown id, so a stream cannot probe ids.
@@ -82,7 +102,11 @@ impl Gateway {
                 .await?
                 .filter(|e| topic.matches(&e.record) && key.as_ref().is_none_or(|k| *k == e.record.key))
                 .ok_or_else(|| Error::NotFound(format!("event {} (after_event_id)", req.after_event_id)))?;
-            (event.seq, None)
+            // With both (an SSE reconnect's Last-Event-ID on a URL that
+            // names a sequence), the later position.
+            (event.seq.max(after_sequence.unwrap_or(0)), None)
+        } else if let Some(seq) = after_sequence {
+            (seq, None)
         } else if req.from_time > 0 {
             (0, Some(req.from_time))
         } else {
@@ -255,7 +279,8 @@ impl StreamTask {
             for event in page {
                 let seq = event.seq;
                 if self.filter.as_ref().is_none_or(|f| f.admits(&event)) {
-                    self.send(SharedEvent::new(event)).await?;
+                    // Replayed in seq order: everything up to it is sent.
+                    self.send(SharedEvent::new(event), seq).await?;
                 }
                 self.cursor = seq;
             }
@@ -271,10 +296,13 @@ impl StreamTask {
         loop {
             match sub.recv().await {
                 Ok(delivery) => {
+                    // Every event at or below the watermark reached the
+                    // ring before this one, so this stream handled it.
+                    let resume = self.cursor.max(delivery.watermark);
                     if delivery.event.seq > self.cursor {
-                        self.send(delivery.event).await?;
+                        self.send(delivery.event, resume).await?;
                     }
-                    self.cursor = self.cursor.max(delivery.watermark);
+                    self.cursor = resume;
                 }
                 Err(RecvError::Lagged(n)) => {
                     tracing::debug!(topic = %self.topic, missed = n, "stream fell behind; catching up from storage");
@@ -288,7 +316,9 @@ impl StreamTask {
     /// Sends one event unless it was sent already, is for another key, or the
     /// caller's response policy withholds it (on a `*` stream that is how a
     /// caller sees only what it may).
-    async fn send(&mut self, event: SharedEvent) -> Result<(), Stop> {
+    /// `resume` is the stream's resume point once it was sent
+    /// (`Event.resume_after`).
+    async fn send(&mut self, event: SharedEvent, resume: u64) -> Result<(), Stop> {
         if self.key.as_ref().is_some_and(|k| *k != event.record.key) {
             return Ok(());
         }
@@ -297,7 +327,7 @@ impl StreamTask {
         }
 
         if !self.gateway.inspects_responses() {
-            return self.tx.send(Ok(event)).await.map_err(|_| Stop::ClientGone);
+            return self.tx.send(Ok(event.resuming_after(resume))).await.map_err(|_| Stop::ClientGone);
         }
         // The event's JSON is shared by every subscriber, and a Rego policy
         // is given only the parts it reads (`auth::input_scan`): what one
@@ -315,6 +345,6 @@ impl StreamTask {
             }
             Err(e) => return Err(Stop::Failed(e)),
         };
-        self.tx.send(Ok(event)).await.map_err(|_| Stop::ClientGone)
+        self.tx.send(Ok(event.resuming_after(resume))).await.map_err(|_| Stop::ClientGone)
     }
 }

@@ -88,6 +88,10 @@ pub struct Delivery {
 pub struct SharedEvent {
     event: Arc<Event>,
     forms: Arc<Forms>,
+    /// Where the stream sending it resumes if it breaks after it
+    /// (`Event.resume_after`): one stream's, so not part of the shared
+    /// forms; the gRPC encoder appends it to the shared bytes.
+    pub resume_after: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -101,7 +105,14 @@ impl SharedEvent {
         SharedEvent {
             event: Arc::new(event),
             forms: Arc::default(),
+            resume_after: None,
         }
+    }
+
+    /// This event as one stream sends it, with its resume point.
+    pub fn resuming_after(mut self, seq: u64) -> Self {
+        self.resume_after = Some(seq);
+        self
     }
 
     /// The event's protobuf encoding: `encode` runs for the first caller

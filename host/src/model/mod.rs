@@ -85,6 +85,25 @@ pub struct State {
     pub version: u64,
 }
 
+/// An answer read at one store position: it reflects every event with a
+/// seq up to `seq` and none after (see `Storage::get_at`). A stream started
+/// after `seq` delivers exactly the changes the answer does not hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AtSeq<T> {
+    pub value: T,
+    pub seq: u64,
+}
+
+/// The state a record had after an event: its values, or `None` when the
+/// event deleted it.
+pub fn state_after(event: &Event) -> Option<State> {
+    event.values.as_ref().map(|values| State {
+        record: event.record.clone(),
+        values: values.clone(),
+        version: event.version,
+    })
+}
+
 /// What a change to a record was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {

@@ -4,8 +4,8 @@
 
 use super::{Storage, conflict, idempotency_mismatch};
 use crate::model::{
-    Appended, AppendRequest, Arrival, CatalogEntry, Change, Error, Event, EventQuery, FeedQuery, RecordRef, Result, Select, State,
-    StateQuery,
+    AtSeq, Appended, AppendRequest, Arrival, CatalogEntry, Change, Error, Event, EventQuery, FeedQuery, RecordRef, Result, Select, State,
+    StateQuery, state_after,
 };
 use crate::model::catalog::Tally;
 use async_trait::async_trait;
@@ -32,6 +32,10 @@ struct Inner {
     /// Events in seq order: `events[i].seq == i + 1`.
     events: Vec<Event>,
     by_id: HashMap<String, usize>,
+    /// Each record's events (indexes into `events`, ascending), so a
+    /// point-in-time read finds the record's last event up to a seq by
+    /// binary search.
+    history: BTreeMap<RecordRef, Vec<usize>>,
     /// idempotency key → (fingerprint, index of its event).
     idempotency: HashMap<String, (String, usize)>,
 }
@@ -39,6 +43,27 @@ struct Inner {
 impl MemoryStorage {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The states of one domain and type after event `seq`, in key order.
+    fn states_at<'a>(inner: &'a Inner, domain: &str, ty: &str, seq: u64) -> impl Iterator<Item = State> + 'a {
+        let start = RecordRef {
+            domain: domain.to_owned(),
+            ty: ty.to_owned(),
+            key: String::new(),
+        };
+        let (domain, ty) = (domain.to_owned(), ty.to_owned());
+        inner
+            .history
+            .range(start..)
+            .take_while(move |(r, _)| r.domain == domain && r.ty == ty)
+            .filter_map(move |(_, idxs)| Self::at(inner, idxs, seq))
+    }
+
+    /// The state a record's events (`idxs`) left it in after event `seq`.
+    fn at(inner: &Inner, idxs: &[usize], seq: u64) -> Option<State> {
+        let n = idxs.partition_point(|&i| inner.events[i].seq <= seq);
+        n.checked_sub(1).and_then(|last| state_after(&inner.events[idxs[last]]))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -109,8 +134,9 @@ impl Storage for MemoryStorage {
                 inner.states.remove(&req.record);
             }
         }
-        inner.versions.insert(req.record, version);
         let idx = inner.events.len();
+        inner.history.entry(req.record.clone()).or_default().push(idx);
+        inner.versions.insert(req.record, version);
         inner.by_id.insert(event.id.clone(), idx);
         if let Some(idem) = req.idempotency {
             inner.idempotency.insert(idem.key, (idem.fingerprint, idx));
@@ -141,6 +167,43 @@ impl Storage for MemoryStorage {
             .map(|(_, s)| s);
         let arrival = if q.sort.is_some() { Arrival::AnyOrder } else { Arrival::InOrder };
         Ok(q.select(arrival, candidates).into_iter().cloned().collect())
+    }
+
+    async fn get_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<State>>> {
+        // One lock: the head and the answer are one snapshot.
+        let inner = self.lock();
+        let head = inner.events.len() as u64;
+        Ok(match at {
+            None => AtSeq {
+                value: inner.states.get(record).cloned(),
+                seq: head,
+            },
+            Some(seq) => AtSeq {
+                value: inner.history.get(record).and_then(|idxs| Self::at(&inner, idxs, seq)),
+                seq,
+            },
+        })
+    }
+
+    async fn search_states_at(&self, q: &StateQuery, at: Option<u64>) -> Result<AtSeq<Vec<State>>> {
+        // One lock, so the head and the answer are one snapshot. Read now,
+        // the states at the head are the current ones: one path for both.
+        let inner = self.lock();
+        let seq = at.unwrap_or(inner.events.len() as u64);
+        let arrival = if q.sort.is_some() { Arrival::AnyOrder } else { Arrival::InOrder };
+        let value = q.select(arrival, Self::states_at(&inner, &q.domain, &q.ty, seq));
+        Ok(AtSeq { value, seq })
+    }
+
+    async fn seq_at_time(&self, domain: &str, ty: &str, time: i64) -> Result<u64> {
+        // The reference provider scans; the others use an index on time.
+        let inner = self.lock();
+        Ok(inner
+            .events
+            .iter()
+            .filter(|e| e.record.domain == domain && e.record.ty == ty && e.time <= time)
+            .max_by_key(|e| (e.time, e.seq))
+            .map_or(0, |e| e.seq))
     }
 
     async fn search_events(&self, q: &EventQuery) -> Result<Vec<Event>> {

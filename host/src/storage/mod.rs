@@ -11,6 +11,22 @@
 //! reader, so is every event with a smaller seq.** (Assign seqs in commit
 //! order: one writer, or a counter updated inside the transaction.)
 //!
+//! **Reads at a position.** `get_at` and `search_states_at` answer with the
+//! store position (`seq`) their answer reflects: every event with a seq up
+//! to it, and none after. Read now (`at = None`), that is what makes
+//! snapshot-then-watch exact: a stream resuming after that seq delivers
+//! exactly the changes the answer does not hold (none missed, none twice).
+//! A provider reads the head and the data in one snapshot (one transaction,
+//! one lock); one that cannot gets `history`'s bracketed read: the head read
+//! before and after the data, equal only if nothing was committed in
+//! between, else the answer is rebuilt from history at the later head.
+//! Read at a past seq (`at = Some(s)`, point-in-time reads), the answer is
+//! each record as its latest event with seq <= s left it (absent if that
+//! event deleted it), found through an index on (record, seq), so the cost
+//! grows with the number of records read, and with a record's history only
+//! logarithmically. `s` never exceeds the head (the gateway checks).
+//! `seq_at_time` turns a time into such a seq for one domain and type.
+//!
 //! Searches mean the same on every provider because none decides them
 //! alone: a provider translates a query exactly or reads a superset from its
 //! backend and lets the query choose (`model::query`: `matches`, and
@@ -21,6 +37,7 @@
 //! provider must pass.
 
 pub mod file_lock;
+pub mod history;
 pub mod memory;
 #[cfg(feature = "mongo")]
 pub mod mongo;
@@ -35,7 +52,7 @@ pub mod sqlite;
 pub mod wasm;
 
 use crate::model::{
-    Appended, AppendRequest, CatalogEntry, Error, Expect, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery, Topic,
+    AtSeq, Appended, AppendRequest, CatalogEntry, Error, Expect, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery, Topic,
 };
 use crate::wasm::WasmRuntime;
 use async_trait::async_trait;
@@ -58,6 +75,36 @@ pub trait Storage: Send + Sync + 'static {
     /// Current states of one domain and type matching the query, in the
     /// query's sort order (by key when it has none), after offset, up to limit.
     async fn search_states(&self, query: &StateQuery) -> Result<Vec<State>>;
+
+    /// A record's state at a store position: now (`at = None`) with the seq
+    /// the answer reflects, or as the record was after event `at` (from
+    /// history). `at` is at most the head. See the module comment.
+    ///
+    /// The default reads now by `history::bracketed` and the past by
+    /// replaying the record's type from the feed (`history::replay_get`),
+    /// whose cost grows with that history: providers that can answer from
+    /// an index do.
+    async fn get_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<State>>> {
+        match at {
+            None => history::bracketed_get(self, record).await,
+            Some(seq) => Ok(AtSeq { value: history::replay_get(self, record, seq).await?, seq }),
+        }
+    }
+
+    /// `search_states` at a store position, like `get_at`.
+    async fn search_states_at(&self, query: &StateQuery, at: Option<u64>) -> Result<AtSeq<Vec<State>>> {
+        match at {
+            None => history::bracketed_search(self, query).await,
+            Some(seq) => Ok(AtSeq { value: history::replay_search(self, query, seq).await?, seq }),
+        }
+    }
+
+    /// The seq a point-in-time read at `time` answers at, for one domain and
+    /// type: that of its last event stamped at or before `time` (by time,
+    /// then seq), 0 when there is none. The default asks `search_events`.
+    async fn seq_at_time(&self, domain: &str, ty: &str, time: i64) -> Result<u64> {
+        history::seq_at_time_by_search(self, domain, ty, time).await
+    }
 
     /// Events matching the query, oldest (lowest seq) first.
     async fn search_events(&self, query: &EventQuery) -> Result<Vec<Event>>;

@@ -28,7 +28,7 @@
 
 use super::{FEED_PAGE, Storage, conflict, idempotency_mismatch};
 use crate::model::{
-    Appended, AppendRequest, Arrival, CatalogEntry, Change, Error, Event, EventKind, EventQuery, FeedQuery, Filter, RecordRef,
+    AtSeq, Appended, AppendRequest, Arrival, CatalogEntry, Change, Error, Event, EventKind, EventQuery, FeedQuery, Filter, RecordRef,
     Result, Select, State, StateQuery, Values,
     query::Op,
 };
@@ -83,6 +83,8 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_type_seq ON events (domain, type, seq);
 CREATE INDEX IF NOT EXISTS events_by_type_time ON events (domain, type, time);
+-- Point-in-time reads: a record's last event up to a seq is one descent.
+CREATE INDEX IF NOT EXISTS events_by_record_seq ON events (domain, type, key, seq);
 -- One row per record ever written; vals is NULL once deleted, and the row
 -- keeps the last version so a recreated record continues its numbering.
 CREATE TABLE IF NOT EXISTS states (
@@ -480,6 +482,72 @@ fn append_one(tx: &Connection, job: &Job) -> std::result::Result<Written, Failed
     Ok(Written::New { seq, version })
 }
 
+/// Runs `read` in one read transaction, with the head it sees: in WAL mode
+/// the transaction's snapshot is fixed at its first read, so the head and
+/// the answer reflect exactly the same commits.
+fn snapshot<T>(c: &Connection, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<AtSeq<T>> {
+    let tx = c.unchecked_transaction()?;
+    let seq = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+    let value = read(&tx)?;
+    tx.commit()?;
+    Ok(AtSeq { value, seq })
+}
+
+fn get_now(c: &Connection, r: RecordRef) -> rusqlite::Result<Option<State>> {
+    c.prepare_cached("SELECT version, vals FROM states WHERE domain = ?1 AND type = ?2 AND key = ?3 AND vals IS NOT NULL")?
+        .query_row(params![r.domain, r.ty, r.key], |row| Ok((row.get(0)?, json_column(row, 1)?)))
+        .optional()
+        .map(|found| found.map(|(version, values)| State { record: r, version, values }))
+}
+
+fn search_states_now(c: &Connection, q: &StateQuery) -> rusqlite::Result<Vec<State>> {
+    let mut sql = String::from("SELECT key, version, vals FROM states WHERE domain = ?1 AND type = ?2 AND vals IS NOT NULL");
+    let mut args = vec![SqlValue::Text(q.domain.clone()), SqlValue::Text(q.ty.clone())];
+    pushdown("vals", &q.filter, &mut sql, &mut args);
+    sql.push_str(" ORDER BY key");
+    select_states(c, q, &sql, args)
+}
+
+/// The states of the query's type after event `seq`: every record the type
+/// ever had (the `states` rows, deleted ones included) with its last event
+/// up to `seq`, found by one descent of events_by_record_seq each.
+fn search_states_past(c: &Connection, q: &StateQuery, seq: u64) -> rusqlite::Result<Vec<State>> {
+    let mut sql = String::from(
+        "SELECT s.key, e.version, e.vals FROM states s JOIN events e ON e.seq = \
+           (SELECT x.seq FROM events x WHERE x.domain = s.domain AND x.type = s.type AND x.key = s.key AND x.seq <= ?3 \
+            ORDER BY x.seq DESC LIMIT 1) \
+         WHERE s.domain = ?1 AND s.type = ?2 AND e.vals IS NOT NULL",
+    );
+    let mut args = vec![SqlValue::Text(q.domain.clone()), SqlValue::Text(q.ty.clone()), SqlValue::Integer(seq as i64)];
+    pushdown("e.vals", &q.filter, &mut sql, &mut args);
+    sql.push_str(" ORDER BY s.key");
+    select_states(c, q, &sql, args)
+}
+
+/// Runs a states query whose rows are (key, version, vals) in key order and
+/// picks the page.
+fn select_states(c: &Connection, q: &StateQuery, sql: &str, args: Vec<SqlValue>) -> rusqlite::Result<Vec<State>> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let rows = stmt.query_map(params_from_iter(args), |row| {
+        Ok(State {
+            record: RecordRef {
+                domain: q.domain.clone(),
+                ty: q.ty.clone(),
+                key: row.get(0)?,
+            },
+            version: row.get(1)?,
+            values: json_column(row, 2)?,
+        })
+    })?;
+    // Rows come by key (the primary key's order). A field sort is not
+    // pushed into SQL: ORDER BY json_extract orders mixed kinds, arrays and
+    // objects otherwise than `query::compare_values`, the one order every
+    // provider answers in. So the page keeps the top offset + limit rows as
+    // they stream past, never the whole type.
+    let arrival = if q.sort.is_some() { Arrival::AnyOrder } else { Arrival::InOrder };
+    q.try_select(arrival, rows)
+}
+
 const EVENT_COLUMNS: &str = "seq, id, domain, type, key, version, kind, method, time, vals, claims";
 
 /// A JSON column parsed straight from sqlite's buffer (no copy of the text).
@@ -599,43 +667,62 @@ impl Storage for SqliteStorage {
 
     async fn get(&self, record: &RecordRef) -> Result<Option<State>> {
         let r = record.clone();
-        self.read_point(move |c| {
-            c.prepare_cached(
-                "SELECT version, vals FROM states WHERE domain = ?1 AND type = ?2 AND key = ?3 AND vals IS NOT NULL",
-            )?
-            .query_row(params![r.domain, r.ty, r.key], |row| Ok((row.get(0)?, json_column(row, 1)?)))
-            .optional()
-            .map(|found| found.map(|(version, values)| State { record: r, version, values }))
-        })
-        .await
+        self.read_point(move |c| get_now(c, r)).await
     }
 
     async fn search_states(&self, q: &StateQuery) -> Result<Vec<State>> {
         let q = q.clone();
-        self.read(move |c| {
-            let mut sql = String::from("SELECT key, version, vals FROM states WHERE domain = ?1 AND type = ?2 AND vals IS NOT NULL");
-            let mut args = vec![SqlValue::Text(q.domain.clone()), SqlValue::Text(q.ty.clone())];
-            pushdown("vals", &q.filter, &mut sql, &mut args);
-            sql.push_str(" ORDER BY key");
-            let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params_from_iter(args), |row| {
-                Ok(State {
-                    record: RecordRef {
-                        domain: q.domain.clone(),
-                        ty: q.ty.clone(),
-                        key: row.get(0)?,
-                    },
-                    version: row.get(1)?,
-                    values: json_column(row, 2)?,
+        self.read(move |c| search_states_now(c, &q)).await
+    }
+
+    async fn get_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<State>>> {
+        let r = record.clone();
+        self.read_point(move |c| {
+            let Some(seq) = at else {
+                // One read transaction: the head and the state are one
+                // WAL snapshot.
+                return snapshot(c, |c| get_now(c, r));
+            };
+            let found = c
+                .prepare_cached(
+                    "SELECT version, vals FROM events WHERE domain = ?1 AND type = ?2 AND key = ?3 AND seq <= ?4 \
+                     ORDER BY seq DESC LIMIT 1",
+                )?
+                .query_row(params![r.domain, r.ty, r.key, seq], |row| {
+                    Ok(match row.get_ref(1)? {
+                        rusqlite::types::ValueRef::Null => None,
+                        _ => Some((row.get(0)?, json_column(row, 1)?)),
+                    })
                 })
-            })?;
-            // Rows come by key (the primary key's order). A field sort is
-            // not pushed into SQL: ORDER BY json_extract orders mixed kinds,
-            // arrays and objects otherwise than `query::compare_values`, the
-            // one order every provider answers in. So the page keeps the top
-            // offset + limit rows as they stream past, never the whole type.
-            let arrival = if q.sort.is_some() { Arrival::AnyOrder } else { Arrival::InOrder };
-            q.try_select(arrival, rows)
+                .optional()?
+                .flatten();
+            Ok(AtSeq {
+                value: found.map(|(version, values)| State { record: r, version, values }),
+                seq,
+            })
+        })
+        .await
+    }
+
+    async fn search_states_at(&self, q: &StateQuery, at: Option<u64>) -> Result<AtSeq<Vec<State>>> {
+        let q = q.clone();
+        self.read(move |c| match at {
+            None => snapshot(c, |c| search_states_now(c, &q)),
+            Some(seq) => Ok(AtSeq { value: search_states_past(c, &q, seq)?, seq }),
+        })
+        .await
+    }
+
+    async fn seq_at_time(&self, domain: &str, ty: &str, time: i64) -> Result<u64> {
+        let (domain, ty) = (domain.to_owned(), ty.to_owned());
+        self.read_point(move |c| {
+            // One descent of events_by_type_time (whose entries end in seq).
+            c.prepare_cached(
+                "SELECT seq FROM events WHERE domain = ?1 AND type = ?2 AND time <= ?3 ORDER BY time DESC, seq DESC LIMIT 1",
+            )?
+            .query_row(params![domain, ty, time], |row| row.get(0))
+            .optional()
+            .map(|seq| seq.unwrap_or(0))
         })
         .await
     }
@@ -649,6 +736,8 @@ impl Storage for SqliteStorage {
                 (" AND key = ?", q.key.clone().map(SqlValue::Text)),
                 (" AND time >= ?", q.min_time.map(SqlValue::Integer)),
                 (" AND time <= ?", q.max_time.map(SqlValue::Integer)),
+                (" AND version >= ?", q.min_version.map(|v| SqlValue::Integer(v as i64))),
+                (" AND version <= ?", q.max_version.map(|v| SqlValue::Integer(v as i64))),
             ] {
                 if let Some(v) = value {
                     args.push(v);

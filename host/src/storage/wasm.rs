@@ -181,6 +181,11 @@ impl Storage for WasmStorage {
     }
 
     async fn search_events(&self, query: &EventQuery) -> Result<Vec<Event>> {
+        // WIT has no version bounds: with them the guest returns the whole
+        // candidate set (one record's history, as they are meant with a
+        // key) and the host picks the page.
+        let versioned = query.min_version.is_some() || query.max_version.is_some();
+        let (offset, limit) = if versioned { (0, usize::MAX) } else { (query.offset, query.limit) };
         let q = wit::EventQuery {
             domain: query.domain.clone(),
             ty: query.ty.clone(),
@@ -196,14 +201,14 @@ impl Storage for WasmStorage {
                 },
                 descending: s.descending,
             }),
-            offset: clamp_u32(query.offset),
-            limit: clamp_u32(query.limit),
+            offset: clamp_u32(offset),
+            limit: clamp_u32(limit),
         };
         let page = match self.call("query-events", move |s, g| g.query_events(s, &q)).await? {
             Ok(p) => p,
             Err(e) => return Err(self.error(e)),
         };
-        let rest = self.rest_of_offset("query-events", query.offset, page.skipped)?;
+        let rest = self.rest_of_offset("query-events", offset, page.skipped)? + (query.offset - offset);
         let events = page.events.into_iter().map(|e| event_from_wit(&self.name, e));
         if rest == query.offset {
             return query.try_select(Arrival::AnyOrder, events);

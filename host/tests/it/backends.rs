@@ -177,7 +177,7 @@ async fn mongo_keeps_values_bson_cannot_hold() {
             filter: Filter::parse("query_string", r#"{"city": "Lyon"}"#).unwrap(),
             claims_filter: Filter::parse("claims_query", r#"{"tenant": "acme"}"#).unwrap(),
             min_time: None,
-            max_time: None,
+            max_time: None, min_version: None, max_version: None,
             limit: 10,
             offset: 0, sort: None,
         })

@@ -167,3 +167,88 @@ async fn rust_examples_run() {
     assert_eq!(ids.len(), 3);
     gw.stop().await;
 }
+
+/// `watch()`: a snapshot, then every change after it applied to the local
+/// view, across concurrent writers and a gateway restart (with writes made
+/// through another instance while the watch's gateway is down). Every event
+/// after the snapshot is handed over exactly once and the view ends equal to
+/// the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_keeps_a_view_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = |port: u16| {
+        let mut c = dev_config(dir.path());
+        c.port = port;
+        c.shutdown_grace_secs = 1;
+        c
+    };
+    let d = unique("watch");
+    let gw = TestGateway::start_config(config(port)).await;
+    let client = Client::builder(gw.url())
+        .resume(Resume { initial_backoff: Duration::from_millis(50), max_backoff: Duration::from_millis(500), ..Default::default() })
+        .connect()
+        .await
+        .unwrap();
+    for i in 0..20 {
+        client.set(&d, "t", &format!("k{i}"), &json!({"i": i, "phase": 0})).await.unwrap();
+    }
+    let mut watch = client.watch(&d, "t").await.unwrap();
+    assert_eq!(watch.view().len(), 20);
+    let snapshot = watch.snapshot_sequence();
+
+    // Concurrent writers (live events of different records may arrive out
+    // of sequence order), while the watch is read.
+    async fn write(url: String, d: String, w: usize, n: usize, phase: u32) {
+        let c = Client::connect(url).await.unwrap();
+        for i in 0..n {
+            let key = format!("k{}", (w * 5 + i) % 20);
+            if i % 6 == 5 {
+                match c.del(&d, "t", &key).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => panic!("del: {e}"),
+                }
+            } else {
+                c.set(&d, "t", &key, &json!({"w": w, "i": i, "phase": phase})).await.unwrap();
+            }
+        }
+    }
+    let writers: Vec<_> = (0..4).map(|w| tokio::spawn(write(gw.url(), d.clone(), w, 50, 1))).collect();
+    let mut handed = vec![];
+    for w in writers {
+        w.await.unwrap();
+    }
+    while handed.len() < 10 {
+        handed.push(tokio::time::timeout(Duration::from_secs(60), watch.next_change()).await.unwrap().unwrap().unwrap());
+    }
+    gw.stop().await;
+    let other = TestGateway::start_config(config(0)).await;
+    write(other.url(), d.clone(), 9, 40, 2).await;
+    other.stop().await;
+    let gw = TestGateway::start_config(config(port)).await;
+    write(gw.url(), d.clone(), 7, 30, 3).await;
+
+    // Every event after the snapshot, from the store's own history.
+    let side = Client::connect(gw.url()).await.unwrap();
+    let history = side.search_events(SearchEventOpts::new(&d, "t", 1000)).await.unwrap();
+    let expected: Vec<i64> = history.iter().map(|e| e.sequence).filter(|&s| s > snapshot).collect();
+    while handed.len() < expected.len() {
+        handed.push(tokio::time::timeout(Duration::from_secs(60), watch.next_change()).await.expect("the watch resumed").unwrap().unwrap());
+    }
+    let mut got: Vec<i64> = handed.iter().map(|e| e.sequence).collect();
+    got.sort_unstable();
+    assert_eq!(got, expected, "each change after the snapshot exactly once");
+    assert!(watch.reconnects() >= 1);
+    let now = side.search(SearchStateOpts::new(&d, "t", 1000)).await.unwrap();
+    let view: Vec<(String, i64, serde_json::Value)> =
+        watch.view().values().map(|s| (s.key.clone(), s.version, s.values_json())).collect();
+    let store: Vec<(String, i64, serde_json::Value)> = now.iter().map(|s| (s.key.clone(), s.version, s.values_json())).collect();
+    assert_eq!(view, store, "the view is the store");
+    // Nothing trails: the next change is the one written now.
+    let sentinel = side.set(&d, "t", "sentinel", &json!({})).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(60), watch.next_change()).await.unwrap().unwrap().unwrap();
+    assert_eq!(next.id, sentinel.id, "seq {} came twice", next.sequence);
+    assert!(watch.get("sentinel").is_some());
+    gw.stop().await;
+}

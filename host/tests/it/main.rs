@@ -11,6 +11,7 @@ mod harness;
 #[macro_use]
 mod storage_conformance;
 mod query_conformance;
+mod read_at_conformance;
 #[macro_use]
 mod channel_conformance;
 
@@ -20,6 +21,7 @@ mod wire;
 
 mod catch_up;
 mod filtered_streams;
+mod snapshot_watch;
 #[cfg(feature = "mongo")]
 mod hub_repairs;
 mod event_sourcing;

@@ -112,7 +112,7 @@ pub async fn sorted_event_search(s: DynStorage) {
             filter: Filter::parse("query_string", filter).unwrap(),
             claims_filter: Filter::default(),
             min_time: None,
-            max_time: None,
+            max_time: None, min_version: None, max_version: None,
             limit,
             offset,
             sort: Some(EventSort::parse("sort.field", field, descending).unwrap()),

@@ -26,8 +26,11 @@ async fn v050_routes_round_trip() {
     assert_eq!(set["kind"], json!("SET"));
     assert!(set["time"].as_str().unwrap().parse::<i64>().is_ok());
 
-    let (s, got) = body(c.get(&url).send().await.unwrap()).await;
+    let (s, mut got) = body(c.get(&url).send().await.unwrap()).await;
     assert_eq!(s, 200);
+    // The store position the read answered at (additive): at least the write's.
+    let seq = got.as_object_mut().unwrap().remove("sequence").expect("sequence");
+    assert!(seq.as_str().unwrap().parse::<i64>().unwrap() >= set["sequence"].as_str().unwrap().parse::<i64>().unwrap());
     assert_eq!(got, json!({"domain": d, "type": "user", "key": "alice", "values": {"name": "Alice", "n": 7}, "version": "1"}));
 
     // Original field names and camelCase are both accepted, as are int64s as strings.

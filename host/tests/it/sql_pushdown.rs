@@ -100,7 +100,7 @@ async fn hostile_names(kind: Kind) {
                 filter: Filter::default(),
                 claims_filter: Filter::from_object("claims_query", json!({HOSTILE[0]: HOSTILE[1]}).as_object().unwrap()).unwrap(),
                 min_time: None,
-                max_time: None,
+                max_time: None, min_version: None, max_version: None,
                 limit: 10,
                 offset: 0, sort: None,
             })
@@ -241,7 +241,7 @@ fn agrees_with_the_reference(kind: Kind) {
                 for by in sorts {
                     let q = EventQuery {
                         domain: d.clone(), ty: "t".into(), key: None, filter: filter.clone(), claims_filter: Filter::default(),
-                        min_time: None, max_time: None, limit, offset,
+                        min_time: None, max_time: None, min_version: None, max_version: None, limit, offset,
                         sort: by.map(|(f, desc)| EventSort::parse("sort.field", f, desc).unwrap()),
                     };
                     let got = ids(stores.0.search_events(&q).await.unwrap());
@@ -321,11 +321,11 @@ async fn postgres_reads_use_their_indexes() {
     by_id.arg(Arg::Text(uuid::Uuid::new_v4().to_string()));
     let history = statements::search_events(&EventQuery {
         domain: "d3".into(), ty: "t5".into(), key: Some("k13".into()), filter: Filter::default(), claims_filter: Filter::default(),
-        min_time: None, max_time: None, limit: 100, offset: 0, sort: None,
+        min_time: None, max_time: None, min_version: None, max_version: None, limit: 100, offset: 0, sort: None,
     }).0;
     let time_range = statements::search_events(&EventQuery {
         domain: "d3".into(), ty: "t5".into(), key: None, filter: Filter::default(), claims_filter: Filter::default(),
-        min_time: Some(1_001_300), max_time: Some(1_001_310), limit: 100, offset: 0, sort: None,
+        min_time: Some(1_001_300), max_time: Some(1_001_310), min_version: None, max_version: None, limit: 100, offset: 0, sort: None,
     }).0;
     let feed_type = statements::feed(&FeedQuery {
         topic: Topic { domain: Some("d3".into()), ty: Some("t5".into()) }, key: None, after_seq: 1500, from_time: None, limit: 512,
@@ -396,7 +396,7 @@ async fn postgres_event_search_of_a_late_type_walks_the_type_index() {
     let search = statements::search_events(&EventQuery {
         domain: "d".into(), ty: "late".into(), key: None,
         filter: Filter::from_object("query_string", json!({"g": 3}).as_object().unwrap()).unwrap(), claims_filter: Filter::default(),
-        min_time: None, max_time: None, limit: 10, offset: 0, sort: None,
+        min_time: None, max_time: None, min_version: None, max_version: None, limit: 10, offset: 0, sort: None,
     }).0;
     let (nodes, indexes) = plan(&mut conn, &search).await;
     assert_eq!(indexes, ["events_by_type_seq"], "the plan: {nodes:?} over {indexes:?}");
@@ -405,7 +405,7 @@ async fn postgres_event_search_of_a_late_type_walks_the_type_index() {
     let found = s.search_events(&EventQuery {
         domain: "d".into(), ty: "late".into(), key: None,
         filter: Filter::from_object("query_string", json!({"g": 3}).as_object().unwrap()).unwrap(), claims_filter: Filter::default(),
-        min_time: None, max_time: None, limit: 10, offset: 0, sort: None,
+        min_time: None, max_time: None, min_version: None, max_version: None, limit: 10, offset: 0, sort: None,
     }).await.unwrap();
     assert_eq!(found.len(), 10);
     assert!(found.windows(2).all(|w| w[0].seq < w[1].seq) && found.iter().all(|e| e.record.ty == "late"));

@@ -13,6 +13,10 @@ use stategate::storage::DynStorage;
 
 // The query language's checks live in their own file.
 pub use crate::query_conformance::{query_operators, sorted_event_search};
+// So are the reads at a store position (snapshots and point-in-time reads).
+pub use crate::read_at_conformance::{
+    event_versions_between, point_in_time_reads, reads_now_are_snapshots, reads_now_name_their_seq, seq_at_time,
+};
 
 
 pub fn unique_domain() -> String {
@@ -288,7 +292,7 @@ pub async fn search_events(s: DynStorage) {
         filter: Filter::parse("query_string", filter).unwrap(),
         claims_filter: Filter::parse("claims_query", claims).unwrap(),
         min_time: min,
-        max_time: max,
+        max_time: max, min_version: None, max_version: None,
         limit,
         offset, sort: None,
     };
@@ -335,7 +339,7 @@ pub async fn deletions_under_filters(s: DynStorage) {
             filter: Filter::parse("query_string", filter).unwrap(),
             claims_filter: Filter::parse("claims_query", claims).unwrap(),
             min_time: None,
-            max_time: None,
+            max_time: None, min_version: None, max_version: None,
             limit,
             offset, sort: None,
         };
@@ -498,6 +502,11 @@ macro_rules! storage_conformance {
             check!(feed_and_head);
             check!(many_concurrent_appends_keep_order);
             check!(catalog);
+            check!(reads_now_name_their_seq);
+            check!(point_in_time_reads);
+            check!(seq_at_time);
+            check!(reads_now_are_snapshots);
+            check!(event_versions_between);
         }
     };
 }

@@ -192,7 +192,7 @@ fn fs_storage_search_agrees_with_the_reference() {
                     filter: filter.clone(),
                     claims_filter: Filter::parse("claims_query", r#"{"sub": "tester"}"#).unwrap(),
                     min_time: None,
-                    max_time: None,
+                    max_time: None, min_version: None, max_version: None,
                     limit,
                     offset,
                     sort: event_sort,

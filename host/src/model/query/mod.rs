@@ -73,6 +73,10 @@ pub struct EventQuery {
     /// Inclusive bounds on `Event::time`.
     pub min_time: Option<i64>,
     pub max_time: Option<i64>,
+    /// Inclusive bounds on `Event::version` (versions are per record, so
+    /// these are meant with `key`: one record's versions between two).
+    pub min_version: Option<u64>,
+    pub max_version: Option<u64>,
     pub limit: usize,
     pub offset: usize,
     pub sort: Option<EventSort>,
@@ -181,6 +185,8 @@ impl EventQuery {
             && self.key.as_ref().is_none_or(|k| *k == e.record.key)
             && self.min_time.is_none_or(|t| e.time >= t)
             && self.max_time.is_none_or(|t| e.time <= t)
+            && self.min_version.is_none_or(|v| e.version >= v)
+            && self.max_version.is_none_or(|v| e.version <= v)
             && self.filter.matches(event_values(e))
             && self.claims_filter.matches(&e.claims)
     }

@@ -54,9 +54,10 @@ fn to_bson(v: &Value) -> Option<Bson> {
 }
 
 /// The fields of a record's state document that an event sets: version,
-/// liveness, the values as JSON text and their queryable BSON copy.
+/// the event's seq (`read_at`), liveness, the values as JSON text and
+/// their queryable BSON copy.
 pub(super) fn state_set(event: &Event) -> Document {
-    let mut set = doc! {"v": event.version as i64, "live": event.values.is_some()};
+    let mut set = doc! {"v": event.version as i64, "s": event.seq as i64, "live": event.values.is_some()};
     match &event.values {
         Some(v) => {
             set.insert("vals", json_text(v));

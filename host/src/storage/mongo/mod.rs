@@ -64,12 +64,14 @@
 //! Files, one idea each: `transaction` (the append on a replica set),
 //! `standalone` (the append without transactions), `repair` (the stable
 //! head and states repaired from events, standalone only), `codec` (events
-//! and states as BSON documents), `query` (searches and the feed as server
+//! and states as BSON documents), `read_at` (reads at a store position,
+//! from the events), `query` (searches and the feed as server
 //! filters, and their pages), `v050` (reading v0.5.0's collections for
 //! `stategate migrate v050`).
 
 mod codec;
 mod query;
+mod read_at;
 mod repair;
 mod standalone;
 mod transaction;
@@ -77,7 +79,7 @@ pub mod v050;
 
 use super::{FEED_PAGE, Storage};
 use crate::model::{
-    Appended, AppendRequest, Arrival, CatalogEntry, Error, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery,
+    AtSeq, Appended, AppendRequest, Arrival, CatalogEntry, Error, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery,
 };
 use async_trait::async_trait;
 use codec::{event_from_doc, state_from_doc};
@@ -280,6 +282,8 @@ impl MongoStorage {
                     unique(doc! {"d": 1, "t": 1, "k": 1, "v": 1}),
                     plain(doc! {"d": 1, "t": 1, "_id": 1}),
                     plain(doc! {"d": 1, "t": 1, "time": 1}),
+                    // A record's last event up to a seq (`read_at`).
+                    plain(doc! {"d": 1, "t": 1, "k": 1, "_id": 1}),
                 ])
                 ,
         )
@@ -371,6 +375,18 @@ impl Storage for MongoStorage {
         tokio::time::timeout(CALL_DEADLINE, run)
             .await
             .unwrap_or_else(|_| Err(Error::unavailable("mongo: search took too long")))
+    }
+
+    async fn get_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<State>>> {
+        self.get_at_seq(record, at).await
+    }
+
+    async fn search_states_at(&self, q: &StateQuery, at: Option<u64>) -> Result<AtSeq<Vec<State>>> {
+        self.search_at_seq(q, at).await
+    }
+
+    async fn seq_at_time(&self, domain: &str, ty: &str, time: i64) -> Result<u64> {
+        self.seq_at(domain, ty, time).await
     }
 
     async fn search_events(&self, q: &EventQuery) -> Result<Vec<Event>> {

@@ -1,6 +1,6 @@
 //! Searches and the feed as server-side filters, and the pages chosen from
-//! what the server returns. The filters are exact for record, key, time and
-//! seq; a query's conditions are pushed down only as a superset (equality on
+//! what the server returns. The filters are exact for record, key, time,
+//! version and seq; a query's conditions are pushed down only as a superset (equality on
 //! the BSON copy), and `model::query` decides every result.
 
 use super::db_error;
@@ -33,6 +33,16 @@ pub(super) fn events(q: &EventQuery) -> Document {
     }
     if !time.is_empty() {
         first.insert("time", time);
+    }
+    let mut version = Document::new();
+    if let Some(v) = q.min_version {
+        version.insert("$gte", v as i64);
+    }
+    if let Some(v) = q.max_version {
+        version.insert("$lte", v as i64);
+    }
+    if !version.is_empty() {
+        first.insert("v", version);
     }
     let mut and = vec![first];
     pushdown("doc", "raw", &q.filter, &mut and);

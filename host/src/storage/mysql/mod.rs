@@ -29,7 +29,7 @@ use super::sql::writer::{self, Job};
 use super::sql::{select, corrupt, decode_error, parse_values, type_hash};
 use super::{FEED_PAGE, Storage};
 use crate::model::{
-    AppendRequest, Arrival, Appended, CatalogEntry, Change, Error, Event, EventKind, EventOrder, EventQuery, EventSort, FeedQuery,
+    AppendRequest, Arrival, AtSeq, Appended, CatalogEntry, Change, Error, Event, EventKind, EventOrder, EventQuery, EventSort, FeedQuery,
     RecordRef, Result, State, StateQuery,
 };
 use async_trait::async_trait;
@@ -270,6 +270,57 @@ fn limit_arg(n: usize) -> Arg {
     Arg::I64(n.min(i64::MAX as usize) as i64)
 }
 
+impl MysqlStorage {
+    /// A state search; `with_head`: with the seq it reflects, read in the
+    /// same snapshot (else the seq is 0).
+    async fn search_states_snapshot(&self, q: &StateQuery, with_head: bool) -> Result<AtSeq<Vec<State>>> {
+        if q.limit == 0 && !with_head {
+            return Ok(AtSeq { value: vec![], seq: 0 });
+        }
+        let mut sql = Sql::new("SELECT rkey, version, vals FROM states WHERE dt = ");
+        let dt = sql.arg(Arg::Bytes(type_hash(&q.domain, &q.ty)));
+        let d = sql.arg(Arg::Bytes(q.domain.as_bytes().to_vec()));
+        let t = sql.arg(Arg::Bytes(q.ty.as_bytes().to_vec()));
+        sql.push(&format!("{dt} AND domain = {d} AND rtype = {t} AND vals IS NOT NULL"));
+        let exact_filter = query::filter(&mut sql, "vals", &q.filter);
+        let exact_sort = query::order_by(&mut sql, q.sort.as_ref(), self.mariadb);
+        let in_sql = exact_filter && exact_sort;
+        if in_sql {
+            let l = sql.arg(limit_arg(q.limit));
+            let o = sql.arg(limit_arg(q.offset));
+            sql.push(&format!(" LIMIT {l} OFFSET {o}"));
+        }
+        let (text_sql, args) = sql.finish();
+        let decode = |row: &MySqlRow| -> std::result::Result<State, sqlx::Error> {
+            Ok(State {
+                record: RecordRef { domain: q.domain.clone(), ty: q.ty.clone(), key: text(row, 0)? },
+                version: row.try_get::<i64, _>(1)? as u64,
+                values: parse_values(NAME, &text(row, 2)?).map_err(decode_error)?,
+            })
+        };
+        let arrival = if exact_sort { Arrival::InOrder } else { Arrival::AnyOrder };
+        read!(self, |c| {
+            if !with_head {
+                let rows = query::bind(sqlx::query(sqlx::AssertSqlSafe(text_sql.as_str())), &args).fetch(c);
+                return select(NAME, rows, decode, q, in_sql, arrival).await.map(|value| AtSeq { value, seq: 0 });
+            }
+            // The head and the search in one InnoDB read view: REPEATABLE
+            // READ fixes it at the first read, and the counter commits with
+            // the events it counts. (SET TRANSACTION applies to the next
+            // transaction only, so it comes before BEGIN.)
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *c).await?;
+            let mut tx = c.begin().await?;
+            let seq = sqlx::query_scalar::<_, i64>("SELECT n FROM seq_counter WHERE id = 1").fetch_one(&mut *tx).await?;
+            let value = {
+                let rows = query::bind(sqlx::query(sqlx::AssertSqlSafe(text_sql.as_str())), &args).fetch(&mut *tx);
+                select(NAME, rows, decode, q, in_sql, arrival).await?
+            };
+            tx.commit().await?;
+            Ok(AtSeq { value, seq: seq as u64 })
+        })
+    }
+}
+
 #[async_trait]
 impl Storage for MysqlStorage {
     fn name(&self) -> &str {
@@ -306,35 +357,15 @@ impl Storage for MysqlStorage {
     }
 
     async fn search_states(&self, q: &StateQuery) -> Result<Vec<State>> {
-        if q.limit == 0 {
-            return Ok(vec![]);
+        Ok(self.search_states_snapshot(q, false).await?.value)
+    }
+
+    async fn search_states_at(&self, q: &StateQuery, at: Option<u64>) -> Result<AtSeq<Vec<State>>> {
+        match at {
+            // The past: the trait's replay of the type's feed.
+            Some(seq) => Ok(AtSeq { value: super::history::replay_search(self, q, seq).await?, seq }),
+            None => self.search_states_snapshot(q, true).await,
         }
-        let mut sql = Sql::new("SELECT rkey, version, vals FROM states WHERE dt = ");
-        let dt = sql.arg(Arg::Bytes(type_hash(&q.domain, &q.ty)));
-        let d = sql.arg(Arg::Bytes(q.domain.as_bytes().to_vec()));
-        let t = sql.arg(Arg::Bytes(q.ty.as_bytes().to_vec()));
-        sql.push(&format!("{dt} AND domain = {d} AND rtype = {t} AND vals IS NOT NULL"));
-        let exact_filter = query::filter(&mut sql, "vals", &q.filter);
-        let exact_sort = query::order_by(&mut sql, q.sort.as_ref(), self.mariadb);
-        let in_sql = exact_filter && exact_sort;
-        if in_sql {
-            let l = sql.arg(limit_arg(q.limit));
-            let o = sql.arg(limit_arg(q.offset));
-            sql.push(&format!(" LIMIT {l} OFFSET {o}"));
-        }
-        let (text_sql, args) = sql.finish();
-        let decode = |row: &MySqlRow| -> std::result::Result<State, sqlx::Error> {
-            Ok(State {
-                record: RecordRef { domain: q.domain.clone(), ty: q.ty.clone(), key: text(row, 0)? },
-                version: row.try_get::<i64, _>(1)? as u64,
-                values: parse_values(NAME, &text(row, 2)?).map_err(decode_error)?,
-            })
-        };
-        let arrival = if exact_sort { Arrival::InOrder } else { Arrival::AnyOrder };
-        read!(self, |c| {
-            let rows = query::bind(sqlx::query(sqlx::AssertSqlSafe(text_sql.as_str())), &args).fetch(c);
-            select(NAME, rows, decode, q, in_sql, arrival).await
-        })
     }
 
     async fn search_events(&self, q: &EventQuery) -> Result<Vec<Event>> {
@@ -367,6 +398,12 @@ impl Storage for MysqlStorage {
         if let Some(max) = q.max_time {
             let m = sql.arg(Arg::I64(max));
             sql.push(&format!(" AND time <= {m}"));
+        }
+        for (cond, bound) in [(">=", q.min_version), ("<=", q.max_version)] {
+            if let Some(v) = bound {
+                let m = sql.arg(Arg::I64(v as i64));
+                sql.push(&format!(" AND version {cond} {m}"));
+            }
         }
         // A deletion has no values; filters see it as the empty object.
         let exact = query::filter(&mut sql, "COALESCE(vals, '{}')", &q.filter)

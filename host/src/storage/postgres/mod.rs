@@ -32,7 +32,7 @@ use super::sql::writer::{self, Job};
 use super::sql::{select, corrupt, decode_error, parse_values, type_hash, values_have_nul};
 use super::Storage;
 use crate::model::{
-    AppendRequest, Arrival, Appended, CatalogEntry, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result, State,
+    AppendRequest, Arrival, AtSeq, Appended, CatalogEntry, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result, State,
     StateQuery,
 };
 use async_trait::async_trait;
@@ -179,6 +179,14 @@ macro_rules! read {
 /// The statement of a batch of gets (`sql::point_reads`): the lookups as
 /// arrays, unnested with their positions and joined to `states` on its
 /// primary key, one index probe each.
+/// A read-only REPEATABLE READ transaction: every statement in it sees one
+/// snapshot, taken at its first statement.
+async fn snapshot(c: &mut PgConnection) -> std::result::Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = c.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+    Ok(tx)
+}
+
 fn point_read() -> BatchRead<PgConnection> {
     Arc::new(|conn: &mut PgConnection, batch: &[Lookup]| {
         let column = |f: fn(&Lookup) -> &str| batch.iter().map(|l| f(l)).collect::<Vec<&str>>();
@@ -300,6 +308,93 @@ impl Storage for PostgresStorage {
                 Ok(State { record: record.clone(), version: version as u64, values: parse_values(NAME, &vals)? })
             })
             .transpose()
+    }
+
+    async fn get_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<State>>> {
+        if at.is_none() {
+            // A point read and the head, in one REPEATABLE READ snapshot:
+            // the counter commits with the events it counts.
+            if has_nul(&[&record.domain, &record.ty, &record.key]) {
+                return Ok(AtSeq { value: None, seq: self.head().await? });
+            }
+            let r = record.clone();
+            let read = read!(self, |c| {
+                let mut tx = snapshot(c).await?;
+                let seq = sqlx::query_scalar::<_, i64>("SELECT n FROM seq_counter WHERE id = 1").fetch_one(&mut *tx).await?;
+                let row = sqlx::query("SELECT version, vals FROM states WHERE dt = $1 AND key = $2 AND vals IS NOT NULL")
+                    .bind(type_hash(&r.domain, &r.ty))
+                    .bind(&r.key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                let value = row
+                    .map(|row| {
+                        Ok::<_, sqlx::Error>(State {
+                            record: r.clone(),
+                            version: row.try_get::<i64, _>(0)? as u64,
+                            values: parse_values(NAME, row.try_get(1)?).map_err(decode_error)?,
+                        })
+                    })
+                    .transpose()?;
+                Ok(AtSeq { value, seq: seq as u64 })
+            })?;
+            return Ok(read);
+        }
+        let seq = at.unwrap_or_default();
+        if has_nul(&[&record.domain, &record.ty, &record.key]) {
+            return Ok(AtSeq { value: None, seq });
+        }
+        // The record's last event up to `seq`: its versions grow with its
+        // seqs, so the (dt, key, version) index read backwards stops at
+        // the first row at or below `seq`.
+        let r = record.clone();
+        let found = read!(self, |c| {
+            sqlx::query(
+                "SELECT version, vals FROM events WHERE dt = $1 AND key = $2 AND seq <= $3 ORDER BY version DESC LIMIT 1",
+            )
+            .bind(type_hash(&r.domain, &r.ty))
+            .bind(&r.key)
+            .bind(seq as i64)
+            .fetch_optional(c)
+            .await?
+            .map(|row| Ok::<_, sqlx::Error>((row.try_get::<i64, _>(0)?, row.try_get::<Option<String>, _>(1)?)))
+            .transpose()
+        })?;
+        let value = match found {
+            Some((version, Some(vals))) => Some(State { record: r, version: version as u64, values: parse_values(NAME, &vals)? }),
+            _ => None,
+        };
+        Ok(AtSeq { value, seq })
+    }
+
+    async fn search_states_at(&self, q: &StateQuery, at: Option<u64>) -> Result<AtSeq<Vec<State>>> {
+        if at.is_some() || has_nul(&[&q.domain, &q.ty]) || q.limit == 0 {
+            return match at {
+                Some(seq) => Ok(AtSeq { value: super::history::replay_search(self, q, seq).await?, seq }),
+                None => Ok(AtSeq { value: vec![], seq: self.head().await? }),
+            };
+        }
+        // The search and the head in one REPEATABLE READ snapshot. (At a
+        // past seq: the trait's replay of the type's feed.)
+        let statements::StateSearch { sql, exact_filter: _, exact_sort, in_sql } = statements::search_states(q);
+        let state = |row: &PgRow| -> std::result::Result<State, sqlx::Error> {
+            Ok(State {
+                record: RecordRef { domain: q.domain.clone(), ty: q.ty.clone(), key: row.try_get(0)? },
+                version: row.try_get::<i64, _>(1)? as u64,
+                values: parse_values(NAME, row.try_get(2)?).map_err(decode_error)?,
+            })
+        };
+        let arrival = if exact_sort { Arrival::InOrder } else { Arrival::AnyOrder };
+        read!(self, |c| {
+            let mut tx = snapshot(c).await?;
+            let seq = sqlx::query_scalar::<_, i64>("SELECT n FROM seq_counter WHERE id = 1").fetch_one(&mut *tx).await?;
+            let value = {
+                let rows = sql.bind(sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str()))).fetch(&mut *tx);
+                select(NAME, rows, state, q, in_sql, arrival).await?
+            };
+            tx.commit().await?;
+            Ok(AtSeq { value, seq: seq as u64 })
+        })
     }
 
     async fn search_states(&self, q: &StateQuery) -> Result<Vec<State>> {

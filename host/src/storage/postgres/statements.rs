@@ -91,6 +91,12 @@ pub fn search_events(q: &EventQuery) -> (Sql, bool) {
         let m = sql.arg(Arg::I64(max));
         sql.push(&format!(" AND time <= {m}"));
     }
+    for (cond, bound) in [(">=", q.min_version), ("<=", q.max_version)] {
+        if let Some(v) = bound {
+            let m = sql.arg(Arg::I64(v as i64));
+            sql.push(&format!(" AND version {cond} {m}"));
+        }
+    }
     // A deletion has no values; filters see it as the empty object.
     let exact = query::filter(&mut sql, "COALESCE(doc, '{}'::jsonb)", &q.filter)
         & query::filter(&mut sql, "cdoc", &q.claims_filter);
