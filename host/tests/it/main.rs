@@ -58,6 +58,8 @@ mod multi_instance;
 mod faults;
 #[cfg(all(feature = "kafka", feature = "amqp", feature = "nats", feature = "redis"))]
 mod broker_faults;
+#[cfg(all(feature = "mongo", feature = "sql", feature = "kafka", feature = "amqp", feature = "nats", feature = "redis", feature = "wasm"))]
+mod mqtt;
 #[cfg(all(feature = "kafka", feature = "amqp"))]
 mod broker_security;
 mod hostile;
