@@ -78,6 +78,8 @@ mod docs;
 #[cfg(feature = "wasm")]
 mod wasm_support;
 #[cfg(feature = "wasm")]
+mod guest_cli;
+#[cfg(feature = "wasm")]
 mod wasm_forge;
 #[cfg(feature = "wasm")]
 mod wasm_providers;
