@@ -136,15 +136,22 @@ impl Session {
         conn.send(&hello, deadline)?;
         // CONNACK is the first packet the broker sends.
         let code = loop {
-            conn.fill()?;
+            // A broker that refuses sends CONNACK and closes at once: read
+            // the CONNACK before reporting the close.
+            let filled = conn.fill();
             match codec::decode(&conn.rx, s.max_message).map_err(|e| e.to_string())? {
                 Some((Packet::ConnAck { code, .. }, used)) => {
                     conn.rx.drain(..used);
                     break code;
                 }
                 Some((other, _)) => return Err(format!("expected CONNACK, got {other:?}")),
-                None if Instant::now() >= deadline => return Err("no CONNACK in time".into()),
-                None => std::thread::sleep(NAP),
+                None => {}
+            }
+            if !filled? {
+                if Instant::now() >= deadline {
+                    return Err("no CONNACK in time".into());
+                }
+                std::thread::sleep(NAP);
             }
         };
         if code != 0 {
@@ -295,7 +302,11 @@ impl Conn {
             used += n;
             match p {
                 Packet::Publish(m) => {
-                    log.push(m.payload);
+                    // A retained message (someone else's: this guest never
+                    // retains) is old news replayed on subscribing.
+                    if !m.retain {
+                        log.push(m.payload);
+                    }
                     if let Some(id) = m.id {
                         acks.push(id);
                     }

@@ -3,7 +3,8 @@
 //! shared Mosquitto (`STATEGATE_TEST_MQTT_URL`, each run on a topic prefix
 //! of its own); and on a private Mosquitto of its own (killed and started
 //! again, so the shared one is untouched): reconnecting after the broker
-//! went away, the keepalive, and a restart under load through a gateway.
+//! went away, the keepalive, a restart under load through a gateway,
+//! credentials and a refusal's reason, and a retained message.
 
 use crate::faults::channel_restart;
 use crate::harness::backend_url;
@@ -181,4 +182,76 @@ async fn bad_config_and_missing_grant_are_named() {
     ungranted["grants"] = json!({"net": ["127.0.0.1:1"]});
     let e = open(&ungranted).await.err().expect("an ungranted address is refused");
     assert!(e.to_string().contains("127.0.0.1:1883"), "{e}");
+}
+
+/// A private broker that requires a user name and password (a password
+/// file made with `mosquitto_passwd`), and the client id shape.
+async fn mosquitto_with_password() -> Server {
+    let port = procs::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = dir.path().join("passwords");
+    let made = std::process::Command::new("mosquitto_passwd").args(["-b", "-c"]).arg(&passwords).args(["gw", "s3cret"]).status().unwrap();
+    assert!(made.success());
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence false\nuser root\n", passwords.display()),
+    )
+    .unwrap();
+    let mut s = Server::new("mosquitto", port, dir, vec!["-c".into(), conf.display().to_string()]);
+    s.start().await;
+    s
+}
+
+/// CONNECT carries the configured user name and password: the right ones
+/// get a working channel; a wrong password or none is refused with the
+/// broker's reason (its CONNACK code), not a bare "connection closed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_sent_and_a_refusal_is_named() {
+    if !have("mosquitto") || !have("mosquitto_passwd") {
+        return;
+    }
+    let server = mosquitto_with_password().await;
+    let addr = format!("127.0.0.1:{}", server.port);
+    let c = open_spec(&mqtt_spec(&addr, &unique("sgauth"), json!({"username": "gw", "password": "s3cret"}))).await;
+    let d = unique("auth");
+    let mut sub = c.subscribe(&topic(&d)).await.unwrap();
+    let e = crate::channel_conformance::event(&d, "t", "k", 1);
+    c.publish(&e).await.unwrap();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap().unwrap(), e);
+
+    for extra in [json!({"username": "gw", "password": "wrong"}), json!({})] {
+        let e = open(&mqtt_spec(&addr, &unique("sgauth"), extra.clone())).await.err().expect("refused");
+        let text = e.to_string();
+        assert!(
+            text.contains("the broker refused the connection") && (text.contains("not authorized") || text.contains("bad user name or password")),
+            "{extra}: {text}"
+        );
+    }
+}
+
+/// A retained message on the channel's topic (published by someone else
+/// before the gateway subscribed) is not delivered as a new event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_message_is_not_replayed() {
+    if !have("mosquitto") || !have("mosquitto_pub") {
+        return;
+    }
+    let server = mosquitto_server().await;
+    let addr = format!("127.0.0.1:{}", server.port);
+    let prefix = unique("sgret");
+    let d = unique("ret");
+    let old = crate::channel_conformance::event(&d, "t", "old", 1);
+    let wire = json!({"id": old.id, "seq": 1, "domain": d, "ty": "t", "key": "old", "claims": "{}", "time": 1, "version": 1, "kind": "SET", "method": "m"});
+    let published = std::process::Command::new("mosquitto_pub")
+        .args(["-p", &server.port.to_string(), "-q", "1", "-r", "-t", &format!("{prefix}/events"), "-m", &wire.to_string()])
+        .status()
+        .unwrap();
+    assert!(published.success());
+    let c = open_spec(&mqtt_spec(&addr, &prefix, json!({}))).await;
+    let mut sub = c.subscribe(&topic(&d)).await.unwrap();
+    let new = crate::channel_conformance::event(&d, "t", "new", 1);
+    c.publish(&new).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.record.key.as_str(), "new", "the retained message was skipped");
 }
