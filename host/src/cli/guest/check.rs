@@ -67,11 +67,13 @@ pub async fn run(a: CheckArgs) -> Result<()> {
     };
     let runtime = WasmRuntime::new(settings)?;
 
-    let size = std::fs::metadata(&file)?.len();
+    let bytes = std::fs::read(&file).with_context(|| file.display().to_string())?;
+    let size = bytes.len();
     let started = Instant::now();
-    let engine = runtime.engine().clone();
-    let path = file.clone();
-    let component = tokio::task::spawn_blocking(move || wasmtime::component::Component::from_file(&engine, &path))
+    // Through the (scratch) compile cache, so loading it as its world
+    // below does not compile it again (a Python guest takes seconds).
+    let rt = runtime.clone();
+    let (component, _) = tokio::task::spawn_blocking(move || crate::wasm::cache::compile(&rt, &bytes))
         .await?
         .map_err(|e| anyhow!("{} is not a WebAssembly component this host can run: {e}", file.display()))?;
     println!("component  {} ({size} bytes), compiled in {}", file.display(), took(started));

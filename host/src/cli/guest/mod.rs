@@ -66,7 +66,10 @@ impl WorldName {
 /// Languages `guest new` writes projects in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Lang {
+    /// cargo and wit-bindgen; needs `rustup target add wasm32-wasip2`.
     Rust,
+    /// componentize-py (`pip install componentize-py`); about 18 MB components.
+    Python,
 }
 
 pub async fn run(command: GuestCommand) -> Result<()> {
@@ -75,9 +78,17 @@ pub async fn run(command: GuestCommand) -> Result<()> {
             let p = new::write(&a.dir, a.world, a.lang)?;
             println!("wrote a {} guest in {} ({:?})", a.world.as_str(), p.dir.display(), a.lang);
             println!("build:  {}", p.build);
-            println!("output: {}  (under $CARGO_TARGET_DIR/wasm32-wasip2/release/ when that is set)", p.output.display());
+            match a.lang {
+                Lang::Rust => {
+                    println!("output: {}  (under $CARGO_TARGET_DIR/wasm32-wasip2/release/ when that is set)", p.output.display());
+                    println!("needs:  rustup target add wasm32-wasip2");
+                }
+                Lang::Python => {
+                    println!("output: {}", p.output.display());
+                    println!("needs:  pip install componentize-py==0.25.1");
+                }
+            }
             println!("check:  stategate guest check {}", p.output.display());
-            println!("needs:  rustup target add wasm32-wasip2");
             Ok(())
         }
         #[cfg(feature = "wasm")]

@@ -1,5 +1,6 @@
-//! `stategate guest new`: writes a guest project that builds as it is,
-//! from templates compiled into the binary, with a copy of the WIT
+//! `stategate guest new`: writes a guest project (Rust: cargo and
+//! wit-bindgen; Python: componentize-py) that builds as it is, from
+//! templates compiled into the binary, with a copy of the WIT
 //! contract (`wit/`, including the WASI packages the `-http` worlds use) so
 //! the project does not depend on this repository.
 //!
@@ -30,6 +31,9 @@ const RUST_CARGO: &str = include_str!("templates/rust/Cargo.toml.in");
 const RUST_POLICY: &str = include_str!("templates/rust/policy.rs");
 const RUST_CHANNEL: &str = include_str!("templates/rust/channel.rs");
 const RUST_STORAGE: &str = include_str!("templates/rust/storage.rs");
+const PYTHON_POLICY: &str = include_str!("templates/python/policy.py");
+const PYTHON_CHANNEL: &str = include_str!("templates/python/channel.py");
+const PYTHON_STORAGE: &str = include_str!("templates/python/storage.py");
 
 /// What `guest new` wrote and how to build it.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,44 +68,57 @@ pub fn write(dir: &Path, world: WorldName, lang: Lang) -> Result<Project> {
         bail!("{} exists and is not empty: nothing was written", dir.display());
     }
     let name = package_name(dir)?;
-    let Lang::Rust = lang;
-    let lib = match world {
-        WorldName::PolicyHook => RUST_POLICY,
-        WorldName::StorageProvider => RUST_STORAGE,
-        WorldName::ChannelProvider => RUST_CHANNEL,
+    let file = name.replace('-', "_");
+    let pick = |policy, storage, channel| match world {
+        WorldName::PolicyHook => policy,
+        WorldName::StorageProvider => storage,
+        WorldName::ChannelProvider => channel,
     };
     let mut files: Vec<(String, String)> = WIT.iter().map(|(p, text)| (format!("wit/{p}"), text.to_string())).collect();
-    files.push(("Cargo.toml".into(), RUST_CARGO.replace("{name}", &name).replace("{world}", world.as_str())));
-    files.push(("src/lib.rs".into(), lib.into()));
-    files.push(("README.md".into(), readme(&name, world)));
+    let (build, output) = match lang {
+        Lang::Rust => {
+            files.push(("Cargo.toml".into(), RUST_CARGO.replace("{name}", &name).replace("{world}", world.as_str())));
+            files.push(("src/lib.rs".into(), pick(RUST_POLICY, RUST_STORAGE, RUST_CHANNEL).into()));
+            (
+                format!("cargo build --manifest-path {} --target wasm32-wasip2 --release", shell_quote(&dir.join("Cargo.toml"))),
+                dir.join("target/wasm32-wasip2/release").join(format!("{file}.wasm")),
+            )
+        }
+        Lang::Python => {
+            files.push(("app.py".into(), pick(PYTHON_POLICY, PYTHON_STORAGE, PYTHON_CHANNEL).into()));
+            (
+                format!("cd {} && componentize-py -d wit -w {} componentize app -o {file}.wasm", shell_quote(dir), world.as_str()),
+                dir.join(format!("{file}.wasm")),
+            )
+        }
+    };
+    files.push(("README.md".into(), readme(&name, world, &build, &output)));
     for (path, text) in files {
         let path = dir.join(path);
         std::fs::create_dir_all(path.parent().expect("a file under dir")).with_context(|| path.display().to_string())?;
         std::fs::write(&path, text).with_context(|| path.display().to_string())?;
     }
-    // Quoted for a POSIX shell when it holds anything the shell would read.
-    let manifest = dir.join("Cargo.toml").display().to_string();
-    let manifest = if manifest.contains(|c: char| !(c.is_ascii_alphanumeric() || "/._-+,:@%".contains(c))) {
-        format!("'{}'", manifest.replace('\'', r"'\''"))
-    } else {
-        manifest
-    };
-    Ok(Project {
-        dir: dir.to_owned(),
-        build: format!("cargo build --manifest-path {manifest} --target wasm32-wasip2 --release"),
-        output: dir.join("target/wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_"))),
-    })
+    Ok(Project { dir: dir.to_owned(), build, output })
 }
 
-fn readme(name: &str, world: WorldName) -> String {
+/// A path as one word of a POSIX shell command: quoted when it holds
+/// anything the shell would read.
+fn shell_quote(path: &Path) -> String {
+    let text = path.display().to_string();
+    if text.contains(|c: char| !(c.is_ascii_alphanumeric() || "/._-+,:@%".contains(c))) {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    } else {
+        text
+    }
+}
+
+fn readme(name: &str, world: WorldName, build: &str, output: &Path) -> String {
     format!(
         "# {name}\n\nA stategate `{world}` guest (WIT package `stategate:gateway@0.2.0`, copied in `wit/`).\n\n\
-         ```sh\nrustup target add wasm32-wasip2    # once\n\
-         cargo build --target wasm32-wasip2 --release\n\
-         stategate guest check target/wasm32-wasip2/release/{file}.wasm\n```\n\n\
+         ```sh\n{build}\nstategate guest check {output}\n```\n\n\
          The guide: wit/README.md in the stategate repository.\n",
         world = world.as_str(),
-        file = name.replace('-', "_"),
+        output = output.display(),
     )
 }
 
