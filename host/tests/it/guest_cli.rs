@@ -1,5 +1,5 @@
 //! `stategate guest new` + the build command it prints + `stategate guest
-//! check` on the result, for each world in Rust and Python: the project builds as
+//! check` on the result, for each world in Rust, Python and JavaScript: the project builds as
 //! written, the component implements its world, and its sample calls
 //! answer. And `guest check` on the repository's own guests and on files
 //! that are no guest.
@@ -79,10 +79,10 @@ fn new_rust_guests_build_and_pass_check() {
     assert!(again.contains("not empty"), "{again}");
 }
 
-/// The same in Python (componentize-py): the printed command builds the
-/// component where `output:` says.
-fn new_build_check_python(world: &str, dir: &Path) -> String {
-    let out = ok(stategate(&["guest", "new", "--world", world, "--lang", "python", dir.to_str().unwrap()]));
+/// The same in Python (componentize-py) or JavaScript (componentize-js):
+/// the printed command builds the component where `output:` says.
+fn new_build_check_other(lang: &str, world: &str, dir: &Path) -> String {
+    let out = ok(stategate(&["guest", "new", "--world", world, "--lang", lang, dir.to_str().unwrap()]));
     let build = line(&out, "build:");
     let built = Command::new("sh").args(["-c", build]).output().unwrap();
     assert!(built.status.success(), "{build}:\n{}", String::from_utf8_lossy(&built.stderr));
@@ -97,12 +97,30 @@ fn new_python_guests_build_and_pass_check() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let policy = new_build_check_python("policy-hook", &tmp.path().join("py-policy"));
+    let policy = new_build_check_other("python", "policy-hook", &tmp.path().join("py-policy"));
     assert!(policy.contains("world      policy-hook (stategate:gateway@0.2.0)"), "{policy}");
     assert!(policy.contains("authorize-request -> Decision::Allow"), "{policy}");
-    let channel = new_build_check_python("channel-provider", &tmp.path().join("py-channel"));
+    let channel = new_build_check_other("python", "channel-provider", &tmp.path().join("py-channel"));
     assert!(channel.contains("call       poll -> the event back"), "{channel}");
-    let storage = new_build_check_python("storage-provider", &tmp.path().join("py-storage"));
+    let storage = new_build_check_other("python", "storage-provider", &tmp.path().join("py-storage"));
+    assert!(storage.contains("get guest-check/sample/k1 -> version 1"), "{storage}");
+    for out in [&policy, &channel, &storage] {
+        assert!(out.trim_end().ends_with("ok"), "{out}");
+    }
+}
+
+#[test]
+fn new_js_guests_build_and_pass_check() {
+    if !crate::procs::have("npm") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = new_build_check_other("js", "policy-hook", &tmp.path().join("js-policy"));
+    assert!(policy.contains("world      policy-hook (stategate:gateway@0.2.0)"), "{policy}");
+    assert!(policy.contains("authorize-request -> Decision::Allow"), "{policy}");
+    let channel = new_build_check_other("js", "channel-provider", &tmp.path().join("js-channel"));
+    assert!(channel.contains("call       poll -> the event back"), "{channel}");
+    let storage = new_build_check_other("js", "storage-provider", &tmp.path().join("js-storage"));
     assert!(storage.contains("get guest-check/sample/k1 -> version 1"), "{storage}");
     for out in [&policy, &channel, &storage] {
         assert!(out.trim_end().ends_with("ok"), "{out}");

@@ -70,6 +70,8 @@ pub enum Lang {
     Rust,
     /// componentize-py (`pip install componentize-py`); about 18 MB components.
     Python,
+    /// componentize-js (installed by the printed `npm install`); about 12 MB components.
+    Js,
 }
 
 pub async fn run(command: GuestCommand) -> Result<()> {
@@ -86,6 +88,10 @@ pub async fn run(command: GuestCommand) -> Result<()> {
                 Lang::Python => {
                     println!("output: {}", p.output.display());
                     println!("needs:  pip install componentize-py==0.25.1");
+                }
+                Lang::Js => {
+                    println!("output: {}", p.output.display());
+                    println!("needs:  node and npm (the build installs componentize-js 0.23.0)");
                 }
             }
             println!("check:  stategate guest check {}", p.output.display());

@@ -1,5 +1,6 @@
 //! `stategate guest new`: writes a guest project (Rust: cargo and
-//! wit-bindgen; Python: componentize-py) that builds as it is, from
+//! wit-bindgen; Python: componentize-py; JavaScript: componentize-js from
+//! npm) that builds as it is, from
 //! templates compiled into the binary, with a copy of the WIT
 //! contract (`wit/`, including the WASI packages the `-http` worlds use) so
 //! the project does not depend on this repository.
@@ -34,6 +35,10 @@ const RUST_STORAGE: &str = include_str!("templates/rust/storage.rs");
 const PYTHON_POLICY: &str = include_str!("templates/python/policy.py");
 const PYTHON_CHANNEL: &str = include_str!("templates/python/channel.py");
 const PYTHON_STORAGE: &str = include_str!("templates/python/storage.py");
+const JS_PACKAGE: &str = include_str!("templates/js/package.json.in");
+const JS_POLICY: &str = include_str!("templates/js/policy.js");
+const JS_CHANNEL: &str = include_str!("templates/js/channel.js");
+const JS_STORAGE: &str = include_str!("templates/js/storage.js");
 
 /// What `guest new` wrote and how to build it.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +93,15 @@ pub fn write(dir: &Path, world: WorldName, lang: Lang) -> Result<Project> {
             files.push(("app.py".into(), pick(PYTHON_POLICY, PYTHON_STORAGE, PYTHON_CHANNEL).into()));
             (
                 format!("cd {} && componentize-py -d wit -w {} componentize app -o {file}.wasm", shell_quote(dir), world.as_str()),
+                dir.join(format!("{file}.wasm")),
+            )
+        }
+        Lang::Js => {
+            let package = JS_PACKAGE.replace("{name}", &name).replace("{world}", world.as_str()).replace("{file}", &file);
+            files.push(("package.json".into(), package));
+            files.push(("guest.js".into(), pick(JS_POLICY, JS_STORAGE, JS_CHANNEL).into()));
+            (
+                format!("cd {} && npm install --no-audit --no-fund && npm run build", shell_quote(dir)),
                 dir.join(format!("{file}.wasm")),
             )
         }
