@@ -6,11 +6,17 @@ use crate::session::Settings;
 use std::time::Duration;
 
 /// The keys this guest reads, for the error on a bad one.
-const KEYS: &str = "addr, prefix, keepalive_secs, username, password, client_id, ack_timeout_ms, connect_timeout_ms, reconnect_ms, buffer_events, max_message_bytes";
+const KEYS: &str = "addr, prefix, keepalive_secs, username, password, client_id, ack_timeout_ms, connect_timeout_ms, reconnect_ms, buffer_events, buffer_bytes, max_message_bytes";
 
-/// Reads the settings from `get` (the host's `config`), plus how many
-/// messages the log holds.
-pub fn read(get: impl Fn(&str) -> Option<String>, random: u64) -> Result<(Settings, usize), String> {
+/// How many received messages, and how many bytes of them, the log holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Buffer {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+/// Reads the settings from `get` (the host's `config`), plus the log's bounds.
+pub fn read(get: impl Fn(&str) -> Option<String>, random: u64) -> Result<(Settings, Buffer), String> {
     let addr = get("addr").ok_or(format!("config.addr is missing: the broker's host:port, also granted in grants.net (keys: {KEYS})"))?;
     if !addr.contains(':') {
         return Err(format!("config.addr must be host:port, got {addr:?}"));
@@ -46,7 +52,11 @@ pub fn read(get: impl Fn(&str) -> Option<String>, random: u64) -> Result<(Settin
     if settings.client_id.len() > 65535 {
         return Err("config.client_id is too long".into());
     }
-    let buffer = number("buffer_events", 10_000, 1, 10_000_000)? as usize;
+    let buffer = Buffer {
+        events: number("buffer_events", 10_000, 1, 10_000_000)? as usize,
+        // Well under the host's default 256 MiB memory cap per instance.
+        bytes: number("buffer_bytes", 64 << 20, 1024, 1 << 40)? as usize,
+    };
     Ok((settings, buffer))
 }
 
@@ -55,7 +65,7 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn with(pairs: &[(&str, &str)]) -> Result<(Settings, usize), String> {
+    fn with(pairs: &[(&str, &str)]) -> Result<(Settings, Buffer), String> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         read(|k| map.get(k).cloned(), 0xfeed)
     }
@@ -66,9 +76,9 @@ mod tests {
         assert_eq!(s.topic, "stategate/events");
         assert_eq!(s.client_id, "stategate-000000000000feed");
         assert_eq!(s.keep_alive, Duration::from_secs(30));
-        assert_eq!(buffer, 10_000);
+        assert_eq!(buffer, Buffer { events: 10_000, bytes: 64 << 20 });
         let (s, buffer) = with(&[("addr", "b:1"), ("prefix", "t/x"), ("keepalive_secs", "5"), ("buffer_events", "3")]).unwrap();
-        assert_eq!((s.topic.as_str(), s.keep_alive.as_secs(), buffer), ("t/x/events", 5, 3));
+        assert_eq!((s.topic.as_str(), s.keep_alive.as_secs(), buffer.events), ("t/x/events", 5, 3));
     }
 
     #[test]

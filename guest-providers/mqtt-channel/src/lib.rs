@@ -60,7 +60,7 @@ fn with_session<T>(f: impl FnOnce(&mut session::Session) -> Result<T, ProviderEr
     if guard.is_none() {
         let random = std::collections::hash_map::RandomState::new().hash_one(host::now_nanos());
         let (settings, buffer) = config::read(host::config, random).map_err(ProviderError::Internal)?;
-        *guard = Some(session::Session::new(settings, log::Log::new(random, buffer)));
+        *guard = Some(session::Session::new(settings, log::Log::new(random, buffer.events, buffer.bytes)));
     }
     f(guard.as_mut().expect("made above"))
 }

@@ -4,7 +4,8 @@
 //! Invariants:
 //! - Messages are numbered in arrival order from 0 within one instance
 //!   (an *epoch*, random per instance); a cursor is `<epoch hex>:<next>`.
-//! - At most `cap` messages are held: when full, the oldest is dropped
+//! - At most `cap` messages and `cap_bytes` bytes of them are held (the
+//!   instance's memory is capped by the host): when full, the oldest is dropped
 //!   (and counted) rather than blocking the socket, whose PINGRESPs keep
 //!   the connection alive. The host polls every few milliseconds, so this
 //!   happens only when the host has stalled; the gateway's storage sweep
@@ -23,22 +24,34 @@ pub struct Log {
     first: u64,
     held: VecDeque<Vec<u8>>,
     cap: usize,
+    cap_bytes: usize,
+    /// The bytes of the held messages.
+    bytes: usize,
     /// Messages dropped because the log was full.
     pub dropped: u64,
 }
 
 impl Log {
-    pub fn new(epoch: u64, cap: usize) -> Log {
-        Log { epoch, first: 0, held: VecDeque::new(), cap: cap.max(1), dropped: 0 }
+    pub fn new(epoch: u64, cap: usize, cap_bytes: usize) -> Log {
+        Log { epoch, first: 0, held: VecDeque::new(), cap: cap.max(1), cap_bytes, bytes: 0, dropped: 0 }
     }
 
     pub fn push(&mut self, message: Vec<u8>) {
-        if self.held.len() >= self.cap {
-            self.held.pop_front();
-            self.first += 1;
+        self.bytes += message.len();
+        self.held.push_back(message);
+        // The newest message always stays (it is at most the largest
+        // packet accepted).
+        while self.held.len() > 1 && (self.held.len() > self.cap || self.bytes > self.cap_bytes) {
+            self.pop();
             self.dropped += 1;
         }
-        self.held.push_back(message);
+    }
+
+    fn pop(&mut self) {
+        if let Some(m) = self.held.pop_front() {
+            self.bytes -= m.len();
+            self.first += 1;
+        }
     }
 
     fn end(&self) -> u64 {
@@ -63,8 +76,7 @@ impl Log {
         let from = if epoch == self.epoch { next.clamp(self.first, self.end()) } else { self.first };
         // Forget what the host has read.
         while self.first < from {
-            self.held.pop_front();
-            self.first += 1;
+            self.pop();
         }
         let n = max.min(self.held.len());
         let out: Vec<Vec<u8>> = self.held.iter().take(n).cloned().collect();
@@ -82,7 +94,7 @@ mod tests {
 
     #[test]
     fn reads_what_arrived_after_the_cursor_in_order() {
-        let mut log = Log::new(0xab, 100);
+        let mut log = Log::new(0xab, 100, 1 << 20);
         log.push(m(0));
         let c = log.tail();
         assert_eq!(c, "ab:1");
@@ -104,7 +116,7 @@ mod tests {
 
     #[test]
     fn bounded_by_dropping_the_oldest() {
-        let mut log = Log::new(1, 3);
+        let mut log = Log::new(1, 3, 1 << 20);
         let c = log.tail();
         for i in 0..5 {
             log.push(m(i));
@@ -115,8 +127,22 @@ mod tests {
     }
 
     #[test]
+    fn bounded_in_bytes_too() {
+        let mut log = Log::new(1, 100, 10);
+        let c = log.tail();
+        for i in 0..4 {
+            log.push(vec![i; 4]);
+        }
+        assert_eq!((log.dropped, log.bytes), (2, 8));
+        let (got, _) = log.read(&c, 10).unwrap();
+        assert_eq!(got, [vec![2; 4], vec![3; 4]]);
+        log.push(vec![9; 50]);
+        assert_eq!(log.held.len(), 1, "a message over the cap alone is still kept");
+    }
+
+    #[test]
     fn a_cursor_of_another_instance_reads_everything_held() {
-        let mut log = Log::new(2, 10);
+        let mut log = Log::new(2, 10, 1 << 20);
         log.push(m(9));
         let (got, c) = log.read("1:500", 10).unwrap();
         assert_eq!(got, [m(9)]);
