@@ -189,8 +189,10 @@ impl Session {
         let max = self.settings.max_message;
         let conn = self.conn.as_mut().expect("ensured");
         let result = (|| {
-            conn.fill()?;
+            // What arrived before the connection ended is still taken.
+            let filled = conn.fill();
             conn.handle(&mut self.log, max)?;
+            filled?;
             let now = Instant::now();
             if let Some(sent) = conn.ping_sent {
                 if now.duration_since(sent) > keep_alive {
@@ -329,6 +331,8 @@ impl Conn {
     }
 
     /// Reads and handles packets until `done` holds or the deadline passes.
+    /// A connection that ends right after answering (its last bytes and
+    /// the close in one read) still counts the answer.
     fn wait(&mut self, log: &mut Log, max: usize, deadline: Instant, mut done: impl FnMut(&mut Conn) -> bool) -> Result<(), Failure> {
         loop {
             self.handle(log, max)?;
@@ -338,8 +342,13 @@ impl Conn {
             if Instant::now() >= deadline {
                 return Err("timed out".into());
             }
-            if !self.fill()? {
-                std::thread::sleep(NAP);
+            match self.fill() {
+                Ok(true) => {}
+                Ok(false) => std::thread::sleep(NAP),
+                Err(e) => {
+                    self.handle(log, max)?;
+                    return if done(self) { Ok(()) } else { Err(e) };
+                }
             }
         }
     }
