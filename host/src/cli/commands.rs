@@ -14,6 +14,7 @@ pub async fn run(command: Command) -> Result<()> {
     match command {
         Command::Serve(_) => unreachable!("serve is handled by main"),
         Command::Migrate(super::MigrateCommand::V050(a)) => migrate_v050(a).await?,
+        Command::Guest(c) => super::guest::run(c).await?,
         Command::Completions(a) => {
             use clap::CommandFactory;
             let mut cli = super::Cli::command();

@@ -4,6 +4,7 @@
 //! generated client of the API.
 
 mod commands;
+pub mod guest;
 #[cfg(feature = "mongo")]
 pub mod migrate;
 mod output;
@@ -67,6 +68,9 @@ pub enum Command {
     /// Import data of an earlier stategate into the configured storage.
     #[command(subcommand)]
     Migrate(MigrateCommand),
+    /// Start a wasm guest (`guest new`) and try one (`guest check`).
+    #[command(subcommand)]
+    Guest(guest::GuestCommand),
 }
 
 #[derive(Debug, Subcommand)]

@@ -43,7 +43,7 @@ pub(super) fn hash(bytes: &[u8]) -> String {
 }
 
 /// Compiles a component; returns it with the hash of its bytes.
-pub(super) fn compile(runtime: &WasmRuntime, bytes: &[u8]) -> Result<(Component, String), String> {
+pub(crate) fn compile(runtime: &WasmRuntime, bytes: &[u8]) -> Result<(Component, String), String> {
     let hash = hash(bytes);
     let engine = runtime.engine();
     let cache = runtime.disk_cache();

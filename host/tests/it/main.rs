@@ -60,6 +60,8 @@ mod multi_instance;
 mod faults;
 #[cfg(all(feature = "kafka", feature = "amqp", feature = "nats", feature = "redis"))]
 mod broker_faults;
+#[cfg(all(feature = "mongo", feature = "sql", feature = "kafka", feature = "amqp", feature = "nats", feature = "redis", feature = "wasm"))]
+mod mqtt;
 #[cfg(all(feature = "kafka", feature = "amqp"))]
 mod broker_security;
 #[cfg(all(feature = "sql", feature = "wasm"))]
@@ -79,6 +81,8 @@ mod container;
 mod docs;
 #[cfg(feature = "wasm")]
 mod wasm_support;
+#[cfg(feature = "wasm")]
+mod guest_cli;
 #[cfg(feature = "wasm")]
 mod wasm_forge;
 #[cfg(feature = "wasm")]

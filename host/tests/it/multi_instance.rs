@@ -1,5 +1,6 @@
 //! Two gateway processes sharing one storage and one channel (Mongo over
-//! Redis, NATS (core and JetStream), stan, Kafka and RabbitMQ, PostgreSQL over NATS, MySQL over Redis): a stream
+//! Redis, NATS (core and JetStream), stan, Kafka and RabbitMQ, PostgreSQL over NATS, MySQL over Redis;
+//! Mongo over the MQTT guest channel is in `mqtt.rs`): a stream
 //! on B receives every write made on A, in order per record, and a write on
 //! B with a version made stale on A is refused.
 
@@ -76,7 +77,7 @@ pub async fn stream_into(channel: tonic::transport::Channel, domain: &str) -> Re
     received
 }
 
-async fn two_instances_share_state(channel_spec: serde_json::Value) {
+pub async fn two_instances_share_state(channel_spec: serde_json::Value) {
     let Some(mongo) = backend_url("MONGO") else { return };
     let storage = json!({"name": "mongo", "addr": mongo, "database": unique("sgmulti").replace('-', "_")});
     two_instances_share(storage, channel_spec).await;
