@@ -13,7 +13,7 @@ use crate::channel_conformance::event;
 use crate::procs;
 use crate::storage_conformance::unique_domain;
 use futures::StreamExt;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use crate::test_pki;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,21 +38,10 @@ struct Pki {
 impl Pki {
     fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let ca = |name: &str| {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(rcgen::DnType::CommonName, name);
-            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-        };
-        let root = ca("stategate test CA");
-        let other = ca("some other CA");
-        let leaf = |names: Vec<String>| {
-            let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(names).unwrap().signed_by(&key, &root).unwrap();
-            (cert, key)
-        };
-        let (server_cert, server_key) = leaf(vec!["localhost".to_owned()]);
-        let (client_cert, client_key) = leaf(vec!["gateway".to_owned()]);
+        let root = test_pki::ca("stategate test CA");
+        let other = test_pki::ca("some other CA");
+        let (server_cert, server_key) = test_pki::leaf(&["localhost"], &root);
+        let (client_cert, client_key) = test_pki::leaf(&["gateway"], &root);
         let write = |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).unwrap();
         write("ca.pem", root.pem());
         write("other-ca.pem", other.pem());

@@ -54,6 +54,7 @@ mod sql_backends;
 #[cfg(feature = "sql")]
 mod sql_pushdown;
 mod procs;
+mod test_pki;
 #[cfg(all(feature = "mongo", feature = "sql", feature = "kafka", feature = "amqp", feature = "nats", feature = "redis"))]
 mod multi_instance;
 #[cfg(all(feature = "mongo", feature = "sql", feature = "nats", feature = "redis"))]

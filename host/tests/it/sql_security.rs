@@ -13,7 +13,7 @@
 
 use crate::procs;
 use crate::storage_conformance::{put, unique_domain};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use crate::test_pki;
 use serde_json::json;
 use stategate::model::{Error, RecordRef};
 use stategate::storage::{DynStorage, StorageSpec};
@@ -33,19 +33,9 @@ struct Pki {
 impl Pki {
     fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let ca = |name: &str| {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(rcgen::DnType::CommonName, name);
-            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-        };
-        let root = ca("stategate test CA");
-        let other = ca("some other CA");
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap()
-            .signed_by(&key, &root)
-            .unwrap();
+        let root = test_pki::ca("stategate test CA");
+        let other = test_pki::ca("some other CA");
+        let (cert, key) = test_pki::leaf(&["localhost", "127.0.0.1"], &root);
         let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
         write("ca.pem", &root.pem());
         write("other-ca.pem", &other.pem());
