@@ -170,7 +170,10 @@ fn point_read() -> BatchRead<MySqlConnection> {
         Box::pin(async move {
             let padded = batch.len().next_power_of_two();
             let sql = format!(
-                "SELECT dt, rkey, domain, rtype, version, vals FROM states WHERE ({}) AND vals IS NOT NULL",
+                // The last row (dt NULL) holds the seq counter: the head this
+                // statement's read view saw (`point_reads`).
+                "SELECT dt, rkey, domain, rtype, version, vals FROM states WHERE ({}) AND vals IS NOT NULL \
+                 UNION ALL SELECT NULL, NULL, NULL, NULL, n, NULL FROM seq_counter WHERE id = 1",
                 vec!["(dt = ? AND rkey = ?)"; padded].join(" OR ")
             );
             let last = batch.last().expect("a batch holds a lookup");
@@ -180,17 +183,21 @@ fn point_read() -> BatchRead<MySqlConnection> {
                 query = query.bind(l.dt.as_slice()).bind(l.key.as_bytes());
             }
             let rows = query.fetch_all(conn).await?;
-            let mut hits = Vec::with_capacity(rows.len());
+            let (mut hits, mut head) = (Vec::with_capacity(rows.len()), 0);
             for row in &rows {
-                let (dt, key, domain, ty): (&[u8], &[u8], &[u8], &[u8]) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
                 let version: i64 = row.try_get(4)?;
+                let Some(dt) = row.try_get::<Option<&[u8]>, _>(0)? else {
+                    head = version as u64;
+                    continue;
+                };
+                let (key, domain, ty): (&[u8], &[u8], &[u8]) = (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
                 for (index, l) in batch.iter().enumerate() {
                     if l.dt == dt && l.key.as_bytes() == key && l.domain.as_bytes() == domain && l.ty.as_bytes() == ty {
                         hits.push(Hit { index, version, vals: text(row, 5)? });
                     }
                 }
             }
-            Ok(hits)
+            Ok((hits, head))
         })
     })
 }
@@ -345,15 +352,24 @@ impl Storage for MysqlStorage {
     }
 
     async fn get(&self, record: &RecordRef) -> Result<Option<State>> {
+        Ok(self.get_at(record, None).await?.value)
+    }
+
+    async fn get_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<State>>> {
+        if let Some(seq) = at {
+            return Ok(AtSeq { value: super::history::replay_get(self, record, seq).await?, seq });
+        }
+        // A point read now: gathered with the others waiting into one
+        // statement, which also reads the head (`point_reads`).
         let lookup =
             Lookup { dt: type_hash(&record.domain, &record.ty), key: record.key.clone(), domain: record.domain.clone(), ty: record.ty.clone() };
-        self.points
-            .get(lookup)
-            .await?
+        let (found, seq) = self.points.get(lookup).await?;
+        let value = found
             .map(|(version, vals)| {
-                Ok(State { record: record.clone(), version: version as u64, values: parse_values(NAME, &vals)? })
+                Ok::<_, Error>(State { record: record.clone(), version: version as u64, values: parse_values(NAME, &vals)? })
             })
-            .transpose()
+            .transpose()?;
+        Ok(AtSeq { value, seq })
     }
 
     async fn search_states(&self, q: &StateQuery) -> Result<Vec<State>> {

@@ -200,11 +200,14 @@ fn point_read() -> BatchRead<PgConnection> {
                 .bind(types)
                 .fetch_all(conn)
                 .await?;
-            rows.iter()
-                .map(|row| {
-                    Ok(Hit { index: row.try_get::<i64, _>(0)? as usize - 1, version: row.try_get(1)?, vals: row.try_get(2)? })
-                })
-                .collect()
+            let (mut hits, mut head) = (Vec::with_capacity(rows.len()), 0);
+            for row in &rows {
+                match row.try_get::<i64, _>(0)? {
+                    0 => head = row.try_get::<i64, _>(1)? as u64,
+                    i => hits.push(Hit { index: i as usize - 1, version: row.try_get(1)?, vals: row.try_get(2)? }),
+                }
+            }
+            Ok((hits, head))
         })
     })
 }
@@ -296,49 +299,25 @@ impl Storage for PostgresStorage {
     }
 
     async fn get(&self, record: &RecordRef) -> Result<Option<State>> {
-        if has_nul(&[&record.domain, &record.ty, &record.key]) {
-            return Ok(None);
-        }
-        let lookup =
-            Lookup { dt: type_hash(&record.domain, &record.ty), key: record.key.clone(), domain: record.domain.clone(), ty: record.ty.clone() };
-        self.points
-            .get(lookup)
-            .await?
-            .map(|(version, vals)| {
-                Ok(State { record: record.clone(), version: version as u64, values: parse_values(NAME, &vals)? })
-            })
-            .transpose()
+        Ok(self.get_at(record, None).await?.value)
     }
 
     async fn get_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<State>>> {
         if at.is_none() {
-            // A point read and the head, in one REPEATABLE READ snapshot:
-            // the counter commits with the events it counts.
+            // A point read now: gathered with the others waiting into one
+            // statement, which also reads the head (`point_reads`).
             if has_nul(&[&record.domain, &record.ty, &record.key]) {
                 return Ok(AtSeq { value: None, seq: self.head().await? });
             }
-            let r = record.clone();
-            let read = read!(self, |c| {
-                let mut tx = snapshot(c).await?;
-                let seq = sqlx::query_scalar::<_, i64>("SELECT n FROM seq_counter WHERE id = 1").fetch_one(&mut *tx).await?;
-                let row = sqlx::query("SELECT version, vals FROM states WHERE dt = $1 AND key = $2 AND vals IS NOT NULL")
-                    .bind(type_hash(&r.domain, &r.ty))
-                    .bind(&r.key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                let value = row
-                    .map(|row| {
-                        Ok::<_, sqlx::Error>(State {
-                            record: r.clone(),
-                            version: row.try_get::<i64, _>(0)? as u64,
-                            values: parse_values(NAME, row.try_get(1)?).map_err(decode_error)?,
-                        })
-                    })
-                    .transpose()?;
-                Ok(AtSeq { value, seq: seq as u64 })
-            })?;
-            return Ok(read);
+            let lookup =
+                Lookup { dt: type_hash(&record.domain, &record.ty), key: record.key.clone(), domain: record.domain.clone(), ty: record.ty.clone() };
+            let (found, seq) = self.points.get(lookup).await?;
+            let value = found
+                .map(|(version, vals)| {
+                    Ok::<_, Error>(State { record: record.clone(), version: version as u64, values: parse_values(NAME, &vals)? })
+                })
+                .transpose()?;
+            return Ok(AtSeq { value, seq });
         }
         let seq = at.unwrap_or_default();
         if has_nul(&[&record.domain, &record.ty, &record.key]) {

@@ -16,11 +16,14 @@ pub const GET: &str =
 
 /// Live states of a batch of records (`$1`..`$4`: arrays of type hashes,
 /// keys, domains and types, one element per lookup), each row with the
-/// 1-based position of its lookup. One primary-key probe per element.
+/// 1-based position of its lookup. One primary-key probe per element. One
+/// more row, at position 0, holds the seq counter in its version column:
+/// the head this statement's snapshot saw.
 pub const GET_MANY: &str = "SELECT q.i, s.version, s.vals \
      FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS q(dt, key, domain, type, i) \
      JOIN states s ON s.dt = q.dt AND s.key = q.key AND s.domain = q.domain AND s.type = q.type \
-     WHERE s.vals IS NOT NULL";
+     WHERE s.vals IS NOT NULL \
+     UNION ALL SELECT 0, n, NULL FROM seq_counter WHERE id = 1";
 
 /// An event by id (`$1`).
 pub const GET_EVENT: &str =

@@ -53,11 +53,19 @@ pub struct Hit {
     pub vals: String,
 }
 
-/// A provider's statement for a batch of lookups.
+/// A provider's statement for a batch of lookups: the hits, and the store's
+/// head (its seq counter) as the same statement saw it. One statement reads
+/// one snapshot (PostgreSQL, InnoDB), and the counter commits with the
+/// events it counts, so every answer of the batch is exactly the state at
+/// that head: what `Storage::get_at` needs of a read now.
 pub type BatchRead<C> =
-    Arc<dyn for<'c> Fn(&'c mut C, &'c [Lookup]) -> BoxFuture<'c, std::result::Result<Vec<Hit>, sqlx::Error>> + Send + Sync>;
+    Arc<dyn for<'c> Fn(&'c mut C, &'c [Lookup]) -> BoxFuture<'c, std::result::Result<(Vec<Hit>, u64), sqlx::Error>> + Send + Sync>;
 
-type Reply = oneshot::Sender<Result<Option<(i64, String)>>>;
+/// The live state a lookup found (version, JSON text), and the head it was
+/// read at.
+pub type Found = (Option<(i64, String)>, u64);
+
+type Reply = oneshot::Sender<Result<Found>>;
 
 /// The queue of a gateway's gets; the dispatcher ends when it is dropped.
 pub struct PointReads {
@@ -83,9 +91,10 @@ impl PointReads {
         PointReads { queue, call_timeout, provider }
     }
 
-    /// The version and JSON text of the live state `lookup` names, if any;
-    /// bounded by the call timeout, the wait in the queue included.
-    pub async fn get(&self, lookup: Lookup) -> Result<Option<(i64, String)>> {
+    /// The version and JSON text of the live state `lookup` names, if any,
+    /// with the head it was read at; bounded by the call timeout, the wait
+    /// in the queue included.
+    pub async fn get(&self, lookup: Lookup) -> Result<Found> {
         let (reply, answer) = oneshot::channel();
         let stopped = || Error::unavailable(format!("{}: storage is closed", self.provider));
         self.queue.send((lookup, reply)).map_err(|_| stopped())?;
@@ -147,8 +156,8 @@ async fn run<C: Send + 'static>(
             }
         }
     };
-    let hits = match tokio::time::timeout(call_timeout, call).await {
-        Ok(Ok(hits)) => hits,
+    let (hits, head) = match tokio::time::timeout(call_timeout, call).await {
+        Ok(Ok(read)) => read,
         Ok(Err(e)) => return fail(replies, db_error(e)),
         Err(_) => return fail(replies, Error::unavailable(format!("{provider}: no answer within {call_timeout:?}"))),
     };
@@ -160,7 +169,7 @@ async fn run<C: Send + 'static>(
     }
     for (reply, state) in replies.into_iter().zip(found) {
         // A caller that gave up (its own timeout) is not an error.
-        let _ = reply.send(Ok(state));
+        let _ = reply.send(Ok((state, head)));
     }
 }
 
