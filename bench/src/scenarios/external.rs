@@ -102,7 +102,7 @@ impl Bench {
                     "release binary {} as its own process, data dir on {} ({fs}), inmem channel, auth off; load: h2load, {conns} \
                      connections x {streams} streams, one request body ({}); \"ceiling\" = grpc.health.v1.Health/Check on the same \
                      process; CPU µs/op = the gateway process's CPU per call (not the load generator's){}",
-                    bin_name(&gw.bin),
+                    gw.bin.display(),
                     p.label,
                     if name == "get" { "Get of one seeded record of ~300 B" } else { "Set of one record, ~300 B values, a new version per call, durable before the answer" },
                     m.first_error.as_deref().map(|e| format!("; first error: {e}")).unwrap_or_default(),
@@ -129,10 +129,6 @@ fn gateway_binary(given: Option<&Path>) -> std::result::Result<PathBuf, String> 
             path.display()
         ))
     }
-}
-
-fn bin_name(p: &Path) -> String {
-    p.display().to_string()
 }
 
 /// The gateway process of one placement.

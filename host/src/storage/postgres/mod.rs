@@ -187,6 +187,18 @@ async fn snapshot(c: &mut PgConnection) -> std::result::Result<sqlx::Transaction
     Ok(tx)
 }
 
+/// A row of a state search (`key`, `version`, `vals`) as a state of the
+/// query's type.
+fn search_row(q: &StateQuery) -> impl Fn(&PgRow) -> std::result::Result<State, sqlx::Error> + Copy + '_ {
+    move |row| {
+        Ok(State {
+            record: RecordRef { domain: q.domain.clone(), ty: q.ty.clone(), key: row.try_get(0)? },
+            version: row.try_get::<i64, _>(1)? as u64,
+            values: parse_values(NAME, row.try_get(2)?).map_err(decode_error)?,
+        })
+    }
+}
+
 fn point_read() -> BatchRead<PgConnection> {
     Arc::new(|conn: &mut PgConnection, batch: &[Lookup]| {
         let column = |f: fn(&Lookup) -> &str| batch.iter().map(|l| f(l)).collect::<Vec<&str>>();
@@ -356,13 +368,7 @@ impl Storage for PostgresStorage {
         // The search and the head in one REPEATABLE READ snapshot. (At a
         // past seq: the trait's replay of the type's feed.)
         let statements::StateSearch { sql, exact_filter: _, exact_sort, in_sql } = statements::search_states(q);
-        let state = |row: &PgRow| -> std::result::Result<State, sqlx::Error> {
-            Ok(State {
-                record: RecordRef { domain: q.domain.clone(), ty: q.ty.clone(), key: row.try_get(0)? },
-                version: row.try_get::<i64, _>(1)? as u64,
-                values: parse_values(NAME, row.try_get(2)?).map_err(decode_error)?,
-            })
-        };
+        let state = search_row(q);
         let arrival = if exact_sort { Arrival::InOrder } else { Arrival::AnyOrder };
         read!(self, |c| {
             let mut tx = snapshot(c).await?;
@@ -381,13 +387,7 @@ impl Storage for PostgresStorage {
             return Ok(vec![]);
         }
         let statements::StateSearch { sql, exact_filter: _, exact_sort, in_sql } = statements::search_states(q);
-        let state = |row: &PgRow| -> std::result::Result<State, sqlx::Error> {
-            Ok(State {
-                record: RecordRef { domain: q.domain.clone(), ty: q.ty.clone(), key: row.try_get(0)? },
-                version: row.try_get::<i64, _>(1)? as u64,
-                values: parse_values(NAME, row.try_get(2)?).map_err(decode_error)?,
-            })
-        };
+        let state = search_row(q);
         let arrival = if exact_sort { Arrival::InOrder } else { Arrival::AnyOrder };
         read!(self, |c| {
             let rows = sql.bind(sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str()))).fetch(c);
