@@ -69,6 +69,9 @@ CREATE TABLE seq_counter (
 );
 INSERT INTO seq_counter VALUES (1, 0);
 "#,
+    // 2: a record's events by seq, for reads as of a past seq (one descent
+    // per record instead of a replay of the type's history).
+    "CREATE INDEX events_by_record_seq ON events (dt, key, seq);",
 ];
 
 /// The schema version this gateway writes.
