@@ -3,7 +3,8 @@
 //! writers write (each with the version it expects, then reading back) and a
 //! subscriber streams; each guest's file is replaced twice while the load
 //! runs, once atomically (written aside, renamed over) and once by a plain
-//! overwrite in place. Every call must succeed, the subscriber must receive
+//! overwrite in place, which the watcher sees half-written first (and
+//! refuses, the old version serving on). Every call must succeed, the subscriber must receive
 //! every acknowledged event exactly once and in order per record, and
 //! `wasm_guest_loads_total{outcome="swapped"}` must count each swap.
 
@@ -58,18 +59,34 @@ enum Replace {
     /// Written aside, then renamed over the file: the watcher sees the old
     /// file or the new one, whole.
     Rename,
-    /// Truncated and written in place: the watcher may read it half-written.
+    /// Truncated and written in place, here in two halves with the watcher
+    /// made to read the first half alone (refused) before the second lands.
     Overwrite,
 }
 
-fn replace(path: &Path, bytes: &[u8], how: Replace) {
+async fn replace(path: &Path, bytes: &[u8], how: Replace, ops_url: &str, guest: &str, load: &Load) {
     match how {
         Replace::Rename => {
             let tmp = path.with_extension("wasm.tmp");
             std::fs::write(&tmp, bytes).unwrap();
             std::fs::rename(&tmp, path).unwrap();
         }
-        Replace::Overwrite => std::fs::write(path, bytes).unwrap(),
+        Replace::Overwrite => {
+            use std::io::Write;
+            let refused = metric(ops_url, &loads_of(guest, "refused")).await;
+            let mut f = std::fs::File::create(path).unwrap();
+            let (first, rest) = bytes.split_at(bytes.len() / 2);
+            f.write_all(first).unwrap();
+            f.flush().unwrap();
+            let until = Instant::now() + PATIENCE;
+            while metric(ops_url, &loads_of(guest, "refused")).await <= refused {
+                let failed = load.failed.lock().unwrap().clone();
+                assert!(failed.is_empty(), "while {guest} was half-written: calls failed: {failed:#?}");
+                assert!(Instant::now() < until, "the half-written {guest} was never refused");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            f.write_all(rest).unwrap();
+        }
     }
 }
 
@@ -82,8 +99,12 @@ async fn metric(ops_url: &str, series: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+fn loads_of(guest: &str, outcome: &str) -> String {
+    format!("stategate_wasm_guest_loads_total{{guest=\"{guest}\",outcome=\"{outcome}\"}}")
+}
+
 fn swaps_of(guest: &str) -> String {
-    format!("stategate_wasm_guest_loads_total{{guest=\"{guest}\",outcome=\"swapped\"}}")
+    loads_of(guest, "swapped")
 }
 
 /// What the writers did: acknowledged events by id (record key, version),
@@ -221,7 +242,7 @@ async fn providers_swap_under_load_without_a_failed_call_or_a_lost_event() {
     more_writes(&load, WRITES_BETWEEN_SWAPS, "before the swaps").await;
 
     // Each guest twice: a rebuilt file renamed over it, then another
-    // written over it in place.
+    // written over it in place (half of it first).
     let swaps = [
         (&storage_file, &storage_bytes, "fs_storage", Replace::Rename, 1),
         (&channel_file, &channel_bytes, "dir_channel", Replace::Rename, 1),
@@ -229,7 +250,7 @@ async fn providers_swap_under_load_without_a_failed_call_or_a_lost_event() {
         (&channel_file, &channel_bytes, "dir_channel", Replace::Overwrite, 2),
     ];
     for (file, original, name, how, n) in swaps {
-        replace(file, &variant(original, &format!("{how:?}-{n}")), how);
+        replace(file, &variant(original, &format!("{how:?}-{n}")), how, &ops, name, &load).await;
         swapped(&ops, name, n, &load).await;
         more_writes(&load, WRITES_BETWEEN_SWAPS, &format!("after swap {n} of {name} ({how:?})")).await;
     }
