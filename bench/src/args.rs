@@ -78,14 +78,14 @@ pub struct Args {
     pub cross_subscribers: usize,
     /// Directory holding the wasm guests of the `wasm-*` scenarios
     /// (fs_storage.wasm, tenant_isolation.wasm, fs_storage_0_1_0.wasm,
-    /// stall_storage.wasm). Default: run
+    /// stall_storage.wasm, dir_channel.wasm, py_channel.wasm). Default: run
     /// scripts/build-guests and use ${CARGO_TARGET_DIR:-target}/guests/out.
     #[arg(long)]
     pub guests: Option<PathBuf>,
     /// Records seeded into each storage of the wasm storage comparison.
     #[arg(long, default_value_t = 10_000)]
     pub wasm_records: usize,
-    /// Client counts of the `wasm-provider` and `wasm-pool` scenarios.
+    /// Client counts of the `wasm-provider`, `wasm-channel` and `wasm-pool` scenarios.
     #[arg(long, value_delimiter = ',', default_value = "16,64")]
     pub wasm_clients: Vec<usize>,
     /// Record counts of the `wasm-search` scenario (one store each).

@@ -13,6 +13,7 @@ mod sql;
 mod sql_bare;
 mod unary;
 mod wasm;
+mod wasm_channel;
 mod wasm_pool;
 mod wasm_search;
 
@@ -101,6 +102,7 @@ fn table() -> Vec<Scenario> {
         Scenario { name: "auth-jwt-rego", what: "Get/Set with JWT HS256 verification and a Rego request policy (examples/policies/read_only_role.rego), relative to auth off", run: Some(|b| Box::pin(b.auth_all())) },
         Scenario { name: "wasm-provider", what: "Get/Set on the wasm storage provider guest (fs-storage) relative to embedded sqlite, and Get with the wasm policy hook tenant-isolation relative to none", run: Some(|b| Box::pin(b.wasm_provider())) },
         Scenario { name: "wasm-search", what: "state Search (equality filter, limit 10) on the fs-storage guest with search pushdown (WIT 0.2.0) relative to the same guest built against 0.1.0 (no pushdown), at 10,000 and 100,000 records", run: Some(|b| Box::pin(b.wasm_search())) },
+        Scenario { name: "wasm-channel", what: "Set on a gateway whose channel is the Python directory-channel guest (py-channel, componentize-py) relative to the same with the Rust one (dir-channel)", run: Some(|b| Box::pin(b.wasm_channel())) },
         Scenario { name: "wasm-pool", what: "Get on a storage guest whose calls wait 2 ms in the host, on a pool of 8 instances relative to one instance (calls one at a time)", run: Some(|b| Box::pin(b.wasm_pool())) },
         Scenario { name: "redis-cross-instance", what: "two gateways on the Redis channel sharing one storage: writer on A, N Stream subscribers on B, relative to one instance with the inmem channel", run: Some(|b| Box::pin(b.cross_instance("redis"))) },
         Scenario { name: "nats-cross-instance", what: "two gateways on the NATS channel sharing one storage: writer on A, N Stream subscribers on B, relative to one instance with the inmem channel", run: Some(|b| Box::pin(b.cross_instance("nats"))) },

@@ -102,3 +102,5 @@ mod wasm_versions;
 mod wasm_pushdown;
 #[cfg(feature = "wasm")]
 mod wasm_pool;
+#[cfg(feature = "wasm")]
+mod wasm_hot_swap;

@@ -368,6 +368,11 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn spawn(dir: &Path, storage: &str, channel: &str) -> Gateway {
+        Self::spawn_with(dir, storage, channel, &[]).await
+    }
+
+    /// The same with more environment variables (`STATEGATE_WASM_*`, …).
+    pub async fn spawn_with(dir: &Path, storage: &str, channel: &str, env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let ops_port = free_port();
         let log = std::fs::File::create(dir.join(format!("gateway-{port}.log"))).unwrap();
@@ -377,6 +382,7 @@ impl Gateway {
             .env("STATEGATE_CHANNEL_PROVIDER", channel)
             .env("STATEGATE_SWEEP_INTERVAL_MS", "200")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

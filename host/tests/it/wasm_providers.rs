@@ -14,6 +14,14 @@ async fn dir_channel(dir: &std::path::Path) -> DynChannel {
     channel_spec(&spec(&guest("dir_channel"), dir)).open(&runtime()).await.expect("wasm channel opens")
 }
 
+/// The Python channel guest (guest-providers/py-channel, componentize-py).
+/// Its instance starts CPython, so its calls get a generous time limit.
+async fn py_channel(dir: &std::path::Path) -> DynChannel {
+    let mut provider = spec(&guest("py_channel"), dir);
+    provider.insert("limits".into(), serde_json::json!({"timeout_ms": 30000}));
+    channel_spec(&provider).open(&runtime()).await.expect("python wasm channel opens")
+}
+
 storage_conformance!(wasm_fs_storage, async {
     let dir = tempfile::tempdir().unwrap().keep();
     Some(fs_storage(&dir).await)
@@ -23,6 +31,49 @@ channel_conformance!(wasm_dir_channel, async {
     let dir = tempfile::tempdir().unwrap().keep();
     Some(dir_channel(&dir).await)
 });
+
+channel_conformance!(wasm_py_channel, async {
+    let dir = tempfile::tempdir().unwrap().keep();
+    Some(py_channel(&dir).await)
+});
+
+/// The Rust and the Python directory channels write the same format: on
+/// one directory, each receives what the other publishes, whole and in
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_and_python_directory_channels_interoperate() {
+    use crate::channel_conformance::event;
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let rust = dir_channel(dir.path()).await;
+    // A second guest may not be granted the same directory in one runtime
+    // (grants must not overlap), so the Python one gets a runtime of its
+    // own, as a second gateway would.
+    let python = py_channel(dir.path()).await;
+    let d = crate::storage_conformance::unique_domain();
+    let topic = stategate::model::Topic { domain: Some(d.clone()), ty: None };
+    let mut at_rust = rust.subscribe(&topic).await.unwrap();
+    let mut at_python = python.subscribe(&topic).await.unwrap();
+    let from_rust: Vec<_> = (1..=3).map(|v| event(&d, "r", "k", v)).collect();
+    let from_python: Vec<_> = (1..=3).map(|v| event(&d, "p", "k", v)).collect();
+    for (a, b) in from_rust.iter().zip(&from_python) {
+        rust.publish(a).await.unwrap();
+        python.publish(b).await.unwrap();
+    }
+    let wait = std::time::Duration::from_secs(30);
+    for (sub, who) in [(&mut at_rust, "rust"), (&mut at_python, "python")] {
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            let e = tokio::time::timeout(wait, sub.next()).await.unwrap_or_else(|_| panic!("{who}: an event in time")).unwrap().unwrap();
+            got.push(e);
+        }
+        for sent in [&from_rust, &from_python] {
+            let ty = &sent[0].record.ty;
+            let seen: Vec<_> = got.iter().filter(|e| &e.record.ty == ty).cloned().collect();
+            assert_eq!(&seen, sent, "{who} receives the events published on the {ty:?} side, whole and in order");
+        }
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fs_storage_is_durable_across_restarts() {
