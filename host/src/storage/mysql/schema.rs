@@ -63,6 +63,14 @@ const MIGRATIONS: &[&[&str]] = &[
         ) ENGINE = InnoDB",
         "INSERT IGNORE INTO seq_counter VALUES (1, 0)",
     ],
+    // 2: consumer-group documents (`Storage::group_store`).
+    &[
+        "CREATE TABLE IF NOT EXISTS consumer_groups (
+            name    VARBINARY(1024) NOT NULL PRIMARY KEY,
+            version BIGINT NOT NULL,
+            doc     LONGBLOB NOT NULL
+        ) ENGINE = InnoDB",
+    ],
 ];
 
 /// The schema version this gateway writes.

@@ -19,6 +19,7 @@
 //!   fingerprint and the event it wrote.
 //! - `seq_counter`: the one row every append batch increments (see
 //!   `storage::sql`).
+//! - `groups` (version 2): one versioned document per consumer group.
 
 use crate::model::{Error, Result};
 use crate::storage::sql::{gateway_version, newer_schema};
@@ -68,6 +69,14 @@ CREATE TABLE seq_counter (
     n  bigint NOT NULL
 );
 INSERT INTO seq_counter VALUES (1, 0);
+"#,
+    // 2: consumer-group documents (`Storage::group_store`).
+    r#"
+CREATE TABLE groups (
+    name    text COLLATE "C" PRIMARY KEY,
+    version bigint NOT NULL,
+    doc     bytea NOT NULL
+);
 "#,
 ];
 
