@@ -141,7 +141,8 @@ pub trait Storage: Send + Sync + 'static {
     /// A consumer group's document and its version (see the module
     /// comment), if one was stored.
     ///
-    /// The default refuses: a wasm provider's WIT has no such call.
+    /// The default refuses; every provider here keeps them (a wasm
+    /// provider in a reserved record, `storage::wasm`).
     async fn group_load(&self, name: &str) -> Result<Option<GroupDoc>> {
         let _ = name;
         Err(groups_unsupported(self.name()))
@@ -178,7 +179,7 @@ pub struct GroupDoc {
 pub fn groups_unsupported(provider: &str) -> Error {
     Error::invalid(
         "group",
-        format!("the storage provider {provider} keeps no consumer groups; use sqlite, inmem, postgres, mysql or mongo"),
+        format!("the storage provider {provider} keeps no consumer groups"),
     )
 }
 
