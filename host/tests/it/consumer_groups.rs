@@ -322,3 +322,52 @@ async fn three_members_on_two_instances_lose_nothing_when_one_is_killed() {
     assert_eq!(got, later, "the new member got the events written since");
     m4.abort();
 }
+
+/// The REST forms: the NDJSON stream with `group=`, `POST /api/events/ack`
+/// and `POST /api/events/parked`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_members_stream_and_acknowledge() {
+    let gw = TestGateway::start().await;
+    let domain = unique("grprest");
+    let http = crate::harness::http();
+    let mut resp = http
+        .get(format!("{}/api/events/stream?domain={domain}&type=job&group=r&member=m&ack_timeout_ms=60000", gw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let written = write(gw.channel().await, &domain, "k", 1, 1).await;
+    let id = written.into_iter().next().unwrap();
+    let mut buf = Vec::new();
+    while !buf.contains(&b'\n') {
+        let chunk = tokio::time::timeout(Duration::from_secs(60), resp.chunk()).await.unwrap().unwrap().expect("a line");
+        buf.extend_from_slice(&chunk);
+    }
+    let line: serde_json::Value = serde_json::from_slice(&buf[..buf.iter().position(|b| *b == b'\n').unwrap()]).unwrap();
+    assert_eq!(line["result"]["id"], id.as_str());
+    let ack = json!({"domain": domain, "type": "job", "group": "r", "eventIds": [id]});
+    let out: serde_json::Value = http.post(format!("{}/api/events/ack", gw.url())).json(&ack).send().await.unwrap().json().await.unwrap();
+    assert_eq!(out["applied"], json!([id]));
+    let out: serde_json::Value = http.post(format!("{}/api/events/ack", gw.url())).json(&ack).send().await.unwrap().json().await.unwrap();
+    assert_eq!(out["unknown"], json!([id]));
+    let parked: serde_json::Value = http
+        .post(format!("{}/api/events/parked", gw.url()))
+        .json(&json!({"domain": domain, "type": "job", "group": "r"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(parked["parked"], json!([]));
+    let bad = http.post(format!("{}/api/events/ack", gw.url())).json(&json!({"domain": domain, "type": "job", "group": "r"})).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let bad = http
+        .get(format!("{}/api/events/stream?domain={domain}&type=job&group=r&ack_timeout_ms=-5", gw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    drop(resp);
+    gw.stop().await;
+}
