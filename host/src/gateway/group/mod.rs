@@ -509,7 +509,7 @@ impl Member {
             if full {
                 return Ok(None);
             }
-            let until_deadline = state.next_deadline().map(|d| Duration::from_millis((d - now).max(1) as u64));
+            let until_deadline = state.next_deadline(now).map(|d| Duration::from_millis((d - now) as u64));
             return Ok(Some(until_deadline.map_or(POLL, |d| d.min(POLL))));
         }
         Ok(Some(POLL))

@@ -133,9 +133,11 @@ impl GroupState {
         self.inflight.values().filter(|f| f.member == member).count()
     }
 
-    /// The earliest deadline of an event in flight.
-    pub fn next_deadline(&self) -> Option<i64> {
-        self.inflight.values().map(|f| f.deadline).min()
+    /// The earliest deadline after `now` of an event in flight. Events due
+    /// already are not counted: a claim that left them (to another member,
+    /// or for lack of room) waits for a wake-up or a poll, not a spin.
+    pub fn next_deadline(&self, now: i64) -> Option<i64> {
+        self.inflight.values().map(|f| f.deadline).filter(|d| *d > now).min()
     }
 
     /// Whether another member than `member` claimed recently enough to be
@@ -183,7 +185,10 @@ impl GroupState {
                 out.changed = true;
                 continue;
             }
-            if out.assigned.len() >= room || (f.member == member && others_alive) {
+            // Left to another member for one ack timeout past its
+            // deadline; after that whoever has room takes it.
+            let leave_it = f.member == member && others_alive && now - f.deadline < timeout;
+            if out.assigned.len() >= room || leave_it {
                 continue;
             }
             f.member = member.to_owned();
@@ -381,6 +386,20 @@ mod tests {
         g.claim("m1", 10, 0, &w, 1);
         let c = g.claim("m1", 10, 1000, &w, 1);
         assert_eq!(c.assigned[0].attempt, 2);
+    }
+
+    #[test]
+    fn an_event_left_for_others_comes_back_after_one_more_timeout() {
+        let mut g = GroupState::new(spec(5), 0);
+        let w = [ev(1, "a")];
+        g.claim("m1", 10, 0, &w, 1);
+        g.claim("m2", 0, 900, &w, 1);
+        // Due at 1000; m2 is alive but has no room.
+        assert!(g.claim("m1", 10, 1000, &w, 1).assigned.is_empty());
+        assert_eq!(g.next_deadline(1000), None, "nothing to wait for: no spin on a due event");
+        g.claim("m2", 0, 1900, &w, 1);
+        assert_eq!(seqs(&g.claim("m1", 10, 2000, &w, 1)), [1]);
+        assert_eq!(g.next_deadline(2000), Some(3000));
     }
 
     #[test]
