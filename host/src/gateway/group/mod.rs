@@ -473,7 +473,7 @@ impl Member {
                 return Err(Error::NotFound("consumer group (it was removed)".into()));
             };
             let room = self.room.saturating_sub(state.held_by(&self.member));
-            let (window, scanned_to) = if room > 0 { self.window(state.position).await? } else { (vec![], state.position) };
+            let (window, scanned_to) = if room > 0 { self.window(&state, room).await? } else { (vec![], state.position) };
             let candidates: Vec<Candidate> =
                 window.iter().map(|e| Candidate { seq: e.seq, id: e.id.clone(), record: e.record.to_string() }).collect();
             let now = now_ms();
@@ -515,21 +515,31 @@ impl Member {
         Ok(Some(POLL))
     }
 
-    /// Events of the subscription after `position` (at most `WINDOW` of
-    /// them), and the seq up to which the feed was read: every event of the
-    /// subscription up to it is in the window.
-    async fn window(&self, position: u64) -> Result<(Vec<Event>, u64)> {
+    /// Events of the subscription after the group's position, and the seq
+    /// up to which the feed was read: every event of the subscription up
+    /// to it is in the window. Pages are read until the window holds more
+    /// events that are neither done nor in flight than `room` (a claim
+    /// needs no more: the rest waits for a later one), or `WINDOW` events.
+    async fn window(&self, state: &GroupState, room: usize) -> Result<(Vec<Event>, u64)> {
         let storage = &self.gateway.storage;
         // Read before the feed: every event up to it is visible to the feed.
         let head = storage.head().await?;
-        let mut query = FeedQuery { topic: self.topic.clone(), key: self.key.clone(), after_seq: position, from_time: None, limit: FEED_PAGE };
-        let mut out = vec![];
+        // The first page fits what one claim takes; each next one is twice
+        // as large, up to a feed page.
+        let first = (2 * room + state.inflight.len() + state.done.len()).clamp(32, FEED_PAGE);
+        let mut query =
+            FeedQuery { topic: self.topic.clone(), key: self.key.clone(), after_seq: state.position, from_time: None, limit: first };
+        let (mut out, mut open) = (vec![], 0);
         loop {
             let page = storage.feed(&query).await?;
-            let full = page.len() == FEED_PAGE;
+            let full = page.len() == query.limit;
+            query.limit = (query.limit * 2).min(FEED_PAGE);
             for e in page {
                 query.after_seq = e.seq;
                 if self.filter.as_ref().is_none_or(|f| f.admits(&e)) {
+                    if !state.done.contains(&e.seq) && !state.inflight.contains_key(&e.seq) {
+                        open += 1;
+                    }
                     out.push(e);
                     if out.len() >= WINDOW {
                         return Ok((out, query.after_seq));
@@ -538,6 +548,9 @@ impl Member {
             }
             if !full {
                 return Ok((out, query.after_seq.max(head)));
+            }
+            if open > room {
+                return Ok((out, query.after_seq));
             }
         }
     }
