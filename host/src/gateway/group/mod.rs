@@ -16,9 +16,12 @@
 //! member leaving and replays are such writes too.
 //!
 //! A member learns that there may be work from the hub (a live event of its
-//! topic), from acks and departures on this instance (`Wakers`), and
+//! topic), from acks (one member woken: an ack frees one record's next
+//! event) and departures (all woken) on this instance (`Wakers`), and
 //! otherwise by polling (`POLL`, or the next deadline if sooner): an ack
-//! made on another instance frees a record within a poll.
+//! made on another instance frees a record within a poll. Members and
+//! calls of one instance change a group's document in turns (`Local`), so
+//! compare-and-set conflicts come only from other instances.
 //!
 //! Delivery is at least once: a delivered event stays in flight until
 //! acknowledged; a member that dies (or whose instance does) loses only
@@ -59,27 +62,43 @@ const MAX_ACK_IDS: usize = 4096;
 /// Conflicting writes a change retries before it reports the contention.
 const MAX_RETRIES: usize = 64;
 
-/// This instance's members waiting for work, by group, so an ack or a
-/// departure here wakes them at once.
+/// What this instance's members of one group share: a wake-up, so an ack
+/// or a departure here wakes them at once, and a turn, so they change the
+/// group's document one at a time (their compare-and-set writes would
+/// otherwise conflict with each other; only other instances' writes can).
 #[derive(Default)]
-pub struct Wakers(Mutex<HashMap<String, Weak<Notify>>>);
+pub struct Local {
+    notify: Notify,
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// `Local` per group, while some member or call of this instance uses it.
+#[derive(Default)]
+pub struct Wakers(Mutex<HashMap<String, Weak<Local>>>);
 
 impl Wakers {
-    fn join(&self, group: &str) -> Arc<Notify> {
+    fn local(&self, group: &str) -> Arc<Local> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, w| w.strong_count() > 0);
-        if let Some(n) = map.get(group).and_then(Weak::upgrade) {
-            return n;
+        if let Some(l) = map.get(group).and_then(Weak::upgrade) {
+            return l;
         }
-        let n = Arc::new(Notify::new());
-        map.insert(group.to_owned(), Arc::downgrade(&n));
-        n
+        map.retain(|_, w| w.strong_count() > 0);
+        let l = Arc::new(Local::default());
+        map.insert(group.to_owned(), Arc::downgrade(&l));
+        l
     }
 
-    fn wake(&self, group: &str) {
-        let n = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(group).and_then(Weak::upgrade);
-        if let Some(n) = n {
-            n.notify_waiters();
+    /// Wakes every waiting member (`all`), or one: an ack frees one
+    /// record's next event, which one member takes (waking all of them
+    /// would cost every member a claim per ack).
+    fn wake(&self, group: &str, all: bool) {
+        let l = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(group).and_then(Weak::upgrade);
+        if let Some(l) = l {
+            if all {
+                l.notify.notify_waiters();
+            } else {
+                l.notify.notify_one();
+            }
         }
     }
 }
@@ -254,7 +273,7 @@ impl Gateway {
         let (tx, rx) = mpsc::channel(self.limits.stream_buffer.max(max_in_flight as usize));
         let member = Member {
             gateway: self.clone(),
-            wake: self.groups.join(&name),
+            local: self.groups.local(&name),
             input,
             name: name.clone(),
             member: member.clone(),
@@ -284,6 +303,8 @@ impl Gateway {
         }
         let _ = spec;
         let now = now_ms();
+        let local = self.groups.local(&name);
+        let turn = local.turn.lock().await;
         let out = update(&self.storage, &name, |s| {
             let out = s.ack(&req.event_ids, req.nack, now);
             let changed = !out.applied.is_empty();
@@ -291,7 +312,8 @@ impl Gateway {
         })
         .await?
         .ok_or_else(|| Error::NotFound(format!("consumer group {}", req.group)))?;
-        self.groups.wake(&name);
+        drop(turn);
+        self.groups.wake(&name, req.nack);
         Ok(out)
     }
 
@@ -311,6 +333,8 @@ impl Gateway {
                 }
             }
             let now = now_ms();
+            let local = self.groups.local(&name);
+            let _turn = local.turn.lock().await;
             replayed = update(&self.storage, &name, |s| {
                 let out = s.replay_parked(&ids, now, |id| records.get(id).cloned());
                 let changed = !out.is_empty();
@@ -318,7 +342,7 @@ impl Gateway {
             })
             .await?
             .unwrap_or_default();
-            self.groups.wake(&name);
+            self.groups.wake(&name, true);
         }
         let parked = load(&self.storage, &name).await?.map(|l| l.state.parked).unwrap_or_default();
         let mut out = Vec::with_capacity(parked.len());
@@ -387,10 +411,17 @@ impl Drop for Leave {
             (self.storage.clone(), self.wakers.clone(), std::mem::take(&mut self.name), std::mem::take(&mut self.member));
         rt.spawn(async move {
             let now = now_ms();
-            match update(&storage, &name, |s| ((), s.release(&member, now))).await {
+            let local = wakers.upgrade().map(|w| w.local(&name));
+            let turn = match &local {
+                Some(l) => Some(l.turn.lock().await),
+                None => None,
+            };
+            let released = update(&storage, &name, |s| ((), s.release(&member, now))).await;
+            drop(turn);
+            match released {
                 Ok(_) => {
                     if let Some(w) = wakers.upgrade() {
-                        w.wake(&name);
+                        w.wake(&name, true);
                     }
                 }
                 // Its events come back at their deadlines instead.
@@ -403,7 +434,7 @@ impl Drop for Leave {
 /// One member's stream: claims work and sends it.
 struct Member {
     gateway: Arc<Gateway>,
-    wake: Arc<Notify>,
+    local: Arc<Local>,
     input: PolicyInput,
     name: String,
     member: String,
@@ -440,7 +471,7 @@ impl Member {
     async fn serve(&self, first: Result<crate::hub::HubSubscription>) -> Error {
         let mut sub = first.ok();
         loop {
-            let notified = self.wake.notified();
+            let notified = self.local.notify.notified();
             let next = match self.claim_and_send().await {
                 Ok(next) => next,
                 Err(e) => return e,
@@ -469,6 +500,7 @@ impl Member {
     async fn claim_and_send(&self) -> Result<Option<Duration>> {
         let storage = &self.gateway.storage;
         for _ in 0..MAX_RETRIES {
+            let turn = self.local.turn.lock().await;
             let Some(Loaded { version, mut state }) = load(storage, &self.name).await? else {
                 return Err(Error::NotFound("consumer group (it was removed)".into()));
             };
@@ -483,14 +515,16 @@ impl Member {
                 match storage.group_store(&self.name, version, &bytes).await {
                     Ok(_) => {}
                     Err(Error::VersionConflict { .. }) => {
-                        // Another member won: a short random pause spreads
-                        // the next attempts.
+                        // A member on another instance won: a short
+                        // random pause spreads the next attempts.
+                        drop(turn);
                         tokio::time::sleep(Duration::from_millis(crate::model::now_nanos() as u64 % 5)).await;
                         continue;
                     }
                     Err(e) => return Err(e),
                 }
             }
+            drop(turn);
             for p in &claimed.parked {
                 tracing::warn!(group = %self.name, event = %p.id, deliveries = p.attempts, "consumer group: event parked");
             }
@@ -574,6 +608,7 @@ impl Member {
             Err(Error::PermissionDenied { .. }) => {
                 let id = event.id.clone();
                 let now = now_ms();
+                let _turn = self.local.turn.lock().await;
                 update(&self.gateway.storage, &self.name, |s| {
                     let out = s.ack(std::slice::from_ref(&id), true, now);
                     ((), !out.applied.is_empty())
