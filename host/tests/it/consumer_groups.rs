@@ -1,6 +1,7 @@
 //! Consumer groups (`StreamOpts.group`, `EventService.Ack`/`Parked`): one
 //! gateway on sqlite for the rules (sharing out, nack and redelivery,
-//! parking and replay, bad input), and two gateway processes over
+//! parking and replay, bad input, the REST and grpc-web forms), and two
+//! gateway processes over
 //! PostgreSQL and NATS for what a group promises across instances: with a
 //! member killed mid-stream no event is lost, a record's events are
 //! delivered one at a time in order, and a gateway restart keeps the
@@ -369,5 +370,24 @@ async fn rest_members_stream_and_acknowledge() {
         .unwrap();
     assert_eq!(bad.status(), 400);
     drop(resp);
+    gw.stop().await;
+}
+
+/// grpc-web (binary mode, as tonic-web's client sends it): a member's
+/// stream and its acks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_members_stream_and_acknowledge() {
+    let gw = TestGateway::start().await;
+    let domain = unique("grpweb");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let svc = tower::ServiceBuilder::new().layer(tonic_web::GrpcWebClientLayer::new()).service(client);
+    let mut web = EventServiceClient::with_origin(svc, gw.url().parse().unwrap());
+    let mut stream = web.stream(group_opts(&domain, "w", "m")).await.unwrap().into_inner();
+    let id = write(gw.channel().await, &domain, "k", 1, 1).await.into_iter().next().unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(60), stream.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(e.id, id);
+    let ack = pb::AckRequest { domain: domain.clone(), r#type: "job".into(), group: "w".into(), event_ids: vec![id.clone()], nack: false };
+    assert_eq!(web.ack(ack).await.unwrap().into_inner().applied, [id]);
+    drop(stream);
     gw.stop().await;
 }
