@@ -1,11 +1,11 @@
 //! Consumer groups (`StreamOpts.group`, `EventService.Ack`/`Parked`): one
 //! gateway on sqlite for the rules (sharing out, nack and redelivery,
-//! parking and replay, bad input, the REST and grpc-web forms), and two
-//! gateway processes over
-//! PostgreSQL and NATS for what a group promises across instances: with a
-//! member killed mid-stream no event is lost, a record's events are
-//! delivered one at a time in order, and a gateway restart keeps the
-//! group's position.
+//! parking and replay, bad input, the REST and grpc-web forms), and
+//! gateway processes over PostgreSQL and NATS for what a group promises
+//! across instances: with a member killed mid-stream, or a gateway killed
+//! under its member, no event is lost, a record's events are delivered one
+//! at a time in order, and a restart of every gateway keeps the group's
+//! position.
 //!
 //! Deadlines here only guard against hangs; no outcome depends on timing.
 
@@ -253,7 +253,8 @@ async fn bad_group_requests_are_invalid_arguments() {
 /// Three members on two gateway processes (PostgreSQL storage, NATS
 /// channel); one member is killed holding unacknowledged events. Every
 /// event is still acknowledged, each record's events one at a time in
-/// order; then a gateway restart keeps the group's position.
+/// order; then a restart of both gateways keeps the group's position, and
+/// the events a killed gateway's member held come back at their deadlines.
 #[cfg(all(feature = "sql", feature = "wasm", feature = "nats"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_on_two_instances_lose_nothing_when_one_is_killed() {
@@ -308,19 +309,46 @@ async fn three_members_on_two_instances_lose_nothing_when_one_is_killed() {
     assert!(holding.iter().all(|id| acked.contains(id)), "what m1 held was acknowledged by the others");
     eprintln!("m1 held {} unacknowledged events when killed; {} events in all", holding.len(), written.len());
 
-    // Restart: B goes, more is written, a new B serves a new member, which
-    // gets exactly the events written since (the position was kept).
+    // Restart: both gateways go, more is written through a new one, and a
+    // new member gets exactly the events written since (the group's
+    // position was kept by the storage).
     m3.abort();
     m2.abort();
     drop(b.take());
+    drop(a);
     let before = log.acked();
-    let later = write(a.channel().await, &domain, "rec", 3, 5).await;
-    let b2 = Gateway::spawn(dir.path(), &storage, &channel).await;
-    let m4 = member(b2.channel().await, group_opts(&domain, "workers", "m4"), log.clone(), None);
+    let c = Gateway::spawn(dir.path(), &storage, &channel).await;
+    let later = write(c.channel().await, &domain, "rec", 3, 5).await;
+    let m4 = member(c.channel().await, group_opts(&domain, "workers", "m4"), log.clone(), None);
     log.wait_acked(&later, "the member on the restarted gateway").await;
     let got: HashSet<String> = log.delivered_to("m4").into_iter().collect();
     assert!(got.is_disjoint(&before), "events acknowledged before the restart came again");
     assert_eq!(got, later, "the new member got the events written since");
+
+    // A gateway killed while its member holds events: they come back to the
+    // member on the other gateway at their deadlines (nothing hands them
+    // back, the process is gone).
+    let d = Gateway::spawn(dir.path(), &storage, &channel).await;
+    let m5 = member(d.channel().await, group_opts(&domain, "workers", "m5"), log.clone(), Some(0));
+    let held_by_m5 = |log: &Log| -> Vec<String> {
+        let acked = log.acked();
+        log.delivered_to("m5").into_iter().filter(|id| !acked.contains(id)).collect()
+    };
+    let mut more = HashSet::new();
+    for _ in 0..40 {
+        more.extend(write(c.channel().await, &domain, "rec", 6, 3).await);
+        if !held_by_m5(&log).is_empty() {
+            break;
+        }
+    }
+    let holding = held_by_m5(&log);
+    assert!(!holding.is_empty(), "m5 never held an event");
+    drop(d);
+    m5.abort();
+    log.wait_acked(&more, "the member left after a gateway was killed").await;
+    log.assert_one_at_a_time_in_order();
+    let m4_got: HashSet<String> = log.delivered_to("m4").into_iter().collect();
+    assert!(holding.iter().all(|id| m4_got.contains(id)), "what m5 held went to m4");
     m4.abort();
 }
 
