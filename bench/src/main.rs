@@ -58,7 +58,16 @@ async fn run(args: Args, server_rt: tokio::runtime::Runtime) -> Result<()> {
         return bench.stop().await;
     }
 
-    let ran = scenarios::run(&mut bench, started).await?;
+    // On a failed scenario the bench still stops its gateway runtime the
+    // way `stop` does (dropping it here, inside async code, would panic and
+    // hide the error).
+    let ran = match scenarios::run(&mut bench, started).await {
+        Ok(ran) => ran,
+        Err(e) => {
+            bench.stop().await.ok();
+            return Err(e);
+        }
+    };
     let total = started.elapsed();
     let machine = report::machine();
     report::write_json(&args.out, &report::results(&machine, total, &args, &bench.seeding, &ran.described, &ran.rows))?;

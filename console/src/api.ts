@@ -138,6 +138,8 @@ export interface Event {
   kind: string;
   method: string;
   sequence?: Int;
+  /** On a streamed event: where to resume the stream (`after_sequence`). */
+  resumeAfter?: Int;
 }
 
 export interface CatalogEntry {

@@ -1,8 +1,9 @@
 // The live tail's connection: `GET /api/events/stream` as NDJSON read
 // through fetch() (EventSource cannot send the Authorization header). A
-// dropped connection is reopened after the last event seen
-// (`after_event_id`), with backoff; errors a retry cannot fix (token,
-// policy, bad request) end it.
+// dropped connection is reopened at the resume point of the last event
+// seen (`after_sequence` = its `resumeAfter`: resuming after its id could
+// skip an event of another record still committing when it arrived), with
+// backoff; errors a retry cannot fix (token, policy, bad request) end it.
 
 import { ApiError, apiUrl, authHeaders, classify, errorOf, unreachable, type Event } from './api';
 import { getToken } from './token';
@@ -28,7 +29,7 @@ export function tail(opts: TailOptions): () => void {
       let error: ApiError;
       try {
         error = await once(opts, last, abort.signal, (e) => {
-          last = e.id;
+          if (e.resumeAfter) last = String(e.resumeAfter);
           delay = 250;
           opts.onEvent(e);
         });
@@ -51,7 +52,7 @@ export function tail(opts: TailOptions): () => void {
 
 /** One connection, until it ends; resolves to why it ended. */
 async function once(opts: TailOptions, after: string, signal: AbortSignal, deliver: (e: Event) => void): Promise<ApiError> {
-  const url = apiUrl('api/events/stream', { domain: opts.domain, type: opts.type, key: opts.key, after_event_id: after });
+  const url = apiUrl('api/events/stream', { domain: opts.domain, type: opts.type, key: opts.key, after_sequence: after });
   const sent = getToken();
   const res = await fetch(url, { headers: { accept: 'application/x-ndjson', ...authHeaders(sent) }, signal, cache: 'no-store' });
   if (!res.ok) return errorOf(res, sent, signal);

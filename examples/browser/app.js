@@ -3,8 +3,10 @@
 // The messages come from proto/stategate.proto, parsed in the page by
 // protobufjs; the grpc-web framing (a 5-byte header per message, a final
 // trailers frame) is a few lines over fetch's streaming body. If the
-// connection drops, the page reconnects with after_event_id = the last event
-// it showed, so the gateway replays what it missed.
+// connection drops, the page reconnects with after_sequence = the
+// resume_after of the last event it showed, so the gateway replays exactly
+// what it missed (resuming after the last event's id could skip an event of
+// another record that was still committing when that one arrived).
 //
 // Query parameters: gateway (default: this page's origin), domain, type, token.
 'use strict';
@@ -56,10 +58,10 @@ const valueToJson = (v) =>
 async function follow(root) {
   const StreamOpts = root.lookupType('stategate.StreamOpts');
   const Event = root.lookupType('stategate.Event');
-  let lastId = '';
+  let resumeAfter = 0; // 0: start at the head
   for (let attempt = 0; ; attempt++) {
     try {
-      const opts = StreamOpts.encode({ domain, type, afterEventId: lastId }).finish();
+      const opts = StreamOpts.encode({ domain, type, afterSequence: resumeAfter }).finish();
       const headers = { 'content-type': 'application/grpc-web+proto', 'x-grpc-web': '1', accept: 'application/grpc-web+proto' };
       if (token) headers.authorization = `Bearer ${token}`;
       const res = await fetch(`${gateway}/stategate.EventService/Stream`, { method: 'POST', headers, body: frame(opts) });
@@ -90,7 +92,7 @@ async function follow(root) {
             throw new Error('stream ended');
           }
           const ev = Event.decode(body);
-          lastId = ev.id;
+          if (ev.resumeAfter) resumeAfter = ev.resumeAfter;
           show(Event, ev);
         }
       }

@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const GET: &str = "/stategate.StateService/Get";
-const SET: &str = "/stategate.StateService/Set";
+pub(super) const GET: &str = "/stategate.StateService/Get";
+pub(super) const SET: &str = "/stategate.StateService/Set";
 const HEALTH: &str = "/grpc.health.v1.Health/Check";
 
 /// Where the data directory lives: the disk row first (what users run),
@@ -116,7 +116,7 @@ impl Bench {
 
 /// The gateway binary: `--gateway-bin`, else `stategate` beside this
 /// bench's own executable (both land in target/release).
-fn gateway_binary(given: Option<&Path>) -> std::result::Result<PathBuf, String> {
+pub(super) fn gateway_binary(given: Option<&Path>) -> std::result::Result<PathBuf, String> {
     let path = match given {
         Some(p) => p.to_path_buf(),
         None => std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("stategate"),
@@ -132,16 +132,16 @@ fn gateway_binary(given: Option<&Path>) -> std::result::Result<PathBuf, String> 
 }
 
 /// The gateway process of one placement.
-struct External {
-    bin: PathBuf,
-    child: Child,
-    addr: SocketAddr,
+pub(super) struct External {
+    pub(super) bin: PathBuf,
+    pub(super) child: Child,
+    pub(super) addr: SocketAddr,
     ops: SocketAddr,
-    dir: tempfile::TempDir,
+    pub(super) dir: tempfile::TempDir,
 }
 
 impl External {
-    async fn start(bin: &Path, base: &Path) -> Result<External> {
+    pub(super) async fn start(bin: &Path, base: &Path) -> Result<External> {
         let dir = tempfile::Builder::new().prefix("stategate-bench-external").tempdir_in(base)?;
         let (port, ops_port) = (free_port()?, free_port()?);
         let log = std::fs::File::create(dir.path().join("gateway.log"))?;
@@ -185,7 +185,7 @@ impl External {
     }
 
     /// The record `Get` reads, written once through the API.
-    async fn seed(&self) -> Result<()> {
+    pub(super) async fn seed(&self) -> Result<()> {
         let mut client = pb::state_service_client::StateServiceClient::new(crate::load::connect(self.addr).await?);
         client
             .set(pb::State { values: Some(values_300b()), ..record_state("get", "r1") })
@@ -194,7 +194,7 @@ impl External {
         Ok(())
     }
 
-    fn stop(mut self) {
+    pub(super) fn stop(mut self) {
         // SIGTERM would be the graceful way, but the process holds nothing
         // the run needs: an acknowledged write is already on disk.
         self.child.kill().ok();
@@ -202,15 +202,15 @@ impl External {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(super) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn record_state(ty: &str, key: &str) -> pb::State {
+pub(super) fn record_state(ty: &str, key: &str) -> pb::State {
     pb::State { domain: "external".into(), r#type: ty.into(), key: key.into(), ..Default::default() }
 }
 
-fn record(ty: &str, key: &str) -> pb::StateRef {
+pub(super) fn record(ty: &str, key: &str) -> pb::StateRef {
     pb::StateRef { domain: "external".into(), r#type: ty.into(), key: key.into(), ..Default::default() }
 }
 
@@ -220,7 +220,7 @@ fn pb_health_check() -> tonic_health::pb::HealthCheckRequest {
 
 /// A few hundred bytes of values of the shapes records hold: strings, a
 /// number, a bool, a nested object and a list.
-fn values_300b() -> prost_types::Struct {
+pub(super) fn values_300b() -> prost_types::Struct {
     let v: serde_json::Value = serde_json::json!({
         "name": "Ada Lovelace", "email": "ada@example.com", "age": 36, "active": true,
         "address": {"street": "12 St James's Square", "city": "London", "postcode": "SW1Y 4JH"},
@@ -232,7 +232,7 @@ fn values_300b() -> prost_types::Struct {
 
 /// One gRPC request body as h2load sends it: the 5-byte length prefix
 /// (uncompressed) and the message.
-fn write_body(dir: &Path, name: &str, msg: &impl Message) -> Result<PathBuf> {
+pub(super) fn write_body(dir: &Path, name: &str, msg: &impl Message) -> Result<PathBuf> {
     let payload = msg.encode_to_vec();
     let mut framed = Vec::with_capacity(5 + payload.len());
     framed.push(0);
@@ -243,7 +243,7 @@ fn write_body(dir: &Path, name: &str, msg: &impl Message) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn filesystem_of(p: &Path) -> String {
+pub(super) fn filesystem_of(p: &Path) -> String {
     Command::new("df")
         .args(["--output=fstype"])
         .arg(p)
@@ -255,32 +255,32 @@ fn filesystem_of(p: &Path) -> String {
 }
 
 /// One h2load run against one method.
-struct H2load {
-    addr: SocketAddr,
-    path: &'static str,
-    body: PathBuf,
-    conns: usize,
-    streams: usize,
-    pid: u32,
+pub(super) struct H2load {
+    pub(super) addr: SocketAddr,
+    pub(super) path: &'static str,
+    pub(super) body: PathBuf,
+    pub(super) conns: usize,
+    pub(super) streams: usize,
+    pub(super) pid: u32,
 }
 
-struct ExternalMeasured {
+pub(super) struct ExternalMeasured {
     ops: u64,
-    errors: u64,
+    pub(super) errors: u64,
     secs: f64,
     cpu_secs: f64,
     hist: hdrhistogram::Histogram<u64>,
-    first_error: Option<String>,
+    pub(super) first_error: Option<String>,
 }
 
 impl ExternalMeasured {
-    fn ops_per_sec(&self) -> f64 {
+    pub(super) fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.secs
     }
-    fn cpu_us_per_call(&self) -> f64 {
+    pub(super) fn cpu_us_per_call(&self) -> f64 {
         self.cpu_secs * 1e6 / self.ops.max(1) as f64
     }
-    fn p(&self, q: f64) -> f64 {
+    pub(super) fn p(&self, q: f64) -> f64 {
         self.hist.value_at_quantile(q) as f64 / 1000.0
     }
 }
@@ -302,7 +302,7 @@ impl H2load {
 
     /// A warm-up run, then the measured one; the gateway's CPU and its
     /// count of failed calls are read around the measured run only.
-    fn measure(&self, gw: &External, warmup: f64, secs: f64) -> Result<ExternalMeasured> {
+    pub(super) fn measure(&self, gw: &External, warmup: f64, secs: f64) -> Result<ExternalMeasured> {
         let out = self.command(warmup, None).stdout(Stdio::null()).stderr(Stdio::null()).status()?;
         if !out.success() {
             bail!("h2load (warm-up of {}) failed: {out}", self.path);

@@ -8,6 +8,7 @@ mod cross_instance;
 mod external;
 mod fanout;
 mod idle_streams;
+mod peers;
 mod sql;
 mod sql_bare;
 mod unary;
@@ -90,6 +91,7 @@ fn table() -> Vec<Scenario> {
         // First, while the process is small and quiet: its RSS delta means something.
         Scenario { name: "idle-streams", what: "memory of N open, idle streams", run: Some(|b| Box::pin(b.idle_streams())) },
         Scenario { name: "external", what: "Get and Set on the release binary as its own process (data on disk, then tmpfs), loaded by h2load (4 connections x 16 streams, stock gRPC framing), relative to the same process's grpc.health.v1.Health/Check", run: Some(|b| Box::pin(b.external())) },
+        Scenario { name: "peers", what: "Set and Get of the release binary (embedded sqlite on disk, h2load) beside Redis (MULTI XADD HSET EXEC / HGET, appendfsync always) and NATS JetStream KV (put / get, file storage), each a private server process on the same disk, same values and concurrency", run: Some(|b| Box::pin(b.peers())) },
         Scenario { name: "set", what: "StateService/Set, 1 KiB values, a new key per call", run: Some(|b| Box::pin(b.unary(Op::Set))) },
         Scenario { name: "get", what: "StateService/Get of a random seeded record (1 KiB)", run: Some(|b| Box::pin(b.unary(Op::Get))) },
         Scenario { name: "search", what: "StateService/Search over the seeded records, equality filter, limit 10", run: Some(|b| Box::pin(b.unary(Op::Search))) },

@@ -120,6 +120,20 @@ pub async fn point_in_time_reads(s: DynStorage) {
         .await
         .unwrap();
     assert_eq!(page.value.iter().map(|st| st.record.key.as_str()).collect::<Vec<_>>(), ["other"]);
+    // Sorted by a field as it was then, descending: after the second
+    // round "k" had a = 2 and "other" a = 2, so the key breaks the tie;
+    // after the third, "other" (a = 3) comes first and "k" is deleted.
+    let sorted = |at| {
+        let s = s.clone();
+        let q = StateQuery { sort: Some(Sort { path: vec!["a".into()], descending: true }), ..query(&d, "t", "", 10) };
+        async move {
+            let found = s.search_states_at(&q, Some(at)).await.unwrap().value;
+            found.iter().map(|st| (st.record.key.clone(), st.values["a"].clone())).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(sorted(seqs[1] + 1).await, [("other".to_owned(), json!(2)), ("k".to_owned(), json!(2))]);
+    assert_eq!(sorted(seqs[2] + 1).await, [("other".to_owned(), json!(3))]);
+    assert_eq!(sorted(seqs[3] + 1).await, [("other".to_owned(), json!(4)), ("k".to_owned(), json!(3))]);
 }
 
 /// `seq_at_time`: the last event of the type stamped at or before a time.

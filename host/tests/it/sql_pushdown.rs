@@ -332,6 +332,15 @@ async fn postgres_reads_use_their_indexes() {
     });
     let feed_domain = statements::feed(&FeedQuery { topic: Topic { domain: Some("d3".into()), ty: None }, key: None, after_seq: 1900, from_time: None, limit: 512 });
     let feed_all = statements::feed(&FeedQuery { topic: Topic::ALL, key: None, after_seq: 1990, from_time: None, limit: 512 });
+    let mut get_past = Sql::new(statements::GET_PAST);
+    for a in [Arg::Bytes(stategate::storage::sql::type_hash("d3", "t5")), Arg::Text("k13".into()), Arg::I64(1000)] {
+        get_past.arg(a);
+    }
+    let search_past = statements::search_states_past(
+        &StateQuery { domain: "d3".into(), ty: "t5".into(), filter: Filter::default(), sort: None, limit: 10, offset: 0 },
+        1000,
+    )
+    .sql;
     for (what, sql, index) in [
         ("a state by key", &get, &["states_pkey"][..]),
         ("an event by id", &by_id, &["events_id_key"]),
@@ -342,6 +351,9 @@ async fn postgres_reads_use_their_indexes() {
         ("a catch-up page of one type", &feed_type, &["events_by_type_seq", "events_by_type_time", "events_by_domain_seq"]),
         ("a catch-up page of one domain", &feed_domain, &["events_by_domain_seq", "events_pkey"]),
         ("a catch-up page of everything", &feed_all, &["events_pkey"]),
+        // As of a past seq: one descent of (dt, key, seq) per record.
+        ("a record at a past seq", &get_past, &["events_by_record_seq"]),
+        ("a type at a past seq", &search_past, &["events_by_record_seq"]),
     ] {
         let (nodes, indexes) = plan(&mut conn, sql).await;
         assert!(!nodes.iter().any(|n| n == "Seq Scan"), "{what}: the plan scans a table: {nodes:?}");

@@ -43,6 +43,17 @@ use std::time::Duration;
 
 const NAME: &str = "mysql";
 
+/// Which state a search reads.
+#[derive(Clone, Copy)]
+enum Read {
+    /// Now, without the position.
+    Now,
+    /// Now, with the head read in the same read view.
+    NowWithHead,
+    /// As event `seq` (at most the head) left it.
+    Past(u64),
+}
+
 /// Prepared statements the writer's connection keeps (one per batch shape).
 const WRITER_STATEMENTS: usize = 2048;
 
@@ -280,15 +291,37 @@ fn limit_arg(n: usize) -> Arg {
 impl MysqlStorage {
     /// A state search; `with_head`: with the seq it reflects, read in the
     /// same snapshot (else the seq is 0).
-    async fn search_states_snapshot(&self, q: &StateQuery, with_head: bool) -> Result<AtSeq<Vec<State>>> {
-        if q.limit == 0 && !with_head {
-            return Ok(AtSeq { value: vec![], seq: 0 });
+    /// A state search: now (`Read::Now`, `Read::NowWithHead`: with the
+    /// head, in one read view) or as of event `seq` (`Read::Past`).
+    async fn search_states_read(&self, q: &StateQuery, read: Read) -> Result<AtSeq<Vec<State>>> {
+        if q.limit == 0 {
+            return Ok(AtSeq { value: vec![], seq: match read { Read::Past(seq) => seq, Read::Now => 0, Read::NowWithHead => self.head().await? } });
         }
-        let mut sql = Sql::new("SELECT rkey, version, vals FROM states WHERE dt = ");
-        let dt = sql.arg(Arg::Bytes(type_hash(&q.domain, &q.ty)));
-        let d = sql.arg(Arg::Bytes(q.domain.as_bytes().to_vec()));
-        let t = sql.arg(Arg::Bytes(q.ty.as_bytes().to_vec()));
-        sql.push(&format!("{dt} AND domain = {d} AND rtype = {t} AND vals IS NOT NULL"));
+        let mut sql;
+        if let Read::Past(seq) = read {
+            // The type's records (each keeps its `states` row once written)
+            // as their last event up to `seq` left them: one descent of
+            // `events_by_record_seq` per record, so the cost grows with the
+            // type's records, not their history. The derived table has the
+            // columns the filter and sort name (`rkey`, `version`, `vals`).
+            sql = Sql::new(
+                "SELECT rkey, version, vals FROM (SELECT s.rkey, e.version, e.vals FROM states s JOIN events e ON e.seq = \
+                   (SELECT MAX(x.seq) FROM events x FORCE INDEX (events_by_record_seq) \
+                    WHERE x.dt = s.dt AND x.rkey = s.rkey AND x.seq <= ",
+            );
+            let at = sql.arg(Arg::I64(seq.min(i64::MAX as u64) as i64));
+            sql.push(&format!("{at}) WHERE s.dt = "));
+            let dt = sql.arg(Arg::Bytes(type_hash(&q.domain, &q.ty)));
+            let d = sql.arg(Arg::Bytes(q.domain.as_bytes().to_vec()));
+            let t = sql.arg(Arg::Bytes(q.ty.as_bytes().to_vec()));
+            sql.push(&format!("{dt} AND s.domain = {d} AND s.rtype = {t}) p WHERE vals IS NOT NULL"));
+        } else {
+            sql = Sql::new("SELECT rkey, version, vals FROM states WHERE dt = ");
+            let dt = sql.arg(Arg::Bytes(type_hash(&q.domain, &q.ty)));
+            let d = sql.arg(Arg::Bytes(q.domain.as_bytes().to_vec()));
+            let t = sql.arg(Arg::Bytes(q.ty.as_bytes().to_vec()));
+            sql.push(&format!("{dt} AND domain = {d} AND rtype = {t} AND vals IS NOT NULL"));
+        }
         let exact_filter = query::filter(&mut sql, "vals", &q.filter);
         let exact_sort = query::order_by(&mut sql, q.sort.as_ref(), self.mariadb);
         let in_sql = exact_filter && exact_sort;
@@ -307,9 +340,12 @@ impl MysqlStorage {
         };
         let arrival = if exact_sort { Arrival::InOrder } else { Arrival::AnyOrder };
         read!(self, |c| {
-            if !with_head {
+            if let Read::Now | Read::Past(_) = read {
+                // The past never changes (`seq` is at most the head): no
+                // read view needed.
+                let seq = match read { Read::Past(seq) => seq, _ => 0 };
                 let rows = query::bind(sqlx::query(sqlx::AssertSqlSafe(text_sql.as_str())), &args).fetch(c);
-                return select(NAME, rows, decode, q, in_sql, arrival).await.map(|value| AtSeq { value, seq: 0 });
+                return select(NAME, rows, decode, q, in_sql, arrival).await.map(|value| AtSeq { value, seq });
             }
             // The head and the search in one InnoDB read view: REPEATABLE
             // READ fixes it at the first read, and the counter commits with
@@ -357,7 +393,30 @@ impl Storage for MysqlStorage {
 
     async fn get_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<State>>> {
         if let Some(seq) = at {
-            return Ok(AtSeq { value: super::history::replay_get(self, record, seq).await?, seq });
+            // The record's last event up to `seq`: one descent of
+            // `events_by_record_seq` (named: MariaDB otherwise may walk
+            // (dt, rkey, version) and sort).
+            let r = record.clone();
+            let found = read!(self, |c| {
+                sqlx::query(
+                    "SELECT version, vals FROM events FORCE INDEX (events_by_record_seq) \
+                     WHERE dt = ? AND rkey = ? AND domain = ? AND rtype = ? AND seq <= ? ORDER BY seq DESC LIMIT 1",
+                )
+                .bind(type_hash(&r.domain, &r.ty))
+                .bind(r.key.as_bytes())
+                .bind(r.domain.as_bytes())
+                .bind(r.ty.as_bytes())
+                .bind(seq.min(i64::MAX as u64) as i64)
+                .fetch_optional(c)
+                .await?
+                .map(|row| Ok::<_, sqlx::Error>((row.try_get::<i64, _>(0)?, row.try_get::<Option<String>, _>(1)?)))
+                .transpose()
+            })?;
+            let value = match found {
+                Some((version, Some(vals))) => Some(State { record: r, version: version as u64, values: parse_values(NAME, &vals)? }),
+                _ => None,
+            };
+            return Ok(AtSeq { value, seq });
         }
         // A point read now: gathered with the others waiting into one
         // statement, which also reads the head (`point_reads`).
@@ -373,14 +432,14 @@ impl Storage for MysqlStorage {
     }
 
     async fn search_states(&self, q: &StateQuery) -> Result<Vec<State>> {
-        Ok(self.search_states_snapshot(q, false).await?.value)
+        Ok(self.search_states_read(q, Read::Now).await?.value)
     }
 
     async fn search_states_at(&self, q: &StateQuery, at: Option<u64>) -> Result<AtSeq<Vec<State>>> {
         match at {
             // The past: the trait's replay of the type's feed.
-            Some(seq) => Ok(AtSeq { value: super::history::replay_search(self, q, seq).await?, seq }),
-            None => self.search_states_snapshot(q, true).await,
+            Some(seq) => self.search_states_read(q, Read::Past(seq)).await,
+            None => self.search_states_read(q, Read::NowWithHead).await,
         }
     }
 

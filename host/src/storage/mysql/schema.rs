@@ -63,7 +63,10 @@ const MIGRATIONS: &[&[&str]] = &[
         ) ENGINE = InnoDB",
         "INSERT IGNORE INTO seq_counter VALUES (1, 0)",
     ],
-    // 2: consumer-group documents (`Storage::group_store`).
+    // 2: a record's events by seq, for reads as of a past seq (one descent
+    // per record instead of a replay of the type's history).
+    &["CREATE INDEX events_by_record_seq ON events (dt, rkey, seq)"],
+    // 3: consumer-group documents (`Storage::group_store`).
     &[
         "CREATE TABLE IF NOT EXISTS consumer_groups (
             name    VARBINARY(1024) NOT NULL PRIMARY KEY,
@@ -120,6 +123,13 @@ async fn migrate_locked(conn: &mut MySqlConnection) -> Result<()> {
     }
     for (i, statements) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         for statement in *statements {
+            // MySQL 8 has no `CREATE INDEX IF NOT EXISTS`: an index a
+            // half-done run already made is skipped here instead.
+            if let Some(name) = created_index(statement)
+                && index_exists(conn, name).await?
+            {
+                continue;
+            }
             sqlx::query(*statement).execute(&mut *conn).await.map_err(|err| {
                 Error::unavailable(format!("mysql: migration {} of database {database} failed: {err}", i + 1))
             })?;
@@ -138,4 +148,20 @@ async fn migrate_locked(conn: &mut MySqlConnection) -> Result<()> {
         tracing::info!(database, from = current, to = LATEST, "mysql: schema migrated");
     }
     Ok(())
+}
+
+/// The index a `CREATE INDEX <name> ON …` statement makes.
+fn created_index(statement: &str) -> Option<&str> {
+    statement.strip_prefix("CREATE INDEX ")?.split_whitespace().next()
+}
+
+async fn index_exists(conn: &mut MySqlConnection, name: &str) -> Result<bool> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.statistics WHERE table_schema = DATABASE() AND index_name = ?",
+    )
+    .bind(name)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(super::db_error)?;
+    Ok(n > 0)
 }

@@ -176,9 +176,6 @@ macro_rules! read {
     }};
 }
 
-/// The statement of a batch of gets (`sql::point_reads`): the lookups as
-/// arrays, unnested with their positions and joined to `states` on its
-/// primary key, one index probe each.
 /// A read-only REPEATABLE READ transaction: every statement in it sees one
 /// snapshot, taken at its first statement.
 async fn snapshot(c: &mut PgConnection) -> std::result::Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
@@ -199,6 +196,9 @@ fn search_row(q: &StateQuery) -> impl Fn(&PgRow) -> std::result::Result<State, s
     }
 }
 
+/// The statement of a batch of gets (`sql::point_reads`): the lookups as
+/// arrays, unnested with their positions and joined to `states` on its
+/// primary key, one index probe each.
 fn point_read() -> BatchRead<PgConnection> {
     Arc::new(|conn: &mut PgConnection, batch: &[Lookup]| {
         let column = |f: fn(&Lookup) -> &str| batch.iter().map(|l| f(l)).collect::<Vec<&str>>();
@@ -335,14 +335,10 @@ impl Storage for PostgresStorage {
         if has_nul(&[&record.domain, &record.ty, &record.key]) {
             return Ok(AtSeq { value: None, seq });
         }
-        // The record's last event up to `seq`: its versions grow with its
-        // seqs, so the (dt, key, version) index read backwards stops at
-        // the first row at or below `seq`.
+        // The record's last event up to `seq` (`events_by_record_seq`).
         let r = record.clone();
         let found = read!(self, |c| {
-            sqlx::query(
-                "SELECT version, vals FROM events WHERE dt = $1 AND key = $2 AND seq <= $3 ORDER BY version DESC LIMIT 1",
-            )
+            sqlx::query(statements::GET_PAST)
             .bind(type_hash(&r.domain, &r.ty))
             .bind(&r.key)
             .bind(seq as i64)
@@ -359,27 +355,38 @@ impl Storage for PostgresStorage {
     }
 
     async fn search_states_at(&self, q: &StateQuery, at: Option<u64>) -> Result<AtSeq<Vec<State>>> {
-        if at.is_some() || has_nul(&[&q.domain, &q.ty]) || q.limit == 0 {
-            return match at {
-                Some(seq) => Ok(AtSeq { value: super::history::replay_search(self, q, seq).await?, seq }),
-                None => Ok(AtSeq { value: vec![], seq: self.head().await? }),
+        if has_nul(&[&q.domain, &q.ty]) || q.limit == 0 {
+            let seq = match at {
+                Some(seq) => seq,
+                None => self.head().await?,
             };
+            return Ok(AtSeq { value: vec![], seq });
         }
-        // The search and the head in one REPEATABLE READ snapshot. (At a
-        // past seq: the trait's replay of the type's feed.)
-        let statements::StateSearch { sql, exact_filter: _, exact_sort, in_sql } = statements::search_states(q);
         let state = search_row(q);
+        let Some(seq) = at else {
+            // The search and the head in one REPEATABLE READ snapshot.
+            let statements::StateSearch { sql, exact_filter: _, exact_sort, in_sql } = statements::search_states(q);
+            let arrival = if exact_sort { Arrival::InOrder } else { Arrival::AnyOrder };
+            return read!(self, |c| {
+                let mut tx = snapshot(c).await?;
+                let seq = sqlx::query_scalar::<_, i64>("SELECT n FROM seq_counter WHERE id = 1").fetch_one(&mut *tx).await?;
+                let value = {
+                    let rows = sql.bind(sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str()))).fetch(&mut *tx);
+                    select(NAME, rows, state, q, in_sql, arrival).await?
+                };
+                tx.commit().await?;
+                Ok(AtSeq { value, seq: seq as u64 })
+            });
+        };
+        // The past: what the events up to `seq` left; those never change,
+        // so no snapshot is needed.
+        let statements::StateSearch { sql, exact_filter: _, exact_sort, in_sql } = statements::search_states_past(q, seq);
         let arrival = if exact_sort { Arrival::InOrder } else { Arrival::AnyOrder };
-        read!(self, |c| {
-            let mut tx = snapshot(c).await?;
-            let seq = sqlx::query_scalar::<_, i64>("SELECT n FROM seq_counter WHERE id = 1").fetch_one(&mut *tx).await?;
-            let value = {
-                let rows = sql.bind(sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str()))).fetch(&mut *tx);
-                select(NAME, rows, state, q, in_sql, arrival).await?
-            };
-            tx.commit().await?;
-            Ok(AtSeq { value, seq: seq as u64 })
-        })
+        let value = read!(self, |c| {
+            let rows = sql.bind(sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str()))).fetch(c);
+            select(NAME, rows, state, q, in_sql, arrival).await
+        })?;
+        Ok(AtSeq { value, seq })
     }
 
     async fn search_states(&self, q: &StateQuery) -> Result<Vec<State>> {

@@ -42,12 +42,47 @@ pub struct StateSearch {
     pub in_sql: bool,
 }
 
+/// A state search now: over `states`.
 pub fn search_states(q: &StateQuery) -> StateSearch {
     let mut sql = Sql::new("SELECT key, version, vals FROM states WHERE dt = ");
     let dt = sql.arg(Arg::Bytes(type_hash(&q.domain, &q.ty)));
     let d = sql.arg(Arg::Text(q.domain.clone()));
     let t = sql.arg(Arg::Text(q.ty.clone()));
     sql.push(&format!("{dt} AND domain = {d} AND type = {t} AND vals IS NOT NULL"));
+    finish_state_search(sql, q)
+}
+
+/// A state search as of event `seq`: the type's records (every record
+/// ever written keeps its `states` row) each as its last event up to `seq`
+/// left it, found by one descent of `events_by_record_seq` per record, so
+/// the cost grows with the type's records, not with their history. The
+/// derived table has the columns `states` has (`key`, `version`, `vals`,
+/// `doc`), so the filter, sort and page are the same SQL as a search now.
+pub fn search_states_past(q: &StateQuery, seq: u64) -> StateSearch {
+    let mut sql = Sql::new("");
+    let at = sql.arg(Arg::I64(seq.min(i64::MAX as u64) as i64));
+    let dt = sql.arg(Arg::Bytes(type_hash(&q.domain, &q.ty)));
+    let d = sql.arg(Arg::Text(q.domain.clone()));
+    let t = sql.arg(Arg::Text(q.ty.clone()));
+    sql.push(&format!(
+        "SELECT key, version, vals FROM (\
+           SELECT s.key, e.version, e.vals, e.doc FROM states s CROSS JOIN LATERAL (\
+             SELECT x.version, x.vals, x.doc FROM events x \
+             WHERE x.dt = s.dt AND x.key = s.key AND x.seq <= {at} ORDER BY x.seq DESC LIMIT 1) e \
+           WHERE s.dt = {dt} AND s.domain = {d} AND s.type = {t}) p \
+         WHERE vals IS NOT NULL"
+    ));
+    finish_state_search(sql, q)
+}
+
+/// A record as of event `seq` (`$1` type hash, `$2` key, `$3` seq): its
+/// last event up to `seq`, one descent of `events_by_record_seq`.
+pub const GET_PAST: &str =
+    "SELECT version, vals FROM events WHERE dt = $1 AND key = $2 AND seq <= $3 ORDER BY seq DESC LIMIT 1";
+
+/// The filter, order and (when both are exact) page of a state search
+/// whose `sql` selects `key, version, vals` from rows with a `doc`.
+fn finish_state_search(mut sql: Sql, q: &StateQuery) -> StateSearch {
     let exact_filter = query::filter(&mut sql, "doc", &q.filter);
     let exact_sort = query::order_by(&mut sql, q.sort.as_ref());
     // Exact SQL: offset and limit run in the database. Otherwise the
