@@ -85,6 +85,9 @@ pub struct Args {
     /// Records seeded into each storage of the wasm storage comparison.
     #[arg(long, default_value_t = 10_000)]
     pub wasm_records: usize,
+    /// Backlog each member count of the `consumer-group` scenario drains.
+    #[arg(long, default_value_t = 2000)]
+    pub group_events: usize,
     /// Client counts of the `wasm-provider`, `wasm-channel` and `wasm-pool` scenarios.
     #[arg(long, value_delimiter = ',', default_value = "16,64")]
     pub wasm_clients: Vec<usize>,

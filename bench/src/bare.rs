@@ -151,4 +151,12 @@ impl pb::event_service_server::EventService for Bare {
     async fn get(&self, _: Request<pb::EventRef>) -> Result<Response<pb::Event>, Status> {
         Err(Status::unimplemented("bare"))
     }
+
+    async fn ack(&self, _: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+
+    async fn parked(&self, _: Request<pb::ParkedRequest>) -> Result<Response<pb::ParkedEvents>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
 }

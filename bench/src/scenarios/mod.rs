@@ -3,6 +3,7 @@
 //! report.
 
 mod auth;
+mod consumer_group;
 mod cross_instance;
 mod external;
 mod fanout;
@@ -99,6 +100,7 @@ fn table() -> Vec<Scenario> {
         Scenario { name: "search", what: "StateService/Search over the seeded records, equality filter, limit 10", run: Some(|b| Box::pin(b.unary(Op::Search))) },
         Scenario { name: "event-search", what: "EventService/Search over the seeded events, equality filter, limit 10", run: Some(|b| Box::pin(b.unary(Op::EventSearch))) },
         Scenario { name: "fanout", what: "one writer, N Stream subscribers of its topic", run: Some(|b| Box::pin(b.fanout_all())) },
+        Scenario { name: "consumer-group", what: "a consumer group draining a backlog with 1, 4 and 16 members (one Ack per event), and nack-to-redelivery latency", run: Some(|b| Box::pin(b.consumer_group())) },
         Scenario { name: "auth-jwt-rego", what: "Get/Set with JWT HS256 verification and a Rego request policy (examples/policies/read_only_role.rego), relative to auth off", run: Some(|b| Box::pin(b.auth_all())) },
         Scenario { name: "wasm-provider", what: "Get/Set on the wasm storage provider guest (fs-storage) relative to embedded sqlite, and Get with the wasm policy hook tenant-isolation relative to none", run: Some(|b| Box::pin(b.wasm_provider())) },
         Scenario { name: "wasm-search", what: "state Search (equality filter, limit 10) on the fs-storage guest with search pushdown (WIT 0.2.0) relative to the same guest built against 0.1.0 (no pushdown), at 10,000 and 100,000 records", run: Some(|b| Box::pin(b.wasm_search())) },

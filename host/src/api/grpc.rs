@@ -195,6 +195,11 @@ impl GrpcApi {
             claims_query: o.claims_query,
             kinds: o.kinds.into_iter().map(convert::kind_name).collect(),
             after_sequence: o.after_sequence,
+            group: o.group,
+            member: o.member,
+            ack_timeout_ms: o.ack_timeout_ms,
+            max_deliveries: o.max_deliveries,
+            max_in_flight: o.max_in_flight,
         };
         self.call(methods::EVENT_STREAM, self.gateway.stream(md, req), |events| {
             Box::pin(events.map(|item| item.map_err(to_status))) as SharedStream
@@ -349,6 +354,37 @@ impl pb::event_service_server::EventService for GrpcApi {
 
     async fn get(&self, request: Request<pb::EventRef>) -> Result<Response<pb::Event>, Status> {
         Ok(self.get_event_direct(request).await?.map(|m| convert::event(m.0)))
+    }
+
+    async fn ack(&self, mut request: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let md = call_metadata(&mut request);
+        let a = request.into_inner();
+        let req = gw::AckRequest { domain: a.domain, ty: a.r#type, group: a.group, event_ids: a.event_ids, nack: a.nack };
+        self.call(methods::EVENT_ACK, self.gateway.ack(md, req), |out| pb::AckResponse {
+            applied: out.applied,
+            unknown: out.unknown,
+        })
+        .await
+    }
+
+    async fn parked(&self, mut request: Request<pb::ParkedRequest>) -> Result<Response<pb::ParkedEvents>, Status> {
+        let md = call_metadata(&mut request);
+        let p = request.into_inner();
+        let req = gw::ParkedRequest {
+            domain: p.domain,
+            ty: p.r#type,
+            group: p.group,
+            replay_ids: p.replay_ids,
+            replay_all: p.replay_all,
+        };
+        self.call(methods::EVENT_PARKED, self.gateway.parked(md, req), |(parked, replayed)| pb::ParkedEvents {
+            parked: parked
+                .into_iter()
+                .map(|(e, n)| pb::ParkedEvent { event: Some(convert::event(e)), deliveries: n as i64 })
+                .collect(),
+            replayed,
+        })
+        .await
     }
 }
 

@@ -39,6 +39,8 @@ pub fn routes(gateway: Arc<Gateway>) -> Router {
         .route("/api/events/stream", get(stream))
         .route("/api/events/ref/{id}", get(get_event))
         .route("/api/catalog", get(catalog))
+        .route("/api/events/ack", post(ack))
+        .route("/api/events/parked", post(parked))
         .with_state(gateway)
 }
 
@@ -263,6 +265,33 @@ async fn catalog(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap) -> R
     respond(measured(gw.metrics(), methods::CATALOG_LIST, call).await, json::catalog)
 }
 
+async fn ack(State(gw): Api, headers: HeaderMap, bytes: BodyBytes) -> Response {
+    let call = async {
+        let md = metadata(&headers);
+        gw.verify_token(methods::EVENT_ACK, &md).await?;
+        let req: gw::AckRequest = request(body(&bytes)?, None)?;
+        gw.ack(md, req).await
+    };
+    respond(measured(gw.metrics(), methods::EVENT_ACK, call).await, |out| {
+        json!({ "applied": out.applied, "unknown": out.unknown })
+    })
+}
+
+async fn parked(State(gw): Api, headers: HeaderMap, bytes: BodyBytes) -> Response {
+    let call = async {
+        let md = metadata(&headers);
+        gw.verify_token(methods::EVENT_PARKED, &md).await?;
+        let req: gw::ParkedRequest = request(body(&bytes)?, None)?;
+        gw.parked(md, req).await
+    };
+    respond(measured(gw.metrics(), methods::EVENT_PARKED, call).await, |(parked, replayed)| {
+        json!({
+            "parked": parked.iter().map(|(e, n)| json!({"event": json::event(e), "deliveries": n.to_string()})).collect::<Vec<_>>(),
+            "replayed": replayed,
+        })
+    })
+}
+
 /// A streamed event as proto3 JSON, with the stream's resume point.
 fn stream_event(e: &crate::hub::SharedEvent) -> Value {
     let mut v = json::event(e);
@@ -280,7 +309,8 @@ async fn stream(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap) -> Re
     let call = async {
         let mut req: gw::StreamRequest = request(query_map(q.as_deref())?, None)?;
         if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
-            if req.after_event_id.is_empty() {
+            // A group resumes at its own position, not after an event.
+            if req.after_event_id.is_empty() && req.group.is_empty() {
                 req.after_event_id = last.to_owned();
             }
         }

@@ -9,6 +9,7 @@
 //! delivers the event from storage instead.
 
 mod catalog;
+pub mod group;
 mod limits;
 pub mod request;
 pub mod stats;
@@ -47,11 +48,13 @@ pub mod methods {
     pub const EVENT_SEARCH: &str = "/stategate.EventService/Search";
     pub const EVENT_GET: &str = "/stategate.EventService/Get";
     pub const CATALOG_LIST: &str = "/stategate.CatalogService/List";
+    pub const EVENT_ACK: &str = "/stategate.EventService/Ack";
+    pub const EVENT_PARKED: &str = "/stategate.EventService/Parked";
 
     /// Every method of the stategate services.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         STATE_SET, STATE_GET, STATE_DEL, STATE_SEARCH, STATE_EDIT, STATE_REVERT, EVENT_STREAM, EVENT_SEARCH, EVENT_GET,
-        CATALOG_LIST,
+        CATALOG_LIST, EVENT_ACK, EVENT_PARKED,
     ];
 }
 
@@ -64,6 +67,8 @@ pub struct Gateway {
     limits: Limits,
     admission: Admission,
     shutdown: CancellationToken,
+    /// This instance's consumer-group members waiting for work.
+    groups: Arc<group::Wakers>,
 }
 
 /// An admitted call: who made it and what they asked, for the response
@@ -96,6 +101,7 @@ impl Gateway {
             metrics,
             limits,
             shutdown: CancellationToken::new(),
+            groups: Arc::default(),
         }
     }
 

@@ -178,6 +178,52 @@ pub struct StreamRequest {
     /// read answered at, or an event's), then go live.
     #[serde(with = "int64_opt", alias = "after_sequence", skip_serializing_if = "Option::is_none")]
     pub after_sequence: Option<i64>,
+    /// A consumer group to join (`gateway::group`): each event goes to one
+    /// member at a time, until acknowledged. Empty: a plain stream.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    /// The member's name in the group; a fresh one when empty.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub member: String,
+    /// Group creation only: how long a delivery may go unacknowledged.
+    #[serde(with = "int64", alias = "ack_timeout_ms", skip_serializing_if = "is_zero")]
+    pub ack_timeout_ms: i64,
+    /// Group creation only: deliveries of an event before it is parked.
+    #[serde(with = "int64", alias = "max_deliveries", skip_serializing_if = "is_zero")]
+    pub max_deliveries: i64,
+    /// Events this member holds unacknowledged at most.
+    #[serde(with = "int64", alias = "max_in_flight", skip_serializing_if = "is_zero")]
+    pub max_in_flight: i64,
+}
+
+/// `EventService.Ack` (the `AckRequest` message).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AckRequest {
+    pub domain: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub group: String,
+    #[serde(alias = "event_ids")]
+    pub event_ids: Vec<String>,
+    /// Not processed: deliver again (to another member when there is one).
+    pub nack: bool,
+}
+
+/// `EventService.Parked` (the `ParkedRequest` message).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ParkedRequest {
+    pub domain: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub group: String,
+    /// Put these parked events (every one with `replay_all`) back into
+    /// delivery; none: only list.
+    #[serde(alias = "replay_ids")]
+    pub replay_ids: Vec<String>,
+    #[serde(alias = "replay_all")]
+    pub replay_all: bool,
 }
 
 /// `EventService.Get` (the `EventRef` message).

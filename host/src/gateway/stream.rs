@@ -76,6 +76,12 @@ impl Gateway {
             return Err(Error::invalid("from_time", "must be >= 0 (Unix nanoseconds)"));
         }
         let filter = EventFilter::parse(&req.query_string, &req.claims_query, &req.kinds)?.map(|f| self.hub.filter(f));
+        if !req.group.is_empty() {
+            return self.group_stream(caller.input, slot, req, topic, filter).await;
+        }
+        if !req.member.is_empty() || req.ack_timeout_ms != 0 || req.max_deliveries != 0 || req.max_in_flight != 0 {
+            return Err(Error::invalid("group", "member, ack_timeout_ms, max_deliveries and max_in_flight need a group"));
+        }
 
         let storage = self.storage.clone();
         let subscription = self.hub.subscribe(&topic, filter.as_ref()).await;
@@ -144,9 +150,15 @@ impl Gateway {
 /// the reader stops polling (the client does not read), the task stops too
 /// and its hub subscription lags, as a slow stream's does. Dropping the
 /// stream (the client went away) drops the task.
-struct Driven {
+pub(super) struct Driven {
     task: Option<futures::future::BoxFuture<'static, ()>>,
     rx: mpsc::Receiver<Result<SharedEvent>>,
+}
+
+impl Driven {
+    pub(super) fn new(task: futures::future::BoxFuture<'static, ()>, rx: mpsc::Receiver<Result<SharedEvent>>) -> Self {
+        Driven { task: Some(task), rx }
+    }
 }
 
 impl futures::Stream for Driven {
@@ -191,7 +203,7 @@ enum Stop {
 
 /// Completes when the caller's token expires (its `exp` claim): a stream
 /// outlives no credential. Never, without one (auth disabled).
-async fn token_expiry(exp: Option<f64>) {
+pub(super) async fn token_expiry(exp: Option<f64>) {
     match exp {
         Some(exp) => {
             let now = std::time::SystemTime::now()
@@ -204,7 +216,7 @@ async fn token_expiry(exp: Option<f64>) {
     }
 }
 
-struct LiveStreamGuard(Arc<Gateway>);
+pub(super) struct LiveStreamGuard(pub(super) Arc<Gateway>);
 
 impl Drop for LiveStreamGuard {
     fn drop(&mut self) {

@@ -2,7 +2,7 @@
 //! For tests and throwaway gateways; the reference the other providers are
 //! checked against, so it is written for clarity over speed.
 
-use super::{Storage, conflict, idempotency_mismatch};
+use super::{GroupDoc, Storage, conflict, group_conflict, idempotency_mismatch};
 use crate::model::{
     AtSeq, Appended, AppendRequest, Arrival, CatalogEntry, Change, Error, Event, EventQuery, FeedQuery, RecordRef, Result, Select, State,
     StateQuery, state_after,
@@ -38,6 +38,8 @@ struct Inner {
     history: BTreeMap<RecordRef, Vec<usize>>,
     /// idempotency key → (fingerprint, index of its event).
     idempotency: HashMap<String, (String, usize)>,
+    /// Consumer-group documents by name.
+    groups: HashMap<String, GroupDoc>,
 }
 
 impl MemoryStorage {
@@ -235,6 +237,20 @@ impl Storage for MemoryStorage {
             .filter(|e| domain.is_none_or(|d| d == e.record.domain))
             .for_each(|e| tally.add(e));
         Ok(tally.finish())
+    }
+
+    async fn group_load(&self, name: &str) -> Result<Option<GroupDoc>> {
+        Ok(self.lock().groups.get(name).cloned())
+    }
+
+    async fn group_store(&self, name: &str, expected: u64, doc: &[u8]) -> Result<u64> {
+        let mut inner = self.lock();
+        let current = inner.groups.get(name).map(|g| g.version);
+        if current.unwrap_or(0) != expected {
+            return Err(group_conflict(name, expected, current));
+        }
+        inner.groups.insert(name.to_owned(), GroupDoc { version: expected + 1, bytes: doc.to_vec() });
+        Ok(expected + 1)
     }
 
     async fn ping(&self) -> Result<()> {

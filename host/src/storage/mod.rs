@@ -32,6 +32,15 @@
 //! backend and lets the query choose (`model::query`: `matches`, and
 //! `Select` for the page, which holds at most offset + limit items).
 //!
+//! **Consumer-group documents.** `group_load` / `group_store` keep one
+//! small versioned document per consumer group (`gateway::group` owns what
+//! is in it): a store succeeds only if the stored version is the one the
+//! writer read (0: none yet), atomically, and then the version is one more;
+//! otherwise it is `VersionConflict` and nothing changed. Instances share a
+//! group through these compare-and-set writes alone, with no leader. The
+//! documents live apart from events: never in a feed, a search, a stream or
+//! the catalog.
+//!
 //! Each provider lives in its own module (a file, or a folder for mongo);
 //! `conformance` (in the integration tests) holds the one test suite every
 //! provider must pass.
@@ -129,6 +138,24 @@ pub trait Storage: Send + Sync + 'static {
         catalog_from_feed(self, domain).await
     }
 
+    /// A consumer group's document and its version (see the module
+    /// comment), if one was stored.
+    ///
+    /// The default refuses; every provider here keeps them (a wasm
+    /// provider in a reserved record, `storage::wasm`).
+    async fn group_load(&self, name: &str) -> Result<Option<GroupDoc>> {
+        let _ = name;
+        Err(groups_unsupported(self.name()))
+    }
+
+    /// Stores `doc` as group `name`'s document if its version is `expected`
+    /// (0: no document yet); returns the new version (`expected + 1`).
+    /// `VersionConflict` (writing nothing) when the version is another.
+    async fn group_store(&self, name: &str, expected: u64, doc: &[u8]) -> Result<u64> {
+        let _ = (name, expected, doc);
+        Err(groups_unsupported(self.name()))
+    }
+
     /// Cheap round trip to the backend, for `/readyz`.
     async fn ping(&self) -> Result<()>;
 
@@ -139,6 +166,31 @@ pub trait Storage: Send + Sync + 'static {
 }
 
 pub type DynStorage = Arc<dyn Storage>;
+
+/// A stored consumer-group document (`Storage::group_load`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDoc {
+    /// 1 after the first store, +1 on every store.
+    pub version: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// The refusal of a provider that keeps no consumer groups.
+pub fn groups_unsupported(provider: &str) -> Error {
+    Error::invalid(
+        "group",
+        format!("the storage provider {provider} keeps no consumer groups"),
+    )
+}
+
+/// The conflict of a group store whose expected version did not hold.
+pub fn group_conflict(name: &str, expected: u64, current: Option<u64>) -> Error {
+    Error::VersionConflict {
+        record: format!("consumer group {name}"),
+        expected: if expected == 0 { "no document".to_owned() } else { format!("version {expected}") },
+        current: current.map_or_else(|| "no document".to_owned(), |v| format!("version {v}")),
+    }
+}
 
 crate::provider_spec! {
     /// `STATEGATE_STORAGE_PROVIDER`, parsed once when the configuration is read:

@@ -26,7 +26,7 @@
 //! thread share the connection setup and the row codecs, and each is only
 //! correct together with the others (the WAL and checkpoint rules above).
 
-use super::{FEED_PAGE, Storage, conflict, idempotency_mismatch};
+use super::{FEED_PAGE, GroupDoc, Storage, conflict, group_conflict, idempotency_mismatch};
 use crate::model::{
     AtSeq, Appended, AppendRequest, Arrival, CatalogEntry, Change, Error, Event, EventKind, EventQuery, FeedQuery, Filter, RecordRef,
     Result, Select, State, StateQuery, Values,
@@ -100,6 +100,12 @@ CREATE TABLE IF NOT EXISTS idempotency (
     fingerprint TEXT NOT NULL,
     event_seq   INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- Consumer-group documents (`Storage::group_store`), apart from events.
+CREATE TABLE IF NOT EXISTS groups (
+    name    TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    doc     BLOB NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// An append with its JSON columns already serialized.
@@ -140,6 +146,10 @@ pub struct SqliteStorage {
     readers: Arc<Mutex<Vec<Connection>>>,
     /// One permit per pooled read connection.
     read_permits: Arc<tokio::sync::Semaphore>,
+    /// The connection consumer-group stores write on, opened on first use:
+    /// each store is one statement, so it needs no place in the append
+    /// batches; WAL lets it take turns with the writer (`busy_timeout`).
+    groups: Arc<Mutex<Option<Connection>>>,
 }
 
 impl SqliteStorage {
@@ -220,6 +230,7 @@ impl SqliteStorage {
             read_permits: Arc::new(tokio::sync::Semaphore::new(
                 READERS_PER_CORE * std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
             )),
+            groups: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -833,6 +844,48 @@ impl Storage for SqliteStorage {
         .await
     }
 
+    async fn group_load(&self, name: &str) -> Result<Option<GroupDoc>> {
+        let name = name.to_owned();
+        self.read_point(move |c| {
+            c.prepare_cached("SELECT version, doc FROM groups WHERE name = ?1")?
+                .query_row([name], |r| Ok(GroupDoc { version: r.get::<_, i64>(0)? as u64, bytes: r.get(1)? }))
+                .optional()
+        })
+        .await
+    }
+
+    async fn group_store(&self, name: &str, expected: u64, doc: &[u8]) -> Result<u64> {
+        let (name, doc, conn, path) = (name.to_owned(), doc.to_vec(), self.groups.clone(), self.path.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut slot = conn.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                let c = Connection::open(&path).map_err(|e| db_error(&e))?;
+                c.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA synchronous = FULL;").map_err(|e| db_error(&e))?;
+                *slot = Some(c);
+            }
+            let c = slot.as_ref().expect("opened above");
+            // One statement each: the version check and the write are atomic.
+            let changed = if expected == 0 {
+                c.prepare_cached("INSERT INTO groups (name, version, doc) VALUES (?1, 1, ?2) ON CONFLICT (name) DO NOTHING")
+                    .and_then(|mut st| st.execute(params![name, doc]))
+            } else {
+                c.prepare_cached("UPDATE groups SET version = version + 1, doc = ?3 WHERE name = ?1 AND version = ?2")
+                    .and_then(|mut st| st.execute(params![name, expected as i64, doc]))
+            }
+            .map_err(|e| db_error(&e))?;
+            if changed == 1 {
+                return Ok(expected + 1);
+            }
+            let current = c
+                .query_row("SELECT version FROM groups WHERE name = ?1", [&name], |r| r.get::<_, i64>(0))
+                .optional()
+                .map_err(|e| db_error(&e))?;
+            Err(group_conflict(&name, expected, current.map(|v| v as u64)))
+        })
+        .await
+        .map_err(Error::internal)?
+    }
+
     async fn ping(&self) -> Result<()> {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
     }
@@ -859,6 +912,7 @@ impl Storage for SqliteStorage {
                 .map_err(|_| Error::internal("sqlite writer panicked"))?;
         }
         self.readers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.groups.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
         Ok(())
     }

@@ -14,8 +14,16 @@
 //! a superset, in any order, and the query chooses the result here
 //! (`model::query`), as for every provider: only the part of the offset the
 //! guest says it skipped is not applied again.
+//!
+//! **Consumer groups** need no WIT call: a group's document is the values
+//! of one record in a reserved domain (`GROUPS_DOMAIN`, whose name holds a
+//! space, which no request may name), stored by `append` with the expected
+//! version, so the guest's own version check is the compare-and-set. Its
+//! events are taken out of every feed (hence streams and the catalog) and
+//! `get-event` here; searches cannot name the domain. Each store is an
+//! event in the guest's history, so a busy group grows it.
 
-use super::Storage;
+use super::{GroupDoc, Storage};
 use crate::model::query::EventOrder;
 use crate::model::{
     AppendRequest, Appended, Arrival, Change, Error, Event, EventQuery, FeedQuery, RecordRef, Result, Select, State,
@@ -219,34 +227,79 @@ impl Storage for WasmStorage {
     async fn get_event(&self, id: &str) -> Result<Option<Event>> {
         let id = id.to_owned();
         match self.call("get-event", move |s, g| g.get_event(s, &id)).await? {
-            Ok(e) => e.map(|e| event_from_wit(&self.name, e)).transpose(),
+            Ok(e) => Ok(e.map(|e| event_from_wit(&self.name, e)).transpose()?.filter(|e| e.record.domain != GROUPS_DOMAIN)),
             Err(e) => Err(self.error(e)),
         }
     }
 
     async fn feed(&self, query: &FeedQuery) -> Result<Vec<Event>> {
-        let q = wit::FeedQuery {
-            domain: query.topic.domain.clone(),
-            ty: query.topic.ty.clone(),
-            key: query.key.clone(),
-            after_seq: query.after_seq,
-            from_time: query.from_time,
-            limit: query.limit.min(u32::MAX as usize) as u32,
-        };
-        let events = match self.call("feed", move |s, g| g.feed(s, &q)).await? {
-            Ok(v) => v,
-            Err(e) => return Err(self.error(e)),
-        };
-        let mut out = Vec::with_capacity(events.len());
-        for e in events {
-            let e = event_from_wit(&self.name, e)?;
-            if query.matches(&e) {
-                out.push(e);
+        // A page short of the limit means the end of the feed to callers,
+        // so pages the group documents thinned are topped up.
+        let mut out = Vec::new();
+        let mut after = query.after_seq;
+        loop {
+            let q = wit::FeedQuery {
+                domain: query.topic.domain.clone(),
+                ty: query.topic.ty.clone(),
+                key: query.key.clone(),
+                after_seq: after,
+                from_time: query.from_time,
+                limit: query.limit.min(u32::MAX as usize) as u32,
+            };
+            let events = match self.call("feed", move |s, g| g.feed(s, &q)).await? {
+                Ok(v) => v,
+                Err(e) => return Err(self.error(e)),
+            };
+            let full = events.len() >= query.limit;
+            let mut page = Vec::with_capacity(events.len());
+            for e in events {
+                page.push(event_from_wit(&self.name, e)?);
+            }
+            page.sort_by_key(|e| e.seq);
+            page.truncate(query.limit);
+            let Some(last) = page.last().map(|e| e.seq) else { break };
+            after = last;
+            let thinned = page.iter().any(|e| e.record.domain == GROUPS_DOMAIN);
+            out.extend(page.into_iter().filter(|e| e.record.domain != GROUPS_DOMAIN && query.matches(e)));
+            if !full || !thinned || out.len() >= query.limit {
+                break;
             }
         }
-        out.sort_by_key(|e| e.seq);
         out.truncate(query.limit);
         Ok(out)
+    }
+
+    async fn group_load(&self, name: &str) -> Result<Option<GroupDoc>> {
+        let Some(state) = self.get(&group_record(name)).await? else { return Ok(None) };
+        let doc = state.values.get("doc").and_then(|v| v.as_str()).ok_or_else(|| {
+            Error::internal(format!("{}: consumer group {name}: the stored document has no doc", self.name))
+        })?;
+        Ok(Some(GroupDoc { version: state.version, bytes: doc.as_bytes().to_vec() }))
+    }
+
+    async fn group_store(&self, name: &str, expected: u64, doc: &[u8]) -> Result<u64> {
+        let text = std::str::from_utf8(doc).map_err(|_| Error::internal("a consumer group's document is not UTF-8"))?;
+        let mut values = crate::model::Values::new();
+        values.insert("doc".into(), serde_json::Value::String(text.to_owned()));
+        let req = AppendRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+            record: group_record(name),
+            change: Change::Put(values),
+            expect: if expected == 0 { crate::model::Expect::Absent } else { crate::model::Expect::Version(expected) },
+            kind: crate::model::EventKind::Set,
+            method: "consumer-group".into(),
+            claims: Default::default(),
+            time: crate::model::now_nanos(),
+            idempotency: None,
+        };
+        match self.append(req).await {
+            Ok(a) => Ok(a.event.version),
+            Err(Error::VersionConflict { .. }) => {
+                let current = self.group_load(name).await?.map(|g| g.version);
+                Err(super::group_conflict(name, expected, current))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn head(&self) -> Result<u64> {
@@ -262,6 +315,14 @@ impl Storage for WasmStorage {
             Err(e) => Err(self.error(e)),
         }
     }
+}
+
+/// The domain of group documents: a name with a space, which no request
+/// may name (`model::validate_name`), so no client reads or writes it.
+const GROUPS_DOMAIN: &str = "stategate groups";
+
+fn group_record(name: &str) -> RecordRef {
+    RecordRef { domain: GROUPS_DOMAIN.to_owned(), ty: "group".to_owned(), key: name.to_owned() }
 }
 
 /// A count as WIT's u32 (offsets and limits past it are the host's to apply).

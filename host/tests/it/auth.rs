@@ -657,6 +657,20 @@ async fn v050_base64_policies_in_rego_v0_syntax() {
     let mut req = with_token(opts, &guest);
     req.metadata_mut().insert("x-team", "blue".parse().unwrap());
     events.stream(req).await.expect("the stream rule matches on metadata and flags");
+    // A consumer group is admitted as its stream, and so is its Ack: the
+    // same rule decides both.
+    let group = pb::StreamOpts { domain: d.clone(), r#type: "t".into(), group: "g".into(), ..Default::default() };
+    let err = events.stream(with_token(group.clone(), &guest)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let mut req = with_token(group, &guest);
+    req.metadata_mut().insert("x-team", "blue".parse().unwrap());
+    let _member = events.stream(req).await.expect("the group's stream is allowed as a stream");
+    let ack = pb::AckRequest { domain: d.clone(), r#type: "t".into(), group: "g".into(), event_ids: vec!["x".into()], nack: false };
+    let err = events.ack(with_token(ack.clone(), &guest)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "an ack needs the right to the group's stream");
+    let mut req = with_token(ack, &guest);
+    req.metadata_mut().insert("x-team", "blue".parse().unwrap());
+    assert_eq!(events.ack(req).await.expect("allowed as the stream is").into_inner().unknown, ["x"]);
     let r = http().post(format!("{}/api/state/ref/{d}/t/k", gw.url())).bearer_auth(&guest).json(&json!({"values": {}})).send().await.unwrap();
     assert_eq!(r.status(), 403);
     let text = metrics(&gw).await;

@@ -155,7 +155,7 @@ fn random_bytes_get_client_errors_only() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let gw = rt.block_on(TestGateway::start());
     let channel = rt.block_on(gw.channel());
-    const PATHS: [&str; 7] = [
+    const PATHS: [&str; 9] = [
         "/stategate.StateService/Set",
         "/stategate.StateService/Get",
         "/stategate.StateService/Del",
@@ -163,6 +163,8 @@ fn random_bytes_get_client_errors_only() {
         "/stategate.EventService/Search",
         "/stategate.EventService/Get",
         "/stategate.StateService/Edit",
+        "/stategate.EventService/Ack",
+        "/stategate.EventService/Parked",
     ];
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 200, ..ProptestConfig::default() });
     runner

@@ -21,6 +21,7 @@ mod wire;
 
 mod catch_up;
 mod filtered_streams;
+mod consumer_groups;
 mod snapshot_watch;
 #[cfg(feature = "mongo")]
 mod hub_repairs;

@@ -224,6 +224,12 @@ impl Storage for Scoped {
     async fn catalog(&self, domain: Option<&str>) -> Result<Vec<CatalogEntry>> {
         self.inner.catalog(domain).await
     }
+    async fn group_load(&self, name: &str) -> Result<Option<stategate::storage::GroupDoc>> {
+        self.inner.group_load(name).await
+    }
+    async fn group_store(&self, name: &str, expected: u64, doc: &[u8]) -> Result<u64> {
+        self.inner.group_store(name, expected, doc).await
+    }
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await
     }

@@ -507,7 +507,52 @@ macro_rules! storage_conformance {
             check!(seq_at_time);
             check!(reads_now_are_snapshots);
             check!(event_versions_between);
+            check!(group_documents_compare_and_set);
         }
     };
+}
+
+/// Consumer-group documents: a store succeeds only at the version read
+/// (0: none yet), exactly one of concurrent writers at one version wins,
+/// and the documents stay out of every feed, search and the catalog.
+pub async fn group_documents_compare_and_set(s: DynStorage) {
+    let name = format!("[\"{}\",\"job\",\"g\"]", unique_domain());
+    let head = s.head().await.unwrap();
+    assert_eq!(s.group_load(&name).await.unwrap(), None);
+    assert_eq!(s.group_store(&name, 0, b"{\"a\":1}").await.unwrap(), 1);
+    let conflict = s.group_store(&name, 0, b"{}").await.unwrap_err();
+    assert!(matches!(conflict, Error::VersionConflict { .. }), "{conflict:?}");
+    assert_eq!(s.group_store(&name, 1, b"{\"a\":2}").await.unwrap(), 2);
+    assert!(matches!(s.group_store(&name, 1, b"{}").await.unwrap_err(), Error::VersionConflict { .. }));
+    assert!(matches!(s.group_store(&name, 7, b"{}").await.unwrap_err(), Error::VersionConflict { .. }));
+    let doc = s.group_load(&name).await.unwrap().unwrap();
+    assert_eq!((doc.version, doc.bytes.as_slice()), (2, &b"{\"a\":2}"[..]));
+
+    let writers: Vec<_> = (0..8)
+        .map(|i| {
+            let (s, name) = (s.clone(), name.clone());
+            tokio::spawn(async move { s.group_store(&name, 2, format!("{{\"w\":{i}}}").as_bytes()).await })
+        })
+        .collect();
+    let mut won = vec![];
+    for (i, w) in writers.into_iter().enumerate() {
+        match w.await.unwrap() {
+            Ok(v) => won.push((i, v)),
+            Err(Error::VersionConflict { .. }) => {}
+            Err(e) => panic!("writer {i}: {e:?}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "one winner: {won:?}");
+    let doc = s.group_load(&name).await.unwrap().unwrap();
+    assert_eq!((doc.version, doc.bytes), (3, format!("{{\"w\":{}}}", won[0].0).into_bytes()));
+
+    // Nothing of the group shows in the store's feed or catalog.
+    let feed = s
+        .feed(&FeedQuery { topic: Topic { domain: None, ty: None }, key: None, after_seq: head, from_time: None, limit: 10_000 })
+        .await
+        .unwrap();
+    assert!(feed.iter().all(|e| !e.record.domain.contains(char::is_whitespace)), "a group document in the feed");
+    let catalog = s.catalog(None).await.unwrap();
+    assert!(catalog.iter().all(|c| !c.domain.contains(char::is_whitespace)), "a group document in the catalog");
 }
 

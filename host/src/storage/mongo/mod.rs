@@ -12,7 +12,10 @@
 //! - `states`: one document per record ever written (kept after deletion
 //!   with `live: false`, so a recreated record continues its numbering);
 //! - `counters`: the global seq counter, `{_id: "seq", n}`;
-//! - `idempotency`: `{_id: key, fp, seq}`.
+//! - `idempotency`: `{_id: key, fp, seq}`;
+//! - `groups`: consumer-group documents, `{_id: name, v, doc}`; each store
+//!   is one single-document write (an insert, or an update matching the
+//!   expected `v`), atomic on a standalone server too.
 //!
 //! **Atomicity.** `append` is one multi-document transaction: read the
 //! idempotency entry and the state, check the expected version, `$inc` the
@@ -77,7 +80,7 @@ mod standalone;
 mod transaction;
 pub mod v050;
 
-use super::{FEED_PAGE, Storage};
+use super::{FEED_PAGE, GroupDoc, Storage};
 use crate::model::{
     AtSeq, Appended, AppendRequest, Arrival, CatalogEntry, Error, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery,
 };
@@ -120,6 +123,7 @@ pub struct MongoStorage {
     states: Collection<Document>,
     counters: Collection<Document>,
     idempotency: Collection<Document>,
+    groups: Collection<Document>,
 }
 
 /// `{"name":"mongo","addr":"mongodb://…","database":"…"}`, v0.5.0's keys.
@@ -251,6 +255,7 @@ impl MongoStorage {
             states: db.collection("states"),
             counters: db.collection("counters"),
             idempotency: db.collection("idempotency"),
+            groups: db.collection("groups"),
             client,
             turn: tokio::sync::Mutex::new(()),
             standalone,
@@ -493,6 +498,36 @@ impl Storage for MongoStorage {
             .collect::<Result<Vec<_>>>()?;
         crate::model::catalog::sort(&mut entries);
         Ok(entries)
+    }
+
+    async fn group_load(&self, name: &str) -> Result<Option<GroupDoc>> {
+        let Some(d) = bounded(self.groups.find_one(doc! {"_id": name})).await? else { return Ok(None) };
+        let version = d.get_i64("v").map_err(|e| db_error(corrupt(e)))? as u64;
+        let bytes = d.get_binary_generic("doc").map_err(|e| db_error(corrupt(e)))?.clone();
+        Ok(Some(GroupDoc { version, bytes }))
+    }
+
+    async fn group_store(&self, name: &str, expected: u64, bytes: &[u8]) -> Result<u64> {
+        let data = mongodb::bson::Binary { subtype: mongodb::bson::spec::BinarySubtype::Generic, bytes: bytes.to_vec() };
+        if expected == 0 {
+            match tokio::time::timeout(CALL_DEADLINE, self.groups.insert_one(doc! {"_id": name, "v": 1i64, "doc": data}).into_future()).await {
+                Ok(Ok(_)) => return Ok(1),
+                Ok(Err(e)) if is_duplicate_key(&e) => {}
+                Ok(Err(e)) => return Err(db_error(e)),
+                Err(_) => return Err(Error::unavailable(format!("mongo: no answer within {CALL_DEADLINE:?}"))),
+            }
+        } else {
+            let done = bounded(
+                self.groups
+                    .update_one(doc! {"_id": name, "v": expected as i64}, doc! {"$set": {"doc": data}, "$inc": {"v": 1i64}}),
+            )
+            .await?;
+            if done.matched_count == 1 {
+                return Ok(expected + 1);
+            }
+        }
+        let current = self.group_load(name).await?.map(|g| g.version);
+        Err(super::group_conflict(name, expected, current))
     }
 
     async fn ping(&self) -> Result<()> {

@@ -27,7 +27,7 @@ use super::sql::point_reads::{BatchRead, Hit, Lookup, PointReads};
 use super::sql::pool::Pool;
 use super::sql::writer::{self, Job};
 use super::sql::{select, corrupt, decode_error, parse_values, type_hash};
-use super::{FEED_PAGE, Storage};
+use super::{FEED_PAGE, GroupDoc, Storage};
 use crate::model::{
     AppendRequest, Arrival, AtSeq, Appended, CatalogEntry, Change, Error, Event, EventKind, EventOrder, EventQuery, EventSort, FeedQuery,
     RecordRef, Result, State, StateQuery,
@@ -592,6 +592,39 @@ impl Storage for MysqlStorage {
     async fn head(&self) -> Result<u64> {
         let n = read!(self, |c| sqlx::query_scalar::<_, i64>("SELECT n FROM seq_counter WHERE id = 1").fetch_one(c).await)?;
         Ok(n as u64)
+    }
+
+    async fn group_load(&self, name: &str) -> Result<Option<GroupDoc>> {
+        read!(self, |c| {
+            let row = sqlx::query("SELECT version, doc FROM consumer_groups WHERE name = ?")
+                .bind(name.as_bytes())
+                .fetch_optional(c)
+                .await?;
+            row.map(|r| Ok(GroupDoc { version: r.try_get::<i64, _>(0)? as u64, bytes: r.try_get(1)? })).transpose()
+        })
+    }
+
+    async fn group_store(&self, name: &str, expected: u64, doc: &[u8]) -> Result<u64> {
+        // One statement: the version check and the write are atomic (the
+        // version always changes, so a matched row is a changed row).
+        let changed = read!(self, |c| {
+            let q = if expected == 0 {
+                sqlx::query("INSERT IGNORE INTO consumer_groups (name, version, doc) VALUES (?, 1, ?)")
+                    .bind(name.as_bytes())
+                    .bind(doc)
+            } else {
+                sqlx::query("UPDATE consumer_groups SET version = version + 1, doc = ? WHERE name = ? AND version = ?")
+                    .bind(doc)
+                    .bind(name.as_bytes())
+                    .bind(expected as i64)
+            };
+            q.execute(c).await.map(|r| r.rows_affected())
+        })?;
+        if changed == 1 {
+            return Ok(expected + 1);
+        }
+        let current = self.group_load(name).await?.map(|g| g.version);
+        Err(super::group_conflict(name, expected, current))
     }
 
     async fn ping(&self) -> Result<()> {

@@ -66,6 +66,14 @@ const MIGRATIONS: &[&[&str]] = &[
     // 2: a record's events by seq, for reads as of a past seq (one descent
     // per record instead of a replay of the type's history).
     &["CREATE INDEX events_by_record_seq ON events (dt, rkey, seq)"],
+    // 3: consumer-group documents (`Storage::group_store`).
+    &[
+        "CREATE TABLE IF NOT EXISTS consumer_groups (
+            name    VARBINARY(1024) NOT NULL PRIMARY KEY,
+            version BIGINT NOT NULL,
+            doc     LONGBLOB NOT NULL
+        ) ENGINE = InnoDB",
+    ],
 ];
 
 /// The schema version this gateway writes.

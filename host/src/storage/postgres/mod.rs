@@ -30,7 +30,7 @@ use super::sql::point_reads::{BatchRead, Hit, Lookup, PointReads};
 use super::sql::pool::Pool;
 use super::sql::writer::{self, Job};
 use super::sql::{select, corrupt, decode_error, parse_values, type_hash, values_have_nul};
-use super::Storage;
+use super::{GroupDoc, Storage};
 use crate::model::{
     AppendRequest, Arrival, AtSeq, Appended, CatalogEntry, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result, State,
     StateQuery,
@@ -479,6 +479,43 @@ impl Storage for PostgresStorage {
         // The counter is the highest committed seq (seqs have no gaps).
         let n = read!(self, |c| sqlx::query_scalar::<_, i64>("SELECT n FROM seq_counter WHERE id = 1").fetch_one(c).await)?;
         Ok(n as u64)
+    }
+
+    async fn group_load(&self, name: &str) -> Result<Option<GroupDoc>> {
+        if name.contains('\0') {
+            return Ok(None);
+        }
+        read!(self, |c| {
+            let row = sqlx::query("SELECT version, doc FROM groups WHERE name = $1").bind(name).fetch_optional(c).await?;
+            row.map(|r| Ok(GroupDoc { version: r.try_get::<i64, _>(0)? as u64, bytes: r.try_get(1)? })).transpose()
+        })
+    }
+
+    async fn group_store(&self, name: &str, expected: u64, doc: &[u8]) -> Result<u64> {
+        if name.contains('\0') {
+            return Err(Error::invalid("group", "must not contain NUL"));
+        }
+        // One statement: the version check and the write are atomic. A
+        // retry after a lost connection may find its own write done and
+        // answer a conflict; the caller then reads again.
+        let changed = read!(self, |c| {
+            let q = if expected == 0 {
+                sqlx::query("INSERT INTO groups (name, version, doc) VALUES ($1, 1, $2) ON CONFLICT (name) DO NOTHING")
+                    .bind(name)
+                    .bind(doc)
+            } else {
+                sqlx::query("UPDATE groups SET version = version + 1, doc = $2 WHERE name = $1 AND version = $3")
+                    .bind(name)
+                    .bind(doc)
+                    .bind(expected as i64)
+            };
+            q.execute(c).await.map(|r| r.rows_affected())
+        })?;
+        if changed == 1 {
+            return Ok(expected + 1);
+        }
+        let current = self.group_load(name).await?.map(|g| g.version);
+        Err(super::group_conflict(name, expected, current))
     }
 
     async fn ping(&self) -> Result<()> {

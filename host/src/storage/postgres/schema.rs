@@ -19,6 +19,7 @@
 //!   fingerprint and the event it wrote.
 //! - `seq_counter`: the one row every append batch increments (see
 //!   `storage::sql`).
+//! - `groups` (version 3): one versioned document per consumer group.
 
 use crate::model::{Error, Result};
 use crate::storage::sql::{gateway_version, newer_schema};
@@ -72,6 +73,14 @@ INSERT INTO seq_counter VALUES (1, 0);
     // 2: a record's events by seq, for reads as of a past seq (one descent
     // per record instead of a replay of the type's history).
     "CREATE INDEX events_by_record_seq ON events (dt, key, seq);",
+    // 3: consumer-group documents (`Storage::group_store`).
+    r#"
+CREATE TABLE groups (
+    name    text COLLATE "C" PRIMARY KEY,
+    version bigint NOT NULL,
+    doc     bytea NOT NULL
+);
+"#,
 ];
 
 /// The schema version this gateway writes.
