@@ -85,6 +85,9 @@ pub struct Args {
     /// Records seeded into each storage of the wasm storage comparison.
     #[arg(long, default_value_t = 10_000)]
     pub wasm_records: usize,
+    /// Store sizes (events) the `curves` scenario grows its store through.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    pub curve_sizes: Vec<usize>,
     /// Backlog each member count of the `consumer-group` scenario drains.
     #[arg(long, default_value_t = 2000)]
     pub group_events: usize,

@@ -31,8 +31,22 @@ impl Bench {
     /// Appends `count` events of `bench/<ty>` over `keys` keys
     /// (`record_key`), `filler` bytes of payload each, 2048 in flight.
     pub async fn seed_into(&self, storage: &stategate::storage::DynStorage, ty: &str, count: usize, keys: usize, filler: usize) -> Result<String> {
+        self.seed_range(storage, ty, 0..count, keys, filler).await
+    }
+
+    /// The appends `range` of such a seeding (event `i` writes key
+    /// `i % keys`, values of `i`), so a store can be grown step by step.
+    pub async fn seed_range(
+        &self,
+        storage: &stategate::storage::DynStorage,
+        ty: &str,
+        range: std::ops::Range<usize>,
+        keys: usize,
+        filler: usize,
+    ) -> Result<String> {
+        let count = range.len();
         let t0 = Instant::now();
-        let mut appends = futures::stream::iter(0..count)
+        let mut appends = futures::stream::iter(range)
             .map(|i| {
                 let storage = storage.clone();
                 let req = AppendRequest {

@@ -5,6 +5,7 @@
 mod auth;
 mod consumer_group;
 mod cross_instance;
+mod curves;
 mod external;
 mod fanout;
 mod idle_streams;
@@ -93,6 +94,7 @@ fn table() -> Vec<Scenario> {
         // First, while the process is small and quiet: its RSS delta means something.
         Scenario { name: "idle-streams", what: "memory of N open, idle streams", run: Some(|b| Box::pin(b.idle_streams())) },
         Scenario { name: "external", what: "Get and Set on the release binary as its own process (data on disk, then tmpfs), loaded by h2load (4 connections x 16 streams, stock gRPC framing), relative to the same process's grpc.health.v1.Health/Check", run: Some(|b| Box::pin(b.external())) },
+        Scenario { name: "curves", what: "Get, Set, selective and non-selective state Search, event Search and catch-up replay as the store grows (--curve-sizes events, sqlite on disk), and Set with 0, 1,000 and 10,000 idle streams open; CPU per call, plotted in bench/plots/", run: Some(|b| Box::pin(b.curves())) },
         Scenario { name: "open-loop", what: "Get and Set latency (p50/p99/p999) on the release binary (sqlite on disk) at 25%, 50% and 75% of its closed-loop maximum, requests on a fixed schedule, each latency from when it was due (no coordinated omission)", run: Some(|b| Box::pin(b.open_loop())) },
         Scenario { name: "peers", what: "Set and Get of the release binary (embedded sqlite on disk, h2load) beside Redis (MULTI XADD HSET EXEC / HGET, appendfsync always) and NATS JetStream KV (put / get, file storage), each a private server process on the same disk, same values and concurrency", run: Some(|b| Box::pin(b.peers())) },
         Scenario { name: "set", what: "StateService/Set, 1 KiB values, a new key per call", run: Some(|b| Box::pin(b.unary(Op::Set))) },
