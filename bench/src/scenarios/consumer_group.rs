@@ -72,7 +72,22 @@ impl Bench {
         }
         let deadline = Instant::now() + LIMIT;
         while acked.lock().unwrap().len() < events {
-            anyhow::ensure!(Instant::now() < deadline, "consumer group of {members}: not drained within {LIMIT:?}");
+            if Instant::now() >= deadline || tasks.iter().all(|t| t.is_finished()) {
+                let mut why = Vec::new();
+                for t in tasks.iter_mut().filter(|t| t.is_finished()) {
+                    match t.await {
+                        Ok(Ok(())) => why.push("a member's stream ended".to_owned()),
+                        Ok(Err(e)) => why.push(format!("a member failed: {e:#}")),
+                        Err(e) => why.push(format!("a member panicked: {e}")),
+                    }
+                }
+                anyhow::bail!(
+                    "consumer group of {members}: {} of {events} events acknowledged after {:?}; {}",
+                    acked.lock().unwrap().len(),
+                    started.elapsed(),
+                    if why.is_empty() { "every member still streaming".to_owned() } else { why.join("; ") }
+                );
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let secs = started.elapsed().as_secs_f64();
