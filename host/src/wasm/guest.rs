@@ -43,7 +43,7 @@ use crate::model::{Error, Result};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Instant, SystemTime};
 use wasmtime::Store;
@@ -75,6 +75,8 @@ pub struct Guest<P: World> {
     /// every call, so lock-free; changed only under `staging`.
     candidate: ArcSwapOption<Version<P>>,
     staging: Mutex<()>,
+    /// Set while a call is starting the candidate (hooks: one at a time).
+    pub(super) starting: AtomicBool,
     /// (mtime, length) of the file when last looked at.
     stamp: Mutex<(Option<SystemTime>, u64)>,
     last_error: Mutex<Option<String>>,
@@ -149,6 +151,7 @@ impl<P: World> Guest<P> {
             current: ArcSwap::from_pointee(version),
             candidate: ArcSwapOption::empty(),
             staging: Mutex::new(()),
+            starting: AtomicBool::new(false),
             stamp: Mutex::new(st),
             last_error: Mutex::new(None),
             generations: AtomicU64::new(1),

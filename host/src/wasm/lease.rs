@@ -12,8 +12,9 @@
 //!   one whose call failed, or whose call was dropped midway (the request
 //!   was cancelled), is discarded.
 //! - A reloaded version is swapped in by the first lease that finds it
-//!   waiting and instantiates it; one that does not instantiate is refused
-//!   (see `guest.rs`), and that call runs on the current version.
+//!   waiting and instantiates it (one lease at a time tries); one that does
+//!   not instantiate is refused (see `guest.rs`), and that call runs on
+//!   the current version.
 //! - A lease holds its places (its guest's share and the runtime's bound)
 //!   until it is released or dropped.
 //! - The whole call, instantiation included, is bounded by a timer at its
@@ -28,6 +29,7 @@ use super::worlds::AsyncWorld;
 use crate::model::Result;
 use futures::future::BoxFuture;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use wasmtime::Store;
 
@@ -40,6 +42,22 @@ struct Lease<P: AsyncWorld> {
     instance: Instance<P>,
     started: Instant,
     _place: Place,
+}
+
+/// The right to start a guest's candidate, given back when dropped (also
+/// when the call is cancelled midway).
+struct Starting<'a>(&'a AtomicBool);
+
+impl<'a> Starting<'a> {
+    fn take(flag: &'a AtomicBool) -> Option<Self> {
+        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).ok().map(|_| Starting(flag))
+    }
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// The epoch callback of async stores: yield to the executor at every tick
@@ -79,7 +97,11 @@ impl<P: AsyncWorld> Guest<P> {
     /// it first: if it instantiates it is swapped in and serves this call;
     /// if not it is refused and the current version serves the call.
     async fn lease(&self, place: Place) -> Result<Lease<P>> {
-        if let Some(candidate) = self.candidate() {
+        // One call at a time tries the candidate: should it run to its
+        // deadline, the calls beside it do not each wait for that too.
+        if let Some(candidate) = self.candidate()
+            && let Some(_starting) = Starting::take(&self.starting)
+        {
             match self.instantiate(&candidate).await {
                 Ok(instance) => {
                     self.accept(&candidate);
