@@ -3,11 +3,18 @@
 //! - **load**: read the `.wasm` file, compile it (through the cache) and
 //!   link it against its world, giving a [`Version`]. [`Guest::load`] loads
 //!   the first version and starts the file watcher.
-//! - **reload**: load the file again if it changed and swap the new
-//!   version in ([`Guest::reload`]); a file that does not load is refused
+//! - **reload**: load the file again if it changed ([`Guest::reload`]),
+//!   giving a **candidate** version; a file that does not load is refused
 //!   and the current version keeps serving.
 //! - **instantiate**: a fresh store with the guest's grants and limits, and
 //!   an instance of a version in it ([`Instance`]).
+//! - **start**: instantiate a version and make the calls the host makes on
+//!   every fresh instance before any other (`max-instances` for providers,
+//!   none for hooks).
+//! - **swap**: a candidate becomes current once a fresh instance of it has
+//!   started ([`Guest::accept`], called by the instance strategy on the
+//!   next call); a candidate that fails to start is refused
+//!   ([`Guest::reject`]) and the current version keeps serving.
 //! - **call**: run one export on an instance under the call's deadline
 //!   (`Persistent::call` for providers, `Guest::call` for policy hooks).
 //! - **lease** / **release**: check an instance out for one call and hand
@@ -18,7 +25,12 @@
 //! Invariants:
 //! - A version is immutable; calls in flight finish on the version they
 //!   started on, new instances use the current one.
-//! - Generations count successful loads: 1 for the first, +1 per swap.
+//! - A version is current only once an instance of it has started: a
+//!   replacement that loads and links but traps (or runs out of time) in
+//!   its instantiation or its start-up calls never serves a call, and is
+//!   tried again only when the file changes again.
+//! - Generations count successful loads: 1 for the first, +1 per swap (a
+//!   refused candidate's number is given to the next one).
 
 use super::store::{Ctx, GuestInfo, new_store};
 use super::worlds::World;
@@ -28,10 +40,10 @@ use super::outcome::{self, Busy};
 use super::{GuestSpec, TICK, WasmRuntime, cache, metrics};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::model::{Error, Result};
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Instant, SystemTime};
 use wasmtime::Store;
@@ -59,6 +71,12 @@ pub struct Guest<P: World> {
     info: Arc<GuestInfo>,
     allowed_net: Arc<Vec<SocketAddr>>,
     current: ArcSwap<Version<P>>,
+    /// The version loaded from a changed file, not yet started: read on
+    /// every call, so lock-free; changed only under `staging`.
+    candidate: ArcSwapOption<Version<P>>,
+    staging: Mutex<()>,
+    /// Set while a call is starting the candidate (hooks: one at a time).
+    pub(super) starting: AtomicBool,
     /// (mtime, length) of the file when last looked at.
     stamp: Mutex<(Option<SystemTime>, u64)>,
     last_error: Mutex<Option<String>>,
@@ -131,6 +149,9 @@ impl<P: World> Guest<P> {
             allowed_net: Arc::new(allowed),
             spec,
             current: ArcSwap::from_pointee(version),
+            candidate: ArcSwapOption::empty(),
+            staging: Mutex::new(()),
+            starting: AtomicBool::new(false),
             stamp: Mutex::new(st),
             last_error: Mutex::new(None),
             generations: AtomicU64::new(1),
@@ -187,8 +208,16 @@ impl<P: World> Guest<P> {
         self.last_error.lock().unwrap().clone()
     }
 
-    /// Checks the file now; swaps in a changed version that loads. Returns
-    /// whether a new version was swapped in.
+    /// The version loaded from a changed file and waiting to be started,
+    /// if any.
+    pub fn candidate(&self) -> Option<Arc<Version<P>>> {
+        self.candidate.load_full()
+    }
+
+    /// Checks the file now; a changed file that loads becomes the
+    /// candidate (replacing an earlier one not yet started), swapped in
+    /// once an instance of it starts. Returns whether a candidate was
+    /// staged.
     pub fn reload(&self) -> bool {
         let now = stamp(&self.spec.path);
         {
@@ -201,21 +230,27 @@ impl<P: World> Guest<P> {
         let bytes = match std::fs::read(&self.spec.path) {
             Ok(b) => b,
             Err(e) => {
-                self.refuse(format!("cannot read {}: {e}", self.spec.path.display()));
+                self.refuse(format!("cannot read it: {e}"));
                 return false;
             }
         };
-        if cache::hash(&bytes) == self.current().hash {
+        let hash = cache::hash(&bytes);
+        if hash == self.current().hash {
+            // Back to the version serving: nothing to swap.
+            let _staging = self.staging.lock().unwrap();
+            self.candidate.store(None);
+            return false;
+        }
+        if self.candidate().is_some_and(|c| c.hash == hash) {
             return false;
         }
         let generation = self.generations.load(Ordering::SeqCst) + 1;
         match Self::version(&self.runtime, &bytes, generation) {
             Ok(version) => {
-                self.generations.store(generation, Ordering::SeqCst);
-                tracing::info!(guest = %self.spec.name, generation, wit = version.pre.version(), hash = %&version.hash[..12], "wasm guest reloaded");
-                self.current.store(Arc::new(version));
-                *self.last_error.lock().unwrap() = None;
-                metrics::reloaded(&self.spec.name, "swapped");
+                tracing::info!(guest = %self.spec.name, generation, wit = version.pre.version(), hash = %&version.hash[..12],
+                    "wasm guest reloaded; swapped in once an instance of it starts");
+                let _staging = self.staging.lock().unwrap();
+                self.candidate.store(Some(Arc::new(version)));
                 true
             }
             Err(reason) => {
@@ -225,8 +260,38 @@ impl<P: World> Guest<P> {
         }
     }
 
+    /// Makes `version`, the candidate, current: an instance of it started.
+    /// Returns false (and changes nothing) if it is no longer the candidate.
+    pub(super) fn accept(&self, version: &Arc<Version<P>>) -> bool {
+        let _staging = self.staging.lock().unwrap();
+        if !self.candidate().is_some_and(|c| Arc::ptr_eq(&c, version)) {
+            return false;
+        }
+        self.candidate.store(None);
+        self.generations.store(version.generation, Ordering::SeqCst);
+        self.current.store(version.clone());
+        *self.last_error.lock().unwrap() = None;
+        tracing::info!(guest = %self.spec.name, generation = version.generation, hash = %&version.hash[..12], "wasm guest swapped in");
+        metrics::reloaded(&self.spec.name, "swapped");
+        true
+    }
+
+    /// Refuses `version`, the candidate, which did not start: the current
+    /// version keeps serving; the file is tried again when it changes.
+    pub(super) fn reject(&self, version: &Arc<Version<P>>, why: &Error) {
+        {
+            let _staging = self.staging.lock().unwrap();
+            if !self.candidate().is_some_and(|c| Arc::ptr_eq(&c, version)) {
+                return;
+            }
+            self.candidate.store(None);
+        }
+        self.refuse(format!("it loads, but a fresh instance of it did not start: {why}"));
+    }
+
     fn refuse(&self, reason: String) {
-        tracing::warn!(guest = %self.spec.name, "wasm guest reload refused, the current version keeps serving: {reason}");
+        tracing::warn!(guest = %self.spec.name, file = %self.spec.path.display(),
+            "wasm guest reload refused, the current version keeps serving: {reason}");
         metrics::reloaded(&self.spec.name, "refused");
         *self.last_error.lock().unwrap() = Some(reason);
     }

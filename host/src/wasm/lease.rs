@@ -11,6 +11,10 @@
 //! - Only an instance whose call succeeded goes back among the warm ones;
 //!   one whose call failed, or whose call was dropped midway (the request
 //!   was cancelled), is discarded.
+//! - A reloaded version is swapped in by the first lease that finds it
+//!   waiting and instantiates it (one lease at a time tries); one that does
+//!   not instantiate is refused (see `guest.rs`), and that call runs on
+//!   the current version.
 //! - A lease holds its places (its guest's share and the runtime's bound)
 //!   until it is released or dropped.
 //! - The whole call, instantiation included, is bounded by a timer at its
@@ -18,12 +22,14 @@
 //!   host call) is cut off there like one that loops, and its instance
 //!   discarded.
 
-use super::guest::{Guest, Instance, Place};
+use super::guest::{Guest, Instance, Place, Version};
 use super::outcome::{abandoned, finish};
 use super::store::Ctx;
 use super::worlds::AsyncWorld;
 use crate::model::Result;
 use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use wasmtime::Store;
 
@@ -36,6 +42,22 @@ struct Lease<P: AsyncWorld> {
     instance: Instance<P>,
     started: Instant,
     _place: Place,
+}
+
+/// The right to start a guest's candidate, given back when dropped (also
+/// when the call is cancelled midway).
+struct Starting<'a>(&'a AtomicBool);
+
+impl<'a> Starting<'a> {
+    fn take(flag: &'a AtomicBool) -> Option<Self> {
+        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).ok().map(|_| Starting(flag))
+    }
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// The epoch callback of async stores: yield to the executor at every tick
@@ -71,40 +93,66 @@ impl<P: AsyncWorld> Guest<P> {
     }
 
     /// Checks out a warm instance of the current version, or instantiates
-    /// one.
+    /// one. While a reloaded version waits to be started, the lease starts
+    /// it first: if it instantiates it is swapped in and serves this call;
+    /// if not it is refused and the current version serves the call.
     async fn lease(&self, place: Place) -> Result<Lease<P>> {
+        // One call at a time tries the candidate: should it run to its
+        // deadline, the calls beside it do not each wait for that too.
+        if let Some(candidate) = self.candidate()
+            && let Some(_starting) = Starting::take(&self.starting)
+        {
+            match self.instantiate(&candidate).await {
+                Ok(instance) => {
+                    self.accept(&candidate);
+                    // Unless a newer candidate replaced it meanwhile, it is current now.
+                    if Arc::ptr_eq(&self.current(), &candidate) {
+                        return Ok(self.leased(instance, place));
+                    }
+                }
+                Err(why) => self.reject(&candidate, &why),
+            }
+        }
         let current = self.current();
         let warm = {
             let mut idle = self.idle.lock().unwrap();
             idle.retain(|l| l.generation == current.generation);
             idle.pop()
         };
-        let mut instance = match warm {
+        let instance = match warm {
             Some(l) => l,
-            None => {
-                let mut store = self.new_store()?;
-                store.epoch_deadline_callback(yield_until_deadline);
-                self.arm_async(&mut store);
-                let started = Instant::now();
-                let deadline = tokio::time::Instant::from_std(store.data().deadline());
-                let r = match tokio::time::timeout_at(deadline, current.pre.instantiate_async(&mut store)).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(abandoned(&self.spec, "instantiate", started)),
-                };
-                let instance = finish(&self.spec, "instantiate", store.data(), started, r)?;
-                Instance {
-                    store,
-                    instance,
-                    generation: current.generation,
-                }
-            }
+            None => self.instantiate(&current).await?,
         };
+        Ok(self.leased(instance, place))
+    }
+
+    /// A fresh instance of `version`, within a deadline of its own.
+    async fn instantiate(&self, version: &Version<P>) -> Result<Instance<P>> {
+        let mut store = self.new_store()?;
+        store.epoch_deadline_callback(yield_until_deadline);
+        self.arm_async(&mut store);
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(store.data().deadline());
+        let r = match tokio::time::timeout_at(deadline, version.pre.instantiate_async(&mut store)).await {
+            Ok(r) => r,
+            Err(_) => return Err(abandoned(&self.spec, "instantiate", started)),
+        };
+        let instance = finish(&self.spec, "instantiate", store.data(), started, r)?;
+        Ok(Instance {
+            store,
+            instance,
+            generation: version.generation,
+        })
+    }
+
+    /// `instance` checked out for a call, its clock started.
+    fn leased(&self, mut instance: Instance<P>, place: Place) -> Lease<P> {
         self.arm_async(&mut instance.store);
-        Ok(Lease {
+        Lease {
             instance,
             started: Instant::now(),
             _place: place,
-        })
+        }
     }
 
     /// Ends a leased call: its outcome in the gateway's error model, and the

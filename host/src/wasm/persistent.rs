@@ -18,9 +18,16 @@
 //!   serialized on one instance.
 //! - All calls run on the version the pool was sized for. When the guest
 //!   is reloaded, the next call waits for every call in flight to finish
-//!   (it takes all the permits), then sizes the pool for the new version:
-//!   a serial guest never has two versions at work at once, across a swap
-//!   too.
+//!   (it takes all the permits), then starts the candidate (a fresh
+//!   instance and its `max-instances`) and, if it started, swaps it in and
+//!   sizes the pool for it: a serial guest never has two versions at work
+//!   at once, across a swap too.
+//! - A candidate that does not start (a trap or its deadline in
+//!   instantiation or in `max-instances`) is refused: the pool keeps its
+//!   version, its idle instances and its size, the permits go back, and the
+//!   call that found the candidate runs on the old version like the others.
+//!   Only the first version's failure to start fails the call: there is no
+//!   other version to serve it.
 //! - An instance whose call failed is discarded (a trapped instance must
 //!   not be entered again); the next call instantiates the version again.
 //! - A call ends by its deadline (see [`super::deadline`]): if the blocking
@@ -128,7 +135,10 @@ impl<P: SyncWorld> Persistent<P> {
     ) -> Result<T> {
         let current = self.guest.current();
         if self.sized_for().is_none_or(|v| v.generation != current.generation) {
-            self.resize(current).await?;
+            self.resize(current, Step::First).await?;
+        }
+        if let Some(candidate) = self.guest.candidate() {
+            self.resize(candidate, Step::Swap).await?;
         }
         let permit = self.pool.permits.clone().acquire_owned().await.map_err(|_| closed())?;
         let (version, kept) = {
@@ -146,14 +156,21 @@ impl<P: SyncWorld> Persistent<P> {
         self.pool.sized.lock().unwrap().version.clone()
     }
 
-    /// Sizes the pool for `version`: waits for every call in flight, asks
-    /// the version's first instance how many may run side by side, and
-    /// keeps that instance for the next call.
-    async fn resize(&self, version: Arc<Version<P>>) -> Result<()> {
+    /// Sizes the pool for `version`: waits for every call in flight, starts
+    /// a fresh instance of it, asks that instance how many may run side by
+    /// side, and keeps it for the next call. For a candidate (`Step::Swap`)
+    /// this is its proof: if it does not start it is refused and the pool
+    /// stays as it was (the permits taken are given back on return).
+    async fn resize(&self, version: Arc<Version<P>>, step: Step) -> Result<()> {
         let _one = self.pool.sizing.lock().await;
         let old = {
             let sized = self.pool.sized.lock().unwrap();
-            if sized.version.as_ref().is_some_and(|v| v.generation >= version.generation) {
+            let done = match step {
+                Step::First => sized.version.as_ref().is_some_and(|v| v.generation >= version.generation),
+                // Swapped in or refused by the call that held the lock before.
+                Step::Swap => !self.guest.candidate().is_some_and(|c| Arc::ptr_eq(&c, &version)),
+            };
+            if done {
                 return Ok(());
             }
             sized.size
@@ -163,12 +180,25 @@ impl<P: SyncWorld> Persistent<P> {
             0 => None,
             n => Some(self.pool.permits.clone().acquire_many_owned(n as u32).await.map_err(|_| closed())?),
         };
-        let asked = self
-            .on_blocking_pool_kept("max-instances", version.clone(), None, |store, instance| {
-                P::max_instances(instance, store)
-            })
-            .await?;
-        let (declared, instance) = asked;
+        let started = match step {
+            Step::First => self.start(version.clone()).await?,
+            Step::Swap => {
+                // A place under the instance bound is the host's to give:
+                // not finding one says nothing of the candidate, which waits
+                // for a later call; the old version serves this one.
+                let Ok(place) = self.guest.place("max-instances").await else { return Ok(()) };
+                match self.start_in(place, version.clone()).await {
+                    Ok(started) if self.guest.accept(&version) => started,
+                    // A newer candidate replaced it meanwhile: the next call starts that one.
+                    Ok(_) => return Ok(()),
+                    Err(why) => {
+                        self.guest.reject(&version, &why);
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let (declared, instance) = started;
         let limit = self.guest.runtime.settings().max_instances_per_guest.max(1);
         let wanted = self.guest.spec.instances.unwrap_or(declared as usize);
         let size = wanted.clamp(1, limit);
@@ -187,6 +217,18 @@ impl<P: SyncWorld> Persistent<P> {
         }
         self.pool.permits.add_permits(size);
         Ok(())
+    }
+
+    /// Starts a fresh instance of `version`: instantiates it and asks its
+    /// `max-instances`, under the call deadlines.
+    async fn start(&self, version: Arc<Version<P>>) -> Result<(u32, Option<Instance<P>>)> {
+        let place = self.guest.place("max-instances").await?;
+        self.start_in(place, version).await
+    }
+
+    async fn start_in(&self, place: Place, version: Arc<Version<P>>) -> Result<(u32, Option<Instance<P>>)> {
+        self.in_place(place, "max-instances", version, None, |store, instance| P::max_instances(instance, store))
+            .await
     }
 
     /// Runs one call on the blocking pool, within its deadline, and puts
@@ -219,8 +261,20 @@ impl<P: SyncWorld> Persistent<P> {
         kept: Option<Instance<P>>,
         f: impl FnOnce(&mut Store<Ctx>, &P::Instance) -> wasmtime::Result<T> + Send + 'static,
     ) -> Result<(T, Option<Instance<P>>)> {
+        let place = self.guest.place(op).await?;
+        self.in_place(place, op, version, kept, f).await
+    }
+
+    /// One call on the blocking pool in a place already taken.
+    async fn in_place<T: Send + 'static>(
+        &self,
+        place: Place,
+        op: &'static str,
+        version: Arc<Version<P>>,
+        kept: Option<Instance<P>>,
+        f: impl FnOnce(&mut Store<Ctx>, &P::Instance) -> wasmtime::Result<T> + Send + 'static,
+    ) -> Result<(T, Option<Instance<P>>)> {
         let guest = &self.guest;
-        let place = guest.place(op).await?;
         // Instantiating gets a deadline of its own, as the call does.
         let steps = if kept.is_some() { 1 } else { 2 };
         let budget = guest.spec.call_timeout.saturating_mul(steps) + ABANDON_AFTER;
@@ -236,6 +290,14 @@ impl<P: SyncWorld> Persistent<P> {
             }
         }
     }
+}
+
+/// Why the pool is sized: for the guest's first version (a failure to
+/// start fails the call), or for a candidate (a failure refuses it).
+#[derive(Clone, Copy)]
+enum Step {
+    First,
+    Swap,
 }
 
 fn closed() -> Error {

@@ -7,6 +7,11 @@
 //! refuses, the old version serving on). Every call must succeed, the subscriber must receive
 //! every acknowledged event exactly once and in order per record, and
 //! `wasm_guest_loads_total{outcome="swapped"}` must count each swap.
+//!
+//! A replacement that loads and links but never starts (the test guest
+//! `trap_start_storage` traps in `max-instances`, the call the host makes on
+//! a fresh instance) is refused while the old version serves every call,
+//! and a good file after it is swapped in.
 
 use crate::procs::Gateway;
 use crate::wasm_support::{cache_dir, guest};
@@ -311,4 +316,100 @@ async fn providers_swap_under_load_without_a_failed_call_or_a_lost_event() {
     // lost, e.g. across a channel swap).
     let swept = metric(&ops, "stategate_hub_sweep_deliveries_total").await;
     eprintln!("{} writes acknowledged and delivered once each across 4 swaps; {swept} came from the sweep", acked.len());
+}
+
+/// One acknowledged write of `key` and a read of it showing that write;
+/// panics naming `when` if either call fails.
+async fn write_and_read(client: &mut StateServiceClient<tonic::transport::Channel>, domain: &str, key: &str, n: usize, when: &str) -> i64 {
+    let set = client.set(state(domain, "t", key, json!({"n": n}))).await;
+    let ev = set.unwrap_or_else(|status| panic!("{when}: set {key} failed: {status:?}")).into_inner();
+    let got = client.get(state_ref(domain, "t", key)).await;
+    let got = got.unwrap_or_else(|status| panic!("{when}: get {key} failed: {status:?}")).into_inner();
+    assert_eq!(got.version, ev.version, "{when}: get {key} does not show the write just acknowledged");
+    ev.version
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_that_fails_to_start_is_refused_and_the_old_version_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fs_storage.wasm");
+    let good = std::fs::read(guest("fs_storage")).unwrap();
+    let broken = std::fs::read(guest("trap_start_storage")).unwrap();
+    std::fs::write(&file, &good).unwrap();
+    let storage = json!({"name": "wasm", "path": file, "grants": {"dir": dir.path().join("store")}});
+    let cache = cache_dir().display().to_string();
+    let gw = Gateway::spawn_with(
+        dir.path(),
+        &storage.to_string(),
+        r#"{"name":"memory"}"#,
+        &[
+            ("STATEGATE_WASM_RELOAD_MS", "50"),
+            ("STATEGATE_WASM_CACHE_DIR", &cache),
+            // Hang guards, not timings: a loaded machine must not fail a call by its time limit.
+            ("STATEGATE_WASM_CALL_TIMEOUT_MS", "30000"),
+        ],
+    )
+    .await;
+    let ops = gw.ops_url();
+    let domain = unique("refuse");
+    let mut client = StateServiceClient::new(gw.channel().await);
+    // What was acknowledged, by key: the version each record must still show.
+    let mut acked: HashMap<String, i64> = HashMap::new();
+    let mut n = 0usize;
+    for key in ["a", "b"] {
+        acked.insert(key.into(), write_and_read(&mut client, &domain, key, n, "before any swap").await);
+        n += 1;
+    }
+    let swaps = metric(&ops, &swaps_of("fs_storage")).await;
+    assert_eq!(swaps, 0);
+
+    // Twice a component that loads, links and traps on start (the second a
+    // different file, so the refusal of the first does not stand for it):
+    // each is refused on a call after the watcher loaded it, and every call
+    // meanwhile is served by the first version.
+    for attempt in 1..=2u64 {
+        let tmp = file.with_extension("wasm.tmp");
+        std::fs::write(&tmp, variant(&broken, &format!("broken-{attempt}"))).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        let until = Instant::now() + PATIENCE;
+        while metric(&ops, &loads_of("fs_storage", "refused")).await < attempt {
+            assert!(Instant::now() < until, "broken replacement {attempt} was never refused");
+            let key = format!("during-{attempt}-{}", n % 3);
+            let when = format!("while broken replacement {attempt} was waiting");
+            acked.insert(key.clone(), write_and_read(&mut client, &domain, &key, n, &when).await);
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let when = format!("after broken replacement {attempt} was refused");
+        for key in ["a", "b", "c"] {
+            acked.insert(key.into(), write_and_read(&mut client, &domain, key, n, &when).await);
+            n += 1;
+        }
+        assert_eq!(metric(&ops, &loads_of("fs_storage", "refused")).await, attempt, "each broken file is refused once");
+        assert_eq!(metric(&ops, &swaps_of("fs_storage")).await, 0, "a broken replacement is never counted as swapped");
+    }
+    let log = std::fs::read_to_string(dir.path().join(format!("gateway-{}.log", gw.port))).unwrap();
+    let refusal = log.lines().find(|l| l.contains("reload refused")).unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
+    assert!(refusal.contains(&file.display().to_string()), "the refusal names the file: {refusal}");
+    assert!(refusal.contains("did not start") && refusal.contains("max-instances"), "the refusal says why: {refusal}");
+
+    // A good file after them is swapped in, and serves what was acknowledged.
+    let tmp = file.with_extension("wasm.tmp");
+    std::fs::write(&tmp, variant(&good, "good-again")).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let until = Instant::now() + PATIENCE;
+    while metric(&ops, &swaps_of("fs_storage")).await < 1 {
+        assert!(Instant::now() < until, "the good replacement was never swapped in");
+        write_and_read(&mut client, &domain, "after", n, "while the good replacement was waiting").await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (key, version) in &acked {
+        let got = client.get(state_ref(&domain, "t", key)).await.unwrap_or_else(|s| panic!("get {key} after the swap: {s:?}"));
+        let got = got.into_inner().version;
+        assert_eq!(got, *version, "{key}: the last acknowledged write is what a read shows after the swap");
+    }
+    write_and_read(&mut client, &domain, "a", n, "after the good replacement was swapped in").await;
+    assert_eq!(metric(&ops, &swaps_of("fs_storage")).await, 1);
+    assert_eq!(metric(&ops, &loads_of("fs_storage", "refused")).await, 2);
 }

@@ -1,7 +1,8 @@
 //! Policy hooks: the Rust tenant-isolation, redaction and webhook hooks, the
 //! Python read-only policy and the JavaScript schema policy decide as
 //! written; hot reload swaps a hook while
-//! a client keeps calling (no call fails) and refuses broken replacements.
+//! a client keeps calling (no call fails) and refuses broken replacements,
+//! among them one that loads but does not instantiate.
 
 use crate::harness::TestGateway;
 use crate::wasm_support::{auth_service, cache_dir, guest, runtime};
@@ -183,6 +184,71 @@ async fn hot_reload_while_calling() {
     for _ in 0..5 {
         assert!(get(client.clone()).await);
     }
+    gw.stop().await;
+}
+
+async fn swapped(gw: &TestGateway) -> u64 {
+    let text = crate::harness::http().get(format!("{}/metrics", gw.ops_url())).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find(|l| l.contains("wasm_guest_loads_total") && l.contains("outcome=\"swapped\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A replacement hook that compiles and links but whose instance cannot
+/// start (the test guest big_start needs 64 MiB of initial memory; the hook
+/// may have 16) is refused on the call that tries it, and that call and
+/// every other one are served by the old version; a good file after it is
+/// swapped in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_hook_that_does_not_instantiate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("hook.wasm");
+    std::fs::copy(guest("redact"), &hook).unwrap();
+    // The old version redacts `secret`; misbehave (mode allow) lets it through.
+    let hooks = json!({"*": {"path": hook, "config": {"fields": "secret", "mode": "allow"}, "limits": {"memory_mb": 16}}});
+    let gw = TestGateway::start_with(|c| {
+        c.auth.policy_hooks = Some(hooks.to_string());
+        c.wasm_cache_dir = Some(cache_dir());
+        c.wasm_reload_ms = 50;
+    })
+    .await;
+    let mut client = gw.state_client().await;
+    client.set(state("k", json!({"a": 1, "secret": "s"}))).await.unwrap();
+    // Whether the answer shows `secret`, i.e. whether misbehave served it.
+    let get = |mut c: stategate::proto::state_service_client::StateServiceClient<tonic::transport::Channel>| async move {
+        let s = c
+            .get(StateRef { domain: "d".into(), r#type: "t".into(), key: "k".into(), ..Default::default() })
+            .await
+            .expect("no call fails for a replacement")
+            .into_inner();
+        let v = stategate::api::convert::struct_to_json("values", s.values.unwrap()).unwrap();
+        assert_eq!(v["a"], 1);
+        v.contains_key("secret")
+    };
+    assert!(!get(client.clone()).await, "the first version redacts");
+    let (refused_before, swapped_before) = (refused(&gw).await, swapped(&gw).await);
+
+    replace(&hook, &std::fs::read(guest("big_start")).unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while refused(&gw).await < refused_before + 1 {
+        let (a, b) = tokio::join!(get(client.clone()), get(client.clone()));
+        assert!(!a && !b, "the first version serves while the replacement waits");
+        assert!(std::time::Instant::now() < deadline, "the replacement that does not instantiate is never refused");
+    }
+    for _ in 0..5 {
+        assert!(!get(client.clone()).await, "the first version serves after the refusal");
+    }
+    assert_eq!(refused(&gw).await, refused_before + 1, "refused once");
+    assert_eq!(swapped(&gw).await, swapped_before, "never counted as swapped");
+
+    replace(&hook, &std::fs::read(guest("misbehave")).unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !get(client.clone()).await {
+        assert!(std::time::Instant::now() < deadline, "the good replacement is never swapped in");
+    }
+    assert!(get(client.clone()).await, "the good replacement serves");
+    assert_eq!(swapped(&gw).await, swapped_before + 1);
     gw.stop().await;
 }
 
