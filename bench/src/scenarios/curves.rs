@@ -178,15 +178,16 @@ fn curve_row(scenario: String, clients: usize, m: &Measured, note: &str) -> Row 
     }
 }
 
-/// A line chart of (x, series, y) points: x on a log scale, one line per
-/// series, y from 0.
+/// A line chart of (x, series, y) points, both axes on a log scale (costs
+/// span several orders of magnitude), one line per series.
 fn svg(title: &str, points: &[(usize, &str, f64)]) -> String {
     let (w, h, left, right, top, bottom) = (720.0, 420.0, 70.0, 170.0, 40.0, 50.0);
     let xs: Vec<f64> = points.iter().map(|p| (p.0.max(1) as f64).log10()).collect();
     let (x0, x1) = (xs.iter().cloned().fold(f64::INFINITY, f64::min), xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max));
-    let y1 = points.iter().map(|p| p.2).fold(0.0, f64::max).max(1.0) * 1.1;
+    // y: decades from 1 to the first power of ten above the largest value.
+    let decades = points.iter().map(|p| p.2.max(1.0).log10()).fold(0.0, f64::max).floor() as i32 + 1;
     let px = |x: f64| left + if x1 > x0 { (x - x0) / (x1 - x0) } else { 0.5 } * (w - left - right);
-    let py = |y: f64| top + (1.0 - y / y1) * (h - top - bottom);
+    let py = |y: f64| top + (1.0 - y.max(1.0).log10() / decades as f64) * (h - top - bottom);
     let colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"];
     let mut series: Vec<&str> = Vec::new();
     for p in points {
@@ -198,8 +199,8 @@ fn svg(title: &str, points: &[(usize, &str, f64)]) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/><text x="{left}" y="22" font-size="14">{}</text>"#,
         escape(title)
     );
-    for i in 0..=4 {
-        let y = y1 * i as f64 / 4.0;
+    for i in 0..=decades {
+        let y = 10f64.powi(i);
         out += &format!(
             r##"<line x1="{left}" x2="{}" y1="{py:.1}" y2="{py:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{y:.0}</text>"##,
             w - right,
