@@ -338,25 +338,36 @@ impl StreamTask {
             return Ok(());
         }
 
-        if !self.gateway.inspects_responses() {
-            return self.tx.send(Ok(event.resuming_after(resume))).await.map_err(|_| Stop::ClientGone);
-        }
-        // The event's JSON is shared by every subscriber, and a Rego policy
-        // is given only the parts it reads (`auth::input_scan`): what one
-        // more subscriber costs does not grow with the event's size.
-        let body = event.json();
-        let mut input = self.input.clone();
-        input.body = body.clone();
-        input.response = Some(body);
-        let event = match self.gateway.authorize_response(&mut input, &event.record.domain).await {
-            Ok(None) => event,
-            Ok(Some(redacted)) => SharedEvent::new(json::parse_event(&redacted).map_err(Stop::Failed)?),
-            Err(e @ Error::PermissionDenied { .. }) => {
-                tracing::debug!(event = %event.id, reason = %e, "response policy withheld a stream event");
-                return Ok(());
-            }
-            Err(e) => return Err(Stop::Failed(e)),
+        let Some(event) = self.gateway.authorize_event(&self.input, event).await.map_err(Stop::Failed)? else {
+            return Ok(());
         };
         self.tx.send(Ok(event.resuming_after(resume))).await.map_err(|_| Stop::ClientGone)
+    }
+}
+
+impl Gateway {
+    /// An event as the caller's response authorization lets it through:
+    /// as it is, redacted, or `None` when withheld. Streams and consumer
+    /// group members deliver through it. The event's JSON is shared by
+    /// every subscriber, and a Rego policy is given only the parts it reads
+    /// (`auth::input_scan`): what one more subscriber costs does not grow
+    /// with the event's size.
+    pub(crate) async fn authorize_event(&self, input: &PolicyInput, event: SharedEvent) -> Result<Option<SharedEvent>> {
+        if !self.inspects_responses() {
+            return Ok(Some(event));
+        }
+        let body = event.json();
+        let mut input = input.clone();
+        input.body = body.clone();
+        input.response = Some(body);
+        match self.authorize_response(&mut input, &event.record.domain).await {
+            Ok(None) => Ok(Some(event)),
+            Ok(Some(redacted)) => Ok(Some(SharedEvent::new(json::parse_event(&redacted)?))),
+            Err(e @ Error::PermissionDenied { .. }) => {
+                tracing::debug!(event = %event.id, reason = %e, "response policy withheld an event");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 }

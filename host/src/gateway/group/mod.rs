@@ -33,7 +33,7 @@ pub mod state;
 use super::{Gateway, methods};
 use crate::auth::{Metadata, PolicyInput};
 use crate::hub::{SharedEvent, SharedFilter};
-use crate::model::{Error, Event, FeedQuery, Result, Topic, json, validate_name};
+use crate::model::{Error, Event, FeedQuery, Result, Topic, validate_name};
 use crate::storage::{DynStorage, FEED_PAGE};
 use state::{Candidate, GroupSpec, GroupState};
 use std::collections::HashMap;
@@ -593,31 +593,17 @@ impl Member {
     /// the policy withholds from this member is handed back (nack) for
     /// another member.
     async fn send(&self, event: Event) -> Result<()> {
-        let event = SharedEvent::new(event);
-        let gone = || Error::unavailable("the member's stream ended");
-        if !self.gateway.inspects_responses() {
-            return self.tx.send(Ok(event)).await.map_err(|_| gone());
-        }
-        let body = event.json();
-        let mut input = self.input.clone();
-        input.body = body.clone();
-        input.response = Some(body);
-        let event = match self.gateway.authorize_response(&mut input, &event.record.domain).await {
-            Ok(None) => event,
-            Ok(Some(redacted)) => SharedEvent::new(json::parse_event(&redacted)?),
-            Err(Error::PermissionDenied { .. }) => {
-                let id = event.id.clone();
-                let now = now_ms();
-                let _turn = self.local.turn.lock().await;
-                update(&self.gateway.storage, &self.name, |s| {
-                    let out = s.ack(std::slice::from_ref(&id), true, now);
-                    ((), !out.applied.is_empty())
-                })
-                .await?;
-                return Ok(());
-            }
-            Err(e) => return Err(e),
+        let id = event.id.clone();
+        let Some(event) = self.gateway.authorize_event(&self.input, SharedEvent::new(event)).await? else {
+            let now = now_ms();
+            let _turn = self.local.turn.lock().await;
+            update(&self.gateway.storage, &self.name, |s| {
+                let out = s.ack(std::slice::from_ref(&id), true, now);
+                ((), !out.applied.is_empty())
+            })
+            .await?;
+            return Ok(());
         };
-        self.tx.send(Ok(event)).await.map_err(|_| gone())
+        self.tx.send(Ok(event)).await.map_err(|_| Error::unavailable("the member's stream ended"))
     }
 }
