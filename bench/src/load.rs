@@ -190,6 +190,12 @@ async fn call(cl: &mut Clients, op: Op, records: usize, client: usize, i: u64, r
 /// Opens `n` streams of `bench/<ty>`, STREAMS_PER_CONNECTION per connection;
 /// returns once every one has its response headers (is subscribed).
 pub async fn open_streams(addr: SocketAddr, n: usize, ty: &str) -> Result<Vec<tonic::Streaming<pb::Event>>> {
+    open_filtered_streams(addr, n, ty, 0).await
+}
+
+/// The same, stream `i` filtered to `group` = `g{i % filters}` (one of the
+/// values the writers' `values_1k` cycle through) when `filters` > 0.
+pub async fn open_filtered_streams(addr: SocketAddr, n: usize, ty: &str, filters: usize) -> Result<Vec<tonic::Streaming<pb::Event>>> {
     let mut conns = Vec::new();
     for _ in 0..n.div_ceil(STREAMS_PER_CONNECTION) {
         conns.push(Clients::new(connect(addr).await?));
@@ -202,6 +208,7 @@ pub async fn open_streams(addr: SocketAddr, n: usize, ty: &str) -> Result<Vec<to
                 .stream(pb::StreamOpts {
                     domain: DOMAIN.into(),
                     r#type: ty,
+                    query_string: if filters > 0 { format!(r#"{{"group":"g{}"}}"#, i % filters) } else { String::new() },
                     ..Default::default()
                 })
                 .await

@@ -72,9 +72,9 @@ impl Bench {
         }
         let rate = (self.args.fanout_deliveries / subs as f64).max(1.0);
         reset_peak();
-        let x = self.fanout(started[0].addr, started[1].addr, subs, rate).await?;
+        let x = self.fanout(started[0].addr, started[1].addr, subs, rate, 0).await?;
         let (peak, anon) = (rss_mib().1, anon_rss_mib());
-        let one = self.fanout(self.gateway_addr, self.gateway_addr, subs, rate).await?;
+        let one = self.fanout(self.gateway_addr, self.gateway_addr, subs, rate, 0).await?;
         for g in started {
             self.server_rt.spawn(g.shutdown()).await?;
         }

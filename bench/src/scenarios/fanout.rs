@@ -3,10 +3,10 @@
 //! fan-out measurement the cross-instance scenarios reuse.
 
 use crate::bench::Bench;
-use crate::load::{Clients, connect, open_streams};
+use crate::load::{Clients, connect, open_filtered_streams};
 use crate::measure::{Measured, anon_rss_mib, histogram, now_us, process_cpu_secs, reset_peak, rss_mib};
 use crate::report::Row;
-use crate::requests::{DOMAIN, values_1k};
+use crate::requests::{DOMAIN, GROUPS, values_1k};
 use anyhow::Result;
 use prost_types::value::Kind;
 use stategate::proto as pb;
@@ -21,9 +21,9 @@ impl Bench {
         for &subs in &self.args.subscribers.clone() {
             let rate = (self.args.fanout_deliveries / subs as f64).max(1.0);
             reset_peak();
-            let g = self.fanout(self.gateway_addr, self.gateway_addr, subs, rate).await?;
+            let g = self.fanout(self.gateway_addr, self.gateway_addr, subs, rate, 0).await?;
             let (peak, anon) = (rss_mib().1, anon_rss_mib());
-            let b = self.fanout(self.bare_addr, self.bare_addr, subs, rate).await?;
+            let b = self.fanout(self.bare_addr, self.bare_addr, subs, rate, 0).await?;
             let target = (subs >= 1000).then_some(50.0);
             rows.push(Row {
                 scenario: "fanout".into(),
@@ -51,7 +51,43 @@ impl Bench {
                 ..Row::default()
             });
         }
+        rows.push(self.filtered_fanout().await?);
         Ok(rows)
+    }
+
+    /// 1,000 subscribers over 10 distinct filters (`group` = one of the 10
+    /// values the writes cycle through: each write reaches 100 of them)
+    /// against 1,000 unfiltered subscribers, at the same deliveries per
+    /// second: the filtered row's CPU per delivery shows what filtering
+    /// costs when each distinct filter is evaluated once per event.
+    async fn filtered_fanout(&self) -> Result<Row> {
+        let (subs, filters) = (1000, GROUPS);
+        let deliveries = self.args.fanout_deliveries;
+        let plain = self.fanout(self.gateway_addr, self.gateway_addr, subs, (deliveries / subs as f64).max(1.0), 0).await?;
+        let rate = (deliveries / (subs / filters) as f64).max(1.0);
+        let f = self.fanout(self.gateway_addr, self.gateway_addr, subs, rate, filters).await?;
+        Ok(Row {
+            scenario: "fanout-filtered".into(),
+            clients: Some(subs),
+            ops_per_sec: Some(f.ops_per_sec()),
+            p50_ms: Some(f.p(0.5)),
+            p99_ms: Some(f.p(0.99)),
+            ceiling_ops_per_sec: Some(plain.ops_per_sec()),
+            ceiling_p50_ms: Some(plain.p(0.5)),
+            ceiling_p99_ms: Some(plain.p(0.99)),
+            ratio: Some(f.cpu_us_per_op() / plain.cpu_us_per_op()),
+            cpu_us_per_op: Some(f.cpu_us_per_op()),
+            ceiling_cpu_us_per_op: Some(plain.cpu_us_per_op()),
+            errors: f.errors + plain.errors,
+            note: format!(
+                "{subs} subscribers over {filters} distinct query_string filters, {rate:.0} writes/s (each reaching {} subscribers); \
+                 \"ceiling\" = {subs} unfiltered subscribers at the same deliveries/s on the same gateway; ratio = CPU per delivery \
+                 filtered / unfiltered (1: filtering costs nothing per delivery){}",
+                subs / filters,
+                f.first_error.or(plain.first_error).map(|e| format!("; {e}")).unwrap_or_default()
+            ),
+            ..Row::default()
+        })
     }
 
     /// Opens `subs` streams of one topic, writes at `rate`/s for the
@@ -59,9 +95,10 @@ impl Bench {
     /// delivery of a write made after the warm-up, from the start of its
     /// write call. `errors` counts events not delivered.
     /// The writer writes to `addr`, the subscribers read from `sub_addr`.
-    pub(super) async fn fanout(&self, addr: SocketAddr, sub_addr: SocketAddr, subs: usize, rate: f64) -> Result<Measured> {
+    /// With `filters` > 0, stream `i` admits only `group` = `g{i % filters}`.
+    pub(super) async fn fanout(&self, addr: SocketAddr, sub_addr: SocketAddr, subs: usize, rate: f64, filters: usize) -> Result<Measured> {
         let ty = format!("fan{}", uuid::Uuid::new_v4().simple());
-        let streams = open_streams(sub_addr, subs, &ty).await?;
+        let streams = open_filtered_streams(sub_addr, subs, &ty, filters).await?;
         let epoch = self.epoch;
         let delivered = Arc::new(AtomicU64::new(0));
         // Writes sent before this (µs since the epoch) are the warm-up: they
@@ -133,6 +170,7 @@ impl Bench {
         let mut writes = 0u64;
         let mut write_errors = 0u64;
         let mut write_hist = histogram();
+        let mut expected = 0u64;
         while Instant::now() < end {
             let due = tick.tick().await;
             let sent = due.into_std().saturating_duration_since(epoch).as_micros() as f64;
@@ -150,12 +188,15 @@ impl Bench {
             if sent >= measured_from {
                 let _ = write_hist.record((now_us(epoch) - sent).max(1.0) as u64);
             }
-            writes += 1;
             if r.is_err() {
                 write_errors += 1;
+            } else {
+                // The subscribers this write's group reaches.
+                let group = (writes % GROUPS as u64) as usize;
+                expected += if filters == 0 { subs } else { (0..subs).filter(|i| i % filters == group).count() } as u64;
             }
+            writes += 1;
         }
-        let expected = (writes - write_errors) * subs as u64;
         let drain_until = Instant::now() + Duration::from_secs(10);
         while delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_until {
             tokio::time::sleep(Duration::from_millis(20)).await;
