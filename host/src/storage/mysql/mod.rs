@@ -420,15 +420,7 @@ impl Storage for MysqlStorage {
         }
         // A point read now: gathered with the others waiting into one
         // statement, which also reads the head (`point_reads`).
-        let lookup =
-            Lookup { dt: type_hash(&record.domain, &record.ty), key: record.key.clone(), domain: record.domain.clone(), ty: record.ty.clone() };
-        let (found, seq) = self.points.get(lookup).await?;
-        let value = found
-            .map(|(version, vals)| {
-                Ok::<_, Error>(State { record: record.clone(), version: version as u64, values: parse_values(NAME, &vals)? })
-            })
-            .transpose()?;
-        Ok(AtSeq { value, seq })
+        self.points.get_state(record).await
     }
 
     async fn search_states(&self, q: &StateQuery) -> Result<Vec<State>> {

@@ -321,15 +321,7 @@ impl Storage for PostgresStorage {
             if has_nul(&[&record.domain, &record.ty, &record.key]) {
                 return Ok(AtSeq { value: None, seq: self.head().await? });
             }
-            let lookup =
-                Lookup { dt: type_hash(&record.domain, &record.ty), key: record.key.clone(), domain: record.domain.clone(), ty: record.ty.clone() };
-            let (found, seq) = self.points.get(lookup).await?;
-            let value = found
-                .map(|(version, vals)| {
-                    Ok::<_, Error>(State { record: record.clone(), version: version as u64, values: parse_values(NAME, &vals)? })
-                })
-                .transpose()?;
-            return Ok(AtSeq { value, seq });
+            return self.points.get_state(record).await;
         }
         let seq = at.unwrap_or_default();
         if has_nul(&[&record.domain, &record.ty, &record.key]) {

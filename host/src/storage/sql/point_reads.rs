@@ -20,7 +20,8 @@
 //! connection is dropped, as the pool does with any cancelled call).
 
 use super::pool::Pool;
-use crate::model::{Error, Result};
+use super::{parse_values, type_hash};
+use crate::model::{AtSeq, Error, RecordRef, Result, State};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -91,10 +92,28 @@ impl PointReads {
         PointReads { queue, call_timeout, provider }
     }
 
+    /// A record's live state now, with the head the statement read beside
+    /// it: the lookup made from the record, its JSON parsed on this task.
+    pub async fn get_state(&self, record: &RecordRef) -> Result<AtSeq<Option<State>>> {
+        let lookup = Lookup {
+            dt: type_hash(&record.domain, &record.ty),
+            key: record.key.clone(),
+            domain: record.domain.clone(),
+            ty: record.ty.clone(),
+        };
+        let (found, seq) = self.get(lookup).await?;
+        let value = found
+            .map(|(version, vals)| {
+                Ok::<_, Error>(State { record: record.clone(), version: version as u64, values: parse_values(self.provider, &vals)? })
+            })
+            .transpose()?;
+        Ok(AtSeq { value, seq })
+    }
+
     /// The version and JSON text of the live state `lookup` names, if any,
     /// with the head it was read at; bounded by the call timeout, the wait
     /// in the queue included.
-    pub async fn get(&self, lookup: Lookup) -> Result<Found> {
+    async fn get(&self, lookup: Lookup) -> Result<Found> {
         let (reply, answer) = oneshot::channel();
         let stopped = || Error::unavailable(format!("{}: storage is closed", self.provider));
         self.queue.send((lookup, reply)).map_err(|_| stopped())?;
