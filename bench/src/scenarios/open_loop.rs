@@ -37,6 +37,12 @@ struct Scheduled {
     first_error: Option<String>,
 }
 
+impl Scheduled {
+    fn new(secs: f64) -> Scheduled {
+        Scheduled { sent: 0, ok: 0, errors: 0, secs, cpu_secs: 0.0, hist: histogram(), first_error: None }
+    }
+}
+
 impl Bench {
     pub(super) async fn open_loop(&mut self) -> Result<Vec<Row>> {
         let bin = match gateway_binary(self.args.gateway_bin.as_deref()) {
@@ -114,7 +120,7 @@ async fn scheduled(channels: &[Channel], method: &'static str, rate: f64, warmup
     let start = Instant::now() + Duration::from_millis(50);
     let measure_from = start + Duration::from_secs_f64(warmup);
     let end = measure_from + Duration::from_secs_f64(secs);
-    let out = Arc::new(Mutex::new(Scheduled { sent: 0, ok: 0, errors: 0, secs, cpu_secs: 0.0, hist: histogram(), first_error: None }));
+    let out = Arc::new(Mutex::new(Scheduled::new(secs)));
     let clients: Vec<StateServiceClient<Channel>> = channels.iter().cloned().map(StateServiceClient::new).collect();
     let runtime = tokio::runtime::Handle::current();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -167,15 +173,7 @@ async fn scheduled(channels: &[Channel], method: &'static str, rate: f64, warmup
             let _ = t.await;
         }
     }
-    let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
-    o.cpu_secs = cpu1 - cpu0;
-    Scheduled {
-        sent: o.sent,
-        ok: o.ok,
-        errors: o.errors,
-        secs: o.secs,
-        cpu_secs: o.cpu_secs,
-        hist: std::mem::replace(&mut o.hist, histogram()),
-        first_error: o.first_error.take(),
-    }
+    let mut m = std::mem::replace(&mut *out.lock().unwrap_or_else(|p| p.into_inner()), Scheduled::new(secs));
+    m.cpu_secs = cpu1 - cpu0;
+    m
 }

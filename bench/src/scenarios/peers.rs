@@ -283,56 +283,50 @@ async fn closed_loop(clients: usize, warmup: f64, secs: f64, pid: u32, op: Op) -
 /// A private `redis-server` on a free port, its data dir under `disk`,
 /// fsyncing its append-only file before every reply; and its URL.
 async fn start_redis(disk: &Path) -> Result<(Server, String)> {
-    let dir = tempfile::Builder::new().prefix("stategate-bench-redis").tempdir_in(disk)?;
-    let port = free_port()?;
-    let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("spawning redis-server")?;
-    let server = Server { child, _dir: dir };
+    let (server, port) = spawn_server(disk, "redis-server", |port, dir| {
+        let mut c = Command::new("redis-server");
+        c.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(dir);
+        c
+    })
+    .await?;
     let url = format!("redis://127.0.0.1:{port}/");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(client) = redis::Client::open(url.as_str())
-            && let Ok(mut c) = client.get_multiplexed_async_connection().await
-            && redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
-        {
-            return Ok((server, url));
-        }
-        if Instant::now() > deadline {
-            bail!("redis-server did not answer on {url} within 20 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut c = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
+    redis::cmd("PING").query_async::<String>(&mut c).await.with_context(|| format!("redis-server on {url} does not answer PING"))?;
+    Ok((server, url))
 }
 
 /// A private `nats-server` with JetStream (file storage under `disk`) on a
-/// free port; and its URL.
+/// free port; and its URL. Listening is enough: JetStream is up before the
+/// client port opens.
 async fn start_nats(disk: &Path) -> Result<(Server, String)> {
-    let dir = tempfile::Builder::new().prefix("stategate-bench-nats").tempdir_in(disk)?;
+    let (server, port) = spawn_server(disk, "nats-server", |port, dir| {
+        let mut c = Command::new("nats-server");
+        c.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]).arg(dir);
+        c
+    })
+    .await?;
+    Ok((server, format!("nats://127.0.0.1:{port}")))
+}
+
+/// Spawns the server `command` builds for a free port and a fresh data
+/// directory under `disk`, and waits (up to 20 s) until it listens.
+async fn spawn_server(disk: &Path, program: &str, command: impl FnOnce(u16, &Path) -> Command) -> Result<(Server, u16)> {
+    let dir = tempfile::Builder::new().prefix(&format!("stategate-bench-{program}")).tempdir_in(disk)?;
     let port = free_port()?;
-    let child = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(dir.path())
+    let child = command(port, dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .context("spawning nats-server")?;
+        .with_context(|| format!("spawning {program}"))?;
     let server = Server { child, _dir: dir };
-    let url = format!("nats://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        // Listening is enough: JetStream is up before the client port opens.
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return Ok((server, url));
-        }
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
         if Instant::now() > deadline {
-            bail!("nats-server did not answer on {url} within 20 s");
+            bail!("{program} did not listen on 127.0.0.1:{port} within 20 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok((server, port))
 }
