@@ -94,6 +94,9 @@ pub struct Args {
     /// Client counts of the `wasm-provider`, `wasm-channel` and `wasm-pool` scenarios.
     #[arg(long, value_delimiter = ',', default_value = "16,64")]
     pub wasm_clients: Vec<usize>,
+    /// Record counts of the `search-index` scenario (one store each).
+    #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
+    pub search_index_records: Vec<usize>,
     /// Record counts of the `wasm-search` scenario (one store each).
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     pub wasm_search_records: Vec<usize>,

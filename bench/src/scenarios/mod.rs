@@ -11,6 +11,7 @@ mod fanout;
 mod idle_streams;
 mod open_loop;
 mod peers;
+mod search_index;
 mod sql;
 mod sql_bare;
 mod unary;
@@ -100,6 +101,7 @@ fn table() -> Vec<Scenario> {
         Scenario { name: "set", what: "StateService/Set, 1 KiB values, a new key per call", run: Some(|b| Box::pin(b.unary(Op::Set))) },
         Scenario { name: "get", what: "StateService/Get of a random seeded record (1 KiB)", run: Some(|b| Box::pin(b.unary(Op::Get))) },
         Scenario { name: "search", what: "StateService/Search over the seeded records, equality filter, limit 10", run: Some(|b| Box::pin(b.unary(Op::Search))) },
+        Scenario { name: "search-index", what: "selective, non-selective and sorted state Search on embedded sqlite (on disk) with indexes on the fields they name relative to without, at --search-index-records records (default 1k, 100k, 1M)", run: Some(|b| Box::pin(b.search_index())) },
         Scenario { name: "event-search", what: "EventService/Search over the seeded events, equality filter, limit 10", run: Some(|b| Box::pin(b.unary(Op::EventSearch))) },
         Scenario { name: "fanout", what: "one writer, N Stream subscribers of its topic", run: Some(|b| Box::pin(b.fanout_all())) },
         Scenario { name: "consumer-group", what: "a consumer group draining a backlog with 1, 4 and 16 members (one Ack per event), and nack-to-redelivery latency", run: Some(|b| Box::pin(b.consumer_group())) },

@@ -232,6 +232,9 @@ impl StorageSpec {
             c.client_certificate()
                 .map_err(|e| Error::invalid("STATEGATE_STORAGE_PROVIDER", format!("mongo: {e}")))?;
         }
+        if let StorageSpec::Sqlite(c) = &spec {
+            c.validate()?;
+        }
         Ok(spec)
     }
 

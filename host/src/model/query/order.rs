@@ -136,6 +136,31 @@ impl Sort {
         }))
     }
 
+    /// For candidates arriving in a store's order of this sort's field (a
+    /// top-level one): its kind rank as here, then the value as the store
+    /// compares it, then the key, each in the sort's direction (the sqlite
+    /// field index, `storage/sqlite/field_index.rs`): whether `current`,
+    /// and so every candidate after it, sorts after `worst`. Within one
+    /// kind the store's order is this one's, except for objects and arrays
+    /// (the store orders their JSON text, perhaps otherwise) and integers
+    /// beyond i64 (rounded): there only a change of kind decides.
+    pub fn sorted_past(&self, worst: &Values, current: &Values) -> bool {
+        let (w, c) = (lookup(worst, &self.path), lookup(current, &self.path));
+        let (rw, rc) = (kind_rank(w), kind_rank(c));
+        let exact = |v: Option<&Value>| match v {
+            Some(Value::Object(_) | Value::Array(_)) => false,
+            Some(Value::Number(n)) => n.as_i64().is_some() || n.is_f64(),
+            _ => true,
+        };
+        let after = if self.descending { Ordering::Less } else { Ordering::Greater };
+        if rc != rw {
+            return rc.cmp(&rw) == after;
+        }
+        // Same kind, same store value: ties come by key, in the sort's
+        // direction, so `current` is after `worst`.
+        exact(w) && exact(c) && compare_values(c, w) != after.reverse()
+    }
+
     /// Compares two (key, values) pairs in this order.
     pub fn compare(&self, a: (&str, &Values), b: (&str, &Values)) -> Ordering {
         let by_field = compare_values(lookup(a.1, &self.path), lookup(b.1, &self.path));

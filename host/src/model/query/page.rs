@@ -140,6 +140,16 @@ impl<'q, Q: Select, T: Borrow<Q::Item>> Page<'q, Q, T> {
         self.capacity == 0 || (self.arrival == Arrival::InOrder && self.kept.len() == self.capacity)
     }
 
+    /// The last item of the page as chosen so far, once the page holds
+    /// as many as it can: a later candidate enters only if it sorts before
+    /// this one.
+    pub fn worst(&self) -> Option<&T> {
+        if self.kept.len() < self.capacity {
+            return None;
+        }
+        self.kept.peek().map(|r| &r.item)
+    }
+
     /// How many candidates the page holds now.
     pub fn held(&self) -> usize {
         self.kept.len()

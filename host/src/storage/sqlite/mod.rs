@@ -26,22 +26,22 @@
 //! thread share the connection setup and the row codecs, and each is only
 //! correct together with the others (the WAL and checkpoint rules above).
 
+mod field_index;
+mod pushdown;
+
 use super::{FEED_PAGE, GroupDoc, Storage, conflict, group_conflict, idempotency_mismatch};
 use crate::model::{
-    AtSeq, Appended, AppendRequest, Arrival, CatalogEntry, Change, Error, Event, EventKind, EventQuery, FeedQuery, Filter, RecordRef,
-    Result, Select, State, StateQuery, Values,
-    query::Op,
+    AtSeq, Appended, AppendRequest, Arrival, CatalogEntry, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result,
+    Select, State, StateQuery, Values,
 };
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, params_from_iter, types::Value as SqlValue};
-use serde_json::Value;
+use field_index::FieldIndexes;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, StatementStatus, params, params_from_iter, types::Value as SqlValue};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
-/// Most equality conditions of one filter pushed down into SQL (the rest are
-/// checked in Rust only).
-const MAX_PUSHDOWN: usize = 32;
 /// Most appends committed in one transaction.
 const MAX_BATCH: usize = 512;
 /// Read connections per core (reads block on I/O now and then).
@@ -116,17 +116,44 @@ struct Job {
     reply: oneshot::Sender<Result<Appended>>,
 }
 
+/// What the writer thread does: appends (batched), or an index to build
+/// between two batches (`field_index.rs`).
+enum Work {
+    Append(Job),
+    Index(String),
+}
+
 /// `{"name":"sqlite","path":"data/stategate.db"}`; without `path` the file
-/// is `stategate.db` in `STATEGATE_DATA_DIR`.
+/// is `stategate.db` in `STATEGATE_DATA_DIR`. `index_fields` names fields
+/// of the values to index at start; `auto_index: false` stops indexing the
+/// fields searches name often (`field_index.rs`).
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqliteConfig {
     pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub index_fields: Vec<String>,
+    pub auto_index: Option<bool>,
 }
 
 impl SqliteConfig {
     pub fn build(&self, data_dir: &Path) -> Result<SqliteStorage> {
-        SqliteStorage::open(self.file(data_dir))
+        self.validate()?;
+        SqliteStorage::open_with(self.file(data_dir), self)
+    }
+
+    /// Refuses a field name that cannot be indexed, naming it.
+    pub fn validate(&self) -> Result<()> {
+        match self.index_fields.iter().find(|f| !field_index::indexable(f)) {
+            None => Ok(()),
+            Some(f) => Err(Error::invalid(
+                "STATEGATE_STORAGE_PROVIDER",
+                format!(
+                    "sqlite: index_fields: {f:?} cannot be indexed: a top-level field name of 1 to 64 ASCII letters, \
+                     digits, '_' or '-', not all digits"
+                ),
+            )),
+        }
     }
 
     /// The database file: `path`, else `stategate.db` in the data dir.
@@ -139,7 +166,7 @@ pub struct SqliteStorage {
     path: PathBuf,
     /// This process's claim on the file (`file_lock`), released at close.
     lock: Mutex<Option<Arc<super::file_lock::FileLock>>>,
-    writer: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    writer: Mutex<Option<mpsc::UnboundedSender<Work>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Dropping the sender stops the checkpoint thread.
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
@@ -150,11 +177,19 @@ pub struct SqliteStorage {
     /// each store is one statement, so it needs no place in the append
     /// batches; WAL lets it take turns with the writer (`busy_timeout`).
     groups: Arc<Mutex<Option<Connection>>>,
+    /// Indexes on fields of the values (`field_index.rs`).
+    fields: Arc<FieldIndexes>,
 }
 
 impl SqliteStorage {
-    /// Opens (creating if needed) the database file and its schema.
+    /// Opens (creating if needed) the database file and its schema, with
+    /// the default options.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, &SqliteConfig::default())
+    }
+
+    /// Opens with `config`'s index options (its `path` is not read).
+    pub fn open_with(path: impl AsRef<Path>, config: &SqliteConfig) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -174,6 +209,11 @@ impl SqliteStorage {
         ))
         .map_err(|e| db_error(&e))?;
         conn.execute_batch(SCHEMA).map_err(|e| db_error(&e))?;
+        let fields = Arc::new(FieldIndexes::new(config.auto_index.unwrap_or(true)));
+        fields.load(&conn).map_err(|e| db_error(&e))?;
+        for field in &config.index_fields {
+            fields.create(&conn, field).map_err(|e| db_error(&e))?;
+        }
         // Checkpoints happen on the checkpoint thread, not in commits.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0;").map_err(|e| db_error(&e))?;
         let checkpoint_conn = Connection::open(&path).map_err(|e| db_error(&e))?;
@@ -216,9 +256,10 @@ impl SqliteStorage {
             .map_err(Error::internal)?;
 
         let (tx, rx) = mpsc::unbounded_channel();
+        let writer_fields = fields.clone();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, appended))
+            .spawn(move || writer_loop(conn, rx, appended, &writer_fields))
             .map_err(Error::internal)?;
         Ok(SqliteStorage {
             path,
@@ -231,7 +272,29 @@ impl SqliteStorage {
                 READERS_PER_CORE * std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
             )),
             groups: Arc::new(Mutex::new(None)),
+            fields,
         })
+    }
+
+    /// A state search's page, once it has been counted towards the field
+    /// indexes: an expensive one asks the writer for those that became due.
+    fn noted(&self, searched: Searched) -> Vec<State> {
+        if searched.steps >= field_index::EXPENSIVE_STEPS {
+            self.ask_for_indexes(&searched.named);
+        }
+        searched.states
+    }
+
+    fn ask_for_indexes(&self, fields: &[String]) {
+        let due = self.fields.note_expensive(fields);
+        if due.is_empty() {
+            return;
+        }
+        if let Some(writer) = &*self.writer.lock().unwrap_or_else(|p| p.into_inner()) {
+            for field in due {
+                let _ = writer.send(Work::Index(field));
+            }
+        }
     }
 
     /// Runs `f` on a pooled read connection in the blocking thread pool.
@@ -300,13 +363,33 @@ fn db_error(e: &rusqlite::Error) -> Error {
     Error::unavailable(format!("sqlite: {e}"))
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>, appended: Arc<std::sync::atomic::AtomicU64>) {
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::UnboundedReceiver<Work>,
+    appended: Arc<std::sync::atomic::AtomicU64>,
+    fields: &FieldIndexes,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(job) = rx.blocking_recv() {
+    // Work taken from the queue while filling a batch that is not an append.
+    let mut held = None;
+    while let Some(work) = held.take().or_else(|| rx.blocking_recv()) {
+        let job = match work {
+            Work::Append(job) => job,
+            Work::Index(field) => {
+                if let Err(e) = fields.create(&conn, &field) {
+                    tracing::warn!(field, error = %e, "sqlite: indexing a field failed; searches naming it scan instead");
+                }
+                continue;
+            }
+        };
         batch.push(job);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(Work::Append(job)) => batch.push(job),
+                Ok(other) => {
+                    held = Some(other);
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -520,12 +603,147 @@ fn get_now(c: &Connection, r: RecordRef) -> rusqlite::Result<Option<State>> {
         .map(|found| found.map(|(version, values)| State { record: r, version, values }))
 }
 
-fn search_states_now(c: &Connection, q: &StateQuery) -> rusqlite::Result<Vec<State>> {
-    let mut sql = String::from("SELECT key, version, vals FROM states WHERE domain = ?1 AND type = ?2 AND vals IS NOT NULL");
-    let mut args = vec![SqlValue::Text(q.domain.clone()), SqlValue::Text(q.ty.clone())];
-    pushdown("vals", &q.filter, &mut sql, &mut args);
-    sql.push_str(" ORDER BY key");
-    select_states(c, q, &sql, args)
+/// A state search's page, and what decides the next field index: the
+/// statement's VM steps and the indexable fields the query named.
+struct Searched {
+    states: Vec<State>,
+    steps: i32,
+    named: Vec<String>,
+}
+
+fn search_states_now(c: &Connection, q: &StateQuery, ready: &HashSet<String>) -> rusqlite::Result<Searched> {
+    let choice = choose_index(c, q, ready)?;
+    let StatesNow { sql, args, order, named } = states_now(q, &choice);
+    let (states, steps) = select_states(c, q, &sql, args, order)?;
+    Ok(Searched { states, steps, named })
+}
+
+/// Index entries a filter condition may match for a search to go through
+/// its index rather than read in key (or sort) order until the page fills.
+const SELECTIVE: i64 = 1000;
+/// Most filter conditions probed for one search.
+const MAX_PROBES: usize = 4;
+
+/// How a state search reads the type.
+#[derive(Debug)]
+enum Choice {
+    /// In key order (the primary key).
+    Keys,
+    /// The union of one condition's searches of its field's index.
+    Filter(pushdown::IndexCondition),
+    /// The sort field's index, in the sort's order.
+    Sort(String),
+}
+
+/// Which of the field indexes `ready` a state search goes through, if any.
+/// sqlite's planner knows neither how many rows a condition keeps (no
+/// statistics are gathered) nor that reading stops once the page is full:
+/// left alone it scans the type for a selective condition, and could sort
+/// every match of a common one when the key order fills the page after a
+/// few rows. So the choice is made here, and the statement names its index
+/// (`INDEXED BY`):
+/// - a condition whose index finds fewer than `SELECTIVE` rows (a probe
+///   counts at most that many index entries) → that index;
+/// - else a sort by an indexed field → its index, read in order;
+/// - else, without a sort, the key order, read until the page fills;
+/// - else (a sort no index gives) a condition's index: every match is read
+///   anyway.
+fn choose_index(c: &Connection, q: &StateQuery, ready: &HashSet<String>) -> rusqlite::Result<Choice> {
+    let mut conditions = pushdown::index_conditions(&q.filter, ready);
+    let sort_field = match q.sort.as_ref().map(|s| s.path.as_slice()) {
+        Some([field]) if ready.contains(field) => Some(field.clone()),
+        _ => None,
+    };
+    let by_sort = || sort_field.clone().map_or(Choice::Keys, Choice::Sort);
+    if conditions.is_empty() {
+        return Ok(by_sort());
+    }
+    if q.sort.is_some() && sort_field.is_none() {
+        return Ok(Choice::Filter(conditions.swap_remove(0)));
+    }
+    let mut best: Option<(i64, pushdown::IndexCondition)> = None;
+    for condition in conditions.into_iter().take(MAX_PROBES) {
+        let count = format!("SELECT count(*) FROM ({} LIMIT {SELECTIVE})", union(&condition, "SELECT 1", ""));
+        let args = type_args(q).into_iter().chain(condition.args.iter().cloned());
+        let found: i64 = c.prepare_cached(&count)?.query_row(params_from_iter(args), |r| r.get(0))?;
+        if found < SELECTIVE && best.as_ref().is_none_or(|(least, _)| found < *least) {
+            best = Some((found, condition));
+        }
+    }
+    Ok(best.map_or_else(by_sort, |(_, condition)| Choice::Filter(condition)))
+}
+
+/// `select` over the union of `condition`'s index searches within the
+/// query's type, each with `filters` (more conditions) after it.
+fn union(condition: &pushdown::IndexCondition, select: &str, filters: &str) -> String {
+    let index = field_index::index_name(&condition.field);
+    condition
+        .branches
+        .iter()
+        .map(|branch| {
+            format!(
+                "{select} FROM states INDEXED BY \"{index}\" WHERE domain = ?1 AND type = ?2 AND vals IS NOT NULL \
+                 AND {branch}{filters}"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}
+
+/// `?1` and `?2` of a state search: its domain and type.
+fn type_args(q: &StateQuery) -> Vec<SqlValue> {
+    vec![SqlValue::Text(q.domain.clone()), SqlValue::Text(q.ty.clone())]
+}
+
+/// The statement of a state search now.
+struct StatesNow<'q> {
+    sql: String,
+    args: Vec<SqlValue>,
+    order: Order<'q>,
+    /// The indexable fields the filter's pushed-down conditions or the sort name.
+    named: Vec<String>,
+}
+
+/// The statement of a state search now, read as `choice` says.
+fn states_now<'q>(q: &'q StateQuery, choice: &Choice) -> StatesNow<'q> {
+    const COLUMNS: &str = "SELECT key, version, vals";
+    let mut args = type_args(q);
+    if let Choice::Filter(condition) = choice {
+        args.extend(condition.args.iter().cloned());
+    }
+    // The equality filters, numbered after the index condition's arguments.
+    let mut filters = String::new();
+    let mut named = pushdown::conditions("vals", &q.filter, &mut filters, &mut args);
+    if let Some(sort) = &q.sort
+        && let [field] = sort.path.as_slice()
+        && field_index::indexable(field)
+        && !named.contains(field)
+    {
+        named.push(field.clone());
+    }
+    let (mut sql, by_index) = match (choice, &q.sort) {
+        (Choice::Filter(condition), _) => (union(condition, COLUMNS, &filters), None),
+        (Choice::Sort(field), Some(sort)) => (
+            format!(
+                "{COLUMNS} FROM states INDEXED BY \"{}\" WHERE domain = ?1 AND type = ?2 AND vals IS NOT NULL{filters}",
+                field_index::index_name(field)
+            ),
+            pushdown::order_by(sort).map(|order_by| (sort, order_by)),
+        ),
+        _ => (format!("{COLUMNS} FROM states WHERE domain = ?1 AND type = ?2 AND vals IS NOT NULL{filters}"), None),
+    };
+    let order = match (&q.sort, by_index) {
+        (None, _) => {
+            sql.push_str(" ORDER BY key");
+            Order::ByKey
+        }
+        (Some(_), Some((sort, order_by))) => {
+            sql.push_str(&order_by);
+            Order::ByIndex(sort)
+        }
+        (Some(_), None) => Order::Unordered,
+    };
+    StatesNow { sql, args, order, named }
 }
 
 /// The states of the query's type after event `seq`: every record the type
@@ -539,15 +757,29 @@ fn search_states_past(c: &Connection, q: &StateQuery, seq: u64) -> rusqlite::Res
          WHERE s.domain = ?1 AND s.type = ?2 AND e.vals IS NOT NULL",
     );
     let mut args = vec![SqlValue::Text(q.domain.clone()), SqlValue::Text(q.ty.clone()), SqlValue::Integer(seq as i64)];
-    pushdown("e.vals", &q.filter, &mut sql, &mut args);
+    // The field indexes are on the states of now, not on past events.
+    pushdown::conditions("e.vals", &q.filter, &mut sql, &mut args);
     sql.push_str(" ORDER BY s.key");
-    select_states(c, q, &sql, args)
+    let order = if q.sort.is_some() { Order::Unordered } else { Order::ByKey };
+    Ok(select_states(c, q, &sql, args, order)?.0)
 }
 
-/// Runs a states query whose rows are (key, version, vals) in key order and
-/// picks the page.
-fn select_states(c: &Connection, q: &StateQuery, sql: &str, args: Vec<SqlValue>) -> rusqlite::Result<Vec<State>> {
+/// The order a states statement returns its rows in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Order<'q> {
+    /// By key: the query's own order when it has no sort.
+    ByKey,
+    /// By a field index in the sort's direction (`pushdown::order_by`).
+    ByIndex(&'q crate::model::Sort),
+    /// Not the query's order.
+    Unordered,
+}
+
+/// Runs a states query whose rows are (key, version, vals) and picks the
+/// page; also returns the statement's VM steps.
+fn select_states(c: &Connection, q: &StateQuery, sql: &str, args: Vec<SqlValue>, order: Order<'_>) -> rusqlite::Result<(Vec<State>, i32)> {
     let mut stmt = c.prepare_cached(sql)?;
+    stmt.reset_status(StatementStatus::VmStep);
     let rows = stmt.query_map(params_from_iter(args), |row| {
         Ok(State {
             record: RecordRef {
@@ -559,13 +791,27 @@ fn select_states(c: &Connection, q: &StateQuery, sql: &str, args: Vec<SqlValue>)
             values: json_column(row, 2)?,
         })
     })?;
-    // Rows come by key (the primary key's order). A field sort is not
-    // pushed into SQL: ORDER BY json_extract orders mixed kinds, arrays and
-    // objects otherwise than `query::compare_values`, the one order every
-    // provider answers in. So the page keeps the top offset + limit rows as
-    // they stream past, never the whole type.
-    let arrival = if q.sort.is_some() { Arrival::AnyOrder } else { Arrival::InOrder };
-    q.try_select(arrival, rows)
+    // A field sort without an index is not pushed into SQL: ORDER BY
+    // json_extract orders objects, arrays and huge integers otherwise than
+    // `query::compare_values`, the one order every provider answers in. So
+    // the page keeps the top offset + limit rows as they stream past, never
+    // the whole type. With the field's index the rows come in nearly that
+    // order, and reading stops once no later row can enter the page.
+    let page = match order {
+        Order::ByKey => q.try_select(Arrival::InOrder, rows)?,
+        Order::Unordered => q.try_select(Arrival::AnyOrder, rows)?,
+        Order::ByIndex(sort) => {
+            let mut page = q.page::<State>(Arrival::AnyOrder);
+            for row in rows {
+                let state = row?;
+                if page.worst().is_some_and(|worst| sort.sorted_past(&worst.values, &state.values)) || !page.offer(state) {
+                    break;
+                }
+            }
+            page.finish()
+        }
+    };
+    Ok((page, stmt.get_status(StatementStatus::VmStep)))
 }
 
 const EVENT_COLUMNS: &str = "seq, id, domain, type, key, version, kind, method, time, vals, claims";
@@ -603,63 +849,6 @@ fn parse_values(text: &str) -> std::result::Result<Values, String> {
     serde_json::from_str(text).map_err(|e| format!("stored JSON is corrupt: {e}"))
 }
 
-/// SQL conditions that select a superset of the rows `filter` matches on the
-/// JSON column `column`; the query's shared matcher then decides. Only
-/// equality on strings, numbers and booleans is pushed down, which is what
-/// keeps searches on large tables fast; everything else is checked in Rust.
-///
-/// Any filter the parser accepted must run: paths are bound as parameters,
-/// never pasted into the SQL; a segment sqlite's JSON path syntax cannot
-/// quote (a `"` or `\`, a control character) or would read as an array
-/// index (all digits) is not pushed down; and at most `MAX_PUSHDOWN`
-/// conditions are, so the expression stays far below sqlite's depth limit
-/// (`SQLITE_MAX_EXPR_DEPTH`, 1000) and bound-parameter count.
-fn pushdown(column: &str, filter: &Filter, sql: &mut String, args: &mut Vec<SqlValue>) {
-    let mut pushed = 0;
-    // Only conditions every match satisfies, on one-segment paths: a longer
-    // path may lead through arrays, which `json_extract` does not traverse
-    // as the matcher does.
-    for c in filter.required() {
-        let Op::Eq(q) = &c.op else { continue };
-        if c.path.len() != 1 {
-            continue;
-        }
-        // The JSON types a stored value equal to `q` can have (an array may
-        // hold it as an element), and the value json_extract must equal.
-        let (types, value) = match q {
-            Value::String(s) => ("'text'", Some(SqlValue::Text(s.clone()))),
-            Value::Number(n) => (
-                "'integer', 'real'",
-                Some(match n.as_i64() {
-                    Some(i) => SqlValue::Integer(i),
-                    None => SqlValue::Real(n.as_f64().unwrap_or(f64::NAN)),
-                }),
-            ),
-            Value::Bool(true) => ("'true'", None),
-            Value::Bool(false) => ("'false'", None),
-            _ => continue,
-        };
-        let unquotable = |s: &str| s.contains(['"', '\\']) || s.chars().any(char::is_control);
-        if pushed == MAX_PUSHDOWN || c.path.iter().any(|s| unquotable(s) || s.bytes().all(|b| b.is_ascii_digit())) {
-            continue;
-        }
-        pushed += 1;
-        let path = format!("$.{}", c.path.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join("."));
-        args.push(SqlValue::Text(path));
-        let (p, ty) = (args.len(), format!("json_type({column}, ?{})", args.len()));
-        match value {
-            Some(v) => {
-                args.push(v);
-                sql.push_str(&format!(
-                    " AND (({ty} IN ({types}) AND json_extract({column}, ?{p}) = ?{}) OR {ty} = 'array')",
-                    args.len()
-                ));
-            }
-            None => sql.push_str(&format!(" AND {ty} IN ({types}, 'array')")),
-        }
-    }
-}
-
 #[async_trait]
 impl Storage for SqliteStorage {
     fn name(&self) -> &str {
@@ -680,7 +869,7 @@ impl Storage for SqliteStorage {
             return Err(Error::unavailable("sqlite: storage is closed"));
         };
         sender
-            .send(Job { req, vals, claims, reply })
+            .send(Work::Append(Job { req, vals, claims, reply }))
             .map_err(|_| Error::unavailable("sqlite: writer stopped"))?;
         done.await.map_err(|_| Error::unavailable("sqlite: writer stopped"))?
     }
@@ -691,8 +880,9 @@ impl Storage for SqliteStorage {
     }
 
     async fn search_states(&self, q: &StateQuery) -> Result<Vec<State>> {
-        let q = q.clone();
-        self.read(move |c| search_states_now(c, &q)).await
+        let (q, indexed) = (q.clone(), self.fields.ready());
+        let searched = self.read(move |c| search_states_now(c, &q, &indexed)).await?;
+        Ok(self.noted(searched))
     }
 
     async fn get_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<State>>> {
@@ -726,11 +916,12 @@ impl Storage for SqliteStorage {
 
     async fn search_states_at(&self, q: &StateQuery, at: Option<u64>) -> Result<AtSeq<Vec<State>>> {
         let q = q.clone();
-        self.read(move |c| match at {
-            None => snapshot(c, |c| search_states_now(c, &q)),
-            Some(seq) => Ok(AtSeq { value: search_states_past(c, &q, seq)?, seq }),
-        })
-        .await
+        let Some(seq) = at else {
+            let indexed = self.fields.ready();
+            let searched = self.read(move |c| snapshot(c, |c| search_states_now(c, &q, &indexed))).await?;
+            return Ok(AtSeq { seq: searched.seq, value: self.noted(searched.value) });
+        };
+        self.read(move |c| Ok(AtSeq { value: search_states_past(c, &q, seq)?, seq })).await
     }
 
     async fn seq_at_time(&self, domain: &str, ty: &str, time: i64) -> Result<u64> {
@@ -764,8 +955,9 @@ impl Storage for SqliteStorage {
                     sql.push_str(&format!("{cond}{}", args.len()));
                 }
             }
-            pushdown("vals", &q.filter, &mut sql, &mut args);
-            pushdown("claims", &q.claims_filter, &mut sql, &mut args);
+            // No field indexes on events: their JSON paths stay bound.
+            pushdown::conditions("vals", &q.filter, &mut sql, &mut args);
+            pushdown::conditions("claims", &q.claims_filter, &mut sql, &mut args);
             sql.push_str(" ORDER BY seq");
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(params_from_iter(args), event_from_row)?;
@@ -987,5 +1179,184 @@ mod tests {
         let results = commit_batch(&mut conn, &[job("b", "4", Expect::Any)]);
         assert!(results[0].is_err());
         assert_eq!(count(&conn, "SELECT count(*) FROM events WHERE key = 'b'"), 0);
+    }
+
+    /// `n` records of type d/t: `status` "rare" for one in 100, else
+    /// "common"; `price` counting down from n, one in 100 an array.
+    fn typed_db(n: usize) -> (tempfile::TempDir, Connection) {
+        let (dir, conn) = db();
+        let mut insert = conn.prepare("INSERT INTO states (domain, type, key, version, vals) VALUES ('d', 't', ?1, 1, ?2)").unwrap();
+        for i in 0..n {
+            let status = if i % 100 == 7 { "rare" } else { "common" };
+            let price = if i % 100 == 3 { serde_json::json!([n - i, 0]) } else { serde_json::json!(n - i) };
+            let vals = serde_json::json!({"status": status, "price": price, "i": i});
+            insert.execute(params![format!("k{i:05}"), vals.to_string()]).unwrap();
+        }
+        drop(insert);
+        (dir, conn)
+    }
+
+    fn query(filter: &str, sort: Option<(&str, bool)>, limit: usize) -> StateQuery {
+        StateQuery {
+            domain: "d".into(),
+            ty: "t".into(),
+            filter: crate::model::Filter::parse("query_string", filter).unwrap(),
+            sort: sort.map(|(path, desc)| crate::model::Sort::parse("sort_by", path, desc).unwrap().unwrap()),
+            limit,
+            offset: 0,
+        }
+    }
+
+    fn plan(conn: &Connection, q: &StateQuery, choice: &Choice) -> String {
+        let s = states_now(q, choice);
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {}", s.sql)).unwrap();
+        let rows = stmt.query_map(params_from_iter(s.args), |r| r.get::<_, String>(3)).unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    fn run(conn: &Connection, q: &StateQuery, ready: &HashSet<String>) -> (Vec<String>, i32) {
+        let s = search_states_now(conn, q, ready).unwrap();
+        (s.states.into_iter().map(|s| s.record.key).collect(), s.steps)
+    }
+
+    fn indexes(conn: &Connection, fields: &[&str]) -> HashSet<String> {
+        let ix = FieldIndexes::new(false);
+        for f in fields {
+            ix.create(conn, f).unwrap();
+        }
+        HashSet::clone(&ix.ready())
+    }
+
+    /// With an index on the field, a search naming it is an index search
+    /// (sqlite's own plan says so), and a sort by it reads the index in
+    /// order instead of sorting.
+    #[test]
+    fn a_search_naming_an_indexed_field_searches_its_index() {
+        let (_dir, conn) = typed_db(3000);
+        let ready = indexes(&conn, &["status", "price"]);
+        for (filter, field, kinds) in [
+            (r#"{"status": "rare"}"#, "status", 1),
+            (r#"{"status": {"$in": ["rare", "gone", 3, true]}}"#, "status", 3),
+            (r#"{"price": {"$lt": 5}}"#, "price", 1),
+            (r#"{"price": {"$gte": 2995}, "i": {"$exists": true}, "status": "common"}"#, "price", 1),
+        ] {
+            let q = query(filter, None, 10);
+            let choice = choose_index(&conn, &q, &ready).unwrap();
+            assert!(matches!(&choice, Choice::Filter(c) if c.field == field), "{filter}: {choice:?}");
+            let with = plan(&conn, &q, &choice);
+            // One search on the index's columns per kind, one for arrays.
+            let search = format!("INDEX {} (domain=? AND type=? AND <expr>=?", field_index::index_name(field));
+            assert_eq!(with.matches(&search).count(), kinds + 1, "{filter}: {with}");
+            assert!(!with.contains("SCAN") && !with.contains("PRIMARY KEY"), "{filter}: {with}");
+            let without = plan(&conn, &q, &Choice::Keys);
+            assert!(!without.contains("states_by_field_"), "{filter}: {without}");
+        }
+        // Common values go in key order, which fills the page soonest.
+        let common = query(r#"{"status": "common"}"#, None, 10);
+        assert!(matches!(choose_index(&conn, &common, &ready).unwrap(), Choice::Keys));
+        for desc in [false, true] {
+            let q = query(r#"{"status": "common"}"#, Some(("price", desc)), 10);
+            let choice = choose_index(&conn, &q, &ready).unwrap();
+            assert!(matches!(&choice, Choice::Sort(f) if f == "price"), "{choice:?}");
+            let with = plan(&conn, &q, &choice);
+            assert!(with.contains("INDEX states_by_field_") && !with.contains("TEMP B-TREE"), "{with}");
+        }
+        // A name that cannot be pasted into SQL never reaches an index.
+        let hostile = "a'); DROP TABLE states; --";
+        let q = query(&format!(r#"{{"{hostile}": "x"}}"#), Some((hostile, false)), 10);
+        let choice = choose_index(&conn, &q, &ready).unwrap();
+        assert!(matches!(choice, Choice::Keys), "{choice:?}");
+        assert!(!plan(&conn, &q, &choice).contains("states_by_field_"));
+    }
+
+    /// The same pages with and without the indexes, for a fraction of the
+    /// work: a selective filter reads about the rows it returns, and a
+    /// sorted page stops after its last row.
+    #[test]
+    fn an_index_gives_the_same_page_for_a_fraction_of_the_steps() {
+        let (_dir, conn) = typed_db(3000);
+        let none = HashSet::new();
+        let indexed = indexes(&conn, &["status", "price"]);
+        for (filter, sort, limit) in [
+            (r#"{"status": "rare"}"#, None, 100),
+            (r#"{"price": {"$lte": 20}}"#, None, 100),
+            ("{}", Some(("price", false)), 10),
+            ("{}", Some(("price", true)), 10),
+            (r#"{"status": "common"}"#, Some(("price", false)), 5),
+        ] {
+            let q = query(filter, sort, limit);
+            let (scan, scan_steps) = run(&conn, &q, &none);
+            let (by_index, index_steps) = run(&conn, &q, &indexed);
+            assert!(!scan.is_empty());
+            assert_eq!(by_index, scan, "{filter} {sort:?}");
+            assert!(index_steps * 10 < scan_steps, "{filter} {sort:?}: {index_steps} steps with the index, {scan_steps} without");
+        }
+    }
+
+    /// Integers beyond i64 are one real to sqlite, so the index returns
+    /// 2^63 + 1, 2^63 + 2 and 2^63 tied, in key order; the page must
+    /// still be the smallest by value, not the first to arrive.
+    #[test]
+    fn a_sorted_read_does_not_stop_inside_a_rounded_tie() {
+        let (_dir, conn) = db();
+        for (key, n) in [("k1", "9223372036854775809"), ("k2", "9223372036854775810"), ("k3", "9223372036854775808")] {
+            conn.execute(
+                "INSERT INTO states (domain, type, key, version, vals) VALUES ('d', 't', ?1, 1, ?2)",
+                params![key, format!(r#"{{"n":{n}}}"#)],
+            )
+            .unwrap();
+        }
+        let ready = indexes(&conn, &["n"]);
+        let q = query("{}", Some(("n", false)), 1);
+        assert!(matches!(choose_index(&conn, &q, &ready).unwrap(), Choice::Sort(_)));
+        assert_eq!(run(&conn, &q, &ready).0, ["k3"]);
+        let q = query("{}", Some(("n", true)), 1);
+        assert_eq!(run(&conn, &q, &ready).0, ["k2"]);
+    }
+
+    /// Expensive searches naming a field get it an index, built by the
+    /// writer while appends go on; a cheap type never does.
+    #[tokio::test]
+    async fn expensive_searches_get_their_field_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path().join("a.db")).unwrap();
+        let put = |ty: &str, i: usize| {
+            let mut values = Values::new();
+            values.insert("status".into(), (if i % 100 == 7 { "rare" } else { "common" }).into());
+            AppendRequest {
+                id: format!("{ty}-{i}"),
+                record: RecordRef { domain: "d".into(), ty: ty.into(), key: format!("k{i:05}") },
+                change: Change::Put(values),
+                expect: Expect::Any,
+                kind: EventKind::Set,
+                method: "test".into(),
+                claims: Default::default(),
+                time: 1,
+                idempotency: None,
+            }
+        };
+        let writes = (0..3000).map(|i| storage.append(put("big", i))).chain((0..20).map(|i| storage.append(put("small", i))));
+        for written in futures::future::join_all(writes).await {
+            written.unwrap();
+        }
+        let rare = |ty: &str| StateQuery { ty: ty.into(), ..query(r#"{"status": "rare"}"#, None, 100) };
+        for _ in 0..10 {
+            storage.search_states(&rare("small")).await.unwrap();
+        }
+        assert!(storage.fields.ready().is_empty(), "searches of 20 records are not expensive");
+        let before = storage.search_states(&rare("big")).await.unwrap();
+        for _ in 1..field_index::AUTO_AFTER {
+            storage.search_states(&rare("big")).await.unwrap();
+        }
+        // The index is built between append batches: one more append
+        // returns after it.
+        storage.append(put("big", 3000)).await.unwrap();
+        assert!(storage.fields.ready().contains("status"));
+        assert_eq!(storage.search_states(&rare("big")).await.unwrap(), before);
+        storage.close().await.unwrap();
+        // Found again at open.
+        let storage = SqliteStorage::open(dir.path().join("a.db")).unwrap();
+        assert!(storage.fields.ready().contains("status"));
+        storage.close().await.unwrap();
     }
 }
