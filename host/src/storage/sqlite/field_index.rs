@@ -36,6 +36,7 @@
 use rusqlite::Connection;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// Expensive searches naming a field before it gets an index.
 pub(super) const AUTO_AFTER: u32 = 3;
@@ -45,6 +46,10 @@ pub(super) const AUTO_AFTER: u32 = 3;
 pub(super) const EXPENSIVE_STEPS: i32 = 26_000;
 /// Most fields indexed automatically.
 const MAX_AUTO: usize = 16;
+/// How long a probe's count (`mod.rs`, `choose_index`) is reused.
+const PROBE_TTL: Duration = Duration::from_secs(5);
+/// Most probe counts kept.
+const MAX_PROBES_KEPT: usize = 4096;
 /// Longest indexable field name, in bytes.
 const MAX_NAME: usize = 64;
 const PREFIX: &str = "states_by_field_";
@@ -97,6 +102,10 @@ pub struct FieldIndexes {
     uses: Mutex<HashMap<String, u32>>,
     /// Fields indexed (or asked for) automatically.
     automatic: Mutex<usize>,
+    /// Recent probe counts by condition: probing a common value reads
+    /// `SELECTIVE` index entries, several times what its search then
+    /// costs, and searches repeat. A stale count only picks a slower plan.
+    probes: Mutex<HashMap<String, (i64, Instant)>>,
 }
 
 impl FieldIndexes {
@@ -106,12 +115,30 @@ impl FieldIndexes {
             ready: RwLock::new(Arc::default()),
             uses: Mutex::default(),
             automatic: Mutex::new(0),
+            probes: Mutex::default(),
         }
     }
 
     /// The indexed fields now.
     pub fn ready(&self) -> Arc<HashSet<String>> {
         self.ready.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A probe's count for `condition` from the last `PROBE_TTL`.
+    pub fn probed(&self, condition: &str) -> Option<i64> {
+        let probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        probes.get(condition).filter(|(_, at)| at.elapsed() < PROBE_TTL).map(|(found, _)| *found)
+    }
+
+    pub fn remember_probe(&self, condition: String, found: i64) {
+        let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        if probes.len() >= MAX_PROBES_KEPT {
+            probes.retain(|_, (_, at)| at.elapsed() < PROBE_TTL);
+            if probes.len() >= MAX_PROBES_KEPT {
+                probes.clear();
+            }
+        }
+        probes.insert(condition, (found, Instant::now()));
     }
 
     /// Finds the indexes an earlier run created.

@@ -37,7 +37,6 @@ use crate::model::{
 use async_trait::async_trait;
 use field_index::FieldIndexes;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, StatementStatus, params, params_from_iter, types::Value as SqlValue};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -611,8 +610,8 @@ struct Searched {
     named: Vec<String>,
 }
 
-fn search_states_now(c: &Connection, q: &StateQuery, ready: &HashSet<String>) -> rusqlite::Result<Searched> {
-    let choice = choose_index(c, q, ready)?;
+fn search_states_now(c: &Connection, q: &StateQuery, fields: &FieldIndexes) -> rusqlite::Result<Searched> {
+    let choice = choose_index(c, q, fields)?;
     let StatesNow { sql, args, order, named } = states_now(q, &choice);
     let (states, steps) = select_states(c, q, &sql, args, order)?;
     Ok(Searched { states, steps, named })
@@ -648,8 +647,9 @@ enum Choice {
 /// - else, without a sort, the key order, read until the page fills;
 /// - else (a sort no index gives) a condition's index: every match is read
 ///   anyway.
-fn choose_index(c: &Connection, q: &StateQuery, ready: &HashSet<String>) -> rusqlite::Result<Choice> {
-    let mut conditions = pushdown::index_conditions(&q.filter, ready);
+fn choose_index(c: &Connection, q: &StateQuery, fields: &FieldIndexes) -> rusqlite::Result<Choice> {
+    let ready = fields.ready();
+    let mut conditions = pushdown::index_conditions(&q.filter, &ready);
     let sort_field = match q.sort.as_ref().map(|s| s.path.as_slice()) {
         Some([field]) if ready.contains(field) => Some(field.clone()),
         _ => None,
@@ -664,8 +664,16 @@ fn choose_index(c: &Connection, q: &StateQuery, ready: &HashSet<String>) -> rusq
     let mut best: Option<(i64, pushdown::IndexCondition)> = None;
     for condition in conditions.into_iter().take(MAX_PROBES) {
         let count = format!("SELECT count(*) FROM ({} LIMIT {SELECTIVE})", union(&condition, "SELECT 1", ""));
-        let args = type_args(q).into_iter().chain(condition.args.iter().cloned());
-        let found: i64 = c.prepare_cached(&count)?.query_row(params_from_iter(args), |r| r.get(0))?;
+        let args: Vec<SqlValue> = type_args(q).into_iter().chain(condition.args.iter().cloned()).collect();
+        let key = format!("{count}\0{args:?}");
+        let found = match fields.probed(&key) {
+            Some(found) => found,
+            None => {
+                let found: i64 = c.prepare_cached(&count)?.query_row(params_from_iter(&args), |r| r.get(0))?;
+                fields.remember_probe(key, found);
+                found
+            }
+        };
         if found < SELECTIVE && best.as_ref().is_none_or(|(least, _)| found < *least) {
             best = Some((found, condition));
         }
@@ -674,7 +682,9 @@ fn choose_index(c: &Connection, q: &StateQuery, ready: &HashSet<String>) -> rusq
 }
 
 /// `select` over the union of `condition`'s index searches within the
-/// query's type, each with `filters` (more conditions) after it.
+/// query's type, each with `filters` (more conditions) after it. Every
+/// branch names a kind, which a deleted record (`vals` NULL, kind 0) has
+/// not: no `vals IS NOT NULL`, so a probe reads the index alone.
 fn union(condition: &pushdown::IndexCondition, select: &str, filters: &str) -> String {
     let index = field_index::index_name(&condition.field);
     condition
@@ -682,8 +692,7 @@ fn union(condition: &pushdown::IndexCondition, select: &str, filters: &str) -> S
         .iter()
         .map(|branch| {
             format!(
-                "{select} FROM states INDEXED BY \"{index}\" WHERE domain = ?1 AND type = ?2 AND vals IS NOT NULL \
-                 AND {branch}{filters}"
+                "{select} FROM states INDEXED BY \"{index}\" WHERE domain = ?1 AND type = ?2 AND {branch}{filters}"
             )
         })
         .collect::<Vec<_>>()
@@ -880,8 +889,8 @@ impl Storage for SqliteStorage {
     }
 
     async fn search_states(&self, q: &StateQuery) -> Result<Vec<State>> {
-        let (q, indexed) = (q.clone(), self.fields.ready());
-        let searched = self.read(move |c| search_states_now(c, &q, &indexed)).await?;
+        let (q, fields) = (q.clone(), self.fields.clone());
+        let searched = self.read(move |c| search_states_now(c, &q, &fields)).await?;
         Ok(self.noted(searched))
     }
 
@@ -917,8 +926,8 @@ impl Storage for SqliteStorage {
     async fn search_states_at(&self, q: &StateQuery, at: Option<u64>) -> Result<AtSeq<Vec<State>>> {
         let q = q.clone();
         let Some(seq) = at else {
-            let indexed = self.fields.ready();
-            let searched = self.read(move |c| snapshot(c, |c| search_states_now(c, &q, &indexed))).await?;
+            let fields = self.fields.clone();
+            let searched = self.read(move |c| snapshot(c, |c| search_states_now(c, &q, &fields))).await?;
             return Ok(AtSeq { seq: searched.seq, value: self.noted(searched.value) });
         };
         self.read(move |c| Ok(AtSeq { value: search_states_past(c, &q, seq)?, seq })).await
@@ -1214,17 +1223,17 @@ mod tests {
         rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
     }
 
-    fn run(conn: &Connection, q: &StateQuery, ready: &HashSet<String>) -> (Vec<String>, i32) {
-        let s = search_states_now(conn, q, ready).unwrap();
+    fn run(conn: &Connection, q: &StateQuery, fields: &FieldIndexes) -> (Vec<String>, i32) {
+        let s = search_states_now(conn, q, fields).unwrap();
         (s.states.into_iter().map(|s| s.record.key).collect(), s.steps)
     }
 
-    fn indexes(conn: &Connection, fields: &[&str]) -> HashSet<String> {
+    fn indexes(conn: &Connection, fields: &[&str]) -> FieldIndexes {
         let ix = FieldIndexes::new(false);
         for f in fields {
             ix.create(conn, f).unwrap();
         }
-        HashSet::clone(&ix.ready())
+        ix
     }
 
     /// With an index on the field, a search naming it is an index search
@@ -1275,7 +1284,7 @@ mod tests {
     #[test]
     fn an_index_gives_the_same_page_for_a_fraction_of_the_steps() {
         let (_dir, conn) = typed_db(3000);
-        let none = HashSet::new();
+        let none = FieldIndexes::new(false);
         let indexed = indexes(&conn, &["status", "price"]);
         for (filter, sort, limit) in [
             (r#"{"status": "rare"}"#, None, 100),
@@ -1291,6 +1300,16 @@ mod tests {
             assert_eq!(by_index, scan, "{filter} {sort:?}");
             assert!(index_steps * 10 < scan_steps, "{filter} {sort:?}: {index_steps} steps with the index, {scan_steps} without");
         }
+    }
+
+    #[test]
+    fn a_field_that_cannot_be_indexed_stops_the_start_naming_it() {
+        let ok = crate::storage::StorageSpec::parse(r#"{"name":"sqlite","index_fields":["status","price-eur"],"auto_index":false}"#);
+        assert!(ok.is_ok(), "{ok:?}");
+        let err = crate::storage::StorageSpec::parse(r#"{"name":"sqlite","index_fields":["status","a.b"]}"#).unwrap_err().to_string();
+        assert!(err.contains("\"a.b\" cannot be indexed"), "{err}");
+        let err = crate::storage::StorageSpec::parse(r#"{"name":"sqlite","auto_index":"yes"}"#).unwrap_err().to_string();
+        assert!(err.contains("auto_index"), "{err}");
     }
 
     /// Integers beyond i64 are one real to sqlite, so the index returns
