@@ -7,6 +7,16 @@
 //! run side by side (`wasm::persistent`); an instance is replaced after a
 //! trap and on hot reload.
 //!
+//! Reads at a store position: a 0.3.0 guest answers them itself
+//! (`get-at`, `query-states-at`, from its index): in the past at the seq
+//! asked, now at the `head` read just before (exact whatever is committed
+//! meanwhile, as the answer is as of that seq); its page is re-checked
+//! like a search's. A 0.2.0 or 0.1.0 guest has no such calls and gets
+//! `history`'s bracketed read now and a `feed` replay in the past (whose
+//! cost grows with the type's history). Which one is asked is decided by
+//! the version serving calls; a call that lands on an older version
+//! swapped in meanwhile falls back to the replay.
+//!
 //! Searches hand the guest the whole query (WIT 0.2.0 `query-states` /
 //! `query-events`: the filter as the query language's JSON, the sort, the
 //! offset and the limit), so it can push them down; a 0.1.0 guest gets the
