@@ -9,7 +9,7 @@
 //   }
 //
 // JSON types: "string", "number", "boolean", "object", "array", "null".
-import { config, log } from "stategate:gateway/host@0.2.0";
+import { config, log } from "stategate:gateway/host@0.3.0";
 
 // Config values that are not strings arrive as JSON text.
 function rules(name) {

@@ -10,6 +10,12 @@
 //! where it can (`query`), so only matches cross to the host; when every
 //! candidate was decided they also stop at offset + limit and skip the
 //! offset.
+//!
+//! Reads as of an event (WIT 0.3.0 `get-at`, `query-states-at`) come from
+//! an index of each record's events in seq order (`Store::history`),
+//! searched by bisection: a record's past state costs O(log n) in its
+//! history of n events, a past search one bisection per record the type
+//! ever had, whatever the length of the log.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -52,12 +58,18 @@ struct Line {
 
 type Key = (String, String, String);
 
+/// The log and its indexes (line numbers into `lines`, where line i holds
+/// seq i + 1).
 struct Store {
     file: File,
     len: u64,
     lines: Vec<Line>,
+    /// Each live record's last line (deleted records are absent), by key.
     states: BTreeMap<Key, usize>,
-    versions: HashMap<Key, u64>,
+    /// Every record that ever had an event, with its lines in seq order
+    /// (deleted records too): the last one gives its version, a bisection
+    /// its state at any seq.
+    history: BTreeMap<Key, Vec<usize>>,
     by_id: HashMap<String, usize>,
     idem: HashMap<String, (String, usize)>,
 }
@@ -124,7 +136,7 @@ impl Store {
             len: 0,
             lines: Vec::new(),
             states: BTreeMap::new(),
-            versions: HashMap::new(),
+            history: BTreeMap::new(),
             by_id: HashMap::new(),
             idem: HashMap::new(),
         };
@@ -157,17 +169,30 @@ impl Store {
     fn apply(&mut self, line: Line) {
         let i = self.lines.len();
         let key = line.key();
-        self.versions.insert(key.clone(), line.version);
         if line.values.is_some() {
-            self.states.insert(key, i);
+            self.states.insert(key.clone(), i);
         } else {
             self.states.remove(&key);
         }
+        self.history.entry(key).or_default().push(i);
         self.by_id.insert(line.id.clone(), i);
         if let Some((k, fp)) = &line.idem {
             self.idem.insert(k.clone(), (fp.clone(), i));
         }
         self.lines.push(line);
+    }
+
+    /// The line of a record's last event with seq <= `seq`, from its lines
+    /// in seq order, by bisection.
+    fn line_at(&self, lines: &[usize], seq: u64) -> Option<usize> {
+        let n = lines.partition_point(|i| self.lines[*i].seq <= seq);
+        n.checked_sub(1).map(|j| lines[j])
+    }
+
+    /// The line holding a record's state after event `seq`: its last event
+    /// up to `seq`, unless that was a deletion.
+    fn state_line_at(&self, lines: &[usize], seq: u64) -> Option<usize> {
+        self.line_at(lines, seq).filter(|i| self.lines[*i].values.is_some())
     }
 
     fn state(&self, i: usize) -> State {
@@ -207,7 +232,8 @@ impl Store {
                 req.record.domain, req.record.ty, req.record.key
             )));
         }
-        let version = self.versions.get(&key).copied().unwrap_or(0) + 1;
+        let last = self.history.get(&key).and_then(|l| l.last()).map_or(0, |i| self.lines[*i].version);
+        let version = last + 1;
         let line = Line {
             id: req.id,
             seq: self.lines.len() as u64 + 1,
@@ -301,6 +327,42 @@ impl<T> Candidates<T> {
     }
 }
 
+/// A state search over `states` (the line of each state, in key order).
+fn query_states(s: &Store, q: &StateQuery, states: impl Iterator<Item = usize>) -> Result<StatePage, ProviderError> {
+    let f = filter(&q.filter)?;
+    let path: Option<Vec<&str>> = q.sort.as_ref().map(|s| s.field.split('.').collect());
+    let window = q.offset as usize + q.limit as usize;
+    let mut found = Candidates::new();
+    for i in states {
+        let line = &s.lines[i];
+        let text = line.values.as_deref().unwrap_or("{}");
+        let (verdict, key) = match object(text) {
+            Some(values) => (decide(&f, &values), path.as_ref().and_then(|p| sort_key(&values, p))),
+            None => (Verdict::Maybe, None),
+        };
+        found.push(verdict, i, key);
+        // In key order, the first `window` certain matches are all a page
+        // without a sort can hold.
+        if path.is_none() && found.sure.len() >= window {
+            break;
+        }
+    }
+    let descending = q.sort.as_ref().is_some_and(|s| s.descending);
+    let lines = &s.lines;
+    let order = path.as_ref().map(|_| {
+        move |a: &(usize, Option<SortKey>), b: &(usize, Option<SortKey>)| {
+            let by = match (&a.1, &b.1) {
+                (Some(x), Some(y)) => x.compare(y),
+                _ => std::cmp::Ordering::Equal,
+            };
+            let o = by.then_with(|| lines[a.0].key.cmp(&lines[b.0].key));
+            if descending { o.reverse() } else { o }
+        }
+    });
+    let (page, skipped) = found.page(order, q.offset, q.limit);
+    Ok(StatePage { states: page.into_iter().map(|i| s.state(i)).collect(), skipped })
+}
+
 fn with<T>(f: impl FnOnce(&mut Store) -> Result<T, ProviderError>) -> Result<T, ProviderError> {
     let mut guard = STORE.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_none() {
@@ -369,40 +431,29 @@ impl Guest for Provider {
     }
 
     fn query_states(q: StateQuery) -> Result<StatePage, ProviderError> {
-        let f = filter(&q.filter)?;
-        let path: Option<Vec<&str>> = q.sort.as_ref().map(|s| s.field.split('.').collect());
-        let window = q.offset as usize + q.limit as usize;
         with(|s| {
-            let mut found = Candidates::new();
             let from = (q.domain.clone(), q.ty.clone(), String::new());
-            for (_, i) in s.states.range(from..).take_while(|((d, t, _), _)| *d == q.domain && *t == q.ty) {
-                let line = &s.lines[*i];
-                let text = line.values.as_deref().unwrap_or("{}");
-                let (verdict, key) = match object(text) {
-                    Some(values) => (decide(&f, &values), path.as_ref().and_then(|p| sort_key(&values, p))),
-                    None => (Verdict::Maybe, None),
-                };
-                found.push(verdict, *i, key);
-                // In key order, the first `window` certain matches are all
-                // a page without a sort can hold.
-                if path.is_none() && found.sure.len() >= window {
-                    break;
-                }
-            }
-            let descending = q.sort.as_ref().is_some_and(|s| s.descending);
-            let lines = &s.lines;
-            let order = path.as_ref().map(|_| {
-                move |a: &(usize, Option<SortKey>), b: &(usize, Option<SortKey>)| {
-                    let by = match (&a.1, &b.1) {
-                        (Some(x), Some(y)) => x.compare(y),
-                        _ => std::cmp::Ordering::Equal,
-                    };
-                    let o = by.then_with(|| lines[a.0].key.cmp(&lines[b.0].key));
-                    if descending { o.reverse() } else { o }
-                }
-            });
-            let (page, skipped) = found.page(order, q.offset, q.limit);
-            Ok(StatePage { states: page.into_iter().map(|i| s.state(i)).collect(), skipped })
+            let live = s.states.range(from..).take_while(|((d, t, _), _)| *d == q.domain && *t == q.ty).map(|(_, i)| *i);
+            query_states(s, &q, live)
+        })
+    }
+
+    fn get_at(record: RecordRef, seq: u64) -> Result<Option<State>, ProviderError> {
+        with(|s| {
+            let lines = s.history.get(&(record.domain, record.ty, record.key));
+            Ok(lines.and_then(|l| s.state_line_at(l, seq)).map(|i| s.state(i)))
+        })
+    }
+
+    fn query_states_at(q: StateQuery, seq: u64) -> Result<StatePage, ProviderError> {
+        with(|s| {
+            let from = (q.domain.clone(), q.ty.clone(), String::new());
+            let then = s
+                .history
+                .range(from..)
+                .take_while(|((d, t, _), _)| *d == q.domain && *t == q.ty)
+                .filter_map(|(_, lines)| s.state_line_at(lines, seq));
+            query_states(s, &q, then)
         })
     }
 

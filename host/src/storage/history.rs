@@ -1,6 +1,11 @@
 //! Reads at a store position for providers that cannot answer them
 //! natively (the defaults of `Storage::get_at`, `search_states_at` and
-//! `seq_at_time`; a wasm guest gets these).
+//! `seq_at_time`). Every native provider answers `get_at` and
+//! `search_states_at` itself; so does a wasm guest built against WIT 0.3.0
+//! (`get-at`, `query-states-at`, from its own index, `storage::wasm`). A
+//! guest built against 0.2.0 or 0.1.0 has no such calls and gets these
+//! (`storage::wasm` calls them explicitly for it), and every wasm guest
+//! gets `seq_at_time_by_search`.
 //!
 //! **Now, without a snapshot** (`bracketed_*`): read the head, the data,
 //! and the head again. Seqs are assigned in commit order and every commit
@@ -12,8 +17,8 @@
 //!
 //! **In the past** (`replay_*`): the feed of the record's domain and type
 //! replayed up to the seq, keeping each record's last event. Exact, but its
-//! cost grows with that history: providers with an index on (record, seq)
-//! answer in logarithmic time instead.
+//! cost grows with that history: providers with an index on (record, seq),
+//! 0.3.0 wasm guests included, answer in logarithmic time instead.
 
 use super::{FEED_PAGE, Storage};
 use crate::model::{

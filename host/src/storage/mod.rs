@@ -91,8 +91,9 @@ pub trait Storage: Send + Sync + 'static {
     ///
     /// The default reads now by `history::bracketed` and the past by
     /// replaying the record's type from the feed (`history::replay_get`),
-    /// whose cost grows with that history: providers that can answer from
-    /// an index do.
+    /// whose cost grows with that history: every provider here answers
+    /// from an index instead (a wasm guest built against WIT 0.3.0 too;
+    /// older guests get the replay).
     async fn get_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<State>>> {
         match at {
             None => history::bracketed_get(self, record).await,

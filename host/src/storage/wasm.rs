@@ -7,6 +7,16 @@
 //! run side by side (`wasm::persistent`); an instance is replaced after a
 //! trap and on hot reload.
 //!
+//! Reads at a store position: a 0.3.0 guest answers them itself
+//! (`get-at`, `query-states-at`, from its index): in the past at the seq
+//! asked, now at the `head` read just before (exact whatever is committed
+//! meanwhile, as the answer is as of that seq); its page is re-checked
+//! like a search's. A 0.2.0 or 0.1.0 guest has no such calls and gets
+//! `history`'s bracketed read now and a `feed` replay in the past (whose
+//! cost grows with the type's history). Which one is asked is decided by
+//! the version serving calls; a call that lands on an older version
+//! swapped in meanwhile falls back to the replay.
+//!
 //! Searches hand the guest the whole query (WIT 0.2.0 `query-states` /
 //! `query-events`: the filter as the query language's JSON, the sort, the
 //! offset and the limit), so it can push them down; a 0.1.0 guest gets the
@@ -23,10 +33,10 @@
 //! `get-event` here; searches cannot name the domain. Each store is an
 //! event in the guest's history, so a busy group grows it.
 
-use super::{GroupDoc, Storage};
+use super::{GroupDoc, Storage, history};
 use crate::model::query::EventOrder;
 use crate::model::{
-    AppendRequest, Appended, Arrival, Change, Error, Event, EventQuery, FeedQuery, RecordRef, Result, Select, State,
+    AppendRequest, Appended, Arrival, AtSeq, Change, Error, Event, EventQuery, FeedQuery, RecordRef, Result, Select, State,
     StateQuery,
 };
 use crate::wasm::bindings::storage::stategate::gateway::types as wt;
@@ -79,6 +89,22 @@ impl WasmStorage {
             crate::wasm::metrics::guest_error(self.inner.guest().name(), op);
         }
         Ok(r)
+    }
+
+    /// Whether the guest serving calls answers reads as of an event
+    /// itself (0.3.0 `get-at`, `query-states-at`).
+    fn reads_at(&self) -> bool {
+        self.inner.guest().current().pre.reads_at()
+    }
+
+    /// The query's page from what the guest returned (see `state-page`).
+    fn state_page(&self, op: &str, query: &StateQuery, page: wit::StatePage) -> Result<Vec<State>> {
+        let rest = self.rest_of_offset(op, query.offset, page.skipped)?;
+        let states = page.states.into_iter().map(|s| state_from_wit(&self.name, s));
+        if rest == query.offset {
+            return query.try_select(Arrival::AnyOrder, states);
+        }
+        StateQuery { offset: rest, ..query.clone() }.try_select(Arrival::AnyOrder, states)
     }
 
     /// The part of the offset the guest left to the host. A guest that
@@ -165,27 +191,65 @@ impl Storage for WasmStorage {
     }
 
     async fn search_states(&self, query: &StateQuery) -> Result<Vec<State>> {
-        let q = wit::StateQuery {
-            domain: query.domain.clone(),
-            ty: query.ty.clone(),
-            filter: query.filter.to_json().to_string(),
-            sort: query.sort.as_ref().map(|s| wit::StateSort {
-                field: s.path.join("."),
-                descending: s.descending,
-            }),
-            offset: clamp_u32(query.offset),
-            limit: clamp_u32(query.limit),
-        };
+        let q = state_query_to_wit(query);
         let page = match self.call("query-states", move |s, g| g.query_states(s, &q)).await? {
             Ok(p) => p,
             Err(e) => return Err(self.error(e)),
         };
-        let rest = self.rest_of_offset("query-states", query.offset, page.skipped)?;
-        let states = page.states.into_iter().map(|s| state_from_wit(&self.name, s));
-        if rest == query.offset {
-            return query.try_select(Arrival::AnyOrder, states);
+        self.state_page("query-states", query, page)
+    }
+
+    async fn get_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<State>>> {
+        if !self.reads_at() {
+            return match at {
+                None => history::bracketed_get(self, record).await,
+                Some(seq) => Ok(AtSeq { value: history::replay_get(self, record, seq).await?, seq }),
+            };
         }
-        StateQuery { offset: rest, ..query.clone() }.try_select(Arrival::AnyOrder, states)
+        let seq = match at {
+            Some(seq) => seq,
+            None => self.head().await?,
+        };
+        let r = record_to_wit(record);
+        let answer = self
+            .call("get-at", move |s, g| match g.get_at(s, &r, seq) {
+                Some(answer) => answer.map(|r| r.map(Some)),
+                None => Ok(Ok(None)),
+            })
+            .await?;
+        let value = match answer {
+            Ok(Some(st)) => st.map(|st| state_from_wit(&self.name, st)).transpose()?,
+            // Swapped for an older version since `reads_at` said yes.
+            Ok(None) => history::replay_get(self, record, seq).await?,
+            Err(e) => return Err(self.error(e)),
+        };
+        Ok(AtSeq { value, seq })
+    }
+
+    async fn search_states_at(&self, query: &StateQuery, at: Option<u64>) -> Result<AtSeq<Vec<State>>> {
+        if !self.reads_at() {
+            return match at {
+                None => history::bracketed_search(self, query).await,
+                Some(seq) => Ok(AtSeq { value: history::replay_search(self, query, seq).await?, seq }),
+            };
+        }
+        let seq = match at {
+            Some(seq) => seq,
+            None => self.head().await?,
+        };
+        let q = state_query_to_wit(query);
+        let answer = self
+            .call("query-states-at", move |s, g| match g.query_states_at(s, &q, seq) {
+                Some(answer) => answer.map(|r| r.map(Some)),
+                None => Ok(Ok(None)),
+            })
+            .await?;
+        let value = match answer {
+            Ok(Some(page)) => self.state_page("query-states-at", query, page)?,
+            Ok(None) => history::replay_search(self, query, seq).await?,
+            Err(e) => return Err(self.error(e)),
+        };
+        Ok(AtSeq { value, seq })
     }
 
     async fn search_events(&self, query: &EventQuery) -> Result<Vec<Event>> {
@@ -323,6 +387,21 @@ const GROUPS_DOMAIN: &str = "stategate groups";
 
 fn group_record(name: &str) -> RecordRef {
     RecordRef { domain: GROUPS_DOMAIN.to_owned(), ty: "group".to_owned(), key: name.to_owned() }
+}
+
+/// A state search as WIT's `state-query`.
+fn state_query_to_wit(query: &StateQuery) -> wit::StateQuery {
+    wit::StateQuery {
+        domain: query.domain.clone(),
+        ty: query.ty.clone(),
+        filter: query.filter.to_json().to_string(),
+        sort: query.sort.as_ref().map(|s| wit::StateSort {
+            field: s.path.join("."),
+            descending: s.descending,
+        }),
+        offset: clamp_u32(query.offset),
+        limit: clamp_u32(query.limit),
+    }
 }
 
 /// A count as WIT's u32 (offsets and limits past it are the host's to apply).

@@ -72,11 +72,23 @@ pub(crate) fn reloaded(guest: &str, outcome: &str) {
 
 /// Calls counted so far for a guest (all ops), for tests and the bench.
 pub fn calls(guest: &str) -> u64 {
+    counted(guest, None)
+}
+
+/// Calls of one op (the WIT function, e.g. `feed`) counted so far for a
+/// guest, for tests.
+pub fn calls_of(guest: &str, op: &str) -> u64 {
+    counted(guest, Some(op))
+}
+
+fn counted(guest: &str, op: Option<&str>) -> u64 {
     let m = m();
     let mut n = 0;
     for fam in prometheus::core::Collector::collect(&m.calls) {
         for metric in fam.get_metric() {
-            if metric.get_label().iter().any(|l| l.name() == "guest" && l.value() == guest) {
+            let labels = metric.get_label();
+            let is = |name: &str, value: &str| labels.iter().any(|l| l.name() == name && l.value() == value);
+            if is("guest", guest) && op.is_none_or(|op| is("op", op)) {
                 n += metric.get_counter().value() as u64;
             }
         }

@@ -14,7 +14,7 @@
 //!   within a budget;
 //! - [`worlds`]: the bindings and how a component links into a world;
 //!   [`versions`]: the contract versions a guest may be built against
-//!   (0.2.0, 0.1.0) and one call surface per world over them;
+//!   (0.3.0, 0.2.0, 0.1.0) and one call surface per world over them;
 //! - [`cache`]: compiling through the on-disk compile cache, and what an
 //!   entry must pass to be loaded; [`dirs`]: granted directories stay off
 //!   the cache and off each other;

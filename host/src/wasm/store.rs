@@ -1,6 +1,6 @@
 //! The data of a guest store ([`Ctx`]) and the host functions every world
 //! imports (`stategate:gateway/host`: `log`, `now-nanos`, `config`; the
-//! same functions under the 0.2.0 and the 0.1.0 name).
+//! same functions under the 0.3.0, 0.2.0 and 0.1.0 names).
 //!
 //! Invariants:
 //! - One store holds one instance of one guest; its WASI context carries
@@ -12,6 +12,7 @@
 
 use super::bindings::storage::stategate::gateway::host as host_if;
 use super::bindings::v0_1_0::storage::stategate::gateway::host as host_v0_1_0;
+use super::bindings::v0_2_0::storage::stategate::gateway::host as host_v0_2_0;
 use super::GuestSpec;
 use super::capabilities::{self, Denied};
 use serde_json::{Map, Value};
@@ -183,6 +184,28 @@ impl host_v0_1_0::Host for Ctx {
             host_v0_1_0::Level::Info => host_if::Level::Info,
             host_v0_1_0::Level::Warn => host_if::Level::Warn,
             host_v0_1_0::Level::Error => host_if::Level::Error,
+        };
+        <Self as host_if::Host>::log(self, level, message)
+    }
+
+    fn now_nanos(&mut self) -> i64 {
+        crate::model::now_nanos()
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        <Self as host_if::Host>::config(self, key)
+    }
+}
+
+/// 0.2.0's `host`: the same functions.
+impl host_v0_2_0::Host for Ctx {
+    fn log(&mut self, level: host_v0_2_0::Level, message: String) {
+        let level = match level {
+            host_v0_2_0::Level::Trace => host_if::Level::Trace,
+            host_v0_2_0::Level::Debug => host_if::Level::Debug,
+            host_v0_2_0::Level::Info => host_if::Level::Info,
+            host_v0_2_0::Level::Warn => host_if::Level::Warn,
+            host_v0_2_0::Level::Error => host_if::Level::Error,
         };
         <Self as host_if::Host>::log(self, level, message)
     }

@@ -9,7 +9,7 @@
 //! - Every linker links WASI (with the filesystem escape recorder of
 //!   [`super::capabilities`] and the disk quota of [`super::quota`]),
 //!   `wasi:http` and the `host` interface under every version's name
-//!   (0.2.0 and 0.1.0: the same functions), so a world, its `-http`
+//!   (0.3.0, 0.2.0 and 0.1.0: the same functions), so a world, its `-http`
 //!   variant and its older versions link the same way.
 //! - Linking checks a component against its world once, when a version is
 //!   loaded; instantiating the linked `…Pre` later cannot fail for a
@@ -20,8 +20,9 @@ use super::store::Ctx;
 use wasmtime::Store;
 use wasmtime::component::{Component, Linker};
 
-/// Bindings of the WIT worlds: `stategate:gateway@0.2.0` (`wit/`) at the
-/// top, `@0.1.0` (the frozen copy in `wit/v0.1.0/`) in [`bindings::v0_1_0`].
+/// Bindings of the WIT worlds: `stategate:gateway@0.3.0` (`wit/`) at the
+/// top, `@0.2.0` and `@0.1.0` (the copies as released, in `wit/v0.2.0/`
+/// and `wit/v0.1.0/`) in [`bindings::v0_2_0`] and [`bindings::v0_1_0`].
 pub mod bindings {
     pub mod storage {
         wasmtime::component::bindgen!({
@@ -50,11 +51,46 @@ pub mod bindings {
         });
     }
 
-    /// The 0.1.0 worlds. Their shared types (`types`) are 0.2.0's Rust
-    /// types: the records and variants are the same, and component types
-    /// compare by structure, not by the interface that names them. Their
-    /// `host` interface is generated again (the same functions under the
-    /// 0.1.0 name; `store.rs` implements both).
+    /// The 0.2.0 worlds (the copy in `wit/v0.2.0/`). Their shared types
+    /// (`types`) are 0.3.0's Rust types: the records and variants are the
+    /// same, and component types compare by structure, not by the
+    /// interface that names them. Their `host` interface is generated
+    /// again (the same functions under the 0.2.0 name; `store.rs`
+    /// implements every version's).
+    pub mod v0_2_0 {
+        pub mod storage {
+            wasmtime::component::bindgen!({
+                path: "../wit/v0.2.0",
+                world: "storage-provider",
+                with: {
+                    "stategate:gateway/types": crate::wasm::bindings::storage::stategate::gateway::types,
+                },
+            });
+        }
+        pub mod channel {
+            wasmtime::component::bindgen!({
+                path: "../wit/v0.2.0",
+                world: "channel-provider",
+                with: {
+                    "stategate:gateway/types": crate::wasm::bindings::storage::stategate::gateway::types,
+                    "stategate:gateway/host": super::storage::stategate::gateway::host,
+                },
+            });
+        }
+        pub mod policy {
+            wasmtime::component::bindgen!({
+                path: "../wit/v0.2.0",
+                world: "policy-hook",
+                exports: { default: async },
+                with: {
+                    "stategate:gateway/host": super::storage::stategate::gateway::host,
+                },
+            });
+        }
+    }
+
+    /// The 0.1.0 worlds, bound like 0.2.0's: 0.3.0's Rust types for
+    /// `types`, their own `host`.
     pub mod v0_1_0 {
         pub mod storage {
             wasmtime::component::bindgen!({
@@ -90,6 +126,7 @@ pub mod bindings {
 
 use bindings::storage::stategate::gateway::host as host_if;
 use bindings::v0_1_0::storage::stategate::gateway::host as host_v0_1_0;
+use bindings::v0_2_0::storage::stategate::gateway::host as host_v0_2_0;
 
 /// Which world a guest implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +152,7 @@ pub trait World: Sized + Send + Sync + 'static {
     type Instance: Send + 'static;
     fn link(component: &Component) -> wasmtime::Result<Self>;
     /// The version of the contract the linked component was built against
-    /// (`"0.2.0"`, `"0.1.0"`).
+    /// (`"0.3.0"`, `"0.2.0"`, `"0.1.0"`).
     fn version(&self) -> &'static str;
 }
 
@@ -140,6 +177,7 @@ fn linker_sync(component: &Component) -> wasmtime::Result<Linker<Ctx>> {
     quota::charge_writes(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
     host_if::add_to_linker::<Ctx, wasmtime::component::HasSelf<Ctx>>(&mut linker, |c| c)?;
+    host_v0_2_0::add_to_linker::<Ctx, wasmtime::component::HasSelf<Ctx>>(&mut linker, |c| c)?;
     host_v0_1_0::add_to_linker::<Ctx, wasmtime::component::HasSelf<Ctx>>(&mut linker, |c| c)?;
     Ok(linker)
 }
@@ -151,6 +189,7 @@ fn linker_async(component: &Component) -> wasmtime::Result<Linker<Ctx>> {
     quota::charge_writes_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     host_if::add_to_linker::<Ctx, wasmtime::component::HasSelf<Ctx>>(&mut linker, |c| c)?;
+    host_v0_2_0::add_to_linker::<Ctx, wasmtime::component::HasSelf<Ctx>>(&mut linker, |c| c)?;
     host_v0_1_0::add_to_linker::<Ctx, wasmtime::component::HasSelf<Ctx>>(&mut linker, |c| c)?;
     Ok(linker)
 }

@@ -58,18 +58,19 @@ fn new_build_check(world: &str, dir: &Path) -> String {
 fn new_rust_guests_build_and_pass_check() {
     let tmp = tempfile::tempdir().unwrap();
     let policy = new_build_check("policy-hook", &tmp.path().join("sg-new-policy"));
-    assert!(policy.contains("world      policy-hook (stategate:gateway@0.2.0)"), "{policy}");
-    assert!(policy.contains("export     stategate:gateway/policy@0.2.0: authorize-request, authorize-response"), "{policy}");
+    assert!(policy.contains("world      policy-hook (stategate:gateway@0.3.0)"), "{policy}");
+    assert!(policy.contains("export     stategate:gateway/policy@0.3.0: authorize-request, authorize-response"), "{policy}");
     assert!(policy.contains("authorize-request -> Decision::Allow"), "{policy}");
     assert!(policy.contains("authorize-response -> ResponseDecision::Allow"), "{policy}");
 
     let channel = new_build_check("channel-provider", &tmp.path().join("sg-new-channel"));
-    assert!(channel.contains("world      channel-provider (stategate:gateway@0.2.0)"), "{channel}");
+    assert!(channel.contains("world      channel-provider (stategate:gateway@0.3.0)"), "{channel}");
     assert!(channel.contains("call       poll -> the event back"), "{channel}");
 
     let storage = new_build_check("storage-provider", &tmp.path().join("sg-new-storage"));
-    assert!(storage.contains("world      storage-provider (stategate:gateway@0.2.0)"), "{storage}");
+    assert!(storage.contains("world      storage-provider (stategate:gateway@0.3.0)"), "{storage}");
     assert!(storage.contains("get guest-check/sample/k1 -> version 1"), "{storage}");
+    assert!(storage.contains("get guest-check/sample/k1 at seq 1 -> version 1"), "{storage}");
     for out in [&policy, &channel, &storage] {
         assert!(out.trim_end().ends_with("ok"), "{out}");
     }
@@ -98,12 +99,13 @@ fn new_python_guests_build_and_pass_check() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let policy = new_build_check_other("python", "policy-hook", &tmp.path().join("py-policy"));
-    assert!(policy.contains("world      policy-hook (stategate:gateway@0.2.0)"), "{policy}");
+    assert!(policy.contains("world      policy-hook (stategate:gateway@0.3.0)"), "{policy}");
     assert!(policy.contains("authorize-request -> Decision::Allow"), "{policy}");
     let channel = new_build_check_other("python", "channel-provider", &tmp.path().join("py-channel"));
     assert!(channel.contains("call       poll -> the event back"), "{channel}");
     let storage = new_build_check_other("python", "storage-provider", &tmp.path().join("py-storage"));
     assert!(storage.contains("get guest-check/sample/k1 -> version 1"), "{storage}");
+    assert!(storage.contains("get guest-check/sample/k1 at seq 1 -> version 1"), "{storage}");
     for out in [&policy, &channel, &storage] {
         assert!(out.trim_end().ends_with("ok"), "{out}");
     }
@@ -116,12 +118,13 @@ fn new_js_guests_build_and_pass_check() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let policy = new_build_check_other("js", "policy-hook", &tmp.path().join("js-policy"));
-    assert!(policy.contains("world      policy-hook (stategate:gateway@0.2.0)"), "{policy}");
+    assert!(policy.contains("world      policy-hook (stategate:gateway@0.3.0)"), "{policy}");
     assert!(policy.contains("authorize-request -> Decision::Allow"), "{policy}");
     let channel = new_build_check_other("js", "channel-provider", &tmp.path().join("js-channel"));
     assert!(channel.contains("call       poll -> the event back"), "{channel}");
     let storage = new_build_check_other("js", "storage-provider", &tmp.path().join("js-storage"));
     assert!(storage.contains("get guest-check/sample/k1 -> version 1"), "{storage}");
+    assert!(storage.contains("get guest-check/sample/k1 at seq 1 -> version 1"), "{storage}");
     for out in [&policy, &channel, &storage] {
         assert!(out.trim_end().ends_with("ok"), "{out}");
     }
@@ -130,7 +133,7 @@ fn new_js_guests_build_and_pass_check() {
 #[test]
 fn check_names_the_world_and_version_of_existing_guests() {
     let out = ok(stategate(&["guest", "check", guest("fs_storage").to_str().unwrap()]));
-    assert!(out.contains("world      storage-provider (stategate:gateway@0.2.0)"), "{out}");
+    assert!(out.contains("world      storage-provider (stategate:gateway@0.3.0)"), "{out}");
     assert!(out.contains("grants     dir = "), "a temporary directory is granted: {out}");
     let out = ok(stategate(&["guest", "check", guest("redact_0_1_0").to_str().unwrap(), "--config", r#"{"fields":"hello"}"#]));
     assert!(out.contains("world      policy-hook (stategate:gateway@0.1.0)"), "{out}");

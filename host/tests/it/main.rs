@@ -102,6 +102,8 @@ mod wasm_versions;
 #[cfg(feature = "wasm")]
 mod wasm_pushdown;
 #[cfg(feature = "wasm")]
+mod wasm_reads_at;
+#[cfg(feature = "wasm")]
 mod wasm_pool;
 #[cfg(feature = "wasm")]
 mod wasm_hot_swap;

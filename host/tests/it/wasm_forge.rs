@@ -26,7 +26,7 @@ pub struct Forge {
     pub table_grow: u32,
 }
 
-const POLICY: &str = "stategate:gateway/policy@0.2.0";
+const POLICY: &str = "stategate:gateway/policy@0.3.0";
 /// Where the answer (`decision::allow`, all zero bytes) is returned: the
 /// allocator hands out memory only from `HEAP` on.
 const RET: i32 = 16;

@@ -1,7 +1,7 @@
 //! WIT 0.2.0's search pushdown: the guest gets the whole query (filter as
 //! the query language's JSON, sort, offset, limit) and returns only what
 //! can belong to the page; the host still decides the result. fs-storage
-//! (0.2.0) answers with the matches alone, cut at offset + limit, where it
+//! (since 0.2.0) answers with the matches alone, cut at offset + limit, where it
 //! can decide the filter; the same guest built against 0.1.0 returns every
 //! state. Whatever a guest pushes down, the result is the reference
 //! provider's.

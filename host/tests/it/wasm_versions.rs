@@ -1,7 +1,9 @@
-//! Guests built against `stategate:gateway@0.1.0` (the frozen fixtures in
-//! guest-providers/testing/v0.1.0 and guest-policies/testing/v0.1.0, built
-//! against wit/v0.1.0) keep loading on the 0.2.0 host and keep passing the
-//! same suites; the host says which version it linked each guest as.
+//! Guests built against `stategate:gateway@0.1.0` and `@0.2.0` (the frozen
+//! fixtures in guest-providers/testing/v0.1.0, …/v0.2.0 and
+//! guest-policies/testing/v0.1.0, …/v0.2.0, built against wit/v0.1.0 and
+//! wit/v0.2.0) keep loading on the 0.3.0 host and keep passing the same
+//! suites (for storage, reads at a seq by replay: they have no `get-at`);
+//! the host says which version it linked each guest as.
 
 use crate::wasm_support::{channel_spec, guest, runtime, spec, storage_spec};
 use serde_json::json;
@@ -19,6 +21,16 @@ channel_conformance!(wasm_dir_channel_built_against_0_1_0, async {
     Some(channel_spec(&spec(&guest("dir_channel_0_1_0"), &dir)).open(&runtime()).await.expect("the 0.1.0 guest opens"))
 });
 
+storage_conformance!(wasm_fs_storage_built_against_0_2_0, async {
+    let dir = tempfile::tempdir().unwrap().keep();
+    Some(storage_spec(&spec(&guest("fs_storage_0_2_0"), &dir)).open(&dir, &runtime()).await.expect("the 0.2.0 guest opens"))
+});
+
+channel_conformance!(wasm_dir_channel_built_against_0_2_0, async {
+    let dir = tempfile::tempdir().unwrap().keep();
+    Some(channel_spec(&spec(&guest("dir_channel_0_2_0"), &dir)).open(&runtime()).await.expect("the 0.2.0 guest opens"))
+});
+
 /// The version each guest is linked as.
 fn linked<P: World>(name: &str) -> &'static str {
     let dir = tempfile::tempdir().unwrap();
@@ -31,29 +43,37 @@ fn linked<P: World>(name: &str) -> &'static str {
 
 #[test]
 fn each_guest_is_linked_as_the_version_it_was_built_against() {
-    assert_eq!(linked::<StoragePre>("fs_storage"), "0.2.0");
+    assert_eq!(linked::<StoragePre>("fs_storage"), "0.3.0");
+    assert_eq!(linked::<StoragePre>("fs_storage_0_2_0"), "0.2.0");
     assert_eq!(linked::<StoragePre>("fs_storage_0_1_0"), "0.1.0");
-    assert_eq!(linked::<ChannelPre>("dir_channel"), "0.2.0");
+    assert_eq!(linked::<ChannelPre>("dir_channel"), "0.3.0");
+    assert_eq!(linked::<ChannelPre>("dir_channel_0_2_0"), "0.2.0");
     assert_eq!(linked::<ChannelPre>("dir_channel_0_1_0"), "0.1.0");
-    assert_eq!(linked::<PolicyPre>("redact"), "0.2.0");
+    assert_eq!(linked::<PolicyPre>("redact"), "0.3.0");
+    assert_eq!(linked::<PolicyPre>("redact_0_2_0"), "0.2.0");
     assert_eq!(linked::<PolicyPre>("redact_0_1_0"), "0.1.0");
 }
 
-/// A component of another world is refused naming both versions.
+/// A component of another world is refused naming every version.
 #[test]
-fn a_component_of_neither_version_is_refused_naming_both() {
+fn a_component_of_no_version_is_refused_naming_each() {
     let runtime = runtime();
     let c = GuestConfig::at(guest("redact_0_1_0"), "wrong");
     let err = match Guest::<StoragePre>::load(&runtime, c.spec(runtime.settings())) {
         Ok(_) => panic!("a policy hook is not a storage provider"),
         Err(e) => e.to_string(),
     };
-    for part in ["does not implement world storage-provider", "stategate:gateway@0.2.0", "stategate:gateway@0.1.0"] {
+    for part in [
+        "does not implement world storage-provider",
+        "stategate:gateway@0.3.0",
+        "stategate:gateway@0.2.0",
+        "stategate:gateway@0.1.0",
+    ] {
         assert!(err.contains(part), "{err:?} should say {part:?}");
     }
 }
 
-/// Data written by the 0.1.0 guest is read by the 0.2.0 one (the same log
+/// Data written by the 0.1.0 guest is read by the 0.3.0 one (the same log
 /// format), and the other way round: upgrading a guest keeps its data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fs_storage_upgrade_keeps_the_data() {
@@ -85,15 +105,16 @@ async fn fs_storage_upgrade_keeps_the_data() {
     assert_eq!(old.head().await.unwrap(), 4);
 }
 
-/// A 0.1.0 policy hook decides as it did, next to a 0.2.0 one.
+/// 0.1.0 and 0.2.0 policy hooks decide as they did, next to a 0.3.0 one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_0_1_0_policy_hook_decides_as_before() {
+async fn older_policy_hooks_decide_as_before() {
     let hooks = json!({
         "old": {"path": guest("redact_0_1_0"), "config": {"fields": "secret"}},
+        "mid": {"path": guest("redact_0_2_0"), "config": {"fields": "secret"}},
         "new": {"path": guest("redact"), "config": {"fields": "secret"}},
     });
     let hooks = PolicyHooks::from_config(&hooks.to_string(), &runtime()).await.unwrap().unwrap();
-    for domain in ["old", "new"] {
+    for domain in ["old", "mid", "new"] {
         let response = json!({"domain": domain, "values": {"a": 1, "secret": "s"}});
         let input = PolicyInput {
             claims: Default::default(),

@@ -78,6 +78,14 @@ impl Guest for Stall {
         stall();
         unavailable()
     }
+    fn get_at(_record: RecordRef, _seq: u64) -> Result<Option<State>, ProviderError> {
+        stall();
+        unavailable()
+    }
+    fn query_states_at(_query: StateQuery, _seq: u64) -> Result<StatePage, ProviderError> {
+        stall();
+        unavailable()
+    }
     fn get_event(_id: String) -> Result<Option<Event>, ProviderError> {
         stall();
         unavailable()

@@ -41,6 +41,12 @@ impl Guest for TrapStart {
     fn query_events(_query: EventQuery) -> Result<EventPage, ProviderError> {
         unavailable()
     }
+    fn get_at(_record: RecordRef, _seq: u64) -> Result<Option<State>, ProviderError> {
+        unavailable()
+    }
+    fn query_states_at(_query: StateQuery, _seq: u64) -> Result<StatePage, ProviderError> {
+        unavailable()
+    }
     fn get_event(_id: String) -> Result<Option<Event>, ProviderError> {
         unavailable()
     }

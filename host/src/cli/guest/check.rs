@@ -173,6 +173,16 @@ async fn storage(object: &Map<String, Value>, data: &Path, runtime: &WasmRuntime
     if state.as_ref().map(|st| st.version) != Some(appended.event.version) {
         bail!("get did not return the state just appended");
     }
+    // As of the append (get-at on a 0.3.0 guest, a replay of feed on an
+    // older one).
+    let t = Instant::now();
+    let seq = appended.event.seq;
+    let past = s.get_at(&sample_record(), Some(seq)).await.map_err(|e| anyhow!("get at seq {seq}: {e}"))?.value;
+    let shown = past.as_ref().map(|st| format!("version {}", st.version));
+    println!("call       get {DOMAIN}/sample/k1 at seq {seq} -> {} ({})", shown.as_deref().unwrap_or("none"), took(t));
+    if past.as_ref().map(|st| st.version) != Some(appended.event.version) {
+        bail!("get at the append's seq did not return the state appended");
+    }
     let t = Instant::now();
     let head = s.head().await.map_err(|e| anyhow!("head: {e}"))?;
     println!("call       head -> {head} ({})", took(t));

@@ -128,7 +128,7 @@ fn shell_quote(path: &Path) -> String {
 
 fn readme(name: &str, world: WorldName, build: &str, output: &Path) -> String {
     format!(
-        "# {name}\n\nA stategate `{world}` guest (WIT package `stategate:gateway@0.2.0`, copied in `wit/`).\n\n\
+        "# {name}\n\nA stategate `{world}` guest (WIT package `stategate:gateway@0.3.0`, copied in `wit/`).\n\n\
          ```sh\n{build}\nstategate guest check {output}\n```\n\n\
          The guide: wit/README.md in the stategate repository.\n",
         world = world.as_str(),

@@ -7,7 +7,7 @@
 // `forbidden_key` (default "forbidden"), and removes the field config
 // `redact` (if set) from returned values.
 // Check it with `stategate guest check <file.wasm>`.
-import { config } from "stategate:gateway/host@0.2.0";
+import { config } from "stategate:gateway/host@0.3.0";
 
 export const policy = {
   authorizeRequest(input) {

@@ -4,8 +4,12 @@ wit/storage.wit): where events and current states live.
 This one keeps everything in the instance's memory (lost when the gateway
 stops): a starting point that shows the contract. Searches return supersets
 (every state or event of the type): the host applies the filter, sort,
-offset and limit itself. Check it with `stategate guest check <file.wasm>`.
+offset and limit itself. Reads as of an event (`get_at`,
+`query_states_at`) bisect each record's events. Check it with
+`stategate guest check <file.wasm>`.
 """
+
+import bisect
 
 from componentize_py_types import Err
 from wit_world import exports
@@ -22,10 +26,24 @@ events = []  # every event, seq = index + 1
 states = {}  # (domain, ty, key) -> State
 versions = {}  # (domain, ty, key) -> last version, deleted records too
 idempotency = {}  # key -> (fingerprint, index of its event)
+history = {}  # (domain, ty, key) -> indexes of its events, in seq order
 
 
 def key_of(r):
     return (r.domain, r.ty, r.key)
+
+
+def state_at(k, seq):
+    """The state the record's last event with seq <= `seq` left (None if it
+    had none, or that one deleted it): event i has seq i + 1."""
+    lines = history.get(k, [])
+    n = bisect.bisect_right(lines, seq - 1)
+    if n == 0:
+        return None
+    e = events[lines[n - 1]]
+    if e.values is None:
+        return None
+    return State(record=e.record, values=e.values, version=e.version)
 
 
 class Storage(exports.Storage):
@@ -58,6 +76,7 @@ class Storage(exports.Storage):
             method=req.method,
         )
         versions[k] = version
+        history.setdefault(k, []).append(len(events))
         if req.values is None:
             states.pop(k, None)
         else:
@@ -121,6 +140,14 @@ class Storage(exports.Storage):
             and (q.max_time is None or e.time <= q.max_time)
         ]
         return EventPage(events=in_type, skipped=0)
+
+    def get_at(self, record, seq):
+        return state_at(key_of(record), seq)
+
+    def query_states_at(self, q, seq):
+        of_type = [k for k in history if k[0] == q.domain and k[1] == q.ty]
+        states = [s for s in (state_at(k, seq) for k in of_type) if s is not None]
+        return StatePage(states=states, skipped=0)
 
     def max_instances(self):
         return 1  # the data lives in this instance's memory

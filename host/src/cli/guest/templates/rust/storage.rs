@@ -6,7 +6,8 @@
 //! writes to `/data` (`grants.dir`) or talks to a database through
 //! `grants.net` / `grants.http`. Searches return supersets (every state or
 //! event of the type): the host applies the filter, sort, offset and limit
-//! itself, so pushing them down is an optimisation.
+//! itself, so pushing them down is an optimisation. Reads as of an event
+//! (`get-at`, `query-states-at`) bisect each record's events.
 //! Check it with `stategate guest check <file.wasm>`.
 
 wit_bindgen::generate!({ path: "wit", world: "storage-provider" });
@@ -28,6 +29,8 @@ struct Store {
     states: BTreeMap<Key, State>,
     /// The last version of every record that ever had one (deleted too).
     versions: HashMap<Key, u64>,
+    /// Each record's events (indexes into `events`), in seq order.
+    history: HashMap<Key, Vec<usize>>,
     /// Idempotency key → (fingerprint, index of its event).
     idempotency: HashMap<String, (String, usize)>,
 }
@@ -45,6 +48,16 @@ fn key(r: &RecordRef) -> Key {
 
 fn of_type(e: &Event, domain: &str, ty: &str) -> bool {
     e.record.domain == domain && e.record.ty == ty
+}
+
+/// The state a record's last event with seq <= `seq` left (none if it
+/// had none, or that one deleted it), by bisection of its events.
+fn state_at(s: &Store, k: &Key, seq: u64) -> Option<State> {
+    let lines = s.history.get(k)?;
+    let n = lines.partition_point(|i| s.events[*i].seq <= seq);
+    let e = &s.events[lines[n.checked_sub(1)?]];
+    let values = e.values.clone()?;
+    Some(State { record: e.record.clone(), values, version: e.version })
 }
 
 struct Storage;
@@ -89,6 +102,7 @@ impl Guest for Storage {
                 method: req.method,
             };
             s.versions.insert(k.clone(), version);
+            s.history.entry(k.clone()).or_default().push(s.events.len());
             match &event.values {
                 Some(values) => {
                     let state = State { record: event.record.clone(), values: values.clone(), version };
@@ -164,6 +178,19 @@ impl Guest for Storage {
     fn query_events(q: EventQuery) -> Result<EventPage, ProviderError> {
         let scan = EventScan { domain: q.domain, ty: q.ty, key: q.key, min_time: q.min_time, max_time: q.max_time };
         Ok(EventPage { events: Self::search_events(scan)?, skipped: 0 })
+    }
+
+    fn get_at(record: RecordRef, seq: u64) -> Result<Option<State>, ProviderError> {
+        Ok(with(|s| state_at(s, &key(&record), seq)))
+    }
+
+    /// A superset: every state the type had after event `seq`.
+    fn query_states_at(q: StateQuery, seq: u64) -> Result<StatePage, ProviderError> {
+        Ok(with(|s| {
+            let of_type = s.history.keys().filter(|k| k.0 == q.domain && k.1 == q.ty);
+            let states = of_type.filter_map(|k| state_at(s, k, seq)).collect();
+            StatePage { states, skipped: 0 }
+        }))
     }
 
     /// One instance: the data lives in its memory.
