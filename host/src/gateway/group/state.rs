@@ -8,7 +8,9 @@
 //!   flight below `position`);
 //! - above `position`, an event of the subscription is in flight (assigned
 //!   to a member until its deadline), done (in `done` or `parked`), or
-//!   waiting; `position` only grows;
+//!   waiting; `position` only grows, and only over events a claim saw:
+//!   never past the end of its window (`scanned_to`), since an event past
+//!   it may be waiting even below the first event in flight;
 //! - at most one event of a record is in flight, and it is the record's
 //!   earliest event that is not done: a waiting event is assigned only when
 //!   every earlier event of its record is done. So a record's events reach
@@ -156,7 +158,9 @@ impl GroupState {
     /// to `member` unless `member` held it last and another member is
     /// alive (it is left for that one). Then waiting events, oldest first,
     /// each only when its record has nothing in flight and no earlier
-    /// waiting event. Finally `position` moves up over what is done.
+    /// waiting event. Finally `position` moves up over what is done, up to
+    /// `scanned_to` at most (an empty window with `scanned_to` at the
+    /// position, as a full member's claim passes, moves it not at all).
     pub fn claim(&mut self, member: &str, room: usize, now: i64, window: &[Candidate], scanned_to: u64) -> Claimed {
         let mut out = Claimed::default();
         let timeout = self.spec.ack_timeout_ms as i64;
@@ -227,13 +231,13 @@ impl GroupState {
             out.changed = true;
         }
 
-        // Everything below the first event not done is done.
+        // Everything below the first event not done is done, as far as the
+        // window shows: past `scanned_to` this claim saw nothing, so an event
+        // there may be waiting even below the first one in flight (a full
+        // member's claim reads no window at all: `scanned_to` is then the
+        // position, and the position stays).
         let first_open = self.inflight.range(self.position + 1..).next().map(|(s, _)| *s);
-        let limit = match (first_open, first_waiting) {
-            (Some(a), Some(b)) => a.min(b) - 1,
-            (Some(a), None) | (None, Some(a)) => a - 1,
-            (None, None) => scanned_to,
-        };
+        let limit = [first_open, first_waiting].into_iter().flatten().map(|s| s - 1).fold(scanned_to, u64::min);
         if limit > self.position {
             self.position = limit;
             self.done = self.done.split_off(&(limit + 1));
@@ -413,6 +417,31 @@ mod tests {
         assert_eq!(seqs(&g.claim("m2", 10, 10, &w, 2)), [1]);
         assert!(g.release("m1", 20));
         assert_eq!(seqs(&g.claim("m2", 10, 20, &w, 2)), [2]);
+    }
+
+    #[test]
+    fn a_claim_that_read_no_window_does_not_move_the_position_over_waiting_events() {
+        let mut g = GroupState::new(spec(3), 0);
+        let w = [ev(1, "a"), ev(2, "a"), ev(3, "b")];
+        assert_eq!(seqs(&g.claim("m1", 1, 0, &w, 3)), [1], "2 waits for 1, 3 for room");
+        assert_eq!(seqs(&g.claim("m2", 1, 0, &w, 3)), [3]);
+        g.ack(&["e1".into()], false, 1);
+        // 2 now waits below 3, the first event in flight. m2 is full: its
+        // claim reads no feed (no window, scanned up to the position), so it
+        // saw nothing of 2 and must not move the position over it.
+        let c = g.claim("m2", 0, 2, &[], g.position);
+        assert!(c.assigned.is_empty());
+        assert_eq!(g.position, 0, "a claim that saw no event moves the position over none");
+        assert_eq!(seqs(&g.claim("m1", 1, 3, &w, 3)), [2], "2 is still delivered");
+        assert_eq!(g.position, 1);
+        // A window that stops short of the first event in flight (read up to
+        // 1 only) moves the position no further than what it read.
+        let mut g = GroupState::new(spec(3), 0);
+        g.claim("m1", 1, 0, &w, 3);
+        g.claim("m2", 1, 0, &w, 3);
+        g.ack(&["e1".into()], false, 1);
+        g.claim("m2", 0, 2, &w[..1], 1);
+        assert_eq!(g.position, 1);
     }
 
     #[test]
