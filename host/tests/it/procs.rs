@@ -375,8 +375,9 @@ impl Gateway {
     pub async fn spawn_with(dir: &Path, storage: &str, channel: &str, env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let ops_port = free_port();
-        let log = std::fs::File::create(dir.join(format!("gateway-{port}.log"))).unwrap();
-        let child = Command::new(crate::procs::stategate_bin())
+        let log_path = dir.join(format!("gateway-{port}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(crate::procs::stategate_bin())
             .args(["--dev", "--port", &port.to_string(), "--ops-port", &ops_port.to_string(), "--log-format", "text"])
             .env("STATEGATE_STORAGE_PROVIDER", storage)
             .env("STATEGATE_CHANNEL_PROVIDER", channel)
@@ -389,8 +390,22 @@ impl Gateway {
             .stderr(log)
             .spawn()
             .unwrap();
-        wait_port(port, "gateway").await;
-        Gateway { port, ops_port, child }
+        // Bounded, and a gateway that stopped (say, its port was taken
+        // between `free_port` and its bind) fails the wait at once, with
+        // what it logged: its temp dir is gone once the test fails.
+        for _ in 0..600 {
+            if port_open(port) {
+                return Gateway { port, ops_port, child };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("gateway on port {port} exited ({status}) before listening; its log:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let _ = child.kill();
+        panic!("gateway did not listen on port {port} within 60 s; its log:\n{log}");
     }
 
     pub async fn channel(&self) -> Channel {
