@@ -75,7 +75,12 @@ test('development mode: tail, table, history, diff, revert, edit, delete', async
     assert.equal(await page.evaluate(() => document.activeElement?.textContent), 'Live tail');
     await page.keyboard.press('Enter');
     await heading(page).filter({ hasText: 'Live tail' }).waitFor();
-    assert.equal(await page.evaluate(() => document.activeElement?.tagName), 'H1', 'focus moves to the new view');
+    // The view moves focus in an effect, which runs after the heading is
+    // painted: wait for it rather than read it at once.
+    await assert.doesNotReject(
+      page.waitForFunction(() => document.activeElement?.tagName === 'H1', null, { timeout: 5000 }),
+      'focus moves to the new view',
+    );
 
     // Follow the test's domain, any type.
     await page.getByLabel('Domain').fill(d);
