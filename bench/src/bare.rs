@@ -59,7 +59,7 @@ impl Bare {
     /// Asks the gateway once and keeps its answer as the bare answer.
     pub async fn learn(&self, op: Op, records: usize, cl: &mut Clients, rng: &mut Rng) -> Result<()> {
         match op {
-            Op::Set => {}
+            Op::Set | Op::Health => {}
             Op::Get => {
                 let s = cl.state.get(get_request(rng.below(records))).await.context("template Get")?.into_inner();
                 self.templates.lock().unwrap().get = Some(s);

@@ -13,6 +13,7 @@ use stategate::proto::{event_service_client::EventServiceClient, state_service_c
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 /// Streams per client connection in the fan-out and idle-stream scenarios.
 pub const STREAMS_PER_CONNECTION: usize = 125;
@@ -44,6 +45,7 @@ pub async fn connect(addr: SocketAddr) -> Result<Channel> {
 pub struct Clients {
     pub state: StateServiceClient<Channel>,
     pub events: EventServiceClient<Channel>,
+    pub health: HealthClient<Channel>,
     /// `authorization` header value sent with every call, if any.
     auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
@@ -52,7 +54,8 @@ impl Clients {
     pub fn new(ch: Channel) -> Self {
         Clients {
             state: StateServiceClient::new(ch.clone()).max_decoding_message_size(64 << 20),
-            events: EventServiceClient::new(ch).max_decoding_message_size(64 << 20),
+            events: EventServiceClient::new(ch.clone()).max_decoding_message_size(64 << 20),
+            health: HealthClient::new(ch),
             auth: None,
         }
     }
@@ -182,6 +185,10 @@ async fn call(cl: &mut Clients, op: Op, records: usize, client: usize, i: u64, r
             let r = cl.req(event_search_request(rng.below(GROUPS)));
             let n = cl.events.search(r).await.map_err(status)?.into_inner().events.len();
             full_page("event search", n)?;
+        }
+        Op::Health => {
+            let r = cl.req(HealthCheckRequest { service: String::new() });
+            cl.health.check(r).await.map_err(status)?;
         }
     }
     Ok(())

@@ -11,6 +11,9 @@ pub enum Op {
     Get,
     Search,
     EventSearch,
+    /// `grpc.health.v1.Health/Check`: the transport's share of any call,
+    /// and so the most a unary call over the same clients could reach.
+    Health,
 }
 
 impl Op {
@@ -20,6 +23,7 @@ impl Op {
             Op::Get => "get",
             Op::Search => "search",
             Op::EventSearch => "event-search",
+            Op::Health => "health",
         }
     }
 }

@@ -14,7 +14,12 @@
 //!   against the bare database client (`sql_bare`: the same transaction and
 //!   the same point read, one connection per client; targets at 64
 //!   clients: Set ≥ 0.8, Get ≥ 0.7), and state and event `Search` against
-//!   the sqlite gateway (no target: the comparison is the figure).
+//!   the sqlite gateway (no target: the comparison is the figure);
+//! - a `health` row: the same gateway's gRPC health check against the bare
+//!   point read. A health check is all transport (the same tonic clients
+//!   and server, no storage), so its ratio is the most any `Get` over gRPC
+//!   could reach against that ceiling on this machine: when it is below
+//!   0.7, so is every possible `Get`, whatever the storage code does.
 //!
 //! The servers run as they are configured on the machine (durable commits
 //! are what the providers expect; they warn otherwise); each row's note
@@ -142,7 +147,7 @@ impl Bench {
         let sqlite_disk = format!("{} ({})", sqlite_base.display(), fs_type(sqlite_base));
         let (warmup, secs) = (self.args.warmup, self.args.secs);
         let mut rows = Vec::new();
-        for op in [Op::Set, Op::Get, Op::Search, Op::EventSearch] {
+        for op in [Op::Set, Op::Get, Op::Health, Op::Search, Op::EventSearch] {
             for &clients in &self.args.clients.clone() {
                 reset_peak();
                 let load = Load::new(op, records);
@@ -158,6 +163,13 @@ impl Bench {
                             } else {
                                 "the provider's point read of a seeded state"
                             }
+                        ),
+                    ),
+                    Op::Health => (
+                        bare.drive(Op::Get, clients, warmup, secs, records).await?,
+                        format!(
+                            "the gateway's gRPC health check (no storage: the transport's bound on the Get ratio) against \
+                             \"ceiling\" = the bare sqlx point read of the get row ({server})"
                         ),
                     ),
                     _ => (

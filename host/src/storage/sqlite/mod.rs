@@ -22,6 +22,21 @@
 //! own thread and connection, not inside a commit, so a writer never waits
 //! for one.
 //!
+//! Every connection goes through sqlite's `unix-excl` VFS (`open_connection`):
+//! the process takes one exclusive lock on the file when it first reads it
+//! and keeps the WAL index in its heap instead of a shared-memory `-shm`
+//! file. sqlite still locks between this process's connections, in memory;
+//! what goes is the `fcntl` on the file and on the WAL index that each read
+//! transaction otherwise makes (1.3 syscalls per `Get` under load,
+//! BENCHMARKS.md session 14). It fits `file_lock`'s rule of one process per
+//! file, and it holds only if every connection to the file in this process
+//! uses the same VFS, opened read-write: a handle opened read-only, or
+//! through the default VFS, would take its own POSIX locks, which replace
+//! the process's exclusive one (POSIX locks belong to the process, not the
+//! handle), and would map a separate WAL index. Readers are therefore
+//! read-write handles with `PRAGMA query_only`. No other process (not even
+//! the `sqlite3` shell) can open the file while the gateway has it open.
+//!
 //! Over 500 lines on purpose: the writer, the read pool and the checkpoint
 //! thread share the connection setup and the row codecs, and each is only
 //! correct together with the others (the WAL and checkpoint rules above).
@@ -195,7 +210,7 @@ impl SqliteStorage {
                 .map_err(|e| Error::unavailable(format!("sqlite: cannot create {}: {e}", dir.display())))?;
         }
         let lock = super::file_lock::lock(&path)?;
-        let conn = Connection::open(&path).map_err(|e| db_error(&e))?;
+        let conn = open_connection(&path)?;
         // page_size only takes effect on a new file, so it comes first;
         // an existing file keeps the page size it was created with.
         // temp_store = MEMORY keeps the sub-journal of the per-append
@@ -215,7 +230,7 @@ impl SqliteStorage {
         }
         // Checkpoints happen on the checkpoint thread, not in commits.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0;").map_err(|e| db_error(&e))?;
-        let checkpoint_conn = Connection::open(&path).map_err(|e| db_error(&e))?;
+        let checkpoint_conn = open_connection(&path)?;
         checkpoint_conn
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|e| db_error(&e))?;
@@ -345,15 +360,22 @@ impl SqliteStorage {
     }
 }
 
+/// Opens (creating if needed) a connection to the database file through
+/// the `unix-excl` VFS, read-write: see the module doc for why every
+/// connection must be opened this way. `NO_MUTEX` because each connection
+/// is used by one thread at a time (the pools hand them out whole).
+fn open_connection(path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    Connection::open_with_flags_and_vfs(path, flags, "unix-excl").map_err(|e| db_error(&e))
+}
+
 fn open_reader(path: &Path) -> Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| db_error(&e))?;
+    let conn = open_connection(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| db_error(&e))?;
-    conn.execute_batch(&format!("PRAGMA mmap_size = {MMAP_BYTES}; PRAGMA cache_size = -16384;"))
-        .map_err(|e| db_error(&e))?;
+    conn.execute_batch(&format!(
+        "PRAGMA query_only = 1; PRAGMA mmap_size = {MMAP_BYTES}; PRAGMA cache_size = -16384;"
+    ))
+    .map_err(|e| db_error(&e))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
@@ -579,9 +601,9 @@ fn append_one(tx: &Connection, job: &Job) -> std::result::Result<Written, Failed
 /// the transaction's snapshot is fixed at its first read, so the head and
 /// the answer reflect exactly the same commits.
 ///
-/// Every statement here is a cached one: `Get` runs this on each call, and
-/// parsing `BEGIN`, the head query and `COMMIT` anew cost more than the
-/// lookup itself (callgrind: about 30k instructions per `Get`).
+/// Every statement here is a cached one: parsing `BEGIN`, the head query
+/// and `COMMIT` anew costs more than a point lookup (callgrind: about 30k
+/// instructions), which is why `Get` uses `get_now_at_head` instead.
 fn snapshot<T>(c: &Connection, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<AtSeq<T>> {
     c.prepare_cached("BEGIN")?.execute([])?;
     let out = (|| -> rusqlite::Result<AtSeq<T>> {
@@ -600,6 +622,25 @@ fn get_now(c: &Connection, r: RecordRef) -> rusqlite::Result<Option<State>> {
         .query_row(params![r.domain, r.ty, r.key], |row| Ok((row.get(0)?, json_column(row, 1)?)))
         .optional()
         .map(|found| found.map(|(version, values)| State { record: r, version, values }))
+}
+
+const GET_NOW_AT_HEAD: &str = "SELECT (SELECT COALESCE(MAX(seq), 0) FROM events), s.version, s.vals FROM (SELECT 1) \
+     LEFT JOIN states s ON s.domain = ?1 AND s.type = ?2 AND s.key = ?3 AND s.vals IS NOT NULL";
+
+/// A record's state now and the head it was read at, in one statement:
+/// one statement reads one WAL snapshot, so this is `snapshot(get_now)`
+/// without the `BEGIN` and `COMMIT` around it, which cost as much as the
+/// lookup (`Get` runs this on every call). The `(SELECT 1)` keeps a row,
+/// and with it the head, when the record does not exist.
+fn get_now_at_head(c: &Connection, r: RecordRef) -> rusqlite::Result<AtSeq<Option<State>>> {
+    let (seq, found) = c.prepare_cached(GET_NOW_AT_HEAD)?.query_row(params![r.domain, r.ty, r.key], |row| {
+        let found = match row.get_ref(2)? {
+            rusqlite::types::ValueRef::Null => None,
+            _ => Some((row.get(1)?, json_column(row, 2)?)),
+        };
+        Ok((row.get(0)?, found))
+    })?;
+    Ok(AtSeq { value: found.map(|(version, values)| State { record: r, version, values }), seq })
 }
 
 /// A state search's page, and what decides the next field index: the
@@ -898,9 +939,7 @@ impl Storage for SqliteStorage {
         let r = record.clone();
         self.read_point(move |c| {
             let Some(seq) = at else {
-                // One read transaction: the head and the state are one
-                // WAL snapshot.
-                return snapshot(c, |c| get_now(c, r));
+                return get_now_at_head(c, r);
             };
             let found = c
                 .prepare_cached(
@@ -1060,7 +1099,7 @@ impl Storage for SqliteStorage {
         tokio::task::spawn_blocking(move || {
             let mut slot = conn.lock().unwrap_or_else(|p| p.into_inner());
             if slot.is_none() {
-                let c = Connection::open(&path).map_err(|e| db_error(&e))?;
+                let c = open_connection(&path)?;
                 c.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA synchronous = FULL;").map_err(|e| db_error(&e))?;
                 *slot = Some(c);
             }
@@ -1331,6 +1370,74 @@ mod tests {
         assert_eq!(run(&conn, &q, &ready).0, ["k3"]);
         let q = query("{}", Some(("n", true)), 1);
         assert_eq!(run(&conn, &q, &ready).0, ["k2"]);
+    }
+
+    /// `Get`'s one statement looks the state up by its key and the head up
+    /// at the end of the seq order: no scan of either table.
+    #[test]
+    fn a_get_reads_by_key_and_the_head_at_the_end_of_the_seq_order() {
+        let (_dir, conn) = typed_db(300);
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {GET_NOW_AT_HEAD}")).unwrap();
+        let plan = stmt
+            .query_map(params!["d", "t", "k00001"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+            .join("; ");
+        assert!(plan.contains("SEARCH s USING PRIMARY KEY (domain=? AND type=? AND key=?)"), "{plan}");
+        assert!(!plan.contains("SCAN events") && !plan.contains("SCAN s"), "{plan}");
+    }
+
+    /// A `Get` reports the head with the state, and a missing record still
+    /// reports it (the conformance suite's read-at check holds the two to
+    /// one snapshot under concurrent writers).
+    #[tokio::test]
+    async fn a_get_reports_the_head_with_the_state_or_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path().join("a.db")).unwrap();
+        let record = |key: &str| RecordRef { domain: "d".into(), ty: "t".into(), key: key.into() };
+        let empty = storage.get_at(&record("k0"), None).await.unwrap();
+        assert_eq!((empty.value, empty.seq), (None, 0));
+        for i in 0..3 {
+            storage.append(append_to(record(&format!("k{i}")), i)).await.unwrap();
+        }
+        let found = storage.get_at(&record("k1"), None).await.unwrap();
+        assert_eq!((found.value.map(|s| (s.record.key, s.version)), found.seq), (Some(("k1".into(), 1)), 3));
+        let missing = storage.get_at(&record("k9"), None).await.unwrap();
+        assert_eq!((missing.value, missing.seq), (None, 3));
+        storage.close().await.unwrap();
+    }
+
+    /// Every connection goes through `unix-excl`: the WAL index is in the
+    /// process's heap, so no `-shm` file appears beside the database
+    /// (through the default VFS, the first read creates one).
+    #[tokio::test]
+    async fn the_wal_index_is_kept_in_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let storage = SqliteStorage::open(&path).unwrap();
+        let record = RecordRef { domain: "d".into(), ty: "t".into(), key: "k".into() };
+        storage.append(append_to(record.clone(), 0)).await.unwrap();
+        assert!(storage.get_at(&record, None).await.unwrap().value.is_some());
+        assert!(!dir.path().join("a.db-shm").exists(), "a -shm file: a connection uses shared memory");
+        assert!(dir.path().join("a.db-wal").exists(), "in WAL mode");
+        storage.close().await.unwrap();
+    }
+
+    fn append_to(record: RecordRef, i: usize) -> AppendRequest {
+        let mut values = Values::new();
+        values.insert("i".into(), (i as u64).into());
+        AppendRequest {
+            id: format!("e{i}"),
+            record,
+            change: Change::Put(values),
+            expect: Expect::Any,
+            kind: EventKind::Set,
+            method: "test".into(),
+            claims: Default::default(),
+            time: 1,
+            idempotency: None,
+        }
     }
 
     /// Expensive searches naming a field get it an index, built by the
