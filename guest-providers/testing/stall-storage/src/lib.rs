@@ -3,16 +3,16 @@
 //! milliseconds (default 0) with `std::thread::sleep` (blocked on a WASI
 //! clock pollable), then, when config `read` names a file, reads it (a FIFO
 //! without a writer blocks in the file system call itself). Then `ping`
-//! succeeds, `head` answers 0, `get` answers as below, and everything else
-//! is `unavailable`. It checks that a provider call's deadline covers the
+//! succeeds, `head` answers 0, `get` and `get-at` answer as below, and
+//! everything else is `unavailable`. It checks that a provider call's deadline covers the
 //! time a guest spends blocked in the host.
 //!
 //! For the instance pool: `max-instances` answers config `max_instances`
-//! (default 1, without stalling); `get` of a key `/data/<gate>` holds the
+//! (default 1, without stalling); a read of a key `/data/<gate>` holds the
 //! call at a gate: it creates `/data/<gate>.in` (the test sees the call is
 //! inside the instance) and waits until `/data/<gate>.go` exists (the test
 //! lets it go); it answers a state whose values are `{"calls": n}`, n counting the
-//! `get` calls this instance has served, so a test can tell whether two
+//! reads this instance has served, so a test can tell whether two
 //! calls ran on one instance.
 
 wit_bindgen::generate!({
@@ -44,6 +44,21 @@ fn unavailable<T>() -> Result<T, ProviderError> {
     Err(ProviderError::Unavailable("stall-storage stores nothing".into()))
 }
 
+/// The answer of `get` and `get-at`: a key under `/data/` is held at the
+/// gate (see above) first; values count this instance's calls.
+fn gated_state(record: RecordRef) -> Result<Option<State>, ProviderError> {
+    if record.key.starts_with("/data/") {
+        let inside = format!("{}.in", record.key);
+        std::fs::write(&inside, b"").map_err(|e| ProviderError::Unavailable(format!("{inside}: {e}")))?;
+        let go = format!("{}.go", record.key);
+        while !std::path::Path::new(&go).exists() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    let n = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+    Ok(Some(State { record, values: format!("{{\"calls\":{n}}}"), version: n }))
+}
+
 impl Guest for Stall {
     fn append(_req: AppendRequest) -> Result<Appended, ProviderError> {
         stall();
@@ -51,16 +66,13 @@ impl Guest for Stall {
     }
     fn get(record: RecordRef) -> Result<Option<State>, ProviderError> {
         stall();
-        if record.key.starts_with("/data/") {
-            let inside = format!("{}.in", record.key);
-            std::fs::write(&inside, b"").map_err(|e| ProviderError::Unavailable(format!("{inside}: {e}")))?;
-            let go = format!("{}.go", record.key);
-            while !std::path::Path::new(&go).exists() {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-        }
-        let n = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
-        Ok(Some(State { record, values: format!("{{\"calls\":{n}}}"), version: n }))
+        gated_state(record)
+    }
+    /// The host reads through `get-at` at the head (WIT 0.3.0); a store that
+    /// holds nothing has the same answer at every position.
+    fn get_at(record: RecordRef, _seq: u64) -> Result<Option<State>, ProviderError> {
+        stall();
+        gated_state(record)
     }
     fn search_states(_domain: String, _ty: String) -> Result<Vec<State>, ProviderError> {
         stall();
@@ -75,10 +87,6 @@ impl Guest for Stall {
         unavailable()
     }
     fn query_events(_query: EventQuery) -> Result<EventPage, ProviderError> {
-        stall();
-        unavailable()
-    }
-    fn get_at(_record: RecordRef, _seq: u64) -> Result<Option<State>, ProviderError> {
         stall();
         unavailable()
     }
