@@ -60,7 +60,8 @@ with `--sql-records` 1 KiB records and `--sql-events` events. At each client cou
 against a **bare database** ceiling: a plain sqlx client, one connection per client, issuing the provider's Set \
 transaction (event insert + state upsert in one transaction, into copies of its `events`/`states` tables with the \
 same values; seqs from an in-process counter, no record lock or counter row) and its point read of a seeded state; \
-targets at 64 clients: Set >= 0.8, Get >= 0.7 of the bare figure. **Search** and **event-search** against the same \
+targets at 64 clients: Set >= 0.8, Get >= 0.7 of the bare figure. **health**: the gateway's gRPC health check (same clients, \
+no storage) against the bare point read, the transport's bound on the Get ratio. **Search** and **event-search** against the same \
 calls on the sqlite gateway (no target). A server that cannot be reached gives one row \"skipped: …\". Run only \
 these: `cargo run --release -p stategate-bench -- --only postgres,mysql`.";
 
@@ -121,7 +122,7 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
     let _ = writeln!(md, "# stategate benchmarks\n");
     let _ = writeln!(
         md,
-        "Latest run of `cargo run --release -p stategate-bench -- --out bench/results.json --markdown BENCHMARKS.md` \
+        "Latest run of `scripts/bench` (`stategate-bench --out bench/results.json --markdown BENCHMARKS.md`) \
          (see docs/bench.md). Machine: {} cores, {}, {} RAM, Linux {}, {}; build profile {}; whole run {:.0} s; \
          load average at the end {} (the machine is shared: numbers move by ±15% between runs).\n",
         m("cores"), m("cpu"), m("memory"), m("kernel"), m("rustc"), m("profile"), total.as_secs_f64(), m("load_average_at_end")
