@@ -208,14 +208,22 @@ fn struct_len(m: &Values) -> usize {
 }
 
 fn entry_len(k: &str, v: &Value) -> usize {
-    string_len(1, k) + message_len(2, value_len(v))
+    entry_len_with(k, value_len(v))
+}
+
+/// An entry's length from its value's, which the writer needs on its own
+/// too: measuring a nested value walks all of it, so it is done once per
+/// entry rather than once for each head.
+fn entry_len_with(k: &str, value_len: usize) -> usize {
+    string_len(1, k) + message_len(2, value_len)
 }
 
 fn put_struct(m: &Values, buf: &mut impl BufMut) {
     for (k, v) in m {
-        put_message_head(1, entry_len(k, v), buf);
+        let value_len = value_len(v);
+        put_message_head(1, entry_len_with(k, value_len), buf);
         put_string(1, k, buf);
-        put_message_head(2, value_len(v), buf);
+        put_message_head(2, value_len, buf);
         put_value(v, buf);
     }
 }
