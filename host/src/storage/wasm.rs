@@ -206,22 +206,29 @@ impl Storage for WasmStorage {
                 Some(seq) => Ok(AtSeq { value: history::replay_get(self, record, seq).await?, seq }),
             };
         }
-        let seq = match at {
-            Some(seq) => seq,
-            None => self.head().await?,
-        };
         let r = record_to_wit(record);
         let answer = self
-            .call("get-at", move |s, g| match g.get_at(s, &r, seq) {
-                Some(answer) => answer.map(|r| r.map(Some)),
-                None => Ok(Ok(None)),
+            .call("get-at", move |s, g| {
+                // Now: the head, then the read at it, in one call on one
+                // instance (a `Get` takes one turn of the pool, not two).
+                let seq = match at {
+                    Some(seq) => seq,
+                    None => match g.head(s)? {
+                        Ok(seq) => seq,
+                        Err(e) => return Ok(Err(e)),
+                    },
+                };
+                Ok(match g.get_at(s, &r, seq) {
+                    Some(answer) => answer?.map(|st| (seq, Some(st))),
+                    None => Ok((seq, None)),
+                })
             })
             .await?;
-        let value = match answer {
-            Ok(Some(st)) => st.map(|st| state_from_wit(&self.name, st)).transpose()?,
+        let (seq, found) = answer.map_err(|e| self.error(e))?;
+        let value = match found {
+            Some(st) => st.map(|st| state_from_wit(&self.name, st)).transpose()?,
             // Swapped for an older version since `reads_at` said yes.
-            Ok(None) => history::replay_get(self, record, seq).await?,
-            Err(e) => return Err(self.error(e)),
+            None => history::replay_get(self, record, seq).await?,
         };
         Ok(AtSeq { value, seq })
     }
