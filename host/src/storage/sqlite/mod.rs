@@ -1209,21 +1209,27 @@ mod tests {
     use super::*;
     use crate::model::Expect;
 
+    /// A `Set` of `values` on `d/<ty>/<key>` with event id `id`, whatever
+    /// the record's version.
+    fn put(id: String, ty: &str, key: String, values: Values) -> AppendRequest {
+        AppendRequest {
+            id,
+            record: RecordRef { domain: "d".into(), ty: ty.into(), key },
+            change: Change::Put(values),
+            expect: Expect::Any,
+            kind: EventKind::Set,
+            method: "test".into(),
+            claims: Default::default(),
+            time: 1,
+            idempotency: None,
+        }
+    }
+
     fn job(key: &str, id: &str, expect: Expect) -> Job {
         let mut values = Values::new();
         values.insert("k".into(), key.into());
         Job {
-            req: AppendRequest {
-                id: id.into(),
-                record: RecordRef { domain: "d".into(), ty: "t".into(), key: key.into() },
-                change: Change::Put(values),
-                expect,
-                kind: EventKind::Set,
-                method: "test".into(),
-                claims: Default::default(),
-                time: 1,
-                idempotency: None,
-            },
+            req: AppendRequest { expect, ..put(id.into(), "t", key.into(), values) },
             vals: Some(format!(r#"{{"k":"{key}"}}"#)),
             claims: "{}".into(),
             reply: oneshot::channel().0,
@@ -1445,7 +1451,7 @@ mod tests {
         let empty = storage.get_at(&record("k0"), None).await.unwrap();
         assert_eq!((empty.value, empty.seq), (None, 0));
         for i in 0..3 {
-            storage.append(append_to(record(&format!("k{i}")), i)).await.unwrap();
+            storage.append(put_i(format!("k{i}"), i, None)).await.unwrap();
         }
         let found = storage.get_at(&record("k1"), None).await.unwrap();
         assert_eq!((found.value.map(|s| (s.record.key, s.version)), found.seq), (Some(("k1".into(), 1)), 3));
@@ -1463,7 +1469,7 @@ mod tests {
         let path = dir.path().join("a.db");
         let storage = SqliteStorage::open(&path).unwrap();
         let record = RecordRef { domain: "d".into(), ty: "t".into(), key: "k".into() };
-        storage.append(append_to(record.clone(), 0)).await.unwrap();
+        storage.append(put_i("k".into(), 0, None)).await.unwrap();
         assert!(storage.get_at(&record, None).await.unwrap().value.is_some());
         assert!(!dir.path().join("a.db-shm").exists(), "a -shm file: a connection uses shared memory");
         assert!(dir.path().join("a.db-wal").exists(), "in WAL mode");
@@ -1481,13 +1487,7 @@ mod tests {
         let big = "x".repeat(8 << 10);
         let mut largest = 0;
         for round in 0..30 {
-            let writes = (0..256).map(|i| {
-                let mut req = append_to(RecordRef { domain: "d".into(), ty: "t".into(), key: format!("k{i}") }, round * 256 + i);
-                if let Change::Put(values) = &mut req.change {
-                    values.insert("big".into(), big.clone().into());
-                }
-                storage.append(req)
-            });
+            let writes = (0..256).map(|i| storage.append(put_i(format!("k{i}"), round * 256 + i, Some(&big))));
             for written in futures::future::join_all(writes).await {
                 written.unwrap();
             }
@@ -1498,20 +1498,14 @@ mod tests {
         storage.close().await.unwrap();
     }
 
-    fn append_to(record: RecordRef, i: usize) -> AppendRequest {
+    /// Event `e<i>` setting `{"i": i}` (and `"big"` when given) on `d/t/<key>`.
+    fn put_i(key: String, i: usize, big: Option<&str>) -> AppendRequest {
         let mut values = Values::new();
         values.insert("i".into(), (i as u64).into());
-        AppendRequest {
-            id: format!("e{i}"),
-            record,
-            change: Change::Put(values),
-            expect: Expect::Any,
-            kind: EventKind::Set,
-            method: "test".into(),
-            claims: Default::default(),
-            time: 1,
-            idempotency: None,
+        if let Some(big) = big {
+            values.insert("big".into(), big.into());
         }
+        put(format!("e{i}"), "t", key, values)
     }
 
     /// Expensive searches naming a field get it an index, built by the
@@ -1520,22 +1514,12 @@ mod tests {
     async fn expensive_searches_get_their_field_indexed() {
         let dir = tempfile::tempdir().unwrap();
         let storage = SqliteStorage::open(dir.path().join("a.db")).unwrap();
-        let put = |ty: &str, i: usize| {
+        let status = |ty: &str, i: usize| {
             let mut values = Values::new();
             values.insert("status".into(), (if i % 100 == 7 { "rare" } else { "common" }).into());
-            AppendRequest {
-                id: format!("{ty}-{i}"),
-                record: RecordRef { domain: "d".into(), ty: ty.into(), key: format!("k{i:05}") },
-                change: Change::Put(values),
-                expect: Expect::Any,
-                kind: EventKind::Set,
-                method: "test".into(),
-                claims: Default::default(),
-                time: 1,
-                idempotency: None,
-            }
+            put(format!("{ty}-{i}"), ty, format!("k{i:05}"), values)
         };
-        let writes = (0..3000).map(|i| storage.append(put("big", i))).chain((0..20).map(|i| storage.append(put("small", i))));
+        let writes = (0..3000).map(|i| storage.append(status("big", i))).chain((0..20).map(|i| storage.append(status("small", i))));
         for written in futures::future::join_all(writes).await {
             written.unwrap();
         }
@@ -1550,7 +1534,7 @@ mod tests {
         }
         // The index is built between append batches: one more append
         // returns after it.
-        storage.append(put("big", 3000)).await.unwrap();
+        storage.append(status("big", 3000)).await.unwrap();
         assert!(storage.fields.ready().contains("status"));
         assert_eq!(storage.search_states(&rare("big")).await.unwrap(), before);
         storage.close().await.unwrap();
