@@ -12,14 +12,50 @@
 //! tests check it over random documents); only the order of a Struct's
 //! entries may differ, which protobuf maps do not define.
 
-use crate::model::{Event, EventKind, State, Values};
+use crate::model::{AtSeq, Event, EventKind, RecordRef, State, StoredState, Values};
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, key_len, skip_field};
 use serde_json::Value;
 
-/// `stategate.State`.
+/// `stategate.State`, as a `Get` answers: the values encoded from the
+/// parsed map, or transcoded from the stored JSON text when the read kept
+/// it (`StoredState::Text`). Transcoding happens once, in `new`: the
+/// encoder asks for the length before it writes.
 #[derive(Debug)]
-pub struct StateMessage(pub State, pub Sequence);
+pub struct StateMessage {
+    record: RecordRef,
+    version: u64,
+    values: Body,
+    seq: Sequence,
+}
+
+#[derive(Debug)]
+enum Body {
+    Parsed(Values),
+    /// A `Struct`'s encoded body.
+    Encoded(Vec<u8>),
+}
+
+impl StateMessage {
+    pub fn new(read: AtSeq<StoredState>) -> Result<StateMessage, crate::model::Error> {
+        let (record, version, values) = match read.value {
+            StoredState::Parsed(s) => (s.record, s.version, Body::Parsed(s.values)),
+            StoredState::Text { record, version, values } => {
+                let body = super::transcode::struct_body(&values)
+                    .map_err(|e| crate::model::Error::internal(format!("the stored values of {record} are not a JSON object: {e}")))?;
+                (record, version, Body::Encoded(body))
+            }
+        };
+        Ok(StateMessage { record, version, values, seq: read.seq })
+    }
+
+    fn values(&self) -> StructRef<'_> {
+        match &self.values {
+            Body::Parsed(v) => StructRef::Parsed(v),
+            Body::Encoded(b) => StructRef::Encoded(b),
+        }
+    }
+}
 
 /// `State.sequence`, the store position a `Get` answered at (0: none, as
 /// in a State inside an Event).
@@ -58,10 +94,14 @@ macro_rules! encode_only {
 
 encode_only!(
     StateMessage,
-    |m: &StateMessage| state_len(&m.0) + int_len(8, m.1 as i64),
+    |m: &StateMessage| {
+        let r = &m.record;
+        state_fields_len(&r.domain, &r.ty, &r.key, Some(m.values()), m.version) + int_len(8, m.seq as i64)
+    },
     |m: &StateMessage, buf: &mut _| {
-        put_state(&m.0, buf);
-        put_int(8, m.1 as i64, buf);
+        let r = &m.record;
+        put_state_fields(&r.domain, &r.ty, &r.key, Some(m.values()), m.version, buf);
+        put_int(8, m.seq as i64, buf);
     }
 );
 encode_only!(EventMessage, |m: &EventMessage| event_len(&m.0), |m: &EventMessage, buf: &mut _| put_event(&m.0, buf));
@@ -91,11 +131,11 @@ pub fn event_to_vec(e: &Event) -> Vec<u8> {
 
 // ---- field helpers: proto3 leaves out empty strings and zero numbers ----
 
-fn string_len(tag: u32, s: &str) -> usize {
+pub(super) fn string_len(tag: u32, s: &str) -> usize {
     if s.is_empty() { 0 } else { key_len(tag) + encoded_len_varint(s.len() as u64) + s.len() }
 }
 
-fn put_string(tag: u32, s: &str, buf: &mut impl BufMut) {
+pub(super) fn put_string(tag: u32, s: &str, buf: &mut impl BufMut) {
     if !s.is_empty() {
         put_bytes(tag, s.as_bytes(), buf);
     }
@@ -124,45 +164,68 @@ fn message_len(tag: u32, body: usize) -> usize {
     key_len(tag) + encoded_len_varint(body as u64) + body
 }
 
-fn put_message_head(tag: u32, body: usize, buf: &mut impl BufMut) {
+pub(super) fn put_message_head(tag: u32, body: usize, buf: &mut impl BufMut) {
     encode_key(tag, WireType::LengthDelimited, buf);
     encode_varint(body as u64, buf);
 }
 
 // ---- stategate.State and stategate.Event ----
 
-fn state_fields_len(domain: &str, ty: &str, key: &str, values: Option<&Values>, version: u64) -> usize {
+/// A `Struct` to write: a parsed map, or one already encoded.
+#[derive(Clone, Copy)]
+enum StructRef<'a> {
+    Parsed(&'a Values),
+    Encoded(&'a [u8]),
+}
+
+impl StructRef<'_> {
+    fn len(self) -> usize {
+        match self {
+            StructRef::Parsed(m) => struct_len(m),
+            StructRef::Encoded(b) => b.len(),
+        }
+    }
+
+    fn put(self, buf: &mut impl BufMut) {
+        match self {
+            StructRef::Parsed(m) => put_struct(m, buf),
+            StructRef::Encoded(b) => buf.put_slice(b),
+        }
+    }
+}
+
+fn state_fields_len(domain: &str, ty: &str, key: &str, values: Option<StructRef>, version: u64) -> usize {
     string_len(1, domain)
         + string_len(2, ty)
         + string_len(3, key)
-        + values.map_or(0, |v| message_len(4, struct_len(v)))
+        + values.map_or(0, |v| message_len(4, v.len()))
         + int_len(5, version as i64)
 }
 
-fn put_state_fields(domain: &str, ty: &str, key: &str, values: Option<&Values>, version: u64, buf: &mut impl BufMut) {
+fn put_state_fields(domain: &str, ty: &str, key: &str, values: Option<StructRef>, version: u64, buf: &mut impl BufMut) {
     put_string(1, domain, buf);
     put_string(2, ty, buf);
     put_string(3, key, buf);
     if let Some(v) = values {
-        put_message_head(4, struct_len(v), buf);
-        put_struct(v, buf);
+        put_message_head(4, v.len(), buf);
+        v.put(buf);
     }
     put_int(5, version as i64, buf);
 }
 
 fn state_len(s: &State) -> usize {
     let r = &s.record;
-    state_fields_len(&r.domain, &r.ty, &r.key, Some(&s.values), s.version)
+    state_fields_len(&r.domain, &r.ty, &r.key, Some(StructRef::Parsed(&s.values)), s.version)
 }
 
 fn put_state(s: &State, buf: &mut impl BufMut) {
     let r = &s.record;
-    put_state_fields(&r.domain, &r.ty, &r.key, Some(&s.values), s.version, buf);
+    put_state_fields(&r.domain, &r.ty, &r.key, Some(StructRef::Parsed(&s.values)), s.version, buf);
 }
 
 fn event_state_len(e: &Event) -> usize {
     let r = &e.record;
-    state_fields_len(&r.domain, &r.ty, &r.key, e.values.as_ref(), e.version)
+    state_fields_len(&r.domain, &r.ty, &r.key, e.values.as_ref().map(StructRef::Parsed), e.version)
 }
 
 fn kind_number(k: EventKind) -> i64 {
@@ -190,7 +253,7 @@ fn put_event(e: &Event, buf: &mut impl BufMut) {
     put_string(1, &e.id, buf);
     put_message_head(2, event_state_len(e), buf);
     let r = &e.record;
-    put_state_fields(&r.domain, &r.ty, &r.key, e.values.as_ref(), e.version, buf);
+    put_state_fields(&r.domain, &r.ty, &r.key, e.values.as_ref().map(StructRef::Parsed), e.version, buf);
     put_message_head(3, struct_len(&e.claims), buf);
     put_struct(&e.claims, buf);
     put_int(4, e.time, buf);
@@ -214,7 +277,7 @@ fn entry_len(k: &str, v: &Value) -> usize {
 /// An entry's length from its value's, which the writer needs on its own
 /// too: measuring a nested value walks all of it, so it is done once per
 /// entry rather than once for each head.
-fn entry_len_with(k: &str, value_len: usize) -> usize {
+pub(super) fn entry_len_with(k: &str, value_len: usize) -> usize {
     string_len(1, k) + message_len(2, value_len)
 }
 
@@ -325,13 +388,15 @@ mod tests {
         #[test]
         fn a_state_decodes_as_convert_makes_it(v in values(), version in 0u64..1 << 40, key in ".{0,5}") {
             let s = state(v, version, &key);
-            let bytes = StateMessage(s.clone(), 0).encode_to_vec();
-            prop_assert_eq!(bytes.len(), StateMessage(s.clone(), 0).encoded_len());
-            prop_assert_eq!(pb::State::decode(bytes.as_slice()).unwrap(), convert::state(s.clone()));
-            // With the position a Get answered at.
-            let bytes = StateMessage(s.clone(), 1 << 33).encode_to_vec();
-            prop_assert_eq!(bytes.len(), StateMessage(s.clone(), 1 << 33).encoded_len());
-            prop_assert_eq!(pb::State::decode(bytes.as_slice()).unwrap(), pb::State { sequence: 1 << 33, ..convert::state(s) });
+            let text = serde_json::to_string(&s.values).unwrap();
+            let stored = StoredState::Text { record: s.record.clone(), version, values: text };
+            // Parsed or still text; 0: no position, as in an event's state.
+            for (read, seq) in [(StoredState::Parsed(s.clone()), 0), (StoredState::Parsed(s.clone()), 1 << 33), (stored, 1 << 33)] {
+                let m = StateMessage::new(AtSeq { value: read, seq }).unwrap();
+                let bytes = m.encode_to_vec();
+                prop_assert_eq!(bytes.len(), m.encoded_len());
+                prop_assert_eq!(pb::State::decode(bytes.as_slice()).unwrap(), pb::State { sequence: seq as i64, ..convert::state(s.clone()) });
+            }
         }
 
         #[test]

@@ -84,7 +84,8 @@ impl GrpcApi {
     async fn get_direct(&self, mut request: Request<pb::StateRef>) -> Result<Response<StateMessage>, Status> {
         let md = call_metadata(&mut request);
         let req = ref_request(request.into_inner());
-        self.call(methods::STATE_GET, self.gateway.get(md, req), |read| StateMessage(read.value, read.seq)).await
+        let read = async { StateMessage::new(self.gateway.get(md, req).await?) };
+        self.call(methods::STATE_GET, read, |m| m).await
     }
 
     async fn del_direct(&self, mut request: Request<pb::StateRef>) -> Result<Response<EventMessage>, Status> {
@@ -132,7 +133,11 @@ impl pb::state_service_server::StateService for GrpcApi {
     }
 
     async fn get(&self, request: Request<pb::StateRef>) -> Result<Response<pb::State>, Status> {
-        Ok(self.get_direct(request).await?.map(|m| pb::State { sequence: m.1 as i64, ..convert::state(m.0) }))
+        // The direct message's bytes are a `pb::State`'s.
+        let direct = self.get_direct(request).await?.into_inner();
+        let state = <pb::State as prost::Message>::decode(prost::Message::encode_to_vec(&direct).as_slice())
+            .map_err(|e| Status::internal(format!("re-decoding a state: {e}")))?;
+        Ok(Response::new(state))
     }
 
     async fn del(&self, request: Request<pb::StateRef>) -> Result<Response<pb::Event>, Status> {

@@ -16,6 +16,7 @@ pub mod public;
 pub mod rest;
 pub mod stats;
 pub mod status;
+pub mod transcode;
 
 use crate::auth::Metadata;
 use crate::model::Result;

@@ -10,7 +10,7 @@
 
 use super::{measured, metadata, status};
 use crate::gateway::{self as gw, Gateway, methods};
-use crate::model::{Error, Event, Result, json};
+use crate::model::{AtSeq, Error, Event, Result, json};
 use axum::{
     Router,
     body::{Body, Bytes},
@@ -188,7 +188,8 @@ async fn set(State(gw): Api, Path(rec): RecordPath, headers: HeaderMap, bytes: B
 async fn get_state(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
     let call = async {
         let req: gw::RefRequest = request(query_map(q.as_deref())?, Some(rec))?;
-        gw.get(metadata(&headers), req).await
+        let read = gw.get(metadata(&headers), req).await?;
+        Ok(AtSeq { value: read.value.into_state()?, seq: read.seq })
     };
     respond(measured(gw.metrics(), methods::STATE_GET, call).await, |read| {
         let mut state = json::state(&read.value);

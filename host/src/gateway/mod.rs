@@ -24,7 +24,7 @@ use crate::channel::DynChannel;
 use crate::hub::Hub;
 use crate::model::{
     AppendRequest, Appended, AtSeq, Change, Error, Event, EventKind, EventQuery, Expect, Filter, Idempotency, RecordRef,
-    Result, Sort, EventSort, State, StateQuery, json, now_nanos, validate_name,
+    Result, Sort, EventSort, State, StateQuery, StoredState, json, now_nanos, validate_name,
 };
 use crate::storage::DynStorage;
 use crate::telemetry::Metrics;
@@ -410,20 +410,29 @@ impl Gateway {
     // ---- reads ----
 
     /// A record's state, with the store position (`seq`) it was read at:
-    /// now, or as of an earlier position (`req.as_of`).
-    pub async fn get(&self, metadata: Metadata, req: RefRequest) -> Result<AtSeq<State>> {
+    /// now, or as of an earlier position (`req.as_of`). When nothing reads
+    /// responses, the values may come as the stored JSON text
+    /// (`StoredState`), which the transport passes on unparsed.
+    pub async fn get(&self, metadata: Metadata, req: RefRequest) -> Result<AtSeq<StoredState>> {
         let caller = self.admit(methods::STATE_GET, metadata, &req, false, &req.domain).await?;
         let record = RecordRef::parse(&req.domain, &req.ty, &req.key)?;
         let at = self.read_position(&req.as_of, &record.domain, &record.ty).await?;
+        let not_found = || match at {
+            Some(at) => Error::NotFound(format!("state {record} at sequence {at}")),
+            None => Error::NotFound(format!("state {record}")),
+        };
+        if !self.inspects_responses() {
+            let AtSeq { value, seq } = self
+                .timed(self.storage.name(), "get", self.storage.get_text_at(&record, at))
+                .await?;
+            return Ok(AtSeq { value: value.ok_or_else(not_found)?, seq });
+        }
         let AtSeq { value, seq } = self
             .timed(self.storage.name(), "get", self.storage.get_at(&record, at))
             .await?;
-        let state = value.ok_or_else(|| match at {
-            Some(at) => Error::NotFound(format!("state {record} at sequence {at}")),
-            None => Error::NotFound(format!("state {record}")),
-        })?;
+        let state = value.ok_or_else(not_found)?;
         let value = self.authorized_response(caller, &req.domain, state, json::state, json::parse_state).await?;
-        Ok(AtSeq { value, seq })
+        Ok(AtSeq { value: StoredState::Parsed(value), seq })
     }
 
     /// Current states matching a query, with the store position (`seq`)

@@ -85,6 +85,34 @@ pub struct State {
     pub version: u64,
 }
 
+/// A state as a read hands it to a transport: its values parsed, or still
+/// the JSON object text its store holds. `Gateway::get` asks for the text
+/// when nothing on the way reads the values (no response policy or hook),
+/// and a provider that keeps values as text (sqlite, postgres, mysql)
+/// answers with it unparsed (`Storage::get_text_at`): the gRPC adapter
+/// transcodes it to a protobuf `Struct` (`api::encode`) without building a
+/// map, which cost a `Get` as many instructions as the rest of its own work.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredState {
+    Parsed(State),
+    /// `values` is the text of a JSON object, as the store wrote it.
+    Text { record: RecordRef, version: u64, values: String },
+}
+
+impl StoredState {
+    /// The state with its values parsed, for an adapter that needs the map.
+    pub fn into_state(self) -> Result<State> {
+        match self {
+            StoredState::Parsed(state) => Ok(state),
+            StoredState::Text { record, version, values } => {
+                let values = serde_json::from_str(&values)
+                    .map_err(|e| Error::internal(format!("the stored values of {record} are not a JSON object: {e}")))?;
+                Ok(State { record, values, version })
+            }
+        }
+    }
+}
+
 /// An answer read at one store position: it reflects every event with a
 /// seq up to `seq` and none after (see `Storage::get_at`). A stream started
 /// after `seq` delivers exactly the changes the answer does not hold.

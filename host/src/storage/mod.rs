@@ -61,7 +61,7 @@ pub mod sqlite;
 pub mod wasm;
 
 use crate::model::{
-    AtSeq, Appended, AppendRequest, CatalogEntry, Error, Expect, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery, Topic,
+    AtSeq, Appended, AppendRequest, CatalogEntry, Error, Expect, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery, StoredState, Topic,
 };
 use crate::wasm::WasmRuntime;
 use async_trait::async_trait;
@@ -99,6 +99,15 @@ pub trait Storage: Send + Sync + 'static {
             None => history::bracketed_get(self, record).await,
             Some(seq) => Ok(AtSeq { value: history::replay_get(self, record, seq).await?, seq }),
         }
+    }
+
+    /// `get_at` for a caller that passes the values on without reading
+    /// them: a provider that holds them as JSON text may answer
+    /// `StoredState::Text`, unparsed (sqlite, postgres and mysql do); the
+    /// default answers `get_at`'s parsed state. See `model::StoredState`.
+    async fn get_text_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<StoredState>>> {
+        let AtSeq { value, seq } = self.get_at(record, at).await?;
+        Ok(AtSeq { value: value.map(StoredState::Parsed), seq })
     }
 
     /// `search_states` at a store position, like `get_at`.

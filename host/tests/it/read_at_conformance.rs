@@ -60,6 +60,18 @@ fn as_map(states: &[State]) -> BTreeMap<String, (u64, Value)> {
     states.iter().map(|s| (s.record.key.clone(), (s.version, Value::Object(s.values.clone())))).collect()
 }
 
+/// `get_text_at`'s answer as (version, values): the stored text parsed,
+/// to compare with `get_at`'s and with the replay.
+async fn text_read(s: &DynStorage, r: &RecordRef, at: Option<u64>) -> AtSeq<Option<(u64, Value)>> {
+    let AtSeq { value, seq } = s.get_text_at(r, at).await.unwrap();
+    let value = value.map(|stored| {
+        let st = stored.into_state().unwrap();
+        assert_eq!(&st.record, r);
+        (st.version, Value::Object(st.values))
+    });
+    AtSeq { value, seq }
+}
+
 /// A read now names the head it was read at, and holds what that head
 /// implies.
 pub async fn reads_now_name_their_seq(s: DynStorage) {
@@ -71,6 +83,12 @@ pub async fn reads_now_name_their_seq(s: DynStorage) {
     assert!(got.seq >= last.seq && got.seq <= s.head().await.unwrap(), "{} vs {}", got.seq, last.seq);
     assert_eq!(got.value.map(|st| Value::Object(st.values)), Some(json!({"n": 1})));
     let missing = s.get_at(&rec(&d, "t", "zzz"), None).await.unwrap();
+    assert!(missing.value.is_none() && missing.seq >= last.seq);
+    // The same read with the values as the store keeps them.
+    let got = text_read(&s, &r, None).await;
+    assert!(got.seq >= last.seq && got.seq <= s.head().await.unwrap(), "{} vs {}", got.seq, last.seq);
+    assert_eq!(got.value, Some((1, json!({"n": 1}))));
+    let missing = text_read(&s, &rec(&d, "t", "zzz"), None).await;
     assert!(missing.value.is_none() && missing.seq >= last.seq);
     let found = s.search_states_at(&query(&d, "t", "", 10), None).await.unwrap();
     assert!(found.seq >= last.seq);
@@ -100,6 +118,8 @@ pub async fn point_in_time_reads(s: DynStorage) {
         let got = s.get_at(&r, Some(*seq)).await.unwrap();
         assert_eq!(got.seq, *seq);
         assert_eq!(got.value.map(|st| (st.version, Value::Object(st.values))), want.clone(), "at {seq}");
+        let text = text_read(&s, &r, Some(*seq)).await;
+        assert_eq!((text.seq, text.value), (*seq, want.clone()), "text at {seq}");
         // Between this event and the record's next one, the same answer.
         let got = s.get_at(&r, Some(*seq + 1)).await.unwrap().value;
         assert_eq!(got.map(|st| (st.version, Value::Object(st.values))), want.clone(), "at {} + 1", seq);
@@ -180,6 +200,9 @@ pub async fn reads_now_are_snapshots(s: DynStorage) {
         let one = s.get_at(&rec(&d, "t", "k3"), None).await.unwrap();
         let want = replayed(&s, &d, "t", one.seq).await.remove("k3");
         assert_eq!(one.value.map(|st| (st.version, Value::Object(st.values))), want, "get now at {}", one.seq);
+        let text = text_read(&s, &rec(&d, "t", "k3"), None).await;
+        let want = replayed(&s, &d, "t", text.seq).await.remove("k3");
+        assert_eq!(text.value, want, "text get now at {}", text.seq);
         reads += 1;
     }
     for w in writers {

@@ -30,7 +30,7 @@ use super::sql::{select, corrupt, decode_error, parse_values, type_hash};
 use super::{FEED_PAGE, GroupDoc, Storage};
 use crate::model::{
     AppendRequest, Arrival, AtSeq, Appended, CatalogEntry, Change, Error, Event, EventKind, EventOrder, EventQuery, EventSort, FeedQuery,
-    RecordRef, Result, State, StateQuery,
+    RecordRef, Result, State, StateQuery, StoredState,
 };
 use async_trait::async_trait;
 use commit::MyCommitter;
@@ -389,6 +389,16 @@ impl Storage for MysqlStorage {
 
     async fn get(&self, record: &RecordRef) -> Result<Option<State>> {
         Ok(self.get_at(record, None).await?.value)
+    }
+
+    async fn get_text_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<StoredState>>> {
+        // Reads now, the hot path, keep the text; a read in the past is
+        // `get_at`'s.
+        if at.is_some() {
+            let AtSeq { value, seq } = self.get_at(record, at).await?;
+            return Ok(AtSeq { value: value.map(StoredState::Parsed), seq });
+        }
+        self.points.get_stored(record).await
     }
 
     async fn get_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<State>>> {

@@ -33,7 +33,7 @@ use super::sql::{select, corrupt, decode_error, parse_values, type_hash, values_
 use super::{GroupDoc, Storage};
 use crate::model::{
     AppendRequest, Arrival, AtSeq, Appended, CatalogEntry, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result, State,
-    StateQuery,
+    StateQuery, StoredState,
 };
 use async_trait::async_trait;
 use commit::PgCommitter;
@@ -312,6 +312,16 @@ impl Storage for PostgresStorage {
 
     async fn get(&self, record: &RecordRef) -> Result<Option<State>> {
         Ok(self.get_at(record, None).await?.value)
+    }
+
+    async fn get_text_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<StoredState>>> {
+        // Reads now, the hot path, keep the text; a read in the past (or of
+        // a name no row can hold) is `get_at`'s.
+        if at.is_some() || has_nul(&[&record.domain, &record.ty, &record.key]) {
+            let AtSeq { value, seq } = self.get_at(record, at).await?;
+            return Ok(AtSeq { value: value.map(StoredState::Parsed), seq });
+        }
+        self.points.get_stored(record).await
     }
 
     async fn get_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<State>>> {

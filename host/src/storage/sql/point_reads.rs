@@ -21,7 +21,7 @@
 
 use super::pool::Pool;
 use super::{parse_values, type_hash};
-use crate::model::{AtSeq, Error, RecordRef, Result, State};
+use crate::model::{AtSeq, Error, RecordRef, Result, State, StoredState};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -95,6 +95,23 @@ impl PointReads {
     /// A record's live state now, with the head the statement read beside
     /// it: the lookup made from the record, its JSON parsed on this task.
     pub async fn get_state(&self, record: &RecordRef) -> Result<AtSeq<Option<State>>> {
+        let AtSeq { value, seq } = self.get_text(record).await?;
+        let value = match value {
+            Some((version, vals)) => Some(State { record: record.clone(), version, values: parse_values(self.provider, &vals)? }),
+            None => None,
+        };
+        Ok(AtSeq { value, seq })
+    }
+
+    /// `get_state` with the values left as the stored JSON text
+    /// (`Storage::get_text_at`).
+    pub async fn get_stored(&self, record: &RecordRef) -> Result<AtSeq<Option<StoredState>>> {
+        let AtSeq { value, seq } = self.get_text(record).await?;
+        let value = value.map(|(version, values)| StoredState::Text { record: record.clone(), version, values });
+        Ok(AtSeq { value, seq })
+    }
+
+    async fn get_text(&self, record: &RecordRef) -> Result<AtSeq<Option<(u64, String)>>> {
         let lookup = Lookup {
             dt: type_hash(&record.domain, &record.ty),
             key: record.key.clone(),
@@ -102,12 +119,7 @@ impl PointReads {
             ty: record.ty.clone(),
         };
         let (found, seq) = self.get(lookup).await?;
-        let value = found
-            .map(|(version, vals)| {
-                Ok::<_, Error>(State { record: record.clone(), version: version as u64, values: parse_values(self.provider, &vals)? })
-            })
-            .transpose()?;
-        Ok(AtSeq { value, seq })
+        Ok(AtSeq { value: found.map(|(version, vals)| (version as u64, vals)), seq })
     }
 
     /// The version and JSON text of the live state `lookup` names, if any,

@@ -47,7 +47,7 @@ mod pushdown;
 use super::{FEED_PAGE, GroupDoc, Storage, conflict, group_conflict, idempotency_mismatch};
 use crate::model::{
     AtSeq, Appended, AppendRequest, Arrival, CatalogEntry, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result,
-    Select, State, StateQuery, Values,
+    Select, State, StateQuery, StoredState, Values,
 };
 use async_trait::async_trait;
 use field_index::FieldIndexes;
@@ -369,6 +369,12 @@ impl SqliteStorage {
 
     /// `read` for point lookups: runs on the calling task when a connection
     /// is free right now, else waits its turn like `read`.
+    /// `state_text_at` on a point-read connection.
+    async fn state_text_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<(u64, String)>>> {
+        let r = record.clone();
+        self.read_point(move |c| state_text_at(c, &r, at)).await
+    }
+
     async fn read_point<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -649,7 +655,7 @@ fn append_one(tx: &Connection, job: &Job) -> std::result::Result<Written, Failed
 ///
 /// Every statement here is a cached one: parsing `BEGIN`, the head query
 /// and `COMMIT` anew costs more than a point lookup (callgrind: about 30k
-/// instructions), which is why `Get` uses `get_now_at_head` instead.
+/// instructions), which is why `Get` uses `state_text_at` instead.
 fn snapshot<T>(c: &Connection, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<AtSeq<T>> {
     c.prepare_cached("BEGIN")?.execute([])?;
     let out = (|| -> rusqlite::Result<AtSeq<T>> {
@@ -673,20 +679,37 @@ fn get_now(c: &Connection, r: RecordRef) -> rusqlite::Result<Option<State>> {
 const GET_NOW_AT_HEAD: &str = "SELECT (SELECT COALESCE(MAX(seq), 0) FROM events), s.version, s.vals FROM (SELECT 1) \
      LEFT JOIN states s ON s.domain = ?1 AND s.type = ?2 AND s.key = ?3 AND s.vals IS NOT NULL";
 
-/// A record's state now and the head it was read at, in one statement:
-/// one statement reads one WAL snapshot, so this is `snapshot(get_now)`
+/// A record's version and values (their stored JSON text) at a store
+/// position, with the seq the answer reflects.
+///
+/// Now (`at = None`), the state and the head in one statement: one
+/// statement reads one WAL snapshot, so this is `snapshot(get_now)`
 /// without the `BEGIN` and `COMMIT` around it, which cost as much as the
 /// lookup (`Get` runs this on every call). The `(SELECT 1)` keeps a row,
-/// and with it the head, when the record does not exist.
-fn get_now_at_head(c: &Connection, r: RecordRef) -> rusqlite::Result<AtSeq<Option<State>>> {
-    let (seq, found) = c.prepare_cached(GET_NOW_AT_HEAD)?.query_row(params![r.domain, r.ty, r.key], |row| {
-        let found = match row.get_ref(2)? {
+/// and with it the head, when the record does not exist. In the past, the
+/// record's last event up to `at` (`events_by_record_seq`).
+fn state_text_at(c: &Connection, r: &RecordRef, at: Option<u64>) -> rusqlite::Result<AtSeq<Option<(u64, String)>>> {
+    fn found(row: &Row<'_>, version: usize, vals: usize) -> rusqlite::Result<Option<(u64, String)>> {
+        Ok(match row.get_ref(vals)? {
             rusqlite::types::ValueRef::Null => None,
-            _ => Some((row.get(1)?, json_column(row, 2)?)),
-        };
-        Ok((row.get(0)?, found))
-    })?;
-    Ok(AtSeq { value: found.map(|(version, values)| State { record: r, version, values }), seq })
+            _ => Some((row.get(version)?, row.get(vals)?)),
+        })
+    }
+    let Some(seq) = at else {
+        let (seq, value) = c
+            .prepare_cached(GET_NOW_AT_HEAD)?
+            .query_row(params![r.domain, r.ty, r.key], |row| Ok((row.get(0)?, found(row, 1, 2)?)))?;
+        return Ok(AtSeq { value, seq });
+    };
+    let value = c
+        .prepare_cached(
+            "SELECT version, vals FROM events WHERE domain = ?1 AND type = ?2 AND key = ?3 AND seq <= ?4 \
+             ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row(params![r.domain, r.ty, r.key, seq], |row| found(row, 0, 1))
+        .optional()?
+        .flatten();
+    Ok(AtSeq { value, seq })
 }
 
 /// A state search's page, and what decides the next field index: the
@@ -982,30 +1005,21 @@ impl Storage for SqliteStorage {
     }
 
     async fn get_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<State>>> {
-        let r = record.clone();
-        self.read_point(move |c| {
-            let Some(seq) = at else {
-                return get_now_at_head(c, r);
-            };
-            let found = c
-                .prepare_cached(
-                    "SELECT version, vals FROM events WHERE domain = ?1 AND type = ?2 AND key = ?3 AND seq <= ?4 \
-                     ORDER BY seq DESC LIMIT 1",
-                )?
-                .query_row(params![r.domain, r.ty, r.key, seq], |row| {
-                    Ok(match row.get_ref(1)? {
-                        rusqlite::types::ValueRef::Null => None,
-                        _ => Some((row.get(0)?, json_column(row, 1)?)),
-                    })
-                })
-                .optional()?
-                .flatten();
-            Ok(AtSeq {
-                value: found.map(|(version, values)| State { record: r, version, values }),
-                seq,
-            })
-        })
-        .await
+        let AtSeq { value, seq } = self.state_text_at(record, at).await?;
+        let value = match value {
+            Some((version, text)) => {
+                let values = parse_values(&text).map_err(|e| Error::internal(format!("sqlite: {record}: {e}")))?;
+                Some(State { record: record.clone(), version, values })
+            }
+            None => None,
+        };
+        Ok(AtSeq { value, seq })
+    }
+
+    async fn get_text_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<StoredState>>> {
+        let AtSeq { value, seq } = self.state_text_at(record, at).await?;
+        let value = value.map(|(version, values)| StoredState::Text { record: record.clone(), version, values });
+        Ok(AtSeq { value, seq })
     }
 
     async fn search_states_at(&self, q: &StateQuery, at: Option<u64>) -> Result<AtSeq<Vec<State>>> {
