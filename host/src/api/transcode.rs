@@ -97,56 +97,68 @@ impl<'t> Parser<'t> {
     /// After an object's `{`: its members up to its `}`, as a `Struct`
     /// body, one `fields` map entry (key 1, value 2) each.
     fn members(&mut self) -> Result<(), Malformed> {
-        self.enter()?;
+        self.sequence(b'}', "expected ',' or '}' after a member", Self::member)
+    }
+
+    fn member(&mut self) -> Result<(), Malformed> {
         self.skip_space();
-        if self.peek() == Some(b'}') {
-            self.at += 1;
-            self.depth -= 1;
-            return Ok(());
-        }
-        loop {
-            self.skip_space();
-            self.expect(b'"', "expected a member name")?;
-            let key = self.string()?;
-            self.skip_space();
-            self.expect(b':', "expected ':' after a member name")?;
-            self.skip_space();
-            match self.scalar()? {
-                // A scalar's length is known before it is written: the
-                // heads go first.
-                Some(scalar) => {
-                    let value_len = scalar.len();
-                    let out = &mut self.out;
-                    head(out, 1, WireType::LengthDelimited, entry_len_with(&key, value_len));
-                    if !key.is_empty() {
-                        head(out, 1, WireType::LengthDelimited, key.len());
-                        out.extend_from_slice(key.as_bytes());
-                    }
-                    head(out, 2, WireType::LengthDelimited, value_len);
-                    scalar.put(out);
+        self.expect(b'"', "expected a member name")?;
+        let key = self.string()?;
+        self.skip_space();
+        self.expect(b':', "expected ':' after a member name")?;
+        self.skip_space();
+        match self.scalar()? {
+            // A scalar's length is known before it is written: the
+            // heads go first.
+            Some(scalar) => {
+                let value_len = scalar.len();
+                let out = &mut self.out;
+                head(out, 1, WireType::LengthDelimited, entry_len_with(&key, value_len));
+                if !key.is_empty() {
+                    head(out, 1, WireType::LengthDelimited, key.len());
+                    out.extend_from_slice(key.as_bytes());
                 }
-                None => {
-                    let start = self.out.len();
-                    self.container()?;
-                    let value_len = self.out.len() - start;
-                    let entry_len = entry_len_with(&key, value_len);
-                    let head_len = key_len(1)
-                        + encoded_len_varint(entry_len as u64)
-                        + string_len(1, &key)
-                        + key_len(2)
-                        + encoded_len_varint(value_len as u64);
-                    insert_head(&mut self.out, start, head_len, |head| {
-                        put_message_head(1, entry_len, head);
-                        put_string(1, &key, head);
-                        put_message_head(2, value_len, head);
-                    });
-                }
+                head(out, 2, WireType::LengthDelimited, value_len);
+                scalar.put(out);
             }
-            self.skip_space();
-            match self.peek() {
-                Some(b',') => self.at += 1,
-                Some(b'}') => break,
-                _ => return Err(self.error("expected ',' or '}' after a member")),
+            None => {
+                let start = self.out.len();
+                self.container()?;
+                let value_len = self.out.len() - start;
+                let entry_len = entry_len_with(&key, value_len);
+                let head_len = key_len(1)
+                    + encoded_len_varint(entry_len as u64)
+                    + string_len(1, &key)
+                    + key_len(2)
+                    + encoded_len_varint(value_len as u64);
+                insert_head(&mut self.out, start, head_len, |head| {
+                    put_message_head(1, entry_len, head);
+                    put_string(1, &key, head);
+                    put_message_head(2, value_len, head);
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The items of an object (`close`: `}`) or a list (`]`), each read by
+    /// `item`, up to the closing byte, which is consumed.
+    fn sequence(&mut self, close: u8, separator: &'static str, mut item: impl FnMut(&mut Self) -> Result<(), Malformed>) -> Result<(), Malformed> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.error("nested more than 128 deep"));
+        }
+        self.skip_space();
+        if self.peek() != Some(close) {
+            loop {
+                self.skip_space();
+                item(self)?;
+                self.skip_space();
+                match self.peek() {
+                    Some(b',') => self.at += 1,
+                    Some(b) if b == close => break,
+                    _ => return Err(self.error(separator)),
+                }
             }
         }
         self.at += 1;
@@ -190,44 +202,20 @@ impl<'t> Parser<'t> {
     /// After a list's `[`: its items up to its `]`, as a `ListValue` body,
     /// one `values` field (1) each.
     fn items(&mut self) -> Result<(), Malformed> {
-        self.enter()?;
-        self.skip_space();
-        if self.peek() == Some(b']') {
-            self.at += 1;
-            self.depth -= 1;
-            return Ok(());
-        }
-        loop {
-            self.skip_space();
-            match self.scalar()? {
+        self.sequence(b']', "expected ',' or ']' after a list item", |p| {
+            match p.scalar()? {
                 Some(scalar) => {
-                    head(&mut self.out, 1, WireType::LengthDelimited, scalar.len());
-                    scalar.put(&mut self.out);
+                    head(&mut p.out, 1, WireType::LengthDelimited, scalar.len());
+                    scalar.put(&mut p.out);
                 }
                 None => {
-                    let start = self.out.len();
-                    self.container()?;
-                    self.wrap(1, start);
+                    let start = p.out.len();
+                    p.container()?;
+                    p.wrap(1, start);
                 }
             }
-            self.skip_space();
-            match self.peek() {
-                Some(b',') => self.at += 1,
-                Some(b']') => break,
-                _ => return Err(self.error("expected ',' or ']' after a list item")),
-            }
-        }
-        self.at += 1;
-        self.depth -= 1;
-        Ok(())
-    }
-
-    fn enter(&mut self) -> Result<(), Malformed> {
-        self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            return Err(self.error("nested more than 128 deep"));
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// `true`, `false` or `null`, whose value is `scalar`.
