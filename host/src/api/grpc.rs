@@ -40,10 +40,10 @@ struct ReadMetadata(crate::auth::Metadata);
 
 /// The call's headers as policy input: those `authenticate_first` already
 /// read, else read now.
-fn call_metadata<T>(request: &mut Request<T>) -> crate::auth::Metadata {
+fn call_metadata<T>(gateway: &Gateway, request: &mut Request<T>) -> crate::auth::Metadata {
     match request.extensions_mut().remove::<ReadMetadata>() {
         Some(ReadMetadata(md)) => md,
-        None => metadata(request.metadata().as_ref()),
+        None => metadata(gateway, request.metadata().as_ref()),
     }
 }
 
@@ -67,7 +67,7 @@ fn ref_request(r: pb::StateRef) -> gw::RefRequest {
 
 impl GrpcApi {
     async fn set_direct(&self, mut request: Request<pb::State>) -> Result<Response<EventMessage>, Status> {
-        let md = call_metadata(&mut request);
+        let md = call_metadata(&self.gateway, &mut request);
         let s = request.into_inner();
         let req = gw::SetRequest {
             domain: s.domain,
@@ -82,20 +82,20 @@ impl GrpcApi {
     }
 
     async fn get_direct(&self, mut request: Request<pb::StateRef>) -> Result<Response<StateMessage>, Status> {
-        let md = call_metadata(&mut request);
+        let md = call_metadata(&self.gateway, &mut request);
         let req = ref_request(request.into_inner());
         let read = async { StateMessage::new(self.gateway.get(md, req).await?) };
         self.call(methods::STATE_GET, read, |m| m).await
     }
 
     async fn del_direct(&self, mut request: Request<pb::StateRef>) -> Result<Response<EventMessage>, Status> {
-        let md = call_metadata(&mut request);
+        let md = call_metadata(&self.gateway, &mut request);
         let req = ref_request(request.into_inner());
         self.call(methods::STATE_DEL, self.gateway.del(md, req), EventMessage).await
     }
 
     async fn edit_direct(&self, mut request: Request<pb::EditRequest>) -> Result<Response<EventMessage>, Status> {
-        let md = call_metadata(&mut request);
+        let md = call_metadata(&self.gateway, &mut request);
         let e = request.into_inner();
         let req = gw::EditRequest {
             domain: e.domain,
@@ -109,7 +109,7 @@ impl GrpcApi {
     }
 
     async fn revert_direct(&self, mut request: Request<pb::RevertRequest>) -> Result<Response<EventMessage>, Status> {
-        let md = call_metadata(&mut request);
+        let md = call_metadata(&self.gateway, &mut request);
         let r = request.into_inner();
         let req = gw::RevertRequest {
             domain: r.domain,
@@ -145,7 +145,7 @@ impl pb::state_service_server::StateService for GrpcApi {
     }
 
     async fn search(&self, mut request: Request<pb::SearchStateOpts>) -> Result<Response<pb::StateValues>, Status> {
-        let md = call_metadata(&mut request);
+        let md = call_metadata(&self.gateway, &mut request);
         let o = request.into_inner();
         let req = gw::SearchStatesRequest {
             domain: o.domain,
@@ -182,13 +182,13 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl GrpcApi {
     async fn get_event_direct(&self, mut request: Request<pb::EventRef>) -> Result<Response<EventMessage>, Status> {
-        let md = call_metadata(&mut request);
+        let md = call_metadata(&self.gateway, &mut request);
         let req = gw::EventRefRequest { id: request.into_inner().id };
         self.call(methods::EVENT_GET, self.gateway.get_event(md, req), EventMessage).await
     }
 
     async fn open_stream(&self, mut request: Request<pb::StreamOpts>) -> Result<Response<SharedStream>, Status> {
-        let md = call_metadata(&mut request);
+        let md = call_metadata(&self.gateway, &mut request);
         let o = request.into_inner();
         let req = gw::StreamRequest {
             domain: o.domain,
@@ -335,7 +335,7 @@ impl pb::event_service_server::EventService for GrpcApi {
     }
 
     async fn search(&self, mut request: Request<pb::SearchEventOpts>) -> Result<Response<pb::Events>, Status> {
-        let md = call_metadata(&mut request);
+        let md = call_metadata(&self.gateway, &mut request);
         let o = request.into_inner();
         let req = gw::SearchEventsRequest {
             domain: o.domain,
@@ -362,7 +362,7 @@ impl pb::event_service_server::EventService for GrpcApi {
     }
 
     async fn ack(&self, mut request: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
-        let md = call_metadata(&mut request);
+        let md = call_metadata(&self.gateway, &mut request);
         let a = request.into_inner();
         let req = gw::AckRequest { domain: a.domain, ty: a.r#type, group: a.group, event_ids: a.event_ids, nack: a.nack };
         self.call(methods::EVENT_ACK, self.gateway.ack(md, req), |out| pb::AckResponse {
@@ -373,7 +373,7 @@ impl pb::event_service_server::EventService for GrpcApi {
     }
 
     async fn parked(&self, mut request: Request<pb::ParkedRequest>) -> Result<Response<pb::ParkedEvents>, Status> {
-        let md = call_metadata(&mut request);
+        let md = call_metadata(&self.gateway, &mut request);
         let p = request.into_inner();
         let req = gw::ParkedRequest {
             domain: p.domain,
@@ -396,7 +396,7 @@ impl pb::event_service_server::EventService for GrpcApi {
 #[tonic::async_trait]
 impl pb::catalog_service_server::CatalogService for GrpcApi {
     async fn list(&self, mut request: Request<pb::CatalogOpts>) -> Result<Response<pb::Catalog>, Status> {
-        let md = call_metadata(&mut request);
+        let md = call_metadata(&self.gateway, &mut request);
         let req = gw::CatalogRequest { domain: request.into_inner().domain };
         self.call(methods::CATALOG_LIST, self.gateway.catalog(md, req), convert::catalog).await
     }
@@ -418,7 +418,7 @@ pub async fn authenticate_first(
 ) -> axum::response::Response {
     let path = request.uri().path();
     if let Some(method) = methods::ALL.iter().find(|m| **m == path) {
-        let md = metadata(request.headers());
+        let md = metadata(&gateway, request.headers());
         let started = std::time::Instant::now();
         if let Err(e) = gateway.verify_token(method, &md).await {
             record(gateway.metrics(), method, Err(&e), started.elapsed());

@@ -61,7 +61,7 @@ pub fn openapi(gateway: Arc<Gateway>, settings: &Settings) -> Router {
     Router::new().route(
         OPENAPI,
         axum::routing::get(move |headers: http::HeaderMap| async move {
-            if !public && let Err(e) = gateway.verify_token(OPENAPI, &metadata(&headers)).await {
+            if !public && let Err(e) = gateway.verify_token(OPENAPI, &metadata(&gateway, &headers)).await {
                 return super::rest::error_response(&e);
             }
             ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
@@ -103,7 +103,7 @@ impl Guard {
     async fn stream(mut self, req: Request<Body>, reflection: bool) -> Response {
         if reflection && !self.public_metadata {
             let method = req.uri().path().to_owned();
-            if let Err(e) = self.gateway.verify_token(&method, &metadata(req.headers())).await {
+            if let Err(e) = self.gateway.verify_token(&method, &metadata(&self.gateway, req.headers())).await {
                 return refuse(e);
             }
         }

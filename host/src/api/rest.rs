@@ -177,7 +177,7 @@ fn event_json(e: &Event) -> Value {
 
 async fn set(State(gw): Api, Path(rec): RecordPath, headers: HeaderMap, bytes: BodyBytes) -> Response {
     let call = async {
-        let md = metadata(&headers);
+        let md = metadata(&gw, &headers);
         gw.verify_token(methods::STATE_SET, &md).await?;
         let req: gw::SetRequest = request(body(&bytes)?, Some(rec))?;
         gw.set(md, req).await
@@ -188,7 +188,7 @@ async fn set(State(gw): Api, Path(rec): RecordPath, headers: HeaderMap, bytes: B
 async fn get_state(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
     let call = async {
         let req: gw::RefRequest = request(query_map(q.as_deref())?, Some(rec))?;
-        let read = gw.get(metadata(&headers), req).await?;
+        let read = gw.get(metadata(&gw, &headers), req).await?;
         Ok(AtSeq { value: read.value.into_state()?, seq: read.seq })
     };
     respond(measured(gw.metrics(), methods::STATE_GET, call).await, |read| {
@@ -201,7 +201,7 @@ async fn get_state(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery,
 async fn del(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
     let call = async {
         let req: gw::RefRequest = request(query_map(q.as_deref())?, Some(rec))?;
-        gw.del(metadata(&headers), req).await
+        gw.del(metadata(&gw, &headers), req).await
     };
     respond(measured(gw.metrics(), methods::STATE_DEL, call).await, event_json)
 }
@@ -210,7 +210,7 @@ async fn del(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery, heade
 /// fields come as query parameters.
 async fn edit(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery, headers: HeaderMap, bytes: BodyBytes) -> Response {
     let call = async {
-        let md = metadata(&headers);
+        let md = metadata(&gw, &headers);
         gw.verify_token(methods::STATE_EDIT, &md).await?;
         let mut fields = query_map(q.as_deref())?;
         fields.insert("patch".into(), Value::Object(body(&bytes)?));
@@ -222,7 +222,7 @@ async fn edit(State(gw): Api, Path(rec): RecordPath, RawQuery(q): RawQuery, head
 
 async fn revert(State(gw): Api, Path(rec): RecordPath, headers: HeaderMap, bytes: BodyBytes) -> Response {
     let call = async {
-        let md = metadata(&headers);
+        let md = metadata(&gw, &headers);
         gw.verify_token(methods::STATE_REVERT, &md).await?;
         let req: gw::RevertRequest = request(body(&bytes)?, Some(rec))?;
         gw.revert(md, req).await
@@ -233,7 +233,7 @@ async fn revert(State(gw): Api, Path(rec): RecordPath, headers: HeaderMap, bytes
 async fn search_states(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
     let call = async {
         let req: gw::SearchStatesRequest = request(query_map(q.as_deref())?, None)?;
-        gw.search_states(metadata(&headers), req).await
+        gw.search_states(metadata(&gw, &headers), req).await
     };
     respond(measured(gw.metrics(), methods::STATE_SEARCH, call).await, |read| {
         json!({
@@ -246,7 +246,7 @@ async fn search_states(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap
 async fn search_events(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
     let call = async {
         let req: gw::SearchEventsRequest = request(query_map(q.as_deref())?, None)?;
-        gw.search_events(metadata(&headers), req).await
+        gw.search_events(metadata(&gw, &headers), req).await
     };
     respond(measured(gw.metrics(), methods::EVENT_SEARCH, call).await, |events| {
         json!({ "events": events.iter().map(json::event).collect::<Vec<_>>() })
@@ -254,21 +254,21 @@ async fn search_events(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap
 }
 
 async fn get_event(State(gw): Api, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let call = gw.get_event(metadata(&headers), gw::EventRefRequest { id });
+    let call = gw.get_event(metadata(&gw, &headers), gw::EventRefRequest { id });
     respond(measured(gw.metrics(), methods::EVENT_GET, call).await, event_json)
 }
 
 async fn catalog(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
     let call = async {
         let req: gw::CatalogRequest = request(query_map(q.as_deref())?, None)?;
-        gw.catalog(metadata(&headers), req).await
+        gw.catalog(metadata(&gw, &headers), req).await
     };
     respond(measured(gw.metrics(), methods::CATALOG_LIST, call).await, json::catalog)
 }
 
 async fn ack(State(gw): Api, headers: HeaderMap, bytes: BodyBytes) -> Response {
     let call = async {
-        let md = metadata(&headers);
+        let md = metadata(&gw, &headers);
         gw.verify_token(methods::EVENT_ACK, &md).await?;
         let req: gw::AckRequest = request(body(&bytes)?, None)?;
         gw.ack(md, req).await
@@ -280,7 +280,7 @@ async fn ack(State(gw): Api, headers: HeaderMap, bytes: BodyBytes) -> Response {
 
 async fn parked(State(gw): Api, headers: HeaderMap, bytes: BodyBytes) -> Response {
     let call = async {
-        let md = metadata(&headers);
+        let md = metadata(&gw, &headers);
         gw.verify_token(methods::EVENT_PARKED, &md).await?;
         let req: gw::ParkedRequest = request(body(&bytes)?, None)?;
         gw.parked(md, req).await
@@ -315,7 +315,7 @@ async fn stream(State(gw): Api, RawQuery(q): RawQuery, headers: HeaderMap) -> Re
                 req.after_event_id = last.to_owned();
             }
         }
-        gw.stream(metadata(&headers), req).await
+        gw.stream(metadata(&gw, &headers), req).await
     };
     let events = match measured(gw.metrics(), methods::EVENT_STREAM, call).await {
         Ok(events) => events,

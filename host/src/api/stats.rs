@@ -13,7 +13,7 @@ pub fn routes(gateway: Arc<Gateway>) -> Router {
 }
 
 async fn stats(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    match measured(gw.metrics(), STATS, gw.stats(metadata(&headers))).await {
+    match measured(gw.metrics(), STATS, gw.stats(metadata(&gw, &headers))).await {
         Ok(stats) => Json(stats).into_response(),
         Err(e) => error_response(&e),
     }

@@ -90,6 +90,13 @@ pub trait Auth: Send + Sync + 'static {
         true
     }
 
+    /// Whether anything here reads request headers (a token check, a
+    /// policy, a hook); when not, the gateway keeps only those it reads
+    /// itself (`gateway::OWN_HEADERS`).
+    fn reads_headers(&self) -> bool {
+        true
+    }
+
     /// Whether `authorize_response` can do anything; when not, the gateway
     /// skips it and the JSON form of every response.
     fn inspects_responses(&self) -> bool {
@@ -116,6 +123,10 @@ impl Auth for NoAuth {
     }
 
     fn inspects_bodies(&self) -> bool {
+        false
+    }
+
+    fn reads_headers(&self) -> bool {
         false
     }
 }

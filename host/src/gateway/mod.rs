@@ -17,6 +17,12 @@ mod stream;
 
 pub use request::*;
 pub use limits::{Admission, Limits, PEER_HEADER};
+
+/// The request headers the gateway reads itself, whatever auth does: the
+/// idempotency key of a write and the peer address the server adds
+/// (per-peer limits).
+pub const OWN_HEADERS: &[&str] = &[IDEMPOTENCY_HEADER, PEER_HEADER];
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 pub use stream::EventStream;
 
 use crate::auth::{Auth, Metadata, PolicyInput};
@@ -189,6 +195,11 @@ impl Gateway {
         Ok(caller)
     }
 
+    /// Whether auth reads request headers (see `Auth::reads_headers`).
+    pub fn reads_headers(&self) -> bool {
+        self.auth.reads_headers()
+    }
+
     /// Whether anything (a Rego response policy or a wasm hook) looks at
     /// responses; when nothing does, they are not turned into JSON.
     pub(crate) fn inspects_responses(&self) -> bool {
@@ -334,7 +345,7 @@ impl Gateway {
     /// still shows the client's key.
     fn idempotency(&self, caller: &Caller, record: &RecordRef, field: &str, req: &impl Serialize) -> Option<Idempotency> {
         let key = if field.is_empty() {
-            caller.input.metadata.get("idempotency-key")?.as_str()
+            caller.input.metadata.get(IDEMPOTENCY_HEADER)?.as_str()
         } else {
             field
         };
