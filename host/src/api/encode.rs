@@ -41,8 +41,7 @@ impl StateMessage {
         let (record, version, values) = match read.value {
             StoredState::Parsed(s) => (s.record, s.version, Body::Parsed(s.values)),
             StoredState::Text { record, version, values } => {
-                let body = super::transcode::struct_body(&values)
-                    .map_err(|e| crate::model::Error::internal(format!("the stored values of {record} are not a JSON object: {e}")))?;
+                let body = super::transcode::struct_body(&values).map_err(|e| StoredState::not_an_object(&record, e))?;
                 (record, version, Body::Encoded(body))
             }
         };

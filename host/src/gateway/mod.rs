@@ -18,11 +18,6 @@ mod stream;
 pub use request::*;
 pub use limits::{Admission, Limits, PEER_HEADER};
 
-/// The request headers the gateway reads itself, whatever auth does: the
-/// idempotency key of a write and the peer address the server adds
-/// (per-peer limits).
-pub const OWN_HEADERS: &[&str] = &[IDEMPOTENCY_HEADER, PEER_HEADER];
-const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 pub use stream::EventStream;
 
 use crate::auth::{Auth, Metadata, PolicyInput};
@@ -41,6 +36,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// The request headers the gateway reads itself, whatever auth does: the
+/// idempotency key of a write and the peer address the server adds
+/// (per-peer limits).
+pub const OWN_HEADERS: &[&str] = &[IDEMPOTENCY_HEADER, PEER_HEADER];
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
 /// Full gRPC method paths: the `method` of policy input and of events.
 pub mod methods {

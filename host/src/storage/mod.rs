@@ -106,8 +106,7 @@ pub trait Storage: Send + Sync + 'static {
     /// `StoredState::Text`, unparsed (sqlite, postgres and mysql do); the
     /// default answers `get_at`'s parsed state. See `model::StoredState`.
     async fn get_text_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<StoredState>>> {
-        let AtSeq { value, seq } = self.get_at(record, at).await?;
-        Ok(AtSeq { value: value.map(StoredState::Parsed), seq })
+        Ok(self.get_at(record, at).await?.map(|found| found.map(StoredState::Parsed)))
     }
 
     /// `search_states` at a store position, like `get_at`.

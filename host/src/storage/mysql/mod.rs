@@ -395,8 +395,7 @@ impl Storage for MysqlStorage {
         // Reads now, the hot path, keep the text; a read in the past is
         // `get_at`'s.
         if at.is_some() {
-            let AtSeq { value, seq } = self.get_at(record, at).await?;
-            return Ok(AtSeq { value: value.map(StoredState::Parsed), seq });
+            return Ok(self.get_at(record, at).await?.map(|found| found.map(StoredState::Parsed)));
         }
         self.points.get_stored(record).await
     }

@@ -106,9 +106,8 @@ impl PointReads {
     /// `get_state` with the values left as the stored JSON text
     /// (`Storage::get_text_at`).
     pub async fn get_stored(&self, record: &RecordRef) -> Result<AtSeq<Option<StoredState>>> {
-        let AtSeq { value, seq } = self.get_text(record).await?;
-        let value = value.map(|(version, values)| StoredState::Text { record: record.clone(), version, values });
-        Ok(AtSeq { value, seq })
+        let read = self.get_text(record).await?;
+        Ok(read.map(|found| found.map(|(version, values)| StoredState::Text { record: record.clone(), version, values })))
     }
 
     async fn get_text(&self, record: &RecordRef) -> Result<AtSeq<Option<(u64, String)>>> {

@@ -369,12 +369,6 @@ impl SqliteStorage {
 
     /// `read` for point lookups: runs on the calling task when a connection
     /// is free right now, else waits its turn like `read`.
-    /// `state_text_at` on a point-read connection.
-    async fn state_text_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<(u64, String)>>> {
-        let r = record.clone();
-        self.read_point(move |c| state_text_at(c, &r, at)).await
-    }
-
     async fn read_point<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -390,6 +384,12 @@ impl SqliteStorage {
         let out = f(&conn).map_err(|e| db_error(&e));
         self.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
         out
+    }
+
+    /// `state_text_at` on a point-read connection.
+    async fn state_text_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<(u64, String)>>> {
+        let r = record.clone();
+        self.read_point(move |c| state_text_at(c, &r, at)).await
     }
 }
 
@@ -1017,9 +1017,8 @@ impl Storage for SqliteStorage {
     }
 
     async fn get_text_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<StoredState>>> {
-        let AtSeq { value, seq } = self.state_text_at(record, at).await?;
-        let value = value.map(|(version, values)| StoredState::Text { record: record.clone(), version, values });
-        Ok(AtSeq { value, seq })
+        let read = self.state_text_at(record, at).await?;
+        Ok(read.map(|found| found.map(|(version, values)| StoredState::Text { record: record.clone(), version, values })))
     }
 
     async fn search_states_at(&self, q: &StateQuery, at: Option<u64>) -> Result<AtSeq<Vec<State>>> {
