@@ -382,8 +382,18 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
+    /// Says no, though `poll_write_vectored` still reaches the socket's
+    /// `writev`: h2 decides from this how to buffer a DATA frame. Told yes,
+    /// it keeps every payload of 256 bytes or more aside and must write it
+    /// out before it takes the next frame, so each such response (a `Get`
+    /// or `Set` of a few hundred bytes of values) costs a `writev` of its
+    /// own: 1.65 per `Get` against 0.69 per health check, whose reply is
+    /// smaller. Told no, it copies payloads under 1 KiB into its write
+    /// buffer, and the responses finished while the connection was busy
+    /// leave together in one write (BENCHMARKS.md, session 16). Larger
+    /// payloads are still written from where they are, not copied.
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        false
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
