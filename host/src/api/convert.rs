@@ -44,7 +44,7 @@ fn value_to_json(field: &str, v: PbValue, budget: &mut usize) -> Result<Value> {
     })
 }
 
-fn number(field: &str, n: f64) -> Result<Value> {
+pub(super) fn number(field: &str, n: f64) -> Result<Value> {
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     if n.fract() == 0.0 && n.abs() <= EXACT {
         return Ok(Value::Number(Number::from(n as i64)));

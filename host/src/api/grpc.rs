@@ -2,6 +2,7 @@
 //! plus health and reflection.
 
 use super::encode::{EventMessage, StateMessage};
+use super::values_request::{EditCall, SetCall};
 use super::{convert, measured, metadata, record, status::to_status};
 use crate::gateway::{self as gw, Gateway, methods};
 use crate::hub::SharedEvent;
@@ -47,10 +48,6 @@ fn call_metadata<T>(gateway: &Gateway, request: &mut Request<T>) -> crate::auth:
     }
 }
 
-fn values(field: &str, s: Option<prost_types::Struct>) -> Result<Option<crate::model::Values>, Status> {
-    s.map(|s| convert::struct_to_json(field, s)).transpose().map_err(to_status)
-}
-
 fn ref_request(r: pb::StateRef) -> gw::RefRequest {
     gw::RefRequest {
         domain: r.domain,
@@ -66,14 +63,14 @@ fn ref_request(r: pb::StateRef) -> gw::RefRequest {
 }
 
 impl GrpcApi {
-    async fn set_direct(&self, mut request: Request<pb::State>) -> Result<Response<EventMessage>, Status> {
+    async fn set_direct(&self, mut request: Request<SetCall>) -> Result<Response<EventMessage>, Status> {
         let md = call_metadata(&self.gateway, &mut request);
-        let s = request.into_inner();
+        let mut s = request.into_inner();
         let req = gw::SetRequest {
+            values: s.values()?,
             domain: s.domain,
-            ty: s.r#type,
+            ty: s.ty,
             key: s.key,
-            values: values("values", s.values)?,
             version: None,
             expected_version: s.expected_version,
             idempotency_key: s.idempotency_key,
@@ -94,14 +91,14 @@ impl GrpcApi {
         self.call(methods::STATE_DEL, self.gateway.del(md, req), EventMessage).await
     }
 
-    async fn edit_direct(&self, mut request: Request<pb::EditRequest>) -> Result<Response<EventMessage>, Status> {
+    async fn edit_direct(&self, mut request: Request<EditCall>) -> Result<Response<EventMessage>, Status> {
         let md = call_metadata(&self.gateway, &mut request);
-        let e = request.into_inner();
+        let mut e = request.into_inner();
         let req = gw::EditRequest {
+            patch: e.values()?,
             domain: e.domain,
-            ty: e.r#type,
+            ty: e.ty,
             key: e.key,
-            patch: values("patch", e.patch)?,
             expected_version: e.expected_version,
             idempotency_key: e.idempotency_key,
         };
@@ -129,7 +126,7 @@ impl GrpcApi {
 #[tonic::async_trait]
 impl pb::state_service_server::StateService for GrpcApi {
     async fn set(&self, request: Request<pb::State>) -> Result<Response<pb::Event>, Status> {
-        Ok(self.set_direct(request).await?.map(|m| convert::event(m.0)))
+        Ok(self.set_direct(request.map(SetCall::from)).await?.map(|m| convert::event(m.0)))
     }
 
     async fn get(&self, request: Request<pb::StateRef>) -> Result<Response<pb::State>, Status> {
@@ -168,7 +165,7 @@ impl pb::state_service_server::StateService for GrpcApi {
     }
 
     async fn edit(&self, request: Request<pb::EditRequest>) -> Result<Response<pb::Event>, Status> {
-        Ok(self.edit_direct(request).await?.map(|m| convert::event(m.0)))
+        Ok(self.edit_direct(request.map(EditCall::from)).await?.map(|m| convert::event(m.0)))
     }
 
     async fn revert(&self, request: Request<pb::RevertRequest>) -> Result<Response<pb::Event>, Status> {

@@ -17,6 +17,7 @@ pub mod rest;
 pub mod stats;
 pub mod status;
 pub mod transcode;
+pub mod values_request;
 
 use crate::auth::Metadata;
 use crate::model::Result;

@@ -1,0 +1,578 @@
+//! The requests that carry values (`Set`'s `State`, `Edit`'s
+//! `EditRequest`), decoded with their `google.protobuf.Struct` read
+//! straight into a JSON object.
+//!
+//! prost builds a `Struct` (a `BTreeMap` of `Value`s, a `String` per key),
+//! which `convert::struct_to_json` then rebuilds as the object the gateway
+//! keeps: for the ~300 B of values of the external rows that was 29k of a
+//! `Set`'s 200k instructions (callgrind, BENCHMARKS.md session 16).
+//!
+//! **Invariant:** `values()` answers exactly what prost's decoding of the
+//! generated message followed by `struct_to_json` answers, object for
+//! object and error for error. The fast reader takes only the plain
+//! encoding protobuf libraries write: each map entry a key and a value,
+//! each `Value` one field, nesting under [`FAST_DEPTH`]. Anything else
+//! (an unknown or repeated field, which protobuf merges or lets the last
+//! win; bad UTF-8; NaN; too many values; deep nesting; malformed bytes)
+//! goes to prost and `struct_to_json` unchanged, so theirs stay the only
+//! answers and error messages. Keys come out sorted, as from the
+//! `BTreeMap`: the stored text, and so an idempotency fingerprint, does not
+//! depend on the order a client's library wrote the map in. A proptest
+//! holds the two paths equal.
+//!
+//! The request's other fields decode as the generated message's do
+//! (prost's own field functions, the same error context); the values
+//! payload is kept as bytes until `values()`, every occurrence of the
+//! field concatenated, which is how protobuf merges a message field given
+//! more than once.
+
+use super::convert;
+use super::status::to_status;
+use crate::model::{Values, json};
+use crate::proto as pb;
+use prost::bytes::{Buf, BufMut};
+use prost::encoding::{self, DecodeContext, WireType};
+use prost::{DecodeError, Message};
+use serde_json::{Map, Value};
+use std::marker::PhantomData;
+use tonic::Status;
+
+/// JSON nesting the fast reader takes. Deeper values go to prost, whose
+/// recursion limit (100 messages, three per JSON level) decides them.
+const FAST_DEPTH: usize = 16;
+
+/// Where one request message keeps its fields.
+pub trait Layout: Send + Sync + 'static {
+    /// The message's name, as prost names it in decode errors.
+    const MESSAGE: &'static str;
+    /// The values field's name (field 4 in both messages).
+    const VALUES: &'static str;
+    const EXPECTED_VERSION: u32;
+    const IDEMPOTENCY_KEY: u32;
+    /// Output-only `int64` fields a client may send: read as prost reads
+    /// them (a malformed one is refused), then dropped.
+    const IGNORED_INT64: &'static [(u32, &'static str)];
+    /// The generated message, which decodes the values on the slow path.
+    type Generated: Message + Default;
+    fn values_of(m: Self::Generated) -> Option<prost_types::Struct>;
+}
+
+/// `stategate.State`, as `Set` receives it.
+pub enum SetLayout {}
+
+impl Layout for SetLayout {
+    const MESSAGE: &'static str = "State";
+    const VALUES: &'static str = "values";
+    const EXPECTED_VERSION: u32 = 6;
+    const IDEMPOTENCY_KEY: u32 = 7;
+    const IGNORED_INT64: &'static [(u32, &'static str)] = &[(5, "version"), (8, "sequence")];
+    type Generated = pb::State;
+    fn values_of(m: pb::State) -> Option<prost_types::Struct> {
+        m.values
+    }
+}
+
+/// `stategate.EditRequest`; its values are the patch.
+pub enum EditLayout {}
+
+impl Layout for EditLayout {
+    const MESSAGE: &'static str = "EditRequest";
+    const VALUES: &'static str = "patch";
+    const EXPECTED_VERSION: u32 = 5;
+    const IDEMPOTENCY_KEY: u32 = 6;
+    const IGNORED_INT64: &'static [(u32, &'static str)] = &[];
+    type Generated = pb::EditRequest;
+    fn values_of(m: pb::EditRequest) -> Option<prost_types::Struct> {
+        m.patch
+    }
+}
+
+pub type SetCall = ValuesRequest<SetLayout>;
+pub type EditCall = ValuesRequest<EditLayout>;
+
+/// A request with its values still encoded (see the module doc).
+pub struct ValuesRequest<L> {
+    pub domain: String,
+    pub ty: String,
+    pub key: String,
+    /// Field 4's payload, every occurrence concatenated.
+    payload: Option<Vec<u8>>,
+    pub expected_version: Option<i64>,
+    pub idempotency_key: String,
+    layout: PhantomData<L>,
+}
+
+impl<L> Default for ValuesRequest<L> {
+    fn default() -> Self {
+        ValuesRequest {
+            domain: String::new(),
+            ty: String::new(),
+            key: String::new(),
+            payload: None,
+            expected_version: None,
+            idempotency_key: String::new(),
+            layout: PhantomData,
+        }
+    }
+}
+
+impl<L> std::fmt::Debug for ValuesRequest<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValuesRequest")
+            .field("domain", &self.domain)
+            .field("type", &self.ty)
+            .field("key", &self.key)
+            .field("payload_bytes", &self.payload.as_ref().map(Vec::len))
+            .field("expected_version", &self.expected_version)
+            .field("idempotency_key", &self.idempotency_key)
+            .finish()
+    }
+}
+
+impl<L: Layout> ValuesRequest<L> {
+    /// The values as a JSON object; `None` when the field is absent.
+    pub fn values(&mut self) -> Result<Option<Values>, Status> {
+        let Some(payload) = self.payload.take() else {
+            return Ok(None);
+        };
+        let mut budget = json::MAX_VALUES;
+        if let Some(object) = object(&payload, 0, &mut budget) {
+            return Ok(Some(object));
+        }
+        // The slow path: the generated message around the same payload, so
+        // prost's errors carry the same context and recursion depth.
+        let mut wrapped = Vec::with_capacity(payload.len() + 11);
+        encoding::bytes::encode(4, &payload, &mut wrapped);
+        let generated = L::Generated::decode(wrapped.as_slice())
+            .map_err(|e| Status::invalid_argument(format!("malformed message: {e}")))?;
+        let values = L::values_of(generated).unwrap_or_default();
+        convert::struct_to_json(L::VALUES, values).map(Some).map_err(to_status)
+    }
+}
+
+/// The request the generated service received (its values encoded again:
+/// that path is kept for completeness, not served).
+impl From<pb::State> for SetCall {
+    fn from(s: pb::State) -> Self {
+        ValuesRequest {
+            domain: s.domain,
+            ty: s.r#type,
+            key: s.key,
+            payload: s.values.map(|v| v.encode_to_vec()),
+            expected_version: s.expected_version,
+            idempotency_key: s.idempotency_key,
+            layout: PhantomData,
+        }
+    }
+}
+
+impl From<pb::EditRequest> for EditCall {
+    fn from(e: pb::EditRequest) -> Self {
+        ValuesRequest {
+            domain: e.domain,
+            ty: e.r#type,
+            key: e.key,
+            payload: e.patch.map(|v| v.encode_to_vec()),
+            expected_version: e.expected_version,
+            idempotency_key: e.idempotency_key,
+            layout: PhantomData,
+        }
+    }
+}
+
+impl<L: Layout> Message for ValuesRequest<L> {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        for (tag, s) in [(1, &self.domain), (2, &self.ty), (3, &self.key)] {
+            if !s.is_empty() {
+                encoding::string::encode(tag, s, buf);
+            }
+        }
+        if let Some(p) = &self.payload {
+            encoding::bytes::encode(4, p, buf);
+        }
+        if let Some(v) = &self.expected_version {
+            encoding::int64::encode(L::EXPECTED_VERSION, v, buf);
+        }
+        if !self.idempotency_key.is_empty() {
+            encoding::string::encode(L::IDEMPOTENCY_KEY, &self.idempotency_key, buf);
+        }
+    }
+
+    fn merge_field(&mut self, tag: u32, wire_type: WireType, buf: &mut impl Buf, ctx: DecodeContext) -> Result<(), DecodeError> {
+        let context = |field: &'static str| {
+            move |mut e: DecodeError| {
+                e.push(L::MESSAGE, field);
+                e
+            }
+        };
+        match tag {
+            1 => encoding::string::merge(wire_type, &mut self.domain, buf, ctx).map_err(context("domain")),
+            2 => encoding::string::merge(wire_type, &mut self.ty, buf, ctx).map_err(context("type")),
+            3 => encoding::string::merge(wire_type, &mut self.key, buf, ctx).map_err(context("key")),
+            4 => {
+                let mut part = Vec::new();
+                encoding::bytes::merge(wire_type, &mut part, buf, ctx).map_err(context(L::VALUES))?;
+                match &mut self.payload {
+                    Some(p) => p.extend_from_slice(&part),
+                    None => self.payload = Some(part),
+                }
+                Ok(())
+            }
+            t if t == L::EXPECTED_VERSION => {
+                encoding::int64::merge(wire_type, self.expected_version.get_or_insert(0), buf, ctx)
+                    .map_err(context("expected_version"))
+            }
+            t if t == L::IDEMPOTENCY_KEY => {
+                encoding::string::merge(wire_type, &mut self.idempotency_key, buf, ctx).map_err(context("idempotency_key"))
+            }
+            t => match L::IGNORED_INT64.iter().find(|(n, _)| *n == t) {
+                Some((_, name)) => encoding::int64::merge(wire_type, &mut 0, buf, ctx).map_err(context(name)),
+                None => encoding::skip_field(wire_type, tag, buf, ctx),
+            },
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        let strings = [(1, &self.domain), (2, &self.ty), (3, &self.key), (L::IDEMPOTENCY_KEY, &self.idempotency_key)];
+        strings
+            .iter()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(tag, s)| encoding::string::encoded_len(*tag, s))
+            .sum::<usize>()
+            + self.payload.as_ref().map_or(0, |p| encoding::bytes::encoded_len(4, p))
+            + self.expected_version.as_ref().map_or(0, |v| encoding::int64::encoded_len(L::EXPECTED_VERSION, v))
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+// ---- the fast reader: `None` means "not plain; ask prost" ----
+
+const VARINT: u64 = 0;
+const FIXED64: u64 = 1;
+const LEN: u64 = 2;
+
+/// A `Struct`'s fields as an object, keys sorted.
+fn object(mut buf: &[u8], depth: usize, budget: &mut usize) -> Option<Values> {
+    if depth > FAST_DEPTH {
+        return None;
+    }
+    let mut out = Map::new();
+    let mut last: Option<&str> = None;
+    let mut sorted = true;
+    while !buf.is_empty() {
+        if key(&mut buf)? != (1, LEN) {
+            return None;
+        }
+        let mut entry = delimited(&mut buf)?;
+        let (mut name, mut value) = (None, None);
+        while !entry.is_empty() {
+            match key(&mut entry)? {
+                (1, LEN) if name.is_none() => name = Some(std::str::from_utf8(delimited(&mut entry)?).ok()?),
+                (2, LEN) if value.is_none() => value = Some(delimited(&mut entry)?),
+                _ => return None,
+            }
+        }
+        // A missing key is "" and a missing value an empty `Value` (null),
+        // as prost's map decoding has them.
+        let name = name.unwrap_or("");
+        let value = match value {
+            Some(v) => self::value(v, depth, budget)?,
+            None => {
+                spend(budget)?;
+                Value::Null
+            }
+        };
+        sorted &= last.is_none_or(|l| l < name);
+        last = Some(name);
+        // A repeated key replaces the value in place: the last one wins,
+        // as in the `BTreeMap`.
+        out.insert(name.to_owned(), value);
+    }
+    if !sorted {
+        out.sort_keys();
+    }
+    Some(out)
+}
+
+fn value(mut buf: &[u8], depth: usize, budget: &mut usize) -> Option<Value> {
+    spend(budget)?;
+    if buf.is_empty() {
+        return Some(Value::Null);
+    }
+    let v = match key(&mut buf)? {
+        (1, VARINT) => {
+            varint(&mut buf)?;
+            Value::Null
+        }
+        (2, FIXED64) => {
+            let (n, rest) = buf.split_first_chunk::<8>()?;
+            buf = rest;
+            convert::number("", f64::from_le_bytes(*n)).ok()?
+        }
+        (3, LEN) => Value::String(std::str::from_utf8(delimited(&mut buf)?).ok()?.to_owned()),
+        (4, VARINT) => Value::Bool(varint(&mut buf)? != 0),
+        (5, LEN) => Value::Object(object(delimited(&mut buf)?, depth + 1, budget)?),
+        (6, LEN) => Value::Array(list(delimited(&mut buf)?, depth + 1, budget)?),
+        _ => return None,
+    };
+    // A second field in one `Value` is the oneof's business: prost's.
+    buf.is_empty().then_some(v)
+}
+
+fn list(mut buf: &[u8], depth: usize, budget: &mut usize) -> Option<Vec<Value>> {
+    if depth > FAST_DEPTH {
+        return None;
+    }
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        if key(&mut buf)? != (1, LEN) {
+            return None;
+        }
+        out.push(value(delimited(&mut buf)?, depth, budget)?);
+    }
+    Some(out)
+}
+
+/// One value of `json::MAX_VALUES` per request. Counting a repeated map key
+/// twice only sends such a request to prost sooner.
+fn spend(budget: &mut usize) -> Option<()> {
+    *budget = budget.checked_sub(1)?;
+    Some(())
+}
+
+fn key(buf: &mut &[u8]) -> Option<(u64, u64)> {
+    let k = varint(buf)?;
+    Some((k >> 3, k & 7))
+}
+
+fn delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = usize::try_from(varint(buf)?).ok()?;
+    let (head, rest) = buf.split_at_checked(len)?;
+    *buf = rest;
+    Some(head)
+}
+
+/// A varint as prost reads one: at most ten bytes, the tenth at most 1.
+fn varint(buf: &mut &[u8]) -> Option<u64> {
+    let mut out = 0u64;
+    for (i, &b) in buf.iter().enumerate().take(10) {
+        if i == 9 && b > 1 {
+            return None;
+        }
+        out |= u64::from(b & 0x7f) << (7 * i);
+        if b < 0x80 {
+            *buf = &buf[i + 1..];
+            return Some(out);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use prost_types::value::Kind;
+
+    /// A `Value` as raw protobuf, in an order and with repetitions prost's
+    /// encoder would not write (unsorted and repeated keys), so both paths
+    /// see the encodings other libraries send.
+    #[derive(Debug, Clone)]
+    enum Wire {
+        Null,
+        Empty,
+        Number(f64),
+        Str(String),
+        Bool(bool),
+        Object(Vec<(Option<String>, Option<Wire>)>),
+        List(Vec<Wire>),
+        /// Two kinds in one `Value`: the last wins (prost), or merges.
+        Two(Box<Wire>, Box<Wire>),
+    }
+
+    impl Wire {
+        fn encode(&self, out: &mut Vec<u8>) {
+            match self {
+                Wire::Null => encoding::int32::encode(1, &0, out),
+                Wire::Empty => {}
+                Wire::Number(n) => encoding::double::encode(2, n, out),
+                Wire::Str(s) => encoding::string::encode(3, s, out),
+                Wire::Bool(b) => encoding::bool::encode(4, b, out),
+                Wire::Object(entries) => encoding::bytes::encode(5, &encode_fields(entries), out),
+                Wire::List(items) => {
+                    let mut body = Vec::new();
+                    for item in items {
+                        let mut v = Vec::new();
+                        item.encode(&mut v);
+                        encoding::bytes::encode(1, &v, &mut body);
+                    }
+                    encoding::bytes::encode(6, &body, out);
+                }
+                Wire::Two(a, b) => {
+                    a.encode(out);
+                    b.encode(out);
+                }
+            }
+        }
+    }
+
+    fn encode_fields(entries: &[(Option<String>, Option<Wire>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (k, v) in entries {
+            let mut entry = Vec::new();
+            if let Some(k) = k {
+                encoding::string::encode(1, k, &mut entry);
+            }
+            if let Some(v) = v {
+                let mut body = Vec::new();
+                v.encode(&mut body);
+                encoding::bytes::encode(2, &body, &mut entry);
+            }
+            encoding::bytes::encode(1, &entry, &mut out);
+        }
+        out
+    }
+
+    fn wire() -> impl Strategy<Value = Wire> {
+        let name = prop_oneof![Just("a".to_owned()), Just("b".to_owned()), "[a-zé]{0,4}"];
+        let leaf = prop_oneof![
+            Just(Wire::Null),
+            Just(Wire::Empty),
+            any::<f64>().prop_map(Wire::Number),
+            (-1e6..1e6f64).prop_map(|n| Wire::Number(n.round())),
+            Just(Wire::Number(f64::NAN)),
+            "\\PC{0,8}".prop_map(Wire::Str),
+            any::<bool>().prop_map(Wire::Bool),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                8 => prop::collection::vec((prop::option::weighted(0.95, name.clone()), prop::option::weighted(0.95, inner.clone())), 0..6)
+                    .prop_map(Wire::Object),
+                4 => prop::collection::vec(inner.clone(), 0..5).prop_map(Wire::List),
+                1 => (inner.clone(), inner).prop_map(|(a, b)| Wire::Two(Box::new(a), Box::new(b))),
+            ]
+        })
+    }
+
+    /// The answer before this module: prost decodes the whole message,
+    /// then `struct_to_json`, with the codec's error wording. Objects are
+    /// compared as text: `Map`'s equality ignores the order of keys.
+    fn through_prost(message: &[u8]) -> Result<Option<String>, (tonic::Code, String)> {
+        let s = pb::State::decode(message).map_err(|e| (tonic::Code::InvalidArgument, format!("malformed message: {e}")))?;
+        let values = s.values.map(|v| convert::struct_to_json("values", v)).transpose().map_err(|e| {
+            let s = to_status(e);
+            (s.code(), s.message().to_owned())
+        })?;
+        Ok(values.map(|v| serde_json::to_string(&v).unwrap()))
+    }
+
+    fn through_here(message: &[u8]) -> Result<Option<String>, (tonic::Code, String)> {
+        let mut call = SetCall::decode(message).map_err(|e| (tonic::Code::InvalidArgument, format!("malformed message: {e}")))?;
+        let values = call.values().map_err(|s| (s.code(), s.message().to_owned()))?;
+        Ok(values.map(|v| serde_json::to_string(&v).unwrap()))
+    }
+
+    fn state_with(fields: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        encoding::string::encode(1, &"d".to_owned(), &mut m);
+        encoding::bytes::encode(4, &fields.to_vec(), &mut m);
+        m
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn answers_as_prost_and_struct_to_json(entries in prop::collection::vec((prop::option::weighted(0.95, "[a-c]{0,2}"), prop::option::weighted(0.95, wire())), 0..8)) {
+            let message = state_with(&encode_fields(&entries));
+            prop_assert_eq!(through_here(&message), through_prost(&message));
+        }
+
+        #[test]
+        fn a_field_given_twice_merges_as_in_prost(a in prop::collection::vec((Just(Some("k".to_owned())), Just(Some(Wire::Object(vec![(Some("x".into()), Some(Wire::Bool(true)))])))), 0..2),
+                                                  b in prop::collection::vec((prop::option::of("[kx]"), prop::option::of(wire())), 0..3)) {
+            let mut message = state_with(&encode_fields(&a));
+            encoding::bytes::encode(4, &encode_fields(&b), &mut message);
+            prop_assert_eq!(through_here(&message), through_prost(&message));
+        }
+
+        #[test]
+        fn any_bytes_answer_as_prost(fields in prop::collection::vec(any::<u8>(), 0..64)) {
+            let message = state_with(&fields);
+            prop_assert_eq!(through_here(&message), through_prost(&message));
+        }
+    }
+
+    #[test]
+    fn plain_values_take_the_fast_path_with_keys_sorted() {
+        let s = prost_types::Struct {
+            fields: [("b", Kind::NumberValue(2.0)), ("a", Kind::StringValue("x".into()))]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), prost_types::Value { kind: Some(v) }))
+                .collect(),
+        };
+        let mut encoded = s.encode_to_vec();
+        // The same entries again in reverse order, as a Go client may send a map.
+        let mut reversed = Vec::new();
+        for (k, v) in s.fields.iter().rev() {
+            let mut entry = Vec::new();
+            encoding::string::encode(1, k, &mut entry);
+            encoding::message::encode(2, v, &mut entry);
+            encoding::bytes::encode(1, &entry, &mut reversed);
+        }
+        for payload in [&mut encoded, &mut reversed] {
+            let mut budget = json::MAX_VALUES;
+            let object = object(payload, 0, &mut budget).expect("plain encoding takes the fast path");
+            assert_eq!(serde_json::to_string(&object).unwrap(), r#"{"a":"x","b":2}"#);
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_left_to_prost_and_refused_as_before() {
+        let mut v = Wire::Bool(true);
+        for _ in 0..60 {
+            v = Wire::Object(vec![(Some("a".into()), Some(v))]);
+        }
+        let Wire::Object(entries) = v else { unreachable!() };
+        let message = state_with(&encode_fields(&entries));
+        let here = through_here(&message);
+        assert!(matches!(&here, Err((tonic::Code::InvalidArgument, m)) if m.contains("recursion limit")), "{here:?}");
+        assert_eq!(here, through_prost(&message));
+    }
+
+    #[test]
+    fn the_other_fields_decode_as_the_generated_message() {
+        let generated = pb::State {
+            domain: "d".into(),
+            r#type: "t".into(),
+            key: "k".into(),
+            values: Some(prost_types::Struct::default()),
+            version: 9,
+            expected_version: Some(0),
+            idempotency_key: "i".into(),
+            sequence: 4,
+        };
+        let mut call = SetCall::decode(generated.encode_to_vec().as_slice()).unwrap();
+        assert_eq!((call.domain.as_str(), call.ty.as_str(), call.key.as_str()), ("d", "t", "k"));
+        assert_eq!((call.expected_version, call.idempotency_key.as_str()), (Some(0), "i"));
+        assert_eq!(call.values().unwrap(), Some(Map::new()));
+        // A malformed output-only field is refused, as by the generated message.
+        let mut bad = state_with(&[]);
+        bad.extend_from_slice(&[5 << 3 | 2, 0]);
+        let err = SetCall::decode(bad.as_slice()).unwrap_err().to_string();
+        assert_eq!(err, pb::State::decode(bad.as_slice()).unwrap_err().to_string());
+        assert!(err.contains("State.version"), "{err}");
+        // Encoding round-trips.
+        let edit = EditCall::decode(
+            pb::EditRequest { domain: "d".into(), expected_version: Some(3), idempotency_key: "x".into(), ..Default::default() }
+                .encode_to_vec()
+                .as_slice(),
+        )
+        .unwrap();
+        assert_eq!(EditCall::decode(edit.encode_to_vec().as_slice()).unwrap().expected_version, Some(3));
+        assert_eq!(edit.encode_to_vec().len(), edit.encoded_len());
+    }
+}
