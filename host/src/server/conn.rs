@@ -391,7 +391,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     /// smaller. Told no, it copies payloads under 1 KiB into its write
     /// buffer, and the responses finished while the connection was busy
     /// leave together in one write (BENCHMARKS.md, session 16). Larger
-    /// payloads are still written from where they are, not copied.
+    /// payloads are still written from where they are, not copied. HTTP/1
+    /// (REST) then copies a response's body into its head's buffer, one
+    /// more copy of bytes that JSON encoding just wrote.
     fn is_write_vectored(&self) -> bool {
         false
     }
