@@ -48,6 +48,14 @@ fn call_metadata<T>(gateway: &Gateway, request: &mut Request<T>) -> crate::auth:
     }
 }
 
+/// A generated message as the direct route's: the same fields, decoded
+/// again from its bytes (the generated entry points are not served).
+fn reencoded<M: prost::Message, T: prost::Message + Default>(request: Request<M>) -> Result<Request<T>, Status> {
+    let bytes = request.get_ref().encode_to_vec();
+    let message = T::decode(bytes.as_slice()).map_err(|e| Status::internal(format!("re-decoding a request: {e}")))?;
+    Ok(request.map(|_| message))
+}
+
 fn ref_request(r: pb::StateRef) -> gw::RefRequest {
     gw::RefRequest {
         domain: r.domain,
@@ -126,7 +134,7 @@ impl GrpcApi {
 #[tonic::async_trait]
 impl pb::state_service_server::StateService for GrpcApi {
     async fn set(&self, request: Request<pb::State>) -> Result<Response<pb::Event>, Status> {
-        Ok(self.set_direct(request.map(SetCall::from)).await?.map(|m| convert::event(m.0)))
+        Ok(self.set_direct(reencoded(request)?).await?.map(|m| convert::event(m.0)))
     }
 
     async fn get(&self, request: Request<pb::StateRef>) -> Result<Response<pb::State>, Status> {
@@ -165,7 +173,7 @@ impl pb::state_service_server::StateService for GrpcApi {
     }
 
     async fn edit(&self, request: Request<pb::EditRequest>) -> Result<Response<pb::Event>, Status> {
-        Ok(self.edit_direct(request.map(EditCall::from)).await?.map(|m| convert::event(m.0)))
+        Ok(self.edit_direct(reencoded(request)?).await?.map(|m| convert::event(m.0)))
     }
 
     async fn revert(&self, request: Request<pb::RevertRequest>) -> Result<Response<pb::Event>, Status> {

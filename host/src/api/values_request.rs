@@ -150,35 +150,6 @@ impl<L: Layout> ValuesRequest<L> {
     }
 }
 
-/// The request the generated service received (its values encoded again:
-/// that path is kept for completeness, not served).
-impl From<pb::State> for SetCall {
-    fn from(s: pb::State) -> Self {
-        ValuesRequest {
-            domain: s.domain,
-            ty: s.r#type,
-            key: s.key,
-            payload: s.values.map(|v| v.encode_to_vec()),
-            expected_version: s.expected_version,
-            idempotency_key: s.idempotency_key,
-            layout: PhantomData,
-        }
-    }
-}
-
-impl From<pb::EditRequest> for EditCall {
-    fn from(e: pb::EditRequest) -> Self {
-        ValuesRequest {
-            domain: e.domain,
-            ty: e.r#type,
-            key: e.key,
-            payload: e.patch.map(|v| v.encode_to_vec()),
-            expected_version: e.expected_version,
-            idempotency_key: e.idempotency_key,
-            layout: PhantomData,
-        }
-    }
-}
 
 impl<L: Layout> Message for ValuesRequest<L> {
     fn encode_raw(&self, buf: &mut impl BufMut) {
