@@ -382,18 +382,17 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
-    /// Says no, though `poll_write_vectored` still reaches the socket's
-    /// `writev`: h2 decides from this how to buffer a DATA frame. Told yes,
+    /// Says no: h2 decides from this how to buffer a DATA frame. Told yes,
     /// it keeps every payload of 256 bytes or more aside and must write it
     /// out before it takes the next frame, so each such response (a `Get`
-    /// or `Set` of a few hundred bytes of values) costs a `writev` of its
-    /// own: 1.65 per `Get` against 0.69 per health check, whose reply is
-    /// smaller. Told no, it copies payloads under 1 KiB into its write
-    /// buffer, and the responses finished while the connection was busy
-    /// leave together in one write (BENCHMARKS.md, session 16). Larger
-    /// payloads are still written from where they are, not copied. HTTP/1
-    /// (REST) then copies a response's body into its head's buffer, one
-    /// more copy of bytes that JSON encoding just wrote.
+    /// or `Set` of a few hundred bytes of values) costs a write of its own:
+    /// 1.69 per `Get` against 0.73 per health check, whose reply is smaller.
+    /// Told no, it copies payloads under 1 KiB into its write buffer, and
+    /// the responses finished while the connection was busy leave together
+    /// in one write (BENCHMARKS.md, session 16). The price: a payload over
+    /// 1 KiB (a search's page) is written by a second `write` after the
+    /// buffer's instead of one `writev` with it, and HTTP/1 (REST) copies a
+    /// response's body into its head's buffer.
     fn is_write_vectored(&self) -> bool {
         false
     }
