@@ -48,11 +48,16 @@ fn call_metadata<T>(gateway: &Gateway, request: &mut Request<T>) -> crate::auth:
     }
 }
 
-/// A generated message as the direct route's: the same fields, decoded
-/// again from its bytes (the generated entry points are not served).
+/// One message as another with the same fields (a generated one as a
+/// direct route's, or back), decoded again from its bytes: the generated
+/// entry points, which use it, are not served.
+fn recoded<T: prost::Message + Default>(m: &impl prost::Message) -> Result<T, Status> {
+    T::decode(m.encode_to_vec().as_slice()).map_err(|e| Status::internal(format!("re-decoding a message: {e}")))
+}
+
+/// A generated request as the direct route's (see `recoded`).
 fn reencoded<M: prost::Message, T: prost::Message + Default>(request: Request<M>) -> Result<Request<T>, Status> {
-    let bytes = request.get_ref().encode_to_vec();
-    let message = T::decode(bytes.as_slice()).map_err(|e| Status::internal(format!("re-decoding a request: {e}")))?;
+    let message = recoded(request.get_ref())?;
     Ok(request.map(|_| message))
 }
 
@@ -139,10 +144,7 @@ impl pb::state_service_server::StateService for GrpcApi {
 
     async fn get(&self, request: Request<pb::StateRef>) -> Result<Response<pb::State>, Status> {
         // The direct message's bytes are a `pb::State`'s.
-        let direct = self.get_direct(request).await?.into_inner();
-        let state = <pb::State as prost::Message>::decode(prost::Message::encode_to_vec(&direct).as_slice())
-            .map_err(|e| Status::internal(format!("re-decoding a state: {e}")))?;
-        Ok(Response::new(state))
+        Ok(Response::new(recoded(&self.get_direct(request).await?.into_inner())?))
     }
 
     async fn del(&self, request: Request<pb::StateRef>) -> Result<Response<pb::Event>, Status> {

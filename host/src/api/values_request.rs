@@ -221,9 +221,9 @@ impl<L: Layout> Message for ValuesRequest<L> {
 
 // ---- the fast reader: `None` means "not plain; ask prost" ----
 
-const VARINT: u64 = 0;
-const FIXED64: u64 = 1;
-const LEN: u64 = 2;
+const VARINT: WireType = WireType::Varint;
+const FIXED64: WireType = WireType::SixtyFourBit;
+const LEN: WireType = WireType::LengthDelimited;
 
 /// A `Struct`'s fields as an object, keys sorted.
 fn object(mut buf: &[u8], depth: usize, budget: &mut usize) -> Option<Values> {
@@ -314,9 +314,14 @@ fn spend(budget: &mut usize) -> Option<()> {
     Some(())
 }
 
-fn key(buf: &mut &[u8]) -> Option<(u64, u64)> {
-    let k = varint(buf)?;
-    Some((k >> 3, k & 7))
+/// A field's key, read by prost's own reader.
+fn key(buf: &mut &[u8]) -> Option<(u32, WireType)> {
+    encoding::decode_key(buf).ok()
+}
+
+/// A varint, read by prost's own reader.
+fn varint(buf: &mut &[u8]) -> Option<u64> {
+    encoding::decode_varint(buf).ok()
 }
 
 fn delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
@@ -324,22 +329,6 @@ fn delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
     let (head, rest) = buf.split_at_checked(len)?;
     *buf = rest;
     Some(head)
-}
-
-/// A varint as prost reads one: at most ten bytes, the tenth at most 1.
-fn varint(buf: &mut &[u8]) -> Option<u64> {
-    let mut out = 0u64;
-    for (i, &b) in buf.iter().enumerate().take(10) {
-        if i == 9 && b > 1 {
-            return None;
-        }
-        out |= u64::from(b & 0x7f) << (7 * i);
-        if b < 0x80 {
-            *buf = &buf[i + 1..];
-            return Some(out);
-        }
-    }
-    None
 }
 
 #[cfg(test)]

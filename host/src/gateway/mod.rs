@@ -17,7 +17,6 @@ mod stream;
 
 pub use request::*;
 pub use limits::{Admission, Limits, PEER_HEADER};
-
 pub use stream::EventStream;
 
 use crate::auth::{Auth, Metadata, PolicyInput};

@@ -106,7 +106,7 @@ pub trait Storage: Send + Sync + 'static {
     /// `StoredState::Text`, unparsed (sqlite, postgres and mysql do); the
     /// default answers `get_at`'s parsed state. See `model::StoredState`.
     async fn get_text_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<StoredState>>> {
-        Ok(self.get_at(record, at).await?.map(|found| found.map(StoredState::Parsed)))
+        Ok(parsed_answer(self.get_at(record, at).await?))
     }
 
     /// `search_states` at a store position, like `get_at`.
@@ -283,6 +283,18 @@ impl StorageSpec {
             StorageSpec::Wasm(c) => Arc::new(wasm::WasmStorage::open(c, wasm).await?),
         })
     }
+}
+
+/// `get_at`'s answer as `get_text_at`'s: the values already parsed (the
+/// trait's default, and a provider's reads in the past).
+pub fn parsed_answer(read: AtSeq<Option<State>>) -> AtSeq<Option<StoredState>> {
+    read.map(|found| found.map(StoredState::Parsed))
+}
+
+/// A provider's version and stored JSON text of `record` as `get_text_at`'s
+/// answer, unparsed.
+pub fn text_answer(record: &RecordRef, read: AtSeq<Option<(u64, String)>>) -> AtSeq<Option<StoredState>> {
+    read.map(|found| found.map(|(version, values)| StoredState::Text { record: record.clone(), version, values }))
 }
 
 /// The error for a failed expected-version check, shared by all providers.

@@ -395,7 +395,7 @@ impl Storage for MysqlStorage {
         // Reads now, the hot path, keep the text; a read in the past is
         // `get_at`'s.
         if at.is_some() {
-            return Ok(self.get_at(record, at).await?.map(|found| found.map(StoredState::Parsed)));
+            return Ok(super::parsed_answer(self.get_at(record, at).await?));
         }
         self.points.get_stored(record).await
     }

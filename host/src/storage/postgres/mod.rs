@@ -318,7 +318,7 @@ impl Storage for PostgresStorage {
         // Reads now, the hot path, keep the text; a read in the past (or of
         // a name no row can hold) is `get_at`'s.
         if at.is_some() || has_nul(&[&record.domain, &record.ty, &record.key]) {
-            return Ok(self.get_at(record, at).await?.map(|found| found.map(StoredState::Parsed)));
+            return Ok(super::parsed_answer(self.get_at(record, at).await?));
         }
         self.points.get_stored(record).await
     }

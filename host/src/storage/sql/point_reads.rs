@@ -106,8 +106,7 @@ impl PointReads {
     /// `get_state` with the values left as the stored JSON text
     /// (`Storage::get_text_at`).
     pub async fn get_stored(&self, record: &RecordRef) -> Result<AtSeq<Option<StoredState>>> {
-        let read = self.get_text(record).await?;
-        Ok(read.map(|found| found.map(|(version, values)| StoredState::Text { record: record.clone(), version, values })))
+        Ok(crate::storage::text_answer(record, self.get_text(record).await?))
     }
 
     async fn get_text(&self, record: &RecordRef) -> Result<AtSeq<Option<(u64, String)>>> {

@@ -1026,8 +1026,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn get_text_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<StoredState>>> {
-        let read = self.state_text_at(record, at).await?;
-        Ok(read.map(|found| found.map(|(version, values)| StoredState::Text { record: record.clone(), version, values })))
+        Ok(super::text_answer(record, self.state_text_at(record, at).await?))
     }
 
     async fn search_states_at(&self, q: &StateQuery, at: Option<u64>) -> Result<AtSeq<Vec<State>>> {
