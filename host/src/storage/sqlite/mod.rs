@@ -1,14 +1,14 @@
 //! `sqlite`: the embedded durable default. One file in WAL mode, no service
 //! to run.
 //!
-//! Writes go through one writer thread that owns the only write connection:
-//! it takes every append waiting in its queue, runs them in one transaction
-//! (an append its checks refuse writes nothing, so the others go on; see
-//! `commit_batch` for a failure in the middle of a write) and commits once. Concurrent writers thus share one fsync (group
-//! commit) and seqs are assigned in commit order, which is what catch-up
-//! streams need. `synchronous=FULL` makes a commit durable before `append`
-//! returns. Values are serialized on the caller's task, not on the writer
-//! thread, and every statement is prepared once per connection.
+//! Writes go through one writer thread that owns the only write connection
+//! (`writer.rs`): it takes every append waiting in its queue, runs them in
+//! one transaction (an append its checks refuse writes nothing, so the
+//! others go on) and commits once. Concurrent writers thus share one fsync
+//! (group commit) and seqs are assigned in commit order, which is what
+//! catch-up streams need. `synchronous=FULL` makes a commit durable before
+//! `append` returns. Values are serialized on the caller's task, not on the
+//! writer thread, and every statement is prepared once per connection.
 //!
 //! Reads use a pool of connections that WAL lets run alongside the writer:
 //! a semaphore admits as many reads as there are pooled connections (a few
@@ -37,14 +37,15 @@
 //! read-write handles with `PRAGMA query_only`. No other process (not even
 //! the `sqlite3` shell) can open the file while the gateway has it open.
 //!
-//! Over 500 lines on purpose: the writer, the read pool and the checkpoint
-//! thread share the connection setup and the row codecs, and each is only
+//! Over 500 lines on purpose: the read pool and the checkpoint thread share
+//! the connection setup and the row codecs with the writer, and each is only
 //! correct together with the others (the WAL and checkpoint rules above).
 
 mod field_index;
 mod pushdown;
+mod writer;
 
-use super::{FEED_PAGE, GroupDoc, Storage, conflict, group_conflict, idempotency_mismatch};
+use super::{FEED_PAGE, GroupDoc, Storage, group_conflict};
 use crate::model::{
     AtSeq, Appended, AppendRequest, Arrival, CatalogEntry, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result,
     Select, State, StateQuery, StoredState, Values,
@@ -55,9 +56,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, StatementStatus, p
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
+use writer::{Job, Work, writer_loop};
 
-/// Most appends committed in one transaction.
-const MAX_BATCH: usize = 512;
 /// Read connections per core (reads block on I/O now and then).
 const READERS_PER_CORE: usize = 2;
 /// Page size of a new database file. A `states` row (a WITHOUT ROWID
@@ -147,21 +147,6 @@ CREATE TABLE IF NOT EXISTS groups (
 ) WITHOUT ROWID;
 ";
 
-/// An append with its JSON columns already serialized.
-struct Job {
-    req: AppendRequest,
-    vals: Option<String>,
-    claims: String,
-    reply: oneshot::Sender<Result<Appended>>,
-}
-
-/// What the writer thread does: appends (batched), or an index to build
-/// between two batches (`field_index.rs`).
-enum Work {
-    Append(Job),
-    Index(String),
-}
-
 /// `{"name":"sqlite","path":"data/stategate.db"}`; without `path` the file
 /// is `stategate.db` in `STATEGATE_DATA_DIR`. `index_fields` names fields
 /// of the values to index at start; `auto_index: false` stops indexing the
@@ -236,6 +221,7 @@ impl SqliteStorage {
         }
         let lock = super::file_lock::lock(&path)?;
         let conn = open_connection(&path)?;
+        writer::widen_lookaside(&conn);
         // page_size only takes effect on a new file, so it comes first;
         // an existing file keeps the page size it was created with.
         // temp_store = MEMORY keeps the sub-journal of the per-append
@@ -305,6 +291,9 @@ impl SqliteStorage {
             })
             .map_err(Error::internal)?;
 
+        // The writer prepares its statements again on its thread; preparing
+        // them here first makes a file they cannot run on fail the start.
+        drop(writer::WriteStatements::prepare(&conn).map_err(|e| db_error(&e))?);
         let (tx, rx) = mpsc::unbounded_channel();
         let writer_fields = fields.clone();
         let thread = std::thread::Builder::new()
@@ -424,238 +413,6 @@ fn open_reader(path: &Path) -> Result<Connection> {
 
 fn db_error(e: &rusqlite::Error) -> Error {
     Error::unavailable(format!("sqlite: {e}"))
-}
-
-fn writer_loop(
-    mut conn: Connection,
-    mut rx: mpsc::UnboundedReceiver<Work>,
-    appended: Arc<std::sync::atomic::AtomicU64>,
-    wal_full: &std::sync::atomic::AtomicBool,
-    fields: &FieldIndexes,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    // Work taken from the queue while filling a batch that is not an append.
-    let mut held = None;
-    while let Some(work) = held.take().or_else(|| rx.blocking_recv()) {
-        let job = match work {
-            Work::Append(job) => job,
-            Work::Index(field) => {
-                if let Err(e) = fields.create(&conn, &field) {
-                    tracing::warn!(field, error = %e, "sqlite: indexing a field failed; searches naming it scan instead");
-                }
-                continue;
-            }
-        };
-        batch.push(job);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Work::Append(job)) => batch.push(job),
-                Ok(other) => {
-                    held = Some(other);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        let results = commit_batch(&mut conn, &batch);
-        appended.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        for (Job { req, reply, .. }, result) in batch.drain(..).zip(results) {
-            let _ = reply.send(result.map(|written| written.into_appended(req)));
-        }
-        if wal_full.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            restart_wal(&conn);
-        }
-    }
-    // Every sender is gone: shutdown. Fold the WAL back into the main file so
-    // the database is one self-contained file at rest.
-    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
-        tracing::warn!(error = %e, "sqlite checkpoint at shutdown failed");
-    }
-}
-
-/// Copies the whole WAL back and lets the next batch start it over (see
-/// `WAL_LIMIT_BYTES`). A reader still on old frames after
-/// `WAL_RESTART_WAIT` leaves it for the checkpoint thread to flag again.
-fn restart_wal(conn: &Connection) {
-    let restarted = conn
-        .busy_timeout(WAL_RESTART_WAIT)
-        .and_then(|()| conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)));
-    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
-    match restarted {
-        Ok(0) => tracing::debug!("sqlite: WAL restarted after passing its size limit"),
-        Ok(_) => tracing::debug!("sqlite: WAL restart waited on a reader; trying again later"),
-        Err(e) => tracing::warn!(error = %e, "sqlite: restarting the WAL failed; trying again later"),
-    }
-}
-
-/// What one append did inside its transaction.
-#[derive(Debug)]
-enum Written {
-    /// A new event with this seq and version.
-    New { seq: u64, version: u64 },
-    /// The idempotency key's earlier event, returned again.
-    Replayed(Event),
-}
-
-impl Written {
-    /// The append's outcome; the new event takes the request's values
-    /// rather than a copy of them.
-    fn into_appended(self, req: AppendRequest) -> Appended {
-        match self {
-            Written::Replayed(event) => Appended { event, replayed: true },
-            Written::New { seq, version } => Appended {
-                event: req.into_event(seq, version),
-                replayed: false,
-            },
-        }
-    }
-}
-
-/// Runs a batch of appends in one transaction; returns one result each. If
-/// the commit itself fails, every append of the batch fails.
-///
-/// An append refused by its checks (version, idempotency, a delete of
-/// nothing) is refused before it writes anything, so the batch needs no
-/// savepoints: a savepoint per append cost a statement parse and a copy of
-/// every page it touched into the statement journal. Only a failure in the
-/// middle of an append's writes (the disk, a constraint) could leave half of
-/// it in the transaction; then the whole transaction is rolled back and the
-/// batch runs again with one savepoint per append, so that failure stays
-/// that append's own.
-fn commit_batch(conn: &mut Connection, jobs: &[Job]) -> Vec<Result<Written>> {
-    match commit_without_savepoints(conn, jobs) {
-        Some(results) => results,
-        None => commit_with_savepoints(conn, jobs),
-    }
-}
-
-/// `None`: an append failed in the middle of its writes and the transaction
-/// was rolled back.
-fn commit_without_savepoints(conn: &mut Connection, jobs: &[Job]) -> Option<Vec<Result<Written>>> {
-    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => return Some(jobs.iter().map(|_| Err(db_error(&e))).collect()),
-    };
-    let mut results = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        match append_one(&tx, job) {
-            Ok(out) => results.push(Ok(out)),
-            Err(Failed::Refused(e)) => results.push(Err(e)),
-            // Dropping `tx` rolls it back.
-            Err(Failed::Writing(_)) if jobs.len() > 1 => return None,
-            Err(Failed::Writing(e)) => return Some(vec![Err(e)]),
-        }
-    }
-    Some(finish(tx, results))
-}
-
-fn commit_with_savepoints(conn: &mut Connection, jobs: &[Job]) -> Vec<Result<Written>> {
-    let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => return jobs.iter().map(|_| Err(db_error(&e))).collect(),
-    };
-    let mut results = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let result = (|| {
-            let sp = tx.savepoint().map_err(|e| db_error(&e))?;
-            let out = append_one(&sp, job).map_err(Failed::into_error)?;
-            sp.commit().map_err(|e| db_error(&e))?;
-            Ok(out)
-        })();
-        results.push(result);
-    }
-    finish(tx, results)
-}
-
-fn finish(tx: rusqlite::Transaction<'_>, results: Vec<Result<Written>>) -> Vec<Result<Written>> {
-    if let Err(e) = tx.commit() {
-        let err = db_error(&e);
-        return results.into_iter().map(|_| Err(err.clone())).collect();
-    }
-    results
-}
-
-/// Why an append did not happen.
-enum Failed {
-    /// Its checks refused it; it wrote nothing.
-    Refused(Error),
-    /// A statement failed, possibly after some of its writes.
-    Writing(Error),
-}
-
-impl Failed {
-    fn into_error(self) -> Error {
-        match self {
-            Failed::Refused(e) | Failed::Writing(e) => e,
-        }
-    }
-}
-
-fn append_one(tx: &Connection, job: &Job) -> std::result::Result<Written, Failed> {
-    let req = &job.req;
-    // Reads and checks come first and fail as `Refused` (nothing written);
-    // from the first write on, a failure is `Writing`.
-    let e = |e: rusqlite::Error| Failed::Refused(db_error(&e));
-    if let Some(idem) = &req.idempotency {
-        let found: Option<(String, i64)> = tx
-            .prepare_cached("SELECT fingerprint, event_seq FROM idempotency WHERE key = ?1")
-            .map_err(e)?
-            .query_row([&idem.key], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
-            .map_err(e)?;
-        if let Some((fingerprint, seq)) = found {
-            let first = tx
-                .prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"))
-                .map_err(e)?
-                .query_row([seq], event_from_row)
-                .map_err(e)?;
-            if first.time >= idem.not_before {
-                if fingerprint != idem.fingerprint {
-                    return Err(Failed::Refused(idempotency_mismatch(&idem.key)));
-                }
-                return Ok(Written::Replayed(first));
-            }
-        }
-    }
-    let r = &req.record;
-    let row: Option<(u64, bool)> = tx
-        .prepare_cached("SELECT version, vals IS NOT NULL FROM states WHERE domain = ?1 AND type = ?2 AND key = ?3")
-        .map_err(e)?
-        .query_row(params![r.domain, r.ty, r.key], |row| Ok((row.get(0)?, row.get(1)?)))
-        .optional()
-        .map_err(e)?;
-    let current = row.filter(|(_, live)| *live).map(|(v, _)| v);
-    if !req.expect.admits(current) {
-        return Err(Failed::Refused(conflict(req, current)));
-    }
-    if req.change == Change::Delete && current.is_none() {
-        return Err(Failed::Refused(Error::NotFound(format!("state {r}"))));
-    }
-    let version = row.map_or(0, |(v, _)| v) + 1;
-    let (vals, claims) = (&job.vals, &job.claims);
-    let e = |e: rusqlite::Error| Failed::Writing(db_error(&e));
-    tx.prepare_cached(
-        "INSERT INTO events (id, domain, type, key, version, kind, method, time, vals, claims)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )
-    .map_err(e)?
-    .execute(params![req.id, r.domain, r.ty, r.key, version, req.kind.as_str(), req.method, req.time, vals, claims])
-    .map_err(e)?;
-    let seq = tx.last_insert_rowid() as u64;
-    tx.prepare_cached(
-        "INSERT INTO states (domain, type, key, version, vals) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (domain, type, key) DO UPDATE SET version = excluded.version, vals = excluded.vals",
-    )
-    .map_err(e)?
-    .execute(params![r.domain, r.ty, r.key, version, vals])
-    .map_err(e)?;
-    if let Some(idem) = &req.idempotency {
-        tx.prepare_cached("INSERT OR REPLACE INTO idempotency (key, fingerprint, event_seq) VALUES (?1, ?2, ?3)")
-            .map_err(e)?
-            .execute(params![idem.key, idem.fingerprint, seq])
-            .map_err(e)?;
-    }
-    Ok(Written::New { seq, version })
 }
 
 /// Runs `read` in one read transaction, with the head it sees: in WAL mode
@@ -1232,7 +989,7 @@ mod tests {
 
     /// A `Set` of `values` on `d/<ty>/<key>` with event id `id`, whatever
     /// the record's version.
-    fn put(id: String, ty: &str, key: String, values: Values) -> AppendRequest {
+    pub(super) fn put(id: String, ty: &str, key: String, values: Values) -> AppendRequest {
         AppendRequest {
             id,
             record: RecordRef { domain: "d".into(), ty: ty.into(), key },
@@ -1246,60 +1003,15 @@ mod tests {
         }
     }
 
-    fn job(key: &str, id: &str, expect: Expect) -> Job {
-        let mut values = Values::new();
-        values.insert("k".into(), key.into());
-        Job {
-            req: AppendRequest { expect, ..put(id.into(), "t", key.into(), values) },
-            vals: Some(format!(r#"{{"k":"{key}"}}"#)),
-            claims: "{}".into(),
-            reply: oneshot::channel().0,
-        }
-    }
-
-    fn db() -> (tempfile::TempDir, Connection) {
+    pub(super) fn db() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("t.db")).unwrap();
         conn.execute_batch(SCHEMA).unwrap();
         (dir, conn)
     }
 
-    fn count(conn: &Connection, sql: &str) -> i64 {
+    pub(super) fn count(conn: &Connection, sql: &str) -> i64 {
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
-    }
-
-    #[test]
-    fn a_refused_append_leaves_the_rest_of_its_batch() {
-        let (_dir, mut conn) = db();
-        let jobs = [job("a", "1", Expect::Any), job("b", "2", Expect::Version(7)), job("c", "3", Expect::Absent)];
-        let results = commit_batch(&mut conn, &jobs);
-        assert!(matches!(results[0], Ok(Written::New { version: 1, .. })));
-        assert!(matches!(results[1], Err(Error::VersionConflict { .. })), "{:?}", results[1].as_ref().err());
-        assert!(matches!(results[2], Ok(Written::New { version: 1, .. })));
-        assert_eq!(count(&conn, "SELECT count(*) FROM events"), 2);
-        assert_eq!(count(&conn, "SELECT count(*) FROM states WHERE key = 'b'"), 0);
-    }
-
-    /// A failure after an append's first write (here its state row, after
-    /// its event row) must take back that append's event too, and only it.
-    #[test]
-    fn a_write_failing_halfway_takes_back_only_its_own_append() {
-        let (_dir, mut conn) = db();
-        conn.execute_batch(
-            "CREATE TRIGGER fail_b BEFORE INSERT ON states WHEN NEW.key = 'b' BEGIN SELECT RAISE(ABORT, 'injected'); END;",
-        )
-        .unwrap();
-        let jobs = [job("a", "1", Expect::Any), job("b", "2", Expect::Any), job("c", "3", Expect::Any)];
-        let results = commit_batch(&mut conn, &jobs);
-        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
-        let err = results[1].as_ref().err().expect("b fails").to_string();
-        assert!(err.contains("injected"), "{err}");
-        assert_eq!(count(&conn, "SELECT count(*) FROM events WHERE key = 'b'"), 0, "b's event row was left behind");
-        assert_eq!(count(&conn, "SELECT count(*) FROM events"), 2);
-        // Alone in its batch, the same failure takes back its own event.
-        let results = commit_batch(&mut conn, &[job("b", "4", Expect::Any)]);
-        assert!(results[0].is_err());
-        assert_eq!(count(&conn, "SELECT count(*) FROM events WHERE key = 'b'"), 0);
     }
 
     /// `n` records of type d/t: `status` "rare" for one in 100, else
