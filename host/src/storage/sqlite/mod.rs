@@ -293,7 +293,7 @@ impl SqliteStorage {
 
         // The writer prepares its statements again on its thread; preparing
         // them here first makes a file they cannot run on fail the start.
-        drop(writer::WriteStatements::prepare(&conn).map_err(|e| db_error(&e))?);
+        drop(writer::Writer::prepare(&conn).map_err(|e| db_error(&e))?);
         let (tx, rx) = mpsc::unbounded_channel();
         let writer_fields = fields.clone();
         let thread = std::thread::Builder::new()

@@ -5,7 +5,7 @@
 //! assigned in commit order. An append its checks refuse writes nothing and
 //! the others go on (`commit_batch` for a failure in the middle of a write).
 //!
-//! Its statements ([`WriteStatements`]) are prepared when the thread starts
+//! Its statements ([`Writer`]) are prepared when the thread starts
 //! and kept for its life, not taken from rusqlite's statement cache: the
 //! cache hashes a statement's SQL text on every use and re-files it on every
 //! return, about 2.8k instructions a statement, 9k of a `Set`'s 179k
@@ -15,9 +15,18 @@
 //! since rusqlite's `Transaction` needs the connection exclusively while a
 //! statement borrows it; every path that leaves a transaction open after a
 //! failure rolls it back here.
+//!
+//! An append checks the record's current version first. The writer keeps
+//! the versions of the records it rewrote last ([`Versions`]), so writing a
+//! record again soon (a counter, a session, an aggregate under load) skips
+//! reading its `states` row. This holds because this thread is the only
+//! writer of `states` (one process per file, `file_lock`; every other
+//! connection of the process is a reader), and it forgets everything
+//! whenever a transaction or a savepoint is rolled back: what it remembers
+//! is what the table holds.
 
 use super::{EVENT_COLUMNS, FieldIndexes, db_error, event_from_row};
-use crate::model::{Appended, AppendRequest, Change, Error, Result};
+use crate::model::{Appended, AppendRequest, Change, Error, RecordRef, Result};
 use crate::storage::{conflict, idempotency_mismatch};
 use rusqlite::{Connection, OptionalExtension, Statement, params};
 use std::sync::Arc;
@@ -42,8 +51,9 @@ pub(super) enum Work {
     Index(String),
 }
 
-/// Every statement the writer runs, prepared once on its connection.
-pub(super) struct WriteStatements<'c> {
+/// The writer's connection's state: every statement it runs, prepared once,
+/// and the versions it remembers.
+pub(super) struct Writer<'c> {
     conn: &'c Connection,
     begin: Statement<'c>,
     commit: Statement<'c>,
@@ -57,6 +67,40 @@ pub(super) struct WriteStatements<'c> {
     event_insert: Statement<'c>,
     state_upsert: Statement<'c>,
     idempotency_put: Statement<'c>,
+    versions: Versions,
+}
+
+/// Records the writer remembers, at most.
+const REMEMBERED_RECORDS: usize = 4096;
+
+/// The last version the writer wrote of each of the records it rewrote
+/// last (a record enters on its second write), and whether that version is
+/// live (not a deletion): what `states` holds for them, within the
+/// transaction in progress too. Bounded, least recently written forgotten
+/// first; a record not here is read from `states`.
+struct Versions(lru::LruCache<RecordRef, (u64, bool)>);
+
+impl Versions {
+    fn new() -> Self {
+        Versions(lru::LruCache::new(std::num::NonZeroUsize::new(REMEMBERED_RECORDS).expect("non-zero")))
+    }
+
+    fn get(&mut self, record: &RecordRef) -> Option<(u64, bool)> {
+        self.0.get(record).copied()
+    }
+
+    fn wrote(&mut self, record: &RecordRef, version: u64, live: bool) {
+        match self.0.get_mut(record) {
+            Some(row) => *row = (version, live),
+            None => {
+                self.0.put(record.clone(), (version, live));
+            }
+        }
+    }
+
+    fn forget_all(&mut self) {
+        self.0.clear();
+    }
 }
 
 /// Lookaside slots of the writer's connection: small allocations of a
@@ -91,9 +135,9 @@ pub(super) fn widen_lookaside(conn: &Connection) {
     }
 }
 
-impl<'c> WriteStatements<'c> {
+impl<'c> Writer<'c> {
     pub(super) fn prepare(conn: &'c Connection) -> rusqlite::Result<Self> {
-        Ok(WriteStatements {
+        Ok(Writer {
             conn,
             begin: conn.prepare("BEGIN IMMEDIATE")?,
             commit: conn.prepare("COMMIT")?,
@@ -114,15 +158,25 @@ impl<'c> WriteStatements<'c> {
             )?,
             idempotency_put: conn
                 .prepare("INSERT OR REPLACE INTO idempotency (key, fingerprint, event_seq) VALUES (?1, ?2, ?3)")?,
+            versions: Versions::new(),
         })
     }
 
     /// Ends a transaction that failed; its own failure changes nothing for
     /// the appends (they fail already), and sqlite has then rolled back.
     fn roll_back(&mut self) {
+        self.versions.forget_all();
         if let Err(e) = self.rollback.execute([]) {
             tracing::debug!(error = %e, "sqlite: rollback after a failed batch failed");
         }
+    }
+
+    /// Takes back the writes of the append in the open savepoint and ends it.
+    fn roll_back_append(&mut self) -> rusqlite::Result<()> {
+        self.versions.forget_all();
+        self.rollback_to.execute([])?;
+        self.release.execute([])?;
+        Ok(())
     }
 }
 
@@ -137,7 +191,7 @@ pub(super) fn writer_loop(
         // `open_with` prepared the same statements on this connection
         // before starting the thread, so this does not fail short of the
         // connection itself failing; then every append says why.
-        let mut statements = WriteStatements::prepare(&conn);
+        let mut writer = Writer::prepare(&conn);
         let mut batch = Vec::with_capacity(MAX_BATCH);
         // Work taken from the queue while filling a batch that is not an append.
         let mut held = None;
@@ -162,8 +216,8 @@ pub(super) fn writer_loop(
                     Err(_) => break,
                 }
             }
-            let results = match &mut statements {
-                Ok(statements) => commit_batch(statements, &batch),
+            let results = match &mut writer {
+                Ok(writer) => commit_batch(writer, &batch),
                 Err(e) => batch.iter().map(|_| Err(db_error(e))).collect(),
             };
             appended.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -231,7 +285,7 @@ impl Written {
 /// it in the transaction; then the whole transaction is rolled back and the
 /// batch runs again with one savepoint per append, so that failure stays
 /// that append's own.
-pub(super) fn commit_batch(s: &mut WriteStatements<'_>, jobs: &[Job]) -> Vec<Result<Written>> {
+pub(super) fn commit_batch(s: &mut Writer<'_>, jobs: &[Job]) -> Vec<Result<Written>> {
     match commit_without_savepoints(s, jobs) {
         Some(results) => results,
         None => commit_with_savepoints(s, jobs),
@@ -240,7 +294,7 @@ pub(super) fn commit_batch(s: &mut WriteStatements<'_>, jobs: &[Job]) -> Vec<Res
 
 /// `None`: an append failed in the middle of its writes and the transaction
 /// was rolled back.
-fn commit_without_savepoints(s: &mut WriteStatements<'_>, jobs: &[Job]) -> Option<Vec<Result<Written>>> {
+fn commit_without_savepoints(s: &mut Writer<'_>, jobs: &[Job]) -> Option<Vec<Result<Written>>> {
     if let Err(e) = s.begin.execute([]) {
         return Some(jobs.iter().map(|_| Err(db_error(&e))).collect());
     }
@@ -258,32 +312,33 @@ fn commit_without_savepoints(s: &mut WriteStatements<'_>, jobs: &[Job]) -> Optio
     Some(finish(s, results))
 }
 
-fn commit_with_savepoints(s: &mut WriteStatements<'_>, jobs: &[Job]) -> Vec<Result<Written>> {
+fn commit_with_savepoints(s: &mut Writer<'_>, jobs: &[Job]) -> Vec<Result<Written>> {
     if let Err(e) = s.begin.execute([]) {
         return jobs.iter().map(|_| Err(db_error(&e))).collect();
     }
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let result = (|| {
-            s.savepoint.execute([]).map_err(|e| db_error(&e))?;
-            match append_one(s, job) {
-                Ok(out) => {
-                    s.release.execute([]).map_err(|e| db_error(&e))?;
-                    Ok(out)
-                }
-                Err(failed) => {
-                    // Takes back this append's writes, then ends the savepoint.
-                    s.rollback_to.execute([]).and_then(|_| s.release.execute([])).map_err(|e| db_error(&e))?;
-                    Err(failed.into_error())
-                }
-            }
-        })();
+        if let Err(e) = s.savepoint.execute([]) {
+            results.push(Err(db_error(&e)));
+            continue;
+        }
+        let result = append_one(s, job)
+            .map_err(Failed::into_error)
+            .and_then(|out| s.release.execute([]).map(|_| out).map_err(|e| db_error(&e)));
+        if result.is_err()
+            && let Err(e) = s.roll_back_append()
+        {
+            // This append's writes may still be in the transaction: none of
+            // the batch may commit.
+            s.roll_back();
+            return jobs.iter().map(|_| Err(db_error(&e))).collect();
+        }
         results.push(result);
     }
     finish(s, results)
 }
 
-fn finish(s: &mut WriteStatements<'_>, results: Vec<Result<Written>>) -> Vec<Result<Written>> {
+fn finish(s: &mut Writer<'_>, results: Vec<Result<Written>>) -> Vec<Result<Written>> {
     if let Err(e) = s.commit.execute([]) {
         // A failed COMMIT can leave the transaction open (a busy lock).
         s.roll_back();
@@ -309,7 +364,7 @@ impl Failed {
     }
 }
 
-fn append_one(s: &mut WriteStatements<'_>, job: &Job) -> std::result::Result<Written, Failed> {
+fn append_one(s: &mut Writer<'_>, job: &Job) -> std::result::Result<Written, Failed> {
     let req = &job.req;
     // Reads and checks come first and fail as `Refused` (nothing written);
     // from the first write on, a failure is `Writing`.
@@ -331,11 +386,14 @@ fn append_one(s: &mut WriteStatements<'_>, job: &Job) -> std::result::Result<Wri
         }
     }
     let r = &req.record;
-    let row: Option<(u64, bool)> = s
-        .state_get
-        .query_row(params![r.domain, r.ty, r.key], |row| Ok((row.get(0)?, row.get(1)?)))
-        .optional()
-        .map_err(e)?;
+    let row: Option<(u64, bool)> = match s.versions.get(r) {
+        Some(row) => Some(row),
+        None => s
+            .state_get
+            .query_row(params![r.domain, r.ty, r.key], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()
+            .map_err(e)?,
+    };
     let current = row.filter(|(_, live)| *live).map(|(v, _)| v);
     if !req.expect.admits(current) {
         return Err(Failed::Refused(conflict(req, current)));
@@ -353,6 +411,12 @@ fn append_one(s: &mut WriteStatements<'_>, job: &Job) -> std::result::Result<Wri
     s.state_upsert.execute(params![r.domain, r.ty, r.key, version, vals]).map_err(e)?;
     if let Some(idem) = &req.idempotency {
         s.idempotency_put.execute(params![idem.key, idem.fingerprint, seq]).map_err(e)?;
+    }
+    if row.is_some() {
+        // Written before: likely to be written again. A record's first write
+        // does not enter the cache, so a stream of new records (an import,
+        // keys that are never rewritten) costs one failed lookup each.
+        s.versions.wrote(r, version, vals.is_some());
     }
     Ok(Written::New { seq, version })
 }
@@ -378,12 +442,38 @@ mod tests {
     fn a_refused_append_leaves_the_rest_of_its_batch() {
         let (_dir, conn) = db();
         let jobs = [job("a", "1", Expect::Any), job("b", "2", Expect::Version(7)), job("c", "3", Expect::Absent)];
-        let results = commit_batch(&mut WriteStatements::prepare(&conn).unwrap(), &jobs);
+        let results = commit_batch(&mut Writer::prepare(&conn).unwrap(), &jobs);
         assert!(matches!(results[0], Ok(Written::New { version: 1, .. })));
         assert!(matches!(results[1], Err(Error::VersionConflict { .. })), "{:?}", results[1].as_ref().err());
         assert!(matches!(results[2], Ok(Written::New { version: 1, .. })));
         assert_eq!(count(&conn, "SELECT count(*) FROM events"), 2);
         assert_eq!(count(&conn, "SELECT count(*) FROM states WHERE key = 'b'"), 0);
+    }
+
+    /// A record written again is remembered (`Versions`); a batch rolled
+    /// back must not leave the version it wrote remembered, or the retry
+    /// (and every later write of the record) would number from it.
+    #[test]
+    fn a_rolled_back_batch_leaves_no_remembered_version() {
+        let (_dir, conn) = db();
+        let mut writer = Writer::prepare(&conn).unwrap();
+        for (id, expect) in [("1", Expect::Absent), ("2", Expect::Version(1))] {
+            let results = commit_batch(&mut writer, &[job("a", id, expect)]);
+            assert!(results[0].is_ok(), "{results:?}");
+        }
+        conn.execute_batch(
+            "CREATE TRIGGER fail_b BEFORE INSERT ON states WHEN NEW.key = 'b' BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+        )
+        .unwrap();
+        // The first pass writes a's version 3, then b fails: rolled back,
+        // and run again with savepoints.
+        let results = commit_batch(&mut writer, &[job("a", "3", Expect::Version(2)), job("b", "4", Expect::Any)]);
+        assert!(matches!(results[0], Ok(Written::New { version: 3, .. })), "{results:?}");
+        assert!(results[1].is_err());
+        let results = commit_batch(&mut writer, &[job("a", "5", Expect::Version(3))]);
+        assert!(matches!(results[0], Ok(Written::New { version: 4, .. })), "{results:?}");
+        assert_eq!(count(&conn, "SELECT version FROM states WHERE key = 'a'"), 4);
+        assert_eq!(count(&conn, "SELECT count(*) FROM events WHERE key = 'a'"), 4);
     }
 
     /// A failure after an append's first write (here its state row, after
@@ -396,9 +486,9 @@ mod tests {
             "CREATE TRIGGER fail_b BEFORE INSERT ON states WHEN NEW.key = 'b' BEGIN SELECT RAISE(ABORT, 'injected'); END;",
         )
         .unwrap();
-        let mut statements = WriteStatements::prepare(&conn).unwrap();
+        let mut writer = Writer::prepare(&conn).unwrap();
         let jobs = [job("a", "1", Expect::Any), job("b", "2", Expect::Any), job("c", "3", Expect::Any)];
-        let results = commit_batch(&mut statements, &jobs);
+        let results = commit_batch(&mut writer, &jobs);
         assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
         let err = results[1].as_ref().err().expect("b fails").to_string();
         assert!(err.contains("injected"), "{err}");
@@ -406,12 +496,12 @@ mod tests {
         assert_eq!(count(&conn, "SELECT count(*) FROM events WHERE key = 'b'"), 0, "b's event row was left behind");
         assert_eq!(count(&conn, "SELECT count(*) FROM events"), 2);
         // Alone in its batch, the same failure takes back its own event.
-        let results = commit_batch(&mut statements, &[job("b", "4", Expect::Any)]);
+        let results = commit_batch(&mut writer, &[job("b", "4", Expect::Any)]);
         assert!(results[0].is_err());
         assert!(conn.is_autocommit(), "the failed batch left its transaction open");
         assert_eq!(count(&conn, "SELECT count(*) FROM events WHERE key = 'b'"), 0);
         // And the writer goes on: the next batch commits.
-        let results = commit_batch(&mut statements, &[job("a", "5", Expect::Version(1))]);
+        let results = commit_batch(&mut writer, &[job("a", "5", Expect::Version(1))]);
         assert!(matches!(results[0], Ok(Written::New { version: 2, .. })), "{results:?}");
         assert_eq!(count(&conn, "SELECT count(*) FROM events"), 3);
     }
