@@ -187,6 +187,8 @@ pub(super) fn writer_loop(
     wal_full: &AtomicBool,
     fields: &FieldIndexes,
 ) {
+    // The statements borrow `conn`: they end with this block, before the
+    // checkpoint at shutdown.
     {
         // `open_with` prepared the same statements on this connection
         // before starting the thread, so this does not fail short of the
