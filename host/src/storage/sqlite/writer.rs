@@ -8,9 +8,9 @@
 //! Its statements ([`Writer`]) are prepared when the thread starts
 //! and kept for its life, not taken from rusqlite's statement cache: the
 //! cache hashes a statement's SQL text on every use and re-files it on every
-//! return, about 2.8k instructions a statement, 9k of a `Set`'s 179k
-//! (callgrind, BENCHMARKS.md session 17), all of it on this one thread that
-//! every write waits for. Holding the statements means the transaction is
+//! return, about 2.8k instructions a statement, on this one thread that
+//! every write waits for; holding them took a `Set` from 179.2k to 174.3k
+//! instructions (callgrind, BENCHMARKS.md session 17). Holding the statements means the transaction is
 //! driven by statements too (`BEGIN IMMEDIATE`, `COMMIT`, savepoints),
 //! since rusqlite's `Transaction` needs the connection exclusively while a
 //! statement borrows it; every path that leaves a transaction open after a
