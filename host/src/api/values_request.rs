@@ -150,7 +150,6 @@ impl<L: Layout> ValuesRequest<L> {
     }
 }
 
-
 impl<L: Layout> Message for ValuesRequest<L> {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         for (tag, s) in [(1, &self.domain), (2, &self.ty), (3, &self.key)] {
