@@ -62,7 +62,34 @@ pub type Sequence = u64;
 
 /// `stategate.Event`.
 #[derive(Debug)]
-pub struct EventMessage(pub Event);
+pub struct EventMessage {
+    pub event: Event,
+    /// The encoded `Struct` body of `event.values`, when the caller holds
+    /// it already (a `Set` answers with the values it was sent, as it was
+    /// sent them: `ValuesRequest::values_and_body`); written in place of
+    /// encoding the values again.
+    values_body: Option<Vec<u8>>,
+}
+
+impl EventMessage {
+    /// `event`, with `values_body` exactly the encoding of its values.
+    pub fn with_values_body(event: Event, values_body: Option<Vec<u8>>) -> EventMessage {
+        EventMessage { event, values_body }
+    }
+
+    fn values(&self) -> Option<StructRef<'_>> {
+        match &self.values_body {
+            Some(body) => Some(StructRef::Encoded(body)),
+            None => self.event.values.as_ref().map(StructRef::Parsed),
+        }
+    }
+}
+
+impl From<Event> for EventMessage {
+    fn from(event: Event) -> EventMessage {
+        EventMessage { event, values_body: None }
+    }
+}
 
 /// `stategate.StateValues`.
 #[derive(Debug)]
@@ -103,7 +130,11 @@ encode_only!(
         put_int(8, m.seq as i64, buf);
     }
 );
-encode_only!(EventMessage, |m: &EventMessage| event_len(&m.0), |m: &EventMessage, buf: &mut _| put_event(&m.0, buf));
+encode_only!(
+    EventMessage,
+    |m: &EventMessage| event_len_with(&m.event, m.values()),
+    |m: &EventMessage, buf: &mut _| put_event_with(&m.event, m.values(), buf)
+);
 encode_only!(
     StatesMessage,
     |m: &StatesMessage| m.0.iter().map(|s| message_len(1, state_len(s))).sum(),
@@ -222,9 +253,9 @@ fn put_state(s: &State, buf: &mut impl BufMut) {
     put_state_fields(&r.domain, &r.ty, &r.key, Some(StructRef::Parsed(&s.values)), s.version, buf);
 }
 
-fn event_state_len(e: &Event) -> usize {
+fn event_state_len(e: &Event, values: Option<StructRef>) -> usize {
     let r = &e.record;
-    state_fields_len(&r.domain, &r.ty, &r.key, e.values.as_ref().map(StructRef::Parsed), e.version)
+    state_fields_len(&r.domain, &r.ty, &r.key, values, e.version)
 }
 
 fn kind_number(k: EventKind) -> i64 {
@@ -238,8 +269,13 @@ fn kind_number(k: EventKind) -> i64 {
 }
 
 fn event_len(e: &Event) -> usize {
+    event_len_with(e, e.values.as_ref().map(StructRef::Parsed))
+}
+
+/// An event's length with its values given apart (parsed or encoded).
+fn event_len_with(e: &Event, values: Option<StructRef>) -> usize {
     string_len(1, &e.id)
-        + message_len(2, event_state_len(e))
+        + message_len(2, event_state_len(e, values))
         + message_len(3, struct_len(&e.claims))
         + int_len(4, e.time)
         + int_len(5, e.version as i64)
@@ -249,10 +285,14 @@ fn event_len(e: &Event) -> usize {
 }
 
 fn put_event(e: &Event, buf: &mut impl BufMut) {
+    put_event_with(e, e.values.as_ref().map(StructRef::Parsed), buf)
+}
+
+fn put_event_with(e: &Event, values: Option<StructRef>, buf: &mut impl BufMut) {
     put_string(1, &e.id, buf);
-    put_message_head(2, event_state_len(e), buf);
+    put_message_head(2, event_state_len(e, values), buf);
     let r = &e.record;
-    put_state_fields(&r.domain, &r.ty, &r.key, e.values.as_ref().map(StructRef::Parsed), e.version, buf);
+    put_state_fields(&r.domain, &r.ty, &r.key, values, e.version, buf);
     put_message_head(3, struct_len(&e.claims), buf);
     put_struct(&e.claims, buf);
     put_int(4, e.time, buf);
@@ -403,7 +443,19 @@ mod tests {
             let kind = [EventKind::Set, EventKind::Edit, EventKind::Del, EventKind::Revert][k];
             let e = event(v, claims, kind, seq, time);
             let bytes = event_to_vec(&e);
-            prop_assert_eq!(bytes.len(), EventMessage(e.clone()).encoded_len());
+            prop_assert_eq!(bytes.len(), EventMessage::from(e.clone()).encoded_len());
+            prop_assert_eq!(pb::Event::decode(bytes.as_slice()).unwrap(), convert::event(e));
+        }
+
+        /// With the values' encoding given (as a `Set` hands it on), the
+        /// event is the same message, of the length it announces.
+        #[test]
+        fn an_event_with_its_values_encoded_decodes_the_same(v in values(), claims in values(), seq in 0u64..1 << 40) {
+            let e = event(Some(v.clone()), claims, EventKind::Set, seq, 7);
+            let body = prost_types::Struct::encode_to_vec(&convert::json_to_struct(v));
+            let m = EventMessage::with_values_body(e.clone(), Some(body));
+            let bytes = m.encode_to_vec();
+            prop_assert_eq!(bytes.len(), m.encoded_len());
             prop_assert_eq!(pb::Event::decode(bytes.as_slice()).unwrap(), convert::event(e));
         }
     }

@@ -79,8 +79,18 @@ impl GrpcApi {
     async fn set_direct(&self, mut request: Request<SetCall>) -> Result<Response<EventMessage>, Status> {
         let md = call_metadata(&self.gateway, &mut request);
         let mut s = request.into_inner();
+        let (values, body) = match s.values_and_body()? {
+            Some((values, body)) => (Some(values), body),
+            None => (None, None),
+        };
+        // The event a Set answers with holds the values it was sent: a new
+        // event is made from the request, and a replayed one (same
+        // idempotency key) matched the request's fingerprint, which covers
+        // them. So, unless a response policy may redact the event, its
+        // values go back as the bytes they came in.
+        let body = body.filter(|_| !self.gateway.inspects_responses());
         let req = gw::SetRequest {
-            values: s.values()?,
+            values,
             domain: s.domain,
             ty: s.ty,
             key: s.key,
@@ -88,7 +98,7 @@ impl GrpcApi {
             expected_version: s.expected_version,
             idempotency_key: s.idempotency_key,
         };
-        self.call(methods::STATE_SET, self.gateway.set(md, req), EventMessage).await
+        self.call(methods::STATE_SET, self.gateway.set(md, req), |event| EventMessage::with_values_body(event, body)).await
     }
 
     async fn get_direct(&self, mut request: Request<pb::StateRef>) -> Result<Response<StateMessage>, Status> {
@@ -101,7 +111,7 @@ impl GrpcApi {
     async fn del_direct(&self, mut request: Request<pb::StateRef>) -> Result<Response<EventMessage>, Status> {
         let md = call_metadata(&self.gateway, &mut request);
         let req = ref_request(request.into_inner());
-        self.call(methods::STATE_DEL, self.gateway.del(md, req), EventMessage).await
+        self.call(methods::STATE_DEL, self.gateway.del(md, req), EventMessage::from).await
     }
 
     async fn edit_direct(&self, mut request: Request<EditCall>) -> Result<Response<EventMessage>, Status> {
@@ -115,7 +125,7 @@ impl GrpcApi {
             expected_version: e.expected_version,
             idempotency_key: e.idempotency_key,
         };
-        self.call(methods::STATE_EDIT, self.gateway.edit(md, req), EventMessage).await
+        self.call(methods::STATE_EDIT, self.gateway.edit(md, req), EventMessage::from).await
     }
 
     async fn revert_direct(&self, mut request: Request<pb::RevertRequest>) -> Result<Response<EventMessage>, Status> {
@@ -129,7 +139,7 @@ impl GrpcApi {
             expected_version: r.expected_version,
             idempotency_key: r.idempotency_key,
         };
-        self.call(methods::STATE_REVERT, self.gateway.revert(md, req), EventMessage).await
+        self.call(methods::STATE_REVERT, self.gateway.revert(md, req), EventMessage::from).await
     }
 }
 
@@ -139,7 +149,7 @@ impl GrpcApi {
 #[tonic::async_trait]
 impl pb::state_service_server::StateService for GrpcApi {
     async fn set(&self, request: Request<pb::State>) -> Result<Response<pb::Event>, Status> {
-        Ok(self.set_direct(reencoded(request)?).await?.map(|m| convert::event(m.0)))
+        Ok(self.set_direct(reencoded(request)?).await?.map(|m| convert::event(m.event)))
     }
 
     async fn get(&self, request: Request<pb::StateRef>) -> Result<Response<pb::State>, Status> {
@@ -148,7 +158,7 @@ impl pb::state_service_server::StateService for GrpcApi {
     }
 
     async fn del(&self, request: Request<pb::StateRef>) -> Result<Response<pb::Event>, Status> {
-        Ok(self.del_direct(request).await?.map(|m| convert::event(m.0)))
+        Ok(self.del_direct(request).await?.map(|m| convert::event(m.event)))
     }
 
     async fn search(&self, mut request: Request<pb::SearchStateOpts>) -> Result<Response<pb::StateValues>, Status> {
@@ -175,11 +185,11 @@ impl pb::state_service_server::StateService for GrpcApi {
     }
 
     async fn edit(&self, request: Request<pb::EditRequest>) -> Result<Response<pb::Event>, Status> {
-        Ok(self.edit_direct(reencoded(request)?).await?.map(|m| convert::event(m.0)))
+        Ok(self.edit_direct(reencoded(request)?).await?.map(|m| convert::event(m.event)))
     }
 
     async fn revert(&self, request: Request<pb::RevertRequest>) -> Result<Response<pb::Event>, Status> {
-        Ok(self.revert_direct(request).await?.map(|m| convert::event(m.0)))
+        Ok(self.revert_direct(request).await?.map(|m| convert::event(m.event)))
     }
 }
 
@@ -191,7 +201,7 @@ impl GrpcApi {
     async fn get_event_direct(&self, mut request: Request<pb::EventRef>) -> Result<Response<EventMessage>, Status> {
         let md = call_metadata(&self.gateway, &mut request);
         let req = gw::EventRefRequest { id: request.into_inner().id };
-        self.call(methods::EVENT_GET, self.gateway.get_event(md, req), EventMessage).await
+        self.call(methods::EVENT_GET, self.gateway.get_event(md, req), EventMessage::from).await
     }
 
     async fn open_stream(&self, mut request: Request<pb::StreamOpts>) -> Result<Response<SharedStream>, Status> {
@@ -365,7 +375,7 @@ impl pb::event_service_server::EventService for GrpcApi {
     }
 
     async fn get(&self, request: Request<pb::EventRef>) -> Result<Response<pb::Event>, Status> {
-        Ok(self.get_event_direct(request).await?.map(|m| convert::event(m.0)))
+        Ok(self.get_event_direct(request).await?.map(|m| convert::event(m.event)))
     }
 
     async fn ack(&self, mut request: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {

@@ -132,12 +132,22 @@ impl<L> std::fmt::Debug for ValuesRequest<L> {
 impl<L: Layout> ValuesRequest<L> {
     /// The values as a JSON object; `None` when the field is absent.
     pub fn values(&mut self) -> Result<Option<Values>, Status> {
+        Ok(self.values_and_body()?.map(|(values, _)| values))
+    }
+
+    /// `values()`, with the payload itself when it is already exactly the
+    /// encoding of those values, entry order aside (which protobuf maps do
+    /// not define): a response holding the same values may then send these
+    /// bytes rather than encode the object again. The fast reader decides
+    /// that as it reads ([`Reading::canonical`]); a payload it leaves to
+    /// prost never qualifies.
+    pub fn values_and_body(&mut self) -> Result<Option<(Values, Option<Vec<u8>>)>, Status> {
         let Some(payload) = self.payload.take() else {
             return Ok(None);
         };
-        let mut budget = json::MAX_VALUES;
-        if let Some(object) = object(&payload, 0, &mut budget) {
-            return Ok(Some(object));
+        let mut reading = Reading { budget: json::MAX_VALUES, canonical: true };
+        if let Some(object) = object(&payload, 0, &mut reading) {
+            return Ok(Some((object, reading.canonical.then_some(payload))));
         }
         // The slow path: the generated message around the same payload, so
         // prost's errors carry the same context and recursion depth.
@@ -146,7 +156,7 @@ impl<L: Layout> ValuesRequest<L> {
         let generated = L::Generated::decode(wrapped.as_slice())
             .map_err(|e| Status::invalid_argument(format!("malformed message: {e}")))?;
         let values = L::values_of(generated).unwrap_or_default();
-        convert::struct_to_json(L::VALUES, values).map(Some).map_err(to_status)
+        convert::struct_to_json(L::VALUES, values).map(|v| Some((v, None))).map_err(to_status)
     }
 }
 
@@ -224,8 +234,20 @@ const VARINT: WireType = WireType::Varint;
 const FIXED64: WireType = WireType::SixtyFourBit;
 const LEN: WireType = WireType::LengthDelimited;
 
+/// What the fast reader carries through one payload.
+struct Reading {
+    /// Values it may still read: `json::MAX_VALUES` per request.
+    budget: usize,
+    /// Whether everything read so far was written as the gateway's encoder
+    /// (`api::encode`) writes what it read back: false after a shape that
+    /// decodes to the same JSON but would reach a client differently (an
+    /// entry without key or value, an empty `Value`, a `null_value` or
+    /// `bool_value` other than 0 or 1, a key given twice, -0).
+    canonical: bool,
+}
+
 /// A `Struct`'s fields as an object, keys sorted.
-fn object(mut buf: &[u8], depth: usize, budget: &mut usize) -> Option<Values> {
+fn object(mut buf: &[u8], depth: usize, reading: &mut Reading) -> Option<Values> {
     if depth > FAST_DEPTH {
         return None;
     }
@@ -247,11 +269,12 @@ fn object(mut buf: &[u8], depth: usize, budget: &mut usize) -> Option<Values> {
         }
         // A missing key is "" and a missing value an empty `Value` (null),
         // as prost's map decoding has them.
+        reading.canonical &= name.is_some() && value.is_some();
         let name = name.unwrap_or("");
         let value = match value {
-            Some(v) => self::value(v, depth, budget)?,
+            Some(v) => self::value(v, depth, reading)?,
             None => {
-                spend(budget)?;
+                spend(reading)?;
                 Value::Null
             }
         };
@@ -259,7 +282,9 @@ fn object(mut buf: &[u8], depth: usize, budget: &mut usize) -> Option<Values> {
         last = Some(name);
         // A repeated key replaces the value in place: the last one wins,
         // as in the `BTreeMap`.
-        out.insert(name.to_owned(), value);
+        if out.insert(name.to_owned(), value).is_some() {
+            reading.canonical = false;
+        }
     }
     if !sorted {
         out.sort_keys();
@@ -267,32 +292,40 @@ fn object(mut buf: &[u8], depth: usize, budget: &mut usize) -> Option<Values> {
     Some(out)
 }
 
-fn value(mut buf: &[u8], depth: usize, budget: &mut usize) -> Option<Value> {
-    spend(budget)?;
+fn value(mut buf: &[u8], depth: usize, reading: &mut Reading) -> Option<Value> {
+    spend(reading)?;
     if buf.is_empty() {
+        reading.canonical = false;
         return Some(Value::Null);
     }
     let v = match key(&mut buf)? {
         (1, VARINT) => {
-            varint(&mut buf)?;
+            reading.canonical &= varint(&mut buf)? == 0;
             Value::Null
         }
         (2, FIXED64) => {
             let (n, rest) = buf.split_first_chunk::<8>()?;
             buf = rest;
-            convert::number("", f64::from_le_bytes(*n)).ok()?
+            let n = f64::from_le_bytes(*n);
+            // -0 is read as the integer 0, which goes back as +0.
+            reading.canonical &= n != 0.0 || n.is_sign_positive();
+            convert::number("", n).ok()?
         }
         (3, LEN) => Value::String(std::str::from_utf8(delimited(&mut buf)?).ok()?.to_owned()),
-        (4, VARINT) => Value::Bool(varint(&mut buf)? != 0),
-        (5, LEN) => Value::Object(object(delimited(&mut buf)?, depth + 1, budget)?),
-        (6, LEN) => Value::Array(list(delimited(&mut buf)?, depth + 1, budget)?),
+        (4, VARINT) => {
+            let b = varint(&mut buf)?;
+            reading.canonical &= b <= 1;
+            Value::Bool(b != 0)
+        }
+        (5, LEN) => Value::Object(object(delimited(&mut buf)?, depth + 1, reading)?),
+        (6, LEN) => Value::Array(list(delimited(&mut buf)?, depth + 1, reading)?),
         _ => return None,
     };
     // A second field in one `Value` is the oneof's business: prost's.
     buf.is_empty().then_some(v)
 }
 
-fn list(mut buf: &[u8], depth: usize, budget: &mut usize) -> Option<Vec<Value>> {
+fn list(mut buf: &[u8], depth: usize, reading: &mut Reading) -> Option<Vec<Value>> {
     if depth > FAST_DEPTH {
         return None;
     }
@@ -301,15 +334,15 @@ fn list(mut buf: &[u8], depth: usize, budget: &mut usize) -> Option<Vec<Value>> 
         if key(&mut buf)? != (1, LEN) {
             return None;
         }
-        out.push(value(delimited(&mut buf)?, depth, budget)?);
+        out.push(value(delimited(&mut buf)?, depth, reading)?);
     }
     Some(out)
 }
 
 /// One value of `json::MAX_VALUES` per request. Counting a repeated map key
 /// twice only sends such a request to prost sooner.
-fn spend(budget: &mut usize) -> Option<()> {
-    *budget = budget.checked_sub(1)?;
+fn spend(reading: &mut Reading) -> Option<()> {
+    reading.budget = reading.budget.checked_sub(1)?;
     Some(())
 }
 
@@ -342,6 +375,10 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Wire {
         Null,
+        /// `null_value` or `bool_value` with any number, as a careless
+        /// encoder might write it.
+        NullOf(u64),
+        BoolOf(u64),
         Empty,
         Number(f64),
         Str(String),
@@ -356,6 +393,8 @@ mod tests {
         fn encode(&self, out: &mut Vec<u8>) {
             match self {
                 Wire::Null => encoding::int32::encode(1, &0, out),
+                Wire::NullOf(n) => encoding::uint64::encode(1, n, out),
+                Wire::BoolOf(n) => encoding::uint64::encode(4, n, out),
                 Wire::Empty => {}
                 Wire::Number(n) => encoding::double::encode(2, n, out),
                 Wire::Str(s) => encoding::string::encode(3, s, out),
@@ -400,8 +439,11 @@ mod tests {
         let leaf = prop_oneof![
             Just(Wire::Null),
             Just(Wire::Empty),
+            (0u64..3).prop_map(Wire::NullOf),
+            (0u64..3).prop_map(Wire::BoolOf),
             any::<f64>().prop_map(Wire::Number),
             (-1e6..1e6f64).prop_map(|n| Wire::Number(n.round())),
+            Just(Wire::Number(-0.0)),
             Just(Wire::Number(f64::NAN)),
             "\\PC{0,8}".prop_map(Wire::Str),
             any::<bool>().prop_map(Wire::Bool),
@@ -450,6 +492,19 @@ mod tests {
             prop_assert_eq!(through_here(&message), through_prost(&message));
         }
 
+        /// The body `values_and_body` hands back reaches a client as the
+        /// very values the gateway would have encoded itself.
+        #[test]
+        fn a_body_handed_back_decodes_as_the_values_encode(entries in prop::collection::vec((prop::option::weighted(0.95, "[a-c]{0,2}"), prop::option::weighted(0.95, wire())), 0..8)) {
+            let mut call = SetCall::decode(state_with(&encode_fields(&entries)).as_slice()).unwrap();
+            if let Ok(Some((values, Some(body)))) = call.values_and_body() {
+                // Compared re-encoded by prost (entries in key order), so
+                // that -0 and +0, equal as numbers, differ.
+                let sent = prost_types::Struct::decode(body.as_slice()).unwrap().encode_to_vec();
+                prop_assert_eq!(sent, convert::json_to_struct(values).encode_to_vec());
+            }
+        }
+
         #[test]
         fn a_field_given_twice_merges_as_in_prost(a in prop::collection::vec((Just(Some("k".to_owned())), Just(Some(Wire::Object(vec![(Some("x".into()), Some(Wire::Bool(true)))])))), 0..2),
                                                   b in prop::collection::vec((prop::option::of("[kx]"), prop::option::of(wire())), 0..3)) {
@@ -462,6 +517,29 @@ mod tests {
         fn any_bytes_answer_as_prost(fields in prop::collection::vec(any::<u8>(), 0..64)) {
             let message = state_with(&fields);
             prop_assert_eq!(through_here(&message), through_prost(&message));
+        }
+    }
+
+    #[test]
+    fn only_a_canonical_payload_is_handed_back() {
+        let handed_back = |entries: &[(Option<String>, Option<Wire>)]| {
+            let mut call = SetCall::decode(state_with(&encode_fields(entries)).as_slice()).unwrap();
+            call.values_and_body().unwrap().unwrap().1.is_some()
+        };
+        let k = |s: &str| Some(s.to_owned());
+        let nested = Wire::Object(vec![(k("x"), Some(Wire::List(vec![Wire::Number(1.5), Wire::Str("s".into())])))]);
+        assert!(handed_back(&[(k("b"), Some(Wire::Null)), (k("a"), Some(Wire::Bool(true))), (k("c"), Some(nested))]));
+        for odd in [
+            vec![(k("a"), Some(Wire::Empty))],
+            vec![(None, Some(Wire::Null))],
+            vec![(k("a"), None)],
+            vec![(k("a"), Some(Wire::NullOf(1)))],
+            vec![(k("a"), Some(Wire::BoolOf(2)))],
+            vec![(k("a"), Some(Wire::Null)), (k("a"), Some(Wire::Bool(false)))],
+            vec![(k("a"), Some(Wire::List(vec![Wire::Empty])))],
+            vec![(k("a"), Some(Wire::Number(-0.0)))],
+        ] {
+            assert!(!handed_back(&odd), "{odd:?} is not how the gateway encodes what it means");
         }
     }
 
@@ -483,9 +561,10 @@ mod tests {
             encoding::bytes::encode(1, &entry, &mut reversed);
         }
         for payload in [&mut encoded, &mut reversed] {
-            let mut budget = json::MAX_VALUES;
-            let object = object(payload, 0, &mut budget).expect("plain encoding takes the fast path");
+            let mut reading = Reading { budget: json::MAX_VALUES, canonical: true };
+            let object = object(payload, 0, &mut reading).expect("plain encoding takes the fast path");
             assert_eq!(serde_json::to_string(&object).unwrap(), r#"{"a":"x","b":2}"#);
+            assert!(reading.canonical, "a map in any order is canonical");
         }
     }
 
