@@ -22,7 +22,9 @@
 //! own thread and connection, not inside a commit, so a writer never waits
 //! for one.
 //!
-//! Every connection goes through sqlite's `unix-excl` VFS (`open_connection`):
+//! Every connection goes through sqlite's `unix-excl` VFS (`open_connection`,
+//! by way of `wal_writes.rs`, which only gathers the WAL's writes into one
+//! `pwrite` per commit):
 //! the process takes one exclusive lock on the file when it first reads it
 //! and keeps the WAL index in its heap instead of a shared-memory `-shm`
 //! file. sqlite still locks between this process's connections, in memory;
@@ -43,6 +45,7 @@
 
 mod field_index;
 mod pushdown;
+mod wal_writes;
 mod writer;
 
 use super::{FEED_PAGE, GroupDoc, Storage, group_conflict};
@@ -392,12 +395,13 @@ impl SqliteStorage {
 }
 
 /// Opens (creating if needed) a connection to the database file through
-/// the `unix-excl` VFS, read-write: see the module doc for why every
-/// connection must be opened this way. `NO_MUTEX` because each connection
+/// the `unix-excl` VFS (wrapped by `wal_writes`), read-write: see the module
+/// doc for why every connection must be opened this way. `NO_MUTEX` because each connection
 /// is used by one thread at a time (the pools hand them out whole).
 fn open_connection(path: &Path) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    Connection::open_with_flags_and_vfs(path, flags, "unix-excl").map_err(|e| db_error(&e))
+    wal_writes::register().map_err(|e| Error::unavailable(format!("sqlite: {e}")))?;
+    Connection::open_with_flags_and_vfs(path, flags, wal_writes::VFS_NAME).map_err(|e| db_error(&e))
 }
 
 fn open_reader(path: &Path) -> Result<Connection> {
