@@ -23,8 +23,8 @@
 //! for one.
 //!
 //! Every connection goes through sqlite's `unix-excl` VFS (`open_connection`,
-//! by way of `wal_writes.rs`, which only gathers the WAL's writes into one
-//! `pwrite` per commit):
+//! by way of `wal_writes.rs`, which only gathers the WAL's writes into a
+//! few `pwrite`s per commit):
 //! the process takes one exclusive lock on the file when it first reads it
 //! and keeps the WAL index in its heap instead of a shared-memory `-shm`
 //! file. sqlite still locks between this process's connections, in memory;

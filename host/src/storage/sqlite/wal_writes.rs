@@ -1,4 +1,5 @@
-//! The WAL's writes gathered into one `pwrite` per commit.
+//! The WAL's writes gathered: a few `pwrite`s per commit, not one per frame
+//! header and one per page.
 //!
 //! sqlite appends a commit to the WAL a frame at a time, and each frame as
 //! two writes: its 24-byte header, then the page. A commit of the writer
@@ -11,10 +12,11 @@
 //! a tenth less CPU per `Set` (BENCHMARKS.md, session 19).
 //!
 //! This VFS (`stategate-unix-excl`) is `unix-excl` with the WAL file's writes
-//! held in a buffer while they run on from one another, and written with
-//! one call before anything that must see them on the file: a sync, a
-//! read, a truncation, a size, a file control, a write elsewhere, the file's
-//! close, or the buffer reaching [`MAX_HELD`]. Every other file (the
+//! held in a buffer while they run on from one another, and written in
+//! pieces of 64 KiB (a commit here: two or three) before anything that must
+//! see them on the file: a sync, a read, a truncation, a size, a file
+//! control, a write elsewhere, the file's close, or the buffer reaching
+//! [`MAX_HELD`]. Every other file (the
 //! database, a journal) is `unix-excl`'s own, untouched.
 //!
 //! Why this keeps sqlite's guarantees:
@@ -94,7 +96,7 @@ unsafe fn register_once() -> Result<Registered, String> {
     let mut vfs: ffi::sqlite3_vfs = unsafe { std::ptr::read(base) };
     vfs.zName = VFS_NAME_C.as_ptr();
     vfs.pNext = std::ptr::null_mut();
-    vfs.szOsFile = (std::mem::size_of::<WalFile>() as c_int).max(0) + unsafe { (*base).szOsFile };
+    vfs.szOsFile = std::mem::size_of::<WalFile>() as c_int + unsafe { (*base).szOsFile };
     vfs.xOpen = Some(open);
     let methods = ffi::sqlite3_io_methods {
         iVersion: 3,
