@@ -130,13 +130,6 @@ unsafe fn register_once() -> Result<Registered, String> {
     Ok(registered)
 }
 
-fn registered() -> &'static Registered {
-    match REGISTERED.get() {
-        Some(Ok(r)) => r,
-        // Only a registered VFS's functions are ever called.
-        _ => unreachable!("the VFS's functions run only once it is registered"),
-    }
-}
 
 /// Opens through `unix-excl`; a WAL file gets this module's methods in
 /// front of it, every other file is the base's file as it is.
@@ -147,12 +140,14 @@ unsafe extern "C" fn open(
     flags: c_int,
     out_flags: *mut c_int,
 ) -> c_int {
-    let r = registered();
+    // Only a registered VFS is opened through, so neither is missing; no
+    // panic may cross back into sqlite, so each says so as a failed open.
+    let Some(Ok(r)) = REGISTERED.get() else { return ffi::SQLITE_CANTOPEN };
     // SAFETY (all of this function): sqlite allocated `file` with this VFS's
     // szOsFile bytes, which leaves room for a WalFile and the base's file
     // after it; xOpen of the base is called as sqlite itself would.
     unsafe {
-        let x_open = (*r.base).xOpen.expect("a VFS has xOpen");
+        let Some(x_open) = (*r.base).xOpen else { return ffi::SQLITE_CANTOPEN };
         if flags & ffi::SQLITE_OPEN_WAL == 0 {
             return x_open(r.base, name, file, flags, out_flags);
         }
