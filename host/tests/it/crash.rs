@@ -26,10 +26,28 @@ fn spawn(dir: &std::path::Path, port: u16, storage: Option<&str>) -> Child {
     cmd.args(["--dev", "--port", &port.to_string(), "--ops-port", "0", "--log-format", "text"])
         .current_dir(dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log_file(dir))
         .spawn()
         .unwrap()
 }
+
+/// Every run's log, appended to one file in the data's dir, so a failure
+/// can show what the gateway said.
+fn log_file(dir: &std::path::Path) -> std::fs::File {
+    std::fs::OpenOptions::new().create(true).append(true).open(dir.join("gateway.log")).unwrap()
+}
+
+/// The end of the gateways' log, for a failure's message.
+fn log_tail(dir: &std::path::Path) -> String {
+    let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Longest a round may take to reach its kill: far more than it needs
+/// (seconds), and a failure naming why instead of a hang when the writes
+/// stop succeeding before it.
+const ROUND: Duration = Duration::from_secs(120);
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -56,6 +74,8 @@ async fn run_until_killed(dir: &std::path::Path, storage: Option<&str>, domain: 
     let mut child = spawn(dir, port, storage);
     let channel = connect(port).await;
     let acked = Arc::new(Mutex::new(Acked::default()));
+    // Why each writer stopped before the kill, if one did.
+    let stopped = Arc::new(Mutex::new(Vec::<String>::new()));
     let (kill_tx, mut kill_rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut writers = vec![];
     for w in 0..WRITERS {
@@ -63,6 +83,7 @@ async fn run_until_killed(dir: &std::path::Path, storage: Option<&str>, domain: 
         let acked = acked.clone();
         let domain = domain.to_owned();
         let kill_tx = kill_tx.clone();
+        let stopped = stopped.clone();
         writers.push(tokio::spawn(async move {
             for i in 0.. {
                 let key = format!("r{}", (w + i * 7) % RECORDS);
@@ -81,12 +102,30 @@ async fn run_until_killed(dir: &std::path::Path, storage: Option<&str>, domain: 
                         }
                     }
                     Err(s) if s.code() == tonic::Code::NotFound => {}
-                    Err(_) => return, // the process is gone
+                    Err(s) => {
+                        // The process is gone, or (a failure) a write failed before the kill.
+                        stopped.lock().unwrap().push(format!("writer {w}: {s}"));
+                        return;
+                    }
                 }
             }
         }));
     }
-    kill_rx.recv().await;
+    drop(kill_tx);
+    match tokio::time::timeout(ROUND, kill_rx.recv()).await {
+        Ok(Some(())) => {}
+        outcome => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{} acknowledged writes, not the {kill_after} to kill after ({}); writers stopped: {:?}; gateway log:\n{}",
+                acked.lock().unwrap().events.len(),
+                if outcome.is_err() { "timed out" } else { "every writer stopped" },
+                stopped.lock().unwrap(),
+                log_tail(dir)
+            );
+        }
+    }
     // SIGKILL: no shutdown hook runs, no buffer is flushed.
     child.kill().unwrap();
     child.wait().unwrap();
@@ -99,6 +138,16 @@ async fn run_until_killed(dir: &std::path::Path, storage: Option<&str>, domain: 
 async fn check_consistency(dir: &std::path::Path, storage: Option<&str>, domain: &str, acked: &Acked) {
     let port = free_port();
     let mut child = spawn(dir, port, storage);
+    let checked = tokio::time::timeout(ROUND, check_on(port, domain, acked)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    if checked.is_err() {
+        panic!("reading the history back took over {ROUND:?}; gateway log:\n{}", log_tail(dir));
+    }
+}
+
+/// `check_consistency`'s reads and checks, against the gateway on `port`.
+async fn check_on(port: u16, domain: &str, acked: &Acked) {
     let channel = connect(port).await;
     let mut st = StateServiceClient::new(channel.clone());
     let mut ev = EventServiceClient::new(channel);
@@ -142,8 +191,6 @@ async fn check_consistency(dir: &std::path::Path, storage: Option<&str>, domain:
             }
         }
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
