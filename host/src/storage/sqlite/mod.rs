@@ -395,9 +395,10 @@ impl SqliteStorage {
 }
 
 /// Opens (creating if needed) a connection to the database file through
-/// the `unix-excl` VFS (wrapped by `wal_writes`), read-write: see the module
-/// doc for why every connection must be opened this way. `NO_MUTEX` because each connection
-/// is used by one thread at a time (the pools hand them out whole).
+/// the `unix-excl` VFS (wrapped by `wal_writes`), read-write: see the
+/// module doc for why every connection must be opened this way. `NO_MUTEX`
+/// because each connection is used by one thread at a time (the pools hand
+/// them out whole).
 fn open_connection(path: &Path) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     wal_writes::register().map_err(|e| Error::unavailable(format!("sqlite: {e}")))?;

@@ -16,8 +16,8 @@
 //! pieces of 64 KiB (a commit here: two or three) before anything that must
 //! see them on the file: a sync, a read, a truncation, a size, a file
 //! control, a write elsewhere, the file's close, or the buffer reaching
-//! [`MAX_HELD`]. Every other file (the
-//! database, a journal) is `unix-excl`'s own, untouched.
+//! [`MAX_HELD`]. Every other file (the database, a journal) is
+//! `unix-excl`'s own, untouched.
 //!
 //! Why this keeps sqlite's guarantees:
 //! - **Durability.** sqlite syncs the WAL before it counts a commit
@@ -44,8 +44,7 @@ use std::ffi::{CStr, c_char, c_int, c_void};
 use std::sync::OnceLock;
 
 /// The name connections open with.
-pub(super) const VFS_NAME: &str = "stategate-unix-excl";
-const VFS_NAME_C: &CStr = c"stategate-unix-excl";
+pub(super) const VFS_NAME: &CStr = c"stategate-unix-excl";
 const BASE_NAME: &CStr = c"unix-excl";
 
 /// Bytes held before they are written anyway: a large transaction (a batch
@@ -94,7 +93,7 @@ unsafe fn register_once() -> Result<Registered, String> {
     }
     // SAFETY: base is a live VFS; it is copied, not changed.
     let mut vfs: ffi::sqlite3_vfs = unsafe { std::ptr::read(base) };
-    vfs.zName = VFS_NAME_C.as_ptr();
+    vfs.zName = VFS_NAME.as_ptr();
     vfs.pNext = std::ptr::null_mut();
     vfs.szOsFile = std::mem::size_of::<WalFile>() as c_int + unsafe { (*base).szOsFile };
     vfs.xOpen = Some(open);
@@ -125,11 +124,10 @@ unsafe fn register_once() -> Result<Registered, String> {
     // SAFETY: vfs is a complete, leaked (so 'static) VFS object.
     let rc = unsafe { ffi::sqlite3_vfs_register(vfs, 0) };
     if rc != ffi::SQLITE_OK {
-        return Err(format!("sqlite refused to register the {VFS_NAME} VFS (code {rc})"));
+        return Err(format!("sqlite refused to register the {VFS_NAME:?} VFS (code {rc})"));
     }
     Ok(registered)
 }
-
 
 /// Opens through `unix-excl`; a WAL file gets this module's methods in
 /// front of it, every other file is the base's file as it is.
