@@ -143,6 +143,11 @@ pub struct Args {
     /// h2load concurrent streams per connection of the `external` scenario.
     #[arg(long, default_value_t = 16)]
     pub h2load_streams: usize,
+    /// Rounds of the `external` scenario's disk rows: each round measures
+    /// the health check, `Get` and `Set` in turn, and a row reports the
+    /// round with the median ratio (the tmpfs extras run one round).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub external_rounds: u32,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
