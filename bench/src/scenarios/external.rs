@@ -402,7 +402,7 @@ fn parse_summary(text: &str) -> Result<Summary> {
         .find_map(|l| l.strip_prefix("finished in "))
         .and_then(|rest| rest.split(',').next())
         .map(str::trim)
-        .and_then(|d| duration_secs(d))
+        .and_then(duration_secs)
         .context("no \"finished in\" line")?;
     let count = |line: &str, label: &str| -> Option<u64> {
         line.split(',').map(str::trim).find_map(|part| {
