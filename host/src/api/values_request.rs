@@ -129,6 +129,10 @@ impl<L> std::fmt::Debug for ValuesRequest<L> {
     }
 }
 
+/// Values read from a request, with the payload's own bytes when they can
+/// be sent back as the values' encoding (`ValuesRequest::values_and_body`).
+pub type ValuesAndBody = (Values, Option<Vec<u8>>);
+
 impl<L: Layout> ValuesRequest<L> {
     /// The values as a JSON object; `None` when the field is absent.
     pub fn values(&mut self) -> Result<Option<Values>, Status> {
@@ -141,7 +145,7 @@ impl<L: Layout> ValuesRequest<L> {
     /// bytes rather than encode the object again. The fast reader decides
     /// that as it reads ([`Reading::canonical`]); a payload it leaves to
     /// prost never qualifies.
-    pub fn values_and_body(&mut self) -> Result<Option<(Values, Option<Vec<u8>>)>, Status> {
+    pub fn values_and_body(&mut self) -> Result<Option<ValuesAndBody>, Status> {
         let Some(payload) = self.payload.take() else {
             return Ok(None);
         };

@@ -83,18 +83,18 @@ impl Storage for MemoryStorage {
 
     async fn append(&self, req: AppendRequest) -> Result<Appended> {
         let mut inner = self.lock();
-        if let Some(idem) = &req.idempotency {
-            if let Some((fingerprint, idx)) = inner.idempotency.get(&idem.key) {
-                let first = &inner.events[*idx];
-                if first.time >= idem.not_before {
-                    if *fingerprint != idem.fingerprint {
-                        return Err(idempotency_mismatch(&idem.key));
-                    }
-                    return Ok(Appended {
-                        event: first.clone(),
-                        replayed: true,
-                    });
+        if let Some(idem) = &req.idempotency
+            && let Some((fingerprint, idx)) = inner.idempotency.get(&idem.key)
+        {
+            let first = &inner.events[*idx];
+            if first.time >= idem.not_before {
+                if *fingerprint != idem.fingerprint {
+                    return Err(idempotency_mismatch(&idem.key));
                 }
+                return Ok(Appended {
+                    event: first.clone(),
+                    replayed: true,
+                });
             }
         }
         let current = inner.states.get(&req.record).map(|s| s.version);

@@ -473,14 +473,12 @@ impl World for PolicyPre {
 }
 
 impl AsyncWorld for PolicyPre {
-    fn instantiate_async(&self, store: &mut Store<Ctx>) -> impl Future<Output = wasmtime::Result<PolicyInstance>> + Send {
-        async move {
-            Ok(match self {
-                Self::V0_3(p) => PolicyInstance::V0_3(p.instantiate_async(store).await?),
-                Self::V0_2(p) => PolicyInstance::V0_2(p.instantiate_async(store).await?),
-                Self::V0_1(p) => PolicyInstance::V0_1(p.instantiate_async(store).await?),
-            })
-        }
+    async fn instantiate_async(&self, store: &mut Store<Ctx>) -> wasmtime::Result<PolicyInstance> {
+        Ok(match self {
+            Self::V0_3(p) => PolicyInstance::V0_3(p.instantiate_async(store).await?),
+            Self::V0_2(p) => PolicyInstance::V0_2(p.instantiate_async(store).await?),
+            Self::V0_1(p) => PolicyInstance::V0_1(p.instantiate_async(store).await?),
+        })
     }
 }
 

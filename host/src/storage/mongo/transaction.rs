@@ -13,6 +13,10 @@ use mongodb::options::{Acknowledgment, ReadConcern, ReturnDocument, TransactionO
 use std::time::{Duration, Instant};
 
 /// What an append's transaction decided.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one Outcome per append, nearly always Done: boxing it would cost an allocation per write"
+)]
 enum Outcome {
     Done(Appended),
     Refused(Error),
@@ -22,20 +26,20 @@ impl MongoStorage {
     /// One attempt at an append, inside a transaction on `session`.
     async fn try_append(&self, s: &mut ClientSession, req: &AppendRequest) -> mongodb::error::Result<Outcome> {
         let r = &req.record;
-        if let Some(idem) = &req.idempotency {
-            if let Some(entry) = self.idempotency.find_one(doc! {"_id": &idem.key}).session(&mut *s).await? {
-                let seq = entry.get_i64("seq").unwrap_or(0);
-                if let Some(first) = self.events.find_one(doc! {"_id": seq}).session(&mut *s).await? {
-                    let first = event_from_doc(&first).map_err(corrupt)?;
-                    if first.time >= idem.not_before {
-                        if entry.get_str("fp").unwrap_or("") != idem.fingerprint {
-                            return Ok(Outcome::Refused(idempotency_mismatch(&idem.key)));
-                        }
-                        return Ok(Outcome::Done(Appended {
-                            event: first,
-                            replayed: true,
-                        }));
+        if let Some(idem) = &req.idempotency
+            && let Some(entry) = self.idempotency.find_one(doc! {"_id": &idem.key}).session(&mut *s).await?
+        {
+            let seq = entry.get_i64("seq").unwrap_or(0);
+            if let Some(first) = self.events.find_one(doc! {"_id": seq}).session(&mut *s).await? {
+                let first = event_from_doc(&first).map_err(corrupt)?;
+                if first.time >= idem.not_before {
+                    if entry.get_str("fp").unwrap_or("") != idem.fingerprint {
+                        return Ok(Outcome::Refused(idempotency_mismatch(&idem.key)));
                     }
+                    return Ok(Outcome::Done(Appended {
+                        event: first,
+                        replayed: true,
+                    }));
                 }
             }
         }

@@ -201,7 +201,7 @@ fn search_row(q: &StateQuery) -> impl Fn(&PgRow) -> std::result::Result<State, s
 /// primary key, one index probe each.
 fn point_read() -> BatchRead<PgConnection> {
     Arc::new(|conn: &mut PgConnection, batch: &[Lookup]| {
-        let column = |f: fn(&Lookup) -> &str| batch.iter().map(|l| f(l)).collect::<Vec<&str>>();
+        let column = |f: fn(&Lookup) -> &str| batch.iter().map(&f).collect::<Vec<&str>>();
         let dts: Vec<&[u8]> = batch.iter().map(|l| l.dt.as_slice()).collect();
         let (keys, domains, types) = (column(|l| &l.key), column(|l| &l.domain), column(|l| &l.ty));
         Box::pin(async move {

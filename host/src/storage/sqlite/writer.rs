@@ -46,6 +46,10 @@ pub(super) struct Job {
 
 /// What the writer thread does: appends (batched), or an index to build
 /// between two batches (`field_index.rs`).
+#[allow(
+    clippy::large_enum_variant,
+    reason = "nearly every Work is an Append: boxing the Job would cost an allocation per write to shrink the rare Index"
+)]
 pub(super) enum Work {
     Append(Job),
     Index(String),
@@ -258,8 +262,9 @@ fn restart_wal(conn: &Connection) {
 pub(super) enum Written {
     /// A new event with this seq and version.
     New { seq: u64, version: u64 },
-    /// The idempotency key's earlier event, returned again.
-    Replayed(crate::model::Event),
+    /// The idempotency key's earlier event, returned again (boxed: a
+    /// replay is rare, and every batch's results hold one `Written` each).
+    Replayed(Box<crate::model::Event>),
 }
 
 impl Written {
@@ -267,7 +272,7 @@ impl Written {
     /// rather than a copy of them.
     fn into_appended(self, req: AppendRequest) -> Appended {
         match self {
-            Written::Replayed(event) => Appended { event, replayed: true },
+            Written::Replayed(event) => Appended { event: *event, replayed: true },
             Written::New { seq, version } => Appended {
                 event: req.into_event(seq, version),
                 replayed: false,
@@ -383,7 +388,7 @@ fn append_one(s: &mut Writer<'_>, job: &Job) -> std::result::Result<Written, Fai
                 if fingerprint != idem.fingerprint {
                     return Err(Failed::Refused(idempotency_mismatch(&idem.key)));
                 }
-                return Ok(Written::Replayed(first));
+                return Ok(Written::Replayed(Box::new(first)));
             }
         }
     }
