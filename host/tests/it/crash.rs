@@ -4,64 +4,27 @@
 //! agree, and versions have no gaps. Repeated at
 //! several kill points (counted in acknowledged writes, not in time).
 
+use crate::procs::Gateway;
 use crate::wire::*;
 use serde_json::json;
 use stategate::proto::{self as pb, event_service_client::EventServiceClient, state_service_client::StateServiceClient};
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::Channel;
 
 const WRITERS: usize = 8;
 const RECORDS: usize = 16;
 
 /// A gateway on `storage` (a provider object; `None`: the default sqlite
-/// file in `dir`).
-fn spawn(dir: &std::path::Path, port: u16, storage: Option<&str>) -> Child {
-    let mut cmd = Command::new(crate::procs::stategate_bin());
-    if let Some(spec) = storage {
-        cmd.env("STATEGATE_STORAGE_PROVIDER", spec);
-    }
-    cmd.args(["--dev", "--port", &port.to_string(), "--ops-port", "0", "--log-format", "text"])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(log_file(dir))
-        .spawn()
-        .unwrap()
-}
-
-/// Every run's log, appended to one file in the data's dir, so a failure
-/// can show what the gateway said.
-fn log_file(dir: &std::path::Path) -> std::fs::File {
-    std::fs::OpenOptions::new().create(true).append(true).open(dir.join("gateway.log")).unwrap()
-}
-
-/// The end of the gateways' log, for a failure's message.
-fn log_tail(dir: &std::path::Path) -> String {
-    let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+/// file in `dir`), with the `inmem` channel.
+async fn spawn(dir: &std::path::Path, storage: Option<&str>) -> Gateway {
+    Gateway::spawn(dir, storage.unwrap_or(r#"{"name":"sqlite"}"#), r#"{"name":"inmem"}"#).await
 }
 
 /// Longest a round may take to reach its kill: far more than it needs
 /// (seconds), and a failure naming why instead of a hang when the writes
 /// stop succeeding before it.
 const ROUND: Duration = Duration::from_secs(120);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn connect(port: u16) -> Channel {
-    for _ in 0..200 {
-        if let Ok(c) = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("gateway did not come up");
-}
 
 #[derive(Default)]
 struct Acked {
@@ -70,9 +33,8 @@ struct Acked {
 }
 
 async fn run_until_killed(dir: &std::path::Path, storage: Option<&str>, domain: &str, kill_after: usize) -> Acked {
-    let port = free_port();
-    let mut child = spawn(dir, port, storage);
-    let channel = connect(port).await;
+    let gateway = spawn(dir, storage).await;
+    let channel = gateway.channel().await;
     let acked = Arc::new(Mutex::new(Acked::default()));
     // Why each writer stopped before the kill, if one did.
     let stopped = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -115,20 +77,17 @@ async fn run_until_killed(dir: &std::path::Path, storage: Option<&str>, domain: 
     match tokio::time::timeout(ROUND, kill_rx.recv()).await {
         Ok(Some(())) => {}
         outcome => {
-            let _ = child.kill();
-            let _ = child.wait();
             panic!(
                 "{} acknowledged writes, not the {kill_after} to kill after ({}); writers stopped: {:?}; gateway log:\n{}",
                 acked.lock().unwrap().events.len(),
                 if outcome.is_err() { "timed out" } else { "every writer stopped" },
                 stopped.lock().unwrap(),
-                log_tail(dir)
+                gateway.log()
             );
         }
     }
     // SIGKILL: no shutdown hook runs, no buffer is flushed.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(gateway);
     for w in writers {
         let _ = w.await;
     }
@@ -136,19 +95,15 @@ async fn run_until_killed(dir: &std::path::Path, storage: Option<&str>, domain: 
 }
 
 async fn check_consistency(dir: &std::path::Path, storage: Option<&str>, domain: &str, acked: &Acked) {
-    let port = free_port();
-    let mut child = spawn(dir, port, storage);
-    let checked = tokio::time::timeout(ROUND, check_on(port, domain, acked)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
-    if checked.is_err() {
-        panic!("reading the history back took over {ROUND:?}; gateway log:\n{}", log_tail(dir));
+    let gateway = spawn(dir, storage).await;
+    if tokio::time::timeout(ROUND, check_on(&gateway, domain, acked)).await.is_err() {
+        panic!("reading the history back took over {ROUND:?}; gateway log:\n{}", gateway.log());
     }
 }
 
-/// `check_consistency`'s reads and checks, against the gateway on `port`.
-async fn check_on(port: u16, domain: &str, acked: &Acked) {
-    let channel = connect(port).await;
+/// `check_consistency`'s reads and checks, against `gateway`.
+async fn check_on(gateway: &Gateway, domain: &str, acked: &Acked) {
+    let channel = gateway.channel().await;
     let mut st = StateServiceClient::new(channel.clone());
     let mut ev = EventServiceClient::new(channel);
     let mut history: Vec<pb::Event> = vec![];

@@ -359,11 +359,12 @@ pub async fn mariadb_server_with(options: &[String]) -> Server {
     s
 }
 
-/// A gateway process from the built binary.
+/// A gateway process from the built binary; dropping it is a SIGKILL.
 pub struct Gateway {
     pub port: u16,
     pub ops_port: u16,
     child: Child,
+    log_path: PathBuf,
 }
 
 impl Gateway {
@@ -395,7 +396,7 @@ impl Gateway {
         // what it logged: its temp dir is gone once the test fails.
         for _ in 0..600 {
             if port_open(port) {
-                return Gateway { port, ops_port, child };
+                return Gateway { port, ops_port, child, log_path };
             }
             if let Ok(Some(status)) = child.try_wait() {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -414,6 +415,11 @@ impl Gateway {
 
     pub fn ops_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.ops_port)
+    }
+
+    /// What it has logged so far, for a failure's message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 }
 
