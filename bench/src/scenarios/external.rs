@@ -92,14 +92,14 @@ impl Bench {
             for (_, path, body, _) in &ops {
                 calls.push(run(path, body.clone()).measure(gw, warmup, secs)?);
             }
+            let rates: Vec<String> = ops.iter().zip(&calls).map(|((name, ..), m)| format!("{name} {:.0}/s", m.ops_per_sec())).collect();
             eprintln!(
-                "   external {} round {}/{rounds}: health {:.0}/s ({:.1} µs CPU/call), get {:.0}/s, set {:.0}/s",
+                "   external {} round {}/{rounds}: health {:.0}/s ({:.1} µs CPU/call), {}",
                 p.label,
                 round + 1,
                 ceiling.ops_per_sec(),
                 ceiling.cpu_us_per_call(),
-                calls[0].ops_per_sec(),
-                calls[1].ops_per_sec()
+                rates.join(", ")
             );
             measured.push((ceiling, calls));
         }
