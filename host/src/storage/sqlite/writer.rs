@@ -29,6 +29,7 @@ use super::{EVENT_COLUMNS, FieldIndexes, db_error, event_from_row};
 use crate::model::{Appended, AppendRequest, Change, Error, RecordRef, Result};
 use crate::storage::{conflict, idempotency_mismatch};
 use rusqlite::{Connection, OptionalExtension, Statement, params};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
@@ -71,7 +72,62 @@ pub(super) struct Writer<'c> {
     event_insert: Statement<'c>,
     state_upsert: Statement<'c>,
     idempotency_put: Statement<'c>,
+    /// `event_rows[k]` writes 2^k events; `None` until a batch needs it.
+    event_rows: [Option<Statement<'c>>; ROW_SIZES],
+    state_rows: [Option<Statement<'c>>; ROW_SIZES],
     versions: Versions,
+}
+
+/// Most rows one statement writes.
+const MAX_ROWS: usize = 64;
+/// Statements of 1, 2, 4, ... `MAX_ROWS` rows.
+const ROW_SIZES: usize = MAX_ROWS.trailing_zeros() as usize + 1;
+
+/// An `INSERT` of any number of rows: its head, its columns per row, what follows the rows.
+struct RowsSql {
+    head: &'static str,
+    columns: usize,
+    tail: &'static str,
+}
+
+impl RowsSql {
+    fn sql(&self, rows: usize) -> String {
+        let row = format!("({})", vec!["?"; self.columns].join(", "));
+        format!("{} VALUES {}{}", self.head, vec![row; rows].join(", "), self.tail)
+    }
+}
+
+const EVENT_ROWS: RowsSql = RowsSql {
+    head: "INSERT INTO events (id, domain, type, key, version, kind, method, time, vals, claims)",
+    columns: 10,
+    tail: "",
+};
+
+const STATE_ROWS: RowsSql = RowsSql {
+    head: "INSERT INTO states (domain, type, key, version, vals)",
+    columns: 5,
+    tail: " ON CONFLICT (domain, type, key) DO UPDATE SET version = excluded.version, vals = excluded.vals",
+};
+
+fn held_rows<'c, 'h>(
+    conn: &'c Connection,
+    held: &'h mut [Option<Statement<'c>>; ROW_SIZES],
+    sql: &RowsSql,
+    rows: usize,
+) -> rusqlite::Result<&'h mut Statement<'c>> {
+    debug_assert!(rows.is_power_of_two() && rows <= MAX_ROWS, "{rows} rows");
+    let slot = &mut held[rows.trailing_zeros() as usize];
+    if slot.is_none() {
+        *slot = Some(conn.prepare(&sql.sql(rows))?);
+    }
+    Ok(slot.as_mut().expect("prepared above"))
+}
+
+/// How many of `remaining` rows the next statement writes: the most a
+/// held statement writes, so a batch takes one statement per bit of its size.
+fn next_rows(remaining: usize) -> usize {
+    let most = remaining.min(MAX_ROWS);
+    1 << most.ilog2()
 }
 
 /// Records the writer remembers, at most.
@@ -152,18 +208,25 @@ impl<'c> Writer<'c> {
             idempotency_get: conn.prepare("SELECT fingerprint, event_seq FROM idempotency WHERE key = ?1")?,
             event_at_seq: conn.prepare(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"))?,
             state_get: conn.prepare("SELECT version, vals IS NOT NULL FROM states WHERE domain = ?1 AND type = ?2 AND key = ?3")?,
-            event_insert: conn.prepare(
-                "INSERT INTO events (id, domain, type, key, version, kind, method, time, vals, claims)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?,
-            state_upsert: conn.prepare(
-                "INSERT INTO states (domain, type, key, version, vals) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (domain, type, key) DO UPDATE SET version = excluded.version, vals = excluded.vals",
-            )?,
+            event_insert: conn.prepare(&EVENT_ROWS.sql(1))?,
+            state_upsert: conn.prepare(&STATE_ROWS.sql(1))?,
             idempotency_put: conn
                 .prepare("INSERT OR REPLACE INTO idempotency (key, fingerprint, event_seq) VALUES (?1, ?2, ?3)")?,
+            event_rows: [const { None }; ROW_SIZES],
+            state_rows: [const { None }; ROW_SIZES],
             versions: Versions::new(),
         })
+    }
+
+    /// The statement writing `rows` events at once (a power of two up to
+    /// `MAX_ROWS`), prepared on first use and held.
+    fn event_rows(&mut self, rows: usize) -> rusqlite::Result<&mut Statement<'c>> {
+        held_rows(self.conn, &mut self.event_rows, &EVENT_ROWS, rows)
+    }
+
+    /// The statement writing `rows` states at once, as `event_rows`.
+    fn state_rows(&mut self, rows: usize) -> rusqlite::Result<&mut Statement<'c>> {
+        held_rows(self.conn, &mut self.state_rows, &STATE_ROWS, rows)
     }
 
     /// Ends a transaction that failed; its own failure changes nothing for
@@ -173,6 +236,24 @@ impl<'c> Writer<'c> {
         if let Err(e) = self.rollback.execute([]) {
             tracing::debug!(error = %e, "sqlite: rollback after a failed batch failed");
         }
+    }
+
+    /// Notes the version an append writes. A record's first write does not
+    /// enter the cache, so a stream of new records (an import, keys that
+    /// are never rewritten) costs one failed lookup each; written before,
+    /// it is likely to be written again.
+    fn remember(&mut self, job: &Job, version: u64, existed: bool) {
+        if existed {
+            self.versions.wrote(&job.req.record, version, job.vals.is_some());
+        }
+    }
+
+    /// Rolls back a batch whose write failed halfway: `None` to run it
+    /// again with a savepoint per append, unless the append that failed was
+    /// the batch's only one.
+    fn abandon(&mut self, jobs: &[Job], e: Error) -> Option<Vec<Result<Written>>> {
+        self.roll_back();
+        if jobs.len() > 1 { None } else { Some(vec![Err(e)]) }
     }
 
     /// Takes back the writes of the append in the open savepoint and ends it.
@@ -301,20 +382,32 @@ pub(super) fn commit_batch(s: &mut Writer<'_>, jobs: &[Job]) -> Vec<Result<Writt
 
 /// `None`: an append failed in the middle of its writes and the transaction
 /// was rolled back.
+///
+/// The batch's appends are checked one by one and written together: their
+/// events with a statement for many rows, then one state row per record,
+/// its last version of the batch (`Pending`). An append with an
+/// idempotency key is written on its own, after what is pending, so the
+/// next append with its key finds it.
 fn commit_without_savepoints(s: &mut Writer<'_>, jobs: &[Job]) -> Option<Vec<Result<Written>>> {
     if let Err(e) = s.begin.execute([]) {
         return Some(jobs.iter().map(|_| Err(db_error(&e))).collect());
     }
     let mut results = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        match append_one(s, job) {
+    let mut pending = Pending::default();
+    for (i, job) in jobs.iter().enumerate() {
+        let outcome = if job.req.idempotency.is_some() {
+            write_pending(s, jobs, &mut pending, &mut results).and_then(|()| append_one(s, job))
+        } else {
+            check(s, job, &pending.last).map(|checked| pending.add(s, i, job, checked))
+        };
+        match outcome {
             Ok(out) => results.push(Ok(out)),
             Err(Failed::Refused(e)) => results.push(Err(e)),
-            Err(Failed::Writing(e)) => {
-                s.roll_back();
-                return if jobs.len() > 1 { None } else { Some(vec![Err(e)]) };
-            }
+            Err(Failed::Writing(e)) => return s.abandon(jobs, e),
         }
+    }
+    if let Err(e) = write_pending(s, jobs, &mut pending, &mut results) {
+        return s.abandon(jobs, e.into_error());
     }
     Some(finish(s, results))
 }
@@ -371,10 +464,39 @@ impl Failed {
     }
 }
 
+/// Checks and writes one append, on its own.
 fn append_one(s: &mut Writer<'_>, job: &Job) -> std::result::Result<Written, Failed> {
+    let (version, existed) = match check(s, job, &HashMap::new())? {
+        Checked::Replayed(first) => return Ok(Written::Replayed(first)),
+        Checked::Write { version, existed } => (version, existed),
+    };
+    let e = |e: rusqlite::Error| Failed::Writing(db_error(&e));
+    bind_event(&mut s.event_insert, 0, job, version).map_err(e)?;
+    s.event_insert.raw_execute().map_err(e)?;
+    let seq = s.conn.last_insert_rowid() as u64;
+    bind_state(&mut s.state_upsert, 0, job, version).map_err(e)?;
+    s.state_upsert.raw_execute().map_err(e)?;
+    if let Some(idem) = &job.req.idempotency {
+        s.idempotency_put.execute(params![idem.key, idem.fingerprint, seq]).map_err(e)?;
+    }
+    s.remember(job, version, existed);
+    Ok(Written::New { seq, version })
+}
+
+/// What an append's checks found.
+enum Checked {
+    /// Its idempotency key's earlier event, to answer with again.
+    Replayed(Box<crate::model::Event>),
+    /// To write as this version of its record; `existed`: the record had
+    /// been written before (see `Writer::remember`).
+    Write { version: u64, existed: bool },
+}
+
+/// An append's checks: its idempotency key, then the version its record
+/// is at (`pending` first: what the batch wrote of it and has not yet
+/// written to the tables). They only read, and fail as `Refused`.
+fn check(s: &mut Writer<'_>, job: &Job, pending: &HashMap<&RecordRef, Last>) -> std::result::Result<Checked, Failed> {
     let req = &job.req;
-    // Reads and checks come first and fail as `Refused` (nothing written);
-    // from the first write on, a failure is `Writing`.
     let e = |e: rusqlite::Error| Failed::Refused(db_error(&e));
     if let Some(idem) = &req.idempotency {
         let found: Option<(String, i64)> = s
@@ -388,18 +510,21 @@ fn append_one(s: &mut Writer<'_>, job: &Job) -> std::result::Result<Written, Fai
                 if fingerprint != idem.fingerprint {
                     return Err(Failed::Refused(idempotency_mismatch(&idem.key)));
                 }
-                return Ok(Written::Replayed(Box::new(first)));
+                return Ok(Checked::Replayed(Box::new(first)));
             }
         }
     }
     let r = &req.record;
-    let row: Option<(u64, bool)> = match s.versions.get(r) {
-        Some(row) => Some(row),
-        None => s
-            .state_get
-            .query_row(params![r.domain, r.ty, r.key], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional()
-            .map_err(e)?,
+    let row: Option<(u64, bool)> = match pending.get(r) {
+        Some(last) => Some((last.version, last.live)),
+        None => match s.versions.get(r) {
+            Some(row) => Some(row),
+            None => s
+                .state_get
+                .query_row(params![r.domain, r.ty, r.key], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()
+                .map_err(e)?,
+        },
     };
     let current = row.filter(|(_, live)| *live).map(|(v, _)| v);
     if !req.expect.admits(current) {
@@ -409,23 +534,120 @@ fn append_one(s: &mut Writer<'_>, job: &Job) -> std::result::Result<Written, Fai
         return Err(Failed::Refused(Error::NotFound(format!("state {r}"))));
     }
     let version = row.map_or(0, |(v, _)| v) + 1;
-    let (vals, claims) = (&job.vals, &job.claims);
+    Ok(Checked::Write { version, existed: row.is_some() })
+}
+
+/// The appends of a batch checked and not yet written, in the batch's
+/// order, and each record's last version among them.
+///
+/// Written together, a batch's events take one statement per bit of their
+/// count instead of one each: a statement's start and end (cursors
+/// opened, the VDBE halted) are paid once, and an index whose new keys
+/// follow one another (a record's events, a type's events, ids ordered by
+/// time) finds each next place from where its cursor stands instead of
+/// descending from the root. Its states take one row per record, the last
+/// version: a record written many times in a batch (a counter, a hot
+/// aggregate) rewrites its state row once.
+#[derive(Default)]
+struct Pending<'j> {
+    /// (the append's place in the batch, its version).
+    rows: Vec<(usize, u64)>,
+    last: HashMap<&'j RecordRef, Last>,
+}
+
+/// A record's last version in `Pending`.
+struct Last {
+    version: u64,
+    live: bool,
+    /// Its place in `Pending::rows`.
+    row: usize,
+}
+
+impl<'j> Pending<'j> {
+    /// Holds a checked append to be written; it answers `Written::New`
+    /// with its seq still to come (`write_pending`).
+    fn add(&mut self, s: &mut Writer<'_>, at: usize, job: &'j Job, checked: Checked) -> Written {
+        match checked {
+            Checked::Replayed(first) => Written::Replayed(first),
+            Checked::Write { version, existed } => {
+                let live = job.vals.is_some();
+                self.last.insert(&job.req.record, Last { version, live, row: self.rows.len() });
+                self.rows.push((at, version));
+                s.remember(job, version, existed);
+                Written::New { seq: 0, version }
+            }
+        }
+    }
+}
+
+/// Writes what is pending: the events in the batch's order (their seqs
+/// are given in that order, each the table's largest plus one, so a
+/// statement's rows end at `last_insert_rowid` one after another), then
+/// each record's last state.
+fn write_pending(
+    s: &mut Writer<'_>,
+    jobs: &[Job],
+    pending: &mut Pending<'_>,
+    results: &mut [Result<Written>],
+) -> std::result::Result<(), Failed> {
     let e = |e: rusqlite::Error| Failed::Writing(db_error(&e));
-    s.event_insert
-        .execute(params![req.id, r.domain, r.ty, r.key, version, req.kind.as_str(), req.method, req.time, vals, claims])
-        .map_err(e)?;
-    let seq = s.conn.last_insert_rowid() as u64;
-    s.state_upsert.execute(params![r.domain, r.ty, r.key, version, vals]).map_err(e)?;
-    if let Some(idem) = &req.idempotency {
-        s.idempotency_put.execute(params![idem.key, idem.fingerprint, seq]).map_err(e)?;
+    let rows = &pending.rows;
+    let mut done = 0;
+    while done < rows.len() {
+        let chunk = &rows[done..done + next_rows(rows.len() - done)];
+        let stmt = s.event_rows(chunk.len()).map_err(e)?;
+        for (k, &(at, version)) in chunk.iter().enumerate() {
+            bind_event(stmt, k * EVENT_ROWS.columns, &jobs[at], version).map_err(e)?;
+        }
+        stmt.raw_execute().map_err(e)?;
+        let last = s.conn.last_insert_rowid() as u64;
+        for (k, &(at, _)) in chunk.iter().enumerate() {
+            if let Ok(Written::New { seq, .. }) = &mut results[at] {
+                *seq = last - (chunk.len() - 1 - k) as u64;
+            }
+        }
+        done += chunk.len();
     }
-    if row.is_some() {
-        // Written before: likely to be written again. A record's first write
-        // does not enter the cache, so a stream of new records (an import,
-        // keys that are never rewritten) costs one failed lookup each.
-        s.versions.wrote(r, version, vals.is_some());
+    let mut states: Vec<(usize, u64)> = pending.last.values().map(|last| rows[last.row]).collect();
+    states.sort_unstable();
+    let mut done = 0;
+    while done < states.len() {
+        let chunk = &states[done..done + next_rows(states.len() - done)];
+        let stmt = s.state_rows(chunk.len()).map_err(e)?;
+        for (k, &(at, version)) in chunk.iter().enumerate() {
+            bind_state(stmt, k * STATE_ROWS.columns, &jobs[at], version).map_err(e)?;
+        }
+        stmt.raw_execute().map_err(e)?;
+        done += chunk.len();
     }
-    Ok(Written::New { seq, version })
+    pending.rows.clear();
+    pending.last.clear();
+    Ok(())
+}
+
+/// Binds an append's event row after the first `before` parameters.
+fn bind_event(stmt: &mut Statement<'_>, before: usize, job: &Job, version: u64) -> rusqlite::Result<()> {
+    let (req, r) = (&job.req, &job.req.record);
+    stmt.raw_bind_parameter(before + 1, &req.id)?;
+    stmt.raw_bind_parameter(before + 2, &r.domain)?;
+    stmt.raw_bind_parameter(before + 3, &r.ty)?;
+    stmt.raw_bind_parameter(before + 4, &r.key)?;
+    stmt.raw_bind_parameter(before + 5, version)?;
+    stmt.raw_bind_parameter(before + 6, req.kind.as_str())?;
+    stmt.raw_bind_parameter(before + 7, &req.method)?;
+    stmt.raw_bind_parameter(before + 8, req.time)?;
+    stmt.raw_bind_parameter(before + 9, &job.vals)?;
+    stmt.raw_bind_parameter(before + 10, &job.claims)
+}
+
+/// Binds an append's state row after the first `before` parameters.
+fn bind_state(stmt: &mut Statement<'_>, before: usize, job: &Job, version: u64) -> rusqlite::Result<()> {
+    let r = &job.req.record;
+    stmt.raw_bind_parameter(before + 1, &r.domain)?;
+    stmt.raw_bind_parameter(before + 2, &r.ty)?;
+    stmt.raw_bind_parameter(before + 3, &r.key)?;
+    stmt.raw_bind_parameter(before + 4, version)?;
+    stmt.raw_bind_parameter(before + 5, &job.vals)
 }
 
 #[cfg(test)]
@@ -443,6 +665,109 @@ mod tests {
             claims: "{}".into(),
             reply: oneshot::channel().0,
         }
+    }
+
+    fn delete(key: &str, id: &str) -> Job {
+        let mut job = job(key, id, Expect::Any);
+        job.req.change = Change::Delete;
+        job.vals = None;
+        job
+    }
+
+    fn with_key(mut job: Job, key: &str) -> Job {
+        job.req.idempotency = Some(crate::model::Idempotency { key: key.into(), fingerprint: "f".into(), not_before: 0 });
+        job
+    }
+
+    fn stored(conn: &Connection, id: &str) -> (i64, i64) {
+        conn.query_row("SELECT seq, version FROM events WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?))).unwrap()
+    }
+
+    /// A batch whose size is no power of two is written with several
+    /// statements; every append answers with the seq and version its row
+    /// holds, seqs in the batch's order, and each record's state row holds
+    /// its last version.
+    #[test]
+    fn a_batch_written_together_answers_each_append_with_its_own_row() {
+        let (_dir, conn) = db();
+        let mut writer = Writer::prepare(&conn).unwrap();
+        let first = commit_batch(&mut writer, &[job("a", "0", Expect::Any)]);
+        assert!(matches!(first[0], Ok(Written::New { seq: 1, version: 1 })), "{first:?}");
+        let jobs: Vec<Job> = (1..=101).map(|i| job(["a", "b", "c"][i % 3], &i.to_string(), Expect::Any)).collect();
+        let results = commit_batch(&mut writer, &jobs);
+        let mut last_seq = 1;
+        let mut versions = std::collections::HashMap::from([("a", 1)]);
+        for (i, result) in results.iter().enumerate() {
+            let Ok(Written::New { seq, version }) = result else { panic!("append {i}: {result:?}") };
+            let key = ["a", "b", "c"][(i + 1) % 3];
+            let expected = versions.entry(key).or_insert(0);
+            *expected += 1;
+            assert_eq!(*version, *expected, "append {i} of {key}");
+            assert!(*seq > last_seq, "seqs in the batch's order");
+            last_seq = *seq;
+            assert_eq!(stored(&conn, &(i + 1).to_string()), (*seq as i64, *version as i64), "append {i}");
+        }
+        for (key, version) in &versions {
+            assert_eq!(count(&conn, &format!("SELECT version FROM states WHERE key = '{key}'")), *version as i64);
+        }
+        assert_eq!(count(&conn, "SELECT count(*) FROM events"), 102);
+        // The versions the batch wrote are the ones the next batch builds on.
+        let a = versions["a"];
+        let results = commit_batch(&mut writer, &[job("a", "x", Expect::Version(a)), job("d", "y", Expect::Absent)]);
+        assert!(matches!(results[0], Ok(Written::New { version, .. }) if version == a + 1), "{results:?}");
+        assert!(matches!(results[1], Ok(Written::New { version: 1, .. })), "{results:?}");
+    }
+
+    /// Within one batch, an append checks against what the appends before
+    /// it wrote, though not yet on the table: a delete, a write expecting
+    /// the record absent after it, one expecting a version.
+    #[test]
+    fn an_append_checks_against_the_earlier_appends_of_its_batch() {
+        let (_dir, conn) = db();
+        let mut writer = Writer::prepare(&conn).unwrap();
+        let jobs = [
+            job("a", "1", Expect::Absent),
+            job("a", "2", Expect::Absent),
+            delete("a", "3"),
+            delete("a", "4"),
+            job("a", "5", Expect::Absent),
+            job("a", "6", Expect::Version(4)),
+            job("a", "7", Expect::Version(3)),
+        ];
+        let results = commit_batch(&mut writer, &jobs);
+        assert!(matches!(results[0], Ok(Written::New { version: 1, .. })), "{results:?}");
+        assert!(matches!(results[1], Err(Error::VersionConflict { .. })), "{results:?}");
+        assert!(matches!(results[2], Ok(Written::New { version: 2, .. })), "{results:?}");
+        assert!(matches!(results[3], Err(Error::NotFound(_))), "{results:?}");
+        assert!(matches!(results[4], Ok(Written::New { version: 3, .. })), "{results:?}");
+        assert!(matches!(results[5], Err(Error::VersionConflict { .. })), "{results:?}");
+        assert!(matches!(results[6], Ok(Written::New { version: 4, .. })), "{results:?}");
+        assert_eq!(count(&conn, "SELECT count(*) FROM events"), 4);
+        assert_eq!(count(&conn, "SELECT version FROM states WHERE key = 'a' AND vals IS NOT NULL"), 4);
+    }
+
+    /// An append with an idempotency key is written after what is pending,
+    /// so a second append with its key in the same batch is answered with
+    /// the first one's event, and appends after it see its version.
+    #[test]
+    fn an_idempotency_key_written_in_a_batch_is_found_by_the_same_batch() {
+        let (_dir, conn) = db();
+        let mut writer = Writer::prepare(&conn).unwrap();
+        let jobs = [
+            job("a", "1", Expect::Any),
+            with_key(job("a", "2", Expect::Any), "k"),
+            with_key(job("a", "3", Expect::Any), "k"),
+            job("a", "4", Expect::Version(2)),
+        ];
+        let results = commit_batch(&mut writer, &jobs);
+        let Ok(Written::New { seq, version: 2 }) = results[1] else { panic!("{results:?}") };
+        match &results[2] {
+            Ok(Written::Replayed(event)) => assert_eq!((event.id.as_str(), event.seq), ("2", seq)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(results[3], Ok(Written::New { version: 3, .. })), "{results:?}");
+        assert_eq!(stored(&conn, "1").1, 1);
+        assert_eq!(count(&conn, "SELECT count(*) FROM events"), 3);
     }
 
     #[test]
