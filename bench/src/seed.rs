@@ -56,7 +56,7 @@ impl Bench {
                         ty: ty.into(),
                         key: record_key(i % keys.max(1)),
                     },
-                    change: Change::Put(json_values(i as u64, filler)),
+                    change: Change::Put(json_values(i as u64, filler).into()),
                     expect: Expect::Any,
                     kind: EventKind::Set,
                     method: "/stategate.StateService/Set".into(),

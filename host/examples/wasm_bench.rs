@@ -26,7 +26,7 @@ fn put(i: usize) -> AppendRequest {
     AppendRequest {
         id: uuid::Uuid::new_v4().to_string(),
         record: RecordRef::parse("bench", "t", &format!("k{}", i % 100)).unwrap(),
-        change: Change::Put(json!({"n": i, "name": "x".repeat(64)}).as_object().unwrap().clone()),
+        change: Change::Put(json!({"n": i, "name": "x".repeat(64)}).as_object().unwrap().clone().into()),
         expect: Expect::Any,
         kind: EventKind::Set,
         method: "/stategate.StateService/Set".into(),

@@ -122,7 +122,7 @@ pub fn event(e: Event) -> pb::Event {
             domain: e.record.domain,
             r#type: e.record.ty,
             key: e.record.key,
-            values: e.values.map(json_to_struct),
+            values: e.values.map(|v| json_to_struct(v.into_values())),
             version: e.version as i64,
             expected_version: None,
             idempotency_key: String::new(),

@@ -80,7 +80,7 @@ impl EventMessage {
     fn values(&self) -> Option<StructRef<'_>> {
         match &self.values_body {
             Some(body) => Some(StructRef::Encoded(body)),
-            None => self.event.values.as_ref().map(StructRef::Parsed),
+            None => self.event.values.as_deref().map(StructRef::Parsed),
         }
     }
 }
@@ -269,7 +269,7 @@ fn kind_number(k: EventKind) -> i64 {
 }
 
 fn event_len(e: &Event) -> usize {
-    event_len_with(e, e.values.as_ref().map(StructRef::Parsed))
+    event_len_with(e, e.values.as_deref().map(StructRef::Parsed))
 }
 
 /// An event's length with its values given apart (parsed or encoded).
@@ -285,7 +285,7 @@ fn event_len_with(e: &Event, values: Option<StructRef>) -> usize {
 }
 
 fn put_event(e: &Event, buf: &mut impl BufMut) {
-    put_event_with(e, e.values.as_ref().map(StructRef::Parsed), buf)
+    put_event_with(e, e.values.as_deref().map(StructRef::Parsed), buf)
 }
 
 fn put_event_with(e: &Event, values: Option<StructRef>, buf: &mut impl BufMut) {
@@ -414,7 +414,7 @@ mod tests {
             id: "0190-e".into(),
             seq,
             record: RecordRef { domain: "d".into(), ty: "".into(), key: "k".into() },
-            values,
+            values: values.map(Into::into),
             claims,
             time,
             version: seq / 2,

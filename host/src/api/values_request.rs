@@ -9,16 +9,21 @@
 //!
 //! **Invariant:** `values()` answers exactly what prost's decoding of the
 //! generated message followed by `struct_to_json` answers, object for
-//! object and error for error. The fast reader takes only the plain
-//! encoding protobuf libraries write: each map entry a key and a value,
-//! each `Value` one field, nesting under [`FAST_DEPTH`]. Anything else
-//! (an unknown or repeated field, which protobuf merges or lets the last
-//! win; bad UTF-8; NaN; too many values; deep nesting; malformed bytes)
-//! goes to prost and `struct_to_json` unchanged, so theirs stay the only
-//! answers and error messages. Keys come out sorted, as from the
-//! `BTreeMap`: the stored text, and so an idempotency fingerprint, does not
-//! depend on the order a client's library wrote the map in. A proptest
-//! holds the two paths equal.
+//! object and error for error, and the fast reader's text is what
+//! `serde_json` writes for that object (`EventValues`' invariant). The fast
+//! reader takes only the plain encoding protobuf libraries write: each map
+//! entry a key and a value, each `Value` one field, each key once, nesting
+//! under [`FAST_DEPTH`]. Anything else (an unknown or repeated field or
+//! key, which protobuf merges or lets the last win; bad UTF-8; NaN; too
+//! many values; deep nesting; malformed bytes) goes to prost and
+//! `struct_to_json` unchanged, so theirs stay the only answers and error
+//! messages. Keys come out sorted, as from the `BTreeMap`: the stored
+//! text, and so an idempotency fingerprint, does not depend on the order a
+//! client's library wrote the map in. A proptest holds the two paths equal.
+//!
+//! The fast reader writes the values as JSON text, not as a map: a `Set`
+//! that nothing inspects stores the text and never builds the map
+//! (`model::EventValues`).
 //!
 //! The request's other fields decode as the generated message's do
 //! (prost's own field functions, the same error context); the values
@@ -28,12 +33,11 @@
 
 use super::convert;
 use super::status::to_status;
-use crate::model::{Values, json};
+use crate::model::{EventValues, Values, json};
 use crate::proto as pb;
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
-use serde_json::{Map, Value};
 use std::marker::PhantomData;
 use tonic::Status;
 
@@ -131,15 +135,17 @@ impl<L> std::fmt::Debug for ValuesRequest<L> {
 
 /// Values read from a request, with the payload's own bytes when they can
 /// be sent back as the values' encoding (`ValuesRequest::values_and_body`).
-pub type ValuesAndBody = (Values, Option<Vec<u8>>);
+pub type ValuesAndBody = (EventValues, Option<Vec<u8>>);
 
 impl<L: Layout> ValuesRequest<L> {
     /// The values as a JSON object; `None` when the field is absent.
     pub fn values(&mut self) -> Result<Option<Values>, Status> {
-        Ok(self.values_and_body()?.map(|(values, _)| values))
+        Ok(self.values_and_body()?.map(|(values, _)| values.into_values()))
     }
 
-    /// `values()`, with the payload itself when it is already exactly the
+    /// The values, as the JSON text of their object when the fast reader
+    /// took them (`EventValues`: nothing has to build the map unless it
+    /// reads it), with the payload itself when it is already exactly the
     /// encoding of those values, entry order aside (which protobuf maps do
     /// not define): a response holding the same values may then send these
     /// bytes rather than encode the object again. The fast reader decides
@@ -150,8 +156,11 @@ impl<L: Layout> ValuesRequest<L> {
             return Ok(None);
         };
         let mut reading = Reading { budget: json::MAX_VALUES, canonical: true };
-        if let Some(object) = object(&payload, 0, &mut reading) {
-            return Ok(Some((object, reading.canonical.then_some(payload))));
+        let mut text = Vec::with_capacity(payload.len() + payload.len() / 4);
+        if object(&payload, 0, &mut reading, &mut text).is_some() {
+            // Everything written is JSON punctuation and serde's output.
+            let text = String::from_utf8(text).map_err(|e| Status::internal(format!("values text: {e}")))?;
+            return Ok(Some((EventValues::from_json_text(text), reading.canonical.then_some(payload))));
         }
         // The slow path: the generated message around the same payload, so
         // prost's errors carry the same context and recursion depth.
@@ -160,7 +169,7 @@ impl<L: Layout> ValuesRequest<L> {
         let generated = L::Generated::decode(wrapped.as_slice())
             .map_err(|e| Status::invalid_argument(format!("malformed message: {e}")))?;
         let values = L::values_of(generated).unwrap_or_default();
-        convert::struct_to_json(L::VALUES, values).map(|v| Some((v, None))).map_err(to_status)
+        convert::struct_to_json(L::VALUES, values).map(|v| Some((v.into(), None))).map_err(to_status)
     }
 }
 
@@ -250,13 +259,13 @@ struct Reading {
     canonical: bool,
 }
 
-/// A `Struct`'s fields as an object, keys sorted.
-fn object(mut buf: &[u8], depth: usize, reading: &mut Reading) -> Option<Values> {
+/// Writes a `Struct`'s fields as a JSON object, keys sorted. A key given
+/// twice goes to prost, which keeps the last and still decodes the others.
+fn object(mut buf: &[u8], depth: usize, reading: &mut Reading, out: &mut Vec<u8>) -> Option<()> {
     if depth > FAST_DEPTH {
         return None;
     }
-    let mut out = Map::new();
-    let mut last: Option<&str> = None;
+    let mut entries: Vec<(&str, Option<&[u8]>)> = Vec::new();
     let mut sorted = true;
     while !buf.is_empty() {
         if key(&mut buf)? != (1, LEN) {
@@ -275,37 +284,45 @@ fn object(mut buf: &[u8], depth: usize, reading: &mut Reading) -> Option<Values>
         // as prost's map decoding has them.
         reading.canonical &= name.is_some() && value.is_some();
         let name = name.unwrap_or("");
-        let value = match value {
-            Some(v) => self::value(v, depth, reading)?,
-            None => {
-                spend(reading)?;
-                Value::Null
-            }
-        };
-        sorted &= last.is_none_or(|l| l < name);
-        last = Some(name);
-        // A repeated key replaces the value in place: the last one wins,
-        // as in the `BTreeMap`.
-        if out.insert(name.to_owned(), value).is_some() {
-            reading.canonical = false;
-        }
+        sorted &= entries.last().is_none_or(|(last, _)| *last < name);
+        entries.push((name, value));
     }
     if !sorted {
-        out.sort_keys();
+        entries.sort_unstable_by_key(|(name, _)| *name);
+        if entries.windows(2).any(|pair| pair[0].0 == pair[1].0) {
+            return None;
+        }
     }
-    Some(out)
+    out.push(b'{');
+    for (i, (name, value)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, name).ok()?;
+        out.push(b':');
+        match value {
+            Some(v) => self::value(v, depth, reading, out)?,
+            None => {
+                spend(reading)?;
+                out.extend_from_slice(b"null");
+            }
+        }
+    }
+    out.push(b'}');
+    Some(())
 }
 
-fn value(mut buf: &[u8], depth: usize, reading: &mut Reading) -> Option<Value> {
+fn value(mut buf: &[u8], depth: usize, reading: &mut Reading, out: &mut Vec<u8>) -> Option<()> {
     spend(reading)?;
     if buf.is_empty() {
         reading.canonical = false;
-        return Some(Value::Null);
+        out.extend_from_slice(b"null");
+        return Some(());
     }
-    let v = match key(&mut buf)? {
+    match key(&mut buf)? {
         (1, VARINT) => {
             reading.canonical &= varint(&mut buf)? == 0;
-            Value::Null
+            out.extend_from_slice(b"null");
         }
         (2, FIXED64) => {
             let (n, rest) = buf.split_first_chunk::<8>()?;
@@ -313,34 +330,41 @@ fn value(mut buf: &[u8], depth: usize, reading: &mut Reading) -> Option<Value> {
             let n = f64::from_le_bytes(*n);
             // -0 is read as the integer 0, which goes back as +0.
             reading.canonical &= n != 0.0 || n.is_sign_positive();
-            convert::number("", n).ok()?
+            // Written as serde writes the number `struct_to_json` makes.
+            serde_json::to_writer(&mut *out, &convert::number("", n).ok()?).ok()?;
         }
-        (3, LEN) => Value::String(std::str::from_utf8(delimited(&mut buf)?).ok()?.to_owned()),
+        (3, LEN) => serde_json::to_writer(&mut *out, std::str::from_utf8(delimited(&mut buf)?).ok()?).ok()?,
         (4, VARINT) => {
             let b = varint(&mut buf)?;
             reading.canonical &= b <= 1;
-            Value::Bool(b != 0)
+            out.extend_from_slice(if b != 0 { b"true" } else { b"false" });
         }
-        (5, LEN) => Value::Object(object(delimited(&mut buf)?, depth + 1, reading)?),
-        (6, LEN) => Value::Array(list(delimited(&mut buf)?, depth + 1, reading)?),
+        (5, LEN) => object(delimited(&mut buf)?, depth + 1, reading, out)?,
+        (6, LEN) => list(delimited(&mut buf)?, depth + 1, reading, out)?,
         _ => return None,
-    };
+    }
     // A second field in one `Value` is the oneof's business: prost's.
-    buf.is_empty().then_some(v)
+    buf.is_empty().then_some(())
 }
 
-fn list(mut buf: &[u8], depth: usize, reading: &mut Reading) -> Option<Vec<Value>> {
+fn list(mut buf: &[u8], depth: usize, reading: &mut Reading, out: &mut Vec<u8>) -> Option<()> {
     if depth > FAST_DEPTH {
         return None;
     }
-    let mut out = Vec::new();
+    out.push(b'[');
+    let mut first = true;
     while !buf.is_empty() {
         if key(&mut buf)? != (1, LEN) {
             return None;
         }
-        out.push(value(delimited(&mut buf)?, depth, reading)?);
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        value(delimited(&mut buf)?, depth, reading, out)?;
     }
-    Some(out)
+    out.push(b']');
+    Some(())
 }
 
 /// One value of `json::MAX_VALUES` per request. Counting a repeated map key
@@ -505,7 +529,7 @@ mod tests {
                 // Compared re-encoded by prost (entries in key order), so
                 // that -0 and +0, equal as numbers, differ.
                 let sent = prost_types::Struct::decode(body.as_slice()).unwrap().encode_to_vec();
-                prop_assert_eq!(sent, convert::json_to_struct(values).encode_to_vec());
+                prop_assert_eq!(sent, convert::json_to_struct(values.into_values()).encode_to_vec());
             }
         }
 
@@ -566,8 +590,9 @@ mod tests {
         }
         for payload in [&mut encoded, &mut reversed] {
             let mut reading = Reading { budget: json::MAX_VALUES, canonical: true };
-            let object = object(payload, 0, &mut reading).expect("plain encoding takes the fast path");
-            assert_eq!(serde_json::to_string(&object).unwrap(), r#"{"a":"x","b":2}"#);
+            let mut text = Vec::new();
+            object(payload, 0, &mut reading, &mut text).expect("plain encoding takes the fast path");
+            assert_eq!(String::from_utf8(text).unwrap(), r#"{"a":"x","b":2}"#);
             assert!(reading.canonical, "a map in any order is canonical");
         }
     }
@@ -600,7 +625,7 @@ mod tests {
         let mut call = SetCall::decode(generated.encode_to_vec().as_slice()).unwrap();
         assert_eq!((call.domain.as_str(), call.ty.as_str(), call.key.as_str()), ("d", "t", "k"));
         assert_eq!((call.expected_version, call.idempotency_key.as_str()), (Some(0), "i"));
-        assert_eq!(call.values().unwrap(), Some(Map::new()));
+        assert_eq!(call.values().unwrap(), Some(Values::new()));
         // A malformed output-only field is refused, as by the generated message.
         let mut bad = state_with(&[]);
         bad.extend_from_slice(&[5 << 3 | 2, 0]);

@@ -193,7 +193,7 @@ async fn import_record(t: &V050Type, record: V050Record, target: &DynStorage, dr
         let req = AppendRequest {
             id: ev.id,
             record: rec.clone(),
-            change: Change::Put(ev.values.clone()),
+            change: Change::Put(ev.values.clone().into()),
             expect,
             kind: EventKind::Set,
             method: SET.to_owned(),
@@ -222,7 +222,7 @@ async fn import_record(t: &V050Type, record: V050Record, target: &DynStorage, dr
         (None, None) => return Ok(summary),
         (Some(want), _) => {
             summary.reconciled += 1;
-            Change::Put(want.clone())
+            Change::Put(want.clone().into())
         }
         (None, Some(_)) => {
             summary.deleted += 1;

@@ -262,7 +262,12 @@ impl Gateway {
         // The fingerprint covers the values: take it before they move out.
         let idem = self.idempotency(&caller, &record, &req.idempotency_key, &req);
         let values = req.values.take().ok_or_else(|| Error::invalid("values", "is required"))?;
-        json::check_depth("values", &values)?;
+        // Values that came as text were written by the api's `Struct`
+        // reader, which reads no deeper than `MAX_DEPTH`: reading them as a
+        // map to measure them again would undo what keeping them as text saves.
+        if values.json_text().is_none() {
+            json::check_depth("values", &values)?;
+        }
         let event = self
             .append(&caller, record, Change::Put(values), expect, EventKind::Set, idem)
             .await?;
@@ -301,7 +306,7 @@ impl Gateway {
             json::check_depth("patch", &values)?;
             let expect = Expect::Version(current.version);
             match self
-                .append(&caller, record.clone(), Change::Put(values), expect, EventKind::Edit, idem.clone())
+                .append(&caller, record.clone(), Change::Put(values.into()), expect, EventKind::Edit, idem.clone())
                 .await
             {
                 Err(Error::VersionConflict { .. }) if wanted == Expect::Any && attempts < 16 => attempts += 1,

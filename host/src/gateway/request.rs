@@ -7,7 +7,7 @@
 //! does not know are discarded, as grpc-gateway v2 (v0.5.0's REST layer)
 //! did, so clients of other versions of the contract keep working.
 
-use crate::model::Values;
+use crate::model::{EventValues, Values};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// `Set` (the `State` message).
@@ -18,7 +18,7 @@ pub struct SetRequest {
     #[serde(rename = "type")]
     pub ty: String,
     pub key: String,
-    pub values: Option<Values>,
+    pub values: Option<EventValues>,
     /// Output only on the wire; accepted and ignored on input, so a client
     /// can send back a `State` it read.
     #[serde(with = "int64_opt", skip_serializing_if = "Option::is_none")]

@@ -124,7 +124,7 @@ mod tests {
             id: seq.to_string(),
             seq,
             record: RecordRef::parse("d", "t", "k").unwrap(),
-            values: Some(serde_json::json!({"n": n}).as_object().unwrap().clone()),
+            values: Some(serde_json::json!({"n": n}).as_object().unwrap().clone().into()),
             claims: Default::default(),
             time: 0,
             version: seq,

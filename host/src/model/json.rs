@@ -27,7 +27,7 @@ pub fn event(e: &Event) -> Value {
     st.insert("type".into(), e.record.ty.clone().into());
     st.insert("key".into(), e.record.key.clone().into());
     if let Some(v) = &e.values {
-        st.insert("values".into(), Value::Object(v.clone()));
+        st.insert("values".into(), Value::Object(Values::clone(v)));
     }
     st.insert("version".into(), e.version.to_string().into());
     json!({
@@ -59,7 +59,7 @@ pub fn parse_event(v: &Value) -> Result<Event> {
             ty: text(st, "type")?,
             key: text(st, "key")?,
         },
-        values: st.get("values").and_then(Value::as_object).cloned(),
+        values: st.get("values").and_then(Value::as_object).cloned().map(Into::into),
         claims: o.get("claims").and_then(Value::as_object).cloned().unwrap_or_default(),
         time: int_field(o, "time").map_err(|_| bad("time"))?,
         version: int_field(o, "version").map_err(|_| bad("version"))? as u64,

@@ -4,12 +4,14 @@
 
 pub mod catalog;
 mod error;
+mod event_values;
 pub mod flags;
 pub mod json;
 pub mod query;
 pub mod spec;
 
 pub use catalog::{Catalog, CatalogEntry};
+pub use event_values::EventValues;
 pub use error::{ConfigError, Denial, Error, Result, TokenRefusal, flag_of};
 pub use query::{Arrival, EventFilter, EventOrder, EventQuery, EventSort, FeedQuery, Filter, Page, Select, Sort, StateQuery};
 
@@ -139,7 +141,7 @@ impl<T> AtSeq<T> {
 pub fn state_after(event: &Event) -> Option<State> {
     event.values.as_ref().map(|values| State {
         record: event.record.clone(),
-        values: values.clone(),
+        values: Values::clone(values),
         version: event.version,
     })
 }
@@ -183,7 +185,7 @@ pub struct Event {
     pub seq: u64,
     pub record: RecordRef,
     /// The values after the change; `None` for a deletion.
-    pub values: Option<Values>,
+    pub values: Option<EventValues>,
     pub claims: Claims,
     /// Receive time, Unix nanoseconds.
     pub time: i64,
@@ -238,7 +240,7 @@ impl Expect {
 /// The change an append makes to the current state.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    Put(Values),
+    Put(EventValues),
     Delete,
 }
 

@@ -127,7 +127,7 @@ impl Storage for MemoryStorage {
                     req.record.clone(),
                     State {
                         record: req.record.clone(),
-                        values,
+                        values: values.into_values(),
                         version,
                     },
                 );

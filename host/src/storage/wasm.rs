@@ -138,7 +138,7 @@ impl Storage for WasmStorage {
             id: req.id.clone(),
             record: record_to_wit(&req.record),
             values: match &req.change {
-                Change::Put(v) => Some(serde_json::to_string(v).map_err(Error::internal)?),
+                Change::Put(v) => Some(v.to_json_string()),
                 Change::Delete => None,
             },
             expect: match req.expect {
@@ -355,7 +355,7 @@ impl Storage for WasmStorage {
         let req = AppendRequest {
             id: uuid::Uuid::now_v7().to_string(),
             record: group_record(name),
-            change: Change::Put(values),
+            change: Change::Put(values.into()),
             expect: if expected == 0 { crate::model::Expect::Absent } else { crate::model::Expect::Version(expected) },
             kind: crate::model::EventKind::Set,
             method: "consumer-group".into(),

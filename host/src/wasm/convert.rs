@@ -4,7 +4,7 @@
 //! guest that returns text that is not a JSON object fails the call.
 
 use super::bindings::storage::stategate::gateway::types as wt;
-use crate::model::{Claims, Error, Event, EventKind, RecordRef, Result, State, Values};
+use crate::model::{Claims, Error, Event, EventKind, EventValues, RecordRef, Result, State, Values};
 
 pub(crate) fn record_to_wit(r: &RecordRef) -> wt::RecordRef {
     wt::RecordRef {
@@ -52,7 +52,7 @@ pub(crate) fn event_to_wit(e: &Event) -> wt::Event {
         id: e.id.clone(),
         seq: e.seq,
         record: record_to_wit(&e.record),
-        values: e.values.as_ref().map(|v| serde_json::Value::Object(v.clone()).to_string()),
+        values: e.values.as_ref().map(|v| v.to_json_string()),
         claims: serde_json::Value::Object(e.claims.clone()).to_string(),
         time: e.time,
         version: e.version,
@@ -62,14 +62,14 @@ pub(crate) fn event_to_wit(e: &Event) -> wt::Event {
 }
 
 pub(crate) fn event_from_wit(guest: &str, e: wt::Event) -> Result<Event> {
-    let values = e.values.as_deref().map(|v| object(guest, "event values", v)).transpose()?;
+    let values = e.values.as_deref().map(|v| object(guest, "event values", v)).transpose()?.map(Into::into);
     let claims = object(guest, "event claims", &e.claims)?;
     Ok(event_with(e, values, claims))
 }
 
 /// The event `e` describes, with its values and claims already parsed (or
 /// known: an append's own).
-pub(crate) fn event_with(e: wt::Event, values: Option<Values>, claims: Claims) -> Event {
+pub(crate) fn event_with(e: wt::Event, values: Option<EventValues>, claims: Claims) -> Event {
     Event {
         values,
         claims,

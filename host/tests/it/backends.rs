@@ -212,7 +212,7 @@ pub async fn two_clients_share_one_order(a: stategate::storage::DynStorage, b: s
         let s = if i % 2 == 0 { a.clone() } else { b.clone() };
         let r = r.clone();
         tasks.push(tokio::spawn(async move {
-            s.append(crate::storage_conformance::req(&r, Change::Put(values(json!({"n": i}))), Expect::Version(1)))
+            s.append(crate::storage_conformance::req(&r, Change::Put(values(json!({"n": i})).into()), Expect::Version(1)))
                 .await
         }));
     }
@@ -358,7 +358,7 @@ async fn mongo_standalone_repairs_half_done_appends() {
         .unwrap();
     assert_eq!(found.iter().map(|s| s.version).collect::<Vec<_>>(), [2], "the state was repaired");
     // And the record goes on from version 2.
-    let next = s.append(crate::storage_conformance::req(&r, Change::Put(values(json!({"n": 3}))), Expect::Version(2))).await.unwrap();
+    let next = s.append(crate::storage_conformance::req(&r, Change::Put(values(json!({"n": 3})).into()), Expect::Version(2))).await.unwrap();
     assert_eq!(next.event.version, 3);
 }
 

@@ -16,7 +16,7 @@ pub fn event(domain: &str, ty: &str, key: &str, version: u64) -> Event {
         id: uuid::Uuid::new_v4().to_string(),
         seq: version,
         record: RecordRef::parse(domain, ty, key).unwrap(),
-        values: Some(values(json!({"v": version, "nested": {"s": "✓"}}))),
+        values: Some(values(json!({"v": version, "nested": {"s": "✓"}})).into()),
         claims: values(json!({"sub": "tester"})),
         time: stategate::model::now_nanos(),
         version,

@@ -263,7 +263,7 @@ fn event_of(pb: &pb::Event) -> Event {
         id: pb.id.clone(),
         seq: pb.sequence as u64,
         record: RecordRef::parse(&s.domain, &s.r#type, &s.key).unwrap(),
-        values: s.values.as_ref().map(|v| from_struct(v).as_object().unwrap().clone()),
+        values: s.values.as_ref().map(|v| from_struct(v).as_object().unwrap().clone().into()),
         claims: pb.claims.as_ref().map(|c| from_struct(c).as_object().unwrap().clone()).unwrap_or_default(),
         time: pb.time,
         version: pb.version as u64,

@@ -239,7 +239,7 @@ impl Rig {
             domain: self.domain.clone(),
             ty: ty.into(),
             key: key.into(),
-            values: Some(values(json!({"n": n}))),
+            values: Some(values(json!({"n": n})).into()),
             ..Default::default()
         };
         let event = self.gateway.set(Metadata::new(), req).await.expect("set");
@@ -602,7 +602,7 @@ async fn a_long_gap_is_filled_whole() {
                 domain: d.clone(),
                 ty: "a".into(),
                 key: "k".into(),
-                values: Some(values(json!({"n": n}))),
+                values: Some(values(json!({"n": n})).into()),
                 ..Default::default()
             };
             async move { gateway.set(Metadata::new(), req).await.expect("set") }

@@ -139,7 +139,7 @@ proptest! {
     fn event_json_round_trips(d in doc(), version in 1u64..1000, time in 0i64..i64::MAX) {
         let e = stategate::model::Event {
             id: "id".into(), seq: version, record: stategate::model::RecordRef::parse("d", "t", "k").unwrap(),
-            values: Some(d), claims: Map::new(), time, version, kind: stategate::model::EventKind::Edit, method: "m".into(),
+            values: Some(d.into()), claims: Map::new(), time, version, kind: stategate::model::EventKind::Edit, method: "m".into(),
         };
         prop_assert_eq!(stategate::model::json::parse_event(&stategate::model::json::event(&e)).unwrap(), e);
     }
@@ -194,7 +194,7 @@ fn agrees_with_the_reference(
             rt.block_on(async {
                 for (i, d) in docs.iter().enumerate() {
                     let r = stategate::model::RecordRef::parse(&domain, "t", &format!("k{i:02}")).unwrap();
-                    let req = crate::storage_conformance::req(&r, stategate::model::Change::Put(d.clone()), stategate::model::Expect::Any);
+                    let req = crate::storage_conformance::req(&r, stategate::model::Change::Put(d.clone().into()), stategate::model::Expect::Any);
                     sqlite.append(req.clone()).await.unwrap();
                     memory.append(req).await.unwrap();
                 }

@@ -48,7 +48,7 @@ async fn replayed(s: &DynStorage, d: &str, ty: &str, at: u64) -> BTreeMap<String
         after = last.seq;
         for e in page.into_iter().filter(|e| e.seq <= at) {
             match e.values {
-                Some(v) => out.insert(e.record.key.clone(), (e.version, Value::Object(v))),
+                Some(v) => out.insert(e.record.key.clone(), (e.version, Value::Object(v.into_values()))),
                 None => out.remove(&e.record.key),
             };
         }
@@ -105,10 +105,10 @@ pub async fn point_in_time_reads(s: DynStorage) {
     let before = s.head().await.unwrap();
     let mut seqs = vec![];
     for change in [
-        Change::Put(values(json!({"a": 1}))),
-        Change::Put(values(json!({"a": 2}))),
+        Change::Put(values(json!({"a": 1})).into()),
+        Change::Put(values(json!({"a": 2})).into()),
         Change::Delete,
-        Change::Put(values(json!({"a": 3}))),
+        Change::Put(values(json!({"a": 3})).into()),
     ] {
         seqs.push(s.append(req(&r, change, Expect::Any)).await.unwrap().event.seq);
         s.append(put(&other, json!({"a": seqs.len()}))).await.unwrap();
@@ -184,7 +184,7 @@ pub async fn reads_now_are_snapshots(s: DynStorage) {
             tokio::spawn(async move {
                 for i in 0..60 {
                     let r = rec(&d, "t", &format!("k{}", (w * 7 + i) % 10));
-                    let change = if i % 9 == 8 { Change::Delete } else { Change::Put(values(json!({"w": w, "i": i}))) };
+                    let change = if i % 9 == 8 { Change::Delete } else { Change::Put(values(json!({"w": w, "i": i})).into()) };
                     match s.append(req(&r, change, Expect::Any)).await {
                         Ok(_) | Err(Error::NotFound(_)) => {}
                         Err(e) => panic!("append: {e}"),

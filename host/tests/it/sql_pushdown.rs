@@ -220,7 +220,7 @@ fn agrees_with_the_reference(kind: Kind) {
             rt.block_on(async {
                 for (i, v) in docs.iter().enumerate() {
                     let r = RecordRef::parse(&d, "t", &format!("k{i:02}")).unwrap();
-                    both(&stores, req(&r, Change::Put(v.clone()), Expect::Any)).await;
+                    both(&stores, req(&r, Change::Put(v.clone().into()), Expect::Any)).await;
                     // Some records are deleted: gone from state searches,
                     // and their deletion events match as empty documents.
                     if i % 4 == 3 {

@@ -42,7 +42,7 @@ pub fn req(record: &RecordRef, change: Change, expect: Expect) -> AppendRequest 
 }
 
 pub fn put(record: &RecordRef, v: Value) -> AppendRequest {
-    req(record, Change::Put(values(v)), Expect::Any)
+    req(record, Change::Put(values(v).into()), Expect::Any)
 }
 
 fn rec(domain: &str, ty: &str, key: &str) -> RecordRef {
@@ -119,10 +119,10 @@ pub async fn versions_survive_deletion(s: DynStorage) {
     let r = rec(&d, "t", "k");
     let mut seqs = vec![];
     for (i, change) in [
-        Change::Put(values(json!({"a": 1}))),
-        Change::Put(values(json!({"a": 2}))),
+        Change::Put(values(json!({"a": 1})).into()),
+        Change::Put(values(json!({"a": 2})).into()),
         Change::Delete,
-        Change::Put(values(json!({"a": 3}))),
+        Change::Put(values(json!({"a": 3})).into()),
     ]
     .into_iter()
     .enumerate()
@@ -153,18 +153,18 @@ pub async fn expected_versions(s: DynStorage) {
     let d = unique_domain();
     let r = rec(&d, "t", "k");
     let conflict = |res: Result<Appended>| assert!(matches!(res, Err(Error::VersionConflict { .. })), "{res:?}");
-    conflict(s.append(req(&r, Change::Put(values(json!({}))), Expect::Version(1))).await);
-    s.append(req(&r, Change::Put(values(json!({"v": 1}))), Expect::Absent)).await.unwrap();
-    conflict(s.append(req(&r, Change::Put(values(json!({"v": 9}))), Expect::Absent)).await);
-    conflict(s.append(req(&r, Change::Put(values(json!({"v": 9}))), Expect::Version(2))).await);
+    conflict(s.append(req(&r, Change::Put(values(json!({})).into()), Expect::Version(1))).await);
+    s.append(req(&r, Change::Put(values(json!({"v": 1})).into()), Expect::Absent)).await.unwrap();
+    conflict(s.append(req(&r, Change::Put(values(json!({"v": 9})).into()), Expect::Absent)).await);
+    conflict(s.append(req(&r, Change::Put(values(json!({"v": 9})).into()), Expect::Version(2))).await);
     conflict(s.append(req(&r, Change::Delete, Expect::Version(7))).await);
     let got = s.get(&r).await.unwrap().unwrap();
     assert_eq!((got.version, got.values["v"].clone()), (1, json!(1)), "failed writes wrote nothing");
-    let a = s.append(req(&r, Change::Put(values(json!({"v": 2}))), Expect::Version(1))).await.unwrap();
+    let a = s.append(req(&r, Change::Put(values(json!({"v": 2})).into()), Expect::Version(1))).await.unwrap();
     assert_eq!(a.event.version, 2);
     s.append(req(&r, Change::Delete, Expect::Version(2))).await.unwrap();
     // After a delete the record has no state: "absent" holds again.
-    let a = s.append(req(&r, Change::Put(values(json!({"v": 4}))), Expect::Absent)).await.unwrap();
+    let a = s.append(req(&r, Change::Put(values(json!({"v": 4})).into()), Expect::Absent)).await.unwrap();
     assert_eq!(a.event.version, 4);
     let events = s.feed(&FeedQuery { topic: topic(&d), key: None, after_seq: 0, from_time: None, limit: 100 }).await.unwrap();
     assert_eq!(events.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
@@ -177,7 +177,7 @@ pub async fn concurrent_writers_one_winner(s: DynStorage) {
     let writers = (0..16).map(|i| {
         let s = s.clone();
         let r = r.clone();
-        tokio::spawn(async move { s.append(req(&r, Change::Put(values(json!({"n": i}))), Expect::Version(1))).await })
+        tokio::spawn(async move { s.append(req(&r, Change::Put(values(json!({"n": i})).into()), Expect::Version(1))).await })
     });
     let results = futures::future::join_all(writers).await;
     let wins = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();

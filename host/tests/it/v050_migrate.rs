@@ -126,7 +126,7 @@ async fn v050_mongodb_data_is_imported_once_and_completely() {
                 .append(AppendRequest {
                     id: id(i),
                     record: alice.clone(),
-                    change: Change::Put(values),
+                    change: Change::Put(values.into()),
                     expect: if n == 0 { Expect::Absent } else { Expect::Version(1) },
                     kind: EventKind::Set,
                     method: "/stategate.StateService/Set".into(),

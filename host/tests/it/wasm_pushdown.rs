@@ -168,7 +168,7 @@ fn fs_storage_search_agrees_with_the_reference() {
                 for (i, d) in docs.iter().enumerate() {
                     // Two records get a second event, so events outnumber states.
                     let r = RecordRef::parse(&domain, "t", &format!("k{:02}", i % (docs.len().div_ceil(2).max(1) + 1))).unwrap();
-                    let req = crate::storage_conformance::req(&r, stategate::model::Change::Put(d.clone()), stategate::model::Expect::Any);
+                    let req = crate::storage_conformance::req(&r, stategate::model::Change::Put(d.clone().into()), stategate::model::Expect::Any);
                     fs.append(req.clone()).await.unwrap();
                     memory.append(req).await.unwrap();
                 }

@@ -155,7 +155,7 @@ async fn storage(object: &Map<String, Value>, data: &Path, runtime: &WasmRuntime
         .append(crate::model::AppendRequest {
             id: uuid::Uuid::new_v4().to_string(),
             record: sample_record(),
-            change: Change::Put(values()),
+            change: Change::Put(values().into()),
             expect: Expect::Any,
             kind: EventKind::Set,
             method: "/stategate.StateService/Set".into(),
@@ -204,7 +204,7 @@ async fn channel(object: &Map<String, Value>, runtime: &WasmRuntime) -> Result<(
         id: uuid::Uuid::new_v4().to_string(),
         seq: 1,
         record,
-        values: Some(values()),
+        values: Some(values().into()),
         claims: claims(),
         time: crate::model::now_nanos(),
         version: 1,

@@ -123,7 +123,7 @@ mod tests {
             id: "e".into(),
             seq: 1,
             record: RecordRef::parse("d", "t", "k").unwrap(),
-            values: values.map(|v| v.as_object().unwrap().clone()),
+            values: values.map(|v| v.as_object().unwrap().clone().into()),
             claims: claims.as_object().unwrap().clone(),
             time: 1,
             version: 1,

@@ -147,7 +147,7 @@ pub struct FeedQuery {
 /// empty object (see the module comment).
 pub fn event_values(event: &Event) -> &Values {
     static EMPTY: LazyLock<Values> = LazyLock::new(Values::new);
-    event.values.as_ref().unwrap_or(&EMPTY)
+    event.values.as_deref().unwrap_or(&EMPTY)
 }
 
 impl StateQuery {

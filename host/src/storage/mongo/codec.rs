@@ -116,7 +116,7 @@ pub(super) fn event_from_doc(d: &Document) -> Result<Event> {
             key: text("k")?,
         },
         values: match d.get("vals") {
-            Some(Bson::String(s)) => Some(parse_json("values", s)?),
+            Some(Bson::String(s)) => Some(parse_json("values", s)?.into()),
             _ => None,
         },
         claims: parse_json("claims", &text("claims")?)?,
@@ -161,7 +161,7 @@ mod tests {
             id: "id-1".into(),
             seq: 7,
             record: RecordRef::parse("d", "t", "k").unwrap(),
-            values: Some(json!({"n": u64::MAX, "a.b": 1}).as_object().unwrap().clone()),
+            values: Some(json!({"n": u64::MAX, "a.b": 1}).as_object().unwrap().clone().into()),
             claims: json!({"sub": "x"}).as_object().unwrap().clone(),
             time: 123,
             version: 3,

@@ -350,7 +350,7 @@ impl Storage for MongoStorage {
             return Ok(self.latest_event(record).await?.and_then(|e| {
                 e.values.map(|values| State {
                     record: e.record,
-                    values,
+                    values: values.into_values(),
                     version: e.version,
                 })
             }));

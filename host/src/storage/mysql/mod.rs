@@ -279,7 +279,8 @@ fn event_from_row(row: &MySqlRow) -> std::result::Result<Event, sqlx::Error> {
             .try_get_unchecked::<Option<String>, _>(9)?
             .map(|t| parse_values(NAME, &t))
             .transpose()
-            .map_err(decode_error)?,
+            .map_err(decode_error)?
+            .map(Into::into),
         claims: parse_values(NAME, &text(row, 10)?).map_err(decode_error)?,
     })
 }
@@ -372,7 +373,7 @@ impl Storage for MysqlStorage {
 
     async fn append(&self, req: AppendRequest) -> Result<Appended> {
         let vals = match &req.change {
-            Change::Put(v) => Some(serde_json::to_string(v).map_err(Error::internal)?),
+            Change::Put(v) => Some(v.to_json_string()),
             Change::Delete => None,
         };
         let claims = serde_json::to_string(&req.claims).map_err(Error::internal)?;

@@ -264,7 +264,7 @@ fn event_from_row(row: &PgRow) -> std::result::Result<Event, sqlx::Error> {
         kind: EventKind::parse(kind).ok_or_else(|| decode_error(corrupt(NAME, format!("event kind {kind:?}"))))?,
         method: row.try_get(7)?,
         time: row.try_get(8)?,
-        values: row.try_get::<Option<&str>, _>(9)?.map(|t| parse_values(NAME, t)).transpose().map_err(decode_error)?,
+        values: row.try_get::<Option<&str>, _>(9)?.map(|t| parse_values(NAME, t)).transpose().map_err(decode_error)?.map(Into::into),
         claims: parse_values(NAME, row.try_get(10)?).map_err(decode_error)?,
     })
 }
@@ -295,7 +295,7 @@ impl Storage for PostgresStorage {
         }
         // Serialized here, in parallel on the callers' tasks.
         let vals = match &req.change {
-            Change::Put(v) => Some(serde_json::to_string(v).map_err(Error::internal)?),
+            Change::Put(v) => Some(v.to_json_string()),
             Change::Delete => None,
         };
         let claims = serde_json::to_string(&req.claims).map_err(Error::internal)?;

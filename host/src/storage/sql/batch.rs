@@ -174,7 +174,7 @@ mod tests {
     }
 
     fn put(key: &str, expect: Expect) -> AppendRequest {
-        req(key, Change::Put(json!({"a": 1}).as_object().unwrap().clone()), expect)
+        req(key, Change::Put(json!({"a": 1}).as_object().unwrap().clone().into()), expect)
     }
 
     fn versions(p: &Plan) -> Vec<String> {

@@ -729,7 +729,7 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
         time: row.get(8)?,
         values: match row.get_ref(9)? {
             rusqlite::types::ValueRef::Null => None,
-            _ => Some(json_column(row, 9)?),
+            _ => Some(json_column(row, 9)?.into()),
         },
         claims: json_column(row, 10)?,
     })
@@ -749,7 +749,7 @@ impl Storage for SqliteStorage {
         // Serialized here, in parallel on the callers' tasks, so the one
         // writer thread only runs SQL.
         let vals = match &req.change {
-            Change::Put(v) => Some(serde_json::to_string(v).map_err(Error::internal)?),
+            Change::Put(v) => Some(v.to_json_string()),
             Change::Delete => None,
         };
         let claims = serde_json::to_string(&req.claims).map_err(Error::internal)?;
@@ -998,7 +998,7 @@ mod tests {
         AppendRequest {
             id,
             record: RecordRef { domain: "d".into(), ty: ty.into(), key },
-            change: Change::Put(values),
+            change: Change::Put(values.into()),
             expect: Expect::Any,
             kind: EventKind::Set,
             method: "test".into(),
