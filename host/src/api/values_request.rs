@@ -261,17 +261,73 @@ struct Reading {
 
 /// Writes a `Struct`'s fields as a JSON object, keys sorted. A key given
 /// twice goes to prost, which keeps the last and still decodes the others.
-fn object(mut buf: &[u8], depth: usize, reading: &mut Reading, out: &mut Vec<u8>) -> Option<()> {
+fn object(buf: &[u8], depth: usize, reading: &mut Reading, out: &mut Vec<u8>) -> Option<()> {
     if depth > FAST_DEPTH {
         return None;
     }
-    let mut entries: Vec<(&str, Option<&[u8]>)> = Vec::new();
-    let mut sorted = true;
-    while !buf.is_empty() {
-        if key(&mut buf)? != (1, LEN) {
+    // A map whose keys come in order (prost's `BTreeMap` writes them so)
+    // is written as it comes; only one out of order is gathered and sorted
+    // first. Finding which takes a look at the keys alone.
+    let mut last: Option<&str> = None;
+    let mut keys = Entries(buf);
+    while let Some((name, _)) = keys.next()? {
+        let name = name.unwrap_or("");
+        if last.is_some_and(|last| last >= name) {
+            return object_sorted(buf, depth, reading, out);
+        }
+        last = Some(name);
+    }
+    out.push(b'{');
+    let mut entries = Entries(buf);
+    let mut first = true;
+    while let Some(raw) = entries.next()? {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        let (name, value) = with_defaults(raw, reading);
+        entry(name, value, depth, reading, out)?;
+    }
+    out.push(b'}');
+    Some(())
+}
+
+/// `object` for a map whose keys come out of order.
+fn object_sorted(buf: &[u8], depth: usize, reading: &mut Reading, out: &mut Vec<u8>) -> Option<()> {
+    let mut entries = Entries(buf);
+    let mut all = Vec::new();
+    while let Some(raw) = entries.next()? {
+        all.push(with_defaults(raw, reading));
+    }
+    all.sort_unstable_by_key(|(name, _)| *name);
+    if all.windows(2).any(|pair| pair[0].0 == pair[1].0) {
+        return None;
+    }
+    out.push(b'{');
+    for (i, (name, value)) in all.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        entry(name, value, depth, reading, out)?;
+    }
+    out.push(b'}');
+    Some(())
+}
+
+/// A map's entries as they come: `Ok(None)` at the end; `None` (as the
+/// reader's other functions) for anything but the plain encoding.
+struct Entries<'a>(&'a [u8]);
+
+impl<'a> Entries<'a> {
+    #[allow(clippy::option_option, reason = "None: not plain, ask prost; Some(None): the end")]
+    fn next(&mut self) -> Option<Option<RawEntry<'a>>> {
+        if self.0.is_empty() {
+            return Some(None);
+        }
+        if key(&mut self.0)? != (1, LEN) {
             return None;
         }
-        let mut entry = delimited(&mut buf)?;
+        let mut entry = delimited(&mut self.0)?;
         let (mut name, mut value) = (None, None);
         while !entry.is_empty() {
             match key(&mut entry)? {
@@ -280,36 +336,47 @@ fn object(mut buf: &[u8], depth: usize, reading: &mut Reading, out: &mut Vec<u8>
                 _ => return None,
             }
         }
-        // A missing key is "" and a missing value an empty `Value` (null),
-        // as prost's map decoding has them.
-        reading.canonical &= name.is_some() && value.is_some();
-        let name = name.unwrap_or("");
-        sorted &= entries.last().is_none_or(|(last, _)| *last < name);
-        entries.push((name, value));
+        Some(Some((name, value)))
     }
-    if !sorted {
-        entries.sort_unstable_by_key(|(name, _)| *name);
-        if entries.windows(2).any(|pair| pair[0].0 == pair[1].0) {
-            return None;
+}
+
+/// An entry's key and value, either of which the encoding may leave out.
+type RawEntry<'a> = (Option<&'a str>, Option<&'a [u8]>);
+
+/// An entry with prost's defaults for what it left out: a missing key is
+/// "" and a missing value an empty `Value` (null). Leaving either out is
+/// not how the gateway's encoder writes it back.
+fn with_defaults<'a>((name, value): RawEntry<'a>, reading: &mut Reading) -> (&'a str, Option<&'a [u8]>) {
+    reading.canonical &= name.is_some() && value.is_some();
+    (name.unwrap_or(""), value)
+}
+
+/// One `"key":value` of an object.
+fn entry(name: &str, value: Option<&[u8]>, depth: usize, reading: &mut Reading, out: &mut Vec<u8>) -> Option<()> {
+    string(name, out);
+    out.push(b':');
+    match value {
+        Some(v) => self::value(v, depth, reading, out),
+        None => {
+            spend(reading)?;
+            out.extend_from_slice(b"null");
+            Some(())
         }
     }
-    out.push(b'{');
-    for (i, (name, value)) in entries.into_iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        serde_json::to_writer(&mut *out, name).ok()?;
-        out.push(b':');
-        match value {
-            Some(v) => self::value(v, depth, reading, out)?,
-            None => {
-                spend(reading)?;
-                out.extend_from_slice(b"null");
-            }
-        }
+}
+
+/// A JSON string as serde writes it: `"`, `\\` and the control characters
+/// escaped, everything else as it is (serde's own writer for a string that
+/// has any of those).
+fn string(s: &str, out: &mut Vec<u8>) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("writing to a Vec does not fail");
     }
-    out.push(b'}');
-    Some(())
 }
 
 fn value(mut buf: &[u8], depth: usize, reading: &mut Reading, out: &mut Vec<u8>) -> Option<()> {
@@ -333,7 +400,7 @@ fn value(mut buf: &[u8], depth: usize, reading: &mut Reading, out: &mut Vec<u8>)
             // Written as serde writes the number `struct_to_json` makes.
             serde_json::to_writer(&mut *out, &convert::number("", n).ok()?).ok()?;
         }
-        (3, LEN) => serde_json::to_writer(&mut *out, std::str::from_utf8(delimited(&mut buf)?).ok()?).ok()?,
+        (3, LEN) => string(std::str::from_utf8(delimited(&mut buf)?).ok()?, out),
         (4, VARINT) => {
             let b = varint(&mut buf)?;
             reading.canonical &= b <= 1;
@@ -594,6 +661,15 @@ mod tests {
             object(payload, 0, &mut reading, &mut text).expect("plain encoding takes the fast path");
             assert_eq!(String::from_utf8(text).unwrap(), r#"{"a":"x","b":2}"#);
             assert!(reading.canonical, "a map in any order is canonical");
+        }
+    }
+
+    #[test]
+    fn strings_are_written_as_serde_writes_them() {
+        for s in ["", "plain", "é ✓ 𝄞", "a\"b", "back\\slash", "\u{0}\u{1f}\n\t", "del\u{7f}", "</script>"] {
+            let mut out = Vec::new();
+            string(s, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(s).unwrap(), "{s:?}");
         }
     }
 
