@@ -68,7 +68,7 @@ impl EventValues {
     pub fn into_values(self) -> Values {
         match Arc::try_unwrap(self.0) {
             Ok(Held::Map(map)) => map,
-            Ok(held @ Held::Text { .. }) => EventValues(Arc::new(held)).deref().clone(),
+            Ok(Held::Text { text, map }) => map.into_inner().unwrap_or_else(|| parse(&text)),
             Err(shared) => EventValues(shared).deref().clone(),
         }
     }
@@ -80,9 +80,7 @@ impl Deref for EventValues {
     fn deref(&self) -> &Values {
         match &*self.0 {
             Held::Map(map) => map,
-            Held::Text { text, map } => map.get_or_init(|| {
-                serde_json::from_str(text).expect("EventValues text is a JSON object (the module's invariant)")
-            }),
+            Held::Text { text, map } => map.get_or_init(|| parse(text)),
         }
     }
 }
@@ -92,6 +90,11 @@ impl Default for EventValues {
     fn default() -> EventValues {
         EventValues::from(Values::new())
     }
+}
+
+/// Text held by an `EventValues` as its map; cannot fail (the module's invariant).
+fn parse(text: &str) -> Values {
+    serde_json::from_str(text).expect("EventValues text is a JSON object (the module's invariant)")
 }
 
 impl From<Values> for EventValues {

@@ -69,8 +69,6 @@ pub(super) struct Writer<'c> {
     idempotency_get: Statement<'c>,
     event_at_seq: Statement<'c>,
     state_get: Statement<'c>,
-    event_insert: Statement<'c>,
-    state_upsert: Statement<'c>,
     idempotency_put: Statement<'c>,
     /// `event_rows[k]` writes 2^k events; `None` until a batch needs it.
     event_rows: [Option<Statement<'c>>; ROW_SIZES],
@@ -129,6 +127,13 @@ fn held_rows<'c, 'h>(
         *slot = Some(conn.prepare(&sql.sql(rows))?);
     }
     Ok(slot.as_mut().expect("prepared above"))
+}
+
+/// The held statements of one `RowsSql` with the one-row statement prepared.
+fn held_one<'c>(conn: &'c Connection, sql: &RowsSql) -> rusqlite::Result<[Option<Statement<'c>>; ROW_SIZES]> {
+    let mut held = [const { None }; ROW_SIZES];
+    held[0] = Some(conn.prepare(&sql.sql(1))?);
+    Ok(held)
 }
 
 /// How many of `remaining` rows the next statement writes: the most a
@@ -216,12 +221,12 @@ impl<'c> Writer<'c> {
             idempotency_get: conn.prepare("SELECT fingerprint, event_seq FROM idempotency WHERE key = ?1")?,
             event_at_seq: conn.prepare(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"))?,
             state_get: conn.prepare("SELECT version, vals IS NOT NULL FROM states WHERE domain = ?1 AND type = ?2 AND key = ?3")?,
-            event_insert: conn.prepare(&EVENT_ROWS.sql(1))?,
-            state_upsert: conn.prepare(&STATE_ROWS.sql(1))?,
             idempotency_put: conn
                 .prepare("INSERT OR REPLACE INTO idempotency (key, fingerprint, event_seq) VALUES (?1, ?2, ?3)")?,
-            event_rows: [const { None }; ROW_SIZES],
-            state_rows: [const { None }; ROW_SIZES],
+            // The one-row statements now, so that a connection that
+            // cannot prepare them fails here; the others on first use.
+            event_rows: held_one(conn, &EVENT_ROWS)?,
+            state_rows: held_one(conn, &STATE_ROWS)?,
             versions: Versions::new(),
         })
     }
@@ -479,11 +484,13 @@ fn append_one(s: &mut Writer<'_>, job: &Job) -> std::result::Result<Written, Fai
         Checked::Write { version, existed } => (version, existed),
     };
     let e = |e: rusqlite::Error| Failed::Writing(db_error(&e));
-    bind_event(&mut s.event_insert, 0, job, version).map_err(e)?;
-    s.event_insert.raw_execute().map_err(e)?;
+    let insert = s.event_rows(1).map_err(e)?;
+    bind_event(insert, 0, job, version).map_err(e)?;
+    insert.raw_execute().map_err(e)?;
     let seq = s.conn.last_insert_rowid() as u64;
-    bind_state(&mut s.state_upsert, 0, job, version).map_err(e)?;
-    s.state_upsert.raw_execute().map_err(e)?;
+    let upsert = s.state_rows(1).map_err(e)?;
+    bind_state(upsert, 0, job, version).map_err(e)?;
+    upsert.raw_execute().map_err(e)?;
     if let Some(idem) = &job.req.idempotency {
         s.idempotency_put.execute(params![idem.key, idem.fingerprint, seq]).map_err(e)?;
     }
