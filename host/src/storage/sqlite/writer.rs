@@ -59,7 +59,6 @@ pub(super) enum Work {
 /// The writer's connection's state: every statement it runs, prepared once,
 /// and the versions it remembers.
 pub(super) struct Writer<'c> {
-    conn: &'c Connection,
     begin: Statement<'c>,
     commit: Statement<'c>,
     rollback: Statement<'c>,
@@ -70,9 +69,8 @@ pub(super) struct Writer<'c> {
     event_at_seq: Statement<'c>,
     state_get: Statement<'c>,
     idempotency_put: Statement<'c>,
-    /// `event_rows[k]` writes 2^k events; `None` until a batch needs it.
-    event_rows: [Option<Statement<'c>>; ROW_SIZES],
-    state_rows: [Option<Statement<'c>>; ROW_SIZES],
+    events: RowWriter<'c>,
+    states: RowWriter<'c>,
     versions: Versions,
 }
 
@@ -81,7 +79,8 @@ const MAX_ROWS: usize = 64;
 /// Statements of 1, 2, 4, ... `MAX_ROWS` rows.
 const ROW_SIZES: usize = MAX_ROWS.trailing_zeros() as usize + 1;
 
-/// An `INSERT` of any number of rows: its head, its columns per row, what follows the rows.
+/// An `INSERT` of any number of rows: its head, its columns per row, what
+/// follows the rows, and how an append binds its row.
 ///
 /// `OR FAIL`: a statement that fails keeps the rows it wrote before, where
 /// the default (`ABORT`) takes them back, for which sqlite copies every
@@ -94,6 +93,9 @@ struct RowsSql {
     head: &'static str,
     columns: usize,
     tail: &'static str,
+    /// Binds an append's row, as this version of its record, after the
+    /// statement's first `before` parameters.
+    bind: fn(stmt: &mut Statement<'_>, before: usize, job: &Job, version: u64) -> rusqlite::Result<()>,
 }
 
 impl RowsSql {
@@ -107,33 +109,60 @@ const EVENT_ROWS: RowsSql = RowsSql {
     head: "INSERT OR FAIL INTO events (id, domain, type, key, version, kind, method, time, vals, claims)",
     columns: 10,
     tail: "",
+    bind: bind_event,
 };
 
 const STATE_ROWS: RowsSql = RowsSql {
     head: "INSERT OR FAIL INTO states (domain, type, key, version, vals)",
     columns: 5,
     tail: " ON CONFLICT (domain, type, key) DO UPDATE SET version = excluded.version, vals = excluded.vals",
+    bind: bind_state,
 };
 
-fn held_rows<'c, 'h>(
+/// One table's statements of 1, 2, 4, ... `MAX_ROWS` rows: the one-row
+/// statement prepared at start (a connection that cannot prepare it fails
+/// there), the others on first use, all held.
+struct RowWriter<'c> {
     conn: &'c Connection,
-    held: &'h mut [Option<Statement<'c>>; ROW_SIZES],
-    sql: &RowsSql,
-    rows: usize,
-) -> rusqlite::Result<&'h mut Statement<'c>> {
-    debug_assert!(rows.is_power_of_two() && rows <= MAX_ROWS, "{rows} rows");
-    let slot = &mut held[rows.trailing_zeros() as usize];
-    if slot.is_none() {
-        *slot = Some(conn.prepare(&sql.sql(rows))?);
-    }
-    Ok(slot.as_mut().expect("prepared above"))
+    sql: &'static RowsSql,
+    /// `held[k]` writes 2^k rows.
+    held: [Option<Statement<'c>>; ROW_SIZES],
 }
 
-/// The held statements of one `RowsSql` with the one-row statement prepared.
-fn held_one<'c>(conn: &'c Connection, sql: &RowsSql) -> rusqlite::Result<[Option<Statement<'c>>; ROW_SIZES]> {
-    let mut held = [const { None }; ROW_SIZES];
-    held[0] = Some(conn.prepare(&sql.sql(1))?);
-    Ok(held)
+impl<'c> RowWriter<'c> {
+    fn prepare(conn: &'c Connection, sql: &'static RowsSql) -> rusqlite::Result<Self> {
+        let mut held = [const { None }; ROW_SIZES];
+        held[0] = Some(conn.prepare(&sql.sql(1))?);
+        Ok(RowWriter { conn, sql, held })
+    }
+
+    /// Writes `rows` (an append's place in `jobs`, and its version) in
+    /// their order, with one statement per bit of their count; `written`
+    /// hears each statement's rows and the rowid of its last row.
+    fn write(
+        &mut self,
+        jobs: &[Job],
+        rows: &[(usize, u64)],
+        mut written: impl FnMut(&[(usize, u64)], i64),
+    ) -> rusqlite::Result<()> {
+        let (bind, columns) = (self.sql.bind, self.sql.columns);
+        let mut done = 0;
+        while done < rows.len() {
+            let chunk = &rows[done..done + next_rows(rows.len() - done)];
+            let slot = &mut self.held[chunk.len().trailing_zeros() as usize];
+            if slot.is_none() {
+                *slot = Some(self.conn.prepare(&self.sql.sql(chunk.len()))?);
+            }
+            let stmt = slot.as_mut().expect("prepared above");
+            for (k, &(at, version)) in chunk.iter().enumerate() {
+                bind(stmt, k * columns, &jobs[at], version)?;
+            }
+            stmt.raw_execute()?;
+            written(chunk, self.conn.last_insert_rowid());
+            done += chunk.len();
+        }
+        Ok(())
+    }
 }
 
 /// How many of `remaining` rows the next statement writes: the most a
@@ -211,7 +240,6 @@ pub(super) fn widen_lookaside(conn: &Connection) {
 impl<'c> Writer<'c> {
     pub(super) fn prepare(conn: &'c Connection) -> rusqlite::Result<Self> {
         Ok(Writer {
-            conn,
             begin: conn.prepare("BEGIN IMMEDIATE")?,
             commit: conn.prepare("COMMIT")?,
             rollback: conn.prepare("ROLLBACK")?,
@@ -223,23 +251,10 @@ impl<'c> Writer<'c> {
             state_get: conn.prepare("SELECT version, vals IS NOT NULL FROM states WHERE domain = ?1 AND type = ?2 AND key = ?3")?,
             idempotency_put: conn
                 .prepare("INSERT OR REPLACE INTO idempotency (key, fingerprint, event_seq) VALUES (?1, ?2, ?3)")?,
-            // The one-row statements now, so that a connection that
-            // cannot prepare them fails here; the others on first use.
-            event_rows: held_one(conn, &EVENT_ROWS)?,
-            state_rows: held_one(conn, &STATE_ROWS)?,
+            events: RowWriter::prepare(conn, &EVENT_ROWS)?,
+            states: RowWriter::prepare(conn, &STATE_ROWS)?,
             versions: Versions::new(),
         })
-    }
-
-    /// The statement writing `rows` events at once (a power of two up to
-    /// `MAX_ROWS`), prepared on first use and held.
-    fn event_rows(&mut self, rows: usize) -> rusqlite::Result<&mut Statement<'c>> {
-        held_rows(self.conn, &mut self.event_rows, &EVENT_ROWS, rows)
-    }
-
-    /// The statement writing `rows` states at once, as `event_rows`.
-    fn state_rows(&mut self, rows: usize) -> rusqlite::Result<&mut Statement<'c>> {
-        held_rows(self.conn, &mut self.state_rows, &STATE_ROWS, rows)
     }
 
     /// Ends a transaction that failed; its own failure changes nothing for
@@ -411,7 +426,10 @@ fn commit_without_savepoints(s: &mut Writer<'_>, jobs: &[Job]) -> Option<Vec<Res
         let outcome = if job.req.idempotency.is_some() {
             write_pending(s, jobs, &mut pending, &mut results).and_then(|()| append_one(s, job))
         } else {
-            check(s, job, &pending.last).map(|checked| pending.add(s, i, job, checked))
+            check(s, job, &pending.last).map(|checked| match checked {
+                Checked::Replayed(first) => Written::Replayed(first),
+                Checked::Write { version, existed } => pending.add(s, i, job, version, existed),
+            })
         };
         match outcome {
             Ok(out) => results.push(Ok(out)),
@@ -484,13 +502,10 @@ fn append_one(s: &mut Writer<'_>, job: &Job) -> std::result::Result<Written, Fai
         Checked::Write { version, existed } => (version, existed),
     };
     let e = |e: rusqlite::Error| Failed::Writing(db_error(&e));
-    let insert = s.event_rows(1).map_err(e)?;
-    bind_event(insert, 0, job, version).map_err(e)?;
-    insert.raw_execute().map_err(e)?;
-    let seq = s.conn.last_insert_rowid() as u64;
-    let upsert = s.state_rows(1).map_err(e)?;
-    bind_state(upsert, 0, job, version).map_err(e)?;
-    upsert.raw_execute().map_err(e)?;
+    let (one, row) = (std::slice::from_ref(job), [(0, version)]);
+    let mut seq = 0;
+    s.events.write(one, &row, |_, last| seq = last as u64).map_err(e)?;
+    s.states.write(one, &row, |_, _| {}).map_err(e)?;
     if let Some(idem) = &job.req.idempotency {
         s.idempotency_put.execute(params![idem.key, idem.fingerprint, seq]).map_err(e)?;
     }
@@ -581,17 +596,12 @@ struct Last {
 impl<'j> Pending<'j> {
     /// Holds a checked append to be written; it answers `Written::New`
     /// with its seq still to come (`write_pending`).
-    fn add(&mut self, s: &mut Writer<'_>, at: usize, job: &'j Job, checked: Checked) -> Written {
-        match checked {
-            Checked::Replayed(first) => Written::Replayed(first),
-            Checked::Write { version, existed } => {
-                let live = job.vals.is_some();
-                self.last.insert(&job.req.record, Last { version, live, row: self.rows.len() });
-                self.rows.push((at, version));
-                s.remember(job, version, existed);
-                Written::New { seq: 0, version }
-            }
-        }
+    fn add(&mut self, s: &mut Writer<'_>, at: usize, job: &'j Job, version: u64, existed: bool) -> Written {
+        let live = job.vals.is_some();
+        self.last.insert(&job.req.record, Last { version, live, row: self.rows.len() });
+        self.rows.push((at, version));
+        s.remember(job, version, existed);
+        Written::New { seq: 0, version }
     }
 }
 
@@ -607,40 +617,24 @@ fn write_pending(
 ) -> std::result::Result<(), Failed> {
     let e = |e: rusqlite::Error| Failed::Writing(db_error(&e));
     let rows = &pending.rows;
-    let mut done = 0;
-    while done < rows.len() {
-        let chunk = &rows[done..done + next_rows(rows.len() - done)];
-        let stmt = s.event_rows(chunk.len()).map_err(e)?;
-        for (k, &(at, version)) in chunk.iter().enumerate() {
-            bind_event(stmt, k * EVENT_ROWS.columns, &jobs[at], version).map_err(e)?;
-        }
-        stmt.raw_execute().map_err(e)?;
-        let last = s.conn.last_insert_rowid() as u64;
-        for (k, &(at, _)) in chunk.iter().enumerate() {
-            if let Ok(Written::New { seq, .. }) = &mut results[at] {
-                *seq = last - (chunk.len() - 1 - k) as u64;
+    s.events
+        .write(jobs, rows, |chunk, last| {
+            for (k, &(at, _)) in chunk.iter().enumerate() {
+                if let Ok(Written::New { seq, .. }) = &mut results[at] {
+                    *seq = (last - (chunk.len() - 1 - k) as i64) as u64;
+                }
             }
-        }
-        done += chunk.len();
-    }
+        })
+        .map_err(e)?;
     let mut states: Vec<(usize, u64)> = pending.last.values().map(|last| rows[last.row]).collect();
     states.sort_unstable();
-    let mut done = 0;
-    while done < states.len() {
-        let chunk = &states[done..done + next_rows(states.len() - done)];
-        let stmt = s.state_rows(chunk.len()).map_err(e)?;
-        for (k, &(at, version)) in chunk.iter().enumerate() {
-            bind_state(stmt, k * STATE_ROWS.columns, &jobs[at], version).map_err(e)?;
-        }
-        stmt.raw_execute().map_err(e)?;
-        done += chunk.len();
-    }
+    s.states.write(jobs, &states, |_, _| {}).map_err(e)?;
     pending.rows.clear();
     pending.last.clear();
     Ok(())
 }
 
-/// Binds an append's event row after the first `before` parameters.
+/// `RowsSql::bind` of an event row.
 fn bind_event(stmt: &mut Statement<'_>, before: usize, job: &Job, version: u64) -> rusqlite::Result<()> {
     let (req, r) = (&job.req, &job.req.record);
     stmt.raw_bind_parameter(before + 1, &req.id)?;
@@ -655,7 +649,7 @@ fn bind_event(stmt: &mut Statement<'_>, before: usize, job: &Job, version: u64) 
     stmt.raw_bind_parameter(before + 10, &job.claims)
 }
 
-/// Binds an append's state row after the first `before` parameters.
+/// `RowsSql::bind` of a state row.
 fn bind_state(stmt: &mut Statement<'_>, before: usize, job: &Job, version: u64) -> rusqlite::Result<()> {
     let r = &job.req.record;
     stmt.raw_bind_parameter(before + 1, &r.domain)?;
