@@ -413,7 +413,7 @@ fn varint(out: &mut Vec<u8>, n: usize) {
 /// a quote, a backslash or a control character (`bytes.len()`: none).
 /// Eight bytes at a time: the strings of records are mostly short, where
 /// a vectorized search's setup costs more than it saves.
-fn special_byte(bytes: &[u8], mut at: usize) -> usize {
+pub(super) fn special_byte(bytes: &[u8], mut at: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // The high bit of each byte that is zero in `v` (the lowest one set is

@@ -385,33 +385,12 @@ fn string_bytes(bytes: &[u8], out: &mut Vec<u8>) -> Option<()> {
     Some(())
 }
 
-/// Whether every byte is printable ASCII other than `"` and `\\`, looked
-/// at eight at a time: a byte-by-byte look cost 8 instructions a byte,
-/// 3.2k of a `Set` (callgrind, BENCHMARKS.md session 22).
+/// Whether every byte is printable ASCII other than `"` and `\\`: written
+/// as it is, it is valid UTF-8 and what serde writes. Both checks go eight
+/// bytes at a time; a byte-by-byte look cost 8 instructions a byte, 3.2k of
+/// a `Set` (callgrind, BENCHMARKS.md session 22).
 fn plain(bytes: &[u8]) -> bool {
-    const LANES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    /// Whether any byte of `w` is one to escape or check: its high bit is
-    /// set (not ASCII); or, all of them being ASCII, it is below a space,
-    /// a `"` or a `\\` (`(v - n) & !v & HIGH` is non-zero exactly when some
-    /// byte of `v` is below `n`, for bytes below 0x80: the classic test for
-    /// a zero byte, with `n` = 1 after an exclusive-or with the byte sought).
-    fn flagged(w: u64) -> bool {
-        let below = |v: u64, n: u64| v.wrapping_sub(LANES * n) & !v;
-        let (quote, backslash) = (w ^ (LANES * u64::from(b'"')), w ^ (LANES * u64::from(b'\\')));
-        (w | below(w, 0x20) | below(quote, 1) | below(backslash, 1)) & HIGH != 0
-    }
-    let mut words = bytes.chunks_exact(8);
-    for word in &mut words {
-        if flagged(u64::from_le_bytes(word.try_into().expect("chunks of 8"))) {
-            return false;
-        }
-    }
-    // The last few bytes, padded with a letter to a word.
-    let rest = words.remainder();
-    let mut last = [b'a'; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    !flagged(u64::from_le_bytes(last))
+    bytes.is_ascii() && super::transcode::special_byte(bytes, 0) == bytes.len()
 }
 
 /// A JSON string as serde writes it: `"`, `\\` and the control characters
