@@ -412,7 +412,8 @@ fn varint(out: &mut Vec<u8>, n: usize) {
 /// The index of the first byte from `at` that ends a string's plain run:
 /// a quote, a backslash or a control character (`bytes.len()`: none).
 /// Eight bytes at a time: the strings of records are mostly short, where
-/// a vectorized search's setup costs more than it saves.
+/// a vectorized search's setup costs more than it saves. The values reader
+/// (`values_request::plain`) asks it too, of keys and strings sent to it.
 pub(super) fn special_byte(bytes: &[u8], mut at: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
