@@ -269,61 +269,64 @@ fn object(buf: &[u8], depth: usize, reading: &mut Reading, out: &mut Vec<u8>) ->
     // is written as it comes; only one out of order is gathered and sorted
     // first. Finding which takes a look at the keys alone.
     let mut last: Option<&[u8]> = None;
-    let mut keys = Entries(buf);
-    while let Some((name, _)) = keys.next()? {
-        let name = name.unwrap_or(b"");
+    for raw in Entries(buf) {
+        let name = raw?.0.unwrap_or(b"");
         if last.is_some_and(|last| last >= name) {
             return object_sorted(buf, depth, reading, out);
         }
         last = Some(name);
     }
-    out.push(b'{');
-    let mut entries = Entries(buf);
-    let mut first = true;
-    while let Some(raw) = entries.next()? {
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        let (name, value) = with_defaults(raw, reading);
-        entry(name, value, depth, reading, out)?;
-    }
-    out.push(b'}');
-    Some(())
+    members(Entries(buf), depth, reading, out)
 }
 
 /// `object` for a map whose keys come out of order.
 fn object_sorted(buf: &[u8], depth: usize, reading: &mut Reading, out: &mut Vec<u8>) -> Option<()> {
-    let mut entries = Entries(buf);
-    let mut all = Vec::new();
-    while let Some(raw) = entries.next()? {
-        all.push(with_defaults(raw, reading));
-    }
-    all.sort_unstable_by_key(|(name, _)| *name);
-    if all.windows(2).any(|pair| pair[0].0 == pair[1].0) {
+    let mut all = Entries(buf).collect::<Option<Vec<RawEntry<'_>>>>()?;
+    all.sort_unstable_by_key(|(name, _)| name.unwrap_or(b""));
+    if all.windows(2).any(|pair| pair[0].0.unwrap_or(b"") == pair[1].0.unwrap_or(b"")) {
         return None;
     }
+    members(all.into_iter().map(Some), depth, reading, out)
+}
+
+/// Writes an object's members in the order given; an entry `None` (not
+/// the plain encoding) stops it.
+fn members<'a>(
+    entries: impl Iterator<Item = Option<RawEntry<'a>>>,
+    depth: usize,
+    reading: &mut Reading,
+    out: &mut Vec<u8>,
+) -> Option<()> {
     out.push(b'{');
-    for (i, (name, value)) in all.into_iter().enumerate() {
+    for (i, raw) in entries.enumerate() {
         if i > 0 {
             out.push(b',');
         }
+        let (name, value) = with_defaults(raw?, reading);
         entry(name, value, depth, reading, out)?;
     }
     out.push(b'}');
     Some(())
 }
 
-/// A map's entries as they come: `Ok(None)` at the end; `None` (as the
-/// reader's other functions) for anything but the plain encoding.
+/// A map's entries as they come; an entry `None` (as the reader's other
+/// functions) for anything but the plain encoding.
 struct Entries<'a>(&'a [u8]);
 
-impl<'a> Entries<'a> {
-    #[allow(clippy::option_option, reason = "None: not plain, ask prost; Some(None): the end")]
+impl<'a> Iterator for Entries<'a> {
+    type Item = Option<RawEntry<'a>>;
+
     fn next(&mut self) -> Option<Option<RawEntry<'a>>> {
         if self.0.is_empty() {
-            return Some(None);
+            return None;
         }
+        Some(self.entry())
+    }
+}
+
+impl<'a> Entries<'a> {
+    /// The next entry, which is there.
+    fn entry(&mut self) -> Option<RawEntry<'a>> {
         if key(&mut self.0)? != (1, LEN) {
             return None;
         }
@@ -336,7 +339,7 @@ impl<'a> Entries<'a> {
                 _ => return None,
             }
         }
-        Some(Some((name, value)))
+        Some((name, value))
     }
 }
 
@@ -375,10 +378,7 @@ fn entry(name: &[u8], value: Option<&[u8]>, depth: usize, reading: &mut Reading,
 /// 129.7k instructions (callgrind, BENCHMARKS.md session 22).
 fn string_bytes(bytes: &[u8], out: &mut Vec<u8>) -> Option<()> {
     if plain(bytes) {
-        out.reserve(bytes.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(bytes);
-        out.push(b'"');
+        quoted(bytes, out);
     } else {
         string(std::str::from_utf8(bytes).ok()?, out);
     }
@@ -390,18 +390,29 @@ fn string_bytes(bytes: &[u8], out: &mut Vec<u8>) -> Option<()> {
 /// bytes at a time; a byte-by-byte look cost 8 instructions a byte, 3.2k of
 /// a `Set` (callgrind, BENCHMARKS.md session 22).
 fn plain(bytes: &[u8]) -> bool {
-    bytes.is_ascii() && super::transcode::special_byte(bytes, 0) == bytes.len()
+    bytes.is_ascii() && nothing_to_escape(bytes)
+}
+
+/// Whether JSON needs none of these bytes escaped: no `"`, `\\` or control
+/// character (`transcode::special_byte`, the transcoder's look for one).
+fn nothing_to_escape(bytes: &[u8]) -> bool {
+    super::transcode::special_byte(bytes, 0) == bytes.len()
+}
+
+/// `bytes` between quotes.
+fn quoted(bytes: &[u8], out: &mut Vec<u8>) {
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(bytes);
+    out.push(b'"');
 }
 
 /// A JSON string as serde writes it: `"`, `\\` and the control characters
 /// escaped, everything else as it is (serde's own writer for a string that
 /// has any of those).
 fn string(s: &str, out: &mut Vec<u8>) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.reserve(s.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
+    if nothing_to_escape(s.as_bytes()) {
+        quoted(s.as_bytes(), out);
     } else {
         serde_json::to_writer(&mut *out, s).expect("writing to a Vec does not fail");
     }
