@@ -519,12 +519,16 @@ enum Choice {
 /// sqlite's planner knows neither how many rows a condition keeps (no
 /// statistics are gathered) nor that reading stops once the page is full:
 /// left alone it scans the type for a selective condition, and could sort
-/// every match of a common one when the key order fills the page after a
-/// few rows. So the choice is made here, and the statement names its index
-/// (`INDEXED BY`):
+/// every match of a common one. So the choice is made here, and the
+/// statement names its index (`INDEXED BY`):
 /// - a condition whose index finds fewer than `SELECTIVE` rows (a probe
 ///   counts at most that many index entries) → that index;
 /// - else a sort by an indexed field → its index, read in order;
+/// - else, without a sort, an equality whose field has fewer than
+///   `SELECTIVE` array values → its index, merged in key order
+///   (`IndexCondition::in_key_order`): the page's entries and rows, where
+///   the key order reads rows (and their JSON) until the page fills, ten
+///   times the page for a value one record in ten has;
 /// - else, without a sort, the key order, read until the page fills;
 /// - else (a sort no index gives) a condition's index: every match is read
 ///   anyway.
@@ -535,31 +539,46 @@ fn choose_index(c: &Connection, q: &StateQuery, fields: &FieldIndexes) -> rusqli
         Some([field]) if ready.contains(field) => Some(field.clone()),
         _ => None,
     };
-    let by_sort = || sort_field.clone().map_or(Choice::Keys, Choice::Sort);
     if conditions.is_empty() {
-        return Ok(by_sort());
+        return Ok(sort_field.map_or(Choice::Keys, Choice::Sort));
     }
     if q.sort.is_some() && sort_field.is_none() {
         return Ok(Choice::Filter(conditions.swap_remove(0)));
     }
-    let mut best: Option<(i64, pushdown::IndexCondition)> = None;
-    for condition in conditions.into_iter().take(MAX_PROBES) {
-        let count = format!("SELECT count(*) FROM ({} LIMIT {SELECTIVE})", union(&condition, "SELECT 1", ""));
-        let args: Vec<SqlValue> = type_args(q).into_iter().chain(condition.args.iter().cloned()).collect();
-        let key = format!("{count}\0{args:?}");
-        let found = match fields.probed(&key) {
-            Some(found) => found,
-            None => {
-                let found: i64 = c.prepare_cached(&count)?.query_row(params_from_iter(&args), |r| r.get(0))?;
-                fields.remember_probe(key, found);
-                found
-            }
-        };
-        if found < SELECTIVE && best.as_ref().is_none_or(|(least, _)| found < *least) {
-            best = Some((found, condition));
+    conditions.truncate(MAX_PROBES);
+    let mut best: Option<(i64, usize)> = None;
+    for (i, condition) in conditions.iter().enumerate() {
+        let found = probe(c, q, fields, condition)?;
+        if found < SELECTIVE && best.is_none_or(|(least, _)| found < least) {
+            best = Some((found, i));
         }
     }
-    Ok(best.map_or_else(by_sort, |(_, condition)| Choice::Filter(condition)))
+    if let Some((_, i)) = best {
+        return Ok(Choice::Filter(conditions.swap_remove(i)));
+    }
+    if let Some(field) = sort_field {
+        return Ok(Choice::Sort(field));
+    }
+    for (i, condition) in conditions.iter().enumerate() {
+        if condition.in_key_order && probe(c, q, fields, &condition.arrays())? < SELECTIVE {
+            return Ok(Choice::Filter(conditions.swap_remove(i)));
+        }
+    }
+    Ok(Choice::Keys)
+}
+
+/// How many index entries `condition` finds in the query's type, counted
+/// up to `SELECTIVE`; a count is reused for `field_index::PROBE_TTL`.
+fn probe(c: &Connection, q: &StateQuery, fields: &FieldIndexes, condition: &pushdown::IndexCondition) -> rusqlite::Result<i64> {
+    let count = format!("SELECT count(*) FROM ({} LIMIT {SELECTIVE})", union(condition, "SELECT 1", ""));
+    let args: Vec<SqlValue> = type_args(q).into_iter().chain(condition.args.iter().cloned()).collect();
+    let key = format!("{count}\0{args:?}");
+    if let Some(found) = fields.probed(&key) {
+        return Ok(found);
+    }
+    let found: i64 = c.prepare_cached(&count)?.query_row(params_from_iter(&args), |r| r.get(0))?;
+    fields.remember_probe(key, found);
+    Ok(found)
 }
 
 /// `select` over the union of `condition`'s index searches within the
@@ -1089,9 +1108,18 @@ mod tests {
             let without = plan(&conn, &q, &Choice::Keys);
             assert!(!without.contains("states_by_field_"), "{filter}: {without}");
         }
-        // Common values go in key order, which fills the page soonest.
+        // A common value of an equality: its index, merged in key order
+        // with the arrays' search (the only one sorted).
         let common = query(r#"{"status": "common"}"#, None, 10);
-        assert!(matches!(choose_index(&conn, &common, &ready).unwrap(), Choice::Keys));
+        let choice = choose_index(&conn, &common, &ready).unwrap();
+        assert!(matches!(&choice, Choice::Filter(c) if c.field == "status"), "{choice:?}");
+        let merged = plan(&conn, &common, &choice);
+        assert!(merged.starts_with("MERGE (UNION ALL); LEFT; SEARCH states USING INDEX states_by_field_"), "{merged}");
+        assert_eq!(merged.matches("TEMP B-TREE").count(), 1, "{merged}");
+        // A common range's entries are in value order: the key order fills
+        // the page soonest.
+        let range = query(r#"{"price": {"$gte": 0}}"#, None, 10);
+        assert!(matches!(choose_index(&conn, &range, &ready).unwrap(), Choice::Keys));
         for desc in [false, true] {
             let q = query(r#"{"status": "common"}"#, Some(("price", desc)), 10);
             let choice = choose_index(&conn, &q, &ready).unwrap();
@@ -1129,6 +1157,35 @@ mod tests {
             assert_eq!(by_index, scan, "{filter} {sort:?}");
             assert!(index_steps * 10 < scan_steps, "{filter} {sort:?}: {index_steps} steps with the index, {scan_steps} without");
         }
+    }
+
+    /// The first page of a value one record in ten has, without a sort:
+    /// through the index, the page's entries and rows; in key order, ten
+    /// times the page. Unless the field holds many arrays, whose search is
+    /// read whole: then the key order.
+    #[test]
+    fn a_common_value_is_merged_in_key_order_unless_its_field_holds_many_arrays() {
+        let (_dir, conn) = db();
+        let mut insert = conn.prepare("INSERT INTO states (domain, type, key, version, vals) VALUES ('d', 't', ?1, 1, ?2)").unwrap();
+        for i in 0..(10 * SELECTIVE as usize) {
+            // `group`: one of ten; `tags`: an array in two of three records.
+            let tags = if i % 3 == 0 { serde_json::json!("g3") } else { serde_json::json!(["g3", "x"]) };
+            let vals = serde_json::json!({"group": format!("g{}", i % 10), "tags": tags, "i": i});
+            insert.execute(params![format!("k{i:05}"), vals.to_string()]).unwrap();
+        }
+        drop(insert);
+        let none = FieldIndexes::new(false);
+        let indexed = indexes(&conn, &["group", "tags"]);
+        let q = query(r#"{"group": "g3"}"#, None, 10);
+        assert!(matches!(choose_index(&conn, &q, &indexed).unwrap(), Choice::Filter(_)));
+        let (scan, scan_steps) = run(&conn, &q, &none);
+        let (merged, merged_steps) = run(&conn, &q, &indexed);
+        assert_eq!(scan.len(), 10);
+        assert_eq!(merged, scan);
+        assert!(merged_steps * 3 < scan_steps, "{merged_steps} steps merged, {scan_steps} in key order");
+        let q = query(r#"{"tags": "g3"}"#, None, 10);
+        assert!(matches!(choose_index(&conn, &q, &indexed).unwrap(), Choice::Keys));
+        assert_eq!(run(&conn, &q, &indexed).0, run(&conn, &q, &none).0);
     }
 
     #[test]

@@ -79,6 +79,20 @@ pub struct IndexCondition {
     /// Their arguments, numbered from `?3` (`?1` and `?2` are the domain
     /// and the type).
     pub args: Vec<SqlValue>,
+    /// Whether every branch but the arrays' reads its index entries in key
+    /// order: an equality's entries share their kind and value, and the key
+    /// ends every entry. Their union then comes in key order by a merge
+    /// that stops when the page is full (sqlite's `MERGE (UNION ALL)`),
+    /// with only the arrays' branch read whole and sorted.
+    pub in_key_order: bool,
+}
+
+impl IndexCondition {
+    /// The branch for array values alone (always the last), to count them.
+    pub fn arrays(&self) -> IndexCondition {
+        let branches = self.branches.last().into_iter().cloned().collect();
+        IndexCondition { field: self.field.clone(), branches, args: vec![], in_key_order: true }
+    }
 }
 
 /// The filter's conditions an index of `ready` can answer (the first on
@@ -93,7 +107,8 @@ pub fn index_conditions(filter: &Filter, ready: &HashSet<String>) -> Vec<IndexCo
         // Placeholders for ?1 and ?2, dropped after.
         let mut args = vec![SqlValue::Null, SqlValue::Null];
         let branches = by_index(field, &c.op, &mut args);
-        out.push(IndexCondition { field: field.clone(), branches, args: args.split_off(2) });
+        let in_key_order = matches!(c.op, Op::Eq(_));
+        out.push(IndexCondition { field: field.clone(), branches, args: args.split_off(2), in_key_order });
     }
     out
 }
