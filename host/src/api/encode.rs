@@ -12,15 +12,18 @@
 //! tests check it over random documents); only the order of a Struct's
 //! entries may differ, which protobuf maps do not define.
 
+use super::body_memo::BodyMemo;
 use crate::model::{AtSeq, Event, EventKind, RecordRef, State, StoredState, Values};
+use bytes::Bytes;
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, key_len, skip_field};
 use serde_json::Value;
 
 /// `stategate.State`, as a `Get` answers: the values encoded from the
 /// parsed map, or transcoded from the stored JSON text when the read kept
-/// it (`StoredState::Text`). Transcoding happens once, in `new`: the
-/// encoder asks for the length before it writes.
+/// it (`StoredState::Text`), through the memo of recent texts
+/// (`body_memo`). Transcoding happens once, in `new`: the encoder asks for
+/// the length before it writes.
 #[derive(Debug)]
 pub struct StateMessage {
     record: RecordRef,
@@ -33,15 +36,15 @@ pub struct StateMessage {
 enum Body {
     Parsed(Values),
     /// A `Struct`'s encoded body.
-    Encoded(Vec<u8>),
+    Encoded(Bytes),
 }
 
 impl StateMessage {
-    pub fn new(read: AtSeq<StoredState>) -> Result<StateMessage, crate::model::Error> {
+    pub fn new(read: AtSeq<StoredState>, memo: &BodyMemo) -> Result<StateMessage, crate::model::Error> {
         let (record, version, values) = match read.value {
             StoredState::Parsed(s) => (s.record, s.version, Body::Parsed(s.values)),
             StoredState::Text { record, version, values } => {
-                let body = super::transcode::struct_body(&values).map_err(|e| StoredState::not_an_object(&record, e))?;
+                let body = memo.struct_body(values).map_err(|e| StoredState::not_an_object(&record, e))?;
                 (record, version, Body::Encoded(body))
             }
         };
@@ -430,8 +433,9 @@ mod tests {
             let text = serde_json::to_string(&s.values).unwrap();
             let stored = StoredState::Text { record: s.record.clone(), version, values: text };
             // Parsed or still text; 0: no position, as in an event's state.
+            let memo = BodyMemo::new();
             for (read, seq) in [(StoredState::Parsed(s.clone()), 0), (StoredState::Parsed(s.clone()), 1 << 33), (stored, 1 << 33)] {
-                let m = StateMessage::new(AtSeq { value: read, seq }).unwrap();
+                let m = StateMessage::new(AtSeq { value: read, seq }, &memo).unwrap();
                 let bytes = m.encode_to_vec();
                 prop_assert_eq!(bytes.len(), m.encoded_len());
                 prop_assert_eq!(pb::State::decode(bytes.as_slice()).unwrap(), pb::State { sequence: seq as i64, ..convert::state(s.clone()) });

@@ -1,6 +1,7 @@
 //! gRPC: `StateService`, `EventService` and `CatalogService` on the generated tonic servers,
 //! plus health and reflection.
 
+use super::body_memo::BodyMemo;
 use super::encode::{EventMessage, StateMessage};
 use super::values_request::{EditCall, SetCall};
 use super::{convert, measured, metadata, record, status::to_status};
@@ -15,11 +16,13 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub struct GrpcApi {
     gateway: Arc<Gateway>,
+    /// The encodings of the values `Get` answered lately (`body_memo`).
+    bodies: Arc<BodyMemo>,
 }
 
 impl GrpcApi {
     pub fn new(gateway: Arc<Gateway>) -> Self {
-        GrpcApi { gateway }
+        GrpcApi { gateway, bodies: Arc::new(BodyMemo::new()) }
     }
 
     /// Runs a gateway call, measured, and wraps its answer.
@@ -114,7 +117,7 @@ impl GrpcApi {
     async fn get_direct(&self, mut request: Request<pb::StateRef>) -> Result<Response<StateMessage>, Status> {
         let md = call_metadata(&self.gateway, &mut request);
         let req = ref_request(request.into_inner());
-        let read = async { StateMessage::new(self.gateway.get(md, req).await?) };
+        let read = async { StateMessage::new(self.gateway.get(md, req).await?, &self.bodies) };
         self.call(methods::STATE_GET, read, |m| m).await
     }
 

@@ -3,6 +3,7 @@
 //! turns the result (or the error, through `status`) back. No logic of their
 //! own lives here.
 
+pub mod body_memo;
 pub mod browser;
 pub mod codec;
 pub mod console;
