@@ -70,7 +70,17 @@ pub fn now_us(epoch: Instant) -> f64 {
 
 /// (VmRSS, VmHWM) of this process, MiB.
 pub fn rss_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status_rss_mib("/proc/self/status")
+}
+
+/// VmRSS of process `pid`, MiB (NaN when it cannot be read).
+pub fn process_rss_mib(pid: u32) -> f64 {
+    status_rss_mib(&format!("/proc/{pid}/status")).0
+}
+
+/// VmRSS and VmHWM from a `/proc/<pid>/status`, MiB.
+fn status_rss_mib(path: &str) -> (f64, f64) {
+    let status = std::fs::read_to_string(path).unwrap_or_default();
     let field = |name: &str| {
         status
             .lines()

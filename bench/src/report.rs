@@ -192,10 +192,10 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
     for r in rows.iter().filter(|r| r.scenario == "idle-streams") {
         let _ = writeln!(
             md,
-            "- **idle streams**: {} open idle streams cost the gateway **{} MiB** of heap, RSS grew by {} MiB (target < 50 MiB: {}). {}",
+            "- **idle streams**: {} open idle streams: the gateway's RSS grew by **{} MiB**, its heap by {} MiB (target < 50 MiB: {}). {}",
             r.clients.unwrap_or(0),
-            f(r.server_heap_delta_mib, 1),
             f(r.rss_delta_mib, 1),
+            f(r.server_heap_delta_mib, 1),
             if r.meets_target == Some(true) { "met" } else { "**not met**" },
             r.note
         );
