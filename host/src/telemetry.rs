@@ -60,6 +60,12 @@ pub struct Metrics {
     pub policy_decisions: IntCounterVec,
     /// Policy file reloads by stage and result (loaded, refused).
     pub policy_reloads: IntCounterVec,
+    /// The values `Get` answered with as stored text, by where their
+    /// encoding came from: `memo` (a text answered lately,
+    /// `api::body_memo`) or `transcoded`.
+    pub get_value_encodings: IntCounterVec,
+    /// Bytes held by the memo of `Get`'s encoded values.
+    pub get_memo_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -126,6 +132,12 @@ impl Metrics {
                 &["stage", "result"],
             )
             .unwrap(),
+            get_value_encodings: IntCounterVec::new(
+                Opts::new("get_value_encodings_total", "Get answers' stored values by encoding source (memo, transcoded)"),
+                &["source"],
+            )
+            .unwrap(),
+            get_memo_bytes: IntGauge::new("get_memo_bytes", "Bytes held by the memo of Get's encoded values").unwrap(),
             registry,
         };
         for c in [
@@ -148,6 +160,8 @@ impl Metrics {
             Box::new(m.policy_denials.clone()),
             Box::new(m.policy_decisions.clone()),
             Box::new(m.policy_reloads.clone()),
+            Box::new(m.get_value_encodings.clone()),
+            Box::new(m.get_memo_bytes.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

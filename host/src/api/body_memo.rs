@@ -18,11 +18,15 @@
 //!
 //! **Bounded by bytes** (`BUDGET`, texts and encodings together, least
 //! recently used out first); a text over `MAX_TEXT` is transcoded every
-//! time rather than push out a hundred small ones.
+//! time rather than push out a hundred small ones. The metrics
+//! `get_value_encodings_total{source}` and `get_memo_bytes` say how often
+//! the memo answers and what it holds.
 
 use super::transcode::{self, Malformed};
+use crate::telemetry::Metrics;
 use bytes::Bytes;
 use lru::LruCache;
+use prometheus::{IntCounter, IntGauge};
 use std::sync::Mutex;
 
 /// Bytes of texts, encodings and bookkeeping the memo holds at most.
@@ -34,6 +38,11 @@ const ENTRY_OVERHEAD: usize = 128;
 
 pub struct BodyMemo {
     inner: Mutex<Inner>,
+    /// The metrics' handles, resolved once: a labelled lookup per call
+    /// would hash its labels every time.
+    from_memo: IntCounter,
+    transcoded: IntCounter,
+    held: IntGauge,
 }
 
 struct Inner {
@@ -42,18 +51,28 @@ struct Inner {
 }
 
 impl BodyMemo {
-    pub fn new() -> BodyMemo {
-        BodyMemo { inner: Mutex::new(Inner { entries: LruCache::unbounded(), bytes: 0 }) }
+    pub fn new(metrics: &Metrics) -> BodyMemo {
+        let source = |s: &str| metrics.get_value_encodings.with_label_values(&[s]);
+        BodyMemo {
+            inner: Mutex::new(Inner { entries: LruCache::unbounded(), bytes: 0 }),
+            from_memo: source("memo"),
+            transcoded: source("transcoded"),
+            held: metrics.get_memo_bytes.clone(),
+        }
     }
 
     /// `transcode::struct_body(text)`, from the memo when it holds `text`.
     pub fn struct_body(&self, text: String) -> Result<Bytes, Malformed> {
         if let Some(body) = self.lock().entries.get(text.as_str()) {
+            self.from_memo.inc();
             return Ok(body.clone());
         }
         let body = Bytes::from(transcode::struct_body(&text)?);
+        self.transcoded.inc();
         if text.len() <= MAX_TEXT {
-            self.lock().keep(text, body.clone());
+            let mut inner = self.lock();
+            inner.keep(text, body.clone());
+            self.held.set(inner.bytes as i64);
         }
         Ok(body)
     }
@@ -67,12 +86,6 @@ impl BodyMemo {
         // Every change to `Inner` leaves it whole: a panic elsewhere while
         // it was held does not make it wrong.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Default for BodyMemo {
-    fn default() -> Self {
-        BodyMemo::new()
     }
 }
 
@@ -99,9 +112,14 @@ fn entry_cost(text: &str, body: &Bytes) -> usize {
 mod tests {
     use super::*;
 
+    fn memo() -> BodyMemo {
+        BodyMemo::new(&Metrics::new())
+    }
+
     #[test]
     fn an_answer_from_the_memo_is_the_transcoding_of_the_same_text() {
-        let memo = BodyMemo::new();
+        let metrics = Metrics::new();
+        let memo = BodyMemo::new(&metrics);
         let texts = [r#"{"a":1,"b":"x"}"#, r#"{"a":2,"b":"x"}"#, r#"{"b":"x","a":1}"#, "{}"];
         for round in 0..3 {
             for text in texts {
@@ -110,11 +128,14 @@ mod tests {
             }
         }
         assert_eq!(memo.lock().entries.len(), texts.len());
+        let counted = |source: &str| metrics.get_value_encodings.with_label_values(&[source]).get();
+        assert_eq!((counted("transcoded"), counted("memo")), (4, 8));
+        assert_eq!(metrics.get_memo_bytes.get(), memo.bytes() as i64);
     }
 
     #[test]
     fn a_malformed_text_is_an_error_every_time_and_not_kept() {
-        let memo = BodyMemo::new();
+        let memo = memo();
         for _ in 0..2 {
             assert!(memo.struct_body(r#"{"a":"#.to_owned()).is_err());
         }
@@ -123,7 +144,7 @@ mod tests {
 
     #[test]
     fn the_memo_stays_within_its_budget_and_keeps_the_recently_used() {
-        let memo = BodyMemo::new();
+        let memo = memo();
         let filler = "x".repeat(1000);
         let text = |i: usize| format!(r#"{{"i":{i},"f":"{filler}"}}"#);
         let hot = text(0);

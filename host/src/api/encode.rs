@@ -433,7 +433,7 @@ mod tests {
             let text = serde_json::to_string(&s.values).unwrap();
             let stored = StoredState::Text { record: s.record.clone(), version, values: text };
             // Parsed or still text; 0: no position, as in an event's state.
-            let memo = BodyMemo::new();
+            let memo = BodyMemo::new(&crate::telemetry::Metrics::new());
             for (read, seq) in [(StoredState::Parsed(s.clone()), 0), (StoredState::Parsed(s.clone()), 1 << 33), (stored, 1 << 33)] {
                 let m = StateMessage::new(AtSeq { value: read, seq }, &memo).unwrap();
                 let bytes = m.encode_to_vec();

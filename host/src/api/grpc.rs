@@ -22,7 +22,8 @@ pub struct GrpcApi {
 
 impl GrpcApi {
     pub fn new(gateway: Arc<Gateway>) -> Self {
-        GrpcApi { gateway, bodies: Arc::new(BodyMemo::new()) }
+        let bodies = Arc::new(BodyMemo::new(gateway.metrics()));
+        GrpcApi { gateway, bodies }
     }
 
     /// Runs a gateway call, measured, and wraps its answer.
