@@ -10,10 +10,10 @@ use crate::alloc;
 use crate::bench::Bench;
 use crate::load::open_streams;
 use crate::measure::{process_rss_mib, reset_peak, rss_mib};
-use std::path::Path;
 use crate::report::Row;
 use anyhow::Result;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 impl Bench {

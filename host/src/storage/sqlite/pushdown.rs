@@ -89,9 +89,10 @@ pub struct IndexCondition {
 
 impl IndexCondition {
     /// The branch for array values alone (always the last), to count them.
+    /// Its entries are in the order of the arrays' text, not of keys.
     pub fn arrays(&self) -> IndexCondition {
         let branches = self.branches.last().into_iter().cloned().collect();
-        IndexCondition { field: self.field.clone(), branches, args: vec![], in_key_order: true }
+        IndexCondition { field: self.field.clone(), branches, args: vec![], in_key_order: false }
     }
 }
 
