@@ -50,7 +50,7 @@ mod writer;
 
 use super::{FEED_PAGE, GroupDoc, Storage, group_conflict};
 use crate::model::{
-    AtSeq, Appended, AppendRequest, Arrival, CatalogEntry, Change, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result,
+    AtSeq, Appended, AppendRequest, Arrival, CatalogEntry, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result,
     Select, State, StateQuery, StoredState, Values,
 };
 use async_trait::async_trait;
@@ -765,21 +765,15 @@ impl Storage for SqliteStorage {
     }
 
     async fn append(&self, req: AppendRequest) -> Result<Appended> {
-        // Serialized here, in parallel on the callers' tasks, so the one
-        // writer thread only runs SQL.
-        let vals = match &req.change {
-            Change::Put(v) => Some(v.to_json_string()),
-            Change::Delete => None,
-        };
-        let claims = serde_json::to_string(&req.claims).map_err(Error::internal)?;
         let (reply, done) = oneshot::channel();
-        let sender = self.writer.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(sender) = sender else {
-            return Err(Error::unavailable("sqlite: storage is closed"));
-        };
-        sender
-            .send(Work::Append(Job { req, vals, claims, reply }))
-            .map_err(|_| Error::unavailable("sqlite: writer stopped"))?;
+        let job = Job::new(req, reply)?;
+        // Sent under the lock (an unbounded send does not wait) rather than
+        // through a clone of the sender, whose count every caller's thread
+        // would otherwise bump and drop.
+        match &*self.writer.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(sender) => sender.send(Work::Append(job)).map_err(|_| Error::unavailable("sqlite: writer stopped"))?,
+            None => return Err(Error::unavailable("sqlite: storage is closed")),
+        }
         done.await.map_err(|_| Error::unavailable("sqlite: writer stopped"))?
     }
 
@@ -1009,7 +1003,7 @@ impl Storage for SqliteStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Expect;
+    use crate::model::{Change, Expect};
 
     /// A `Set` of `values` on `d/<ty>/<key>` with event id `id`, whatever
     /// the record's version.
