@@ -25,11 +25,11 @@ pub mod schema;
 use super::sql::options::{Settings, SslMode, checked_ca_file, without_credentials};
 use super::sql::point_reads::{BatchRead, Hit, Lookup, PointReads};
 use super::sql::pool::Pool;
-use super::sql::writer::{self, Job};
+use super::sql::writer;
 use super::sql::{select, corrupt, decode_error, parse_values, type_hash};
 use super::{FEED_PAGE, GroupDoc, Storage};
 use crate::model::{
-    AppendRequest, Arrival, AtSeq, Appended, CatalogEntry, Change, Error, Event, EventKind, EventOrder, EventQuery, EventSort, FeedQuery,
+    AppendRequest, Arrival, AtSeq, Appended, CatalogEntry, Error, Event, EventKind, EventOrder, EventQuery, EventSort, FeedQuery,
     RecordRef, Result, State, StateQuery, StoredState,
 };
 use async_trait::async_trait;
@@ -38,7 +38,7 @@ use query::{Arg, Sql};
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlRow, MySqlSslMode};
 use sqlx::{Connection, MySqlConnection, Row};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 const NAME: &str = "mysql";
@@ -123,7 +123,7 @@ pub struct MysqlStorage {
     reads: Arc<Pool<MySqlConnection>>,
     /// Gets, gathered into shared statements on `reads`.
     points: PointReads,
-    writer: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Job>>>,
+    writer: writer::Queue,
     call_timeout: Duration,
     /// MariaDB (rather than MySQL): sorts objects with `JSON_COMPACT`.
     mariadb: bool,
@@ -166,7 +166,7 @@ impl MysqlStorage {
         });
         let writer = writer::spawn(committer, settings.writers, settings.call_timeout, NAME);
         let points = PointReads::spawn(reads.clone(), settings.pool_size, point_read(), settings.call_timeout, db_error, NAME);
-        Ok(MysqlStorage { reads, points, writer: Mutex::new(Some(writer)), call_timeout: settings.call_timeout, mariadb })
+        Ok(MysqlStorage { reads, points, writer, call_timeout: settings.call_timeout, mariadb })
     }
 }
 
@@ -372,20 +372,7 @@ impl Storage for MysqlStorage {
     }
 
     async fn append(&self, req: AppendRequest) -> Result<Appended> {
-        let vals = match &req.change {
-            Change::Put(v) => Some(v.to_json_string()),
-            Change::Delete => None,
-        };
-        let claims = serde_json::to_string(&req.claims).map_err(Error::internal)?;
-        let (reply, done) = tokio::sync::oneshot::channel();
-        let sender = self.writer.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(sender) = sender else {
-            return Err(Error::unavailable("mysql: storage is closed"));
-        };
-        sender
-            .send(Job { req, vals, claims, reply })
-            .map_err(|_| Error::unavailable("mysql: writer stopped"))?;
-        done.await.map_err(|_| Error::unavailable("mysql: writer stopped"))?
+        self.writer.append(req).await
     }
 
     async fn get(&self, record: &RecordRef) -> Result<Option<State>> {
@@ -634,7 +621,7 @@ impl Storage for MysqlStorage {
     }
 
     async fn close(&self) -> Result<()> {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.writer.close();
         Ok(())
     }
 }

@@ -28,7 +28,7 @@ pub mod statements;
 use super::sql::options::{Settings, SslMode, checked_ca_file, without_credentials};
 use super::sql::point_reads::{BatchRead, Hit, Lookup, PointReads};
 use super::sql::pool::Pool;
-use super::sql::writer::{self, Job};
+use super::sql::writer;
 use super::sql::{select, corrupt, decode_error, parse_values, type_hash, values_have_nul};
 use super::{GroupDoc, Storage};
 use crate::model::{
@@ -40,7 +40,7 @@ use commit::PgCommitter;
 use sqlx::postgres::{PgConnectOptions, PgRow, PgSslMode};
 use sqlx::{Connection, PgConnection, Row};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 const NAME: &str = "postgres";
@@ -119,7 +119,7 @@ pub struct PostgresStorage {
     reads: Arc<Pool<PgConnection>>,
     /// Gets, gathered into shared statements on `reads`.
     points: PointReads,
-    writer: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Job>>>,
+    writer: writer::Queue,
     call_timeout: Duration,
 }
 
@@ -149,7 +149,7 @@ impl PostgresStorage {
         let committer = Arc::new(PgCommitter { options, connect_timeout: settings.connect_timeout });
         let writer = writer::spawn(committer, settings.writers, settings.call_timeout, NAME);
         let points = PointReads::spawn(reads.clone(), settings.pool_size, point_read(), settings.call_timeout, db_error, NAME);
-        Ok(PostgresStorage { reads, points, writer: Mutex::new(Some(writer)), call_timeout: settings.call_timeout })
+        Ok(PostgresStorage { reads, points, writer, call_timeout: settings.call_timeout })
     }
 
 }
@@ -293,21 +293,7 @@ impl Storage for PostgresStorage {
                 "PostgreSQL cannot store the NUL character (\\u0000) in names, values or claims",
             ));
         }
-        // Serialized here, in parallel on the callers' tasks.
-        let vals = match &req.change {
-            Change::Put(v) => Some(v.to_json_string()),
-            Change::Delete => None,
-        };
-        let claims = serde_json::to_string(&req.claims).map_err(Error::internal)?;
-        let (reply, done) = tokio::sync::oneshot::channel();
-        let sender = self.writer.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(sender) = sender else {
-            return Err(Error::unavailable("postgres: storage is closed"));
-        };
-        sender
-            .send(Job { req, vals, claims, reply })
-            .map_err(|_| Error::unavailable("postgres: writer stopped"))?;
-        done.await.map_err(|_| Error::unavailable("postgres: writer stopped"))?
+        self.writer.append(req).await
     }
 
     async fn get(&self, record: &RecordRef) -> Result<Option<State>> {
@@ -525,7 +511,7 @@ impl Storage for PostgresStorage {
 
     async fn close(&self) -> Result<()> {
         // The writer finishes what is queued and stops once its queue closes.
-        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.writer.close();
         Ok(())
     }
 }

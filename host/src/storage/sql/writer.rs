@@ -4,7 +4,7 @@
 //! transaction. Retries and reconnects are decided here, from how the
 //! batch failed.
 
-use crate::model::{AppendRequest, Appended, Error, Result};
+use crate::model::{AppendRequest, Appended, Change, Error, Result};
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,7 +88,7 @@ pub trait Committer: Send + Sync + 'static {
     async fn commit(&self, conn: &mut Self::Conn, jobs: &[Job]) -> std::result::Result<Vec<Result<Appended>>, Failure>;
 }
 
-/// Starts the writer tasks; appends are sent to the returned queue.
+/// Starts the writer tasks; appends go to them through the returned queue.
 ///
 /// With `writers` > 1, each task takes the waiting appends as a batch and
 /// runs it on a connection of its own, so one batch locks its records
@@ -102,13 +102,47 @@ pub fn spawn<C: Committer>(
     writers: usize,
     call_timeout: Duration,
     name: &'static str,
-) -> mpsc::UnboundedSender<Job> {
+) -> Queue {
     let (tx, rx) = mpsc::unbounded_channel();
     let queue = Arc::new(tokio::sync::Mutex::new(rx));
     for _ in 0..writers.max(1) {
         tokio::spawn(run(committer.clone(), queue.clone(), call_timeout, name));
     }
-    tx
+    Queue { sender: std::sync::Mutex::new(Some(tx)), name }
+}
+
+/// The writers' queue, as their provider holds it: appends go in until
+/// `close`, after which the writers finish what is queued and stop.
+pub struct Queue {
+    sender: std::sync::Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    name: &'static str,
+}
+
+impl Queue {
+    /// Queues an append and waits for its outcome. Its JSON is serialized
+    /// here, on the caller's task, so the writers only run SQL.
+    pub async fn append(&self, req: AppendRequest) -> Result<Appended> {
+        let vals = match &req.change {
+            Change::Put(v) => Some(v.to_json_string()),
+            Change::Delete => None,
+        };
+        let claims = serde_json::to_string(&req.claims).map_err(Error::internal)?;
+        let (reply, done) = oneshot::channel();
+        let stopped = || Error::unavailable(format!("{}: writer stopped", self.name));
+        // Sent under the lock (an unbounded send does not wait) rather than
+        // through a clone of the sender, whose count every caller's thread
+        // would otherwise bump and drop.
+        match &*self.sender.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(sender) => sender.send(Job { req, vals, claims, reply }).map_err(|_| stopped())?,
+            None => return Err(Error::unavailable(format!("{}: storage is closed", self.name))),
+        }
+        done.await.map_err(|_| stopped())?
+    }
+
+    /// Takes no more appends; those queued are still committed.
+    pub fn close(&self) {
+        self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
 }
 
 /// The next batch: waits for one append, then takes those already waiting
