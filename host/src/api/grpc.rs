@@ -35,7 +35,7 @@ impl GrpcApi {
     /// session 18).
     fn call<'a, T: 'a, R: 'a>(
         &'a self,
-        method: &'a str,
+        method: &'static str,
         call: impl Future<Output = crate::model::Result<T>> + Send + 'a,
         wrap: impl FnOnce(T) -> R + Send + 'a,
     ) -> impl Future<Output = Result<Response<R>, Status>> + Send + 'a {

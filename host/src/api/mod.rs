@@ -47,7 +47,7 @@ pub fn metadata(gateway: &crate::gateway::Gateway, headers: &HeaderMap) -> Metad
 }
 
 /// Runs a gateway call, recording `requests_total` and its latency.
-pub async fn measured<T>(metrics: &Metrics, method: &str, call: impl Future<Output = Result<T>>) -> Result<T> {
+pub async fn measured<T>(metrics: &Metrics, method: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
     let start = Instant::now();
     let out = call.await;
     record(metrics, method, out.as_ref().map(|_| ()), start.elapsed());
@@ -55,12 +55,16 @@ pub async fn measured<T>(metrics: &Metrics, method: &str, call: impl Future<Outp
 }
 
 /// Counts one finished call in `requests_total` and its latency.
-pub fn record(metrics: &Metrics, method: &str, outcome: std::result::Result<(), &crate::model::Error>, elapsed: std::time::Duration) {
+pub fn record(
+    metrics: &Metrics,
+    method: &'static str,
+    outcome: std::result::Result<(), &crate::model::Error>,
+    elapsed: std::time::Duration,
+) {
     let code = match outcome {
         Ok(()) => "OK",
         Err(e) => status::grpc_code_name(e),
     };
-    metrics.requests.with_label_values(&[method, code]).inc();
-    metrics.request_seconds.with_label_values(&[method]).observe(elapsed.as_secs_f64());
+    metrics.call_ended(method, code, elapsed);
     tracing::debug!(method, code, micros = elapsed.as_micros() as u64, "call");
 }

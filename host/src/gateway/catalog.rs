@@ -28,10 +28,9 @@ impl Gateway {
                 Some(d)
             }
         };
-        let storage = self.storage.name();
         // Read first: every event up to `head` is in the counts.
-        let head = self.timed(storage, "head", self.storage.head()).await?;
-        let entries = self.timed(storage, "catalog", self.storage.catalog(domain)).await?;
+        let head = self.timed(&self.storage_calls, "head", self.storage.head()).await?;
+        let entries = self.timed(&self.storage_calls, "catalog", self.storage.catalog(domain)).await?;
 
         let mut input = caller.input.clone();
         input.method = methods::STATE_SEARCH.to_owned();

@@ -27,7 +27,7 @@ use crate::model::{
     Result, Sort, EventSort, State, StateQuery, StoredState, json, now_nanos, validate_name,
 };
 use crate::storage::DynStorage;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, ProviderCalls};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -70,6 +70,9 @@ pub struct Gateway {
     hub: Arc<Hub>,
     auth: Arc<dyn Auth>,
     metrics: Arc<Metrics>,
+    /// The storage's and the channel's call timings, by operation.
+    storage_calls: ProviderCalls,
+    channel_calls: ProviderCalls,
     limits: Limits,
     admission: Admission,
     shutdown: CancellationToken,
@@ -100,6 +103,8 @@ impl Gateway {
     ) -> Self {
         Gateway {
             admission: Admission::new(&limits),
+            storage_calls: ProviderCalls::new(storage.name()),
+            channel_calls: ProviderCalls::new(channel.name()),
             storage,
             channel,
             hub,
@@ -240,16 +245,10 @@ impl Gateway {
     }
 
     /// Times a provider call for `provider_call_duration_seconds`.
-    async fn timed<T>(&self, provider: &str, op: &str, call: impl Future<Output = Result<T>>) -> Result<T> {
+    async fn timed<T>(&self, calls: &ProviderCalls, op: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
         let start = Instant::now();
         let out = call.await;
-        self.metrics
-            .provider_seconds
-            .with_label_values(&[provider, op])
-            .observe(start.elapsed().as_secs_f64());
-        if out.is_err() {
-            self.metrics.provider_errors.with_label_values(&[provider, op]).inc();
-        }
+        calls.ended(&self.metrics, op, start.elapsed(), out.is_err());
         out
     }
 
@@ -295,7 +294,7 @@ impl Gateway {
         let mut attempts = 0;
         let event = loop {
             let current = self
-                .timed(self.storage.name(), "get", self.storage.get(&record))
+                .timed(&self.storage_calls, "get", self.storage.get(&record))
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("state {record}")))?;
             if !wanted.admits(Some(current.version)) {
@@ -324,7 +323,7 @@ impl Gateway {
         }
         let expect = Expect::from_wire("expected_version", req.expected_version)?;
         let target = self
-            .timed(self.storage.name(), "get_event", self.storage.get_event(&req.event_id))
+            .timed(&self.storage_calls, "get_event", self.storage.get_event(&req.event_id))
             .await?
             .ok_or_else(|| Error::NotFound(format!("event {}", req.event_id)))?;
         // Another record's event is answered as an unknown id: which record
@@ -400,9 +399,9 @@ impl Gateway {
             time: now_nanos(),
             idempotency,
         };
-        let Appended { event, replayed } = self.timed(self.storage.name(), "append", self.storage.append(req)).await?;
+        let Appended { event, replayed } = self.timed(&self.storage_calls, "append", self.storage.append(req)).await?;
         if !replayed {
-            self.metrics.events_appended.with_label_values(&[kind.as_str()]).inc();
+            self.metrics.appended(kind.as_str());
             self.publish(&event).await;
         }
         Ok(event)
@@ -412,7 +411,7 @@ impl Gateway {
     /// durable, and the hubs deliver it from storage.
     async fn publish(&self, event: &Event) {
         let channel = self.channel.name();
-        let publish = self.timed(channel, "publish", self.channel.publish(event));
+        let publish = self.timed(&self.channel_calls, "publish", self.channel.publish(event));
         let failed = match tokio::time::timeout(self.limits.publish_timeout, publish).await {
             Ok(Ok(())) => return,
             Ok(Err(e)) => e.to_string(),
@@ -439,12 +438,12 @@ impl Gateway {
         };
         if !self.inspects_responses() {
             let AtSeq { value, seq } = self
-                .timed(self.storage.name(), "get", self.storage.get_text_at(&record, at))
+                .timed(&self.storage_calls, "get", self.storage.get_text_at(&record, at))
                 .await?;
             return Ok(AtSeq { value: value.ok_or_else(not_found)?, seq });
         }
         let AtSeq { value, seq } = self
-            .timed(self.storage.name(), "get", self.storage.get_at(&record, at))
+            .timed(&self.storage_calls, "get", self.storage.get_at(&record, at))
             .await?;
         let state = value.ok_or_else(not_found)?;
         let value = self.authorized_response(caller, &req.domain, state, json::state, json::parse_state).await?;
@@ -470,7 +469,7 @@ impl Gateway {
         };
         let at = self.read_position(&req.as_of, &query.domain, &query.ty).await?;
         let AtSeq { value, seq } = self
-            .timed(self.storage.name(), "search_states", self.storage.search_states_at(&query, at))
+            .timed(&self.storage_calls, "search_states", self.storage.search_states_at(&query, at))
             .await?;
         let value = self
             .authorized_response(caller, &req.domain, value, |s| list_json("stateValues", s, json::state), |v| parse_list("stateValues", v, json::parse_state))
@@ -487,7 +486,7 @@ impl Gateway {
             (Some(_), t) if t != 0 => Err(Error::invalid("as_of_time", "give as_of_sequence or as_of_time, not both")),
             (Some(n), _) => {
                 let n = u64::try_from(n).map_err(|_| Error::invalid("as_of_sequence", format!("must be >= 0, got {n}")))?;
-                let head = self.timed(self.storage.name(), "head", self.storage.head()).await?;
+                let head = self.timed(&self.storage_calls, "head", self.storage.head()).await?;
                 if n > head {
                     return Err(Error::invalid(
                         "as_of_sequence",
@@ -498,7 +497,7 @@ impl Gateway {
             }
             (None, 0) => Ok(None),
             (None, t) if t < 0 => Err(Error::invalid("as_of_time", format!("must be >= 0 (Unix nanoseconds), got {t}"))),
-            (None, t) => Ok(Some(self.timed(self.storage.name(), "seq_at_time", self.storage.seq_at_time(domain, ty, t)).await?)),
+            (None, t) => Ok(Some(self.timed(&self.storage_calls, "seq_at_time", self.storage.seq_at_time(domain, ty, t)).await?)),
         }
     }
 
@@ -529,7 +528,7 @@ impl Gateway {
             max_version: version_bound("max_version", req.max_version)?,
         };
         let events = self
-            .timed(self.storage.name(), "search_events", self.storage.search_events(&query))
+            .timed(&self.storage_calls, "search_events", self.storage.search_events(&query))
             .await?;
         self.authorized_response(caller, &req.domain, events, |e| list_json("events", e, json::event), |v| parse_list("events", v, json::parse_event))
             .await
@@ -545,7 +544,7 @@ impl Gateway {
             return Err(Error::invalid("id", "must not be empty"));
         }
         let event = self
-            .timed(self.storage.name(), "get_event", self.storage.get_event(&req.id))
+            .timed(&self.storage_calls, "get_event", self.storage.get_event(&req.id))
             .await?;
         let caller = self.authorize(caller, event.as_ref().map(|e| e.record.domain.as_str())).await?;
         let event = event.ok_or_else(|| Error::NotFound(format!("event {}", req.id)))?;

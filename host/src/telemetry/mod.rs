@@ -6,9 +6,13 @@
 //! so tests can run several gateways in one process; `/metrics` on the ops
 //! port serves it.
 
+mod resolved;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
+pub use resolved::{Resolved, Series};
+use std::time::Duration;
 
 /// Installs the log subscriber. `format` is `json`, `text`, or `auto`
 /// (the default): text when stderr is a terminal (a person is reading),
@@ -66,6 +70,12 @@ pub struct Metrics {
     pub get_value_encodings: IntCounterVec,
     /// Bytes held by the memo of `Get`'s encoded values.
     pub get_memo_bytes: IntGauge,
+    /// The series every call touches, resolved once per label (`resolved`):
+    /// `request_duration_seconds` and `requests_total{code="OK"}` by method,
+    /// `events_appended_total` by kind.
+    call_seconds: Resolved<Histogram>,
+    ok_calls: Resolved<IntCounter>,
+    appended_by_kind: Resolved<IntCounter>,
 }
 
 impl Metrics {
@@ -138,6 +148,9 @@ impl Metrics {
             )
             .unwrap(),
             get_memo_bytes: IntGauge::new("get_memo_bytes", "Bytes held by the memo of Get's encoded values").unwrap(),
+            call_seconds: Resolved::new(),
+            ok_calls: Resolved::new(),
+            appended_by_kind: Resolved::new(),
             registry,
         };
         for c in [
@@ -168,11 +181,54 @@ impl Metrics {
         m
     }
 
+    /// Counts a finished call of `method` in `requests_total` under its
+    /// gRPC code name, and its latency. An `OK` series is made on a
+    /// method's first success, not before: a method that never succeeded
+    /// shows no `OK` count, as with a plain labelled lookup.
+    pub fn call_ended(&self, method: &'static str, code: &'static str, took: Duration) {
+        if code == "OK" {
+            self.ok_calls.get(method, || self.requests.with_label_values(&[method, code])).inc();
+        } else {
+            self.requests.with_label_values(&[method, code]).inc();
+        }
+        let seconds = self.call_seconds.get(method, || self.request_seconds.with_label_values(&[method]));
+        seconds.observe(took.as_secs_f64());
+    }
+
+    /// Counts an appended event of `kind` (`EventKind::as_str`).
+    pub fn appended(&self, kind: &'static str) {
+        self.appended_by_kind.get(kind, || self.events_appended.with_label_values(&[kind])).inc();
+    }
+
     /// The registry in Prometheus text format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// One provider's `provider_call_duration_seconds` by operation, each
+/// series resolved once (`resolved`); the provider's name is fixed for its
+/// life.
+pub struct ProviderCalls {
+    provider: String,
+    seconds: Resolved<Histogram>,
+}
+
+impl ProviderCalls {
+    pub fn new(provider: &str) -> Self {
+        ProviderCalls { provider: provider.to_owned(), seconds: Resolved::new() }
+    }
+
+    /// Times a call of `op` (and counts it in `provider_errors_total` when
+    /// it failed).
+    pub fn ended(&self, metrics: &Metrics, op: &'static str, took: Duration, failed: bool) {
+        let seconds = self.seconds.get(op, || metrics.provider_seconds.with_label_values(&[&self.provider, op]));
+        seconds.observe(took.as_secs_f64());
+        if failed {
+            metrics.provider_errors.with_label_values(&[&self.provider, op]).inc();
+        }
     }
 }
 
