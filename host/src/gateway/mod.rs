@@ -389,7 +389,7 @@ impl Gateway {
         idempotency: Option<Idempotency>,
     ) -> Result<Event> {
         let req = AppendRequest {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: crate::model::new_event_id(),
             record,
             change,
             expect,

@@ -353,7 +353,7 @@ impl Storage for WasmStorage {
         let mut values = crate::model::Values::new();
         values.insert("doc".into(), serde_json::Value::String(text.to_owned()));
         let req = AppendRequest {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: crate::model::new_event_id(),
             record: group_record(name),
             change: Change::Put(values.into()),
             expect: if expected == 0 { crate::model::Expect::Absent } else { crate::model::Expect::Version(expected) },
