@@ -47,7 +47,10 @@ pub(super) struct Job {
     /// copy per append, and its free on this thread, of memory the
     /// caller's thread allocated.
     serialized: Option<String>,
-    pub claims: String,
+    /// The claims' JSON text; `None` for none (auth off), bound as `{}`:
+    /// the text `{}` cost an allocation on the caller's thread and its
+    /// free on this one per append.
+    claims: Option<String>,
     pub reply: oneshot::Sender<Result<Appended>>,
 }
 
@@ -57,8 +60,17 @@ impl Job {
             Change::Put(v) if v.json_text().is_none() => Some(v.to_json_string()),
             _ => None,
         };
-        let claims = serde_json::to_string(&req.claims).map_err(Error::internal)?;
+        let claims = if req.claims.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&req.claims).map_err(Error::internal)?)
+        };
         Ok(Job { req, serialized, claims, reply })
+    }
+
+    /// The `claims` column.
+    fn claims(&self) -> &str {
+        self.claims.as_deref().unwrap_or("{}")
     }
 
     /// The `vals` column: the values' JSON text, `None` for a deletion.
@@ -671,7 +683,7 @@ fn bind_event(stmt: &mut Statement<'_>, before: usize, job: &Job, version: u64) 
     stmt.raw_bind_parameter(before + 7, &req.method)?;
     stmt.raw_bind_parameter(before + 8, req.time)?;
     stmt.raw_bind_parameter(before + 9, job.vals())?;
-    stmt.raw_bind_parameter(before + 10, &job.claims)
+    stmt.raw_bind_parameter(before + 10, job.claims())
 }
 
 /// `RowsSql::bind` of a state row.
