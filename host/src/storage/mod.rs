@@ -59,6 +59,7 @@ pub mod sql;
 pub mod sqlite;
 #[cfg(feature = "wasm")]
 pub mod wasm;
+pub mod writer_queue;
 
 use crate::model::{
     AtSeq, Appended, AppendRequest, CatalogEntry, Error, Expect, Event, EventQuery, FeedQuery, RecordRef, Result, State, StateQuery, StoredState, Topic,

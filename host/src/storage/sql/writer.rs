@@ -5,6 +5,7 @@
 //! batch failed.
 
 use crate::model::{AppendRequest, Appended, Change, Error, Result};
+use crate::storage::writer_queue::WriterQueue;
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,19 +109,15 @@ pub fn spawn<C: Committer>(
     for _ in 0..writers.max(1) {
         tokio::spawn(run(committer.clone(), queue.clone(), call_timeout, name));
     }
-    Queue { sender: std::sync::Mutex::new(Some(tx)), name }
+    Queue(WriterQueue::new(tx, name))
 }
 
-/// The writers' queue, as their provider holds it: appends go in until
-/// `close`, after which the writers finish what is queued and stop.
-pub struct Queue {
-    sender: std::sync::Mutex<Option<mpsc::UnboundedSender<Job>>>,
-    name: &'static str,
-}
+/// The writers' queue: an append's JSON is serialized on the caller's task,
+/// so the writers only run SQL.
+pub struct Queue(WriterQueue<Job>);
 
 impl Queue {
-    /// Queues an append and waits for its outcome. Its JSON is serialized
-    /// here, on the caller's task, so the writers only run SQL.
+    /// Queues an append and waits for its outcome.
     pub async fn append(&self, req: AppendRequest) -> Result<Appended> {
         let vals = match &req.change {
             Change::Put(v) => Some(v.to_json_string()),
@@ -128,20 +125,12 @@ impl Queue {
         };
         let claims = serde_json::to_string(&req.claims).map_err(Error::internal)?;
         let (reply, done) = oneshot::channel();
-        let stopped = || Error::unavailable(format!("{}: writer stopped", self.name));
-        // Sent under the lock (an unbounded send does not wait) rather than
-        // through a clone of the sender, whose count every caller's thread
-        // would otherwise bump and drop.
-        match &*self.sender.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(sender) => sender.send(Job { req, vals, claims, reply }).map_err(|_| stopped())?,
-            None => return Err(Error::unavailable(format!("{}: storage is closed", self.name))),
-        }
-        done.await.map_err(|_| stopped())?
+        self.0.call(Job { req, vals, claims, reply }, done).await
     }
 
     /// Takes no more appends; those queued are still committed.
     pub fn close(&self) {
-        self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.0.close();
     }
 }
 

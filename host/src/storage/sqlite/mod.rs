@@ -48,6 +48,7 @@ mod pushdown;
 mod wal_writes;
 mod writer;
 
+use super::writer_queue::WriterQueue;
 use super::{FEED_PAGE, GroupDoc, Storage, group_conflict};
 use crate::model::{
     AtSeq, Appended, AppendRequest, Arrival, CatalogEntry, Error, Event, EventKind, EventQuery, FeedQuery, RecordRef, Result,
@@ -193,7 +194,7 @@ pub struct SqliteStorage {
     path: PathBuf,
     /// This process's claim on the file (`file_lock`), released at close.
     lock: Mutex<Option<Arc<super::file_lock::FileLock>>>,
-    writer: Mutex<Option<mpsc::UnboundedSender<Work>>>,
+    writer: WriterQueue<Work>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Dropping the sender stops the checkpoint thread.
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
@@ -306,7 +307,7 @@ impl SqliteStorage {
         Ok(SqliteStorage {
             path,
             lock: Mutex::new(Some(lock)),
-            writer: Mutex::new(Some(tx)),
+            writer: WriterQueue::new(tx, "sqlite"),
             writer_thread: Mutex::new(Some(thread)),
             checkpointer: Mutex::new(Some((stop_checkpoints, checkpoint_thread))),
             readers: Arc::new(Mutex::new(Vec::new())),
@@ -332,10 +333,9 @@ impl SqliteStorage {
         if due.is_empty() {
             return;
         }
-        if let Some(writer) = &*self.writer.lock().unwrap_or_else(|p| p.into_inner()) {
-            for field in due {
-                let _ = writer.send(Work::Index(field));
-            }
+        // A closed store builds no indexes.
+        for field in due {
+            let _ = self.writer.send(Work::Index(field));
         }
     }
 
@@ -767,14 +767,7 @@ impl Storage for SqliteStorage {
     async fn append(&self, req: AppendRequest) -> Result<Appended> {
         let (reply, done) = oneshot::channel();
         let job = Job::new(req, reply)?;
-        // Sent under the lock (an unbounded send does not wait) rather than
-        // through a clone of the sender, whose count every caller's thread
-        // would otherwise bump and drop.
-        match &*self.writer.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(sender) => sender.send(Work::Append(job)).map_err(|_| Error::unavailable("sqlite: writer stopped"))?,
-            None => return Err(Error::unavailable("sqlite: storage is closed")),
-        }
-        done.await.map_err(|_| Error::unavailable("sqlite: writer stopped"))?
+        self.writer.call(Work::Append(job), done).await
     }
 
     async fn get(&self, record: &RecordRef) -> Result<Option<State>> {
@@ -985,7 +978,7 @@ impl Storage for SqliteStorage {
         }
         // Dropping the last sender lets the writer finish its queue, checkpoint
         // and exit; wait for it so the file is complete when we return.
-        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.writer.close();
         let thread = self.writer_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(thread) = thread {
             tokio::task::spawn_blocking(move || thread.join())
