@@ -18,6 +18,7 @@ mod alloc;
 mod args;
 mod bare;
 mod bench;
+mod h2call;
 mod load;
 mod measure;
 mod report;

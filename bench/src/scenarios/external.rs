@@ -278,13 +278,8 @@ pub(super) fn values_300b() -> prost_types::Struct {
 /// One gRPC request body as h2load sends it: the 5-byte length prefix
 /// (uncompressed) and the message.
 pub(super) fn write_body(dir: &Path, name: &str, msg: &impl Message) -> Result<PathBuf> {
-    let payload = msg.encode_to_vec();
-    let mut framed = Vec::with_capacity(5 + payload.len());
-    framed.push(0);
-    framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&payload);
     let path = dir.join(format!("{name}.grpc"));
-    std::fs::write(&path, framed)?;
+    std::fs::write(&path, crate::h2call::grpc_body(msg))?;
     Ok(path)
 }
 

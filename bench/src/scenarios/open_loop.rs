@@ -6,22 +6,33 @@
 //! schedule, each in its own task whatever the others are doing, and each
 //! latency counts from when the request was due, not from when it went out
 //! (so a stall shows in every request it delayed: no coordinated
-//! omission). The schedule runs on a thread of its own sleeping to each
-//! due time (the runtime's timer wheel ticks by the millisecond).
+//! omission).
+//!
+//! The generator shares the two cores with the gateway, so it must cost
+//! little per call: the calls go out through bare HTTP/2 connections
+//! (`h2call.rs`), and the schedule, the connections and the calls all run
+//! on one thread of their own (a current-thread runtime) that sleeps to
+//! each due time on a `timerfd` (the runtime's timer wheel ticks by the
+//! millisecond), so no call wakes another thread. A sleeping thread that
+//! handed each call to the bench's multi-thread runtime cost 57–132 µs of
+//! the generator's CPU per call on a slow machine, against 37–83 µs so.
 //!
 //! The fan-out's delivery latency is measured the same way by the `fanout`
 //! scenario (a writer at a fixed rate, latency from when a write was due).
 
-use super::external::{External, GET, H2load, SET, gateway_binary, record, record_state, values_300b, write_body};
+use super::external::{External, GET, H2load, SET, gateway_binary, record, record_state, values_300b};
 use crate::bench::Bench;
+use crate::h2call::{H2Caller, grpc_body};
 use crate::measure::{cpu_secs_of_pid, histogram};
 use crate::report::Row;
 use anyhow::Result;
+use bytes::Bytes;
 use stategate::proto as pb;
-use stategate::proto::state_service_client::StateServiceClient;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
+use tokio::io::unix::AsyncFd;
 
 /// Fractions of the closed-loop maximum the schedule runs at.
 const LOADS: [f64; 3] = [0.25, 0.5, 0.75];
@@ -33,13 +44,29 @@ struct Scheduled {
     errors: u64,
     secs: f64,
     cpu_secs: f64,
+    /// CPU of this process (the load generator) over the measured part.
+    own_cpu_secs: f64,
     hist: hdrhistogram::Histogram<u64>,
     first_error: Option<String>,
 }
 
 impl Scheduled {
     fn new(secs: f64) -> Scheduled {
-        Scheduled { sent: 0, ok: 0, errors: 0, secs, cpu_secs: 0.0, hist: histogram(), first_error: None }
+        Scheduled { sent: 0, ok: 0, errors: 0, secs, cpu_secs: 0.0, own_cpu_secs: 0.0, hist: histogram(), first_error: None }
+    }
+
+    fn answered(&mut self, latency: Duration, result: Result<()>) {
+        self.sent += 1;
+        match result {
+            Ok(()) => {
+                self.ok += 1;
+                self.hist.record(latency.as_micros().max(1) as u64).ok();
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
     }
 }
 
@@ -64,21 +91,30 @@ impl Bench {
         let (warmup, secs) = (self.args.warmup.max(0.5), self.args.secs);
         gw.seed().await?;
         let bodies = gw.dir.path();
-        let mut channels = Vec::new();
-        for _ in 0..conns {
-            channels.push(crate::load::connect(gw.addr).await?);
-        }
         let mut rows = Vec::new();
         for (name, path) in [("get", GET), ("set", SET)] {
             let body = match name {
-                "get" => write_body(bodies, "get", &record("get", "r1"))?,
-                _ => write_body(bodies, "set", &pb::State { values: Some(values_300b()), ..record_state("set", "w1") })?,
+                "get" => grpc_body(&record("get", "r1")),
+                _ => grpc_body(&pb::State { values: Some(values_300b()), ..record_state("set", "w1") }),
             };
-            let max = H2load { addr: gw.addr, path, body, conns, streams, pid: gw.child.id() }.measure(gw, warmup, secs)?;
+            // h2load reads the same body from a file.
+            let file = bodies.join(format!("{name}.grpc"));
+            std::fs::write(&file, &body)?;
+            let max = H2load { addr: gw.addr, path, body: file, conns, streams, pid: gw.child.id() }.measure(gw, warmup, secs)?;
             eprintln!("   open-loop {name}: closed-loop maximum {:.0}/s", max.ops_per_sec());
             for load in LOADS {
                 let rate = max.ops_per_sec() * load;
-                let m = scheduled(&channels, name, rate, warmup, secs, gw.child.id()).await;
+                let plan = Plan { addr: gw.addr, conns, path, body: body.clone(), rate, warmup, secs, pid: gw.child.id() };
+                let m = tokio::task::spawn_blocking(move || plan.run()).await??;
+                eprintln!(
+                    "   open-loop {name} at {:.0}%: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms; gateway {:.1} µs CPU/call, load generator {:.1}",
+                    load * 100.0,
+                    m.ok as f64 / m.secs,
+                    m.hist.value_at_quantile(0.5) as f64 / 1000.0,
+                    m.hist.value_at_quantile(0.99) as f64 / 1000.0,
+                    m.cpu_secs * 1e6 / m.ok.max(1) as f64,
+                    m.own_cpu_secs * 1e6 / m.sent.max(1) as f64,
+                );
                 let q = |p: f64| m.hist.value_at_quantile(p) as f64 / 1000.0;
                 rows.push(Row {
                     scenario: format!("open-loop-{name}-{:.0}%", load * 100.0),
@@ -95,12 +131,13 @@ impl Bench {
                     errors: m.errors,
                     note: format!(
                         "p999 {:.2} ms, max {:.2} ms; {rate:.0} requests/s on a fixed schedule ({} sent), each latency from when it \
-                         was due (no coordinated omission), over {conns} connections; release binary, sqlite on disk ({}); \
-                         \"ceiling\" = the same method closed-loop under h2load ({conns} x {streams}), whose rate the schedule is a \
-                         fraction of{}",
+                         was due (no coordinated omission), over {conns} HTTP/2 connections (a bare h2 caller, {:.1} µs of \
+                         its own CPU per call); release binary, sqlite on disk ({}); \"ceiling\" = the same method closed-loop \
+                         under h2load ({conns} x {streams}), whose rate the schedule is a fraction of{}",
                         q(0.999),
                         m.hist.max() as f64 / 1000.0,
                         m.sent,
+                        m.own_cpu_secs * 1e6 / m.sent.max(1) as f64,
                         self.args.external_disk_dir.display(),
                         m.first_error.as_deref().map(|e| format!("; first error: {e}")).unwrap_or_default(),
                     ),
@@ -112,68 +149,145 @@ impl Bench {
     }
 }
 
-/// Sends `Get` or `Set` calls at `rate` per second on a fixed schedule for
-/// `warmup` then `secs` seconds, round-robin over `channels`; the latencies
-/// of the measured part, each from its due time.
-async fn scheduled(channels: &[Channel], method: &'static str, rate: f64, warmup: f64, secs: f64, pid: u32) -> Scheduled {
-    let period = Duration::from_secs_f64(1.0 / rate.max(1.0));
-    let start = Instant::now() + Duration::from_millis(50);
-    let measure_from = start + Duration::from_secs_f64(warmup);
-    let end = measure_from + Duration::from_secs_f64(secs);
-    let out = Arc::new(Mutex::new(Scheduled::new(secs)));
-    let clients: Vec<StateServiceClient<Channel>> = channels.iter().cloned().map(StateServiceClient::new).collect();
-    let runtime = tokio::runtime::Handle::current();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let out_sched = out.clone();
-    std::thread::spawn(move || {
-        let mut tasks = Vec::new();
-        let mut due = start;
-        let mut i = 0usize;
-        while due < end {
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-            let mut client = clients[i % clients.len()].clone();
-            let out = out_sched.clone();
-            let measured = due >= measure_from;
-            tasks.push(runtime.spawn(async move {
-                let result = match method {
-                    "get" => client.get(pb::StateRef { domain: "external".into(), r#type: "get".into(), key: "r1".into(), ..Default::default() }).await.map(drop),
-                    _ => client.set(pb::State { values: Some(values_300b()), ..record_state("set", "w1") }).await.map(drop),
-                };
-                if !measured {
-                    return;
-                }
-                let latency = due.elapsed();
-                let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
-                o.sent += 1;
-                match result {
-                    Ok(()) => {
-                        o.ok += 1;
-                        o.hist.record(latency.as_micros().max(1) as u64).ok();
-                    }
-                    Err(e) => {
-                        o.errors += 1;
-                        o.first_error.get_or_insert_with(|| e.to_string());
-                    }
-                }
-            }));
-            i += 1;
-            due += period;
+/// One fixed-rate run: `path` called with `body` at `rate` per second for
+/// `warmup` then `secs` seconds, round-robin over `conns` new connections
+/// to `addr`; `pid` is the gateway's, whose CPU the run reads.
+struct Plan {
+    addr: SocketAddr,
+    conns: usize,
+    path: &'static str,
+    body: Bytes,
+    rate: f64,
+    warmup: f64,
+    secs: f64,
+    pid: u32,
+}
+
+impl Plan {
+    /// Runs on the calling thread, which it keeps until the last call has
+    /// answered; the latencies of the measured part, each from its due time.
+    fn run(self) -> Result<Scheduled> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(self.calls())
+    }
+
+    async fn calls(self) -> Result<Scheduled> {
+        let mut callers = Vec::with_capacity(self.conns);
+        for _ in 0..self.conns.max(1) {
+            callers.push(H2Caller::connect(self.addr).await?);
         }
-        let _ = done_tx.send(tasks);
-    });
-    tokio::time::sleep_until(measure_from.into()).await;
-    let cpu0 = cpu_secs_of_pid(pid);
-    tokio::time::sleep_until(end.into()).await;
-    let cpu1 = cpu_secs_of_pid(pid);
-    if let Ok(tasks) = done_rx.await {
-        for t in tasks {
-            let _ = t.await;
+        let timer = Timer::new()?;
+        let period = Duration::from_secs_f64(1.0 / self.rate.max(1.0));
+        let start = Instant::now() + Duration::from_millis(50);
+        let measure_from = start + Duration::from_secs_f64(self.warmup);
+        let end = measure_from + Duration::from_secs_f64(self.secs);
+        let out = Arc::new(Mutex::new(Scheduled::new(self.secs)));
+        let mut calls = tokio::task::JoinSet::new();
+        let mut window: Option<(f64, f64)> = None;
+        let (mut due, mut i) = (start, 0usize);
+        while due < end {
+            if due >= measure_from && window.is_none() {
+                window = Some((cpu_secs_of_pid(self.pid), cpu_secs_of_pid(std::process::id())));
+            }
+            timer.sleep_until(due).await?;
+            // Every call due by now goes out before the next sleep.
+            let now = Instant::now();
+            while due <= now && due < end {
+                let caller = callers[i % callers.len()].clone();
+                let (body, out, path) = (self.body.clone(), out.clone(), self.path);
+                let measured = due >= measure_from;
+                let was_due = due;
+                calls.spawn(async move {
+                    let result = caller.call(path, body).await;
+                    if measured {
+                        out.lock().unwrap_or_else(|p| p.into_inner()).answered(was_due.elapsed(), result);
+                    }
+                });
+                i += 1;
+                due += period;
+            }
+            // Answers already in are collected as we go, not all at the end.
+            while calls.try_join_next().is_some() {}
+        }
+        let (cpu1, own1) = (cpu_secs_of_pid(self.pid), cpu_secs_of_pid(std::process::id()));
+        while calls.join_next().await.is_some() {}
+        let mut m = std::mem::replace(&mut *out.lock().unwrap_or_else(|p| p.into_inner()), Scheduled::new(self.secs));
+        let (cpu0, own0) = window.unwrap_or((cpu1, own1));
+        m.cpu_secs = cpu1 - cpu0;
+        m.own_cpu_secs = own1 - own0;
+        Ok(m)
+    }
+}
+
+
+/// A sleep to the microsecond on the current runtime: a `timerfd` the
+/// runtime's poller watches.
+struct Timer {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Timer {
+    fn new() -> Result<Timer> {
+        // SAFETY: timerfd_create takes two flags and returns a new
+        // descriptor or -1; the descriptor is owned from here on.
+        let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: `fd` is a new descriptor nothing else owns; the `OwnedFd`
+        // keeps it open, and it is this same descriptor, for the `AsyncFd`'s
+        // life.
+        let fd = unsafe { AsyncFd::register_with_interest(OwnedFd::from_raw_fd(fd), tokio::io::Interest::READABLE) };
+        Ok(Timer { fd: fd.map_err(|e| anyhow::anyhow!("registering the timerfd: {e}"))? })
+    }
+
+    async fn sleep_until(&self, at: Instant) -> Result<()> {
+        let left = at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_value: libc::timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: left.subsec_nanos() as libc::c_long },
+        };
+        // SAFETY: a valid descriptor and a valid itimerspec; the old value
+        // is not asked for.
+        if unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let mut expirations = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into an 8-byte buffer.
+            match ready.try_io(|fd| match unsafe { libc::read(fd.as_raw_fd(), expirations.as_mut_ptr().cast(), 8) } {
+                n if n >= 0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }) {
+                Ok(read) => return read.map_err(Into::into),
+                Err(_would_block) => continue,
+            }
         }
     }
-    let mut m = std::mem::replace(&mut *out.lock().unwrap_or_else(|p| p.into_inner()), Scheduled::new(secs));
-    m.cpu_secs = cpu1 - cpu0;
-    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sleep never ends before its time, whether it is ahead, now or
+    /// past, and the timer can be set again after it fired.
+    #[test]
+    fn the_timer_wakes_at_its_time_not_before() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let timer = Timer::new().unwrap();
+            for ahead_us in [300, 0, 1500, 50] {
+                let at = Instant::now() + Duration::from_micros(ahead_us);
+                timer.sleep_until(at).await.unwrap();
+                assert!(Instant::now() >= at, "woke before a sleep of {ahead_us} µs ended");
+            }
+            let past = Instant::now() - Duration::from_millis(5);
+            timer.sleep_until(past).await.unwrap();
+        });
+    }
 }
