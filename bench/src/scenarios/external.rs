@@ -278,8 +278,14 @@ pub(super) fn values_300b() -> prost_types::Struct {
 /// One gRPC request body as h2load sends it: the 5-byte length prefix
 /// (uncompressed) and the message.
 pub(super) fn write_body(dir: &Path, name: &str, msg: &impl Message) -> Result<PathBuf> {
+    write_framed(dir, name, &crate::h2call::grpc_body(msg))
+}
+
+/// A request body already framed (`h2call::grpc_body`), written where
+/// h2load reads it.
+pub(super) fn write_framed(dir: &Path, name: &str, body: &[u8]) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.grpc"));
-    std::fs::write(&path, crate::h2call::grpc_body(msg))?;
+    std::fs::write(&path, body)?;
     Ok(path)
 }
 

@@ -20,7 +20,7 @@
 //! The fan-out's delivery latency is measured the same way by the `fanout`
 //! scenario (a writer at a fixed rate, latency from when a write was due).
 
-use super::external::{External, GET, H2load, SET, gateway_binary, record, record_state, values_300b};
+use super::external::{External, GET, H2load, SET, gateway_binary, record, record_state, values_300b, write_framed};
 use crate::bench::Bench;
 use crate::h2call::{H2Caller, grpc_body};
 use crate::measure::{cpu_secs_of_pid, histogram};
@@ -97,47 +97,44 @@ impl Bench {
                 "get" => grpc_body(&record("get", "r1")),
                 _ => grpc_body(&pb::State { values: Some(values_300b()), ..record_state("set", "w1") }),
             };
-            // h2load reads the same body from a file.
-            let file = bodies.join(format!("{name}.grpc"));
-            std::fs::write(&file, &body)?;
+            let file = write_framed(bodies, name, &body)?;
             let max = H2load { addr: gw.addr, path, body: file, conns, streams, pid: gw.child.id() }.measure(gw, warmup, secs)?;
             eprintln!("   open-loop {name}: closed-loop maximum {:.0}/s", max.ops_per_sec());
             for load in LOADS {
                 let rate = max.ops_per_sec() * load;
                 let plan = Plan { addr: gw.addr, conns, path, body: body.clone(), rate, warmup, secs, pid: gw.child.id() };
                 let m = tokio::task::spawn_blocking(move || plan.run()).await??;
-                eprintln!(
-                    "   open-loop {name} at {:.0}%: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms; gateway {:.1} µs CPU/call, load generator {:.1}",
-                    load * 100.0,
-                    m.ok as f64 / m.secs,
-                    m.hist.value_at_quantile(0.5) as f64 / 1000.0,
-                    m.hist.value_at_quantile(0.99) as f64 / 1000.0,
-                    m.cpu_secs * 1e6 / m.ok.max(1) as f64,
-                    m.own_cpu_secs * 1e6 / m.sent.max(1) as f64,
-                );
                 let q = |p: f64| m.hist.value_at_quantile(p) as f64 / 1000.0;
+                let (ops_per_sec, gateway_cpu_us) = (m.ok as f64 / m.secs, m.cpu_secs * 1e6 / m.ok.max(1) as f64);
+                let generator_cpu_us = m.own_cpu_secs * 1e6 / m.sent.max(1) as f64;
+                eprintln!(
+                    "   open-loop {name} at {:.0}%: {ops_per_sec:.0}/s, p50 {:.2} ms, p99 {:.2} ms; gateway {gateway_cpu_us:.1} µs \
+                     CPU/call, load generator {generator_cpu_us:.1}",
+                    load * 100.0,
+                    q(0.5),
+                    q(0.99),
+                );
                 rows.push(Row {
                     scenario: format!("open-loop-{name}-{:.0}%", load * 100.0),
                     clients: None,
-                    ops_per_sec: Some(m.ok as f64 / m.secs),
+                    ops_per_sec: Some(ops_per_sec),
                     p50_ms: Some(q(0.5)),
                     p99_ms: Some(q(0.99)),
                     ceiling_ops_per_sec: Some(max.ops_per_sec()),
                     ceiling_p50_ms: Some(max.p(0.5)),
                     ceiling_p99_ms: Some(max.p(0.99)),
-                    ratio: Some(m.ok as f64 / m.secs / max.ops_per_sec()),
-                    cpu_us_per_op: Some(m.cpu_secs * 1e6 / m.ok.max(1) as f64),
+                    ratio: Some(ops_per_sec / max.ops_per_sec()),
+                    cpu_us_per_op: Some(gateway_cpu_us),
                     ceiling_cpu_us_per_op: Some(max.cpu_us_per_call()),
                     errors: m.errors,
                     note: format!(
                         "p999 {:.2} ms, max {:.2} ms; {rate:.0} requests/s on a fixed schedule ({} sent), each latency from when it \
-                         was due (no coordinated omission), over {conns} HTTP/2 connections (a bare h2 caller, {:.1} µs of \
-                         its own CPU per call); release binary, sqlite on disk ({}); \"ceiling\" = the same method closed-loop \
+                         was due (no coordinated omission), over {conns} HTTP/2 connections (a bare h2 caller, {generator_cpu_us:.1} \
+                         µs of its own CPU per call); release binary, sqlite on disk ({}); \"ceiling\" = the same method closed-loop \
                          under h2load ({conns} x {streams}), whose rate the schedule is a fraction of{}",
                         q(0.999),
                         m.hist.max() as f64 / 1000.0,
                         m.sent,
-                        m.own_cpu_secs * 1e6 / m.sent.max(1) as f64,
                         self.args.external_disk_dir.display(),
                         m.first_error.as_deref().map(|e| format!("; first error: {e}")).unwrap_or_default(),
                     ),
