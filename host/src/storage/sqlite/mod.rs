@@ -10,13 +10,14 @@
 //! `append` returns. Values are serialized on the caller's task, not on the
 //! writer thread, and every statement is prepared once per connection.
 //!
-//! Reads use a pool of connections that WAL lets run alongside the writer:
-//! a semaphore admits as many reads as there are pooled connections (a few
-//! per core), so a burst of reads waits for a connection instead of opening
-//! new ones; the file is memory-mapped. A point read (`get`, `get_event`)
-//! that finds a connection free runs right on the calling task: an indexed
-//! lookup in mapped pages takes microseconds, less than the hop to the
-//! blocking pool and back.
+//! Reads use a pool of connections that WAL lets run alongside the writer
+//! (`read_pool.rs`): a semaphore admits as many reads as there are pooled
+//! connections (a few per core), so a burst of reads waits for a connection
+//! instead of opening new ones, and each connection goes back to the CPU it
+//! was last used on; the file is memory-mapped. A point read (`get`,
+//! `get_event`) that finds a connection free runs right on the calling
+//! task: an indexed lookup in mapped pages takes microseconds, less than
+//! the hop to the blocking pool and back.
 //!
 //! Checkpoints (copying the WAL back into the database file) run on their
 //! own thread and connection, not inside a commit, so a writer never waits
@@ -45,6 +46,7 @@
 
 mod field_index;
 mod pushdown;
+mod read_pool;
 mod wal_writes;
 mod writer;
 
@@ -56,6 +58,7 @@ use crate::model::{
 };
 use async_trait::async_trait;
 use field_index::FieldIndexes;
+use read_pool::ReadPool;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, StatementStatus, params, params_from_iter, types::Value as SqlValue};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -198,9 +201,8 @@ pub struct SqliteStorage {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Dropping the sender stops the checkpoint thread.
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
-    readers: Arc<Mutex<Vec<Connection>>>,
-    /// One permit per pooled read connection.
-    read_permits: Arc<tokio::sync::Semaphore>,
+    /// Read connections (`read_pool.rs`).
+    readers: Arc<ReadPool>,
     /// The connection consumer-group stores write on, opened on first use:
     /// each store is one statement, so it needs no place in the append
     /// batches; WAL lets it take turns with the writer (`busy_timeout`).
@@ -305,15 +307,12 @@ impl SqliteStorage {
             .spawn(move || writer_loop(conn, rx, appended, &wal_full, &writer_fields))
             .map_err(Error::internal)?;
         Ok(SqliteStorage {
-            path,
             lock: Mutex::new(Some(lock)),
             writer: WriterQueue::new(tx, "sqlite"),
             writer_thread: Mutex::new(Some(thread)),
             checkpointer: Mutex::new(Some((stop_checkpoints, checkpoint_thread))),
-            readers: Arc::new(Mutex::new(Vec::new())),
-            read_permits: Arc::new(tokio::sync::Semaphore::new(
-                READERS_PER_CORE * std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
-            )),
+            readers: ReadPool::new(path.clone(), READERS_PER_CORE),
+            path,
             groups: Arc::new(Mutex::new(None)),
             fields,
         })
@@ -344,47 +343,15 @@ impl SqliteStorage {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T> {
-        let pool = self.readers.clone();
-        let path = self.path.clone();
-        // A permit guarantees a pooled connection (or the right to open one
-        // that is then kept), so the pool never grows past the permits.
-        let permit = self
-            .read_permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::unavailable("sqlite: storage is closed"))?;
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let conn = match pool.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-                Some(c) => c,
-                None => open_reader(&path)?,
-            };
-            let out = f(&conn).map_err(|e| db_error(&e));
-            pool.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
-            out
-        })
-        .await
-        .map_err(Error::internal)?
+        self.readers.read(f).await
     }
 
-    /// `read` for point lookups: runs on the calling task when a connection
-    /// is free right now, else waits its turn like `read`.
+    /// `read` for point lookups, on the calling task when it can be.
     async fn read_point<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T> {
-        let Ok(_permit) = self.read_permits.try_acquire() else {
-            return self.read(f).await;
-        };
-        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => open_reader(&self.path)?,
-        };
-        let out = f(&conn).map_err(|e| db_error(&e));
-        self.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
-        out
+        self.readers.read_point(f).await
     }
 
     /// `state_text_at` on a point-read connection.
@@ -986,7 +953,7 @@ impl Storage for SqliteStorage {
                 .map_err(Error::internal)?
                 .map_err(|_| Error::internal("sqlite writer panicked"))?;
         }
-        self.readers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.readers.close();
         self.groups.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
         Ok(())
