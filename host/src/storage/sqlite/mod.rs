@@ -338,26 +338,10 @@ impl SqliteStorage {
         }
     }
 
-    /// Runs `f` on a pooled read connection in the blocking thread pool.
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T> {
-        self.readers.read(f).await
-    }
-
-    /// `read` for point lookups, on the calling task when it can be.
-    async fn read_point<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T> {
-        self.readers.read_point(f).await
-    }
-
     /// `state_text_at` on a point-read connection.
     async fn state_text_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<(u64, String)>>> {
         let r = record.clone();
-        self.read_point(move |c| state_text_at(c, &r, at)).await
+        self.readers.read_point(move |c| state_text_at(c, &r, at)).await
     }
 }
 
@@ -739,12 +723,12 @@ impl Storage for SqliteStorage {
 
     async fn get(&self, record: &RecordRef) -> Result<Option<State>> {
         let r = record.clone();
-        self.read_point(move |c| get_now(c, r)).await
+        self.readers.read_point(move |c| get_now(c, r)).await
     }
 
     async fn search_states(&self, q: &StateQuery) -> Result<Vec<State>> {
         let (q, fields) = (q.clone(), self.fields.clone());
-        let searched = self.read(move |c| search_states_now(c, &q, &fields)).await?;
+        let searched = self.readers.read(move |c| search_states_now(c, &q, &fields)).await?;
         Ok(self.noted(searched))
     }
 
@@ -768,15 +752,15 @@ impl Storage for SqliteStorage {
         let q = q.clone();
         let Some(seq) = at else {
             let fields = self.fields.clone();
-            let searched = self.read(move |c| snapshot(c, |c| search_states_now(c, &q, &fields))).await?;
+            let searched = self.readers.read(move |c| snapshot(c, |c| search_states_now(c, &q, &fields))).await?;
             return Ok(AtSeq { seq: searched.seq, value: self.noted(searched.value) });
         };
-        self.read(move |c| Ok(AtSeq { value: search_states_past(c, &q, seq)?, seq })).await
+        self.readers.read(move |c| Ok(AtSeq { value: search_states_past(c, &q, seq)?, seq })).await
     }
 
     async fn seq_at_time(&self, domain: &str, ty: &str, time: i64) -> Result<u64> {
         let (domain, ty) = (domain.to_owned(), ty.to_owned());
-        self.read_point(move |c| {
+        self.readers.read_point(move |c| {
             // One descent of events_by_type_time (whose entries end in seq).
             c.prepare_cached(
                 "SELECT seq FROM events WHERE domain = ?1 AND type = ?2 AND time <= ?3 ORDER BY time DESC, seq DESC LIMIT 1",
@@ -790,7 +774,7 @@ impl Storage for SqliteStorage {
 
     async fn search_events(&self, q: &EventQuery) -> Result<Vec<Event>> {
         let q = q.clone();
-        self.read(move |c| {
+        self.readers.read(move |c| {
             let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE domain = ?1 AND type = ?2");
             let mut args = vec![SqlValue::Text(q.domain.clone()), SqlValue::Text(q.ty.clone())];
             for (cond, value) in [
@@ -820,7 +804,7 @@ impl Storage for SqliteStorage {
 
     async fn get_event(&self, id: &str) -> Result<Option<Event>> {
         let id = id.to_owned();
-        self.read_point(move |c| {
+        self.readers.read_point(move |c| {
             c.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"))?
                 .query_row([id], event_from_row)
                 .optional()
@@ -830,7 +814,7 @@ impl Storage for SqliteStorage {
 
     async fn feed(&self, q: &FeedQuery) -> Result<Vec<Event>> {
         let q = q.clone();
-        self.read(move |c| {
+        self.readers.read(move |c| {
             let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1");
             let mut args = vec![SqlValue::Integer(q.after_seq as i64)];
             for (cond, value) in [
@@ -854,13 +838,13 @@ impl Storage for SqliteStorage {
     }
 
     async fn head(&self) -> Result<u64> {
-        self.read(|c| c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0)))
+        self.readers.read(|c| c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0)))
             .await
     }
 
     async fn catalog(&self, domain: Option<&str>) -> Result<Vec<CatalogEntry>> {
         let domain = domain.map(str::to_owned);
-        self.read(move |c| {
+        self.readers.read(move |c| {
             // The grouping is a scan of the index events_by_type_time
             // (domain, type, time), which covers it; each type's records are
             // a range of the states' primary key.
@@ -888,7 +872,7 @@ impl Storage for SqliteStorage {
 
     async fn group_load(&self, name: &str) -> Result<Option<GroupDoc>> {
         let name = name.to_owned();
-        self.read_point(move |c| {
+        self.readers.read_point(move |c| {
             c.prepare_cached("SELECT version, doc FROM groups WHERE name = ?1")?
                 .query_row([name], |r| Ok(GroupDoc { version: r.get::<_, i64>(0)? as u64, bytes: r.get(1)? }))
                 .optional()
@@ -929,7 +913,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+        self.readers.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
     }
 
     async fn close(&self) -> Result<()> {
