@@ -181,7 +181,7 @@ pub(super) struct External {
     pub(super) bin: PathBuf,
     pub(super) child: Child,
     pub(super) addr: SocketAddr,
-    ops: SocketAddr,
+    pub(super) ops: SocketAddr,
     pub(super) dir: tempfile::TempDir,
 }
 
@@ -448,6 +448,36 @@ fn failed_calls(ops: SocketAddr, method: &str) -> Result<u64> {
         .sum::<f64>() as u64)
 }
 
+/// The gateway's own timing of `method`: the cumulative buckets of its
+/// `request_duration_seconds` histogram, as (upper bound in seconds,
+/// calls), in order of the bound.
+pub(super) fn latency_buckets(ops: SocketAddr, method: &str) -> Result<Vec<(f64, u64)>> {
+    let text = metrics(ops)?;
+    let needle = format!("method=\"{method}\"");
+    let mut buckets: Vec<(f64, u64)> = text
+        .lines()
+        .filter(|l| l.starts_with("stategate_request_duration_seconds_bucket{") && l.contains(&needle))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, l.rsplit(' ').next()?.parse::<f64>().ok()? as u64))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(buckets)
+}
+
+/// The upper bound (seconds) of the bucket that holds quantile `q` of the
+/// calls counted between two readings of [`latency_buckets`]; `None` when
+/// none were. A histogram's buckets give no more than that bound: "p99 ≤
+/// 5 ms", not "p99 = 3.2 ms".
+pub(super) fn bucket_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<f64> {
+    let since = |le: f64, n: u64| n - before.iter().find(|(b, _)| *b == le).map_or(0, |(_, m)| *m).min(n);
+    let total = after.last().map(|&(le, n)| since(le, n)).filter(|&t| t > 0)?;
+    let want = ((q * total as f64).ceil() as u64).max(1);
+    after.iter().find(|&&(le, n)| since(le, n) >= want).map(|&(le, _)| le)
+}
+
 fn metrics(ops: SocketAddr) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&ops, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -472,6 +502,24 @@ mod tests {
         assert_eq!(median_index(&[0.7]), 0);
         // An even count takes the lower middle one.
         assert_eq!(median_index(&[0.4, 0.1, 0.3, 0.2]), 3);
+    }
+
+    /// The bound of the bucket a quantile falls in, counting only the
+    /// calls between the two readings.
+    #[test]
+    fn a_quantile_is_the_bound_of_its_bucket_over_the_calls_between_two_readings() {
+        let inf = f64::INFINITY;
+        let before = [(0.001, 50), (0.005, 90), (0.05, 100), (inf, 100)];
+        // 100 calls since: 60 under 1 ms, 35 more under 5 ms, 4 under 50 ms, 1 over.
+        let after = [(0.001, 110), (0.005, 185), (0.05, 199), (inf, 200)];
+        assert_eq!(bucket_quantile(&before, &after, 0.5), Some(0.001));
+        assert_eq!(bucket_quantile(&before, &after, 0.95), Some(0.005));
+        assert_eq!(bucket_quantile(&before, &after, 0.99), Some(0.05));
+        assert_eq!(bucket_quantile(&before, &after, 0.999), Some(inf));
+        assert_eq!(bucket_quantile(&after, &after, 0.5), None, "no calls between the readings");
+        // 60 of the 100 calls since were under 1 ms, 110 of all 200 were.
+        assert_eq!(bucket_quantile(&before, &after, 0.6), Some(0.001));
+        assert_eq!(bucket_quantile(&[], &after, 0.6), Some(0.005), "a first reading of nothing counts every call");
     }
 
     #[test]

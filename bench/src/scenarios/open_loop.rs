@@ -33,7 +33,7 @@
 //! The fan-out's delivery latency is measured the same way by the `fanout`
 //! scenario (a writer at a fixed rate, latency from when a write was due).
 
-use super::external::{External, GET, SET, gateway_binary, record, record_state, values_300b};
+use super::external::{External, GET, SET, bucket_quantile, gateway_binary, latency_buckets, record, record_state, values_300b};
 use crate::bench::Bench;
 use crate::h2call::{H2Caller, grpc_body};
 use crate::measure::{cpu_secs_of_pid, histogram};
@@ -127,16 +127,21 @@ impl Bench {
             for load in LOADS {
                 let rate = max_rate * load;
                 let scheduled = plan(rate);
+                let timed_before = latency_buckets(gw.ops, path)?;
                 let m = tokio::task::spawn_blocking(move || scheduled.run()).await??;
+                let timed = latency_buckets(gw.ops, path)?;
+                let own = |q| own_timing(&timed_before, &timed, q);
                 let q = |p: f64| m.hist.value_at_quantile(p) as f64 / 1000.0;
                 let (ops_per_sec, gateway_cpu_us) = (m.ok as f64 / m.secs, m.cpu_secs * 1e6 / m.ok.max(1) as f64);
                 let generator_cpu_us = m.own_cpu_secs * 1e6 / m.sent.max(1) as f64;
                 eprintln!(
-                    "   open-loop {name} at {:.0}%: {ops_per_sec:.0}/s, p50 {:.2} ms, p99 {:.2} ms; gateway {gateway_cpu_us:.1} µs \
-                     CPU/call, load generator {generator_cpu_us:.1}",
+                    "   open-loop {name} at {:.0}%: {ops_per_sec:.0}/s, p50 {:.2} ms, p99 {:.2} ms (the gateway's own: p50 {}, p99 {}); \
+                     gateway {gateway_cpu_us:.1} µs CPU/call, load generator {generator_cpu_us:.1}",
                     load * 100.0,
                     q(0.5),
                     q(0.99),
+                    own(0.5),
+                    own(0.99),
                 );
                 rows.push(Row {
                     scenario: format!("open-loop-{name}-{:.0}%", load * 100.0),
@@ -156,11 +161,14 @@ impl Bench {
                          was due (no coordinated omission), over {conns} HTTP/2 connections (a bare h2 caller, {generator_cpu_us:.1} \
                          µs of its own CPU per call); release binary, sqlite on disk ({}); \"ceiling\" = the same method closed-loop \
                          from the same generator ({conns} connections x {streams} calls in flight), whose rate the schedule \
-                         is a fraction of{}",
+                         is a fraction of; the gateway's own timing of the step's calls, warm-up included (its \
+                         request_duration_seconds buckets): p50 {}, p99 {}{}",
                         q(0.999),
                         m.hist.max() as f64 / 1000.0,
                         m.sent,
                         self.args.external_disk_dir.display(),
+                        own(0.5),
+                        own(0.99),
                         m.first_error.as_deref().map(|e| format!("; first error: {e}")).unwrap_or_default(),
                     ),
                     ..Row::default()
@@ -168,6 +176,21 @@ impl Bench {
             }
         }
         Ok(rows)
+    }
+}
+
+/// Quantile `q` of the gateway's own timing of the calls between two
+/// readings of its histogram, as the bound of its bucket ("≤ 2.5 ms"), or
+/// "> 5000 ms" past the last finite bound.
+fn own_timing(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> String {
+    let ms = |s: f64| format!("{:.3}", s * 1e3).trim_end_matches('0').trim_end_matches('.').to_owned();
+    match bucket_quantile(before, after, q) {
+        None => "–".into(),
+        Some(s) if s.is_finite() => format!("≤ {} ms", ms(s)),
+        Some(_) => {
+            let last = after.iter().rev().map(|&(le, _)| le).find(|le| le.is_finite()).unwrap_or(0.0);
+            format!("> {} ms", ms(last))
+        }
     }
 }
 
@@ -390,6 +413,17 @@ mod tests {
 
     /// A sleep never ends before its time, whether it is ahead, now or
     /// past, and the timer can be set again after it fired.
+    #[test]
+    fn the_gateway_timing_reads_as_its_bucket_bound() {
+        let before = [(0.00025, 0), (0.0025, 0), (5.0, 0), (f64::INFINITY, 0)];
+        let after = [(0.00025, 10), (0.0025, 98), (5.0, 99), (f64::INFINITY, 100)];
+        assert_eq!(own_timing(&before, &after, 0.05), "≤ 0.25 ms");
+        assert_eq!(own_timing(&before, &after, 0.5), "≤ 2.5 ms");
+        assert_eq!(own_timing(&before, &after, 0.99), "≤ 5000 ms");
+        assert_eq!(own_timing(&before, &after, 0.999), "> 5000 ms");
+        assert_eq!(own_timing(&after, &after, 0.5), "–");
+    }
+
     #[test]
     fn the_timer_wakes_at_its_time_not_before() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
