@@ -60,12 +60,26 @@ struct Scheduled {
     /// CPU of this process (the load generator) over the measured part.
     own_cpu_secs: f64,
     hist: hdrhistogram::Histogram<u64>,
+    /// How late the generator's thread started each call after it was due
+    /// (µs): the generator's own backlog, which a latency from the due
+    /// time includes. Empty in closed loop, where nothing is due.
+    late: hdrhistogram::Histogram<u64>,
     first_error: Option<String>,
 }
 
 impl Scheduled {
     fn new(secs: f64) -> Scheduled {
-        Scheduled { sent: 0, ok: 0, errors: 0, secs, cpu_secs: 0.0, own_cpu_secs: 0.0, hist: histogram(), first_error: None }
+        Scheduled {
+            sent: 0,
+            ok: 0,
+            errors: 0,
+            secs,
+            cpu_secs: 0.0,
+            own_cpu_secs: 0.0,
+            hist: histogram(),
+            late: histogram(),
+            first_error: None,
+        }
     }
 
     fn answered(&mut self, latency: Duration, result: Result<()>) {
@@ -134,14 +148,17 @@ impl Bench {
                 let q = |p: f64| m.hist.value_at_quantile(p) as f64 / 1000.0;
                 let (ops_per_sec, gateway_cpu_us) = (m.ok as f64 / m.secs, m.cpu_secs * 1e6 / m.ok.max(1) as f64);
                 let generator_cpu_us = m.own_cpu_secs * 1e6 / m.sent.max(1) as f64;
+                let late = |p: f64| m.late.value_at_quantile(p) as f64 / 1000.0;
                 eprintln!(
-                    "   open-loop {name} at {:.0}%: {ops_per_sec:.0}/s, p50 {:.2} ms, p99 {:.2} ms (the gateway's own: p50 {}, p99 {}); \
-                     gateway {gateway_cpu_us:.1} µs CPU/call, load generator {generator_cpu_us:.1}",
+                    "   open-loop {name} at {:.0}%: {ops_per_sec:.0}/s, p50 {:.2} ms, p99 {:.2} ms (the gateway's own: p50 {}, p99 {}; \
+                     calls started late by the generator: p99 {:.2} ms); gateway {gateway_cpu_us:.1} µs CPU/call, load generator \
+                     {generator_cpu_us:.1}",
                     load * 100.0,
                     q(0.5),
                     q(0.99),
                     own(0.5),
                     own(0.99),
+                    late(0.99),
                 );
                 rows.push(Row {
                     scenario: format!("open-loop-{name}-{:.0}%", load * 100.0),
@@ -162,13 +179,16 @@ impl Bench {
                          µs of its own CPU per call); release binary, sqlite on disk ({}); \"ceiling\" = the same method closed-loop \
                          from the same generator ({conns} connections x {streams} calls in flight), whose rate the schedule \
                          is a fraction of; the gateway's own timing of the step's calls, warm-up included (its \
-                         request_duration_seconds buckets): p50 {}, p99 {}{}",
+                         request_duration_seconds buckets): p50 {}, p99 {}; how late the generator's thread started a call \
+                         after it was due (its own backlog, inside every latency): p99 {:.2} ms, max {:.2} ms{}",
                         q(0.999),
                         m.hist.max() as f64 / 1000.0,
                         m.sent,
                         self.args.external_disk_dir.display(),
                         own(0.5),
                         own(0.99),
+                        late(0.99),
+                        m.late.max() as f64 / 1000.0,
                         m.first_error.as_deref().map(|e| format!("; first error: {e}")).unwrap_or_default(),
                     ),
                     ..Row::default()
@@ -297,9 +317,12 @@ impl Plan {
                 let measured = due >= measure_from;
                 let was_due = due;
                 calls.spawn(async move {
+                    let late = was_due.elapsed();
                     let result = caller.call(path, body).await;
                     if measured {
-                        out.lock().unwrap_or_else(|p| p.into_inner()).answered(was_due.elapsed(), result);
+                        let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+                        out.late.record(late.as_micros().max(1) as u64).ok();
+                        out.answered(was_due.elapsed(), result);
                     }
                 });
                 i += 1;
