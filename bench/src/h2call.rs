@@ -106,6 +106,20 @@ fn grpc_status(status: &http::HeaderValue, message: Option<&http::HeaderValue>) 
     bail!("grpc-status {}: {message}", String::from_utf8_lossy(status.as_bytes()))
 }
 
+/// A gateway for a test: on loopback, auth off, its data in a temp dir
+/// (kept while the returned guard lives).
+#[cfg(test)]
+pub(crate) async fn test_gateway() -> (stategate::server::Running, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = stategate::config::Config::defaults();
+    config.auth.auth_disabled = true;
+    config.bind = "127.0.0.1".into();
+    config.port = 0;
+    config.ops_port = Some(0);
+    config.data_dir = data.path().to_path_buf();
+    (stategate::server::start(config).await.unwrap(), data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,14 +139,7 @@ mod tests {
     #[tokio::test]
     async fn calls_answer_with_their_grpc_status() {
         use stategate::proto as pb;
-        let data = tempfile::tempdir().unwrap();
-        let mut config = stategate::config::Config::defaults();
-        config.auth.auth_disabled = true;
-        config.bind = "127.0.0.1".into();
-        config.port = 0;
-        config.ops_port = Some(0);
-        config.data_dir = data.path().to_path_buf();
-        let gateway = stategate::server::start(config).await.unwrap();
+        let (gateway, _data) = test_gateway().await;
         let caller = H2Caller::connect(gateway.addr).await.unwrap();
         let values = stategate::api::convert::json_to_struct(serde_json::json!({"n": 1}).as_object().unwrap().clone());
         let state = pb::State { domain: "d".into(), r#type: "t".into(), key: "k".into(), values: Some(values), ..Default::default() };

@@ -402,14 +402,7 @@ mod tests {
     /// loop, not as many as the window holds.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_closed_loop_counts_its_window_and_stops_a_loop_at_its_first_error() {
-        let data = tempfile::tempdir().unwrap();
-        let mut config = stategate::config::Config::defaults();
-        config.auth.auth_disabled = true;
-        config.bind = "127.0.0.1".into();
-        config.port = 0;
-        config.ops_port = Some(0);
-        config.data_dir = data.path().to_path_buf();
-        let gateway = stategate::server::start(config).await.unwrap();
+        let (gateway, _data) = crate::h2call::test_gateway().await;
         let caller = H2Caller::connect(gateway.addr).await.unwrap();
         let state = pb::State { values: Some(values_300b()), ..record_state("get", "r1") };
         caller.call(SET, grpc_body(&state)).await.unwrap();
