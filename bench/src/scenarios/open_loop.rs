@@ -236,8 +236,8 @@ impl Plan {
         rt.block_on(self.calls())
     }
 
-    /// The closed-loop maximum on the same thread and connections as
-    /// [`Plan::run`] (`rate` unused): `streams` calls in flight on each
+    /// The closed-loop maximum, on one thread and as many new connections
+    /// as [`Plan::run`] uses (`rate` unused): `streams` calls in flight on each
     /// connection, each sent when the one before it answered. The measured
     /// part counts the calls that answered in it, each latency from when
     /// it went out. A loop that gets an error stops there, so a lost
