@@ -82,6 +82,26 @@ impl Scheduled {
         }
     }
 
+    /// Calls answered per second of the measured part.
+    fn ops_per_sec(&self) -> f64 {
+        self.ok as f64 / self.secs
+    }
+
+    /// The gateway's CPU per call answered, µs.
+    fn gateway_cpu_us(&self) -> f64 {
+        self.cpu_secs * 1e6 / self.ok.max(1) as f64
+    }
+
+    /// The generator's own CPU per call sent, µs.
+    fn generator_cpu_us(&self) -> f64 {
+        self.own_cpu_secs * 1e6 / self.sent.max(1) as f64
+    }
+
+    /// Quantile `p` of the latencies, ms.
+    fn latency_ms(&self, p: f64) -> f64 {
+        self.hist.value_at_quantile(p) as f64 / 1000.0
+    }
+
     fn answered(&mut self, latency: Duration, result: Result<()>) {
         self.sent += 1;
         match result {
@@ -126,14 +146,14 @@ impl Bench {
             let plan = |rate| Plan { addr: gw.addr, conns, path, body: body.clone(), rate, warmup, secs, pid: gw.child.id() };
             let closed = plan(0.0);
             let max = tokio::task::spawn_blocking(move || closed.run_closed_loop(streams)).await??;
-            let (max_rate, max_cpu_us) = (max.ok as f64 / max.secs, max.cpu_secs * 1e6 / max.ok.max(1) as f64);
-            let max_q = |p: f64| max.hist.value_at_quantile(p) as f64 / 1000.0;
+            let (max_rate, max_cpu_us) = (max.ops_per_sec(), max.gateway_cpu_us());
+            let max_q = |p: f64| max.latency_ms(p);
             eprintln!(
                 "   open-loop {name}: closed-loop maximum {max_rate:.0}/s (p50 {:.2} ms, p99 {:.2} ms; gateway {max_cpu_us:.1} µs \
                  CPU/call, load generator {:.1})",
                 max_q(0.5),
                 max_q(0.99),
-                max.own_cpu_secs * 1e6 / max.sent.max(1) as f64,
+                max.generator_cpu_us(),
             );
             if max.ok == 0 {
                 anyhow::bail!("open-loop {name}: no call succeeded in closed loop ({})", max.first_error.as_deref().unwrap_or("no error"));
@@ -145,9 +165,8 @@ impl Bench {
                 let m = tokio::task::spawn_blocking(move || scheduled.run()).await??;
                 let timed = latency_buckets(gw.ops, path)?;
                 let own = |q| own_timing(&timed_before, &timed, q);
-                let q = |p: f64| m.hist.value_at_quantile(p) as f64 / 1000.0;
-                let (ops_per_sec, gateway_cpu_us) = (m.ok as f64 / m.secs, m.cpu_secs * 1e6 / m.ok.max(1) as f64);
-                let generator_cpu_us = m.own_cpu_secs * 1e6 / m.sent.max(1) as f64;
+                let q = |p: f64| m.latency_ms(p);
+                let (ops_per_sec, gateway_cpu_us, generator_cpu_us) = (m.ops_per_sec(), m.gateway_cpu_us(), m.generator_cpu_us());
                 let late = |p: f64| m.late.value_at_quantile(p) as f64 / 1000.0;
                 eprintln!(
                     "   open-loop {name} at {:.0}%: {ops_per_sec:.0}/s, p50 {:.2} ms, p99 {:.2} ms (the gateway's own: p50 {}, p99 {}; \
