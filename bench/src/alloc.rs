@@ -2,10 +2,10 @@
 //! threads (gateway and bare server), so memory scenarios can tell the
 //! gateway's share from the clients' in one process. (sqlite allocates
 //! with libc malloc directly and is not counted; idle streams do not touch it.)
-//! Underneath it is mimalloc, the binary's allocator (host/src/main.rs), so
+//! Underneath it is the binary's allocator (`stategate::allocator`), so
 //! the in-process rows run the gateway on the allocator users run.
 
-use mimalloc::MiMalloc as Inner;
+use stategate::allocator::MiMalloc as Inner;
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, Ordering};

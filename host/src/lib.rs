@@ -2,6 +2,7 @@
 //! repository maps the code (layers, a write's and a stream's path, how to
 //! add a provider); each module holds one concern.
 
+pub mod allocator;
 pub mod api;
 pub mod auth;
 pub mod channel;

@@ -12,7 +12,7 @@ use stategate::config::Config;
 /// The library leaves the choice to the program (the bench counts
 /// allocations with its own).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: stategate::allocator::MiMalloc = stategate::allocator::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     // Before any other thread exists: the `.env` file and empty variables

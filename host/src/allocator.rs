@@ -1,0 +1,110 @@
+//! The allocator the binary installs (`host/src/main.rs`) and the bench
+//! runs beneath its counting: mimalloc, asked the way it is fastest.
+//!
+//! The `mimalloc` crate's `GlobalAlloc` passes every allocation to
+//! `mi_malloc_aligned`, whatever its alignment. That path tries a free
+//! block of the size class and checks its address, and for anything over
+//! 1 KiB (h2's read buffers, futures boxed by the tower layers) falls to a
+//! second, generic function before reaching the plain allocation. Those
+//! checks came to about 2.2k of a health check's 75k instructions, and as
+//! much of a `Get`'s or a `Set`'s (callgrind, BENCHMARKS.md session 29). Every mimalloc block is aligned
+//! to at least 16 bytes, or to its own size below that, so an alignment no
+//! larger than that and no larger than the size needs none of it: those
+//! go to `mi_malloc` as std's `System` allocator sends them to `malloc`.
+//! Only the rest (tokio's task cells, aligned to 128) take the aligned
+//! path. Blocks are freed by `mi_free` either way.
+
+use libmimalloc_sys as mi;
+use std::alloc::{GlobalAlloc, Layout};
+use std::ffi::c_void;
+
+/// What mimalloc aligns every block to (`MI_MAX_ALIGN_SIZE`), when the
+/// block is at least that large.
+const PLAIN_ALIGN: usize = 16;
+
+/// mimalloc behind `GlobalAlloc`, aligned calls only where needed.
+pub struct MiMalloc;
+
+/// Whether a plain allocation of `size` bytes is already aligned to `align`.
+fn plain(align: usize, size: usize) -> bool {
+    align <= PLAIN_ALIGN && align <= size
+}
+
+// SAFETY: every pointer comes from mimalloc and goes back to it; a plain
+// allocation is used only where mimalloc's own alignment meets `Layout`'s
+// (above), otherwise the aligned functions are.
+unsafe impl GlobalAlloc for MiMalloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: mimalloc's allocation functions take any size.
+        unsafe {
+            if plain(layout.align(), layout.size()) {
+                mi::mi_malloc(layout.size()).cast()
+            } else {
+                mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as `alloc`.
+        unsafe {
+            if plain(layout.align(), layout.size()) {
+                mi::mi_zalloc(layout.size()).cast()
+            } else {
+                mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: `ptr` came from this allocator, so from mimalloc.
+        unsafe { mi::mi_free(ptr.cast::<c_void>()) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `ptr` came from this allocator; mimalloc's reallocation
+        // keeps the contents up to the smaller size.
+        unsafe {
+            if plain(layout.align(), new_size) {
+                mi::mi_realloc(ptr.cast::<c_void>(), new_size).cast()
+            } else {
+                mi::mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align()).cast()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every layout gets a block aligned as it asks, plain or not, and
+    /// reallocation keeps the bytes and the alignment.
+    #[test]
+    fn blocks_are_aligned_as_their_layouts_ask_and_keep_their_bytes() {
+        let a = MiMalloc;
+        for align in [1, 2, 4, 8, 16, 32, 64, 128, 4096] {
+            for size in [1, 3, 8, 15, 16, 17, 100, 1024, 1025, 5000, 70_000] {
+                let layout = Layout::from_size_align(size, align).unwrap();
+                // SAFETY: the layout has a nonzero size; each block is freed once.
+                unsafe {
+                    let p = a.alloc(layout);
+                    assert!(!p.is_null() && p as usize % align == 0, "alloc {size} aligned {align}");
+                    p.write_bytes(0xa5, size);
+                    let grown = a.realloc(p, layout, size * 3);
+                    assert!(!grown.is_null() && grown as usize % align == 0, "realloc {size} aligned {align}");
+                    assert!((0..size).all(|i| *grown.add(i) == 0xa5), "realloc {size} kept its bytes");
+                    a.dealloc(grown, Layout::from_size_align(size * 3, align).unwrap());
+                    let z = a.alloc_zeroed(layout);
+                    assert!(!z.is_null() && z as usize % align == 0, "alloc_zeroed {size} aligned {align}");
+                    assert!((0..size).all(|i| *z.add(i) == 0), "alloc_zeroed {size} is zeroed");
+                    a.dealloc(z, layout);
+                }
+            }
+        }
+    }
+}
