@@ -150,8 +150,9 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
         routes = routes.merge(api::console::routes());
     }
     let app = api::browser::guard(
-        api::fallback::serve_unmatched(routes, api::grpc_web::wrap(grpc), methods, ops_addr.port())
+        api::fallback::serve_unmatched(routes, api::grpc_web::wrap(grpc.clone()), methods, ops_addr.port())
             .layer(DefaultBodyLimit::max(config.max_message_bytes)),
+        grpc,
         &api::browser::Rules {
             origins: config.cors_origins.clone(),
             auth_enabled: config.auth_enabled(),

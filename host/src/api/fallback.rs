@@ -6,7 +6,9 @@
 //!   it and the services there are (`unknown_grpc_method`, inside grpc-web's
 //!   translation so grpc-web clients get it as trailers too); grpc-web with
 //!   another method than POST is 405 with `Allow: POST`; native gRPC needs
-//!   HTTP/2;
+//!   HTTP/2 (the server's `api::browser::guard` sends native gRPC over
+//!   HTTP/2 straight to the gRPC routes, so here it is answered only over
+//!   HTTP/1.1);
 //! - a REST path with a method it does not take is 405 with `Allow`;
 //! - a REST record path missing a part (`/api/state/ref/users/user/`) is
 //!   400 naming the part;

@@ -75,6 +75,19 @@ async fn wrong_methods_are_405_with_allow() {
     assert_eq!(r.status().as_u16(), 405);
     assert_eq!(r.headers()["allow"], "POST");
     assert_eq!(r.headers()["grpc-status"], "12");
+    // Native gRPC over HTTP/1.1 (reqwest speaks 1.1 to plain http) says to
+    // use HTTP/2 or grpc-web; over HTTP/2 it goes straight to the gRPC routes.
+    let r = http()
+        .post(format!("{url}/stategate.StateService/Get"))
+        .header("content-type", "application/grpc")
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), http::Version::HTTP_11);
+    let (status, _, body) = envelope(r).await;
+    assert_eq!((status, &body["code"]), (400, &json!(3)), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("gRPC needs HTTP/2"), "{body}");
     gw.stop().await;
 }
 
