@@ -137,10 +137,10 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
     let grpc = api::grpc::routes(GrpcApi::new(gateway.clone()), config.max_message_bytes)
         .await
         .into_axum_router()
-        .layer(axum::middleware::from_fn_with_state(gateway.clone(), api::grpc::authenticate_first));
+        .layer(api::grpc::authenticate_first(gateway.clone()));
     let grpc = api::public::guard_grpc(grpc, gateway.clone(), &public)
-        .layer(axum::middleware::from_fn(api::deadline::grpc_timeout))
-        .layer(axum::middleware::from_fn_with_state(methods.clone(), api::fallback::unknown_grpc_method));
+        .layer(api::deadline::layer())
+        .layer(api::fallback::known_methods(methods.clone()));
     // Routes served over plain HTTP; what none of them takes goes to gRPC
     // or gets a JSON error (`api::fallback`).
     let mut routes = api::rest::routes(gateway.clone())

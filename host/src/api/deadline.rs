@@ -7,30 +7,61 @@
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::Response;
+use axum::routing::Route;
 use bytes::Bytes;
+use futures::future::{BoxFuture, Either};
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
-/// Middleware of the gRPC routes.
-pub async fn grpc_timeout(request: Request, next: Next) -> Response {
-    let Some(timeout) = request.headers().get("grpc-timeout").and_then(|v| parse(v.to_str().ok()?)) else {
-        return next.run(request).await;
-    };
-    let deadline = Instant::now() + timeout;
-    match tokio::time::timeout_at(deadline, next.run(request)).await {
-        Ok(response) => response.map(|body| {
-            Body::new(Bounded {
-                body: Some(body),
-                deadline: Box::pin(tokio::time::sleep_until(deadline)),
-                timeout,
+/// Layer of the gRPC routes: a call with a `grpc-timeout` gets the
+/// deadline above; one without goes on as it came. A plain tower service,
+/// not `axum::middleware::from_fn`: that clones and boxes the inner
+/// service and boxes a future for every call, and every gRPC call passes
+/// here (BENCHMARKS.md session 29).
+pub fn layer() -> tower::layer::LayerFn<fn(Route) -> Deadline> {
+    tower::layer::layer_fn(|inner| Deadline { inner })
+}
+
+/// The service [`layer`] wraps each gRPC route in.
+#[derive(Clone)]
+pub struct Deadline {
+    inner: Route,
+}
+
+impl tower::Service<Request> for Deadline {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<<Route as tower::Service<Request>>::Future, BoxFuture<'static, Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // A Route is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let Some(timeout) = request.headers().get("grpc-timeout").and_then(|v| parse(v.to_str().ok()?)) else {
+            return Either::Left(self.inner.call(request));
+        };
+        let deadline = Instant::now() + timeout;
+        let call = self.inner.call(request);
+        Either::Right(Box::pin(async move {
+            Ok(match tokio::time::timeout_at(deadline, call).await {
+                Ok(Ok(response)) => response.map(|body| {
+                    Body::new(Bounded {
+                        body: Some(body),
+                        deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                        timeout,
+                    })
+                }),
+                Ok(Err(never)) => match never {},
+                Err(_) => exceeded(timeout).into_http::<Body>(),
             })
-        }),
-        Err(_) => exceeded(timeout).into_http::<Body>(),
+        }))
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! - a gRPC or grpc-web request (content type `application/grpc…`) goes to
 //!   the gRPC services; a method they do not have is `UNIMPLEMENTED` naming
-//!   it and the services there are (`unknown_grpc_method`, inside grpc-web's
+//!   it and the services there are (`known_methods`, inside grpc-web's
 //!   translation so grpc-web clients get it as trailers too); grpc-web with
 //!   another method than POST is 405 with `Allow: POST`; native gRPC needs
 //!   HTTP/2 (the server's `api::browser::guard` sends native gRPC over
@@ -25,6 +25,7 @@
 use axum::Router;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use axum::routing::Route;
 use futures::future::{Either, Ready, ready};
 use super::browser::starts_with_ignoring_case;
 use http::header::ALLOW;
@@ -92,18 +93,38 @@ impl GrpcMethods {
     }
 }
 
-/// Middleware of the gRPC routes: a method they do not serve is
-/// `UNIMPLEMENTED` with a message (tonic's own answer has none).
-pub async fn unknown_grpc_method(
-    axum::extract::State(methods): axum::extract::State<Arc<GrpcMethods>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let path = request.uri().path();
-    if !methods.contains(path) {
-        return methods.unknown(path).into_http::<Body>();
+/// Layer of the gRPC routes: a method they do not serve is
+/// `UNIMPLEMENTED` with a message (tonic's own answer has none). A plain
+/// tower service rather than `axum::middleware::from_fn`, which clones and
+/// boxes the inner service and boxes a future for every call.
+pub fn known_methods(methods: Arc<GrpcMethods>) -> impl tower::Layer<Route, Service = KnownMethods> + Clone {
+    tower::layer::layer_fn(move |inner| KnownMethods { inner, methods: methods.clone() })
+}
+
+/// The service [`known_methods`] wraps each gRPC route in.
+#[derive(Clone)]
+pub struct KnownMethods {
+    inner: Route,
+    methods: Arc<GrpcMethods>,
+}
+
+impl tower::Service<Request<Body>> for KnownMethods {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<<Route as tower::Service<Request<Body>>>::Future, Ready<Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // A Route is always ready.
+        Poll::Ready(Ok(()))
     }
-    next.run(request).await
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let path = request.uri().path();
+        if !self.methods.contains(path) {
+            return Either::Right(ready(Ok(self.methods.unknown(path).into_http::<Body>())));
+        }
+        Either::Left(self.inner.call(request))
+    }
 }
 
 /// A REST path asked with a method it does not take; axum adds `Allow`.

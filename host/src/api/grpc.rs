@@ -8,7 +8,11 @@ use super::{convert, measured, metadata, record, status::to_status};
 use crate::gateway::{self as gw, Gateway, methods};
 use crate::hub::SharedEvent;
 use crate::proto as pb;
+use axum::routing::Route;
+use axum::routing::future::RouteFuture;
+use futures::future::Either;
 use futures::{Stream, StreamExt};
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -442,22 +446,56 @@ impl pb::catalog_service_server::CatalogService for GrpcApi {
 /// let through is counted once, when it ends. The headers read as policy
 /// input travel on in the request's extensions, so the handler does not
 /// read them again.
-pub async fn authenticate_first(
-    axum::extract::State(gateway): axum::extract::State<Arc<Gateway>>,
-    mut request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let path = request.uri().path();
-    if let Some(method) = methods::ALL.iter().find(|m| **m == path) {
-        let md = metadata(&gateway, request.headers());
-        let started = std::time::Instant::now();
-        if let Err(e) = gateway.verify_token(method, &md).await {
-            record(gateway.metrics(), method, Err(&e), started.elapsed());
-            return to_status(e).into_http();
-        }
-        request.extensions_mut().insert(ReadMetadata(md));
+///
+/// A plain tower service rather than `axum::middleware::from_fn`, which
+/// clones and boxes the inner service and boxes a future for every call:
+/// only a token to verify takes a boxed future here.
+pub fn authenticate_first(gateway: Arc<Gateway>) -> impl tower::Layer<Route, Service = AuthenticateFirst> + Clone {
+    tower::layer::layer_fn(move |inner| AuthenticateFirst { inner, gateway: gateway.clone() })
+}
+
+/// The service [`authenticate_first`] wraps each gRPC route in.
+#[derive(Clone)]
+pub struct AuthenticateFirst {
+    inner: Route,
+    gateway: Arc<Gateway>,
+}
+
+impl tower::Service<axum::extract::Request> for AuthenticateFirst {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = Either<RouteFuture<Infallible>, BoxFuture<Result<axum::response::Response, Infallible>>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        // A Route is always ready.
+        std::task::Poll::Ready(Ok(()))
     }
-    next.run(request).await
+
+    fn call(&mut self, mut request: axum::extract::Request) -> Self::Future {
+        let path = request.uri().path();
+        let Some(method) = methods::ALL.iter().copied().find(|m| *m == path) else {
+            return Either::Left(self.inner.call(request));
+        };
+        let md = metadata(&self.gateway, request.headers());
+        if !self.gateway.verifies_tokens() {
+            request.extensions_mut().insert(ReadMetadata(md));
+            return Either::Left(self.inner.call(request));
+        }
+        // The inner service is called once the token verified: this one
+        // (ready) goes with the call, a clone stays for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let gateway = self.gateway.clone();
+        Either::Right(Box::pin(async move {
+            let started = std::time::Instant::now();
+            if let Err(e) = gateway.verify_token(method, &md).await {
+                record(gateway.metrics(), method, Err(&e), started.elapsed());
+                return Ok(to_status(e).into_http());
+            }
+            request.extensions_mut().insert(ReadMetadata(md));
+            inner.call(request).await
+        }))
+    }
 }
 
 /// The gRPC routes: the two stategate services, health and reflection

@@ -97,6 +97,12 @@ pub trait Auth: Send + Sync + 'static {
         true
     }
 
+    /// Whether `authenticate` can refuse a call; when it cannot, a caller
+    /// may skip asking (it answers no claims).
+    fn authenticates(&self) -> bool {
+        true
+    }
+
     /// Whether `authorize_response` can do anything; when not, the gateway
     /// skips it and the JSON form of every response.
     fn inspects_responses(&self) -> bool {
@@ -123,6 +129,10 @@ impl Auth for NoAuth {
     }
 
     fn inspects_bodies(&self) -> bool {
+        false
+    }
+
+    fn authenticates(&self) -> bool {
         false
     }
 

@@ -205,6 +205,11 @@ impl Gateway {
         self.auth.reads_headers()
     }
 
+    /// Whether `verify_token` can refuse a call (see `Auth::authenticates`).
+    pub fn verifies_tokens(&self) -> bool {
+        self.auth.authenticates()
+    }
+
     /// Whether anything (a Rego response policy or a wasm hook) looks at
     /// responses; when nothing does, they are not turned into JSON.
     pub(crate) fn inspects_responses(&self) -> bool {
