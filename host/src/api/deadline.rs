@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use axum::routing::Route;
+use axum::routing::future::RouteFuture;
 use bytes::Bytes;
 use futures::future::{BoxFuture, Either};
 use std::convert::Infallible;
@@ -36,7 +37,7 @@ pub struct Deadline {
 impl tower::Service<Request> for Deadline {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<<Route as tower::Service<Request>>::Future, BoxFuture<'static, Result<Response, Infallible>>>;
+    type Future = Either<RouteFuture<Infallible>, BoxFuture<'static, Result<Response, Infallible>>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // A Route is always ready.

@@ -26,6 +26,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use axum::routing::Route;
+use axum::routing::future::RouteFuture;
 use futures::future::{Either, Ready, ready};
 use super::browser::starts_with_ignoring_case;
 use http::header::ALLOW;
@@ -111,7 +112,7 @@ pub struct KnownMethods {
 impl tower::Service<Request<Body>> for KnownMethods {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<<Route as tower::Service<Request<Body>>>::Future, Ready<Result<Response, Infallible>>>;
+    type Future = Either<RouteFuture<Infallible>, Ready<Result<Response, Infallible>>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // A Route is always ready.
