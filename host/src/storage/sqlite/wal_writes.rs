@@ -84,26 +84,9 @@ pub(super) fn register() -> Result<(), String> {
     REGISTERED.get_or_init(|| unsafe { register_once() }).as_ref().map(|_| ()).map_err(Clone::clone)
 }
 
-/// Turns off sqlite's memory statistics, which nothing here reads: with
-/// them on (its default), every `sqlite3_malloc` and `sqlite3_free` takes
-/// a process-wide mutex to count, about 9 lock and unlock pairs per `Set`
-/// on the writer thread (callgrind, BENCHMARKS.md session 24). It must come
-/// before sqlite initializes, which `sqlite3_vfs_find` below does: so here,
-/// in the one place every connection of this module passes first (inside
-/// `REGISTERED`'s `get_or_init`, so no other thread of ours is in sqlite
-/// meanwhile). Once sqlite is initialized it is refused (`SQLITE_MISUSE`),
-/// harmlessly: the statistics then stay on.
-fn count_no_memory() {
-    // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int argument; sqlite checks
-    // whether it is initialized before it changes anything.
-    let rc = unsafe { ffi::sqlite3_config(ffi::SQLITE_CONFIG_MEMSTATUS, 0 as c_int) };
-    if rc != ffi::SQLITE_OK {
-        tracing::debug!(rc, "sqlite: memory statistics stay on (sqlite was initialized first)");
-    }
-}
-
 unsafe fn register_once() -> Result<Registered, String> {
-    count_no_memory();
+    // Before sqlite initializes, which sqlite3_vfs_find below does.
+    super::process_config::apply();
     // SAFETY: sqlite3_vfs_find takes a NUL-terminated name and returns a
     // pointer to a VFS that lives for the process, or null.
     let base = unsafe { ffi::sqlite3_vfs_find(BASE_NAME.as_ptr()) };
