@@ -45,6 +45,7 @@
 //! correct together with the others (the WAL and checkpoint rules above).
 
 mod field_index;
+mod in_place;
 mod process_config;
 mod pushdown;
 mod read_pool;

@@ -25,6 +25,7 @@
 //! whenever a transaction or a savepoint is rolled back: what it remembers
 //! is what the table holds.
 
+use super::in_place::{Binder, InPlace};
 use super::{EVENT_COLUMNS, FieldIndexes, db_error, event_from_row};
 use crate::model::{Appended, AppendRequest, Change, Error, RecordRef, Result};
 use crate::storage::{conflict, idempotency_mismatch};
@@ -33,6 +34,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
+
+/// The batch's records by reference (`Pending::last`), hashed with
+/// foldhash: seeded at random as std's SipHash is, so a caller cannot pick
+/// keys that collide, and about 150 instructions a record against
+/// SipHash's 370, on the writer thread (callgrind, BENCHMARKS.md session 30).
+type Records<'j, V> = HashMap<&'j RecordRef, V, foldhash::fast::RandomState>;
 
 /// Most appends committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -131,8 +138,8 @@ struct RowsSql {
     columns: usize,
     tail: &'static str,
     /// Binds an append's row, as this version of its record, after the
-    /// statement's first `before` parameters.
-    bind: fn(stmt: &mut Statement<'_>, before: usize, job: &Job, version: u64) -> rusqlite::Result<()>,
+    /// statement's first `before` parameters; its texts are read in place.
+    bind: for<'j> fn(binder: &mut Binder<'_, 'j>, before: usize, job: &'j Job, version: u64) -> rusqlite::Result<()>,
 }
 
 impl RowsSql {
@@ -158,18 +165,20 @@ const STATE_ROWS: RowsSql = RowsSql {
 
 /// One table's statements of 1, 2, 4, ... `MAX_ROWS` rows: the one-row
 /// statement prepared at start (a connection that cannot prepare it fails
-/// there), the others on first use, all held.
+/// there), the others on first use, all held. They bind the appends' texts
+/// in place (`in_place.rs`): an event row's ten parameters were a tenth of
+/// the writer's work per `Set` while rusqlite copied each text.
 struct RowWriter<'c> {
     conn: &'c Connection,
     sql: &'static RowsSql,
     /// `held[k]` writes 2^k rows.
-    held: [Option<Statement<'c>>; ROW_SIZES],
+    held: [Option<InPlace<'c>>; ROW_SIZES],
 }
 
 impl<'c> RowWriter<'c> {
     fn prepare(conn: &'c Connection, sql: &'static RowsSql) -> rusqlite::Result<Self> {
         let mut held = [const { None }; ROW_SIZES];
-        held[0] = Some(conn.prepare(&sql.sql(1))?);
+        held[0] = Some(InPlace::prepare(conn, &sql.sql(1))?);
         Ok(RowWriter { conn, sql, held })
     }
 
@@ -188,13 +197,15 @@ impl<'c> RowWriter<'c> {
             let chunk = &rows[done..done + next_rows(rows.len() - done)];
             let slot = &mut self.held[chunk.len().trailing_zeros() as usize];
             if slot.is_none() {
-                *slot = Some(self.conn.prepare(&self.sql.sql(chunk.len()))?);
+                *slot = Some(InPlace::prepare(self.conn, &self.sql.sql(chunk.len()))?);
             }
             let stmt = slot.as_mut().expect("prepared above");
-            for (k, &(at, version)) in chunk.iter().enumerate() {
-                bind(stmt, k * columns, &jobs[at], version)?;
-            }
-            stmt.raw_execute()?;
+            stmt.execute(|binder| {
+                for (k, &(at, version)) in chunk.iter().enumerate() {
+                    bind(binder, k * columns, &jobs[at], version)?;
+                }
+                Ok(())
+            })?;
             written(chunk, self.conn.last_insert_rowid());
             done += chunk.len();
         }
@@ -534,7 +545,7 @@ impl Failed {
 
 /// Checks and writes one append, on its own.
 fn append_one(s: &mut Writer<'_>, job: &Job) -> std::result::Result<Written, Failed> {
-    let (version, existed) = match check(s, job, &HashMap::new())? {
+    let (version, existed) = match check(s, job, &Records::default())? {
         Checked::Replayed(first) => return Ok(Written::Replayed(first)),
         Checked::Write { version, existed } => (version, existed),
     };
@@ -562,7 +573,7 @@ enum Checked {
 /// An append's checks: its idempotency key, then the version its record
 /// is at (`pending` first: what the batch wrote of it and has not yet
 /// written to the tables). They only read, and fail as `Refused`.
-fn check(s: &mut Writer<'_>, job: &Job, pending: &HashMap<&RecordRef, Last>) -> std::result::Result<Checked, Failed> {
+fn check(s: &mut Writer<'_>, job: &Job, pending: &Records<'_, Last>) -> std::result::Result<Checked, Failed> {
     let req = &job.req;
     let e = |e: rusqlite::Error| Failed::Refused(db_error(&e));
     if let Some(idem) = &req.idempotency {
@@ -619,7 +630,7 @@ fn check(s: &mut Writer<'_>, job: &Job, pending: &HashMap<&RecordRef, Last>) -> 
 struct Pending<'j> {
     /// (the append's place in the batch, its version).
     rows: Vec<(usize, u64)>,
-    last: HashMap<&'j RecordRef, Last>,
+    last: Records<'j, Last>,
 }
 
 /// A record's last version in `Pending`.
@@ -672,28 +683,28 @@ fn write_pending(
 }
 
 /// `RowsSql::bind` of an event row.
-fn bind_event(stmt: &mut Statement<'_>, before: usize, job: &Job, version: u64) -> rusqlite::Result<()> {
+fn bind_event<'j>(b: &mut Binder<'_, 'j>, before: usize, job: &'j Job, version: u64) -> rusqlite::Result<()> {
     let (req, r) = (&job.req, &job.req.record);
-    stmt.raw_bind_parameter(before + 1, &req.id)?;
-    stmt.raw_bind_parameter(before + 2, &r.domain)?;
-    stmt.raw_bind_parameter(before + 3, &r.ty)?;
-    stmt.raw_bind_parameter(before + 4, &r.key)?;
-    stmt.raw_bind_parameter(before + 5, version)?;
-    stmt.raw_bind_parameter(before + 6, req.kind.as_str())?;
-    stmt.raw_bind_parameter(before + 7, &req.method)?;
-    stmt.raw_bind_parameter(before + 8, req.time)?;
-    stmt.raw_bind_parameter(before + 9, job.vals())?;
-    stmt.raw_bind_parameter(before + 10, job.claims())
+    b.text(before + 1, &req.id)?;
+    b.text(before + 2, &r.domain)?;
+    b.text(before + 3, &r.ty)?;
+    b.text(before + 4, &r.key)?;
+    b.integer(before + 5, version)?;
+    b.text(before + 6, req.kind.as_str())?;
+    b.text(before + 7, &req.method)?;
+    b.integer(before + 8, req.time)?;
+    b.text_or_null(before + 9, job.vals())?;
+    b.text(before + 10, job.claims())
 }
 
 /// `RowsSql::bind` of a state row.
-fn bind_state(stmt: &mut Statement<'_>, before: usize, job: &Job, version: u64) -> rusqlite::Result<()> {
+fn bind_state<'j>(b: &mut Binder<'_, 'j>, before: usize, job: &'j Job, version: u64) -> rusqlite::Result<()> {
     let r = &job.req.record;
-    stmt.raw_bind_parameter(before + 1, &r.domain)?;
-    stmt.raw_bind_parameter(before + 2, &r.ty)?;
-    stmt.raw_bind_parameter(before + 3, &r.key)?;
-    stmt.raw_bind_parameter(before + 4, version)?;
-    stmt.raw_bind_parameter(before + 5, job.vals())
+    b.text(before + 1, &r.domain)?;
+    b.text(before + 2, &r.ty)?;
+    b.text(before + 3, &r.key)?;
+    b.integer(before + 4, version)?;
+    b.text_or_null(before + 5, job.vals())
 }
 
 #[cfg(test)]
