@@ -116,9 +116,10 @@ impl Policy {
         }
     }
 
-    /// The refusal for a request the rules do not let through.
-    fn check(&self, req: &Request<Body>) -> Option<Response> {
-        let grpc = content_type(req).is_some_and(is_grpc);
+    /// The refusal for a request the rules do not let through; `media` is
+    /// its [`content_type`].
+    fn check(&self, req: &Request<Body>, media: Option<&str>) -> Option<Response> {
+        let grpc = media.is_some_and(is_grpc);
         if let Some(extra) = &self.hosts
             && let Some(host) = request_host(req)
             && !is_loopback_host(host)
@@ -148,14 +149,14 @@ impl Policy {
         }
         if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
             let rest = req.uri().path().starts_with("/api/");
-            let ok = match content_type(req) {
+            let ok = match media {
                 Some(ct) if rest => is_json(ct),
                 Some(ct) => is_grpc(ct),
                 None => false,
             };
             if !ok {
                 let want = if rest { "application/json" } else { "application/grpc (or grpc-web)" };
-                let got = content_type(req).unwrap_or("none");
+                let got = media.unwrap_or("none");
                 return Some(refuse(
                     false,
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -167,7 +168,6 @@ impl Policy {
     }
 }
 
-/// The lower-case media type of the request, without parameters.
 /// The media type of the request, without parameters (checked on every
 /// call, so compared without allocating; media types ignore case).
 pub(crate) fn content_type(req: &Request<Body>) -> Option<&str> {
@@ -180,8 +180,15 @@ pub(crate) fn starts_with_ignoring_case(text: &str, prefix: &str) -> bool {
     text.len() >= prefix.len() && text.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
-fn is_grpc(media_type: &str) -> bool {
+/// gRPC or grpc-web (`application/grpc…`).
+pub(crate) fn is_grpc(media_type: &str) -> bool {
     starts_with_ignoring_case(media_type, "application/grpc")
+}
+
+/// grpc-web (`application/grpc-web…`), which browsers send over HTTP/1.1
+/// too and which `api::grpc_web` translates.
+pub(crate) fn is_grpc_web(media_type: &str) -> bool {
+    starts_with_ignoring_case(media_type, "application/grpc-web")
 }
 
 fn is_json(media_type: &str) -> bool {
@@ -264,21 +271,14 @@ impl tower::Service<Request<Body>> for Browser {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        if let Some(refusal) = self.policy.check(&req) {
+        let media = content_type(&req);
+        if let Some(refusal) = self.policy.check(&req, media) {
             return Either::Left(ready(Ok(refusal)));
         }
-        let native = is_native_grpc(&req) && req.version() == http::Version::HTTP_2;
+        // Native gRPC over HTTP/2: where `api::fallback` would send it too.
+        let native = media.is_some_and(|m| is_grpc(m) && !is_grpc_web(m)) && req.version() == http::Version::HTTP_2;
         Either::Right(if native { self.native.call(req) } else { self.browsers.call(req) })
     }
-}
-
-/// `application/grpc` and its `+proto` / `;…` forms, not `application/grpc-web…`.
-fn is_native_grpc(req: &Request<Body>) -> bool {
-    req.headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|ct| ct.strip_prefix("application/grpc"))
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
 }
 
 /// CORS for browsers (no credentials are involved: tokens travel in the
@@ -303,6 +303,11 @@ fn cors(origins: &Origins) -> CorsLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Policy::check` as `Browser::call` asks it.
+    fn check(policy: &Policy, req: &Request<Body>) -> Option<Response> {
+        policy.check(req, content_type(req))
+    }
 
     fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<Body> {
         let mut b = Request::builder().method(method).uri(path);
@@ -343,7 +348,7 @@ mod tests {
     #[test]
     fn writes_need_a_json_or_grpc_content_type() {
         let p = policy(true, false, &[]);
-        let refused = |r: Request<Body>| p.check(&r).map(|resp| resp.status().as_u16());
+        let refused = |r: Request<Body>| check(&p, &r).map(|resp| resp.status().as_u16());
         assert_eq!(refused(request("POST", "/api/state/ref/d/t/k", &[("content-type", "text/plain")])), Some(415));
         assert_eq!(refused(request("POST", "/api/state/ref/d/t/k", &[])), Some(415));
         assert_eq!(refused(request("PATCH", "/api/state/ref/d/t/k", &[("content-type", "application/x-www-form-urlencoded")])), Some(415));
@@ -361,7 +366,7 @@ mod tests {
     #[test]
     fn hosts_and_origins_when_auth_is_off() {
         let p = policy(false, true, &[]);
-        let status = |r: Request<Body>| p.check(&r).map(|resp| resp.status().as_u16());
+        let status = |r: Request<Body>| check(&p, &r).map(|resp| resp.status().as_u16());
         assert_eq!(status(request("GET", "/api/state/ref/d/t/k", &[("host", "evil.test:8080")])), Some(403));
         assert_eq!(status(request("GET", "http://evil.test:8080/api/state/ref/d/t/k", &[])), Some(403), ":authority");
         assert_eq!(status(request("GET", "/api/state/ref/d/t/k", &[("host", "localhost:8080")])), None);
@@ -370,14 +375,14 @@ mod tests {
         assert_eq!(status(request("GET", "/api/state/ref/d/t/k", &[("origin", "http://evil.test")])), Some(403));
         assert_eq!(status(request("GET", "/api/state/ref/d/t/k", &[("origin", "http://localhost:5173")])), None);
         // A gRPC request gets a gRPC status.
-        let r = p.check(&request("POST", "/x.S/M", &[("host", "evil.test"), ("content-type", "application/grpc")])).unwrap();
+        let r = check(&p, &request("POST", "/x.S/M", &[("host", "evil.test"), ("content-type", "application/grpc")])).unwrap();
         assert_eq!(r.headers()["grpc-status"], "7");
         // With authentication on, neither host nor origin is refused.
         let on = policy(true, false, &[]);
-        assert!(on.check(&request("GET", "/api/x", &[("host", "evil.test"), ("origin", "http://evil.test")])).is_none());
+        assert!(check(&on, &request("GET", "/api/x", &[("host", "evil.test"), ("origin", "http://evil.test")])).is_none());
         // An explicit list replaces the loopback default.
         let listed = policy(false, true, &["https://app.test"]);
-        assert!(listed.check(&request("GET", "/api/x", &[("origin", "https://app.test")])).is_none());
-        assert!(listed.check(&request("GET", "/api/x", &[("origin", "http://localhost:1")])).is_some());
+        assert!(check(&listed, &request("GET", "/api/x", &[("origin", "https://app.test")])).is_none());
+        assert!(check(&listed, &request("GET", "/api/x", &[("origin", "http://localhost:1")])).is_some());
     }
 }

@@ -28,7 +28,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::Route;
 use axum::routing::future::RouteFuture;
 use futures::future::{Either, Ready, ready};
-use super::browser::starts_with_ignoring_case;
 use http::header::ALLOW;
 use http::{HeaderValue, Method, Request, StatusCode, Version};
 use prost::Message;
@@ -162,10 +161,12 @@ impl tower::Service<Request<Body>> for Unmatched {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        // Every gRPC call passes here: compared in place, no allocation.
+        // Every grpc-web call and every request no route took passes here
+        // (native gRPC over HTTP/2 goes straight to the gRPC routes,
+        // `api::browser`): compared in place, no allocation.
         let media = super::browser::content_type(&req);
-        let grpc = media.is_some_and(|m| starts_with_ignoring_case(m, "application/grpc"));
-        let web = media.is_some_and(|m| starts_with_ignoring_case(m, "application/grpc-web"));
+        let grpc = media.is_some_and(super::browser::is_grpc);
+        let web = media.is_some_and(super::browser::is_grpc_web);
         let answer = match (grpc, web) {
             (_, true) if req.method() != Method::POST => {
                 let mut r = tonic::Status::unimplemented(format!(
