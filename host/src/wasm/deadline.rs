@@ -13,7 +13,7 @@
 //!   `capabilities::HttpGate`; async (policy hook) calls need none of this,
 //!   the whole call is bounded by a timer (`lease.rs`);
 //! - anything else (a blocking stream read on a socket, a file system call
-//!   that hangs): `Persistent::call` stops waiting for the blocking thread
+//!   that hangs): `Persistent::call` stops waiting for the call's thread
 //!   shortly after the deadline, reports the call as out of time and
 //!   discards the instance. The thread still holds its places (the instance
 //!   is alive until it returns), and once it returns to wasm code the

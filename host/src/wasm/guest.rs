@@ -319,6 +319,16 @@ impl<P: World> Guest<P> {
         })
     }
 
+    /// A call's places if both are free now, without waiting.
+    pub(super) fn try_place(&self) -> Option<Place> {
+        let own = self.places.clone().try_acquire_owned().ok()?;
+        let shared = self.runtime.instances().clone().try_acquire_owned().ok()?;
+        Some(Place {
+            _guest: own,
+            _runtime: shared,
+        })
+    }
+
     /// A fresh store with the guest's grants and limits.
     pub(super) fn new_store(&self) -> Result<Store<Ctx>> {
         new_store(self.runtime.engine(), &self.spec, &self.info, &self.allowed_net, self.quota.as_ref())

@@ -22,7 +22,8 @@
 //!   words used for it;
 //! - [`persistent`] and [`lease`]: the two instance strategies, long-lived
 //!   instances per provider (one, or a pool when the guest says its calls
-//!   may run side by side), leased instances per hook call;
+//!   may run side by side), leased instances per hook call; [`lanes`]: the
+//!   threads a provider's calls run on;
 //! - [`deadline`]: how a call's deadline covers its waits in the host;
 //! - [`outcome`]: how a call's outcome becomes the gateway's error model;
 //! - [`convert`]: the WIT conversions both provider adapters use;
@@ -38,6 +39,7 @@ pub mod deadline;
 pub mod dirs;
 pub mod grants;
 pub mod guest;
+pub mod lanes;
 pub mod lease;
 pub mod limits;
 pub mod metrics;

@@ -1,7 +1,7 @@
 //! The instance strategy of storage and channel providers: long-lived
 //! instances (the guest keeps its state, e.g. its indexes, in them), whose
-//! calls run on the blocking pool, where a call is a whole unit of file or
-//! network I/O done with blocking WASI.
+//! calls run on threads of their own ([`super::lanes`]), where a call is a
+//! whole unit of file or network I/O done with blocking WASI.
 //!
 //! How many instances serve calls side by side is the guest's to say: its
 //! `max-instances` export (0.2.0), overridden by the guest object's
@@ -15,7 +15,8 @@
 //! - At most `size` calls are inside instances at once: a call holds one
 //!   of the pool's permits from before it takes an instance until the
 //!   instance is back (or discarded). With one permit, calls are
-//!   serialized on one instance.
+//!   serialized on one instance. The lane running the call holds the
+//!   permit, not the caller: a caller that goes away changes nothing.
 //! - All calls run on the version the pool was sized for. When the guest
 //!   is reloaded, the next call waits for every call in flight to finish
 //!   (it takes all the permits), then starts the candidate (a fresh
@@ -30,14 +31,17 @@
 //!   other version to serve it.
 //! - An instance whose call failed is discarded (a trapped instance must
 //!   not be entered again); the next call instantiates the version again.
-//! - A call ends by its deadline (see [`super::deadline`]): if the blocking
-//!   thread has not come back shortly after it, the call is abandoned,
-//!   reported as out of time, its permit given back and its instance
-//!   discarded; the next call starts a new one. The abandoned thread keeps
+//! - A call ends by its deadline (see [`super::deadline`]): if its lane
+//!   has not come back shortly after it, the call is abandoned, reported
+//!   as out of time, its permit given back and its instance discarded; the
+//!   next call starts a new one, on another lane. The abandoned lane keeps
 //!   its places until it returns, so a guest whose calls block uses up its
-//!   own share of the instance bound, not the others'.
+//!   own share of the instance bound, not the others'. The deadline is
+//!   watched from the moment the call is inside an instance, and also
+//!   when its caller has gone away.
 
 use super::guest::{Guest, Instance, Place, Version};
+use super::lanes::{Call, Ended, Lanes};
 use super::outcome::{abandoned, finish};
 use super::store::Ctx;
 use super::worlds::SyncWorld;
@@ -45,7 +49,8 @@ use super::TICK;
 use crate::model::{Error, Result};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::runtime::Handle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot};
 use wasmtime::Store;
 
 /// How long after its deadline a blocked call is abandoned: long enough for
@@ -57,6 +62,7 @@ const ABANDON_AFTER: Duration = TICK.saturating_mul(5);
 pub struct Persistent<P: SyncWorld> {
     guest: Arc<Guest<P>>,
     pool: Arc<Pool<P>>,
+    lanes: Arc<Lanes>,
 }
 
 struct Pool<P: SyncWorld> {
@@ -81,6 +87,7 @@ impl<P: SyncWorld> Clone for Persistent<P> {
         Persistent {
             guest: self.guest.clone(),
             pool: self.pool.clone(),
+            lanes: self.lanes.clone(),
         }
     }
 }
@@ -88,6 +95,7 @@ impl<P: SyncWorld> Clone for Persistent<P> {
 impl<P: SyncWorld> Persistent<P> {
     pub fn new(guest: Arc<Guest<P>>) -> Self {
         Persistent {
+            lanes: Lanes::new(&guest.spec.name),
             guest,
             pool: Arc::new(Pool {
                 permits: Arc::new(Semaphore::new(0)),
@@ -111,28 +119,46 @@ impl<P: SyncWorld> Persistent<P> {
         self.pool.sized.lock().unwrap().size
     }
 
-    /// Runs `f` on an instance (instantiating one if none is idle), on the
-    /// blocking pool.
-    ///
-    /// The call runs on a task of its own: a caller that goes away (its
-    /// request was cancelled) does not end it, so the instance is back in
-    /// the pool, or discarded, before its permit serves another call.
+    /// Runs `f` on an instance (instantiating one if none is idle), on one
+    /// of the provider's lanes. Call from within a tokio runtime.
     pub async fn call<T: Send + 'static>(
         &self,
         op: &'static str,
         f: impl FnOnce(&mut Store<Ctx>, &P::Instance) -> wasmtime::Result<T> + Send + 'static,
     ) -> Result<T> {
-        let this = self.clone();
-        tokio::spawn(async move { this.run(op, f).await })
-            .await
-            .map_err(|e| Error::Internal(format!("wasm guest {:?}: host task failed: {e}", self.guest.spec.name)))?
+        let (sized, mut size) = {
+            let slots = self.pool.sized.lock().unwrap();
+            (slots.version.as_ref().map(|v| v.generation), slots.size)
+        };
+        if sized != Some(self.guest.current().generation) || self.guest.candidate().is_some() {
+            // Sizing drains the pool and starts an instance: on a task of
+            // its own, so that a caller that goes away does not leave it
+            // half done.
+            let this = self.clone();
+            tokio::spawn(async move { this.size_for_current().await })
+                .await
+                .map_err(|e| Error::Internal(format!("wasm guest {:?}: host task failed: {e}", self.guest.spec.name)))??;
+            size = self.instances();
+        }
+        let watch = Arc::new(Watch::default());
+        let (reply, answer) = oneshot::channel();
+        let queued = Queued {
+            on: self.clone(),
+            op,
+            f,
+            reply,
+            watch: watch.clone(),
+        };
+        self.lanes.push(Box::new(queued), size);
+        let mut watching = Watching(Some((self.clone(), op, watch)));
+        let out = watching.answer(answer).await;
+        watching.0 = None;
+        out
     }
 
-    async fn run<T: Send + 'static>(
-        &self,
-        op: &'static str,
-        f: impl FnOnce(&mut Store<Ctx>, &P::Instance) -> wasmtime::Result<T> + Send + 'static,
-    ) -> Result<T> {
+    /// Sizes the pool for the current version if it is not yet, and for the
+    /// candidate if one waits.
+    async fn size_for_current(&self) -> Result<()> {
         let current = self.guest.current();
         if self.sized_for().is_none_or(|v| v.generation != current.generation) {
             self.resize(current, Step::First).await?;
@@ -140,15 +166,7 @@ impl<P: SyncWorld> Persistent<P> {
         if let Some(candidate) = self.guest.candidate() {
             self.resize(candidate, Step::Swap).await?;
         }
-        let permit = self.pool.permits.clone().acquire_owned().await.map_err(|_| closed())?;
-        let (version, kept) = {
-            let mut sized = self.pool.sized.lock().unwrap();
-            let version = sized.version.clone().expect("sized before any permit exists");
-            (version, sized.idle.pop())
-        };
-        let back = self.on_blocking_pool(op, version, kept, f).await;
-        drop(permit);
-        back
+        Ok(())
     }
 
     /// The version the pool is sized for.
@@ -226,67 +244,237 @@ impl<P: SyncWorld> Persistent<P> {
         self.start_in(place, version).await
     }
 
+    /// Starts a fresh instance of `version` in a place already taken, on
+    /// the blocking pool (a start is rare, and waits for every call in
+    /// flight anyway: it needs no lane), within the call deadlines.
     async fn start_in(&self, place: Place, version: Arc<Version<P>>) -> Result<(u32, Option<Instance<P>>)> {
-        self.in_place(place, "max-instances", version, None, |store, instance| P::max_instances(instance, store))
-            .await
+        let op = "max-instances";
+        let started = Instant::now();
+        let g = self.guest.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            run_blocking(&g, place, &version, None, op, |store, instance| P::max_instances(instance, store))
+        });
+        match tokio::time::timeout(budget(&self.guest, false), task).await {
+            Ok(Ok((back, out))) => out.map(|v| (v, back)),
+            Ok(Err(e)) => Err(Error::Internal(format!("wasm guest {:?}: host task failed: {e}", self.guest.spec.name))),
+            Err(_) => Err(self.gave_up(op, started)),
+        }
     }
 
-    /// Runs one call on the blocking pool, within its deadline, and puts
-    /// the instance back among the idle ones if the call succeeded.
-    async fn on_blocking_pool<T: Send + 'static>(
-        &self,
-        op: &'static str,
-        version: Arc<Version<P>>,
-        kept: Option<Instance<P>>,
-        f: impl FnOnce(&mut Store<Ctx>, &P::Instance) -> wasmtime::Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let generation = version.generation;
-        let (out, instance) = self.on_blocking_pool_kept(op, version, kept, f).await?;
+    /// A call given up at its deadline: logged, counted, and its error.
+    fn gave_up(&self, op: &'static str, started: Instant) -> Error {
+        tracing::warn!(guest = %self.guest.spec.name, op, "wasm guest call abandoned at its deadline; its instance is discarded");
+        abandoned(&self.guest.spec, op, started)
+    }
+}
+
+/// How long a call may be inside an instance before it is abandoned:
+/// instantiating (when no instance was kept) gets a deadline of its own,
+/// as the call does.
+fn budget<P: SyncWorld>(guest: &Guest<P>, kept: bool) -> Duration {
+    let steps = if kept { 1 } else { 2 };
+    guest.spec.call_timeout.saturating_mul(steps) + ABANDON_AFTER
+}
+
+/// A call queued for a lane.
+struct Queued<P: SyncWorld, T, F> {
+    on: Persistent<P>,
+    op: &'static str,
+    f: F,
+    reply: oneshot::Sender<Result<T>>,
+    watch: Arc<Watch>,
+}
+
+impl<P, T, F> Call for Queued<P, T, F>
+where
+    P: SyncWorld,
+    T: Send + 'static,
+    F: FnOnce(&mut Store<Ctx>, &P::Instance) -> wasmtime::Result<T> + Send + 'static,
+{
+    fn run(self: Box<Self>) -> Ended {
+        let Queued { on, op, f, reply, watch } = *self;
+        let (guest, pool) = (&on.guest, &on.pool);
+        // Taken here, on the lane, not by the caller: under load the next
+        // call is already queued when this lane comes back for it.
+        let permit = match pool.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(TryAcquireError::Closed) => return watch.refuse(reply, closed()),
+            Err(TryAcquireError::NoPermits) => match Handle::current().block_on(pool.permits.clone().acquire_owned()) {
+                Ok(p) => p,
+                Err(_) => return watch.refuse(reply, closed()),
+            },
+        };
+        let place = match guest.try_place() {
+            Some(p) => p,
+            None => match Handle::current().block_on(guest.place(op)) {
+                Ok(p) => p,
+                Err(e) => return watch.refuse(reply, e),
+            },
+        };
+        let (version, kept) = {
+            let mut sized = pool.sized.lock().unwrap();
+            let version = sized.version.clone().expect("sized before any permit exists");
+            (version, sized.idle.pop())
+        };
+        watch.start(budget(guest, kept.is_some()), permit);
+        let (instance, out) = run_blocking(guest, place, &version, kept, op, f);
+        // Abandoned meanwhile: the caller has its answer and gave the
+        // permit back; the instance, past its deadline, is discarded.
+        let Some(permit) = watch.finish() else { return Ended::Abandoned };
         if let Some(instance) = instance {
-            let mut sized = self.pool.sized.lock().unwrap();
-            let current = sized.version.as_ref().is_some_and(|v| v.generation == generation);
+            let mut sized = pool.sized.lock().unwrap();
+            let current = sized.version.as_ref().is_some_and(|v| v.generation == version.generation);
             if current && sized.idle.len() < sized.size {
                 sized.idle.push(instance);
             }
         }
-        Ok(out)
+        // The instance is back before the permit serves another call.
+        drop(permit);
+        let _ = reply.send(out);
+        Ended::Returned
     }
 
-    /// One call on the blocking pool: its outcome, and the instance unless
-    /// the call failed.
-    async fn on_blocking_pool_kept<T: Send + 'static>(
-        &self,
-        op: &'static str,
-        version: Arc<Version<P>>,
-        kept: Option<Instance<P>>,
-        f: impl FnOnce(&mut Store<Ctx>, &P::Instance) -> wasmtime::Result<T> + Send + 'static,
-    ) -> Result<(T, Option<Instance<P>>)> {
-        let place = self.guest.place(op).await?;
-        self.in_place(place, op, version, kept, f).await
+    fn refuse(self: Box<Self>, why: Error) {
+        self.watch.refuse(self.reply, why);
+    }
+}
+
+/// Where a queued call is: what its lane and its caller (or, once the
+/// caller has gone away, a task of its own) agree on, so that exactly one
+/// of them ends it and gives its permit back.
+#[derive(Default)]
+struct Watch(Mutex<Stage>);
+
+#[derive(Default)]
+enum Stage {
+    /// Waiting for a lane, a permit or a place: no deadline runs yet.
+    #[default]
+    Queued,
+    /// Inside an instance since `since`, abandoned at `since + budget`.
+    Running {
+        since: Instant,
+        budget: Duration,
+        permit: OwnedSemaphorePermit,
+    },
+    /// Answered, or abandoned.
+    Over,
+}
+
+/// What the deadline's watcher is to do next.
+enum Due {
+    /// Look again a while later: the call is not inside an instance yet.
+    Queued,
+    /// Look again at this instant, the call's deadline.
+    At(Instant),
+    /// The call was abandoned now; it had started at this instant.
+    Abandoned(Instant),
+    /// The call is over: its answer is sent or about to be.
+    Over,
+}
+
+impl Watch {
+    fn start(&self, budget: Duration, permit: OwnedSemaphorePermit) {
+        *self.0.lock().unwrap() = Stage::Running {
+            since: Instant::now(),
+            budget,
+            permit,
+        };
     }
 
-    /// One call on the blocking pool in a place already taken.
-    async fn in_place<T: Send + 'static>(
-        &self,
-        place: Place,
-        op: &'static str,
-        version: Arc<Version<P>>,
-        kept: Option<Instance<P>>,
-        f: impl FnOnce(&mut Store<Ctx>, &P::Instance) -> wasmtime::Result<T> + Send + 'static,
-    ) -> Result<(T, Option<Instance<P>>)> {
-        let guest = &self.guest;
-        // Instantiating gets a deadline of its own, as the call does.
-        let steps = if kept.is_some() { 1 } else { 2 };
-        let budget = guest.spec.call_timeout.saturating_mul(steps) + ABANDON_AFTER;
-        let started = Instant::now();
-        let g = guest.clone();
-        let task = tokio::task::spawn_blocking(move || run_blocking(&g, place, &version, kept, op, f));
-        match tokio::time::timeout(budget, task).await {
-            Ok(Ok((back, out))) => out.map(|v| (v, back)),
-            Ok(Err(e)) => Err(Error::Internal(format!("wasm guest {:?}: host task failed: {e}", guest.spec.name))),
-            Err(_) => {
-                tracing::warn!(guest = %guest.spec.name, op, "wasm guest call abandoned at its deadline; its instance is discarded");
-                Err(abandoned(&guest.spec, op, started))
+    /// Ends the call on its lane: its permit, or None if its caller
+    /// abandoned it first.
+    fn finish(&self) -> Option<OwnedSemaphorePermit> {
+        match std::mem::replace(&mut *self.0.lock().unwrap(), Stage::Over) {
+            Stage::Running { permit, .. } => Some(permit),
+            _ => None,
+        }
+    }
+
+    /// Ends a call that never got inside an instance, answering `why`.
+    fn refuse<T>(&self, reply: oneshot::Sender<Result<T>>, why: Error) -> Ended {
+        *self.0.lock().unwrap() = Stage::Over;
+        let _ = reply.send(Err(why));
+        Ended::Returned
+    }
+
+    /// Abandons the call if its deadline has passed (giving its permit
+    /// back), or says when to look again.
+    fn due(&self) -> Due {
+        let mut stage = self.0.lock().unwrap();
+        match &*stage {
+            Stage::Queued => Due::Queued,
+            Stage::Over => Due::Over,
+            &Stage::Running { since, budget, .. } => {
+                if since.elapsed() < budget {
+                    return Due::At(since + budget);
+                }
+                // The permit is given back as the stage is replaced.
+                *stage = Stage::Over;
+                Due::Abandoned(since)
+            }
+        }
+    }
+}
+
+/// A caller's watch over its queued call's deadline. Dropped while the
+/// call is not over (the caller went away), it hands the watch to a task
+/// of its own: a call stuck in its lane is abandoned all the same, and the
+/// calls behind it get another lane.
+struct Watching<P: SyncWorld>(Option<(Persistent<P>, &'static str, Arc<Watch>)>);
+
+impl<P: SyncWorld> Watching<P> {
+    /// The call's answer, or its abandonment at its deadline.
+    async fn answer<T>(&self, mut answer: oneshot::Receiver<Result<T>>) -> Result<T> {
+        let (on, op, watch) = self.0.as_ref().expect("watching");
+        let mut at = tokio::time::Instant::now() + budget(&on.guest, false);
+        loop {
+            match tokio::time::timeout_at(at, &mut answer).await {
+                Ok(Ok(out)) => return out,
+                Ok(Err(_)) => return Err(Error::Internal(format!("wasm guest {:?}: its lane failed", on.guest.spec.name))),
+                Err(_) => match on.look(op, watch) {
+                    Look::At(next) => at = next,
+                    // The answer is on its way.
+                    Look::Over => at = tokio::time::Instant::now() + budget(&on.guest, false),
+                    Look::Abandoned(why) => return Err(why),
+                },
+            }
+        }
+    }
+}
+
+impl<P: SyncWorld> Drop for Watching<P> {
+    fn drop(&mut self) {
+        let Some((on, op, watch)) = self.0.take() else { return };
+        let Ok(runtime) = Handle::try_current() else { return };
+        runtime.spawn(async move {
+            while let Look::At(next) = on.look(op, &watch) {
+                tokio::time::sleep_until(next).await;
+            }
+        });
+    }
+}
+
+/// What one look at a queued call's deadline found.
+enum Look {
+    /// Look again then.
+    At(tokio::time::Instant),
+    /// The call is over: answered, or abandoned by another look.
+    Over,
+    /// The call was abandoned now, with this error.
+    Abandoned(Error),
+}
+
+impl<P: SyncWorld> Persistent<P> {
+    /// One look at a queued call's deadline. A call abandoned now no longer
+    /// counts its lane, and another lane serves the calls behind it.
+    fn look(&self, op: &'static str, watch: &Watch) -> Look {
+        match watch.due() {
+            Due::Queued => Look::At(tokio::time::Instant::now() + budget(&self.guest, false)),
+            Due::At(at) => Look::At(tokio::time::Instant::from_std(at)),
+            Due::Over => Look::Over,
+            Due::Abandoned(since) => {
+                self.lanes.abandoned();
+                Look::Abandoned(self.gave_up(op, since))
             }
         }
     }

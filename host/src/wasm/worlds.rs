@@ -1,6 +1,6 @@
 //! The WIT worlds the host runs (bindgen), and how a component is linked
 //! into one: [`World`], with [`SyncWorld`] for providers (calls on the
-//! blocking pool, WASI linked synchronously) and [`AsyncWorld`] for policy
+//! provider's own threads, WASI linked synchronously) and [`AsyncWorld`] for policy
 //! hooks (calls on the request's task, WASI linked async). Which version of
 //! the contract a guest was built against, and the one call surface per
 //! world over the versions, is [`super::versions`].
@@ -156,7 +156,8 @@ pub trait World: Sized + Send + Sync + 'static {
     fn version(&self) -> &'static str;
 }
 
-/// A world whose calls run synchronously on the blocking pool.
+/// A world whose calls run synchronously, on threads outside the runtime's
+/// workers (see `persistent.rs`).
 pub trait SyncWorld: World {
     fn instantiate(&self, store: &mut Store<Ctx>) -> wasmtime::Result<Self::Instance>;
     /// How many instances may serve calls side by side, as the guest says

@@ -135,3 +135,44 @@ async fn blocked_provider_call_is_abandoned_and_holds_only_its_guests_place() {
         assert!(tries < 100, "the released thread never gave its place back: {e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_call_whose_caller_went_away_is_abandoned_all_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = Fifo::new(dir.path().join("fifo"));
+    let runtime = tight();
+    let stall = std::sync::Arc::new(stall_storage(&runtime, dir.path(), serde_json::json!({"read": "/data/fifo"})).await);
+
+    // The caller goes away while its call is blocked in `open` of the FIFO,
+    // long before the deadline. (Its first call sizes the pool first; the
+    // call is queued right after.)
+    let caller = tokio::spawn({
+        let stall = stall.clone();
+        async move { stall.call("ping", |s, g| g.ping(s)).await }
+    });
+    tokio::time::timeout(TIMEOUT * 100, async {
+        while stall.instances() == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the pool is sized");
+    tokio::time::sleep(TIMEOUT / 6).await;
+    assert!(!caller.is_finished(), "the call is blocked in open(2)");
+    caller.abort();
+
+    // Nobody waits for it, yet it is abandoned at its deadline: its permit
+    // is given back and the next call gets a thread of its own, instead of
+    // waiting behind the blocked one for ever. It finds the guest's one
+    // place still held by the blocked thread, and says so.
+    let err = ping(&stall).await.expect_err("the guest's share is taken");
+    assert!(err.contains("found no free instance"), "{err}");
+
+    fifo.release();
+    let mut tries = 0;
+    while let Err(e) = ping(&stall).await {
+        assert!(e.contains("found no free instance") || e.contains("time limit"), "{e}");
+        tries += 1;
+        assert!(tries < 100, "the released thread never gave its place back: {e}");
+    }
+}
