@@ -492,8 +492,9 @@ fn closed() -> Error {
     Error::Unavailable("wasm runtime shut down".into())
 }
 
-/// One call on the blocking pool: the instance to put back (none if the
-/// call failed) and the outcome. `place` is held until this returns, even
+/// One call, on the thread it blocks (a lane, or the blocking pool for a
+/// start): the instance to put back (none if the call failed) and the
+/// outcome. `place` is held until this returns, even
 /// when the caller has stopped waiting.
 fn run_blocking<P: SyncWorld, T>(
     guest: &Guest<P>,
