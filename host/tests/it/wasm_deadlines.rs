@@ -128,8 +128,14 @@ async fn blocked_provider_call_is_abandoned_and_holds_only_its_guests_place() {
     // instance, past its deadline, is discarded) and frees the place; the
     // guest is served again by a new instance.
     fifo.release();
+    served_again(&stall).await;
+}
+
+/// Pings until the blocked thread, released, has given its place back and
+/// a new instance serves the guest.
+async fn served_again(stall: &Stall) {
     let mut tries = 0;
-    while let Err(e) = ping(&stall).await {
+    while let Err(e) = ping(stall).await {
         assert!(e.contains("found no free instance") || e.contains("time limit"), "{e}");
         tries += 1;
         assert!(tries < 100, "the released thread never gave its place back: {e}");
@@ -169,10 +175,5 @@ async fn a_blocked_call_whose_caller_went_away_is_abandoned_all_the_same() {
     assert!(err.contains("found no free instance"), "{err}");
 
     fifo.release();
-    let mut tries = 0;
-    while let Err(e) = ping(&stall).await {
-        assert!(e.contains("found no free instance") || e.contains("time limit"), "{e}");
-        tries += 1;
-        assert!(tries < 100, "the released thread never gave its place back: {e}");
-    }
+    served_again(&stall).await;
 }
