@@ -66,8 +66,10 @@ pub async fn filters_by_topic(c: DynChannel) {
     }
     assert_eq!(next(&mut exact).await, ea);
     nothing_more(&mut exact).await;
-    assert_eq!(next(&mut any_type).await, ea);
-    assert_eq!(next(&mut any_type).await, eb);
+    // Two records: a channel keeps the order of one record's events only
+    // (Kafka's partitions are per record), so either may come first.
+    let (first, second) = (next(&mut any_type).await, next(&mut any_type).await);
+    assert!((first == ea && second == eb) || (first == eb && second == ea), "{first:?} then {second:?}");
     nothing_more(&mut any_type).await;
     // Other test runs may publish to type zz-conformance-b in other domains.
     let mut got = next(&mut any_domain).await;
