@@ -27,7 +27,7 @@
 //!   sees half an entry. A directory or key that cannot be trusted turns
 //!   the disk cache off (logged), it does not stop the gateway.
 
-use super::WasmRuntime;
+use super::{WasmRuntime, image};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
@@ -42,18 +42,23 @@ pub(super) fn hash(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Compiles a component; returns it with the hash of its bytes.
+/// Compiles a component, with its memory images built (`image.rs`);
+/// returns it with the hash of its bytes.
 pub(crate) fn compile(runtime: &WasmRuntime, bytes: &[u8]) -> Result<(Component, String), String> {
     let hash = hash(bytes);
     let engine = runtime.engine();
     let cache = runtime.disk_cache();
-    if let Some(component) = cache.and_then(|c| c.read(engine, &hash)) {
-        return Ok((component, hash));
-    }
-    let component = Component::new(engine, bytes).map_err(|e| format!("not a valid component: {e:?}"))?;
-    if let Some(cache) = cache {
-        cache.write(&hash, &component);
-    }
+    let component = match cache.and_then(|c| c.read(engine, &hash)) {
+        Some(component) => component,
+        None => {
+            let component = Component::new(engine, bytes).map_err(|e| format!("not a valid component: {e:?}"))?;
+            if let Some(cache) = cache {
+                cache.write(&hash, &component);
+            }
+            component
+        }
+    };
+    image::prepare(&component)?;
     Ok((component, hash))
 }
 

@@ -16,8 +16,9 @@
 //!   [`versions`]: the contract versions a guest may be built against
 //!   (0.3.0, 0.2.0, 0.1.0) and one call surface per world over them;
 //! - [`cache`]: compiling through the on-disk compile cache, and what an
-//!   entry must pass to be loaded; [`dirs`]: granted directories stay off
-//!   the cache and off each other;
+//!   entry must pass to be loaded; [`image`]: a component's memory images,
+//!   built at load; [`dirs`]: granted directories stay off the cache and
+//!   off each other;
 //! - [`guest`]: a guest's lifecycle (load, reload, instantiate) and the
 //!   words used for it;
 //! - [`persistent`] and [`lease`]: the two instance strategies, long-lived
@@ -39,6 +40,7 @@ pub mod deadline;
 pub mod dirs;
 pub mod grants;
 pub mod guest;
+pub mod image;
 pub mod lanes;
 pub mod lease;
 pub mod limits;

@@ -1,13 +1,14 @@
 //! The compile cache holds native code the host runs: a guest may not be
 //! granted a directory that reaches it, two guests may not share a granted
 //! directory, and an entry the cache did not write for that very file is
-//! not loaded.
+//! not loaded. Compiled or read from the cache, a component comes with its
+//! memory images built.
 
 use crate::wasm_support::{guest, settings};
 use serde_json::json;
 use stategate::auth::PolicyInput;
 use stategate::auth::hooks::PolicyHooks;
-use stategate::wasm::{Settings, WasmRuntime};
+use stategate::wasm::{Guest, GuestConfig, PolicyPre, Settings, WasmRuntime};
 
 fn sha256(path: &std::path::Path) -> String {
     use sha2::Digest;
@@ -86,5 +87,36 @@ async fn grants_cannot_reach_the_cache_or_each_other() {
         config.wasm_cache_dir = cache_dir.cloned();
         let err = stategate::server::start(config).await.err().expect("start fails").to_string();
         assert!(err.contains("STATEGATE_POLICY_HOOKS") && err.contains(says), "{hooks}: {err}");
+    }
+}
+
+/// The memfds wasmtime holds memory images in, open in this process (each
+/// test runs in a process of its own).
+fn memory_images() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|link| link.to_string_lossy().starts_with("/memfd:wasm-memory-image"))
+        .count()
+}
+
+/// A guest's memory images are built when it loads, compiled or read from
+/// the cache, and not by its first instance: building one can meet the
+/// kernel's refusal to seal it, which `wasm::image` tries again, and only a
+/// load does that.
+#[test]
+fn memory_images_are_built_at_load() {
+    let cache = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        cache_dir: Some(cache.path().to_owned()),
+        ..settings()
+    };
+    for how in ["compiled", "read from the cache"] {
+        let runtime = WasmRuntime::new(settings.clone()).unwrap();
+        let before = memory_images();
+        let spec = GuestConfig::at(guest("redact"), "redact").spec(runtime.settings());
+        let loaded = Guest::<PolicyPre>::load(&runtime, spec).unwrap();
+        assert!(memory_images() > before, "{how}: no memory image built at load");
+        drop(loaded);
     }
 }
