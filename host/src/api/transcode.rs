@@ -409,20 +409,25 @@ fn varint(out: &mut Vec<u8>, n: usize) {
     }
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `v` that is a quote, a backslash or a
+/// control character. The lowest one set is exact; above it a borrow may
+/// set more, so the word is nonzero exactly when it holds such a byte.
+fn special_bytes_in(v: u64) -> u64 {
+    // The high bit of each byte that is zero in `w`.
+    let zero_bytes = |w: u64| w.wrapping_sub(ONES) & !w & HIGH;
+    zero_bytes(v ^ (ONES * b'"' as u64)) | zero_bytes(v ^ (ONES * b'\\' as u64)) | (v.wrapping_sub(ONES * 0x20) & !v & HIGH)
+}
+
 /// The index of the first byte from `at` that ends a string's plain run:
 /// a quote, a backslash or a control character (`bytes.len()`: none).
 /// Eight bytes at a time: the strings of records are mostly short, where
-/// a vectorized search's setup costs more than it saves. The values reader
-/// (`values_request::plain`) asks it too, of keys and strings sent to it.
+/// a vectorized search's setup costs more than it saves.
 pub(super) fn special_byte(bytes: &[u8], mut at: usize) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // The high bit of each byte that is zero in `v` (the lowest one set is
-    // exact; above it a borrow may set more, which do not matter).
-    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
     while let Some(chunk) = bytes.get(at..at + 8) {
-        let v = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        let found = zero_bytes(v ^ (ONES * b'"' as u64)) | zero_bytes(v ^ (ONES * b'\\' as u64)) | (v.wrapping_sub(ONES * 0x20) & !v & HIGH);
+        let found = special_bytes_in(u64::from_le_bytes(chunk.try_into().expect("eight bytes")));
         if found != 0 {
             return at + found.trailing_zeros() as usize / 8;
         }
@@ -435,6 +440,34 @@ pub(super) fn special_byte(bytes: &[u8], mut at: usize) -> usize {
         at += 1;
     }
     at
+}
+
+/// Whether every byte is printable ASCII other than `"` and `\\`, so that
+/// the bytes between quotes are both valid UTF-8 and what serde writes for
+/// them. The values reader (`values_request::string_bytes`) asks it of every
+/// key and string sent to it: one pass eight bytes at a time, the last
+/// word overlapping the one before it or, under eight bytes, padded with a
+/// plain byte. `is_ascii` and then `special_byte`, two passes each with a
+/// byte-by-byte tail, cost 155 instructions a string of a `Set` (callgrind,
+/// BENCHMARKS.md session 33).
+pub(super) fn plain_ascii(bytes: &[u8]) -> bool {
+    let odd = |v: u64| special_bytes_in(v) | (v & HIGH);
+    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("eight bytes"));
+    let len = bytes.len();
+    if len < 8 {
+        let mut padded = [b'a'; 8];
+        padded[..len].copy_from_slice(bytes);
+        return odd(u64::from_le_bytes(padded)) == 0;
+    }
+    let mut chunks = bytes.chunks_exact(8);
+    let mut seen = 0;
+    for chunk in &mut chunks {
+        seen |= odd(word(chunk));
+    }
+    if !chunks.remainder().is_empty() {
+        seen |= odd(word(&bytes[len - 8..]));
+    }
+    seen == 0
 }
 
 /// Makes room for `len` bytes at `at` and fills them with `write`, which

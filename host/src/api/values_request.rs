@@ -38,6 +38,7 @@ use crate::proto as pb;
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
+use smallvec::SmallVec;
 use std::marker::PhantomData;
 use tonic::Status;
 
@@ -265,34 +266,30 @@ fn object(buf: &[u8], depth: usize, reading: &mut Reading, out: &mut Vec<u8>) ->
     if depth > FAST_DEPTH {
         return None;
     }
-    // A map whose keys come in order (prost's `BTreeMap` writes them so)
-    // is written as it comes; only one out of order is gathered and sorted
-    // first. Finding which takes a look at the keys alone.
-    let mut last: Option<&[u8]> = None;
+    // The entries are read once. A map whose keys come in order (prost's
+    // `BTreeMap` writes them so) is written as it comes; one out of order
+    // (Go's protobuf writes a map in its own random order) is sorted first.
+    let mut all: SmallVec<[RawEntry<'_>; 16]> = SmallVec::new();
+    let mut sorted = true;
     for raw in Entries(buf) {
-        let name = raw?.0.unwrap_or(b"");
-        if last.is_some_and(|last| last >= name) {
-            return object_sorted(buf, depth, reading, out);
+        let raw = raw?;
+        if let Some(last) = all.last() {
+            sorted &= last.0.unwrap_or(b"") < raw.0.unwrap_or(b"");
         }
-        last = Some(name);
+        all.push(raw);
     }
-    members(Entries(buf), depth, reading, out)
+    if !sorted {
+        all.sort_unstable_by_key(|(name, _)| name.unwrap_or(b""));
+        if all.windows(2).any(|pair| pair[0].0.unwrap_or(b"") == pair[1].0.unwrap_or(b"")) {
+            return None;
+        }
+    }
+    members(all.into_iter(), depth, reading, out)
 }
 
-/// `object` for a map whose keys come out of order.
-fn object_sorted(buf: &[u8], depth: usize, reading: &mut Reading, out: &mut Vec<u8>) -> Option<()> {
-    let mut all = Entries(buf).collect::<Option<Vec<RawEntry<'_>>>>()?;
-    all.sort_unstable_by_key(|(name, _)| name.unwrap_or(b""));
-    if all.windows(2).any(|pair| pair[0].0.unwrap_or(b"") == pair[1].0.unwrap_or(b"")) {
-        return None;
-    }
-    members(all.into_iter().map(Some), depth, reading, out)
-}
-
-/// Writes an object's members in the order given; an entry `None` (not
-/// the plain encoding) stops it.
+/// Writes an object's members in the order given.
 fn members<'a>(
-    entries: impl Iterator<Item = Option<RawEntry<'a>>>,
+    entries: impl Iterator<Item = RawEntry<'a>>,
     depth: usize,
     reading: &mut Reading,
     out: &mut Vec<u8>,
@@ -302,7 +299,7 @@ fn members<'a>(
         if i > 0 {
             out.push(b',');
         }
-        let (name, value) = with_defaults(raw?, reading);
+        let (name, value) = with_defaults(raw, reading);
         entry(name, value, depth, reading, out)?;
     }
     out.push(b'}');
@@ -386,11 +383,12 @@ fn string_bytes(bytes: &[u8], out: &mut Vec<u8>) -> Option<()> {
 }
 
 /// Whether every byte is printable ASCII other than `"` and `\\`: written
-/// as it is, it is valid UTF-8 and what serde writes. Both checks go eight
-/// bytes at a time; a byte-by-byte look cost 8 instructions a byte, 3.2k of
-/// a `Set` (callgrind, BENCHMARKS.md session 22).
+/// as it is, it is valid UTF-8 and what serde writes. One look eight bytes
+/// at a time (`transcode::plain_ascii`); a byte-by-byte look cost 8
+/// instructions a byte, 3.2k of a `Set` (callgrind, BENCHMARKS.md session
+/// 22).
 fn plain(bytes: &[u8]) -> bool {
-    bytes.is_ascii() && nothing_to_escape(bytes)
+    super::transcode::plain_ascii(bytes)
 }
 
 /// Whether JSON needs none of these bytes escaped: no `"`, `\\` or control
@@ -480,13 +478,44 @@ fn spend(reading: &mut Reading) -> Option<()> {
     Some(())
 }
 
-/// A field's key, read by prost's own reader.
+/// A field's key. Every key the reader takes (fields 1 to 6 of the wire
+/// types it reads) is one byte, read here; a longer one goes to prost's
+/// reader, and a wire type the reader never takes ends the look at once.
+/// prost's reader, a call through its `Buf`, was 31 instructions a key,
+/// about 60 keys a `Set` (callgrind, BENCHMARKS.md session 33).
+#[inline(always)]
 fn key(buf: &mut &[u8]) -> Option<(u32, WireType)> {
+    let Some((&b, rest)) = buf.split_first().filter(|&(&b, _)| b < 0x80) else {
+        return long_key(buf);
+    };
+    *buf = rest;
+    let wire = match b & 7 {
+        0 => VARINT,
+        1 => FIXED64,
+        2 => LEN,
+        _ => return None,
+    };
+    Some((u32::from(b >> 3), wire))
+}
+
+#[cold]
+fn long_key(buf: &mut &[u8]) -> Option<(u32, WireType)> {
     encoding::decode_key(buf).ok()
 }
 
-/// A varint, read by prost's own reader.
+/// A varint: one byte read here (every length under 128), longer ones by
+/// prost's reader.
+#[inline(always)]
 fn varint(buf: &mut &[u8]) -> Option<u64> {
+    let Some((&b, rest)) = buf.split_first().filter(|&(&b, _)| b < 0x80) else {
+        return long_varint(buf);
+    };
+    *buf = rest;
+    Some(u64::from(b))
+}
+
+#[cold]
+fn long_varint(buf: &mut &[u8]) -> Option<u64> {
     encoding::decode_varint(buf).ok()
 }
 
@@ -700,6 +729,31 @@ mod tests {
             object(payload, 0, &mut reading, &mut text).expect("plain encoding takes the fast path");
             assert_eq!(String::from_utf8(text).unwrap(), r#"{"a":"x","b":2}"#);
             assert!(reading.canonical, "a map in any order is canonical");
+        }
+    }
+
+    /// More entries than the reader gathers on the stack, keys and strings
+    /// whose lengths take two bytes, and a key given twice among many: the
+    /// same answers as prost, through the fast path where it is plain.
+    #[test]
+    fn large_maps_and_long_strings_answer_as_prost() {
+        let long = "x".repeat(200);
+        for n in [15, 16, 17, 40] {
+            for reversed in [false, true] {
+                let mut entries: Vec<_> =
+                    (0..n).map(|i| (Some(format!("{i:03}{long}")), Some(Wire::Str(format!("{i}{long}"))))).collect();
+                if reversed {
+                    entries.reverse();
+                }
+                let payload = encode_fields(&entries);
+                let mut reading = Reading { budget: json::MAX_VALUES, canonical: true };
+                assert!(object(&payload, 0, &mut reading, &mut Vec::new()).is_some(), "{n} entries take the fast path");
+                let message = state_with(&payload);
+                assert_eq!(through_here(&message), through_prost(&message), "{n} entries, reversed {reversed}");
+                entries.push(entries[n / 2].clone());
+                let message = state_with(&encode_fields(&entries));
+                assert_eq!(through_here(&message), through_prost(&message), "{n} entries and one twice");
+            }
         }
     }
 
