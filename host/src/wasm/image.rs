@@ -94,17 +94,24 @@ mod tests {
         AddSeals(io::Error::from_raw_os_error(libc::EBUSY)).into()
     }
 
-    #[test]
-    fn a_refused_seal_is_tried_again_until_it_is_granted() {
+    /// `build_retrying` with `answer(n)` as the outcome of try `n`: its
+    /// result, the tries made and the pauses taken.
+    fn tried(mut answer: impl FnMut(usize) -> wasmtime::Result<()>) -> (Result<(), String>, usize, Vec<Duration>) {
         let mut tries = 0;
         let mut paused = Vec::new();
         let r = build_retrying(
             || {
                 tries += 1;
-                if tries < 3 { Err(refused()) } else { Ok(()) }
+                answer(tries)
             },
             |p| paused.push(p),
         );
+        (r, tries, paused)
+    }
+
+    #[test]
+    fn a_refused_seal_is_tried_again_until_it_is_granted() {
+        let (r, tries, paused) = tried(|n| if n < 3 { Err(refused()) } else { Ok(()) });
         assert_eq!(r, Ok(()));
         assert_eq!(tries, 3);
         assert_eq!(paused, RETRY_PAUSES[..2]);
@@ -112,15 +119,7 @@ mod tests {
 
     #[test]
     fn a_seal_refused_on_every_try_fails_the_load_naming_why() {
-        let mut tries = 0;
-        let mut paused = Vec::new();
-        let r = build_retrying(
-            || {
-                tries += 1;
-                Err(refused().context("building a memory image"))
-            },
-            |p| paused.push(p),
-        );
+        let (r, tries, paused) = tried(|_| Err(refused().context("building a memory image")));
         let err = r.unwrap_err();
         assert!(err.contains("refused to seal it on each of 6 tries") && err.contains("cannot add seals to the memfd"), "{err}");
         assert_eq!(tries, RETRY_PAUSES.len() + 1);
@@ -129,15 +128,8 @@ mod tests {
 
     #[test]
     fn other_errors_fail_at_once() {
-        let mut tries = 0;
-        let r = build_retrying(
-            || {
-                tries += 1;
-                Err(AddSeals(io::Error::from_raw_os_error(libc::EPERM)).into())
-            },
-            |_| panic!("no pause for an error that is not transient"),
-        );
+        let (r, tries, paused) = tried(|_| Err(AddSeals(io::Error::from_raw_os_error(libc::EPERM)).into()));
         assert!(r.unwrap_err().starts_with("cannot build its memory image: cannot add seals"));
-        assert_eq!(tries, 1);
+        assert_eq!((tries, paused.len()), (1, 0), "no second try and no pause for an error that is not transient");
     }
 }
