@@ -13,6 +13,11 @@
 //! go to `mi_malloc` as std's `System` allocator sends them to `malloc`.
 //! Only the rest (tokio's task cells, aligned to 128) take the aligned
 //! path. Blocks are freed by `mi_free` either way.
+//!
+//! The gateway also keeps its heap in 4 KiB pages
+//! ([`keep_heap_in_small_pages`]): mimalloc asks the kernel for 2 MiB pages
+//! under its arenas, which keeps a mostly empty 2 MiB region resident
+//! whole for a few live blocks.
 
 use libmimalloc_sys as mi;
 use std::alloc::{GlobalAlloc, Layout};
@@ -85,9 +90,73 @@ unsafe impl GlobalAlloc for MiMalloc {
     }
 }
 
+/// The variable by which mimalloc's own option says whether transparent
+/// huge pages are allowed; when it is set, its word stands.
+pub const THP_VARIABLE: &str = "MIMALLOC_ALLOW_THP";
+
+/// Turns transparent huge pages off for this process, unless `choice` (the
+/// value of [`THP_VARIABLE`]) was given: returns whether it did.
+///
+/// mimalloc advises the kernel to back its arenas with 2 MiB pages
+/// (`MADV_HUGEPAGE`, which the common `madvise` setting of
+/// `transparent_hugepage` honours). A 2 MiB page is resident whole as soon
+/// as one block in it is, so memory that is allocated and freed in small
+/// pieces spread over many of them (a stream's buffers, a connection's
+/// state) keeps far more resident than it holds: 1,000 idle streams grew
+/// the gateway's RSS by 46–48 MiB for about 16 MiB of heap, and by 20 MiB
+/// with huge pages off. The gateway's CPU per health check, `Get` and `Set`
+/// did not move beyond the noise of five or more alternating rounds
+/// (BENCHMARKS.md, session 34). `PR_SET_THP_DISABLE` is the kernel's per-process switch:
+/// it applies to every later page fault, of memory mapped before it too,
+/// and child processes inherit it.
+pub fn keep_heap_in_small_pages(choice: Option<std::ffi::OsString>) -> std::io::Result<bool> {
+    if choice.is_some() {
+        return Ok(false);
+    }
+    disable_huge_pages()
+}
+
+#[cfg(target_os = "linux")]
+fn disable_huge_pages() -> std::io::Result<bool> {
+    // SAFETY: PR_SET_THP_DISABLE takes one integer argument (1: disable)
+    // and zeros for the rest; it changes only this process's page faults.
+    match unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } {
+        0 => Ok(true),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn disable_huge_pages() -> std::io::Result<bool> {
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel's word on whether this process may have huge pages
+    /// (`THP_enabled` in its status, Linux 5.0 and later).
+    #[cfg(target_os = "linux")]
+    fn huge_pages_enabled() -> Option<bool> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("THP_enabled:"))?;
+        Some(line.trim() == "1")
+    }
+
+    /// A value of the variable leaves the process as it is; without one,
+    /// the kernel reports huge pages off for the process afterwards.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn huge_pages_go_off_unless_the_variable_says() {
+        let before = huge_pages_enabled();
+        assert!(!keep_heap_in_small_pages(Some("1".into())).unwrap(), "a set variable is left to mimalloc");
+        assert_eq!(huge_pages_enabled(), before, "nothing changed while the variable was set");
+        assert!(keep_heap_in_small_pages(None).unwrap(), "no variable: switched off");
+        if before.is_some() {
+            assert_eq!(huge_pages_enabled(), Some(false), "the kernel reports huge pages off");
+        }
+    }
 
     /// Every layout gets a block aligned as it asks, plain or not, and
     /// reallocation keeps the bytes and the alignment.

@@ -50,6 +50,11 @@ async fn run(cli: Cli) -> std::process::ExitCode {
 
 async fn serve(config: Config) -> std::process::ExitCode {
     stategate::telemetry::init_logging(config.debug, &config.log_format);
+    let variable = stategate::allocator::THP_VARIABLE;
+    match stategate::allocator::keep_heap_in_small_pages(std::env::var_os(variable)) {
+        Ok(off) => tracing::debug!(huge_pages_off = off, "heap pages"),
+        Err(e) => tracing::debug!(error = %e, "cannot turn transparent huge pages off; the heap may hold more memory"),
+    }
     // Each connection costs a descriptor: lift a low soft limit to the hard
     // one (the API's connection cap is derived from it).
     let open_files = stategate::server::fds::raise_open_file_limit();
