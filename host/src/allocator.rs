@@ -103,12 +103,12 @@ pub const THP_VARIABLE: &str = "MIMALLOC_ALLOW_THP";
 /// as one block in it is, so memory that is allocated and freed in small
 /// pieces spread over many of them (a stream's buffers, a connection's
 /// state) keeps far more resident than it holds: 1,000 idle streams grew
-/// the gateway's RSS by 46–48 MiB for about 16 MiB of heap, and by 20 MiB
-/// with huge pages off. The gateway's CPU per health check, `Get` and `Set`
-/// did not move beyond the noise of five or more alternating rounds
-/// (BENCHMARKS.md, session 34). `PR_SET_THP_DISABLE` is the kernel's per-process switch:
-/// it applies to every later page fault, of memory mapped before it too,
-/// and child processes inherit it.
+/// the gateway's RSS by 42–48 MiB for about 16 MiB of heap, and by 19–20
+/// MiB with huge pages off. The gateway's CPU per health check, `Get` and
+/// `Set` did not move beyond the noise of five or more alternating rounds
+/// (BENCHMARKS.md, session 34). `PR_SET_THP_DISABLE` is the kernel's
+/// per-process switch: it applies to every later page fault, of memory
+/// mapped before it too, and child processes inherit it.
 pub fn keep_heap_in_small_pages(choice: Option<std::ffi::OsString>) -> std::io::Result<bool> {
     if choice.is_some() {
         return Ok(false);
