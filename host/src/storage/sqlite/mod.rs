@@ -46,6 +46,7 @@
 
 mod field_index;
 mod in_place;
+mod point_cache;
 mod process_config;
 mod pushdown;
 mod read_pool;
@@ -65,6 +66,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, StatementStatus, p
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
+use point_cache::PointCache;
 use writer::{Job, Work, writer_loop};
 
 /// Read connections per core (reads block on I/O now and then).
@@ -159,7 +161,8 @@ CREATE TABLE IF NOT EXISTS groups (
 /// `{"name":"sqlite","path":"data/stategate.db"}`; without `path` the file
 /// is `stategate.db` in `STATEGATE_DATA_DIR`. `index_fields` names fields
 /// of the values to index at start; `auto_index: false` stops indexing the
-/// fields searches name often (`field_index.rs`).
+/// fields searches name often (`field_index.rs`). `read_cache_mib` bounds
+/// the memory of records kept for `Get` (`point_cache.rs`; 0 turns it off).
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqliteConfig {
@@ -167,7 +170,11 @@ pub struct SqliteConfig {
     #[serde(default)]
     pub index_fields: Vec<String>,
     pub auto_index: Option<bool>,
+    pub read_cache_mib: Option<u64>,
 }
+
+/// `read_cache_mib` when unset.
+const READ_CACHE_MIB: u64 = 16;
 
 impl SqliteConfig {
     pub fn build(&self, data_dir: &Path) -> Result<SqliteStorage> {
@@ -211,6 +218,8 @@ pub struct SqliteStorage {
     groups: Arc<Mutex<Option<Connection>>>,
     /// Indexes on fields of the values (`field_index.rs`).
     fields: Arc<FieldIndexes>,
+    /// Records recently read, for `Get` (`point_cache.rs`); `None` when off.
+    cache: Option<Arc<PointCache>>,
 }
 
 impl SqliteStorage {
@@ -242,6 +251,12 @@ impl SqliteStorage {
         ))
         .map_err(|e| db_error(&e))?;
         conn.execute_batch(SCHEMA).map_err(|e| db_error(&e))?;
+        // The head before the writer starts: the point cache's first (`point_cache.rs`).
+        let head: u64 = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
+            .map_err(|e| db_error(&e))?;
+        let cache_bytes = config.read_cache_mib.unwrap_or(READ_CACHE_MIB).saturating_mul(1 << 20);
+        let cache = PointCache::new(head, usize::try_from(cache_bytes).unwrap_or(usize::MAX));
         let fields = Arc::new(FieldIndexes::new(config.auto_index.unwrap_or(true)));
         fields.load(&conn).map_err(|e| db_error(&e))?;
         for field in &config.index_fields {
@@ -304,9 +319,10 @@ impl SqliteStorage {
         drop(writer::Writer::prepare(&conn).map_err(|e| db_error(&e))?);
         let (tx, rx) = mpsc::unbounded_channel();
         let writer_fields = fields.clone();
+        let writer_cache = cache.clone();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, appended, &wal_full, &writer_fields))
+            .spawn(move || writer_loop(conn, rx, appended, &wal_full, &writer_fields, writer_cache.as_deref()))
             .map_err(Error::internal)?;
         Ok(SqliteStorage {
             lock: Mutex::new(Some(lock)),
@@ -317,6 +333,7 @@ impl SqliteStorage {
             path,
             groups: Arc::new(Mutex::new(None)),
             fields,
+            cache,
         })
     }
 
@@ -340,10 +357,26 @@ impl SqliteStorage {
         }
     }
 
-    /// `state_text_at` on a point-read connection.
+    /// `state_text_at` on a point-read connection; now (`at = None`), from
+    /// the point cache when it holds the record, else read and offered to it.
     async fn state_text_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<(u64, String)>>> {
         let r = record.clone();
-        self.readers.read_point(move |c| state_text_at(c, &r, at)).await
+        let Some(cache) = self.cache.as_ref().filter(|_| at.is_none()) else {
+            return self.readers.read_point(move |c| state_text_at(c, &r, at)).await;
+        };
+        if let Some(hit) = cache.get(record) {
+            return Ok(AtSeq { value: Some((hit.version, hit.text)), seq: hit.seq });
+        }
+        let cache = cache.clone();
+        self.readers
+            .read_point(move |c| {
+                let read = state_text_at(c, &r, None)?;
+                if let Some((version, text)) = &read.value {
+                    cache.offer(&r, read.seq, *version, text);
+                }
+                Ok(read)
+            })
+            .await
     }
 }
 
@@ -1305,6 +1338,80 @@ mod tests {
         // Found again at open.
         let storage = SqliteStorage::open(dir.path().join("a.db")).unwrap();
         assert!(storage.fields.ready().contains("status"));
+        storage.close().await.unwrap();
+    }
+
+    /// Gets racing appends of the same records, with the point cache on
+    /// (`point_cache.rs`): every answer is the record as its history holds
+    /// it at the answer's seq, and a Get after an acknowledged append reads
+    /// that append.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn cached_gets_racing_appends_answer_the_record_at_their_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(SqliteStorage::open(dir.path().join("a.db")).unwrap());
+        assert!(storage.cache.is_some(), "the point cache is on by default");
+        let record = |k: &str| RecordRef { domain: "d".into(), ty: "t".into(), key: k.into() };
+        const KEYS: [&str; 3] = ["a", "b", "c"];
+        const WRITES: usize = 300;
+        let writers = KEYS.map(|k| {
+            let storage = storage.clone();
+            tokio::spawn(async move {
+                for i in 0..WRITES {
+                    let mut req = put_i(k.into(), i, None);
+                    req.id = format!("{k}-{i}");
+                    let appended = storage.append(req).await.unwrap();
+                    let read = storage.get_at(&record(k), None).await.unwrap().value.unwrap();
+                    assert_eq!(read.version, appended.event.version, "{k}: a Get after append {i} read an older version");
+                    assert!(storage.get_at(&record(k), None).await.unwrap().seq >= appended.event.seq);
+                }
+            })
+        });
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers = (0..4).map(|_| {
+            let (storage, done) = (storage.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    for k in KEYS {
+                        let AtSeq { value, seq } = storage.get_at(&record(k), None).await.unwrap();
+                        answers.push((k, seq, value.map(|s| (s.version, s.values))));
+                    }
+                    tokio::task::yield_now().await;
+                }
+                answers
+            })
+        });
+        let readers: Vec<_> = readers.collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut checked = 0;
+        for r in readers {
+            for (k, seq, answer) in r.await.unwrap() {
+                let then = storage.get_at(&record(k), Some(seq)).await.unwrap().value.map(|s| (s.version, s.values));
+                assert_eq!(answer, then, "{k} at seq {seq}: the Get's answer is not the record as of its seq");
+                checked += 1;
+            }
+        }
+        assert!(checked > 100, "only {checked} racing reads: the test proves little");
+        // A quiet record is read into the cache, and answers from it.
+        let first = storage.get_at(&record("a"), None).await.unwrap();
+        assert!(storage.cache.as_ref().unwrap().holds(&record("a")), "a read was not kept");
+        let again = storage.get_at(&record("a"), None).await.unwrap();
+        assert_eq!((first.seq, first.value.map(|s| s.version)), (again.seq, again.value.map(|s| s.version)));
+        storage.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn read_cache_mib_0_turns_the_point_cache_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let config: SqliteConfig = serde_json::from_value(serde_json::json!({"read_cache_mib": 0})).unwrap();
+        let storage = SqliteStorage::open_with(dir.path().join("a.db"), &config).unwrap();
+        assert!(storage.cache.is_none());
+        storage.append(put_i("k".into(), 0, None)).await.unwrap();
+        let record = RecordRef { domain: "d".into(), ty: "t".into(), key: "k".into() };
+        assert_eq!(storage.get_at(&record, None).await.unwrap().value.unwrap().version, 1);
         storage.close().await.unwrap();
     }
 }

@@ -121,13 +121,13 @@ fn lock(list: &Mutex<Vec<Connection>>) -> MutexGuard<'_, Vec<Connection>> {
 }
 
 #[cfg(target_os = "linux")]
-fn current_cpu() -> usize {
+pub(super) fn current_cpu() -> usize {
     // SAFETY: no arguments; returns -1 (with errno set) on failure.
     usize::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn current_cpu() -> usize {
+pub(super) fn current_cpu() -> usize {
     0
 }
 

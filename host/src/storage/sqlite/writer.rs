@@ -26,6 +26,7 @@
 //! is what the table holds.
 
 use super::in_place::{Binder, InPlace};
+use super::point_cache::PointCache;
 use super::{EVENT_COLUMNS, FieldIndexes, db_error, event_from_row};
 use crate::model::{Appended, AppendRequest, Change, Error, RecordRef, Result};
 use crate::storage::{conflict, idempotency_mismatch};
@@ -347,6 +348,7 @@ pub(super) fn writer_loop(
     appended: Arc<AtomicU64>,
     wal_full: &AtomicBool,
     fields: &FieldIndexes,
+    cache: Option<&PointCache>,
 ) {
     // The statements borrow `conn`: they end with this block, before the
     // checkpoint at shutdown.
@@ -379,11 +381,23 @@ pub(super) fn writer_loop(
                     Err(_) => break,
                 }
             }
+            if let Some(cache) = cache {
+                cache.writing(batch.iter().map(|job| &job.req.record));
+            }
             let results = match &mut writer {
                 Ok(writer) => commit_batch(writer, &batch),
                 Err(e) => batch.iter().map(|_| Err(db_error(e))).collect(),
             };
             appended.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            // Before any answer: an acknowledged write is never read back
+            // older from the cache (`point_cache.rs`, invariant 1).
+            if let Some(cache) = cache {
+                let head = results.iter().filter_map(|r| match r {
+                    Ok(Written::New { seq, .. }) => Some(*seq),
+                    _ => None,
+                });
+                cache.written(head.max());
+            }
             for (Job { req, reply, .. }, result) in batch.drain(..).zip(results) {
                 let _ = reply.send(result.map(|written| written.into_appended(req)));
             }
