@@ -37,18 +37,26 @@
 //! Shards are per CPU, as the read connections are (`read_pool.rs`): a
 //! reader looks in and offers to the shard of the CPU it runs on, whose
 //! lock and entries stay in that core's cache; a record read on two cores
-//! may be held twice. Each shard keeps at most its share of the byte
-//! budget (`SqliteConfig::get_cache_mib`); a full shard makes room by
-//! dropping entries picked at random, which costs nothing to track and
-//! keeps the records read most often more often than not. Values larger
-//! than a sixteenth of a shard are never kept. Deleted and missing records
-//! are not kept: they read from sqlite each time.
+//! may be held twice. A shard keeps a record only on its second read in a
+//! while (a doorkeeper, as in TinyLFU: a table of the hashes of records
+//! read once, each overwritten by the next record that maps to its
+//! slot): reads spread over more records than the cache holds would
+//! otherwise each pay for an entry (its copies, and the drop of another)
+//! that is dropped before anyone reads it again. Each shard keeps at most
+//! its share of the byte budget (`SqliteConfig::read_cache_mib`); a full
+//! shard makes room by dropping entries picked at random, which costs
+//! nothing to track and keeps the records read most often more often than
+//! not. Values larger than a sixteenth of a shard are never kept. Deleted
+//! and missing records are not kept: they read from sqlite each time.
 
 use super::read_pool::current_cpu;
 use crate::model::RecordRef;
 use indexmap::IndexMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Slots of a shard's doorkeeper.
+const SEEN_SLOTS: usize = 4096;
 
 /// The bytes an entry is charged beyond its text: the record's three
 /// names' heap, the map's slot and the `Arc`'s counts, roughly.
@@ -72,6 +80,8 @@ struct Shard {
     entries: IndexMap<RecordRef, Entry, Hasher>,
     /// The hashes of the records of the batch being written, sorted.
     in_flight: Vec<u64>,
+    /// The doorkeeper: hashes of records read once, by hash modulo its size.
+    seen: Box<[u64]>,
     bytes: usize,
     /// xorshift state for picking entries to drop.
     pick: u64,
@@ -117,6 +127,7 @@ impl PointCache {
                     head,
                     entries: IndexMap::with_hasher(hasher.clone()),
                     in_flight: Vec::new(),
+                    seen: vec![0; SEEN_SLOTS].into_boxed_slice(),
                     bytes: 0,
                     pick: 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1),
                 })
@@ -133,7 +144,8 @@ impl PointCache {
     }
 
     /// What a point read at store position `seq` found: kept if this CPU's
-    /// shard has seen no commit since and none is changing it (invariant 2).
+    /// shard has seen no commit since and none is changing it (invariant 2),
+    /// and it read the record lately already (the doorkeeper).
     pub(super) fn offer(&self, record: &RecordRef, seq: u64, version: u64, text: &str) {
         let charge = Entry::charge(record, text);
         if charge > self.shard_budget / 16 {
@@ -141,7 +153,15 @@ impl PointCache {
         }
         let hash = self.hasher.hash_one(record);
         let mut shard = self.local();
-        if shard.head != seq || shard.in_flight.binary_search(&hash).is_ok() || shard.entries.contains_key(record) {
+        if shard.head != seq || shard.in_flight.binary_search(&hash).is_ok() {
+            return;
+        }
+        let seen = &mut shard.seen[hash as usize % SEEN_SLOTS];
+        if *seen != hash {
+            *seen = hash;
+            return;
+        }
+        if shard.entries.contains_key(record) {
             return;
         }
         while shard.bytes + charge > self.shard_budget && !shard.entries.is_empty() {
@@ -219,6 +239,12 @@ mod tests {
         RecordRef { domain: "d".into(), ty: "t".into(), key: key.into() }
     }
 
+    /// A record read twice at `seq`, as the doorkeeper wants before it keeps one.
+    fn read_twice(cache: &PointCache, record: &RecordRef, seq: u64, version: u64, text: &str) {
+        cache.offer(record, seq, version, text);
+        cache.offer(record, seq, version, text);
+    }
+
     fn hit(seq: u64, version: u64, text: &str) -> Option<Hit> {
         Some(Hit { seq, version, text: text.into() })
     }
@@ -235,12 +261,12 @@ mod tests {
         let cache = PointCache::with_shards(5, 1 << 20, 1).unwrap();
         let (a, b) = (record("a"), record("b"));
         // Read before a commit the shards have seen: dropped.
-        cache.offer(&a, 4, 1, "{}");
+        read_twice(&cache, &a, 4, 1, "{}");
         assert_eq!(cache.get(&a), None);
         // Read after a commit not applied here yet: dropped too.
-        cache.offer(&a, 6, 1, "{}");
+        read_twice(&cache, &a, 6, 1, "{}");
         assert_eq!(cache.get(&a), None);
-        cache.offer(&a, 5, 2, r#"{"n":2}"#);
+        read_twice(&cache, &a, 5, 2, r#"{"n":2}"#);
         assert_eq!(cache.get(&a), hit(5, 2, r#"{"n":2}"#));
         // A commit of another record moves the head; `a` is still current.
         write(&cache, &[&b], Some(7));
@@ -249,7 +275,7 @@ mod tests {
         write(&cache, &[&a], Some(8));
         assert_eq!(cache.get(&a), None);
         // A batch that wrote no event (every append refused) leaves the head.
-        cache.offer(&a, 8, 3, "{}");
+        read_twice(&cache, &a, 8, 3, "{}");
         write(&cache, &[&b], None);
         assert_eq!(cache.get(&a), hit(8, 3, "{}"));
     }
@@ -258,19 +284,19 @@ mod tests {
     fn a_record_being_written_is_neither_answered_nor_kept() {
         let cache = PointCache::with_shards(3, 1 << 20, 1).unwrap();
         let (a, b) = (record("a"), record("b"));
-        cache.offer(&a, 3, 1, "{}");
+        read_twice(&cache, &a, 3, 1, "{}");
         cache.writing([&a].into_iter());
         // Its commit may be visible to reads of the file already.
         assert_eq!(cache.get(&a), None);
-        cache.offer(&a, 3, 1, "{}");
+        read_twice(&cache, &a, 3, 1, "{}");
         assert_eq!(cache.get(&a), None, "a read from before the commit was kept while it was under way");
         // Another record read meanwhile is kept: the batch does not change it.
-        cache.offer(&b, 3, 1, "{}");
+        read_twice(&cache, &b, 3, 1, "{}");
         assert_eq!(cache.get(&b), hit(3, 1, "{}"));
         cache.written(Some(4));
         assert_eq!(cache.get(&b), hit(4, 1, "{}"));
         // After the commit, a read that saw it is kept.
-        cache.offer(&a, 4, 2, "{}");
+        read_twice(&cache, &a, 4, 2, "{}");
         assert_eq!(cache.get(&a), hit(4, 2, "{}"));
     }
 
@@ -302,7 +328,7 @@ mod tests {
         let cache = PointCache::with_shards(0, budget, 1).unwrap();
         let text = "x".repeat(200);
         for i in 0..10_000 {
-            cache.offer(&record(&i.to_string()), 0, 1, &text);
+            read_twice(&cache, &record(&i.to_string()), 0, 1, &text);
         }
         for shard in &*cache.shards {
             let s = lock(shard);
@@ -314,8 +340,26 @@ mod tests {
         assert!(held > 100, "only {held} entries held in {budget} bytes");
         // Too large a value for a shard is not kept at all.
         let big = record("big");
-        cache.offer(&big, 0, 1, &"y".repeat(cache.shard_budget / 8));
+        read_twice(&cache, &big, 0, 1, &"y".repeat(cache.shard_budget / 8));
         assert_eq!(cache.get(&big), None);
+    }
+
+    #[test]
+    fn a_record_is_kept_on_its_second_read_in_a_while() {
+        let cache = PointCache::with_shards(1, 1 << 20, 1).unwrap();
+        let (a, b) = (record("a"), record("b"));
+        cache.offer(&a, 1, 1, "{}");
+        assert_eq!(cache.get(&a), None, "kept on its first read");
+        cache.offer(&a, 1, 1, "{}");
+        assert_eq!(cache.get(&a), hit(1, 1, "{}"));
+        // Many other records read once in between push `b` out of the doorkeeper.
+        cache.offer(&b, 1, 1, "{}");
+        for i in 0..20 * SEEN_SLOTS {
+            cache.offer(&record(&format!("x{i}")), 1, 1, "{}");
+        }
+        cache.offer(&b, 1, 1, "{}");
+        assert_eq!(cache.get(&b), None, "a read long ago let a record in");
+        assert_eq!(lock(&cache.shards[0]).entries.len(), 1, "records read once each were kept");
     }
 
     #[test]
