@@ -33,7 +33,7 @@
 //!    done since (one that began later drops it).
 //! 3. So an entry is the record's state at its shard's `head` for as long as
 //!    it is there, and a hit answers with that `head` as its `seq`.
-
+//!
 //! Shards are per CPU, as the read connections are (`read_pool.rs`): a
 //! reader looks in and offers to the shard of the CPU it runs on, whose
 //! lock and entries stay in that core's cache; a record read on two cores
