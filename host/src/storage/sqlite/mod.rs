@@ -360,14 +360,14 @@ impl SqliteStorage {
     /// `state_text_at` on a point-read connection; now (`at = None`), from
     /// the point cache when it holds the record, else read and offered to it.
     async fn state_text_at(&self, record: &RecordRef, at: Option<u64>) -> Result<AtSeq<Option<(u64, String)>>> {
-        let r = record.clone();
         let Some(cache) = self.cache.as_ref().filter(|_| at.is_none()) else {
+            let r = record.clone();
             return self.readers.read_point(move |c| state_text_at(c, &r, at)).await;
         };
         if let Some(hit) = cache.get(record) {
             return Ok(AtSeq { value: Some((hit.version, hit.text)), seq: hit.seq });
         }
-        let cache = cache.clone();
+        let (r, cache) = (record.clone(), cache.clone());
         self.readers
             .read_point(move |c| {
                 let read = state_text_at(c, &r, None)?;
@@ -973,6 +973,9 @@ impl Storage for SqliteStorage {
                 .map_err(|_| Error::internal("sqlite writer panicked"))?;
         }
         self.readers.close();
+        if let Some(cache) = &self.cache {
+            cache.close();
+        }
         self.groups.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
         Ok(())

@@ -203,6 +203,18 @@ impl PointCache {
         }
     }
 
+    /// Forgets every record and keeps none offered later: the store is
+    /// closed, and its file may be another process's next.
+    pub(super) fn close(&self) {
+        for shard in &*self.shards {
+            let mut shard = lock(shard);
+            shard.entries.clear();
+            shard.bytes = 0;
+            // No read's head is this one.
+            shard.head = u64::MAX;
+        }
+    }
+
     /// Whether any shard holds the record.
     #[cfg(test)]
     pub(super) fn holds(&self, record: &RecordRef) -> bool {
@@ -360,6 +372,18 @@ mod tests {
         cache.offer(&b, 1, 1, "{}");
         assert_eq!(cache.get(&b), None, "a read long ago let a record in");
         assert_eq!(lock(&cache.shards[0]).entries.len(), 1, "records read once each were kept");
+    }
+
+    #[test]
+    fn a_closed_cache_answers_nothing_and_keeps_nothing() {
+        let cache = PointCache::with_shards(1, 1 << 20, 1).unwrap();
+        let a = record("a");
+        read_twice(&cache, &a, 1, 1, "{}");
+        assert_eq!(cache.get(&a), hit(1, 1, "{}"));
+        cache.close();
+        assert_eq!(cache.get(&a), None);
+        read_twice(&cache, &a, 1, 1, "{}");
+        assert_eq!(cache.get(&a), None);
     }
 
     #[test]
