@@ -392,11 +392,11 @@ pub(super) fn writer_loop(
             // Before any answer: an acknowledged write is never read back
             // older from the cache (`point_cache.rs`, invariant 1).
             if let Some(cache) = cache {
-                let head = results.iter().filter_map(|r| match r {
+                let new_seqs = results.iter().filter_map(|r| match r {
                     Ok(Written::New { seq, .. }) => Some(*seq),
                     _ => None,
                 });
-                cache.written(head.max());
+                cache.written(new_seqs.max());
             }
             for (Job { req, reply, .. }, result) in batch.drain(..).zip(results) {
                 let _ = reply.send(result.map(|written| written.into_appended(req)));
