@@ -54,7 +54,7 @@ pub struct Rules {
     pub allowed_hosts: Vec<String>,
 }
 
-/// `app` behind the rules above, with native gRPC over HTTP/2 sent
+/// `app` behind the rules above, with native gRPC (POSTs) over HTTP/2 sent
 /// straight to `grpc`, the gRPC routes: `app` serves it too, but behind
 /// its REST routes, a second look at the content type and grpc-web's
 /// translation, which every such call paid for (a miss in the REST
@@ -276,7 +276,12 @@ impl tower::Service<Request<Body>> for Browser {
             return Either::Left(ready(Ok(refusal)));
         }
         // Native gRPC over HTTP/2: where `api::fallback` would send it too.
-        let native = media.is_some_and(|m| is_grpc(m) && !is_grpc_web(m)) && req.version() == http::Version::HTTP_2;
+        // gRPC calls are POSTs: a GET or DELETE that carries a gRPC content
+        // type (a client's default header) is plain HTTP, served by the REST
+        // routes as it is over HTTP/1.1, or told by `api::fallback` to POST.
+        let native = req.method() == Method::POST
+            && media.is_some_and(|m| is_grpc(m) && !is_grpc_web(m))
+            && req.version() == http::Version::HTTP_2;
         Either::Right(if native { self.native.call(req) } else { self.browsers.call(req) })
     }
 }

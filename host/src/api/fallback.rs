@@ -4,10 +4,12 @@
 //! - a gRPC or grpc-web request (content type `application/grpc…`) goes to
 //!   the gRPC services; a method they do not have is `UNIMPLEMENTED` naming
 //!   it and the services there are (`known_methods`, inside grpc-web's
-//!   translation so grpc-web clients get it as trailers too); grpc-web with
-//!   another method than POST is 405 with `Allow: POST`; native gRPC needs
-//!   HTTP/2 (the server's `api::browser::guard` sends native gRPC over
-//!   HTTP/2 straight to the gRPC routes, so here it is answered only over
+//!   translation so grpc-web clients get it as trailers too); gRPC or
+//!   grpc-web with another method than POST is 405 with `Allow: POST` and
+//!   `UNIMPLEMENTED` (a GET or DELETE with a gRPC content type reaches
+//!   here only when no REST route takes it); native gRPC needs HTTP/2 (the
+//!   server's `api::browser::guard` sends native gRPC POSTs over HTTP/2
+//!   straight to the gRPC routes, so here it is answered only over
 //!   HTTP/1.1);
 //! - a REST path with a method it does not take is 405 with `Allow`;
 //! - a REST record path missing a part (`/api/state/ref/users/user/`) is
@@ -168,12 +170,10 @@ impl tower::Service<Request<Body>> for Unmatched {
         let grpc = media.is_some_and(super::browser::is_grpc);
         let web = media.is_some_and(super::browser::is_grpc_web);
         let answer = match (grpc, web) {
-            (_, true) if req.method() != Method::POST => {
-                let mut r = tonic::Status::unimplemented(format!(
-                    "grpc-web calls are POSTs, not {}",
-                    req.method()
-                ))
-                .into_http::<Body>();
+            (true, _) if req.method() != Method::POST => {
+                let kind = if web { "grpc-web" } else { "gRPC" };
+                let mut r = tonic::Status::unimplemented(format!("{kind} calls are POSTs, not {}", req.method()))
+                    .into_http::<Body>();
                 *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
                 r.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
                 r

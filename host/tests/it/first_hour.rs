@@ -88,6 +88,29 @@ async fn wrong_methods_are_405_with_allow() {
     let (status, _, body) = envelope(r).await;
     assert_eq!((status, &body["code"]), (400, &json!(3)), "{body}");
     assert!(body["message"].as_str().unwrap().contains("gRPC needs HTTP/2"), "{body}");
+    // gRPC calls are POSTs, over HTTP/2 too: a GET or DELETE carrying a gRPC
+    // content type (a client's default header) is plain HTTP. A REST route
+    // serves it as over HTTP/1.1; a gRPC method's path says to POST.
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let grpc_get = |url: String| h2.get(url).header("content-type", "application/grpc");
+    let r = grpc_get(format!("{url}/api/state/ref/d/t/nobody")).send().await.unwrap();
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    let (status, _, body) = envelope(r).await;
+    assert_eq!((status, &body["code"]), (404, &json!(5)), "the REST route answers: {body}");
+    let r = h2
+        .delete(format!("{url}/api/state/ref/d/t/nobody"))
+        .header("content-type", "application/grpc")
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = envelope(r).await;
+    assert_eq!((status, &body["code"]), (404, &json!(5)), "the REST route answers: {body}");
+    let r = grpc_get(format!("{url}/stategate.StateService/Get")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    assert_eq!(r.headers()["grpc-status"], "12");
+    let message = r.headers()["grpc-message"].to_str().unwrap();
+    assert!(message.contains("POSTs") && message.contains("GET"), "{message}");
     gw.stop().await;
 }
 
