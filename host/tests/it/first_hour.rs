@@ -92,20 +92,16 @@ async fn wrong_methods_are_405_with_allow() {
     // content type (a client's default header) is plain HTTP. A REST route
     // serves it as over HTTP/1.1; a gRPC method's path says to POST.
     let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
-    let grpc_get = |url: String| h2.get(url).header("content-type", "application/grpc");
-    let r = grpc_get(format!("{url}/api/state/ref/d/t/nobody")).send().await.unwrap();
-    assert_eq!(r.version(), http::Version::HTTP_2);
-    let (status, _, body) = envelope(r).await;
-    assert_eq!((status, &body["code"]), (404, &json!(5)), "the REST route answers: {body}");
-    let r = h2
-        .delete(format!("{url}/api/state/ref/d/t/nobody"))
-        .header("content-type", "application/grpc")
-        .send()
-        .await
-        .unwrap();
-    let (status, _, body) = envelope(r).await;
-    assert_eq!((status, &body["code"]), (404, &json!(5)), "the REST route answers: {body}");
-    let r = grpc_get(format!("{url}/stategate.StateService/Get")).send().await.unwrap();
+    let grpc_typed = |method: http::Method, path: &str| {
+        h2.request(method, format!("{url}{path}")).header("content-type", "application/grpc").send()
+    };
+    for method in [http::Method::GET, http::Method::DELETE] {
+        let r = grpc_typed(method.clone(), "/api/state/ref/d/t/nobody").await.unwrap();
+        assert_eq!(r.version(), http::Version::HTTP_2);
+        let (status, _, body) = envelope(r).await;
+        assert_eq!((status, &body["code"]), (404, &json!(5)), "{method}: the REST route answers: {body}");
+    }
+    let r = grpc_typed(http::Method::GET, "/stategate.StateService/Get").await.unwrap();
     assert_eq!(r.status().as_u16(), 405);
     assert_eq!(r.headers()["allow"], "POST");
     assert_eq!(r.headers()["grpc-status"], "12");
