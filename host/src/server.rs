@@ -134,13 +134,14 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ]));
-    let grpc = api::grpc::routes(GrpcApi::new(gateway.clone()), config.max_message_bytes)
-        .await
-        .into_axum_router()
-        .layer(api::grpc::authenticate_first(gateway.clone()));
-    let grpc = api::public::guard_grpc(grpc, gateway.clone(), &public)
+    // The gRPC services and their layers, outermost first; a call goes
+    // through them as plain calls (`api::HttpService`).
+    let grpc = tower::ServiceBuilder::new()
+        .layer(api::fallback::known_methods(methods.clone()))
         .layer(api::deadline::layer())
-        .layer(api::fallback::known_methods(methods.clone()));
+        .layer(api::public::guard_grpc(gateway.clone(), &public))
+        .layer(api::grpc::authenticate_first(gateway.clone()))
+        .service(api::grpc::routes(GrpcApi::new(gateway.clone()), config.max_message_bytes).await);
     // Routes served over plain HTTP; what none of them takes goes to gRPC
     // or gets a JSON error (`api::fallback`).
     let mut routes = api::rest::routes(gateway.clone())

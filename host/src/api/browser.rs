@@ -55,7 +55,7 @@ pub struct Rules {
 }
 
 /// `app` behind the rules above, with native gRPC (POSTs) over HTTP/2 sent
-/// straight to `grpc`, the gRPC routes: `app` serves it too, but behind
+/// straight to `grpc`, the gRPC services: `app` serves it too, but behind
 /// its REST routes, a second look at the content type and grpc-web's
 /// translation, which every such call paid for (a miss in the REST
 /// routes' table, the request and its futures moved through each layer,
@@ -64,9 +64,12 @@ pub struct Rules {
 /// a `Set` from 123.9k to 116.6k (callgrind, BENCHMARKS.md session 29).
 /// Anything else (REST, grpc-web, gRPC over HTTP/1.1, which `app` answers
 /// with an error) goes to `app`.
-pub fn guard(app: Router, grpc: Router, rules: &Rules) -> Router {
+/// What it returns is served as it is, not inside another router: an
+/// empty router in front cost every call a boxed service and its boxed
+/// future (BENCHMARKS.md, session 38).
+pub fn guard<G: super::HttpService>(app: Router, grpc: G, rules: &Rules) -> Browser<G> {
     let policy = Arc::new(Policy::new(rules));
-    Router::new().fallback_service(Browser { browsers: app.layer(cors(&policy.origins)), native: grpc, policy })
+    Browser { browsers: app.layer(cors(&policy.origins)), native: grpc, policy }
 }
 
 /// Which origins CORS allows.
@@ -251,22 +254,22 @@ fn refuse(grpc: bool, http_status: StatusCode, e: Error) -> Response {
     (http_status, axum::Json(status::error_body(&e))).into_response()
 }
 
-/// The two ways in: with CORS, and straight to the gRPC routes for native
-/// gRPC.
+/// The two ways in: with CORS, and straight to the gRPC services for
+/// native gRPC.
 #[derive(Clone)]
-struct Browser {
+pub struct Browser<G> {
     browsers: Router,
-    native: Router,
+    native: G,
     policy: Arc<Policy>,
 }
 
-impl tower::Service<Request<Body>> for Browser {
+impl<G: super::HttpService> tower::Service<Request<Body>> for Browser<G> {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<Ready<Result<Response, Infallible>>, <Router as tower::Service<Request<Body>>>::Future>;
+    type Future = Either<Ready<Result<Response, Infallible>>, Either<G::Future, axum::routing::future::RouteFuture<Infallible>>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // A Router is always ready.
+        // A Router and the gRPC services are always ready.
         Poll::Ready(Ok(()))
     }
 
@@ -282,7 +285,7 @@ impl tower::Service<Request<Body>> for Browser {
         let native = req.method() == Method::POST
             && media.is_some_and(|m| is_grpc(m) && !is_grpc_web(m))
             && req.version() == http::Version::HTTP_2;
-        Either::Right(if native { self.native.call(req) } else { self.browsers.call(req) })
+        Either::Right(if native { Either::Left(self.native.call(req)) } else { Either::Right(self.browsers.call(req)) })
     }
 }
 

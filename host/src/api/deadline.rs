@@ -3,13 +3,11 @@
 //! has not begun by then gets that status instead; a server stream that is
 //! still open gets it as its trailers and ends, releasing its slot, as the
 //! gRPC spec asks of servers (tonic's own timeout layer bounds only the
-//! start of a response, and is not in this router anyway).
+//! start of a response, and is not in this stack anyway).
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
-use axum::routing::Route;
-use axum::routing::future::RouteFuture;
 use bytes::Bytes;
 use futures::future::{BoxFuture, Either};
 use std::convert::Infallible;
@@ -19,28 +17,28 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
-/// Layer of the gRPC routes: a call with a `grpc-timeout` gets the
+/// Layer of the gRPC services: a call with a `grpc-timeout` gets the
 /// deadline above; one without goes on as it came. A plain tower service,
 /// not `axum::middleware::from_fn`: that clones and boxes the inner
 /// service and boxes a future for every call, and every gRPC call passes
 /// here (BENCHMARKS.md session 29).
-pub fn layer() -> tower::layer::LayerFn<fn(Route) -> Deadline> {
+pub fn layer<S>() -> impl tower::Layer<S, Service = Deadline<S>> + Clone {
     tower::layer::layer_fn(|inner| Deadline { inner })
 }
 
-/// The service [`layer`] wraps each gRPC route in.
+/// The service [`layer`] wraps the gRPC services in.
 #[derive(Clone)]
-pub struct Deadline {
-    inner: Route,
+pub struct Deadline<S> {
+    inner: S,
 }
 
-impl tower::Service<Request> for Deadline {
+impl<S: super::HttpService> tower::Service<Request> for Deadline<S> {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<RouteFuture<Infallible>, BoxFuture<'static, Result<Response, Infallible>>>;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response, Infallible>>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // A Route is always ready.
+        // The gRPC services are always ready.
         Poll::Ready(Ok(()))
     }
 

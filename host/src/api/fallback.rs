@@ -27,8 +27,6 @@
 use axum::Router;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use axum::routing::Route;
-use axum::routing::future::RouteFuture;
 use futures::future::{Either, Ready, ready};
 use http::header::ALLOW;
 use http::{HeaderValue, Method, Request, StatusCode, Version};
@@ -95,28 +93,28 @@ impl GrpcMethods {
     }
 }
 
-/// Layer of the gRPC routes: a method they do not serve is
+/// Layer of the gRPC services: a method they do not serve is
 /// `UNIMPLEMENTED` with a message (tonic's own answer has none). A plain
 /// tower service rather than `axum::middleware::from_fn`, which clones and
 /// boxes the inner service and boxes a future for every call.
-pub fn known_methods(methods: Arc<GrpcMethods>) -> impl tower::Layer<Route, Service = KnownMethods> + Clone {
+pub fn known_methods<S>(methods: Arc<GrpcMethods>) -> impl tower::Layer<S, Service = KnownMethods<S>> + Clone {
     tower::layer::layer_fn(move |inner| KnownMethods { inner, methods: methods.clone() })
 }
 
-/// The service [`known_methods`] wraps each gRPC route in.
+/// The service [`known_methods`] wraps the gRPC services in.
 #[derive(Clone)]
-pub struct KnownMethods {
-    inner: Route,
+pub struct KnownMethods<S> {
+    inner: S,
     methods: Arc<GrpcMethods>,
 }
 
-impl tower::Service<Request<Body>> for KnownMethods {
+impl<S: super::HttpService> tower::Service<Request<Body>> for KnownMethods<S> {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<RouteFuture<Infallible>, Ready<Result<Response, Infallible>>>;
+    type Future = Either<S::Future, Ready<Result<Response, Infallible>>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // A Route is always ready.
+        // The gRPC services are always ready.
         Poll::Ready(Ok(()))
     }
 

@@ -8,8 +8,6 @@ use super::{convert, measured, metadata, record, status::to_status};
 use crate::gateway::{self as gw, Gateway, methods};
 use crate::hub::SharedEvent;
 use crate::proto as pb;
-use axum::routing::Route;
-use axum::routing::future::RouteFuture;
 use futures::future::Either;
 use futures::{Stream, StreamExt};
 use std::convert::Infallible;
@@ -450,24 +448,24 @@ impl pb::catalog_service_server::CatalogService for GrpcApi {
 /// A plain tower service rather than `axum::middleware::from_fn`, which
 /// clones and boxes the inner service and boxes a future for every call:
 /// only a token to verify takes a boxed future here.
-pub fn authenticate_first(gateway: Arc<Gateway>) -> impl tower::Layer<Route, Service = AuthenticateFirst> + Clone {
+pub fn authenticate_first<S>(gateway: Arc<Gateway>) -> impl tower::Layer<S, Service = AuthenticateFirst<S>> + Clone {
     tower::layer::layer_fn(move |inner| AuthenticateFirst { inner, gateway: gateway.clone() })
 }
 
-/// The service [`authenticate_first`] wraps each gRPC route in.
+/// The service [`authenticate_first`] wraps the gRPC services in.
 #[derive(Clone)]
-pub struct AuthenticateFirst {
-    inner: Route,
+pub struct AuthenticateFirst<S> {
+    inner: S,
     gateway: Arc<Gateway>,
 }
 
-impl tower::Service<axum::extract::Request> for AuthenticateFirst {
+impl<S: super::HttpService> tower::Service<axum::extract::Request> for AuthenticateFirst<S> {
     type Response = axum::response::Response;
     type Error = Infallible;
-    type Future = Either<RouteFuture<Infallible>, BoxFuture<Result<axum::response::Response, Infallible>>>;
+    type Future = Either<S::Future, BoxFuture<Result<axum::response::Response, Infallible>>>;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
-        // A Route is always ready.
+        // The gRPC services are always ready.
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -498,9 +496,12 @@ impl tower::Service<axum::extract::Request> for AuthenticateFirst {
     }
 }
 
-/// The gRPC routes: the two stategate services, health and reflection
+/// The gRPC services: the three stategate services, health and reflection
 /// (v1 and v1alpha, so both current and older grpcurl/Postman can list them).
-pub async fn routes(api: GrpcApi, max_message_bytes: usize) -> tonic::service::Routes {
+pub async fn routes(
+    api: GrpcApi,
+    max_message_bytes: usize,
+) -> GrpcServices<impl TonicService, impl TonicService, impl TonicService> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<pb::state_service_server::StateServiceServer<GrpcApi>>()
@@ -516,31 +517,110 @@ pub async fn routes(api: GrpcApi, max_message_bytes: usize) -> tonic::service::R
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let v1 = reflection().build_v1().expect("embedded descriptors are valid");
-    let v1alpha = reflection().build_v1alpha().expect("embedded descriptors are valid");
-    let mut routes = tonic::service::Routes::builder();
-    routes
-        .add_service(DirectRoutes {
+    GrpcServices {
+        state: DirectRoutes {
             generated: pb::state_service_server::StateServiceServer::new(api.clone())
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes),
             api: api.clone(),
             max_message_bytes,
-        })
-        .add_service(
-            pb::catalog_service_server::CatalogServiceServer::new(api.clone())
-                .max_decoding_message_size(max_message_bytes)
-                .max_encoding_message_size(max_message_bytes),
-        )
-        .add_service(DirectRoutes {
+        },
+        catalog: pb::catalog_service_server::CatalogServiceServer::new(api.clone())
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes),
+        event: DirectRoutes {
             generated: pb::event_service_server::EventServiceServer::new(api.clone())
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes),
             api,
             max_message_bytes,
-        })
-        .add_service(health_service)
-        .add_service(v1)
-        .add_service(v1alpha);
-    routes.routes()
+        },
+        health: health_service,
+        reflection_v1: reflection().build_v1().expect("embedded descriptors are valid"),
+        reflection_v1alpha: reflection().build_v1alpha().expect("embedded descriptors are valid"),
+    }
+}
+
+/// A generated tonic server, as `GrpcServices` calls it.
+pub trait TonicService:
+    tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = Infallible,
+        Future = HttpFuture,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> TonicService for T where
+    T: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+            Future = HttpFuture,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The gRPC services, each called by the name in the path
+/// (`/<service>/<method>`). This is what tonic's `Routes` does with an axum
+/// router, whose wildcard routes cost every call a path match, its
+/// captures as URL parameters in the request's extensions and two boxed
+/// services: about 3k instructions of a health check's 63k (BENCHMARKS.md,
+/// session 38). Here it is one string match and no allocation.
+#[derive(Clone)]
+pub struct GrpcServices<H, V1, V1a> {
+    state: DirectRoutes<pb::state_service_server::StateServiceServer<GrpcApi>>,
+    catalog: pb::catalog_service_server::CatalogServiceServer<GrpcApi>,
+    event: DirectRoutes<pb::event_service_server::EventServiceServer<GrpcApi>>,
+    health: H,
+    reflection_v1: V1,
+    reflection_v1alpha: V1a,
+}
+
+type IntoAxum = fn(http::Response<tonic::body::Body>) -> axum::response::Response;
+
+impl<H: TonicService, V1: TonicService, V1a: TonicService> tower::Service<axum::extract::Request>
+    for GrpcServices<H, V1, V1a>
+{
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = futures::future::MapOk<HttpFuture, IntoAxum>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        // Every service here is always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        use futures::TryFutureExt;
+        let request = request.map(tonic::body::Body::new);
+        let service = request.uri().path().strip_prefix('/').and_then(|p| p.split_once('/')).map_or("", |(s, _)| s);
+        let call = match service {
+            pb::state_service_server::SERVICE_NAME => self.state.call(request),
+            pb::event_service_server::SERVICE_NAME => self.event.call(request),
+            pb::catalog_service_server::SERVICE_NAME => self.catalog.call(request),
+            tonic_health::pb::health_server::SERVICE_NAME => self.health.call(request),
+            tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME => self.reflection_v1.call(request),
+            tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME => {
+                self.reflection_v1alpha.call(request)
+            }
+            // `api::fallback::known_methods` answers these first, with a message.
+            other => {
+                let status = Status::unimplemented(format!("this gateway serves no gRPC service {other:?}"));
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        };
+        call.map_ok(into_axum as IntoAxum)
+    }
+}
+
+fn into_axum(response: http::Response<tonic::body::Body>) -> axum::response::Response {
+    response.map(axum::body::Body::new)
 }

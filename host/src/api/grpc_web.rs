@@ -5,7 +5,7 @@
 
 use axum::Router;
 
-/// Wraps the gRPC routes so they also answer grpc-web.
-pub fn wrap(grpc: Router) -> Router {
-    grpc.layer(tonic_web::GrpcWebLayer::new())
+/// The gRPC services as a router that also answers grpc-web.
+pub fn wrap(grpc: impl super::HttpService) -> Router {
+    Router::new().fallback_service(grpc).layer(tonic_web::GrpcWebLayer::new())
 }

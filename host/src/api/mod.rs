@@ -24,8 +24,37 @@ use crate::auth::Metadata;
 use crate::model::Result;
 use crate::telemetry::Metrics;
 use http::HeaderMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::time::Instant;
+
+/// A service of this API's layers: an axum request in, a response out,
+/// never an error (a refusal is a response). Each layer on the gRPC
+/// services (`grpc::authenticate_first`, `public::guard_grpc`, `deadline`,
+/// `fallback::known_methods`) wraps one and is one, so a call goes through
+/// them as plain function calls, with no boxed service or router between
+/// them; an axum `Router` is one too.
+pub trait HttpService:
+    tower::Service<axum::extract::Request, Response = axum::response::Response, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> HttpService for T where
+    T: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
 
 /// Request headers (or gRPC metadata) as policy input: lower-case names,
 /// first value of each, text values only. When nothing but the gateway

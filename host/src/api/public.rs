@@ -42,15 +42,18 @@ pub struct Settings {
     pub max_public_streams: usize,
 }
 
-/// The gRPC routes with health and reflection guarded as above (inside
-/// grpc-web's translation, so a refusal reaches grpc-web clients too).
-pub fn guard_grpc(grpc: Router, gateway: Arc<Gateway>, settings: &Settings) -> Router {
-    Router::new().fallback_service(Guard {
-        inner: grpc,
-        gateway,
-        public_metadata: settings.public_metadata,
-        public_streams: Arc::new(Semaphore::new(settings.max_public_streams.max(1))),
-        max_public_streams: settings.max_public_streams,
+/// Layer of the gRPC services: health and reflection guarded as above
+/// (inside grpc-web's translation, so a refusal reaches grpc-web clients
+/// too).
+pub fn guard_grpc<S>(gateway: Arc<Gateway>, settings: &Settings) -> impl tower::Layer<S, Service = Guard<S>> + Clone {
+    let public_streams = Arc::new(Semaphore::new(settings.max_public_streams.max(1)));
+    let (public_metadata, max_public_streams) = (settings.public_metadata, settings.max_public_streams);
+    tower::layer::layer_fn(move |inner| Guard {
+        inner,
+        gateway: gateway.clone(),
+        public_metadata,
+        public_streams: public_streams.clone(),
+        max_public_streams,
     })
 }
 
@@ -69,22 +72,23 @@ pub fn openapi(gateway: Arc<Gateway>, settings: &Settings) -> Router {
     )
 }
 
+/// The service [`guard_grpc`] wraps the gRPC services in.
 #[derive(Clone)]
-struct Guard {
-    inner: Router,
+pub struct Guard<S> {
+    inner: S,
     gateway: Arc<Gateway>,
     public_metadata: bool,
     public_streams: Arc<Semaphore>,
     max_public_streams: usize,
 }
 
-impl tower::Service<Request<Body>> for Guard {
+impl<S: super::HttpService> tower::Service<Request<Body>> for Guard<S> {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<<Router as tower::Service<Request<Body>>>::Future, BoxFuture<'static, Result<Response, Infallible>>>;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response, Infallible>>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // A Router is always ready.
+        // The gRPC services are always ready.
         Poll::Ready(Ok(()))
     }
 
@@ -99,7 +103,7 @@ impl tower::Service<Request<Body>> for Guard {
     }
 }
 
-impl Guard {
+impl<S: super::HttpService> Guard<S> {
     async fn stream(mut self, req: Request<Body>, reflection: bool) -> Response {
         if reflection && !self.public_metadata {
             let method = req.uri().path().to_owned();

@@ -27,8 +27,8 @@
 //! by all of them together.
 
 use super::fds::{self, Spares};
+use crate::api::HttpService;
 use crate::gateway::PEER_HEADER;
-use axum::Router;
 use axum::body::Body;
 use bytes::Bytes;
 use http::HeaderValue;
@@ -109,7 +109,7 @@ impl Metrics {
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    app: Router,
+    app: impl HttpService,
     builder: ConnBuilder<TokioExecutor>,
     settings: Settings,
     metrics: Metrics,
@@ -185,7 +185,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(self, socket: TcpStream, tls: Option<TlsAcceptor>, app: Router, builder: ConnBuilder<TokioExecutor>) {
+    async fn run(self, socket: TcpStream, tls: Option<TlsAcceptor>, app: impl HttpService, builder: ConnBuilder<TokioExecutor>) {
         let open = self.metrics.open.with_label_values(&[self.settings.name]);
         open.inc();
         let accepted = tokio::time::Instant::now();
@@ -209,7 +209,7 @@ impl Connection {
         tracing::debug!(peer = %self.peer, listener = self.settings.name, reason, "closing a connection that timed out");
     }
 
-    async fn serve<I>(&self, io: I, accepted: tokio::time::Instant, app: Router, builder: &ConnBuilder<TokioExecutor>)
+    async fn serve<I>(&self, io: I, accepted: tokio::time::Instant, app: impl HttpService, builder: &ConnBuilder<TokioExecutor>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -410,23 +410,24 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 /// request (replacing any client-sent value: rate limits and policies may
 /// key on it) and counts the call as open until its response body ends.
 #[derive(Clone)]
-struct Tracked {
-    app: Router,
+struct Tracked<S> {
+    app: S,
     activity: Arc<Activity>,
     peer: Option<HeaderValue>,
 }
 
-impl tower::Service<http::Request<Incoming>> for Tracked {
+impl<S: HttpService> tower::Service<http::Request<Incoming>> for Tracked<S> {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = TrackedFuture;
+    type Future = TrackedFuture<S::Future>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // A Router is always ready.
+        // What the listeners serve is always ready (a Router, `api::browser::Browser`).
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: http::Request<Incoming>) -> TrackedFuture {
+    fn call(&mut self, req: http::Request<Incoming>) -> Self::Future {
+        let mut req = req.map(Body::new);
         let call = CallGuard::start(self.activity.clone());
         req.headers_mut().remove(PEER_HEADER);
         if let Some(v) = &self.peer {
@@ -440,14 +441,14 @@ impl tower::Service<http::Request<Incoming>> for Tracked {
 }
 
 pin_project_lite::pin_project! {
-    struct TrackedFuture {
+    struct TrackedFuture<F> {
         #[pin]
-        inner: axum::routing::future::RouteFuture<Infallible>,
+        inner: F,
         call: Option<CallGuard>,
     }
 }
 
-impl std::future::Future for TrackedFuture {
+impl<F: std::future::Future<Output = Result<http::Response<Body>, Infallible>>> std::future::Future for TrackedFuture<F> {
     type Output = Result<http::Response<Body>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
