@@ -141,7 +141,7 @@ pub async fn start_with_storage(config: Config, shared: Option<storage::DynStora
         .layer(api::deadline::layer())
         .layer(api::public::guard_grpc(gateway.clone(), &public))
         .layer(api::grpc::authenticate_first(gateway.clone()))
-        .service(api::grpc::routes(GrpcApi::new(gateway.clone()), config.max_message_bytes).await);
+        .service(api::grpc::services(GrpcApi::new(gateway.clone()), config.max_message_bytes).await);
     // Routes served over plain HTTP; what none of them takes goes to gRPC
     // or gets a JSON error (`api::fallback`).
     let mut routes = api::rest::routes(gateway.clone())

@@ -498,7 +498,7 @@ impl<S: super::HttpService> tower::Service<axum::extract::Request> for Authentic
 
 /// The gRPC services: the three stategate services, health and reflection
 /// (v1 and v1alpha, so both current and older grpcurl/Postman can list them).
-pub async fn routes(
+pub async fn services(
     api: GrpcApi,
     max_message_bytes: usize,
 ) -> GrpcServices<impl TonicService, impl TonicService, impl TonicService> {
@@ -569,11 +569,13 @@ impl<T> TonicService for T where
 }
 
 /// The gRPC services, each called by the name in the path
-/// (`/<service>/<method>`). This is what tonic's `Routes` does with an axum
-/// router, whose wildcard routes cost every call a path match, its
-/// captures as URL parameters in the request's extensions and two boxed
-/// services: about 3k instructions of a health check's 63k (BENCHMARKS.md,
-/// session 38). Here it is one string match and no allocation.
+/// (`/<service>/<method>`): one string match, no allocation. tonic's
+/// `Routes` does this with an axum router, whose wildcard routes cost every
+/// call a path match, its capture stored as URL parameters in the
+/// request's extensions, and boxed services, each cloned per call, with a
+/// boxed future each. With the empty routers that stood in front of it
+/// (the layers were axum `Route`s), that was 9.5k instructions of a health
+/// check's 63.3k (BENCHMARKS.md, session 38).
 #[derive(Clone)]
 pub struct GrpcServices<H, V1, V1a> {
     state: DirectRoutes<pb::state_service_server::StateServiceServer<GrpcApi>>,
