@@ -31,7 +31,7 @@ use crate::api::HttpService;
 use crate::gateway::PEER_HEADER;
 use axum::body::Body;
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
@@ -429,10 +429,14 @@ impl<S: HttpService> tower::Service<http::Request<Incoming>> for Tracked<S> {
     fn call(&mut self, req: http::Request<Incoming>) -> Self::Future {
         let mut req = req.map(Body::new);
         let call = CallGuard::start(self.activity.clone());
-        req.headers_mut().remove(PEER_HEADER);
-        if let Some(v) = &self.peer {
-            req.headers_mut().insert(PEER_HEADER, v.clone());
-        }
+        // `insert` replaces every value a client sent under the name. The
+        // name is made once: by `&str` each call parsed and hashed it
+        // twice (0.4k instructions).
+        static PEER: HeaderName = HeaderName::from_static(PEER_HEADER);
+        match &self.peer {
+            Some(v) => req.headers_mut().insert(PEER.clone(), v.clone()),
+            None => req.headers_mut().remove(&PEER),
+        };
         TrackedFuture {
             inner: tower::Service::call(&mut self.app, req),
             call: Some(call),

@@ -30,6 +30,37 @@ async fn rate_limit_per_client_over_grpc_and_rest() {
     gw.stop().await;
 }
 
+/// The identity a rate limit counts is the TCP peer, set by the server:
+/// a client naming another peer in the header the server uses for it
+/// (`x-stategate-peer`) is still counted as itself.
+#[tokio::test]
+async fn rate_limit_ignores_a_peer_named_by_the_client() {
+    let gw = TestGateway::start_with(|c| {
+        c.rate_limit = 0.01;
+        c.rate_burst = Some(5.0);
+    })
+    .await;
+    let mut st = gw.state_client().await;
+    let mut refused = 0;
+    for i in 0..20 {
+        let mut request = tonic::Request::new(state_ref("d", "t", "k"));
+        request.metadata_mut().insert(stategate::gateway::PEER_HEADER, format!("10.9.{i}.1:4000").parse().unwrap());
+        match st.get(request).await {
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => refused += 1,
+            _ => {}
+        }
+    }
+    assert!(refused >= 14, "twenty claimed peers are one client: {refused} refused");
+    let r = http()
+        .get(format!("{}/api/state/ref/d/t/k", gw.url()))
+        .header(stategate::gateway::PEER_HEADER, "10.9.99.1:4000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429, "REST counts the real peer too");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn stream_cap() {
     let gw = TestGateway::start_with(|c| c.max_streams = 3).await;
