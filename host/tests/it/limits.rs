@@ -8,9 +8,9 @@ use serde_json::json;
 use stategate::proto as pb;
 use std::time::Duration;
 
-#[tokio::test]
-async fn rate_limit_per_client_over_grpc_and_rest() {
-    // One request every 100 s after a burst of 5: a run of 20 calls must be cut.
+/// A gateway allowing one request every 100 s after a burst of 5, and how
+/// many of 20 `Get`s (the `i`th made by `request(i)`) it refused.
+async fn twenty_rate_limited_gets(request: impl Fn(usize) -> tonic::Request<pb::StateRef>) -> (TestGateway, usize) {
     let gw = TestGateway::start_with(|c| {
         c.rate_limit = 0.01;
         c.rate_burst = Some(5.0);
@@ -18,12 +18,18 @@ async fn rate_limit_per_client_over_grpc_and_rest() {
     .await;
     let mut st = gw.state_client().await;
     let mut refused = 0;
-    for _ in 0..20 {
-        match st.get(state_ref("d", "t", "k")).await {
+    for i in 0..20 {
+        match st.get(request(i)).await {
             Err(s) if s.code() == tonic::Code::ResourceExhausted => refused += 1,
             _ => {}
         }
     }
+    (gw, refused)
+}
+
+#[tokio::test]
+async fn rate_limit_per_client_over_grpc_and_rest() {
+    let (gw, refused) = twenty_rate_limited_gets(|_| tonic::Request::new(state_ref("d", "t", "k"))).await;
     assert!(refused >= 14, "at most the burst (and a little refill) passes: {refused} refused");
     let r = http().get(format!("{}/api/state/ref/d/t/k", gw.url())).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 429, "REST answers 429");
@@ -35,21 +41,12 @@ async fn rate_limit_per_client_over_grpc_and_rest() {
 /// (`x-stategate-peer`) is still counted as itself.
 #[tokio::test]
 async fn rate_limit_ignores_a_peer_named_by_the_client() {
-    let gw = TestGateway::start_with(|c| {
-        c.rate_limit = 0.01;
-        c.rate_burst = Some(5.0);
-    })
-    .await;
-    let mut st = gw.state_client().await;
-    let mut refused = 0;
-    for i in 0..20 {
+    let (gw, refused) = twenty_rate_limited_gets(|i| {
         let mut request = tonic::Request::new(state_ref("d", "t", "k"));
         request.metadata_mut().insert(stategate::gateway::PEER_HEADER, format!("10.9.{i}.1:4000").parse().unwrap());
-        match st.get(request).await {
-            Err(s) if s.code() == tonic::Code::ResourceExhausted => refused += 1,
-            _ => {}
-        }
-    }
+        request
+    })
+    .await;
     assert!(refused >= 14, "twenty claimed peers are one client: {refused} refused");
     let r = http()
         .get(format!("{}/api/state/ref/d/t/k", gw.url()))
