@@ -236,12 +236,16 @@ fn op_sql(sql: &mut Sql, x: &str, op: &Op) -> Option<String> {
     })
 }
 
-/// The matcher's equality with any of `qs`; never SQL NULL.
+/// The matcher's equality with any of `qs`; never SQL NULL. An array
+/// among `qs` is left to the matcher: MariaDB's `JSON_OVERLAPS` takes an
+/// array inside its second argument as matching any array that holds its
+/// elements (`[[1,2]]` overlaps `[[1]]`, `[[null]]` overlaps `[[]]`), where
+/// the matcher wants the same array.
 fn any_eq(sql: &mut Sql, x: &str, qs: &[Value]) -> Option<String> {
     if qs.is_empty() {
         return Some("false".into());
     }
-    if !qs.iter().all(numbers_exact) {
+    if !qs.iter().all(|q| numbers_exact(q) && !q.is_array()) {
         return None;
     }
     let a = sql.arg(Arg::Text(Value::Array(qs.to_vec()).to_string()));
