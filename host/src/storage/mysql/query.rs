@@ -19,8 +19,9 @@
 //! - equality is `JSON_OVERLAPS` of the field with `[q]` (the field equals
 //!   `q`, or is an array with an element equal to `q`; numbers by value,
 //!   strings as written, objects regardless of key order) or of `[field]`
-//!   with `[q]` (an array field equal to an array `q`); a missing field
-//!   equals null;
+//!   with `[q]` (the field itself equal to `q`); a missing field equals
+//!   null. Equality with an array `q` is left to the shared matcher
+//!   (`any_eq` says why);
 //! - ranges compare numbers as doubles and strings as bytes, on the field
 //!   or on any element of an array field (`JSON_TABLE`);
 //! - `$exists` is whether the path leads anywhere; `$all` is equality with
