@@ -289,6 +289,45 @@ async fn postgres_migrations_take_turns_and_refuse_a_newer_schema() {
     migrations(scratch, "UPDATE schema_version SET version = version + 1").await;
 }
 
+/// PostgreSQL's text and `jsonb` cannot hold a NUL character: an append
+/// that carries one anywhere is the client's mistake (invalid argument,
+/// naming the part that holds it), refused before it writes anything, and
+/// the store goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_nul_naming_where_it_is() {
+    use crate::storage_conformance::{put, unique_domain};
+    let Some(s) = scoped(Kind::Postgres).await else { return };
+    let d = unique_domain();
+    let ok = RecordRef::parse(&d, "t", "k").unwrap();
+    let head = s.head().await.unwrap();
+    let in_name = |domain: &str, ty: &str, key: &str| put(&RecordRef { domain: domain.into(), ty: ty.into(), key: key.into() }, json!({"a": 1}));
+    let mut in_claims = put(&ok, json!({"a": 1}));
+    in_claims.claims.insert("sub".into(), json!("x\u{0}y"));
+    let mut in_idempotency = put(&ok, json!({"a": 1}));
+    in_idempotency.idempotency = Some(Idempotency { key: "k\u{0}".into(), fingerprint: "f".into(), not_before: 0 });
+    let cases = [
+        ("domain", in_name(&format!("{d}\u{0}"), "t", "k")),
+        ("type", in_name(&d, "t\u{0}", "k")),
+        ("key", in_name(&d, "t", "\u{0}k")),
+        ("values", put(&ok, json!({"a": "x\u{0}y"}))),
+        ("values", put(&ok, json!({"a\u{0}": 1}))),
+        ("values", put(&ok, json!({"a": [{"b": ["\u{0}"]}]}))),
+        ("claims", in_claims),
+        ("idempotency_key", in_idempotency),
+    ];
+    for (field, req) in cases {
+        match s.append(req).await {
+            Err(Error::InvalidArgument { field: named, reason }) => {
+                assert_eq!(named, field, "{reason}");
+                assert!(reason.contains("NUL"), "{reason}");
+            }
+            other => panic!("a NUL in {field}: {other:?}"),
+        }
+    }
+    assert_eq!(s.head().await.unwrap(), head, "nothing was written");
+    assert_eq!(s.append(put(&ok, json!({"a": 1}))).await.unwrap().event.version, 1, "and the store goes on");
+}
+
 /// Writers on several providers sharing one place, and a reader polling the
 /// feed: seqs are gap-free in a place of its own, so every page must start
 /// right after the last seq seen and have no holes. A seq that became

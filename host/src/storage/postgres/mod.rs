@@ -274,6 +274,25 @@ fn has_nul(names: &[&str]) -> bool {
     names.iter().any(|n| n.contains('\0'))
 }
 
+/// The first part of an append that holds a NUL character, which no text
+/// or `jsonb` column of PostgreSQL can store, named as the client sent it:
+/// refused as the client's mistake before the transaction, where the
+/// server would fail it as an internal error.
+fn nul_field(req: &AppendRequest) -> Option<&'static str> {
+    let r = &req.record;
+    [
+        ("domain", r.domain.contains('\0')),
+        ("type", r.ty.contains('\0')),
+        ("key", r.key.contains('\0')),
+        ("values", matches!(&req.change, Change::Put(v) if values_have_nul(v))),
+        ("claims", values_have_nul(&req.claims)),
+        ("idempotency_key", req.idempotency.as_ref().is_some_and(|i| i.key.contains('\0'))),
+        ("method", req.method.contains('\0')),
+    ]
+    .into_iter()
+    .find_map(|(field, nul)| nul.then_some(field))
+}
+
 #[async_trait]
 impl Storage for PostgresStorage {
     fn name(&self) -> &str {
@@ -281,17 +300,8 @@ impl Storage for PostgresStorage {
     }
 
     async fn append(&self, req: AppendRequest) -> Result<Appended> {
-        let r = &req.record;
-        let values_nul = matches!(&req.change, Change::Put(v) if values_have_nul(v));
-        if values_nul
-            || values_have_nul(&req.claims)
-            || has_nul(&[&r.domain, &r.ty, &r.key, &req.method])
-            || req.idempotency.as_ref().is_some_and(|i| i.key.contains('\0'))
-        {
-            return Err(Error::invalid(
-                "values",
-                "PostgreSQL cannot store the NUL character (\\u0000) in names, values or claims",
-            ));
+        if let Some(field) = nul_field(&req) {
+            return Err(Error::invalid(field, "PostgreSQL cannot store the NUL character (\\u0000)"));
         }
         self.writer.append(req).await
     }
