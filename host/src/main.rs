@@ -41,7 +41,8 @@ async fn run(cli: Cli) -> std::process::ExitCode {
         Some(command) => match stategate::cli::run(command).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("stategate: {e:#}");
+                // The gateway's messages name records, whose keys a writer chose.
+                eprintln!("stategate: {}", stategate::cli::printable(&format!("{e:#}")));
                 std::process::ExitCode::FAILURE
             }
         },

@@ -15,6 +15,7 @@ use crate::config::Config;
 use clap::{Args, Parser, Subcommand};
 
 pub use commands::run;
+pub use output::printable;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -1,7 +1,14 @@
 //! Printing for people (one line per record or event, values as JSON) or
 //! for programs (`--json`: the REST API's JSON form, one object per line,
 //! so a listing or a stream pipes into `jq`, `grep` or a line reader alike).
+//!
+//! Names, ids and the gateway's messages reach a terminal through
+//! [`printable`]: whoever may write a record chooses its key, and a key
+//! holding an escape sequence would otherwise drive the terminal of
+//! whoever lists it (clear it, retitle it, print fake lines). Values are
+//! JSON, whose control characters are escaped already.
 
+use std::borrow::Cow;
 use stategate_client::{CatalogEntry, Event, State};
 
 pub struct Printer {
@@ -19,7 +26,8 @@ pub fn print_state(p: &Printer, s: &State) {
     if p.json {
         p.json_value(&s.to_json());
     } else {
-        println!("{}/{}/{} v{} {}", s.domain, s.r#type, s.key, s.version, s.values_json());
+        let (domain, ty, key) = (printable(&s.domain), printable(&s.r#type), printable(&s.key));
+        println!("{domain}/{ty}/{key} v{} {}", s.version, s.values_json());
     }
 }
 
@@ -31,7 +39,7 @@ pub fn print_event(p: &Printer, e: &Event) {
     let (domain, ty, key) = e
         .state
         .as_ref()
-        .map(|s| (s.domain.as_str(), s.r#type.as_str(), s.key.as_str()))
+        .map(|s| (printable(&s.domain), printable(&s.r#type), printable(&s.key)))
         .unwrap_or_default();
     let values = e.values_json();
     let values = if values.is_null() { String::new() } else { format!(" {values}") };
@@ -40,7 +48,7 @@ pub fn print_event(p: &Printer, e: &Event) {
         rfc3339(e.time),
         e.kind().as_str_name(),
         e.version,
-        e.id
+        printable(&e.id)
     );
 }
 
@@ -58,13 +66,35 @@ pub fn print_catalog_entry(p: &Printer, e: &CatalogEntry) {
     } else {
         println!(
             "{}/{} {} record(s) {} event(s), last {}",
-            e.domain,
-            e.r#type,
+            printable(&e.domain),
+            printable(&e.r#type),
             e.records,
             e.events,
             rfc3339(e.last_event_time)
         );
     }
+}
+
+/// `text` with what would steer a terminal written out as Rust escapes
+/// (`\u{1b}`, `\n`, `\u{0}`): the control characters, and the bidirectional
+/// formatting characters that reorder what a line shows. Everything else,
+/// other scripts and emoji among it, is printed as it is.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    fn steers(c: char) -> bool {
+        c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !text.chars().any(steers) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if steers(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Unix nanoseconds as RFC 3339 UTC with milliseconds.
@@ -92,6 +122,15 @@ pub fn rfc3339(nanos: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn printable_escapes_what_steers_a_terminal_only() {
+        use super::printable;
+        assert!(matches!(printable("alice-ünïcödé-✓"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(printable("k\u{1b}[2J\u{7}"), "k\\u{1b}[2J\\u{7}");
+        assert_eq!(printable("a\u{0}b\tc\nd\u{7f}"), "a\\u{0}b\\tc\\nd\\u{7f}");
+        assert_eq!(printable("x\u{202e}y\u{2066}z"), "x\\u{202e}y\\u{2066}z");
+    }
+
     #[test]
     fn rfc3339_of_known_instants() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");

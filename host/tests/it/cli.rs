@@ -169,6 +169,43 @@ async fn bad_input_is_a_clear_error() {
     gw.stop().await;
 }
 
+/// A writer chooses its keys: one holding terminal escape sequences (clear
+/// the screen, retitle the window, ring the bell) or a bidirectional
+/// override is printed with those written out, so listing it cannot drive
+/// the terminal of whoever reads. `--json` still carries the key as it is.
+#[tokio::test]
+async fn names_that_would_steer_a_terminal_are_printed_escaped() {
+    let gw = TestGateway::start().await;
+    let url = gw.url();
+    let d = unique("cli-esc");
+    tokio::task::spawn_blocking(move || {
+        let key = "k\u{1b}[2J\u{1b}]0;owned\u{7}\u{202e}x";
+        let shown = r"k\u{1b}[2J\u{1b}]0;owned\u{7}\u{202e}x";
+        let steers = |text: &str| text.chars().any(|c| (c.is_control() && c != '\n') || c == '\u{202e}');
+        let outputs = [
+            ok(run(stategate(&url).args(["set", &d, "t", key, r#"{"v":"\u001b[31m"}"#]))),
+            ok(run(stategate(&url).args(["get", &d, "t", key]))),
+            ok(run(stategate(&url).args(["search", &d, "t"]))),
+            ok(run(stategate(&url).args(["events", &d, "t"]))),
+        ];
+        for out in outputs {
+            assert!(!steers(&out), "raw control characters printed: {out:?}");
+            assert!(out.contains(&format!("{d}/t/{shown} v1")), "{out:?}");
+        }
+        // The gateway's own messages name the record too.
+        let missing = format!("{key}-gone");
+        let err = failed(run(stategate(&url).args(["get", &d, "t", &missing])));
+        assert!(!steers(&err) && err.contains(&format!("{shown}-gone")), "{err:?}");
+        // Programs get the key itself.
+        let st: Value = serde_json::from_str(&ok(run(stategate(&url).args(["get", &d, "t", key, "--json"])))).unwrap();
+        assert_eq!(st["key"], key);
+        assert_eq!(st["values"]["v"], "\u{1b}[31m");
+    })
+    .await
+    .unwrap();
+    gw.stop().await;
+}
+
 /// A gRPC endpoint that refuses every call with PERMISSION_DENIED and puts
 /// the `authorization` header it received into the message, so the test
 /// sees exactly what the client sent. Returns its address.
