@@ -42,7 +42,7 @@ async fn run(cli: Cli) -> std::process::ExitCode {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 // The gateway's messages name records, whose keys a writer chose.
-                eprintln!("stategate: {}", stategate::cli::printable(&format!("{e:#}")));
+                eprintln!("stategate: {}", stategate::cli::printable_message(&format!("{e:#}")));
                 std::process::ExitCode::FAILURE
             }
         },

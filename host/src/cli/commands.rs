@@ -128,7 +128,7 @@ pub async fn run(command: Command) -> Result<()> {
             opts.from_time = a.from_time.unwrap_or(0);
             // Standard error says when the stream is down and when it is
             // back, so a quiet terminal means "no events", not "no gateway".
-            let resume = if a.quiet { Resume::default() } else { Resume::default().on_notice(|n| eprintln!("stategate stream: {}", super::printable(&n.to_string()))) };
+            let resume = if a.quiet { Resume::default() } else { Resume::default().on_notice(|n| eprintln!("stategate stream: {}", super::printable_message(&n.to_string()))) };
             let client = client.with_resume(resume);
             let mut events = client.stream(opts).await?;
             let p = printer(&a.client);

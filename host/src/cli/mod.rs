@@ -15,7 +15,7 @@ use crate::config::Config;
 use clap::{Args, Parser, Subcommand};
 
 pub use commands::run;
-pub use output::printable;
+pub use output::{printable, printable_message};
 
 #[derive(Debug, Parser)]
 #[command(

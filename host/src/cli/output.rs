@@ -80,9 +80,19 @@ pub fn print_catalog_entry(p: &Printer, e: &CatalogEntry) {
 /// formatting characters that reorder what a line shows. Everything else,
 /// other scripts and emoji among it, is printed as it is.
 pub fn printable(text: &str) -> Cow<'_, str> {
-    fn steers(c: char) -> bool {
-        c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    }
+    escaped(text, |_| false)
+}
+
+/// [`printable`] for a message of several lines (an error with its
+/// causes, a guest's diagnostics): its line breaks and tabs stay.
+pub fn printable_message(text: &str) -> Cow<'_, str> {
+    escaped(text, |c| c == '\n' || c == '\t')
+}
+
+fn escaped(text: &str, keep: fn(char) -> bool) -> Cow<'_, str> {
+    let steers = |c: char| {
+        !keep(c) && (c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+    };
     if !text.chars().any(steers) {
         return Cow::Borrowed(text);
     }
@@ -129,6 +139,8 @@ mod tests {
         assert_eq!(printable("k\u{1b}[2J\u{7}"), "k\\u{1b}[2J\\u{7}");
         assert_eq!(printable("a\u{0}b\tc\nd\u{7f}"), "a\\u{0}b\\tc\\nd\\u{7f}");
         assert_eq!(printable("x\u{202e}y\u{2066}z"), "x\\u{202e}y\\u{2066}z");
+        let message = "state d/t/k\u{1b}[2J not found\n\tcaused by: x\u{7}";
+        assert_eq!(super::printable_message(message), "state d/t/k\\u{1b}[2J not found\n\tcaused by: x\\u{7}");
     }
 
     #[test]
