@@ -468,8 +468,8 @@ impl<F: std::future::Future<Output = Result<http::Response<Body>, Infallible>>> 
 }
 
 /// A response body that keeps its call counted as open. hyper serves it
-/// as it is: boxed again as a `Body`, every call paid one more allocation
-/// and one more dynamic call per frame.
+/// as it is; boxing it again as a `Body` cost every call one more
+/// allocation and one more dynamic call per frame.
 struct OpenCall {
     body: Body,
     _call: Option<CallGuard>,
