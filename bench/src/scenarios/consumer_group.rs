@@ -145,6 +145,7 @@ impl Bench {
             clients: Some(2),
             p50_ms: Some(ms(0.5)),
             p99_ms: Some(ms(0.99)),
+            p999_ms: Some(ms(0.999)),
             note: format!(
                 "{REDELIVERIES} events, each nacked by the member that got it: time from the Nack call to the other member's \
                  receipt (both members on this instance; a timeout-driven redelivery adds ack_timeout_ms)"

@@ -84,6 +84,7 @@ impl Bench {
             ops_per_sec: Some(x.ops_per_sec()),
             p50_ms: Some(x.p(0.5)),
             p99_ms: Some(x.p(0.99)),
+            p999_ms: Some(x.p(0.999)),
             ceiling_ops_per_sec: Some(one.ops_per_sec()),
             ceiling_p50_ms: Some(one.p(0.5)),
             ceiling_p99_ms: Some(one.p(0.99)),

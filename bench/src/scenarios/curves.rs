@@ -171,6 +171,7 @@ fn curve_row(scenario: String, clients: usize, m: &Measured, note: &str) -> Row 
         ops_per_sec: Some(m.ops_per_sec()),
         p50_ms: (!m.hist.is_empty()).then(|| m.p(0.5)),
         p99_ms: (!m.hist.is_empty()).then(|| m.p(0.99)),
+        p999_ms: (!m.hist.is_empty()).then(|| m.p(0.999)),
         cpu_us_per_op: Some(m.cpu_us_per_op()),
         errors: m.errors,
         note: format!("{note}; CPU µs/op = the bench process's (gateway and clients){}", m.first_error.as_deref().map(|e| format!("; first error: {e}")).unwrap_or_default()),

@@ -142,6 +142,7 @@ impl Bench {
                 ops_per_sec: Some(m.ops_per_sec()),
                 p50_ms: Some(m.p(0.5)),
                 p99_ms: Some(m.p(0.99)),
+                p999_ms: Some(m.p(0.999)),
                 ceiling_ops_per_sec: Some(ceiling.ops_per_sec()),
                 ceiling_p50_ms: Some(ceiling.p(0.5)),
                 ceiling_p99_ms: Some(ceiling.p(0.99)),

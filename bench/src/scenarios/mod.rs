@@ -153,6 +153,7 @@ fn relative_row(scenario: String, clients: usize, on: Measured, off: Measured, t
         ops_per_sec: Some(on.ops_per_sec()),
         p50_ms: Some(on.p(0.5)),
         p99_ms: Some(on.p(0.99)),
+        p999_ms: Some(on.p(0.999)),
         ceiling_ops_per_sec: Some(off.ops_per_sec()),
         ceiling_p50_ms: Some(off.p(0.5)),
         ceiling_p99_ms: Some(off.p(0.99)),

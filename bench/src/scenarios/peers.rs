@@ -104,6 +104,7 @@ impl Bench {
                 ops_per_sec: Some(peer.ops as f64 / peer.secs),
                 p50_ms: Some(peer.hist.value_at_quantile(0.5) as f64 / 1000.0),
                 p99_ms: Some(peer.hist.value_at_quantile(0.99) as f64 / 1000.0),
+                p999_ms: Some(peer.hist.value_at_quantile(0.999) as f64 / 1000.0),
                 ceiling_ops_per_sec: Some(gateway.ops_per_sec()),
                 ceiling_p50_ms: Some(gateway.p(0.5)),
                 ceiling_p99_ms: Some(gateway.p(0.99)),

@@ -200,6 +200,7 @@ fn row(db: Db, op: Op, clients: usize, g: Measured, c: Measured, peak: f64, anon
         ops_per_sec: Some(g.ops_per_sec()),
         p50_ms: Some(g.p(0.5)),
         p99_ms: Some(g.p(0.99)),
+        p999_ms: Some(g.p(0.999)),
         ceiling_ops_per_sec: Some(c.ops_per_sec()),
         ceiling_p50_ms: Some(c.p(0.5)),
         ceiling_p99_ms: Some(c.p(0.99)),

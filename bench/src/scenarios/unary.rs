@@ -44,6 +44,7 @@ impl Bench {
                 ops_per_sec: Some(g.ops_per_sec()),
                 p50_ms: Some(g.p(0.5)),
                 p99_ms: Some(g.p(0.99)),
+                p999_ms: Some(g.p(0.999)),
                 ceiling_ops_per_sec: Some(b.ops_per_sec()),
                 ceiling_p50_ms: Some(b.p(0.5)),
                 ceiling_p99_ms: Some(b.p(0.99)),
