@@ -208,6 +208,67 @@ test('development mode: tail, table, history, diff, revert, edit, delete', async
   }
 });
 
+test('names and values that would hide or reorder text are shown written out', async () => {
+  const gw = await startGateway();
+  const d = `c${Date.now().toString(36)}`;
+  // A writer chooses the names and values: U+202E would make the key read
+  // `invoiceexe.pdf`, U+2066/7 reorder a field and the type, ESC and the
+  // C1 control U+0085 (in a value: a key may not hold white space) vanish.
+  const [type, typeShown] = ['t\u2067', 't\\u{2067}'];
+  const [key, keyShown] = ['invoice\u202efdp.exe\u001b[2J', 'invoice\\u{202e}fdp.exe\\u{1b}[2J'];
+  const values = { note: 'paid\u202e\u0085', 'f\u2066': 1 };
+  const raw = /[\u202e\u2066\u2067\u0085\u001b]/u;
+  const url = `/api/state/ref/${d}/${encodeURIComponent(type)}/${encodeURIComponent(key)}`;
+  const { page, context, problems } = await open(gw);
+  try {
+    await rest(gw, 'POST', url, { body: { values } });
+    await page.goto(`${gw.url}/console/#/records/${d}/${encodeURIComponent(type)}`);
+    await heading(page).filter({ hasText: `Records of ${d} / ${typeShown}` }).waitFor();
+    const cell = page.locator('table.records tbody tr td').first();
+    assert.equal(await cell.textContent(), keyShown);
+    // Values as JSON escapes, which parse to the same values.
+    const compact = await page.locator('table.records tbody tr code.values').textContent();
+    assert.deepEqual(JSON.parse(compact), values);
+    assert.ok(compact.includes('"paid\\u202e\\u0085"') && compact.includes('"f\\u2066"'), compact);
+    // The link still opens the record by its real key.
+    await cell.getByRole('link').click();
+    await heading(page).filter({ hasText: `${d} / ${typeShown} / ${keyShown}` }).waitFor();
+    const current = await page.getByLabel('Current values').textContent();
+    assert.deepEqual(JSON.parse(current), values);
+    assert.ok(!raw.test(current), `raw in ${JSON.stringify(current)}`);
+    // A confirmation names the record the same way.
+    await page.getByRole('button', { name: 'Delete' }).click();
+    const dialog = page.getByRole('dialog');
+    assert.equal(await dialog.getByRole('heading').textContent(), `Delete ${keyShown}?`);
+    await dialog.getByRole('button', { name: 'Cancel' }).click();
+    // The editor starts from text that parses to the same values.
+    await page.getByRole('button', { name: 'Edit' }).click();
+    assert.deepEqual(JSON.parse(await page.getByLabel('Values (JSON object)').inputValue()), values);
+    // A server message naming the record (a version conflict: another
+    // writer came first) is written out too.
+    await rest(gw, 'POST', url, { body: { values: { n: 1 } } });
+    await page.getByRole('button', { name: 'Save…' }).click();
+    await dialog.getByRole('button', { name: 'Save' }).click();
+    const conflict = await page.getByRole('alert').filter({ hasText: 'version conflict' }).textContent();
+    assert.ok(conflict.includes(`${d}/${typeShown}/${keyShown}`), conflict);
+    assert.ok(!raw.test(conflict), `raw in ${JSON.stringify(conflict)}`);
+    // The live tail and the overview.
+    await page.goto(`${gw.url}/console/#/tail?domain=${d}&type=${encodeURIComponent(type)}`);
+    await page.getByRole('status').filter({ hasText: `${d}/${typeShown}: Live.` }).waitFor();
+    await rest(gw, 'POST', url, { body: { values: { n: 3 } } });
+    assert.equal(await page.locator('tr.event td a').first().textContent(), `${d}/${typeShown}/${keyShown}`);
+    await page.goto(`${gw.url}/console/#/`);
+    const row = page.getByRole('region', { name: 'Domains and types' }).locator('tr', { hasText: d });
+    await row.waitFor();
+    assert.deepEqual(await row.locator('td').evaluateAll((tds) => tds.slice(0, 2).map((t) => t.textContent)), [d, typeShown]);
+    assert.ok(!raw.test(await page.locator('main').textContent()), 'nothing raw in the overview');
+    assert.deepEqual(problems, []);
+  } finally {
+    await context.close();
+    await gw.stop();
+  }
+});
+
 const POLICY = `package stategate.authz
 
 default allow = false

@@ -2,6 +2,7 @@
 // server's own message (a policy's refusal says why), as an alert.
 
 import type { ApiError } from '../api';
+import { visibleMessage } from '../format';
 
 const MEANING: Record<ApiError['kind'], string> = {
   'no-token': 'This gateway needs a token.',
@@ -23,7 +24,7 @@ export function ErrorNote({ error, what }: { error: ApiError | null | undefined;
         {what ? `${what}: ` : ''}
         {MEANING[error.kind]}
       </strong>{' '}
-      <span class="server-message">{error.message}</span>
+      <span class="server-message">{visibleMessage(error.message)}</span>
     </div>
   );
 }

@@ -5,7 +5,7 @@
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { call, num, type CatalogEntry, type Stats } from '../api';
 import { Empty, ErrorNote } from '../components/errors';
-import { formatNumber, formatTime } from '../format';
+import { formatNumber, formatTime, visible } from '../format';
 import { useLoad } from '../hooks';
 import { go, href } from '../route';
 import { Table } from '../components/table';
@@ -54,12 +54,12 @@ export function Overview() {
         <Table label="Domains and types" columns={['Domain', 'Type', 'Records#', 'Events#', 'Last event', '']}>
           {catalog.data.entries.map((e) => (
             <tr key={`${e.domain}/${e.type}`}>
-              <td>{e.domain}</td>
-              <td><a href={href(['records', e.domain, e.type])}>{e.type}</a></td>
+              <td>{visible(e.domain)}</td>
+              <td><a href={href(['records', e.domain, e.type])}>{visible(e.type)}</a></td>
               <td class="num">{formatNumber(num(e.records))}</td>
               <td class="num">{formatNumber(num(e.events))}</td>
               <td>{formatTime(e.last_event_time ?? e.lastEventTime)}</td>
-              <td><a href={href(['tail'], { domain: e.domain, type: e.type })} aria-label={`Live tail of ${e.domain}/${e.type}`}>Tail</a></td>
+              <td><a href={href(['tail'], { domain: e.domain, type: e.type })} aria-label={`Live tail of ${visible(e.domain)}/${visible(e.type)}`}>Tail</a></td>
             </tr>
           ))}
         </Table>

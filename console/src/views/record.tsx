@@ -8,7 +8,7 @@ import { ApiError, call, num, recordPath, type Event, type State, type Values } 
 import { Confirm, type Ask } from '../components/confirm';
 import { Empty, ErrorNote } from '../components/errors';
 import { diff } from '../diff';
-import { compact, formatTime, who } from '../format';
+import { compact, formatTime, jsonText, visible, who } from '../format';
 import { useLoad } from '../hooks';
 import { href } from '../route';
 import { Table } from '../components/table';
@@ -56,7 +56,7 @@ export function Record({ domain, type, recordKey }: { domain: string; type: stri
   const revert = async (e: Event) => {
     const ok = await confirm({
       title: `Revert to version ${num(e.version)}?`,
-      body: <p>This writes a new version of <strong>{recordKey}</strong> with the values of version {num(e.version)}. The history keeps every version.</p>,
+      body: <p>This writes a new version of <strong>{visible(recordKey)}</strong> with the values of version {num(e.version)}. The history keeps every version.</p>,
       confirm: `Revert to version ${num(e.version)}`,
     });
     if (ok) {
@@ -65,7 +65,7 @@ export function Record({ domain, type, recordKey }: { domain: string; type: stri
   };
   const del = async () => {
     const ok = await confirm({
-      title: `Delete ${recordKey}?`,
+      title: `Delete ${visible(recordKey)}?`,
       body: <p>This removes the current values (a DEL event); the history is kept and a version can be reverted to later.</p>,
       confirm: 'Delete',
       danger: true,
@@ -77,7 +77,7 @@ export function Record({ domain, type, recordKey }: { domain: string; type: stri
   const save = async (values: Values) => {
     const ok = await confirm({
       title: 'Save these values?',
-      body: <p>This writes version {(version ?? 0) + 1} of <strong>{recordKey}</strong>, if nobody wrote it since version {version ?? 0}.</p>,
+      body: <p>This writes version {(version ?? 0) + 1} of <strong>{visible(recordKey)}</strong>, if nobody wrote it since version {version ?? 0}.</p>,
       confirm: 'Save',
     });
     if (ok) {
@@ -93,10 +93,10 @@ export function Record({ domain, type, recordKey }: { domain: string; type: stri
   return (
     <section>
       <h1 tabIndex={-1}>
-        {domain} / {type} / {recordKey}
+        {visible(domain)} / {visible(type)} / {visible(recordKey)}
       </h1>
       <p class="links">
-        <a href={href(['records', domain, type])}>All records of {domain}/{type}</a>
+        <a href={href(['records', domain, type])}>All records of {visible(domain)}/{visible(type)}</a>
         {' · '}
         <a href={href(['tail'], { domain, type, key: recordKey })}>Live tail of this record</a>
       </p>
@@ -113,7 +113,7 @@ export function Record({ domain, type, recordKey }: { domain: string; type: stri
           {current && !editing && (
             <div class="current">
               <p class="sub">Version {version}</p>
-              <pre class="json" tabIndex={0} aria-label="Current values">{JSON.stringify(current.values, null, 2)}</pre>
+              <pre class="json" tabIndex={0} aria-label="Current values">{jsonText(current.values, 2)}</pre>
               <div class="actions">
                 <button type="button" onClick={() => setEditing(true)}>Edit</button>
                 <button type="button" class="danger" onClick={del}>Delete</button>
@@ -159,11 +159,11 @@ function Entry({ e, before, current, onRevert, onCompare }: { e: Event; before?:
         <span class="sub">{e.method.replace(/^\/stategate\./, '')}</span>
       </div>
       <p class="sub">
-        {e.kind === 'DEL' ? 'Deleted.' : before ? `${changes.length} field${changes.length === 1 ? '' : 's'} changed: ${changes.slice(0, 4).map((c) => c.path).join(', ')}${changes.length > 4 ? '…' : ''}` : `Created: ${compact(e.state.values, 100)}`}
+        {e.kind === 'DEL' ? 'Deleted.' : before ? `${changes.length} field${changes.length === 1 ? '' : 's'} changed: ${changes.slice(0, 4).map((c) => visible(c.path)).join(', ')}${changes.length > 4 ? '…' : ''}` : `Created: ${compact(e.state.values, 100)}`}
       </p>
       <details>
         <summary>Values and claims</summary>
-        <pre class="json" tabIndex={0}>{JSON.stringify({ values: e.state.values ?? null, claims: e.claims, id: e.id }, null, 2)}</pre>
+        <pre class="json" tabIndex={0}>{jsonText({ values: e.state.values ?? null, claims: e.claims, id: e.id }, 2)}</pre>
       </details>
       <div class="actions">
         {before && <button type="button" class="link" onClick={onCompare}>Diff with v{num(before.version)}</button>}
@@ -193,7 +193,7 @@ function DiffView({ a, b, events, onPick }: { a: Event; b: Event; events: Event[
         <Table label="Differences" cls="diff-table" columns={['Field', 'Change', `v${num(a.version)}`, `v${num(b.version)}`]}>
           {changes.map((c) => (
             <tr key={c.path} class={c.kind}>
-              <td><code>{c.path}</code></td>
+              <td><code>{visible(c.path)}</code></td>
               <td>{c.kind}</td>
               <td class="before"><code>{c.before === undefined ? '' : compact(c.before, 80)}</code></td>
               <td class="after"><code>{c.after === undefined ? '' : compact(c.after, 80)}</code></td>
@@ -207,7 +207,7 @@ function DiffView({ a, b, events, onPick }: { a: Event; b: Event; events: Event[
 
 /** The JSON editor: a text area checked as you type. */
 function Editor({ initial, onSave, onCancel }: { initial: Values; onSave: (v: Values) => void; onCancel: () => void }) {
-  const [text, setText] = useState(JSON.stringify(initial, null, 2));
+  const [text, setText] = useState(jsonText(initial, 2));
   let problem = '';
   let parsed: Values | null = null;
   try {

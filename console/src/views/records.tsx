@@ -5,7 +5,7 @@
 import { useEffect, useState } from 'preact/hooks';
 import { call, num, type State } from '../api';
 import { Empty, ErrorNote } from '../components/errors';
-import { compact } from '../format';
+import { compact, visible } from '../format';
 import { useLoad } from '../hooks';
 import { OPERATORS, toQueryString, type Condition, type Operator } from '../query';
 import { go, href } from '../route';
@@ -48,7 +48,7 @@ function TypeRecords({ domain, type, query }: { domain: string; type: string; qu
   return (
     <section>
       <h1 tabIndex={-1}>
-        Records of {domain} / {type}
+        Records of {visible(domain)} / {visible(type)}
       </h1>
       <p class="links">
         <a href={href(['tail'], { domain, type })}>Live tail of this type</a>
@@ -70,7 +70,7 @@ function TypeRecords({ domain, type, query }: { domain: string; type: string; qu
         <Table label="Records" cls="records" columns={['Key', 'Version#', 'Values']}>
           {rows.map((s) => (
             <tr key={s.key}>
-              <td><a href={href(['record', domain, type, s.key])}>{s.key}</a></td>
+              <td><a href={href(['record', domain, type, s.key])}>{visible(s.key)}</a></td>
               <td class="num">{num(s.version)}</td>
               <td><code class="values">{compact(s.values)}</code></td>
             </tr>

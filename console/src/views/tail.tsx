@@ -5,7 +5,7 @@
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { ApiError, num, type Event } from '../api';
 import { Empty, ErrorNote } from '../components/errors';
-import { compact, formatTime, who } from '../format';
+import { compact, formatTime, visible, who } from '../format';
 import { go, href } from '../route';
 import { tail } from '../stream';
 import { Table } from '../components/table';
@@ -87,11 +87,11 @@ export function Tail({ query }: { query: URLSearchParams }) {
         <button type="button" onClick={() => setRows([])}>Clear</button>
       </form>
       <p class={`status status-${running ? status.state : 'stopped'}${paused ? ' paused' : ''}`} role="status">
-        {key ? `${domain}/${type}/${key}` : `${domain}/${type}`}: {label}
+        {visible(key ? `${domain}/${type}/${key}` : `${domain}/${type}`)}: {label}
       </p>
       {status.state !== 'live' && running && <ErrorNote error={status.error} what="Stream" />}
       {rows.length === 0 && status.state === 'live' && !paused && (
-        <Empty>Waiting for events. Writes to {domain}/{type} show here as they happen.</Empty>
+        <Empty>Waiting for events. Writes to {visible(domain)}/{visible(type)} show here as they happen.</Empty>
       )}
       {rows.length > 0 && (
         <Table label="Events, newest first" cls="events" columns={['Time', 'Record', 'Kind', 'Version#', 'By', 'Values']}>
@@ -100,7 +100,7 @@ export function Tail({ query }: { query: URLSearchParams }) {
               <td><time>{formatTime(e.time)}</time></td>
               <td>
                 <a href={href(['record', e.state.domain, e.state.type, e.state.key])}>
-                  {e.state.domain}/{e.state.type}/{e.state.key}
+                  {visible(`${e.state.domain}/${e.state.type}/${e.state.key}`)}
                 </a>
               </td>
               <td>{e.kind}</td>
