@@ -6,7 +6,8 @@
 //! [`printable`]: whoever may write a record chooses its key, and a key
 //! holding an escape sequence would otherwise drive the terminal of
 //! whoever lists it (clear it, retitle it, print fake lines). Values are
-//! JSON, whose control characters are escaped already.
+//! JSON through [`printable_json`]: serde escapes the C0 controls, and the
+//! rest that would steer a terminal are written as JSON escapes too.
 
 use std::borrow::Cow;
 use stategate_client::{CatalogEntry, Event, State};
@@ -27,7 +28,7 @@ pub fn print_state(p: &Printer, s: &State) {
         p.json_value(&s.to_json());
     } else {
         let (domain, ty, key) = (printable(&s.domain), printable(&s.r#type), printable(&s.key));
-        println!("{domain}/{ty}/{key} v{} {}", s.version, s.values_json());
+        println!("{domain}/{ty}/{key} v{} {}", s.version, printable_json(&s.values_json()));
     }
 }
 
@@ -42,7 +43,7 @@ pub fn print_event(p: &Printer, e: &Event) {
         .map(|s| (printable(&s.domain), printable(&s.r#type), printable(&s.key)))
         .unwrap_or_default();
     let values = e.values_json();
-    let values = if values.is_null() { String::new() } else { format!(" {values}") };
+    let values = if values.is_null() { String::new() } else { format!(" {}", printable_json(&values)) };
     println!(
         "{} {:<6} {domain}/{ty}/{key} v{} {}{values}",
         rfc3339(e.time),
@@ -89,16 +90,42 @@ pub fn printable_message(text: &str) -> Cow<'_, str> {
     escaped(text, |c| c == '\n' || c == '\t')
 }
 
-fn escaped(text: &str, keep: fn(char) -> bool) -> Cow<'_, str> {
-    let steers = |c: char| {
-        !keep(c) && (c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
-    };
+/// Values as one line of JSON for a terminal. serde escapes the C0
+/// controls but writes DEL, the C1 controls (U+009B is CSI, which some
+/// terminals obey in UTF-8 too) and the bidirectional formatting characters
+/// as they are; here they are JSON escapes (`\u009b`), so the line still
+/// parses to the same values. They can only be inside strings: JSON's own
+/// punctuation is ASCII.
+pub fn printable_json(values: &serde_json::Value) -> String {
+    let text = values.to_string();
     if !text.chars().any(steers) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if steers(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether `c` would steer a terminal: a control character, or a
+/// bidirectional formatting character, which reorders what follows it.
+fn steers(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn escaped(text: &str, keep: fn(char) -> bool) -> Cow<'_, str> {
+    let escape = |c: char| !keep(c) && steers(c);
+    if !text.chars().any(escape) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if steers(c) {
+        if escape(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -141,6 +168,14 @@ mod tests {
         assert_eq!(printable("x\u{202e}y\u{2066}z"), "x\\u{202e}y\\u{2066}z");
         let message = "state d/t/k\u{1b}[2J not found\n\tcaused by: x\u{7}";
         assert_eq!(super::printable_message(message), "state d/t/k\\u{1b}[2J not found\n\tcaused by: x\\u{7}");
+    }
+
+    #[test]
+    fn printable_json_escapes_what_serde_leaves_raw_and_parses_back() {
+        let values = serde_json::json!({"a": "\u{1b}[2J", "b": "x\u{9b}2J\u{7f}", "c": ["\u{202e}fdp", "ünï ✓"]});
+        let text = super::printable_json(&values);
+        assert_eq!(text, r#"{"a":"\u001b[2J","b":"x\u009b2J\u007f","c":["\u202efdp","ünï ✓"]}"#);
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), values);
     }
 
     #[test]

@@ -183,7 +183,7 @@ async fn names_that_would_steer_a_terminal_are_printed_escaped() {
         let shown = r"k\u{1b}[2J\u{1b}]0;owned\u{7}\u{202e}x";
         let steers = |text: &str| text.chars().any(|c| (c.is_control() && c != '\n') || c == '\u{202e}');
         let outputs = [
-            ok(run(stategate(&url).args(["set", &d, "t", key, r#"{"v":"\u001b[31m"}"#]))),
+            ok(run(stategate(&url).args(["set", &d, "t", key, r#"{"v":"\u001b[31m","w":"\u009b2J\u202e"}"#]))),
             ok(run(stategate(&url).args(["get", &d, "t", key]))),
             ok(run(stategate(&url).args(["search", &d, "t"]))),
             ok(run(stategate(&url).args(["events", &d, "t"]))),
@@ -191,6 +191,8 @@ async fn names_that_would_steer_a_terminal_are_printed_escaped() {
         for out in outputs {
             assert!(!steers(&out), "raw control characters printed: {out:?}");
             assert!(out.contains(&format!("{d}/t/{shown} v1")), "{out:?}");
+            // Values as JSON escapes: C1's CSI and the override too.
+            assert!(out.contains(r#"{"v":"\u001b[31m","w":"\u009b2J\u202e"}"#), "{out:?}");
         }
         // The gateway's own messages name the record too.
         let missing = format!("{key}-gone");
@@ -200,6 +202,7 @@ async fn names_that_would_steer_a_terminal_are_printed_escaped() {
         let st: Value = serde_json::from_str(&ok(run(stategate(&url).args(["get", &d, "t", key, "--json"])))).unwrap();
         assert_eq!(st["key"], key);
         assert_eq!(st["values"]["v"], "\u{1b}[31m");
+        assert_eq!(st["values"]["w"], "\u{9b}2J\u{202e}");
     })
     .await
     .unwrap();
