@@ -19,8 +19,8 @@ pub struct Row {
     pub ops_per_sec: Option<f64>,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
-    /// The tail the issue asks for beside p50 and p99 (issue 22, point 5):
-    /// from a few hundred thousand calls a row it is tens of calls, not one.
+    /// The tail issue 22 (point 5) asks for beside p50 and p99. A row of a
+    /// few thousand calls has only a few beyond it: the noisiest column.
     pub p999_ms: Option<f64>,
     pub ceiling_ops_per_sec: Option<f64>,
     pub ceiling_p50_ms: Option<f64>,
