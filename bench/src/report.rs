@@ -48,6 +48,18 @@ pub struct Row {
     pub note: String,
 }
 
+/// The note of a scenario's row when this build lacks the scenario.
+pub const NOT_AVAILABLE: &str = "not available in this build";
+
+impl Row {
+    /// Whether the row is a line of the table (and has its note below it):
+    /// the idle-streams row is reported in a sentence of its own, and a
+    /// scenario this build lacks in a list of its own.
+    fn in_table(&self) -> bool {
+        self.scenario != "idle-streams" && self.note != NOT_AVAILABLE
+    }
+}
+
 /// Everything below this line of an existing BENCHMARKS.md is kept when the
 /// file is rewritten (hand-written notes: what was changed, before/after).
 pub const NOTES_MARKER: &str = "<!-- notes: kept across runs -->";
@@ -125,7 +137,7 @@ pub fn line(r: &Row) -> String {
 /// idle-streams row has a line of its own, and rows of a scenario this
 /// build lacks are listed apart.
 fn row_notes(rows: &[Row]) -> Vec<String> {
-    let noted = rows.iter().filter(|r| !r.note.is_empty() && r.scenario != "idle-streams" && r.note != "not available in this build");
+    let noted = rows.iter().filter(|r| r.in_table() && !r.note.is_empty());
     let mut lines: Vec<(&str, &str, Vec<usize>)> = Vec::new();
     for r in noted {
         match lines.last_mut() {
@@ -177,10 +189,7 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
     }
     let _ = writeln!(md, "| scenario | clients | ops/s | p50 ms | p99 ms | p999 ms | ceiling ops/s | ceiling p50/p99 ms | ratio | CPU µs/op (ceiling) | target | peak RSS MiB | anon RSS MiB |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
-    for r in rows {
-        if r.scenario == "idle-streams" || r.note == "not available in this build" {
-            continue;
-        }
+    for r in rows.iter().filter(|r| r.in_table()) {
         let target = match (&r.target, r.meets_target) {
             (Some(t), Some(true)) => format!("{t}: met"),
             (Some(t), Some(false)) => format!("{t}: **not met**"),
@@ -230,12 +239,12 @@ pub fn markdown(machine: &Value, rows: &[Row], described: &[(&str, &str, bool)],
          sqlite memory-maps (in tmpfs or the page cache). anon RSS: RssAnon (heap and stacks, no mapped files) right \
          after the gateway step. Seeded data and earlier scenarios stay resident."
     );
-    let missing: Vec<_> = rows.iter().filter(|r| r.note == "not available in this build").collect();
+    let missing: Vec<_> = rows.iter().filter(|r| r.note == NOT_AVAILABLE).collect();
     if !missing.is_empty() {
         md.push_str("\nNot available in this build (the scenario table in bench/src/scenarios/mod.rs has a row for each; it runs once the feature exists):\n\n");
         for r in missing {
             let what = described.iter().find(|d| d.0 == r.scenario).map_or("", |d| d.1);
-            let _ = writeln!(md, "- `{}`: {what}: not available in this build", r.scenario);
+            let _ = writeln!(md, "- `{}`: {what}: {NOT_AVAILABLE}", r.scenario);
         }
     }
     md
@@ -298,7 +307,7 @@ mod tests {
             row("open-loop-get-25%", None, "fixed schedule"),
             row("set", Some(1), ""),
             row("idle-streams", Some(1000), "its own line"),
-            row("kafka-cross-instance", None, "not available in this build"),
+            row("kafka-cross-instance", None, NOT_AVAILABLE),
             row("peer-redis-set", Some(64), "appendfsync always"),
         ];
         assert_eq!(

@@ -63,7 +63,7 @@ pub async fn run(bench: &mut Bench, started: Instant) -> Result<Ran> {
             }
             None => ran.rows.push(Row {
                 scenario: s.name.into(),
-                note: "not available in this build".into(),
+                note: report::NOT_AVAILABLE.into(),
                 ..Row::default()
             }),
         }
