@@ -10,6 +10,7 @@
 //! rest that would steer a terminal are written as JSON escapes too.
 
 use std::borrow::Cow;
+use std::fmt::Write;
 use stategate_client::{CatalogEntry, Event, State};
 
 pub struct Printer {
@@ -81,13 +82,13 @@ pub fn print_catalog_entry(p: &Printer, e: &CatalogEntry) {
 /// formatting characters that reorder what a line shows. Everything else,
 /// other scripts and emoji among it, is printed as it is.
 pub fn printable(text: &str) -> Cow<'_, str> {
-    escaped(text, |_| false)
+    replaced(text, steers, |c, out| out.extend(c.escape_default()))
 }
 
 /// [`printable`] for a message of several lines (an error with its
 /// causes, a guest's diagnostics): its line breaks and tabs stay.
 pub fn printable_message(text: &str) -> Cow<'_, str> {
-    escaped(text, |c| c == '\n' || c == '\t')
+    replaced(text, |c| c != '\n' && c != '\t' && steers(c), |c, out| out.extend(c.escape_default()))
 }
 
 /// Values as one line of JSON for a terminal. serde escapes the C0
@@ -98,18 +99,13 @@ pub fn printable_message(text: &str) -> Cow<'_, str> {
 /// punctuation is ASCII.
 pub fn printable_json(values: &serde_json::Value) -> String {
     let text = values.to_string();
-    if !text.chars().any(steers) {
-        return text;
+    let escaped = replaced(&text, steers, |c, out| {
+        let _ = write!(out, "\\u{:04x}", u32::from(c));
+    });
+    match escaped {
+        Cow::Owned(escaped) => escaped,
+        Cow::Borrowed(_) => text,
     }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if steers(c) {
-            out.push_str(&format!("\\u{:04x}", u32::from(c)));
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Whether `c` would steer a terminal: a control character, or a
@@ -118,15 +114,16 @@ fn steers(c: char) -> bool {
     c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
-fn escaped(text: &str, keep: fn(char) -> bool) -> Cow<'_, str> {
-    let escape = |c: char| !keep(c) && steers(c);
-    if !text.chars().any(escape) {
+/// `text` with each character that `escape` picks written by `write`
+/// instead; borrowed when there is none (the usual case).
+fn replaced(text: &str, escape: impl Fn(char) -> bool, write: impl Fn(char, &mut String)) -> Cow<'_, str> {
+    if !text.chars().any(&escape) {
         return Cow::Borrowed(text);
     }
-    let mut out = String::with_capacity(text.len() + 8);
+    let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
         if escape(c) {
-            out.extend(c.escape_default());
+            write(c, &mut out);
         } else {
             out.push(c);
         }
