@@ -1,8 +1,15 @@
 //! The one mapping from `model::Error` to a gRPC status and an HTTP status.
 //! HTTP codes follow grpc-gateway's mapping of gRPC codes, so REST clients of
 //! v0.5.0 see the statuses they saw then.
+//!
+//! A message can quote names that a client chose (a record's key, a
+//! consumer group's), and it often ends up on a terminal as it is (grpcurl,
+//! curl, a log of failed calls): every message leaves through [`message`],
+//! with the characters that would steer a terminal or reorder a line
+//! written out (`model::printable`).
 
 use crate::model::Error;
+use crate::model::printable::printable_message;
 use http::StatusCode;
 use tonic::Code;
 
@@ -40,7 +47,18 @@ pub fn to_status(e: Error) -> tonic::Status {
     if matches!(e, Error::Internal(_)) {
         tracing::error!(error = %e, "internal error");
     }
-    tonic::Status::new(grpc_code(&e), e.to_string())
+    tonic::Status::new(grpc_code(&e), message(&e))
+}
+
+/// The text a client is sent for `e`: its message, with the characters
+/// that would steer a terminal or reorder a line escaped (line breaks and
+/// tabs kept).
+pub fn message(e: &Error) -> String {
+    let text = e.to_string();
+    match printable_message(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(escaped) => escaped,
+    }
 }
 
 /// The HTTP status grpc-gateway uses for a gRPC code.
@@ -75,7 +93,7 @@ pub fn http_status_of(e: &Error) -> StatusCode {
 pub fn error_body(e: &Error) -> serde_json::Value {
     serde_json::json!({
         "code": grpc_code(e) as i32,
-        "message": e.to_string(),
+        "message": message(e),
         "details": [],
     })
 }

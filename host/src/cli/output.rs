@@ -3,12 +3,16 @@
 //! so a listing or a stream pipes into `jq`, `grep` or a line reader alike).
 //!
 //! Names, ids and the gateway's messages reach a terminal through
-//! [`printable`]: whoever may write a record chooses its key, and a key
-//! holding an escape sequence would otherwise drive the terminal of
-//! whoever lists it (clear it, retitle it, print fake lines). Values are
+//! [`printable`] (`model::printable`): whoever may write a record chooses
+//! its key, and a key holding an escape sequence would otherwise drive the
+//! terminal of whoever lists it (clear it, retitle it, print fake lines).
+//! The gateway escapes its own messages already; a gateway of another
+//! version might not, so the CLI escapes them again (a no-op then). Values are
 //! JSON through [`printable_json`]: serde escapes the C0 controls, and the
 //! rest that would steer a terminal are written as JSON escapes too.
 
+pub use crate::model::printable::{printable, printable_message};
+use crate::model::printable::{replaced, steers};
 use std::borrow::Cow;
 use std::fmt::Write;
 use stategate_client::{CatalogEntry, Event, State};
@@ -77,20 +81,6 @@ pub fn print_catalog_entry(p: &Printer, e: &CatalogEntry) {
     }
 }
 
-/// `text` with what would steer a terminal written out as Rust escapes
-/// (`\u{1b}`, `\n`, `\u{0}`): the control characters, and the bidirectional
-/// formatting characters that reorder what a line shows. Everything else,
-/// other scripts and emoji among it, is printed as it is.
-pub fn printable(text: &str) -> Cow<'_, str> {
-    replaced(text, steers, |c, out| out.extend(c.escape_default()))
-}
-
-/// [`printable`] for a message of several lines (an error with its
-/// causes, a guest's diagnostics): its line breaks and tabs stay.
-pub fn printable_message(text: &str) -> Cow<'_, str> {
-    replaced(text, |c| c != '\n' && c != '\t' && steers(c), |c, out| out.extend(c.escape_default()))
-}
-
 /// Values as one line of JSON for a terminal. serde escapes the C0
 /// controls but writes DEL, the C1 controls (U+009B is CSI, which some
 /// terminals obey in UTF-8 too) and the bidirectional formatting characters
@@ -106,29 +96,6 @@ pub fn printable_json(values: &serde_json::Value) -> String {
         Cow::Owned(escaped) => escaped,
         Cow::Borrowed(_) => text,
     }
-}
-
-/// Whether `c` would steer a terminal: a control character, or a
-/// bidirectional formatting character, which reorders what follows it.
-fn steers(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
-/// `text` with each character that `escape` picks written by `write`
-/// instead; borrowed when there is none (the usual case).
-fn replaced(text: &str, escape: impl Fn(char) -> bool, write: impl Fn(char, &mut String)) -> Cow<'_, str> {
-    if !text.chars().any(&escape) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if escape(c) {
-            write(c, &mut out);
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
 }
 
 /// Unix nanoseconds as RFC 3339 UTC with milliseconds.
@@ -156,17 +123,6 @@ pub fn rfc3339(nanos: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn printable_escapes_what_steers_a_terminal_only() {
-        use super::printable;
-        assert!(matches!(printable("alice-ünïcödé-✓"), std::borrow::Cow::Borrowed(_)));
-        assert_eq!(printable("k\u{1b}[2J\u{7}"), "k\\u{1b}[2J\\u{7}");
-        assert_eq!(printable("a\u{0}b\tc\nd\u{7f}"), "a\\u{0}b\\tc\\nd\\u{7f}");
-        assert_eq!(printable("x\u{202e}y\u{2066}z"), "x\\u{202e}y\\u{2066}z");
-        let message = "state d/t/k\u{1b}[2J not found\n\tcaused by: x\u{7}";
-        assert_eq!(super::printable_message(message), "state d/t/k\\u{1b}[2J not found\n\tcaused by: x\\u{7}");
-    }
-
     #[test]
     fn printable_json_escapes_what_serde_leaves_raw_and_parses_back() {
         let values = serde_json::json!({"a": "\u{1b}[2J", "b": "x\u{9b}2J\u{7f}", "c": ["\u{202e}fdp", "ünï ✓"]});

@@ -5,6 +5,7 @@
 pub mod catalog;
 mod error;
 mod event_values;
+pub mod printable;
 pub mod flags;
 pub mod json;
 pub mod query;
@@ -70,6 +71,14 @@ impl RecordRef {
             ty: ty.to_owned(),
             key: key.to_owned(),
         })
+    }
+
+    /// `domain/type/key` as a log line shows it: escaped where it would
+    /// steer a terminal or reorder the line ([`printable::printable`]).
+    /// `Display` stays the plain text, since it is also a record's identity
+    /// (a consumer group's record of what it handled).
+    pub fn shown(&self) -> String {
+        printable::printable(&self.to_string()).into_owned()
     }
 }
 

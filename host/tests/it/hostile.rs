@@ -238,3 +238,39 @@ async fn hostile_queries_are_invalid_argument() {
     assert_eq!(found.state_values.len(), 1, "and the gateway still serves");
     gw.stop().await;
 }
+
+/// A writer chooses a record's key, and names accept every character but
+/// white space. The gateway's messages quote keys, and they reach a terminal
+/// as they are (grpcurl, curl): the escape sequences and the bidirectional
+/// overrides in them are written out, over gRPC and REST alike, while the
+/// record itself keeps its real key.
+#[tokio::test]
+async fn messages_write_out_what_would_steer_a_terminal() {
+    let gw = TestGateway::start().await;
+    let mut st = gw.state_client().await;
+    let d = unique("steer");
+    let key = "invoice\u{202e}fdp.exe\u{1b}[2J\u{9b}";
+    let shown = "invoice\\u{202e}fdp.exe\\u{1b}[2J\\u{9b}";
+    let raw = |m: &str| m.chars().any(|c| c.is_control() || c == '\u{202e}');
+
+    st.set(state(&d, "t", key, json!({"a": 1}))).await.unwrap();
+    let conflict = pb::State { expected_version: Some(7), ..state(&d, "t", key, json!({"a": 2})) };
+    let status = st.set(conflict).await.unwrap_err();
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(status.message().contains(&format!("{d}/t/{shown}")) && !raw(status.message()), "{:?}", status.message());
+    let gone = state_ref(&d, "t", &format!("{key}-gone"));
+    let status = st.get(gone).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(status.message().contains(shown) && !raw(status.message()), "{:?}", status.message());
+
+    let path_key: String = format!("{key}-gone").bytes().map(|b| format!("%{b:02X}")).collect();
+    let r = crate::harness::http().get(format!("{}/api/state/ref/{d}/t/{path_key}", gw.url())).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains(shown) && !raw(message), "{message:?}");
+
+    let stored = st.get(state_ref(&d, "t", key)).await.unwrap().into_inner();
+    assert_eq!(stored.key, key, "the record keeps its real key");
+    gw.stop().await;
+}
