@@ -169,14 +169,14 @@ mod tests {
                 // SAFETY: the layout has a nonzero size; each block is freed once.
                 unsafe {
                     let p = a.alloc(layout);
-                    assert!(!p.is_null() && p as usize % align == 0, "alloc {size} aligned {align}");
+                    assert!(!p.is_null() && (p as usize).is_multiple_of(align), "alloc {size} aligned {align}");
                     p.write_bytes(0xa5, size);
                     let grown = a.realloc(p, layout, size * 3);
-                    assert!(!grown.is_null() && grown as usize % align == 0, "realloc {size} aligned {align}");
+                    assert!(!grown.is_null() && (grown as usize).is_multiple_of(align), "realloc {size} aligned {align}");
                     assert!((0..size).all(|i| *grown.add(i) == 0xa5), "realloc {size} kept its bytes");
                     a.dealloc(grown, Layout::from_size_align(size * 3, align).unwrap());
                     let z = a.alloc_zeroed(layout);
-                    assert!(!z.is_null() && z as usize % align == 0, "alloc_zeroed {size} aligned {align}");
+                    assert!(!z.is_null() && (z as usize).is_multiple_of(align), "alloc_zeroed {size} aligned {align}");
                     assert!((0..size).all(|i| *z.add(i) == 0), "alloc_zeroed {size} is zeroed");
                     a.dealloc(z, layout);
                 }

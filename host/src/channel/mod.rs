@@ -170,6 +170,33 @@ pub fn escape_token(name: &str) -> String {
     out
 }
 
+/// A subscription fed by an in-process broadcast of every event of the
+/// channel: keeps those of `topic`, and ends after the first error (a
+/// subscriber that lagged behind the buffer), as the trait promises.
+pub(crate) fn broadcast_subscription(rx: tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>, topic: Topic) -> Subscription {
+    use futures::StreamExt;
+    use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+    BroadcastStream::new(rx)
+        .filter_map(move |item| {
+            let out = match item {
+                Ok(e) if topic.matches(&e.record) => Some(Ok(Event::clone(&e))),
+                Ok(_) => None,
+                Err(BroadcastStreamRecvError::Lagged(n)) => {
+                    Some(Err(Error::ResourceExhausted(format!("subscriber lagged by {n} events"))))
+                }
+            };
+            futures::future::ready(out)
+        })
+        .scan(false, |failed, item| {
+            let out = if *failed { None } else { Some(item) };
+            if matches!(out, Some(Err(_))) {
+                *failed = true;
+            }
+            futures::future::ready(out)
+        })
+        .boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,31 +287,4 @@ mod tests {
         let nats = s.nats();
         assert_eq!((nats.addr.as_str(), nats.cert_file.as_deref(), nats.jetstream), ("nats://n:4222", Some("c.pem"), false));
     }
-}
-
-/// A subscription fed by an in-process broadcast of every event of the
-/// channel: keeps those of `topic`, and ends after the first error (a
-/// subscriber that lagged behind the buffer), as the trait promises.
-pub(crate) fn broadcast_subscription(rx: tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>, topic: Topic) -> Subscription {
-    use futures::StreamExt;
-    use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
-    BroadcastStream::new(rx)
-        .filter_map(move |item| {
-            let out = match item {
-                Ok(e) if topic.matches(&e.record) => Some(Ok(Event::clone(&e))),
-                Ok(_) => None,
-                Err(BroadcastStreamRecvError::Lagged(n)) => {
-                    Some(Err(Error::ResourceExhausted(format!("subscriber lagged by {n} events"))))
-                }
-            };
-            futures::future::ready(out)
-        })
-        .scan(false, |failed, item| {
-            let out = if *failed { None } else { Some(item) };
-            if matches!(out, Some(Err(_))) {
-                *failed = true;
-            }
-            futures::future::ready(out)
-        })
-        .boxed()
 }

@@ -106,7 +106,7 @@ async fn two_instances_share(storage_spec: serde_json::Value, channel_spec: serd
         let domain = domain.clone();
         writers.push(tokio::spawn(async move {
             let mut ids = vec![];
-            let mut versions = vec![0i64; RECORDS_PER_WRITER];
+            let mut versions = [0i64; RECORDS_PER_WRITER];
             for i in 0..WRITES_PER_WRITER {
                 let r = i % RECORDS_PER_WRITER;
                 let mut s = state(&domain, if r == 0 { "x" } else { "y" }, &format!("w{w}r{r}"), json!({"i": i}));

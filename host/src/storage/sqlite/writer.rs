@@ -887,7 +887,7 @@ mod tests {
         let jobs = [job("a", "1", Expect::Any), job("b", "2", Expect::Any), job("c", "3", Expect::Any)];
         let results = commit_batch(&mut writer, &jobs);
         assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
-        let err = results[1].as_ref().err().expect("b fails").to_string();
+        let err = results[1].as_ref().expect_err("b fails").to_string();
         assert!(err.contains("injected"), "{err}");
         assert!(conn.is_autocommit(), "the batch left its transaction open");
         assert_eq!(count(&conn, "SELECT count(*) FROM events WHERE key = 'b'"), 0, "b's event row was left behind");
