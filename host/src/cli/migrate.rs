@@ -141,7 +141,7 @@ impl Summary {
 async fn import_record(t: &V050Type, record: V050Record, target: &DynStorage, dry_run: bool) -> Result<Summary> {
     let mut summary = Summary { records: 1, ..Summary::default() };
     let Ok(rec) = RecordRef::parse(&t.domain, &t.ty, &record.key) else {
-        tracing::warn!(domain = ?t.domain, r#type = ?t.ty, key = ?record.key, "skipped: not a valid record reference");
+        tracing::warn!(domain = %t.domain, r#type = %t.ty, key = %record.key, "skipped: not a valid record reference");
         summary.invalid += 1;
         return Ok(summary);
     };

@@ -12,9 +12,8 @@
 //! rest that would steer a terminal are written as JSON escapes too.
 
 pub use crate::model::printable::{printable, printable_message};
-use crate::model::printable::{replaced, steers};
+use crate::model::printable::printable_json_text;
 use std::borrow::Cow;
-use std::fmt::Write;
 use stategate_client::{CatalogEntry, Event, State};
 
 pub struct Printer {
@@ -81,18 +80,13 @@ pub fn print_catalog_entry(p: &Printer, e: &CatalogEntry) {
     }
 }
 
-/// Values as one line of JSON for a terminal. serde escapes the C0
-/// controls but writes DEL, the C1 controls (U+009B is CSI, which some
-/// terminals obey in UTF-8 too) and the bidirectional formatting characters
-/// as they are; here they are JSON escapes (`\u009b`), so the line still
-/// parses to the same values. They can only be inside strings: JSON's own
-/// punctuation is ASCII.
+/// Values as one line of JSON for a terminal: DEL, the C1 controls
+/// (U+009B is CSI, which some terminals obey in UTF-8 too) and the
+/// bidirectional formatting characters as JSON escapes (`\u009b`), so the
+/// line still parses to the same values (`model::printable`).
 pub fn printable_json(values: &serde_json::Value) -> String {
     let text = values.to_string();
-    let escaped = replaced(&text, steers, |c, out| {
-        let _ = write!(out, "\\u{:04x}", u32::from(c));
-    });
-    match escaped {
+    match printable_json_text(&text) {
         Cow::Owned(escaped) => escaped,
         Cow::Borrowed(_) => text,
     }

@@ -423,7 +423,7 @@ impl Gateway {
             Err(_) => "timed out".to_owned(),
         };
         self.metrics.publish_failures.inc();
-        tracing::warn!(event = %event.id, record = %event.record.shown(), channel, error = %failed,
+        tracing::warn!(event = %event.id, record = %event.record, channel, error = %failed,
             "broadcast failed; subscribers will receive the event from storage");
     }
 

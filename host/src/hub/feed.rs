@@ -270,7 +270,7 @@ impl FeedState {
                 // Delivering out of order beats not delivering: streams still
                 // get the event, and the gap is logged.
                 Err(e) => {
-                    tracing::warn!(record = %event.record.shown(), error = %e, "could not fill an event gap from storage");
+                    tracing::warn!(record = %event.record, error = %e, "could not fill an event gap from storage");
                     return;
                 }
             };

@@ -72,14 +72,6 @@ impl RecordRef {
             key: key.to_owned(),
         })
     }
-
-    /// `domain/type/key` as a log line shows it: escaped where it would
-    /// steer a terminal or reorder the line ([`printable::printable`]).
-    /// `Display` stays the plain text, since it is also a record's identity
-    /// (a consumer group's record of what it handled).
-    pub fn shown(&self) -> String {
-        printable::printable(&self.to_string()).into_owned()
-    }
 }
 
 impl fmt::Display for RecordRef {

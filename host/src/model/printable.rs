@@ -6,11 +6,12 @@
 //! accept everything but white space. A key holding an escape sequence would
 //! drive the terminal of whoever sees it (clear it, retitle it, print fake
 //! lines), and a right-to-left override would make `invoice\u{202e}fdp.exe`
-//! read `invoiceexe.pdf`. The gateway's error messages (`api::status`) and
-//! its logs of a record, and the CLI's output, pass through here; requests
-//! and stored data never do, so the real names still round-trip.
+//! read `invoiceexe.pdf`. The gateway's error messages (`api::status`), its
+//! log lines (`telemetry::logs`) and the CLI's output pass through here;
+//! requests and stored data never do, so the real names still round-trip.
 
 use std::borrow::Cow;
+use std::fmt::Write;
 
 /// `text` with what would steer a terminal written out as Rust escapes
 /// (`\u{1b}`, `\n`, `\u{0}`): the control characters, and the bidirectional
@@ -26,6 +27,18 @@ pub fn printable_message(text: &str) -> Cow<'_, str> {
     replaced(text, |c| c != '\n' && c != '\t' && steers(c), |c, out| out.extend(c.escape_default()))
 }
 
+/// JSON text (a value, a log line) with what serde writes raw and would
+/// steer a terminal (DEL, the C1 controls, the bidirectional formatting
+/// characters) as JSON escapes (`\u009b`): it still parses to the same
+/// values. They can only be inside strings, since JSON's own punctuation
+/// is ASCII; serde escapes the C0 controls inside strings itself, so a raw
+/// line break or tab is white space between tokens, and stays.
+pub fn printable_json_text(text: &str) -> Cow<'_, str> {
+    replaced(text, |c| !matches!(c, '\n' | '\r' | '\t') && steers(c), |c, out| {
+        let _ = write!(out, "\\u{:04x}", u32::from(c));
+    })
+}
+
 /// Whether `c` would steer a terminal: a control character, or a
 /// bidirectional formatting character, which reorders what follows it.
 pub fn steers(c: char) -> bool {
@@ -34,7 +47,7 @@ pub fn steers(c: char) -> bool {
 
 /// `text` with each character that `escape` picks written by `write`
 /// instead; borrowed when there is none (the usual case).
-pub fn replaced(text: &str, escape: impl Fn(char) -> bool, write: impl Fn(char, &mut String)) -> Cow<'_, str> {
+fn replaced(text: &str, escape: impl Fn(char) -> bool, write: impl Fn(char, &mut String)) -> Cow<'_, str> {
     if !text.chars().any(&escape) {
         return Cow::Borrowed(text);
     }
@@ -61,6 +74,12 @@ mod tests {
         assert_eq!(printable("x\u{202e}y\u{2066}z"), "x\\u{202e}y\\u{2066}z");
         let message = "state d/t/k\u{1b}[2J not found\n\tcaused by: x\u{7}";
         assert_eq!(printable_message(message), "state d/t/k\\u{1b}[2J not found\n\tcaused by: x\\u{7}");
+    }
+
+    #[test]
+    fn json_text_escapes_what_serde_leaves_raw_and_keeps_its_white_space() {
+        let text = "{\"a\": \"x\u{9b}2J\u{7f}\u{202e}\"}\n";
+        assert_eq!(super::printable_json_text(text), "{\"a\": \"x\\u009b2J\\u007f\\u202e\"}\n");
     }
 
     #[test]

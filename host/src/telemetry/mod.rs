@@ -2,40 +2,20 @@
 //!
 //! Logs go through `tracing` to stderr: readable text on a terminal, JSON
 //! lines otherwise (`STATEGATE_LOG_FORMAT` chooses; debug level with
-//! `STATEGATE_DEBUG`). Metrics live in one Prometheus registry per gateway,
+//! `STATEGATE_DEBUG`), with what would steer a terminal written out
+//! (`logs`). Metrics live in one Prometheus registry per gateway,
 //! so tests can run several gateways in one process; `/metrics` on the ops
 //! port serves it.
 
+mod logs;
 mod resolved;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
+pub use logs::{init_logging, subscriber};
 pub use resolved::{Resolved, Series};
 use std::time::Duration;
-
-/// Installs the log subscriber. `format` is `json`, `text`, or `auto`
-/// (the default): text when stderr is a terminal (a person is reading),
-/// JSON otherwise (a collector is). Text has ANSI colours only on a
-/// terminal, so a redirected log holds no escape codes.
-pub fn init_logging(debug: bool, format: &str) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STATEGATE_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if debug { "debug,h2=info,hyper=info,tower=info" } else { "info" })
-    });
-    let terminal = std::io::stderr().is_terminal();
-    let json = match format {
-        "json" => true,
-        "text" => false,
-        _ => !terminal,
-    };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().flatten_event(true).with_current_span(false).try_init()
-    } else {
-        builder.with_ansi(terminal).try_init()
-    };
-}
 
 pub struct Metrics {
     pub registry: Registry,

@@ -103,7 +103,7 @@ impl MongoStorage {
                 Err(_) => return Err(Error::unavailable("mongo: append got no answer")),
             }
             if let Err(e) = self.apply_state(&event).await {
-                tracing::warn!(error = %e, record = %r.shown(), "mongo: state update failed; repaired on the next search");
+                tracing::warn!(error = %e, record = %r, "mongo: state update failed; repaired on the next search");
             }
             return Ok(Appended {
                 event,
