@@ -520,7 +520,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn special_byte_finds_the_first_quote_backslash_or_control(bytes in prop::collection::vec(prop_oneof![Just(b'"'), Just(b'\\'), 0u8..0x20, any::<u8>(), b'a'..b'z'], 0..40), at in 0usize..40) {
+        fn special_byte_finds_the_first_quote_backslash_or_control(bytes in prop::collection::vec(prop_oneof![Just(b'"'), Just(b'\\'), 0u8..0x20, any::<u8>(), b'a'..=b'z'], 0..40), at in 0usize..40) {
             let at = at.min(bytes.len());
             let naive = (at..bytes.len()).find(|&i| bytes[i] == b'"' || bytes[i] == b'\\' || bytes[i] < 0x20).unwrap_or(bytes.len());
             prop_assert_eq!(special_byte(&bytes, at), naive);

@@ -446,7 +446,7 @@ fn completions_for_bash_zsh_and_fish() {
 /// its events again), once it answers health checks.
 fn serve(port: u16, dir: &std::path::Path) -> std::process::Child {
     let url = format!("http://127.0.0.1:{port}");
-    let child = stategate(&url)
+    let mut child = stategate(&url)
         .args(["--dev", "--log-format", "text", "--port", &port.to_string(), "--ops-port", "0"])
         .arg("--data-dir")
         .arg(dir)
@@ -460,6 +460,8 @@ fn serve(port: u16, dir: &std::path::Path) -> std::process::Child {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the gateway on port {port} never served");
 }
 

@@ -187,7 +187,7 @@ async fn a_group_shares_events_out_and_takes_them_back_on_nack() {
         let e = tokio::time::timeout(Duration::from_secs(60), stream.next()).await.unwrap().unwrap().unwrap();
         assert_eq!(e.id, id);
         let out = ev.ack(nack.clone()).await.unwrap().into_inner();
-        assert_eq!(out.applied, [id.clone()]);
+        assert_eq!(out.applied, [id.as_str()]);
     }
     let parked_req = pb::ParkedRequest { domain: domain.clone(), r#type: "job".into(), group: "n".into(), ..Default::default() };
     let mut parked = vec![];
@@ -201,11 +201,11 @@ async fn a_group_shares_events_out_and_takes_them_back_on_nack() {
     assert_eq!(parked.len(), 1, "the event is parked after two deliveries");
     assert_eq!((parked[0].event.as_ref().unwrap().id.as_str(), parked[0].deliveries), (id.as_str(), 2));
     let replay = pb::ParkedRequest { replay_all: true, ..parked_req.clone() };
-    assert_eq!(ev.parked(replay).await.unwrap().into_inner().replayed, [id.clone()]);
+    assert_eq!(ev.parked(replay).await.unwrap().into_inner().replayed, [id.as_str()]);
     let e = tokio::time::timeout(Duration::from_secs(60), stream.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(e.id, id, "a replayed event is delivered again");
     let ack = pb::AckRequest { nack: false, ..nack };
-    assert_eq!(ev.ack(ack.clone()).await.unwrap().into_inner().applied, [id.clone()]);
+    assert_eq!(ev.ack(ack.clone()).await.unwrap().into_inner().applied, [id.as_str()]);
     assert_eq!(ev.ack(ack).await.unwrap().into_inner().unknown, [id], "acknowledged once");
     assert!(ev.parked(parked_req).await.unwrap().into_inner().parked.is_empty());
     drop(stream);
