@@ -34,7 +34,10 @@ pub fn init_logging(debug: bool, format: &str) {
         "text" => false,
         _ => !terminal,
     };
-    let _ = tracing::subscriber::set_global_default(subscriber(json, terminal, filter, std::io::stderr));
+    // `try_init`, not `set_global_default`: it also routes the `log` crate's
+    // records (wasmtime, cranelift and other dependencies log through it)
+    // into this subscriber.
+    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(subscriber(json, terminal, filter, std::io::stderr));
 }
 
 /// The subscriber, writing to what `make_writer` makes (stderr; a buffer
