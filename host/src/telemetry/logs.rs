@@ -14,10 +14,10 @@
 use crate::model::printable::{printable, printable_json_text};
 use std::fmt;
 use std::io;
-use tracing::field::Field;
-use tracing_subscriber::field::MakeExt;
-use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::fmt::format::{Writer, debug_fn};
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 
 /// Installs the log subscriber. `format` is `json`, `text`, or `auto`
 /// (the default): text when stderr is a terminal (a person is reading),
@@ -55,20 +55,44 @@ where
     if json {
         Box::new(builder.with_writer(JsonLines(make_writer)).json().flatten_event(true).with_current_span(false).finish())
     } else {
-        let fields = debug_fn(text_field).delimited(" ");
-        Box::new(builder.with_writer(make_writer).with_ansi(ansi).fmt_fields(fields).finish())
+        Box::new(builder.with_writer(make_writer).with_ansi(ansi).fmt_fields(TextFields).finish())
     }
 }
 
-/// One field of a text line: `name=value`, or the message alone, its text
-/// escaped where it would steer a terminal (line breaks too: one event is
-/// one line).
-fn text_field(writer: &mut Writer<'_>, field: &Field, value: &dyn fmt::Debug) -> fmt::Result {
-    let text = format!("{value:?}");
-    let text = printable(&text);
-    match field.name() {
-        "message" => writer.write_str(&text),
-        name => write!(writer, "{}={text}", name.strip_prefix("r#").unwrap_or(name)),
+/// The fields of a text line: `name=value`, or the message alone, one
+/// space apart, each value escaped where it would steer a terminal (line
+/// breaks too: one event is one line). The `log.*` fields of a record from
+/// the `log` crate are left out, as tracing-subscriber's own formatter
+/// leaves them out (the line already shows its target).
+struct TextFields;
+
+impl<'writer> FormatFields<'writer> for TextFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut visitor = TextVisitor { writer, first: true, result: Ok(()) };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct TextVisitor<'writer> {
+    writer: Writer<'writer>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Visit for TextVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let name = field.name();
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let space = if std::mem::replace(&mut self.first, false) { "" } else { " " };
+        let text = format!("{value:?}");
+        let text = printable(&text);
+        self.result = match name {
+            "message" => write!(self.writer, "{space}{text}"),
+            name => write!(self.writer, "{space}{}={text}", name.strip_prefix("r#").unwrap_or(name)),
+        };
     }
 }
 
@@ -129,12 +153,16 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             let key = "inv\u{202e}fdp.exe\u{1b}[2J\u{9b}\r";
             tracing::warn!(record = %key, topic = ?key, n = 3, "could not fill a gap of {key}");
+            // As a record of the `log` crate arrives through tracing-log.
+            tracing::warn!(log.target = "dep", log.line = 7, "from the log crate");
         });
         String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
     }
 
+    /// Whether a line holds what would steer a terminal, beyond the line
+    /// breaks that end its events.
     fn steers(text: &str) -> bool {
-        text.trim_end_matches('\n').chars().any(crate::model::printable::steers)
+        text.chars().any(|c| c != '\n' && crate::model::printable::steers(c))
     }
 
     #[test]
@@ -143,14 +171,16 @@ mod tests {
         assert!(!steers(&line), "{line:?}");
         assert!(line.contains("could not fill a gap of inv\\u{202e}fdp.exe\\u{1b}[2J\\u{9b}\\r"), "{line}");
         assert!(line.contains("record=inv\\u{202e}fdp.exe"), "{line}");
-        assert!(line.contains(" n=3"), "{line}");
+        assert!(line.contains(" n=3\n"), "{line}");
+        assert!(line.contains("from the log crate\n") && !line.contains("log."), "log.* fields are left out: {line}");
     }
 
     #[test]
     fn json_lines_write_it_out_and_still_parse_to_the_same_values() {
         let line = logged(true);
         assert!(!steers(&line), "{line:?}");
-        let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        let first = line.lines().next().unwrap();
+        let v: serde_json::Value = serde_json::from_str(first).unwrap();
         let key = "inv\u{202e}fdp.exe\u{1b}[2J\u{9b}\r";
         assert_eq!(v["record"], key);
         assert_eq!(v["message"], format!("could not fill a gap of {key}"));
