@@ -9,7 +9,7 @@
 //! written out (`model::printable`).
 
 use crate::model::Error;
-use crate::model::printable::printable_message;
+use crate::model::printable;
 use http::StatusCode;
 use tonic::Code;
 
@@ -54,11 +54,7 @@ pub fn to_status(e: Error) -> tonic::Status {
 /// that would steer a terminal or reorder a line escaped (line breaks and
 /// tabs kept).
 pub fn message(e: &Error) -> String {
-    let text = e.to_string();
-    match printable_message(&text) {
-        std::borrow::Cow::Borrowed(_) => text,
-        std::borrow::Cow::Owned(escaped) => escaped,
-    }
+    printable::owned(e.to_string(), printable::printable_message)
 }
 
 /// The HTTP status grpc-gateway uses for a gRPC code.

@@ -12,8 +12,7 @@
 //! rest that would steer a terminal are written as JSON escapes too.
 
 pub use crate::model::printable::{printable, printable_message};
-use crate::model::printable::printable_json_text;
-use std::borrow::Cow;
+use crate::model::printable::{owned, printable_json_text};
 use stategate_client::{CatalogEntry, Event, State};
 
 pub struct Printer {
@@ -85,11 +84,7 @@ pub fn print_catalog_entry(p: &Printer, e: &CatalogEntry) {
 /// bidirectional formatting characters as JSON escapes (`\u009b`), so the
 /// line still parses to the same values (`model::printable`).
 pub fn printable_json(values: &serde_json::Value) -> String {
-    let text = values.to_string();
-    match printable_json_text(&text) {
-        Cow::Owned(escaped) => escaped,
-        Cow::Borrowed(_) => text,
-    }
+    owned(values.to_string(), printable_json_text)
 }
 
 /// Unix nanoseconds as RFC 3339 UTC with milliseconds.

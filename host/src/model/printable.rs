@@ -39,6 +39,15 @@ pub fn printable_json_text(text: &str) -> Cow<'_, str> {
     })
 }
 
+/// `text` through one of the functions above, owned: `text` itself, not a
+/// copy, when nothing needed escaping (the usual case).
+pub fn owned(text: String, escape: impl for<'t> Fn(&'t str) -> Cow<'t, str>) -> String {
+    match escape(&text) {
+        Cow::Owned(escaped) => escaped,
+        Cow::Borrowed(_) => text,
+    }
+}
+
 /// Whether `c` would steer a terminal: a control character, or a
 /// bidirectional formatting character, which reorders what follows it.
 pub fn steers(c: char) -> bool {
