@@ -16,7 +16,7 @@ export function formatTime(ns: Int | undefined): string {
 // vanish (two different keys look the same) and the bidirectional
 // formatting characters reorder what follows them (`invoice\u{202e}fdp.exe`
 // reads `invoiceexe.pdf`). So the console writes them out, as the CLI does
-// (`cli::printable`); everything else, other scripts and emoji among it,
+// (`model::printable`); everything else, other scripts and emoji among it,
 // shows as it is. Links and requests keep the real names.
 const STEERS = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/gu;
 // Of those, what JSON.stringify leaves raw (it escapes C0 controls in

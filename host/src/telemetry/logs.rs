@@ -42,7 +42,7 @@ pub fn init_logging(debug: bool, format: &str) {
 
 /// The subscriber, writing to what `make_writer` makes (stderr; a buffer
 /// in tests).
-pub fn subscriber<W>(
+fn subscriber<W>(
     json: bool,
     ansi: bool,
     filter: tracing_subscriber::EnvFilter,

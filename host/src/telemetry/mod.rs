@@ -13,7 +13,7 @@ mod resolved;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
-pub use logs::{init_logging, subscriber};
+pub use logs::init_logging;
 pub use resolved::{Resolved, Series};
 use std::time::Duration;
 
