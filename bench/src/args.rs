@@ -125,6 +125,10 @@ pub struct Args {
     /// Events seeded likewise, for event Search.
     #[arg(long, default_value_t = 50_000)]
     pub sql_events: usize,
+    /// Client counts of the `postgres` and `mysql` scenarios. Their targets
+    /// are at 64; a count of 1 adds about 35 s per server to the run.
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    pub sql_clients: Vec<usize>,
     /// The SQL providers' `writers` option (writer connections per
     /// gateway); the provider's default when not given.
     #[arg(long)]

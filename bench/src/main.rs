@@ -71,8 +71,8 @@ async fn run(args: Args, server_rt: tokio::runtime::Runtime) -> Result<()> {
     };
     let total = started.elapsed();
     let machine = report::machine();
-    report::write_json(&args.out, &report::results(&machine, total, &args, &bench.seeding, &ran.described, &ran.rows))?;
-    let md = report::markdown(&machine, &ran.rows, &ran.described, &bench.seeding, &args, total);
+    report::write_json(&args.out, &report::results(&machine, total, &args, &bench.seeding, &ran.described, &ran.rows, &ran.seconds))?;
+    let md = report::markdown(&machine, &ran.rows, &ran.described, &ran.seconds, &bench.seeding, &args, total);
     println!("{md}");
     if let Some(path) = &args.markdown {
         report::write_markdown(path, &md)?;

@@ -5,6 +5,7 @@ use hdrhistogram::Histogram;
 use std::time::Instant;
 
 /// What one load step measured.
+#[derive(Clone)]
 pub struct Measured {
     pub ops: u64,
     pub errors: u64,

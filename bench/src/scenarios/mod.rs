@@ -29,11 +29,14 @@ use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-/// What a run of the table produced: the rows, and each scenario that was
-/// selected (name, description, whether this build has it).
+/// What a run of the table produced: the rows, each scenario that was
+/// selected (name, description, whether this build has it), and the
+/// seconds each step of the run took (the seeding, then each scenario that
+/// ran), so the report shows where the run's time budget goes.
 pub struct Ran {
     pub rows: Vec<Row>,
     pub described: Vec<(&'static str, &'static str, bool)>,
+    pub seconds: Vec<(&'static str, f64)>,
 }
 
 /// Runs the scenarios `--only` selects (all by default) in table order,
@@ -42,20 +45,24 @@ pub async fn run(bench: &mut Bench, started: Instant) -> Result<Ran> {
     let only = bench.args.only.clone();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
     let mut seeded = false;
-    let mut ran = Ran { rows: Vec::new(), described: Vec::new() };
+    let mut ran = Ran { rows: Vec::new(), described: Vec::new(), seconds: Vec::new() };
     for s in table() {
         if !wanted(s.name) {
             continue;
         }
         if !seeded && needs_seed(s.name) {
+            let seeding = Instant::now();
             bench.seed().await?;
+            ran.seconds.push(("seeding", seeding.elapsed().as_secs_f64()));
             seeded = true;
         }
         ran.described.push((s.name, s.what, s.run.is_some()));
         match s.run {
             Some(run) => {
                 eprintln!("== {} ({:.0}s elapsed)", s.name, started.elapsed().as_secs_f64());
+                let scenario = Instant::now();
                 let out = run(bench).await.with_context(|| format!("scenario {}", s.name))?;
+                ran.seconds.push((s.name, scenario.elapsed().as_secs_f64()));
                 for r in &out {
                     eprintln!("   {}", report::line(r));
                 }
