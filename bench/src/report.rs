@@ -4,6 +4,7 @@
 
 use crate::args::Args;
 use crate::load::STREAMS_PER_CONNECTION;
+use crate::measure::Measured;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::fmt::Write;
@@ -52,6 +53,27 @@ pub struct Row {
 pub const NOT_AVAILABLE: &str = "not available in this build";
 
 impl Row {
+    /// The columns of a row that puts `measured` against `ceiling`: both
+    /// rates, the measured side's p50, p99 and p999 and the ceiling's p50
+    /// and p99, both CPU figures per call, and ratio = measured ÷ ceiling
+    /// ops/s. A scenario adds its name, clients, target, errors and note
+    /// (and its own ratio where it compares something else).
+    pub fn compared(measured: &Measured, ceiling: &Measured) -> Row {
+        Row {
+            ops_per_sec: Some(measured.ops_per_sec()),
+            p50_ms: Some(measured.p(0.5)),
+            p99_ms: Some(measured.p(0.99)),
+            p999_ms: Some(measured.p(0.999)),
+            ceiling_ops_per_sec: Some(ceiling.ops_per_sec()),
+            ceiling_p50_ms: Some(ceiling.p(0.5)),
+            ceiling_p99_ms: Some(ceiling.p(0.99)),
+            ratio: Some(measured.ops_per_sec() / ceiling.ops_per_sec()),
+            cpu_us_per_op: Some(measured.cpu_us_per_op()),
+            ceiling_cpu_us_per_op: Some(ceiling.cpu_us_per_op()),
+            ..Row::default()
+        }
+    }
+
     /// Whether the row is a line of the table (and has its note below it):
     /// the idle-streams row is reported in a sentence of its own, and a
     /// scenario this build lacks in a list of its own.

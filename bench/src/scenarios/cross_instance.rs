@@ -81,24 +81,16 @@ impl Bench {
         Ok(vec![Row {
             scenario: name,
             clients: Some(subs),
-            ops_per_sec: Some(x.ops_per_sec()),
-            p50_ms: Some(x.p(0.5)),
-            p99_ms: Some(x.p(0.99)),
-            p999_ms: Some(x.p(0.999)),
-            ceiling_ops_per_sec: Some(one.ops_per_sec()),
-            ceiling_p50_ms: Some(one.p(0.5)),
-            ceiling_p99_ms: Some(one.p(0.99)),
-            ratio: Some(x.ops_per_sec() / one.ops_per_sec()),
             peak_rss_mib: Some(peak),
             anon_rss_mib: Some(anon),
             errors: x.errors,
             note: format!(
                 "{rate:.0} writes/s on instance A x {subs} subscribers on instance B ({channel} at {addr}, prefix/topic {prefix}; A and B share \
                  one sqlite storage in this process); ops/s = delivered events/s; latency = write call start on A to delivery from B; \
-                 \"ceiling\" = the same load on one instance with the inmem channel{}",
-                x.first_error.map(|e| format!("; {e}")).unwrap_or_default()
+                 \"ceiling\" = the same load on one instance with the inmem channel; CPU µs/op = per delivery{}",
+                x.first_error.as_ref().map(|e| format!("; {e}")).unwrap_or_default()
             ),
-            ..Row::default()
+            ..Row::compared(&x, &one)
         }])
     }
 }

@@ -17,7 +17,7 @@
 //! the row's errors come from the gateway's own `requests_total` by code.
 
 use crate::bench::Bench;
-use crate::measure::{cpu_secs_of_pid, histogram};
+use crate::measure::{Measured, cpu_secs_of_pid, histogram};
 use crate::report::Row;
 use anyhow::{Context, Result, bail};
 use prost::Message;
@@ -99,7 +99,7 @@ impl Bench {
         if p.storage.is_some() {
             ops.truncate(1);
         }
-        let mut measured: Vec<(ExternalMeasured, Vec<ExternalMeasured>)> = Vec::with_capacity(rounds);
+        let mut measured: Vec<(Measured, Vec<Measured>)> = Vec::with_capacity(rounds);
         for round in 0..rounds {
             // The first round warms each call up; later ones follow it.
             let warmup = if round == 0 { warmup } else { 0.0 };
@@ -114,7 +114,7 @@ impl Bench {
                 p.label,
                 round + 1,
                 ceiling.ops_per_sec(),
-                ceiling.cpu_us_per_call(),
+                ceiling.cpu_us_per_op(),
                 rates.join(", ")
             );
             measured.push((ceiling, calls));
@@ -139,16 +139,6 @@ impl Bench {
             rows.push(Row {
                 scenario: format!("external-{name}{suffix}"),
                 clients: Some(conns * streams),
-                ops_per_sec: Some(m.ops_per_sec()),
-                p50_ms: Some(m.p(0.5)),
-                p99_ms: Some(m.p(0.99)),
-                p999_ms: Some(m.p(0.999)),
-                ceiling_ops_per_sec: Some(ceiling.ops_per_sec()),
-                ceiling_p50_ms: Some(ceiling.p(0.5)),
-                ceiling_p99_ms: Some(ceiling.p(0.99)),
-                ratio: Some(ratio),
-                cpu_us_per_op: Some(m.cpu_us_per_call()),
-                ceiling_cpu_us_per_op: Some(ceiling.cpu_us_per_call()),
                 target: (p.label == "disk").then(|| format!("ratio >= {target}")),
                 meets_target: (p.label == "disk").then_some(ratio >= target && errors == 0),
                 errors,
@@ -162,7 +152,7 @@ impl Bench {
                     if name == "get" { "Get of one seeded record of ~300 B" } else { "Set of one record, ~300 B values, a new version per call, durable before the answer" },
                     first_error.map(|e| format!("; first error: {e}")).unwrap_or_default(),
                 ) + &rounds_note,
-                ..Row::default()
+                ..Row::compared(m, ceiling)
             });
         }
         Ok(rows)
@@ -334,27 +324,6 @@ pub(super) struct H2load {
     pub(super) pid: u32,
 }
 
-pub(super) struct ExternalMeasured {
-    ops: u64,
-    pub(super) errors: u64,
-    secs: f64,
-    cpu_secs: f64,
-    hist: hdrhistogram::Histogram<u64>,
-    pub(super) first_error: Option<String>,
-}
-
-impl ExternalMeasured {
-    pub(super) fn ops_per_sec(&self) -> f64 {
-        self.ops as f64 / self.secs
-    }
-    pub(super) fn cpu_us_per_call(&self) -> f64 {
-        self.cpu_secs * 1e6 / self.ops.max(1) as f64
-    }
-    pub(super) fn p(&self, q: f64) -> f64 {
-        self.hist.value_at_quantile(q) as f64 / 1000.0
-    }
-}
-
 impl H2load {
     fn command(&self, secs: f64, log: Option<&Path>) -> Command {
         let mut c = Command::new("h2load");
@@ -373,7 +342,7 @@ impl H2load {
     /// A warm-up run (none when `warmup` is 0), then the measured one; the
     /// gateway's CPU and its count of failed calls are read around the
     /// measured run only.
-    pub(super) fn measure(&self, gw: &External, warmup: f64, secs: f64) -> Result<ExternalMeasured> {
+    pub(super) fn measure(&self, gw: &External, warmup: f64, secs: f64) -> Result<Measured> {
         if warmup > 0.0 {
             let out = self.command(warmup, None).stdout(Stdio::null()).stderr(Stdio::null()).status()?;
             if !out.success() {
@@ -399,14 +368,16 @@ impl H2load {
             }
         }
         let not_ok = summary.failed + summary.non_2xx;
-        Ok(ExternalMeasured {
+        Ok(Measured {
             ops: summary.succeeded.saturating_sub(summary.non_2xx),
             errors: failed + not_ok,
             secs: summary.secs,
+            // The gateway process's CPU, not the load generator's.
             cpu_secs: cpu1 - cpu0,
             hist,
             first_error: (failed + not_ok > 0)
                 .then(|| format!("{failed} calls failed in the gateway's requests_total, {not_ok} failed or non-2xx in h2load")),
+            writes: None,
         })
     }
 }

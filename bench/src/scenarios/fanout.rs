@@ -28,16 +28,6 @@ impl Bench {
             rows.push(Row {
                 scenario: "fanout".into(),
                 clients: Some(subs),
-                ops_per_sec: Some(g.ops_per_sec()),
-                p50_ms: Some(g.p(0.5)),
-                p99_ms: Some(g.p(0.99)),
-                p999_ms: Some(g.p(0.999)),
-                ceiling_ops_per_sec: Some(b.ops_per_sec()),
-                ceiling_p50_ms: Some(b.p(0.5)),
-                ceiling_p99_ms: Some(b.p(0.99)),
-                ratio: Some(g.ops_per_sec() / b.ops_per_sec()),
-                cpu_us_per_op: Some(g.cpu_us_per_op()),
-                ceiling_cpu_us_per_op: Some(b.cpu_us_per_op()),
                 target: target.map(|t| format!("p99 < {t} ms")),
                 meets_target: target.map(|t| g.p(0.99) < t && g.errors == 0),
                 peak_rss_mib: Some(peak),
@@ -47,9 +37,9 @@ impl Bench {
                     "{rate:.0} writes/s x {subs} subscribers; ops/s = delivered events/s; latency = from when the write was due (its tick of the fixed rate: no coordinated omission) to delivery; \
                      the writer's Set calls took p50 {} / p99 {} ms (bare: {} / {}); CPU µs/op = per delivery{}",
                     g.write_p(0.5), g.write_p(0.99), b.write_p(0.5), b.write_p(0.99),
-                    g.first_error.map(|e| format!("; {e}")).unwrap_or_default()
+                    g.first_error.as_ref().map(|e| format!("; {e}")).unwrap_or_default()
                 ),
-                ..Row::default()
+                ..Row::compared(&g, &b)
             });
         }
         rows.push(self.filtered_fanout().await?);
@@ -70,25 +60,16 @@ impl Bench {
         Ok(Row {
             scenario: "fanout-filtered".into(),
             clients: Some(subs),
-            ops_per_sec: Some(f.ops_per_sec()),
-            p50_ms: Some(f.p(0.5)),
-            p99_ms: Some(f.p(0.99)),
-            p999_ms: Some(f.p(0.999)),
-            ceiling_ops_per_sec: Some(plain.ops_per_sec()),
-            ceiling_p50_ms: Some(plain.p(0.5)),
-            ceiling_p99_ms: Some(plain.p(0.99)),
             ratio: Some(f.cpu_us_per_op() / plain.cpu_us_per_op()),
-            cpu_us_per_op: Some(f.cpu_us_per_op()),
-            ceiling_cpu_us_per_op: Some(plain.cpu_us_per_op()),
             errors: f.errors + plain.errors,
             note: format!(
                 "{subs} subscribers over {filters} distinct query_string filters, {rate:.0} writes/s (each reaching {} subscribers); \
                  \"ceiling\" = {subs} unfiltered subscribers at the same deliveries/s on the same gateway; ratio = CPU per delivery \
                  filtered / unfiltered (1: filtering costs nothing per delivery){}",
                 subs / filters,
-                f.first_error.or(plain.first_error).map(|e| format!("; {e}")).unwrap_or_default()
+                f.first_error.as_ref().or(plain.first_error.as_ref()).map(|e| format!("; {e}")).unwrap_or_default()
             ),
-            ..Row::default()
+            ..Row::compared(&f, &plain)
         })
     }
 

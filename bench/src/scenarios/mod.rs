@@ -157,16 +157,6 @@ fn relative_row(scenario: String, clients: usize, on: Measured, off: Measured, t
     Row {
         scenario,
         clients: Some(clients),
-        ops_per_sec: Some(on.ops_per_sec()),
-        p50_ms: Some(on.p(0.5)),
-        p99_ms: Some(on.p(0.99)),
-        p999_ms: Some(on.p(0.999)),
-        ceiling_ops_per_sec: Some(off.ops_per_sec()),
-        ceiling_p50_ms: Some(off.p(0.5)),
-        ceiling_p99_ms: Some(off.p(0.99)),
-        ratio: Some(ratio),
-        cpu_us_per_op: Some(on.cpu_us_per_op()),
-        ceiling_cpu_us_per_op: Some(off.cpu_us_per_op()),
         target: Some(format!("ratio >= {target}")),
         meets_target: Some(ratio >= target && on.errors == 0),
         peak_rss_mib: Some(peak),
@@ -174,8 +164,8 @@ fn relative_row(scenario: String, clients: usize, on: Measured, off: Measured, t
         errors: on.errors + off.errors,
         note: format!(
             "{note}{}",
-            on.first_error.or(off.first_error).map(|e| format!("; first error: {e}")).unwrap_or_default()
+            on.first_error.as_ref().or(off.first_error.as_ref()).map(|e| format!("; first error: {e}")).unwrap_or_default()
         ),
-        ..Row::default()
+        ..Row::compared(&on, &off)
     }
 }

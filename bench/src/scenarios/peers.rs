@@ -27,10 +27,9 @@
 
 use super::external::{External, GET, H2load, SET, filesystem_of, gateway_binary, record, record_state, values_300b, write_body, free_port};
 use crate::bench::Bench;
-use crate::measure::{cpu_secs_of_pid, histogram};
+use crate::measure::{Measured, cpu_secs_of_pid, histogram};
 use crate::report::Row;
 use anyhow::{Context, Result, bail};
-use hdrhistogram::Histogram;
 use futures::future::BoxFuture;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -51,15 +50,6 @@ impl Drop for Server {
 }
 
 /// One peer operation's measurement.
-struct PeerMeasured {
-    ops: u64,
-    errors: u64,
-    secs: f64,
-    cpu_secs: f64,
-    hist: Histogram<u64>,
-    first_error: Option<String>,
-}
-
 impl Bench {
     pub(super) async fn peers(&mut self) -> Result<Vec<Row>> {
         let skipped = |why: String| {
@@ -96,21 +86,13 @@ impl Bench {
         let json: Arc<Vec<u8>> = Arc::new(serde_json::to_vec(&stategate::api::convert::struct_to_json("values", values_300b())?)?);
         let clients = conns * streams;
         let mut rows = Vec::new();
-        let row = |name: &str, gateway: &super::external::ExternalMeasured, peer: PeerMeasured, durability: &str| {
-            let ratio = gateway.ops_per_sec() / (peer.ops as f64 / peer.secs);
+        let row = |name: &str, gateway: &Measured, peer: Measured, durability: &str| {
             Row {
                 scenario: format!("peer-{name}"),
                 clients: Some(clients),
-                ops_per_sec: Some(peer.ops as f64 / peer.secs),
-                p50_ms: Some(peer.hist.value_at_quantile(0.5) as f64 / 1000.0),
-                p99_ms: Some(peer.hist.value_at_quantile(0.99) as f64 / 1000.0),
-                p999_ms: Some(peer.hist.value_at_quantile(0.999) as f64 / 1000.0),
-                ceiling_ops_per_sec: Some(gateway.ops_per_sec()),
-                ceiling_p50_ms: Some(gateway.p(0.5)),
-                ceiling_p99_ms: Some(gateway.p(0.99)),
-                ratio: Some(ratio),
-                cpu_us_per_op: Some(peer.cpu_secs * 1e6 / peer.ops.max(1) as f64),
-                ceiling_cpu_us_per_op: Some(gateway.cpu_us_per_call()),
+                // The gateway is the ceiling column, yet the ratio is
+                // gateway ÷ peer, so that above 1 means the gateway is ahead.
+                ratio: Some(gateway.ops_per_sec() / peer.ops_per_sec()),
                 errors: peer.errors + gateway.errors,
                 note: format!(
                     "{durability}; data on {} ({fs}); {conns} connections x {streams} in flight, ~300 B JSON values; \"ceiling\" = the \
@@ -119,7 +101,7 @@ impl Bench {
                     disk.display(),
                     peer.first_error.as_deref().map(|e| format!("; first error: {e}")).unwrap_or_default(),
                 ),
-                ..Row::default()
+                ..Row::compared(&peer, gateway)
             }
         };
 
@@ -231,7 +213,7 @@ type Op = Arc<dyn Fn(usize) -> BoxFuture<'static, std::result::Result<(), String
 /// `clients` tasks each calling `op` back to back for `warmup` then `secs`
 /// seconds; the latencies, errors and the server's CPU (`pid`) of the
 /// measured part.
-async fn closed_loop(clients: usize, warmup: f64, secs: f64, pid: u32, op: Op) -> PeerMeasured {
+async fn closed_loop(clients: usize, warmup: f64, secs: f64, pid: u32, op: Op) -> Measured {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(warmup);
     let end = measure_from + Duration::from_secs_f64(secs);
@@ -267,7 +249,7 @@ async fn closed_loop(clients: usize, warmup: f64, secs: f64, pid: u32, op: Op) -
     let cpu0 = cpu_secs_of_pid(pid);
     tokio::time::sleep_until(end.into()).await;
     let cpu1 = cpu_secs_of_pid(pid);
-    let mut m = PeerMeasured { ops: 0, errors: 0, secs, cpu_secs: cpu1 - cpu0, hist: histogram(), first_error: None };
+    let mut m = Measured { ops: 0, errors: 0, secs, cpu_secs: cpu1 - cpu0, hist: histogram(), first_error: None, writes: None };
     for t in tasks {
         if let Ok((hist, ops, errors, first_error)) = t.await {
             m.hist.add(&hist).ok();

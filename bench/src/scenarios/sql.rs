@@ -212,23 +212,13 @@ fn row(db: Db, op: Op, clients: usize, g: Measured, c: Measured, peak: f64, anon
     Row {
         scenario: format!("{}-{}", db.name(), op.label()),
         clients: Some(clients),
-        ops_per_sec: Some(g.ops_per_sec()),
-        p50_ms: Some(g.p(0.5)),
-        p99_ms: Some(g.p(0.99)),
-        p999_ms: Some(g.p(0.999)),
-        ceiling_ops_per_sec: Some(c.ops_per_sec()),
-        ceiling_p50_ms: Some(c.p(0.5)),
-        ceiling_p99_ms: Some(c.p(0.99)),
-        ratio: Some(ratio),
-        cpu_us_per_op: Some(g.cpu_us_per_op()),
-        ceiling_cpu_us_per_op: Some(c.cpu_us_per_op()),
         target: target.map(|t| format!("ratio >= {t}")),
         meets_target: target.map(|t| ratio >= t && g.errors == 0),
         peak_rss_mib: Some(peak),
         anon_rss_mib: Some(anon),
         errors: g.errors + c.errors,
         note: format!("{what}{first_error}"),
-        ..Row::default()
+        ..Row::compared(&g, &c)
     }
 }
 

@@ -41,23 +41,13 @@ impl Bench {
             rows.push(Row {
                 scenario: op.label().into(),
                 clients: Some(clients),
-                ops_per_sec: Some(g.ops_per_sec()),
-                p50_ms: Some(g.p(0.5)),
-                p99_ms: Some(g.p(0.99)),
-                p999_ms: Some(g.p(0.999)),
-                ceiling_ops_per_sec: Some(b.ops_per_sec()),
-                ceiling_p50_ms: Some(b.p(0.5)),
-                ceiling_p99_ms: Some(b.p(0.99)),
-                ratio: Some(ratio),
-                cpu_us_per_op: Some(g.cpu_us_per_op()),
-                ceiling_cpu_us_per_op: Some(b.cpu_us_per_op()),
                 target: target.map(|t| format!("ratio >= {t}")),
                 meets_target: target.map(|t| ratio >= t),
                 peak_rss_mib: Some(peak),
                 anon_rss_mib: Some(anon),
                 errors: g.errors,
-                note: g.first_error.map(|e| format!("first error: {e}")).unwrap_or_default(),
-                ..Row::default()
+                note: g.first_error.as_ref().map(|e| format!("first error: {e}")).unwrap_or_default(),
+                ..Row::compared(&g, &b)
             });
         }
         Ok(rows)
