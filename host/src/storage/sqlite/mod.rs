@@ -20,8 +20,10 @@
 //! the hop to the blocking pool and back.
 //!
 //! Checkpoints (copying the WAL back into the database file) run on their
-//! own thread and connection, not inside a commit, so a writer never waits
-//! for one.
+//! own thread and connection, not inside a commit, so a commit never waits
+//! for one. Under writes that never pause, the writer copies the frames
+//! committed since that thread's last checkpoint itself, between two
+//! batches, so that the WAL starts over (`WalRestart`, `WAL_CAUGHT_UP_BYTES`).
 //!
 //! Every connection goes through sqlite's `unix-excl` VFS (`open_connection`,
 //! by way of `wal_writes.rs`, which only gathers the WAL's writes into a
@@ -67,7 +69,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 use point_cache::PointCache;
-use writer::{Job, Work, writer_loop};
+use writer::{Job, WalAsk, WalRestart, Work, writer_loop};
 
 /// Read connections per core (reads block on I/O now and then).
 const READERS_PER_CORE: usize = 2;
@@ -102,6 +104,19 @@ const CHECKPOINT_APPENDS: u64 = 1000;
 /// for that checkpoint: this is the backpressure that keeps the disk from
 /// filling up.
 const WAL_LIMIT_BYTES: i64 = 64 << 20;
+/// WAL size past which the writer finishes a background checkpoint that
+/// copied the whole WAL as it stood (`WalAsk::CaughtUp`). Under writes
+/// that never pause, the frames a commit adds while the checkpoint thread
+/// copies are all that stands between the WAL and its start over, so the
+/// writer copies them itself (a `PASSIVE` checkpoint between two batches: a
+/// few milliseconds of frames, and it waits for no reader) and the next
+/// batch starts the file over. The WAL then stays near what two polls
+/// write, overwritten in place, instead of growing to `WAL_LIMIT_BYTES`
+/// each time (blocks allocated, then cut back by `journal_size_limit`) and
+/// being restarted behind a copy of up to a poll's frames while writes
+/// wait: 2-4 % more `Set`s a second from outside (BENCHMARKS.md, session
+/// 43). Below this size the WAL starts over by itself once writes pause.
+const WAL_CAUGHT_UP_BYTES: i64 = 4 << 20;
 /// How long the writer's `RESTART` checkpoint waits for readers still on
 /// old frames before giving up until the next batch (a long search can hold
 /// a snapshot; writes should not stall behind it).
@@ -263,13 +278,14 @@ impl SqliteStorage {
             fields.create(&conn, field).map_err(|e| db_error(&e))?;
         }
         // Checkpoints happen on the checkpoint thread, not in commits, and
-        // the writer's when the WAL passes its limit (`WAL_LIMIT_BYTES`).
+        // the writer's between two batches when that thread asks (`WalRestart`).
         conn.execute_batch(&format!("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {WAL_LIMIT_BYTES};"))
             .map_err(|e| db_error(&e))?;
         let page_bytes: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(|e| db_error(&e))?;
         let wal_limit_frames = WAL_LIMIT_BYTES / page_bytes.max(512);
-        let wal_full = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let wal_full_seen = wal_full.clone();
+        let wal_caught_up_frames = WAL_CAUGHT_UP_BYTES / page_bytes.max(512);
+        let wal_restart = Arc::new(WalRestart::default());
+        let wal_restart_seen = wal_restart.clone();
         let checkpoint_conn = open_connection(&path)?;
         checkpoint_conn
             .busy_timeout(std::time::Duration::from_secs(5))
@@ -301,7 +317,9 @@ impl SqliteStorage {
                     unfinished = match frames {
                         Ok((in_wal, copied)) => {
                             if in_wal > wal_limit_frames {
-                                wal_full_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                                wal_restart_seen.ask(WalAsk::Full);
+                            } else if copied == in_wal && in_wal > wal_caught_up_frames {
+                                wal_restart_seen.ask(WalAsk::CaughtUp);
                             }
                             copied < in_wal
                         }
@@ -322,7 +340,7 @@ impl SqliteStorage {
         let writer_cache = cache.clone();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, appended, &wal_full, &writer_fields, writer_cache.as_deref()))
+            .spawn(move || writer_loop(conn, rx, appended, &wal_restart, &writer_fields, writer_cache.as_deref()))
             .map_err(Error::internal)?;
         Ok(SqliteStorage {
             lock: Mutex::new(Some(lock)),
@@ -1296,6 +1314,67 @@ mod tests {
         let limit = WAL_LIMIT_BYTES as u64;
         assert!(largest < 2 * limit, "the WAL reached {largest} bytes; its limit is {limit}");
         storage.close().await.unwrap();
+    }
+
+    /// Writes that never pause start the WAL over long before its limit:
+    /// once the checkpoint thread has copied the WAL as it stood, the writer
+    /// copies the frames committed since and the next batch starts the file
+    /// over (`WAL_CAUGHT_UP_BYTES`). The WAL header's checkpoint sequence
+    /// number (bytes 12..16) goes up at every start over; without the
+    /// writer's part, a WAL under writes that never pause starts over only
+    /// past `WAL_LIMIT_BYTES`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_that_never_pause_start_the_wal_over_before_its_limit() {
+        use std::io::Read;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(SqliteStorage::open(dir.path().join("a.db")).unwrap());
+        let wal = dir.path().join("a.db-wal");
+        let checkpoint_seq = || {
+            let mut header = [0; 16];
+            std::fs::File::open(&wal).and_then(|mut f| f.read_exact(&mut header)).ok()?;
+            Some(u32::from_be_bytes([header[12], header[13], header[14], header[15]]))
+        };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let written = Arc::new(AtomicUsize::new(0));
+        let writers: Vec<_> = (0..32)
+            .map(|w| {
+                let (storage, stop, written) = (storage.clone(), stop.clone(), written.clone());
+                tokio::spawn(async move {
+                    let big = "x".repeat(2 << 10);
+                    while !stop.load(Ordering::Relaxed) {
+                        let i = written.fetch_add(1, Ordering::Relaxed);
+                        storage.append(put_i(format!("k{w}"), i, Some(&big))).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        while written.load(Ordering::Relaxed) < 2000 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let first = checkpoint_seq();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut largest = 0;
+        let started_over = loop {
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            if checkpoint_seq() != first {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        stop.store(true, Ordering::Relaxed);
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        let appends = written.load(Ordering::Relaxed);
+        assert!(started_over, "the WAL did not start over in 60 s of {appends} appends; it reached {largest} bytes");
+        let limit = WAL_LIMIT_BYTES as u64;
+        assert!(largest < limit, "the WAL reached {largest} bytes before it started over; its limit is {limit}");
+        Arc::into_inner(storage).expect("the writers are done").close().await.unwrap();
     }
 
     /// Event `e<i>` setting `{"i": i}` (and `"big"` when given) on `d/t/<key>`.

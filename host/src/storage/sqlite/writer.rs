@@ -33,7 +33,7 @@ use crate::storage::{conflict, idempotency_mismatch};
 use rusqlite::{Connection, OptionalExtension, Statement, params};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 /// The batch's records by reference (`Pending::last`), hashed with
@@ -346,7 +346,7 @@ pub(super) fn writer_loop(
     conn: Connection,
     mut rx: mpsc::UnboundedReceiver<Work>,
     appended: Arc<AtomicU64>,
-    wal_full: &AtomicBool,
+    wal_restart: &WalRestart,
     fields: &FieldIndexes,
     cache: Option<&PointCache>,
 ) {
@@ -401,8 +401,10 @@ pub(super) fn writer_loop(
             for (Job { req, reply, .. }, result) in batch.drain(..).zip(results) {
                 let _ = reply.send(result.map(|written| written.into_appended(req)));
             }
-            if wal_full.swap(false, Ordering::Relaxed) {
-                restart_wal(&conn);
+            match wal_restart.take() {
+                Some(WalAsk::Full) => restart_wal(&conn),
+                Some(WalAsk::CaughtUp) => finish_checkpoint(&conn),
+                None => {}
             }
         }
     }
@@ -413,9 +415,58 @@ pub(super) fn writer_loop(
     }
 }
 
+/// What the checkpoint thread asks of the writer after a checkpoint, done
+/// between two batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum WalAsk {
+    /// That checkpoint copied the whole WAL as it stood, which is larger
+    /// than `WAL_CAUGHT_UP_BYTES`: copy what was committed since, so the
+    /// next batch starts the WAL over ([`finish_checkpoint`]).
+    CaughtUp = 1,
+    /// The WAL is past `WAL_LIMIT_BYTES`: restart it, waiting for readers
+    /// ([`restart_wal`]).
+    Full = 2,
+}
+
+/// The stronger of the checkpoint thread's asks since the writer last looked.
+#[derive(Default)]
+pub(super) struct WalRestart(AtomicU8);
+
+impl WalRestart {
+    pub(super) fn ask(&self, what: WalAsk) {
+        self.0.fetch_max(what as u8, Ordering::Relaxed);
+    }
+
+    /// The ask waiting, if any, and forgets it.
+    fn take(&self) -> Option<WalAsk> {
+        // A load first: nearly every batch finds nothing asked, and a swap
+        // would write the shared line after every one.
+        if self.0.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        match self.0.swap(0, Ordering::Relaxed) {
+            1 => Some(WalAsk::CaughtUp),
+            2 => Some(WalAsk::Full),
+            _ => None,
+        }
+    }
+}
+
+/// Copies the frames committed since the checkpoint thread's last
+/// checkpoint, which copied all the others (see `WAL_CAUGHT_UP_BYTES`).
+/// With every frame copied, the next batch starts the WAL over unless a
+/// reader is still on one of its frames; then the WAL goes on growing and
+/// the next checkpoint asks again. `PASSIVE` waits for no reader.
+fn finish_checkpoint(conn: &Connection) {
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        tracing::debug!(error = %e, "sqlite: the writer's checkpoint failed; the checkpoint thread goes on");
+    }
+}
+
 /// Copies the whole WAL back and lets the next batch start it over (see
 /// `WAL_LIMIT_BYTES`). A reader still on old frames after
-/// `WAL_RESTART_WAIT` leaves it for the checkpoint thread to flag again.
+/// `WAL_RESTART_WAIT` leaves it for the checkpoint thread to ask again.
 fn restart_wal(conn: &Connection) {
     let restarted = conn
         .busy_timeout(super::WAL_RESTART_WAIT)
