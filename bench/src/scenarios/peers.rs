@@ -49,7 +49,6 @@ impl Drop for Server {
     }
 }
 
-/// One peer operation's measurement.
 impl Bench {
     pub(super) async fn peers(&mut self) -> Result<Vec<Row>> {
         let skipped = |why: String| {
