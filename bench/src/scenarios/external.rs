@@ -161,7 +161,7 @@ impl Bench {
 
 /// The index of the median of `values` (the lower middle one of an even
 /// count).
-fn median_index(values: &[f64]) -> usize {
+pub(super) fn median_index(values: &[f64]) -> usize {
     let mut order: Vec<usize> = (0..values.len()).collect();
     order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
     order[(values.len() - 1) / 2]
