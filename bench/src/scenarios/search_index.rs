@@ -49,8 +49,19 @@ enum Search {
     Sorted,
 }
 
+/// Rounds of the non-selective search (see the module doc).
+const ROUNDS: usize = 3;
+
 impl Search {
     const ALL: [Search; 3] = [Search::Selective, Search::NonSelective, Search::Sorted];
+
+    /// How many alternating rounds this search runs (see the module doc).
+    fn rounds(self) -> usize {
+        match self {
+            Search::NonSelective => ROUNDS,
+            Search::Selective | Search::Sorted => 1,
+        }
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -85,19 +96,6 @@ impl Search {
                 pb::SearchStateOpts { query_string: group, sort_by: "n".into(), sort_descending: true, ..base },
                 page,
             ),
-        }
-    }
-}
-
-/// Rounds of the non-selective search (see the module doc).
-const ROUNDS: usize = 3;
-
-impl Search {
-    /// How many alternating rounds this search runs.
-    fn rounds(self) -> usize {
-        match self {
-            Search::NonSelective => ROUNDS,
-            Search::Selective | Search::Sorted => 1,
         }
     }
 }
