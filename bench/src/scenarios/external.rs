@@ -129,12 +129,7 @@ impl Bench {
             // The row shows one round but owns up to failures in any.
             let errors: u64 = measured.iter().map(|(_, calls)| calls[i].errors).sum();
             let first_error = measured.iter().find_map(|(_, calls)| calls[i].first_error.as_deref());
-            let rounds_note = if rounds > 1 {
-                let all: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-                format!("; the median of {rounds} rounds (health, Get, Set back to back in each), ratios {}", all.join(", "))
-            } else {
-                String::new()
-            };
+            let rounds_note = rounds_note(&ratios, "health, Get, Set");
             let suffix = if p.label == "disk" { String::new() } else { format!("-{}", p.label) };
             rows.push(Row {
                 scenario: format!("external-{name}{suffix}"),
@@ -165,6 +160,16 @@ pub(super) fn median_index(values: &[f64]) -> usize {
     let mut order: Vec<usize> = (0..values.len()).collect();
     order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
     order[(values.len() - 1) / 2]
+}
+
+/// A row's note on its rounds, `each` naming what ran back to back in
+/// each: empty for a single round.
+pub(super) fn rounds_note(ratios: &[f64], each: &str) -> String {
+    if ratios.len() < 2 {
+        return String::new();
+    }
+    let all: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    format!("; the median of {} rounds ({each} back to back in each), ratios {}", ratios.len(), all.join(", "))
 }
 
 /// The gateway binary: `--gateway-bin`, else `stategate` beside this
@@ -497,6 +502,15 @@ mod tests {
         assert_eq!(median_index(&[0.7]), 0);
         // An even count takes the lower middle one.
         assert_eq!(median_index(&[0.4, 0.1, 0.3, 0.2]), 3);
+    }
+
+    #[test]
+    fn rounds_note_lists_every_round_and_is_empty_for_one() {
+        assert_eq!(rounds_note(&[0.5], "health, Get, Set"), "");
+        assert_eq!(
+            rounds_note(&[0.49, 0.514, 0.54], "health, Get, Set"),
+            "; the median of 3 rounds (health, Get, Set back to back in each), ratios 0.49, 0.51, 0.54"
+        );
     }
 
     /// The bound of the bucket a quantile falls in, counting only the

@@ -128,12 +128,7 @@ impl Bench {
                 // A row shows one round but owns up to failures in any.
                 let errors: u64 = rounds.iter().map(|(on, off)| on.errors + off.errors).sum();
                 let (on, off) = rounds.swap_remove(super::external::median_index(&ratios));
-                let rounds_note = if ratios.len() > 1 {
-                    let all: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-                    format!("; the median of {} rounds (the scan, then the index search, back to back in each), ratios {}", ratios.len(), all.join(", "))
-                } else {
-                    String::new()
-                };
+                let rounds_note = super::external::rounds_note(&ratios, "the scan, then the index search,");
                 let mut row = super::relative_row(
                     format!("search-index-{}-{records}", search.name()),
                     CLIENTS,
