@@ -127,7 +127,12 @@ impl Bench {
                 let ratios: Vec<f64> = rounds.iter().map(|(on, off)| on.ops_per_sec() / off.ops_per_sec()).collect();
                 // A row shows one round but owns up to failures in any.
                 let errors: u64 = rounds.iter().map(|(on, off)| on.errors + off.errors).sum();
-                let (on, off) = rounds.swap_remove(super::external::median_index(&ratios));
+                let first_error = rounds.iter().flat_map(|(on, off)| [&on.first_error, &off.first_error]).find_map(|e| e.clone());
+                let (mut on, off) = rounds.swap_remove(super::external::median_index(&ratios));
+                // ... and names the first of them when its own round had none.
+                if on.first_error.is_none() && off.first_error.is_none() {
+                    on.first_error = first_error;
+                }
                 let rounds_note = super::external::rounds_note(&ratios, "the scan, then the index search,");
                 let mut row = super::relative_row(
                     format!("search-index-{}-{records}", search.name()),
