@@ -223,6 +223,7 @@ impl Connection {
             inner: io,
             activity: activity.clone(),
             seen: 0,
+            write_put_off: false,
         });
         let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
         tokio::pin!(conn);
@@ -353,6 +354,36 @@ struct Watched<I> {
     activity: Arc<Activity>,
     /// Bytes read so far, counted up to [`STARTED_AFTER`].
     seen: usize,
+    /// This flush's write was put off once already ([`Watched::put_off_write`]).
+    write_put_off: bool,
+}
+
+impl<I> Watched<I> {
+    /// Whether to put this write off by one turn of the scheduler, so that
+    /// the responses of the connection's other calls leave with it.
+    ///
+    /// The connection task writes as soon as one call's response is ready,
+    /// and it is ready to run as soon as a call's task wakes it (tokio runs
+    /// a task woken by a task on the same thread next): so a response left
+    /// in a write of its own, 0.72 `sendto` a health check and 0.85 a
+    /// `Set`, even when the calls answered by one commit were all ready to
+    /// run. When other calls are still open on the connection, the first
+    /// write of a flush yields once: the task wakes itself and returns
+    /// `Pending`, which sends it behind the tasks already queued on its
+    /// thread; their responses join h2's buffer, and the next poll writes
+    /// them all. The delay is bounded by that queue, never a timer, and a
+    /// connection with no other call open (one call at a time, HTTP/1)
+    /// writes at once. BENCHMARKS.md, session 46.
+    fn put_off_write(&mut self, cx: &mut Context<'_>) -> bool {
+        // The call being answered may still count as open (HTTP/1 writes
+        // its body from the connection task), so put off only for another.
+        if self.write_put_off || self.activity.open_calls.load(Ordering::Relaxed) < 2 {
+            return false;
+        }
+        self.write_put_off = true;
+        cx.waker().wake_by_ref();
+        true
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
@@ -371,6 +402,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        if self.put_off_write(cx) {
+            return Poll::Pending;
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -379,6 +413,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if self.put_off_write(cx) {
+            return Poll::Pending;
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -398,6 +435,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // A flush ends the writes it put off: the next write starts a new one.
+        self.write_put_off = false;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
@@ -624,5 +663,74 @@ mod tests {
         assert_eq!(*waits.last().unwrap(), AcceptFailures::LONGEST);
         f.recovered();
         assert_eq!(f.failed(&e), AcceptFailures::FIRST);
+    }
+
+    /// A socket that keeps what each write was given.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            self.0.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_write_waits_one_turn_only_while_another_call_is_open() {
+        let activity = Arc::new(Activity::new(tokio::time::Instant::now()));
+        let mut io = Watched { inner: Writes::default(), activity: activity.clone(), seen: 0, write_put_off: false };
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut write = |io: &mut Watched<Writes>, bytes: &[u8]| Pin::new(io).poll_write(&mut cx, bytes);
+
+        // The call being answered alone: written at once.
+        let answered = CallGuard::start(activity.clone());
+        assert!(matches!(write(&mut io, b"a"), Poll::Ready(Ok(1))));
+        assert_eq!(io.inner.0, [b"a".to_vec()]);
+
+        // Another call open: the flush's first write yields once (its task
+        // woken, nothing written), the next goes out, and so does the rest
+        // of the same flush.
+        let other = CallGuard::start(activity.clone());
+        assert!(write(&mut io, b"b").is_pending());
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1);
+        assert_eq!(io.inner.0.len(), 1);
+        assert!(matches!(write(&mut io, b"bc"), Poll::Ready(Ok(2))));
+        assert!(matches!(write(&mut io, b"d"), Poll::Ready(Ok(1))));
+        assert_eq!(io.inner.0, [b"a".to_vec(), b"bc".to_vec(), b"d".to_vec()]);
+
+        // A flush ends it: the next flush's first write yields again.
+        let mut cx2 = Context::from_waker(&waker);
+        assert!(Pin::new(&mut io).poll_flush(&mut cx2).is_ready());
+        assert!(write(&mut io, b"e").is_pending());
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 2);
+
+        // The other call ended: no yield, even mid-flush.
+        drop(other);
+        drop(answered);
+        assert!(Pin::new(&mut io).poll_flush(&mut cx2).is_ready());
+        assert!(matches!(write(&mut io, b"f"), Poll::Ready(Ok(1))));
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 2);
     }
 }
