@@ -363,17 +363,17 @@ impl<I> Watched<I> {
     /// the responses of the connection's other calls leave with it.
     ///
     /// The connection task writes as soon as one call's response is ready,
-    /// and it is ready to run as soon as a call's task wakes it (tokio runs
-    /// a task woken by a task on the same thread next): so a response left
-    /// in a write of its own, 0.72 `sendto` a health check and 0.85 a
-    /// `Set`, even when the calls answered by one commit were all ready to
-    /// run. When other calls are still open on the connection, the first
-    /// write of a flush yields once: the task wakes itself and returns
-    /// `Pending`, which sends it behind the tasks already queued on its
-    /// thread; their responses join h2's buffer, and the next poll writes
-    /// them all. The delay is bounded by that queue, never a timer, and a
-    /// connection with no other call open (one call at a time, HTTP/1)
-    /// writes at once. BENCHMARKS.md, session 46.
+    /// and it runs as soon as a call's task wakes it (tokio runs a task
+    /// woken by a task on the same thread next): so each response left in
+    /// a write of its own even when the calls answered by one commit were
+    /// all ready to run, 0.86 `sendto` a `Set` (0.25 now). When other calls
+    /// are still open on the connection, the first write of a flush yields
+    /// once: the task wakes itself and returns `Pending`, which sends it
+    /// behind the tasks already queued on its thread; their responses join
+    /// h2's buffer, and the next poll writes them all. The delay is bounded
+    /// by that queue, never a timer, and a connection with no other call
+    /// open (one call at a time, HTTP/1) writes at once. BENCHMARKS.md,
+    /// session 46.
     fn put_off_write(&mut self, cx: &mut Context<'_>) -> bool {
         // The call being answered may still count as open (HTTP/1 writes
         // its body from the connection task), so put off only for another.
