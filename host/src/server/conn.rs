@@ -726,11 +726,12 @@ mod tests {
         assert!(write(&mut io, b"e").is_pending());
         assert_eq!(wakes.0.load(Ordering::Relaxed), 2);
 
-        // The other call ended: no yield, even mid-flush.
+        // The other call ended, the answered one still open: the next
+        // flush writes at once.
         drop(other);
-        drop(answered);
         assert!(Pin::new(&mut io).poll_flush(&mut cx2).is_ready());
         assert!(matches!(write(&mut io, b"f"), Poll::Ready(Ok(1))));
         assert_eq!(wakes.0.load(Ordering::Relaxed), 2);
+        drop(answered);
     }
 }
